@@ -1,0 +1,186 @@
+//! Typed access to a node's pinned maps. Opening them from their pins (rather than through the
+//! loader) serves the running agent and the CLI alike, in another process or after a restart.
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use overlay_common::{
+    ArpEntry, Counter, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig, VtepKey, names,
+};
+
+use super::PinDir;
+
+pub struct Maps {
+    pub fdb: HashMap<MapData, MacKey, FdbEntry>,
+    pub arp: HashMap<MapData, IpKey, ArpEntry>,
+    pub endpoints: HashMap<MapData, MacKey, Endpoint>,
+    pub ports: HashMap<MapData, u32, Endpoint>,
+    pub vteps: HashMap<MapData, VtepKey, u32>,
+    pub networks: HashMap<MapData, u32, Network>,
+    pub vxlan_ports: Array<MapData, u32>,
+    pub config: Array<MapData, NodeConfig>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// Opens one pinned map, with an error that names it and says where it was looked for.
+fn open<T>(pins: &PinDir, name: &str) -> Result<T>
+where
+    T: TryFrom<Map>,
+    <T as TryFrom<Map>>::Error: std::fmt::Display,
+{
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        anyhow!(
+            "map {name} at {}: {e} (is an agent running for this node, or was it torn down?)",
+            path.display()
+        )
+    })?;
+    let map = match name {
+        names::VXLAN_PORTS | names::CONFIG => Map::Array(data),
+        names::STATS => Map::PerCpuArray(data),
+        _ => Map::HashMap(data),
+    };
+    T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
+}
+
+impl Maps {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            fdb: open(pins, names::FDB)?,
+            arp: open(pins, names::ARP)?,
+            endpoints: open(pins, names::ENDPOINTS)?,
+            ports: open(pins, names::PORTS)?,
+            vteps: open(pins, names::VTEPS)?,
+            networks: open(pins, names::NETWORKS)?,
+            vxlan_ports: open(pins, names::VXLAN_PORTS)?,
+            config: open(pins, names::CONFIG)?,
+            stats: open(pins, names::STATS)?,
+        })
+    }
+
+    pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing CONFIG")
+    }
+
+    pub fn config(&self) -> Result<NodeConfig> {
+        self.config.get(&0, 0).context("reading CONFIG")
+    }
+
+    /// Serves `vni` on UDP `network.port`. VXLAN_PORTS is kept derived from NETWORKS.
+    pub fn set_network(&mut self, vni: u32, network: Network) -> Result<()> {
+        let old = self.networks.get(&vni, 0).ok();
+        self.networks
+            .insert(vni, network, 0)
+            .with_context(|| format!("NETWORKS: inserting VNI {vni}"))?;
+        for port in old.iter().chain([&network]).map(|n| n.port) {
+            self.recount_vxlan_port(port)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove_network(&mut self, vni: u32) -> Result<()> {
+        let old = self.networks.get(&vni, 0).ok();
+        remove(&mut self.networks, &vni, names::NETWORKS)?;
+        match old {
+            Some(network) => self.recount_vxlan_port(network.port),
+            None => Ok(()),
+        }
+    }
+
+    /// VXLAN_PORTS[port] = how many networks use `port`.
+    fn recount_vxlan_port(&mut self, port: u16) -> Result<()> {
+        let mut users = 0u32;
+        for entry in self.networks.iter() {
+            let (_, network) = entry.context("reading NETWORKS")?;
+            users += u32::from(network.port == port);
+        }
+        self.vxlan_ports
+            .set(u32::from(port), users, 0)
+            .with_context(|| format!("VXLAN_PORTS: setting port {port}"))
+    }
+
+    /// A container on this host: where frames for its MAC go, and what it may send as.
+    pub fn set_local_endpoint(&mut self, ep: Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(MacKey::new(ep.vni, ep.mac), ep, 0)
+            .context("ENDPOINTS: insert")?;
+        self.ports
+            .insert(ep.ifindex, ep, 0)
+            .context("PORTS: insert")?;
+        self.set_arp(ep.vni, ep.ip, ep.mac)
+    }
+
+    pub fn remove_local_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        remove(
+            &mut self.endpoints,
+            &MacKey::new(ep.vni, ep.mac),
+            names::ENDPOINTS,
+        )?;
+        remove(&mut self.ports, &ep.ifindex, names::PORTS)?;
+        self.remove_arp(ep.vni, ep.ip)
+    }
+
+    /// A MAC on another host, behind `vtep`.
+    pub fn set_fdb(&mut self, vni: u32, mac: [u8; 6], vtep: [u8; 4]) -> Result<()> {
+        self.fdb
+            .insert(MacKey::new(vni, mac), FdbEntry { vtep }, 0)
+            .context("FDB: insert")
+    }
+
+    pub fn remove_fdb(&mut self, vni: u32, mac: [u8; 6]) -> Result<()> {
+        remove(&mut self.fdb, &MacKey::new(vni, mac), names::FDB)
+    }
+
+    pub fn set_arp(&mut self, vni: u32, ip: [u8; 4], mac: [u8; 6]) -> Result<()> {
+        self.arp
+            .insert(IpKey { vni, ip }, ArpEntry::new(mac), 0)
+            .context("ARP: insert")
+    }
+
+    pub fn remove_arp(&mut self, vni: u32, ip: [u8; 4]) -> Result<()> {
+        remove(&mut self.arp, &IpKey { vni, ip }, names::ARP)
+    }
+
+    /// Accept VXLAN for `vni` from `vtep`.
+    pub fn set_vtep(&mut self, vni: u32, vtep: [u8; 4]) -> Result<()> {
+        self.vteps
+            .insert(VtepKey { vni, ip: vtep }, 1, 0)
+            .context("VTEPS: insert")
+    }
+
+    pub fn remove_vtep(&mut self, vni: u32, vtep: [u8; 4]) -> Result<()> {
+        remove(&mut self.vteps, &VtepKey { vni, ip: vtep }, names::VTEPS)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let per_cpu = self
+                    .stats
+                    .get(&(c as u32), 0)
+                    .with_context(|| format!("STATS: reading {}", c.name()))?;
+                Ok((c, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, n)| n))
+    }
+}
+
+/// Removing what is already gone is not an error: every map operation is idempotent.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &str,
+) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(anyhow!("{name}: remove: {e}")),
+    }
+}

@@ -1,0 +1,126 @@
+//! The only code that touches aya: loading the programs, where they are pinned, attaching them,
+//! and typed access to the maps. Deciding *what* goes in the maps happens elsewhere.
+pub mod maps;
+pub mod pins;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
+};
+use overlay_common::programs;
+
+pub use maps::Maps;
+pub use pins::PinDir;
+
+/// The compiled eBPF object, embedded at build time (see build.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
+
+/// The programs of one node, loaded, with their maps pinned under the node's directory.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: PinDir,
+}
+
+impl Dataplane {
+    /// Loads the programs, creating the node's maps or reusing the ones already pinned there:
+    /// a restarted agent picks up the state the dataplane kept forwarding with.
+    pub fn load(pins: PinDir) -> Result<Self> {
+        pins.create()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .load(OBJECT)
+            .with_context(|| {
+                format!(
+                    "loading the eBPF programs (maps in {})",
+                    pins.maps().display()
+                )
+            })?;
+        for name in [programs::FROM_CONTAINER, programs::FROM_UNDERLAY] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
+        }
+        Ok(Self { ebpf, pins })
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Opens the node's maps for reading and writing.
+    pub fn maps(&self) -> Result<Maps> {
+        Maps::open(&self.pins)
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN and benchmarks.
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        classifier(&mut self.ebpf, name)
+    }
+
+    /// Attaches `from_underlay` at TC ingress of the underlay interface.
+    pub fn attach_underlay(&mut self, iface: &str) -> Result<()> {
+        self.attach(programs::FROM_UNDERLAY, iface)
+    }
+
+    /// Attaches `from_container` at TC ingress of a container's host-side veth.
+    pub fn attach_container(&mut self, iface: &str) -> Result<()> {
+        self.attach(programs::FROM_CONTAINER, iface)
+    }
+
+    /// TCX attach (kernel >= 6.6), with the link pinned so it outlives this process. An existing
+    /// pinned link for the interface is updated in place: no moment without a program.
+    fn attach(&mut self, program: &str, iface: &str) -> Result<()> {
+        let pin = self.pins.link(iface);
+        let prog = classifier(&mut self.ebpf, program)?;
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = FdLink::from(old).try_into().map_err(|e| anyhow!("{e}"))?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("replacing {program} on {iface}"))?
+            }
+            Err(_) => prog
+                .attach(iface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching {program} to {iface} (TC ingress)"))?,
+        };
+        let link: FdLink = prog
+            .take_link(id)
+            .with_context(|| format!("taking the link of {program} on {iface}"))?
+            .try_into()
+            .map_err(|e| anyhow!("link of {program} on {iface}: {e}"))?;
+        // Replacing: the old pin already names this link.
+        let _ = std::fs::remove_file(&pin);
+        link.pin(&pin).with_context(|| {
+            format!(
+                "pinning the link of {program} on {iface} at {}",
+                pin.display()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Detaches the program from `iface` (the pinned link is what keeps it attached).
+    pub fn detach(pins: &PinDir, iface: &str) -> Result<()> {
+        let pin = pins.link(iface);
+        match PinnedLink::from_pin(&pin) {
+            Ok(link) => link
+                .unpin()
+                .map(drop)
+                .with_context(|| format!("unpinning {}", pin.display())),
+            Err(_) if !Path::new(&pin).exists() => Ok(()),
+            Err(e) => Err(anyhow!("{}: {e}", pin.display())),
+        }
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}

@@ -1,0 +1,83 @@
+//! Where a node's pinned maps and links live in bpffs: `<root>/<node>/maps/<MAP>` and
+//! `<root>/<node>/links/<iface>`. bpffs is one per kernel, not per network namespace, so every
+//! node sharing a kernel (as test hosts do) needs its own directory.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    dir: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl AsRef<Path>, node: &str) -> Result<Self> {
+        if node.is_empty() || node.contains('/') || node.starts_with('.') {
+            bail!("invalid node name {node:?}: it names a directory, so no '/' and no leading '.'");
+        }
+        Ok(Self {
+            dir: root.as_ref().join(node),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(iface)
+    }
+
+    /// Creates the directories, mounting bpffs at /sys/fs/bpf first if nothing is mounted there.
+    pub fn create(&self) -> Result<()> {
+        ensure_bpffs(&self.dir)?;
+        for d in [self.maps(), self.dir.join("links")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything pinned for this node: maps go once no program uses them.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(mount_point) || is_bpffs(mount_point) {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .status()
+        .context("running mount -t bpf")?;
+    if !status.success() || !is_bpffs(mount_point) {
+        bail!("/sys/fs/bpf is not a bpf filesystem and mounting one failed (are you root?)");
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! What `overlay-agent maps ...` prints: every map as rows, rendered as an aligned table for
+//! people or as JSON for machines (the bar is `cilium-dbg bpf tunnel list -o json`).
+use anyhow::{Context as _, Result};
+use serde_json::{Map as JsonObject, Value};
+
+use crate::{
+    dataplane::Maps,
+    net::{Mac, ip},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Table {
+    /// Remote MAC -> VTEP
+    Fdb,
+    /// Overlay IPv4 -> MAC
+    Arp,
+    /// Local endpoints (containers on this host)
+    Endpoints,
+    /// VTEPs accepted per VNI
+    Vteps,
+    /// VNIs served, with their UDP port
+    Networks,
+    /// Packet counters, summed over CPUs
+    Stats,
+}
+
+/// Column names and rows, cells already formatted; sorted so output is stable.
+pub struct Rows {
+    pub columns: &'static [&'static str],
+    pub rows: Vec<Vec<String>>,
+}
+
+pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let columns: &'static [&'static str] = match table {
+        Table::Fdb => {
+            for e in maps.fdb.iter() {
+                let (k, v) = e.context("reading FDB")?;
+                rows.push(vec![
+                    k.vni.to_string(),
+                    Mac(k.mac).to_string(),
+                    ip(v.vtep).to_string(),
+                ]);
+            }
+            &["vni", "mac", "vtep"]
+        }
+        Table::Arp => {
+            for e in maps.arp.iter() {
+                let (k, v) = e.context("reading ARP")?;
+                rows.push(vec![
+                    k.vni.to_string(),
+                    ip(k.ip).to_string(),
+                    Mac(v.mac).to_string(),
+                ]);
+            }
+            &["vni", "ip", "mac"]
+        }
+        Table::Endpoints => {
+            for e in maps.endpoints.iter() {
+                let (_, v) = e.context("reading ENDPOINTS")?;
+                rows.push(vec![
+                    v.vni.to_string(),
+                    Mac(v.mac).to_string(),
+                    ip(v.ip).to_string(),
+                    v.ifindex.to_string(),
+                    if v.deliver == overlay_common::deliver::INGRESS {
+                        "host"
+                    } else {
+                        "container"
+                    }
+                    .to_string(),
+                ]);
+            }
+            &["vni", "mac", "ip", "ifindex", "kind"]
+        }
+        Table::Vteps => {
+            for e in maps.vteps.iter() {
+                let (k, _) = e.context("reading VTEPS")?;
+                rows.push(vec![k.vni.to_string(), ip(k.ip).to_string()]);
+            }
+            &["vni", "vtep"]
+        }
+        Table::Networks => {
+            for e in maps.networks.iter() {
+                let (vni, n) = e.context("reading NETWORKS")?;
+                rows.push(vec![vni.to_string(), n.port.to_string()]);
+            }
+            &["vni", "port"]
+        }
+        Table::Stats => {
+            for (c, n) in maps.counters()? {
+                rows.push(vec![c.name().to_string(), n.to_string()]);
+            }
+            return Ok(Rows {
+                columns: &["counter", "packets"],
+                rows,
+            });
+        }
+    };
+    rows.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    Ok(Rows { columns, rows })
+}
+
+/// Sort numbers as numbers (VNI 9 before VNI 10), everything else as text.
+fn natural_key(row: &[String]) -> Vec<(u64, String)> {
+    row.iter()
+        .map(|cell| (cell.parse::<u64>().unwrap_or(u64::MAX), cell.clone()))
+        .collect()
+}
+
+impl Rows {
+    pub fn to_table(&self) -> String {
+        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.len()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut out = String::new();
+            for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+                if i + 1 == cells.len() {
+                    out.push_str(cell);
+                } else {
+                    out.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            out.push('\n');
+            out
+        };
+        let mut out = line(
+            self.columns
+                .iter()
+                .map(|c| c.to_uppercase())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        );
+        for row in &self.rows {
+            out.push_str(&line(row.iter().map(String::as_str).collect()));
+        }
+        out
+    }
+
+    /// An array of objects; numeric cells become JSON numbers.
+    pub fn to_json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|row| {
+                    let mut obj = JsonObject::new();
+                    for (col, cell) in self.columns.iter().zip(row) {
+                        let v = cell
+                            .parse::<u64>()
+                            .map(Value::from)
+                            .unwrap_or_else(|_| Value::from(cell.as_str()));
+                        obj.insert((*col).to_string(), v);
+                    }
+                    Value::Object(obj)
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Rows {
+        Rows {
+            columns: &["vni", "mac", "vtep"],
+            rows: vec![
+                vec!["42".into(), "02:42:0a:0a:03:02".into(), "10.0.0.1".into()],
+                vec!["7".into(), "02:42:0a:0a:04:02".into(), "10.0.0.2".into()],
+            ],
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_with_a_header() {
+        let t = sample().to_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "VNI  MAC                VTEP");
+        assert_eq!(lines[1], "42   02:42:0a:0a:03:02  10.0.0.1");
+    }
+
+    #[test]
+    fn json_has_typed_fields() {
+        let j = sample().to_json();
+        assert_eq!(j[0]["vni"], 42);
+        assert_eq!(j[0]["mac"], "02:42:0a:0a:03:02");
+        assert_eq!(j[1]["vtep"], "10.0.0.2");
+    }
+}

@@ -1,0 +1,171 @@
+//! Map names, keys and values. All multi-byte addresses are kept in network byte order as byte
+//! arrays: what the packet carries is what the map holds, and no field needs alignment.
+
+/// Map names as the eBPF object declares them and bpffs pins them (at most 15 bytes).
+pub mod names {
+    pub const FDB: &str = "FDB";
+    pub const ARP: &str = "ARP";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const PORTS: &str = "PORTS";
+    pub const VTEPS: &str = "VTEPS";
+    pub const NETWORKS: &str = "NETWORKS";
+    pub const VXLAN_PORTS: &str = "VXLAN_PORTS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const STATS: &str = "STATS";
+}
+
+/// Program names (the Rust function names in overlay-ebpf).
+pub mod programs {
+    pub const FROM_CONTAINER: &str = "from_container";
+    pub const FROM_UNDERLAY: &str = "from_underlay";
+}
+
+pub const DEFAULT_MAX_ENTRIES: u32 = 65536;
+
+/// A MAC address within one VNI: key of the FDB and of the local endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    #[inline(always)]
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// An IPv4 address within one VNI: key of the ARP table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+/// A VTEP that is a member of one VNI: the set decapsulation accepts outer sources from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VtepKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+/// FDB value: the VTEP (outer destination) behind a remote MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub vtep: [u8; 4],
+}
+
+/// ARP value: the MAC that owns an overlay IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl ArpEntry {
+    pub const fn new(mac: [u8; 6]) -> Self {
+        Self { mac, _pad: [0; 2] }
+    }
+}
+
+/// How a frame reaches a local endpoint.
+pub mod deliver {
+    /// `bpf_redirect_peer` into the container's namespace through its veth (the fast path).
+    pub const PEER: u16 = 0;
+    /// `bpf_redirect(.., BPF_F_INGRESS)`: for an address the host itself holds (a bridge).
+    pub const INGRESS: u16 = 1;
+}
+
+/// A local endpoint: a container's veth on this host. Value of both `ENDPOINTS` (by MAC, for
+/// delivery) and `PORTS` (by host-side ifindex, for what the container may send).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host-side ifindex: the veth whose peer is the container's eth0, or the bridge.
+    pub ifindex: u32,
+    pub vni: u32,
+    pub mac: [u8; 6],
+    /// One of [`deliver`].
+    pub deliver: u16,
+    pub ip: [u8; 4],
+}
+
+/// A network this node serves, by VNI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// Outer UDP destination port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Node-wide settings, slot 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's VTEP address: the outer source of everything it encapsulates.
+    pub vtep: [u8; 4],
+    /// The underlay interface encapsulated packets leave by.
+    pub underlay_ifindex: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) plain data with explicit padding fields, valid for any bit pattern.
+    unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for IpKey {}
+    unsafe impl aya::Pod for VtepKey {}
+    unsafe impl aya::Pod for FdbEntry {}
+    unsafe impl aya::Pod for ArpEntry {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Network {}
+    unsafe impl aya::Pod for NodeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        // The kernel hashes keys byte by byte: implicit padding would make equal keys differ.
+        assert_eq!(size_of::<MacKey>(), 12);
+        assert_eq!(size_of::<IpKey>(), 8);
+        assert_eq!(size_of::<VtepKey>(), 8);
+        assert_eq!(size_of::<FdbEntry>(), 4);
+        assert_eq!(size_of::<ArpEntry>(), 8);
+        assert_eq!(size_of::<Endpoint>(), 20);
+        assert_eq!(size_of::<Network>(), 4);
+        assert_eq!(size_of::<NodeConfig>(), 8);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in [
+            names::FDB,
+            names::ARP,
+            names::ENDPOINTS,
+            names::PORTS,
+            names::VTEPS,
+            names::NETWORKS,
+            names::VXLAN_PORTS,
+            names::CONFIG,
+            names::STATS,
+        ] {
+            assert!(name.len() < 16, "{name}");
+        }
+    }
+}

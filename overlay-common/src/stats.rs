@@ -1,0 +1,76 @@
+//! Per-CPU packet counters: one slot per outcome, so every verdict a program reaches is visible.
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// Index into the `STATS` per-CPU array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[$doc])* $variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            /// The name the CLI prints and JSON carries.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// A container's frame was wrapped in VXLAN and sent to a remote VTEP.
+    Encap = "encap",
+    /// A VXLAN packet from the underlay was unwrapped and handed to a local endpoint.
+    Decap = "decap",
+    /// An ARP request from a container was answered from the ARP map.
+    ArpReply = "arp_reply",
+    /// A container's frame went straight to another container on this host.
+    LocalDeliver = "local_deliver",
+    /// From a container, not for the overlay (broadcast, unknown MAC, non-IP): left to the bridge.
+    ContainerPass = "container_pass",
+    /// An ARP request for an address the ARP map does not know: left to the bridge.
+    ArpMiss = "arp_miss",
+    /// On the underlay, not VXLAN to one of our ports: left to the host stack untouched.
+    UnderlayPass = "underlay_pass",
+    /// Outer IPv4 fragment to a VXLAN port: left to the host (we never reassemble).
+    UnderlayFragment = "underlay_fragment",
+    /// Outer IPv4 with options to a VXLAN port: left to the host (no Linux VTEP sends these).
+    UnderlayIpOptions = "underlay_ip_options",
+    /// A frame too short for the headers it claims.
+    DropTooShort = "drop_too_short",
+    /// VXLAN header without the I flag, or with reserved bits set.
+    DropBadVxlan = "drop_bad_vxlan",
+    /// VXLAN for a VNI this node does not serve.
+    DropUnknownVni = "drop_unknown_vni",
+    /// VXLAN from an outer source that is not a VTEP of that VNI.
+    DropUnknownVtep = "drop_unknown_vtep",
+    /// Decapsulated frame for a MAC that is not a local endpoint of that VNI.
+    DropNoEndpoint = "drop_no_endpoint",
+    /// A container sent from a MAC that is not its own.
+    DropSpoofedMac = "drop_spoofed_mac",
+    /// A container sent (or ARPed) from an IPv4 address that is not its own.
+    DropSpoofedIp = "drop_spoofed_ip",
+    /// No underlay route or interface towards the remote VTEP.
+    DropNoRoute = "drop_no_route",
+    /// The kernel refused to grow or shrink the packet (adjust_room failed).
+    DropAdjustFailed = "drop_adjust_failed",
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::ALL.len() as u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

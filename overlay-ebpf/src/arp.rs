@@ -1,0 +1,62 @@
+//! ARP answered in place from the ARP map (RFC 826), so no broadcast leaves the host and no
+//! miss needs an upcall.
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use network_types::{arp::ArpHdr, eth::EthHdr};
+use overlay_common::{Counter, Endpoint, IpKey, wire};
+
+use crate::{
+    maps::ARP,
+    packet::{ifindex, linearize, ptr_at},
+    stats::{drop, pass, redirected},
+};
+
+const HTYPE_ETHERNET: u16 = 1;
+
+pub fn answer(ctx: &TcContext, sender: &Endpoint) -> i32 {
+    if !linearize(ctx, EthHdr::LEN + ArpHdr::LEN) {
+        return drop(Counter::DropTooShort);
+    }
+    let (Some(eth), Some(arp)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<ArpHdr>(ctx, EthHdr::LEN))
+    else {
+        return drop(Counter::DropTooShort);
+    };
+    let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
+    if u16::from_be_bytes(arp.htype) != HTYPE_ETHERNET
+        || u16::from_be_bytes(arp.ptype) != wire::ETH_P_IP
+        || arp.hlen != 6
+        || arp.plen != 4
+    {
+        return pass(Counter::ContainerPass);
+    }
+    // A container may only speak for itself; 0.0.0.0 is an address probe (RFC 5227).
+    if arp.sha != sender.mac {
+        return drop(Counter::DropSpoofedMac);
+    }
+    if arp.spa != sender.ip && arp.spa != [0; 4] {
+        return drop(Counter::DropSpoofedIp);
+    }
+    if u16::from_be_bytes(arp.oper) != wire::ARP_OP_REQUEST || arp.tpa == arp.spa {
+        // Replies and gratuitous announcements stay on the local bridge.
+        return pass(Counter::ContainerPass);
+    }
+    let target_ip = arp.tpa;
+    let Some(owner) = (unsafe {
+        ARP.get(&IpKey {
+            vni: sender.vni,
+            ip: target_ip,
+        })
+    }) else {
+        return pass(Counter::ArpMiss);
+    };
+
+    // Turn the request into the reply in place, and send it back out of the port it came in by.
+    eth.dst_addr = eth.src_addr;
+    eth.src_addr = owner.mac;
+    arp.oper = wire::ARP_OP_REPLY.to_be_bytes();
+    arp.tha = arp.sha;
+    arp.tpa = arp.spa;
+    arp.sha = owner.mac;
+    arp.spa = target_ip;
+    let verdict = unsafe { bpf_redirect(ifindex(ctx), 0) };
+    redirected(Counter::ArpReply, verdict)
+}

@@ -1,0 +1,90 @@
+//! A frame a container sent, seen at TC ingress of the host side of its veth.
+//!
+//! Order: identify the sender (PORTS), refuse spoofed sources, answer ARP from the map, then
+//! forward unicast: straight into a local container, or VXLAN to the remote VTEP. Anything else
+//! (broadcast, unknown destination, non-IP) is left to the bridge, which only reaches local ports:
+//! no flood ever leaves the host.
+use aya_ebpf::{
+    bindings::BPF_F_INGRESS,
+    helpers::{bpf_redirect, bpf_redirect_peer},
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
+
+use crate::{
+    arp,
+    maps::{ENDPOINTS, FDB, NETWORKS, PORTS},
+    packet::{ifindex, linearize, ptr_at},
+    stats::{drop, pass, redirected},
+    vxlan,
+};
+
+pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
+    // Ethernet + IPv4 header, or Ethernet + ARP: whichever is shorter must be readable.
+    if !linearize(ctx, EthHdr::LEN) {
+        return drop(Counter::DropTooShort);
+    }
+    let Some(sender) = (unsafe { PORTS.get(&ifindex(ctx)) }) else {
+        // Not a port we manage (the agent attached us before registering it, or it is gone).
+        return pass(Counter::ContainerPass);
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return drop(Counter::DropTooShort);
+    };
+    let eth = unsafe { *eth };
+    if eth.src_addr != sender.mac {
+        return drop(Counter::DropSpoofedMac);
+    }
+    match u16::from_be(eth.ether_type) {
+        wire::ETH_P_ARP => arp::answer(ctx, sender),
+        wire::ETH_P_IP => {
+            if !linearize(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+                return drop(Counter::DropTooShort);
+            }
+            let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+                return drop(Counter::DropTooShort);
+            };
+            let src = unsafe { (*ip).src_addr };
+            // 0.0.0.0 is what a DHCP client sends from before it has an address.
+            if src != sender.ip && src != [0; 4] {
+                return drop(Counter::DropSpoofedIp);
+            }
+            forward(ctx, sender, eth.dst_addr, true)
+        }
+        wire::ETH_P_IPV6 => forward(ctx, sender, eth.dst_addr, true),
+        // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
+        _ => forward(ctx, sender, eth.dst_addr, false),
+    }
+}
+
+/// Unicast to a known MAC of the sender's network: local delivery or encapsulation.
+#[inline(always)]
+fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6], ip: bool) -> i32 {
+    let key = MacKey::new(sender.vni, dst);
+    if let Some(local) = unsafe { ENDPOINTS.get(&key) } {
+        return deliver_local(local);
+    }
+    if !ip {
+        return pass(Counter::ContainerPass);
+    }
+    let Some(fdb) = (unsafe { FDB.get(&key) }) else {
+        return pass(Counter::ContainerPass);
+    };
+    let Some(network) = (unsafe { NETWORKS.get(&sender.vni) }) else {
+        return pass(Counter::ContainerPass);
+    };
+    vxlan::encap(ctx, sender.vni, network.port, fdb.vtep)
+}
+
+/// Hands a frame to a local endpoint, skipping the bridge.
+#[inline(always)]
+pub fn deliver_local(to: &Endpoint) -> i32 {
+    let verdict = if to.deliver == deliver::INGRESS {
+        unsafe { bpf_redirect(to.ifindex, BPF_F_INGRESS as u64) }
+    } else {
+        // Straight into the container's namespace: no second pass through a veth xmit and
+        // backlog queue (kernel commit 9aa1206e8f48).
+        unsafe { bpf_redirect_peer(to.ifindex, 0) }
+    };
+    redirected(Counter::LocalDeliver, verdict)
+}

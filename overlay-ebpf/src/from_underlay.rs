@@ -1,0 +1,119 @@
+//! A packet from the underlay, seen at TC ingress of the underlay interface.
+//!
+//! Everything that is not VXLAN to one of our ports passes untouched: the host's own traffic
+//! must never break. VXLAN to our port is ours, and is either delivered or dropped with a reason:
+//! valid header, a VNI this node serves, from a VTEP of that VNI, for a local endpoint.
+use aya_ebpf::{
+    bindings::BPF_F_INGRESS,
+    helpers::{bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use overlay_common::{
+    Counter, MacKey, VtepKey, deliver,
+    wire::{self, OUTER_HEADERS_LEN, VxlanHdr},
+};
+
+use crate::{
+    maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
+    packet::{linearize, ptr_at},
+    stats::{drop, pass, redirected},
+    vxlan,
+};
+
+const OFF_IP: usize = EthHdr::LEN;
+const OFF_UDP: usize = OFF_IP + Ipv4Hdr::LEN;
+const OFF_VXLAN: usize = OFF_UDP + UdpHdr::LEN;
+const OFF_INNER: usize = OFF_VXLAN + VxlanHdr::LEN;
+const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+
+pub fn handle(ctx: &TcContext) -> i32 {
+    // Not even Ethernet + IPv4 + UDP: nothing we could own.
+    if !linearize(ctx, OFF_VXLAN) {
+        return pass(Counter::UnderlayPass);
+    }
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, OFF_IP)) else {
+        return pass(Counter::UnderlayPass);
+    };
+    let (eth, ip) = unsafe { (&*eth, &*ip) };
+    if u16::from_be(eth.ether_type) != wire::ETH_P_IP || ip.proto != wire::IPPROTO_UDP {
+        return pass(Counter::UnderlayPass);
+    }
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & IP_MF_OFFSET_MASK != 0 && frags & 0x1fff != 0 {
+        // A later fragment carries no UDP header: nothing says whose it is.
+        return pass(Counter::UnderlayPass);
+    }
+    // UDP starts after the options, if any: read its port where it really is.
+    let Ok(dport) = ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) else {
+        return pass(Counter::UnderlayPass);
+    };
+    let dport = u16::from_be_bytes(dport);
+    match VXLAN_PORTS.get(dport as u32) {
+        Some(networks) if *networks != 0 => {}
+        _ => return pass(Counter::UnderlayPass),
+    }
+
+    // VXLAN to our port from here on. Linux VTEPs never send options or fragments; leave those
+    // to the host stack, which has no socket on the port and discards them.
+    if ihl != Ipv4Hdr::LEN {
+        return pass(Counter::UnderlayIpOptions);
+    }
+    if frags & IP_MF_OFFSET_MASK != 0 {
+        return pass(Counter::UnderlayFragment);
+    }
+    if !linearize(ctx, OUTER_HEADERS_LEN + EthHdr::LEN) {
+        return drop(Counter::DropTooShort);
+    }
+    let (Some(ip), Some(udp), Some(vxlan), Some(inner)) = (
+        ptr_at::<Ipv4Hdr>(ctx, OFF_IP),
+        ptr_at::<UdpHdr>(ctx, OFF_UDP),
+        ptr_at::<VxlanHdr>(ctx, OFF_VXLAN),
+        ptr_at::<EthHdr>(ctx, OFF_INNER),
+    ) else {
+        return drop(Counter::DropTooShort);
+    };
+    let (ip, udp, vxlan, inner) = unsafe { (&*ip, &*udp, &*vxlan, *inner) };
+    // Headers that claim less than they carry: a truncated or forged packet.
+    if (u16::from_be_bytes(udp.len) as usize) < UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN
+        || (u16::from_be_bytes(ip.tot_len) as usize) < OFF_INNER + EthHdr::LEN - OFF_IP
+    {
+        return drop(Counter::DropTooShort);
+    }
+    if !vxlan.is_valid() {
+        return drop(Counter::DropBadVxlan);
+    }
+    let vni = vxlan.vni();
+    match unsafe { NETWORKS.get(&vni) } {
+        Some(network) if network.port == dport => {}
+        _ => return drop(Counter::DropUnknownVni),
+    }
+    let source = VtepKey {
+        vni,
+        ip: ip.src_addr,
+    };
+    if unsafe { VTEPS.get(&source) }.is_none() {
+        return drop(Counter::DropUnknownVtep);
+    }
+    // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
+    let Some(to) = (unsafe { ENDPOINTS.get(&MacKey::new(vni, inner.dst_addr)) }) else {
+        return drop(Counter::DropNoEndpoint);
+    };
+    let (ifindex, how) = (to.ifindex, to.deliver);
+
+    if vxlan::decap(ctx, &inner).is_err() {
+        return drop(Counter::DropAdjustFailed);
+    }
+    let inner_type = u16::from_be(inner.ether_type);
+    let verdict = if how == deliver::INGRESS {
+        unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) }
+    } else if inner_type == wire::ETH_P_IP || inner_type == wire::ETH_P_IPV6 {
+        unsafe { bpf_redirect_peer(ifindex, 0) }
+    } else {
+        // redirect_peer skips eth_type_trans, so skb->protocol would still say IPv4: send
+        // anything else through the veth, whose peer parses it afresh.
+        unsafe { bpf_redirect(ifindex, 0) }
+    };
+    redirected(Counter::Decap, verdict)
+}

@@ -1,0 +1,47 @@
+//! The maps, as the agent fills them. Every map is pinned (by name, under the node's bpffs
+//! directory the loader names), so the dataplane outlives the agent.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use overlay_common::{
+    ArpEntry, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig,
+    VtepKey,
+};
+
+/// Remote MAC -> the VTEP it lives behind.
+#[map]
+pub static FDB: HashMap<MacKey, FdbEntry> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// Overlay IPv4 -> MAC, for every endpoint of every network (local and remote).
+#[map]
+pub static ARP: HashMap<IpKey, ArpEntry> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// Local endpoints by MAC: where a frame for this MAC is delivered on this host.
+#[map]
+pub static ENDPOINTS: HashMap<MacKey, Endpoint> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// Local endpoints by the ifindex of their host-side veth (the bridge port): who is sending.
+#[map]
+pub static PORTS: HashMap<u32, Endpoint> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// (VNI, VTEP address) pairs decapsulation accepts.
+#[map]
+pub static VTEPS: HashMap<VtepKey, u32> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// VNIs this node serves.
+#[map]
+pub static NETWORKS: HashMap<u32, Network> = HashMap::pinned(4096, 0);
+
+/// Indexed by UDP port: how many networks use it. Nonzero means "VXLAN lands here". An array,
+/// not a hash, so non-overlay UDP on the underlay costs one indexed load.
+#[map]
+pub static VXLAN_PORTS: Array<u32> = Array::pinned(65536, 0);
+
+/// Slot 0: this node's settings.
+#[map]
+pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// One slot per [`Counter`], per CPU.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -1,0 +1,21 @@
+//! Support for the privileged end-to-end tests: network namespaces as hosts, packets built byte
+//! by byte, and a node's dataplane loaded for a test.
+pub mod fixture;
+pub mod netns;
+pub mod packet;
+
+/// The tests load eBPF programs and create network namespaces: they need root. Say so plainly
+/// instead of failing on the first EPERM somewhere deep.
+pub fn require_root() {
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run `sudo cargo xtask test`"
+        );
+    }
+}
+
+/// A name unique to this test process and the given label, short enough for an interface
+/// (15 bytes) when `label` is at most 8.
+pub fn unique(label: &str) -> String {
+    format!("{label}{}", std::process::id() % 100_000)
+}

@@ -1,0 +1,99 @@
+//! Network namespaces as test hosts and containers, made with iproute2 like a user would.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// A named network namespace (`ip netns add`), deleted on drop with everything inside it.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        sh(&format!("ip netns add {name}"))?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        ns.run("ip link set lo up")?;
+        Ok(ns)
+    }
+
+    /// Runs a shell command inside the namespace; fails with its output if it fails.
+    pub fn run(&self, cmd: &str) -> Result<String> {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', r"'\''")
+        ))
+    }
+
+    /// Runs a shell command inside the namespace and returns its raw output, success or not.
+    pub fn output(&self, cmd: &str) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .with_context(|| format!("running {cmd:?} in {}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: BPF_PROG_TEST_RUN, FIB lookups and
+    /// interface names all resolve in the calling thread's namespace.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    panic!("setns {path}: {}", std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    pub fn ifindex(&self, iface: &str) -> Result<u32> {
+        let out = self.run(&format!("cat /sys/class/net/{iface}/ifindex"))?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("ifindex of {iface} in {}", self.name))
+    }
+
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        let out = self.run(&format!("cat /sys/class/net/{iface}/address"))?;
+        let mut mac = [0u8; 6];
+        for (b, part) in mac.iter_mut().zip(out.trim().split(':')) {
+            *b = u8::from_str_radix(part, 16)?;
+        }
+        Ok(mac)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+pub fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
