@@ -3,6 +3,7 @@
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+pub mod topology;
 
 /// The tests load eBPF programs and create network namespaces: they need root. Say so plainly
 /// instead of failing on the first EPERM somewhere deep.

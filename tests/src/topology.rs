@@ -1,0 +1,180 @@
+//! Hosts and containers in network namespaces, laid out as Docker lays them out: per host an
+//! underlay interface `eth1`, a bridge per network, and per container a veth pair whose host
+//! side sits on the bridge and whose other side is the container's `eth0`.
+use anyhow::{Context as _, Result};
+use overlay_common::{Endpoint, Network, NodeConfig, deliver};
+
+use crate::{fixture::Node, netns::Netns};
+
+pub const VNI: u32 = 42;
+pub const PORT: u16 = 4789;
+pub const OVERLAY_PREFIX: u8 = 16;
+/// Overlay MTU: the underlay's 1500 less the 50 bytes of VXLAN.
+pub const MTU: u32 = 1450;
+
+pub struct Container {
+    pub ns: Netns,
+    /// Host-side veth name (on the host's bridge).
+    pub port: String,
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+}
+
+impl Container {
+    pub fn ip_str(&self) -> String {
+        ip_str(self.ip)
+    }
+}
+
+pub struct Host {
+    pub ns: Netns,
+    /// Our dataplane, or None for a legacy host running the kernel's vxlan device.
+    pub node: Option<Node>,
+    pub vtep: [u8; 4],
+    pub containers: Vec<Container>,
+    label: String,
+}
+
+impl Host {
+    /// Runs a command in the host namespace.
+    pub fn run(&self, cmd: &str) -> Result<String> {
+        self.ns.run(cmd)
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("a host running our dataplane")
+    }
+
+    /// Adds a container on `bridge`, with a Docker-style MAC derived from its IP.
+    pub fn add_container(&mut self, bridge: &str, ip: [u8; 4]) -> Result<&Container> {
+        let n = self.containers.len() + 1;
+        let name = format!("{}c{n}", self.label);
+        let ns = Netns::new(&name)?;
+        let mac = [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]];
+        let port = format!("vc{n}");
+        self.run(&format!(
+            "ip link add {port} mtu {MTU} type veth peer name eth0 netns {name} && \
+             ip link set {port} master {bridge} up"
+        ))?;
+        ns.run(&format!(
+            "ip link set eth0 address {} mtu {MTU} up && ip addr add {}/{OVERLAY_PREFIX} dev eth0",
+            mac_str(mac),
+            ip_str(ip)
+        ))?;
+        self.containers.push(Container { ns, port, mac, ip });
+        Ok(self.containers.last().unwrap())
+    }
+
+    /// Attaches from_container to every container's port and registers it as a local endpoint.
+    pub fn serve_containers(&mut self, vni: u32) -> Result<()> {
+        let node = self.node.as_mut().context("not our dataplane")?;
+        for c in &self.containers {
+            let ifindex = self.ns.ifindex(&c.port)?;
+            let port = c.port.clone();
+            let dp = &mut node.dataplane;
+            self.ns.enter(|| dp.attach_container(&port))?;
+            node.maps().set_local_endpoint(Endpoint {
+                ifindex,
+                vni,
+                mac: c.mac,
+                deliver: deliver::PEER,
+                ip: c.ip,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes `mac`/`ip` behind `vtep` reachable from this host's containers.
+    pub fn learn_remote(&self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: [u8; 4]) -> Result<()> {
+        let mut maps = self.node().maps();
+        maps.set_fdb(vni, mac, vtep)?;
+        maps.set_arp(vni, ip, mac)?;
+        maps.set_vtep(vni, vtep)
+    }
+}
+
+/// Hosts h1, h2, ... on one underlay bridge (10.0.0.<i>/24), each with forwarding on as Docker
+/// sets it, and a bridge `br42` for the overlay network.
+pub struct Cluster {
+    pub hosts: Vec<Host>,
+    /// The underlay segment: a namespace holding the bridge all hosts' eth1 plug into.
+    _wire: Netns,
+}
+
+impl Cluster {
+    /// `ours[i]`: host i runs our dataplane (true) or is a legacy host (false).
+    pub fn new(label: &str, ours: &[bool]) -> Result<Self> {
+        crate::require_root();
+        let tag = crate::unique(label);
+        let wire = Netns::new(&format!("{tag}w"))?;
+        wire.run("ip link add ul type bridge && ip link set ul up")?;
+        let mut hosts = Vec::new();
+        for (i, &is_ours) in ours.iter().enumerate() {
+            let n = i + 1;
+            let name = format!("{tag}h{n}");
+            let ns = Netns::new(&name)?;
+            let vtep = [10, 0, 0, n as u8];
+            wire.run(&format!(
+                "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
+            ))?;
+            ns.run(&format!(
+                "ip link set eth1 up && ip addr add {}/24 dev eth1 && \
+                 sysctl -qw net.ipv4.conf.all.forwarding=1 && \
+                 ip link add br{VNI} type bridge && ip link set br{VNI} up",
+                ip_str(vtep)
+            ))?;
+            let node = if is_ours {
+                let mut node = Node::load(&name)?;
+                let underlay = ns.ifindex("eth1")?;
+                let dp = &mut node.dataplane;
+                ns.enter(|| dp.attach_underlay("eth1"))?;
+                let mut maps = node.maps();
+                maps.set_config(NodeConfig {
+                    vtep,
+                    underlay_ifindex: underlay,
+                })?;
+                maps.set_network(
+                    VNI,
+                    Network {
+                        port: PORT,
+                        _pad: 0,
+                    },
+                )?;
+                Some(node)
+            } else {
+                None
+            };
+            hosts.push(Host {
+                ns,
+                node,
+                vtep,
+                containers: Vec::new(),
+                label: format!("{tag}h{n}"),
+            });
+        }
+        Ok(Self { hosts, _wire: wire })
+    }
+
+    /// Tells every host of ours about every container on the other hosts.
+    pub fn mesh(&self, vni: u32) -> Result<()> {
+        for host in self.hosts.iter().filter(|h| h.node.is_some()) {
+            for other in self.hosts.iter().filter(|o| o.vtep != host.vtep) {
+                for c in &other.containers {
+                    host.learn_remote(vni, c.mac, c.ip, other.vtep)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn ip_str(ip: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(ip).to_string()
+}
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,0 +1,245 @@
+//! Whole paths through real namespaces: containers on two hosts talking over our dataplane, and
+//! a legacy host running the kernel's own vxlan device talking to ours.
+use overlay_common::Counter;
+use overlay_tests::topology::{Cluster, Container, VNI, ip_str, mac_str};
+
+fn ping(from: &Container, to: &str) {
+    let out = from
+        .ns
+        .output(&format!("ping -c 3 -i 0.2 -W 2 {to}"))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ping {to} from {} failed:\n{}{}",
+        from.ip_str(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs an iperf3 TCP test for one second against `server`, returns bits per second.
+fn iperf_tcp(client: &overlay_tests::netns::Netns, server: &str, reverse: bool) -> f64 {
+    let out = client
+        .output(&format!(
+            "iperf3 -c {server} -t 1 -J {}",
+            if reverse { "-R" } else { "" }
+        ))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 -c {server}: {text}");
+    let key = "\"bits_per_second\":";
+    // The last occurrence is end.sum_received.
+    let at = text.rfind(key).expect("iperf3 JSON has bits_per_second") + key.len();
+    let num: String = text[at..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    num.parse().unwrap()
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other() {
+    let mut cluster = Cluster::new("pth", &[true, true]).unwrap();
+    cluster.hosts[0]
+        .add_container("br42", [10, 10, 1, 2])
+        .unwrap();
+    cluster.hosts[0]
+        .add_container("br42", [10, 10, 1, 3])
+        .unwrap();
+    cluster.hosts[1]
+        .add_container("br42", [10, 10, 2, 2])
+        .unwrap();
+    for h in &mut cluster.hosts {
+        h.serve_containers(VNI).unwrap();
+    }
+    cluster.mesh(VNI).unwrap();
+    let (h1, h2) = (&cluster.hosts[0], &cluster.hosts[1]);
+    let (c1, c3, c2) = (&h1.containers[0], &h1.containers[1], &h2.containers[0]);
+
+    ping(c1, &c2.ip_str());
+    ping(c2, &c1.ip_str());
+    ping(c1, &c3.ip_str());
+
+    c2.ns.run("iperf3 -s -D -1").unwrap();
+    let up = iperf_tcp(&c1.ns, &c2.ip_str(), false);
+    c2.ns.run("iperf3 -s -D -1").unwrap();
+    let down = iperf_tcp(&c1.ns, &c2.ip_str(), true);
+    eprintln!(
+        "TCP c1 -> c2: {:.2} Gbit/s, c2 -> c1: {:.2} Gbit/s",
+        up / 1e9,
+        down / 1e9
+    );
+    assert!(
+        up > 1e6 && down > 1e6,
+        "TCP barely moved: {up} / {down} bit/s"
+    );
+
+    for (h, name) in [(h1, "h1"), (h2, "h2")] {
+        let maps = h.node().maps();
+        for c in [Counter::Encap, Counter::Decap, Counter::ArpReply] {
+            assert!(
+                maps.counter(c).unwrap() > 0,
+                "{name}: {} stayed 0",
+                c.name()
+            );
+        }
+        for c in [
+            Counter::DropUnknownVtep,
+            Counter::DropUnknownVni,
+            Counter::DropBadVxlan,
+            Counter::ArpMiss,
+        ] {
+            assert_eq!(maps.counter(c).unwrap(), 0, "{name}: {}", c.name());
+        }
+    }
+    assert!(
+        h1.node().maps().counter(Counter::LocalDeliver).unwrap() > 0,
+        "c1 <-> c3 went through the bridge"
+    );
+}
+
+#[test]
+fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
+    let mut cluster = Cluster::new("leg", &[true, false]).unwrap();
+    cluster.hosts[0]
+        .add_container("br42", [10, 10, 1, 2])
+        .unwrap();
+    cluster.hosts[0].serve_containers(VNI).unwrap();
+    let (h1, legacy) = (&cluster.hosts[0], &cluster.hosts[1]);
+    let c1 = &h1.containers[0];
+
+    // The seed recipe from DESIGN.md, by hand, on the legacy host.
+    let legacy_ip = "10.10.0.255";
+    legacy
+        .run(&format!(
+            "ip link add vxlan0 type vxlan id {VNI} dev eth1 dstport 4789 && \
+             ip addr add {legacy_ip}/16 dev vxlan0 && ip link set vxlan0 up && \
+             ip neigh add {} lladdr {} dev vxlan0 nud permanent && \
+             bridge fdb add to {} dst {} dev vxlan0",
+            c1.ip_str(),
+            mac_str(c1.mac),
+            mac_str(c1.mac),
+            ip_str(h1.vtep)
+        ))
+        .unwrap();
+    // The reverse of the recipe on our side: what `peer add` will write.
+    let vxlan0_mac = legacy.ns.mac("vxlan0").unwrap();
+    h1.learn_remote(VNI, vxlan0_mac, [10, 10, 0, 255], legacy.vtep)
+        .unwrap();
+
+    let pcap = format!("/tmp/overlay-interop-{}.pcap", std::process::id());
+    let mut capture = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &h1.ns.name,
+            "tcpdump",
+            "-i",
+            "eth1",
+            "-U",
+            "-w",
+            &pcap,
+            "udp port 4789",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Start sending only once tcpdump says it is listening.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(capture.stderr.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("listening"), "tcpdump: {first}");
+    ping(c1, legacy_ip);
+    let out = legacy
+        .ns
+        .output(&format!("ping -c 3 -i 0.2 -W 2 {}", c1.ip_str()))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "legacy host -> c1: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+    capture.wait().unwrap();
+
+    // Decode the capture independently of our code: tshark's own VXLAN dissector.
+    let decoded = std::process::Command::new("tshark")
+        .args([
+            "-r",
+            &pcap,
+            "-d",
+            "udp.port==4789,vxlan",
+            "-T",
+            "fields",
+            "-E",
+            "separator=,",
+            "-E",
+            "occurrence=f",
+        ])
+        .args([
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "vxlan.flags",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "icmp.type",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    let text = String::from_utf8_lossy(&decoded.stdout);
+    assert!(
+        decoded.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines.len() >= 12,
+        "expected 3+3 pings each way in VXLAN, saw:\n{text}"
+    );
+    for line in &lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[2], "4789", "UDP port: {line}");
+        assert_eq!(f[4], VNI.to_string(), "VNI: {line}");
+        // tshark shows the flags as 16 bits: 0x0800 is the I flag alone.
+        assert_eq!(f[3], "0x0800", "VXLAN flags: only I: {line}");
+    }
+    let ours = lines
+        .iter()
+        .filter(|l| l.starts_with("10.0.0.1,10.0.0.2"))
+        .count();
+    let theirs = lines
+        .iter()
+        .filter(|l| l.starts_with("10.0.0.2,10.0.0.1"))
+        .count();
+    assert!(
+        ours >= 6 && theirs >= 6,
+        "both directions in VXLAN: ours {ours}, theirs {theirs}\n{text}"
+    );
+
+    c1.ns.run("iperf3 -s -D -1").unwrap();
+    let up = iperf_tcp(&legacy.ns, &c1.ip_str(), false);
+    c1.ns.run("iperf3 -s -D -1").unwrap();
+    let down = iperf_tcp(&legacy.ns, &c1.ip_str(), true);
+    eprintln!(
+        "TCP legacy -> c1: {:.2} Gbit/s, c1 -> legacy: {:.2} Gbit/s",
+        up / 1e9,
+        down / 1e9
+    );
+    assert!(
+        up > 1e6 && down > 1e6,
+        "TCP barely moved: {up} / {down} bit/s"
+    );
+}
