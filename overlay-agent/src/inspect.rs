@@ -97,7 +97,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             });
         }
     };
-    rows.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+    rows.sort_by_key(|row| natural_key(row));
     Ok(Rows { columns, rows })
 }
 

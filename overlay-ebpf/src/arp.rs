@@ -41,7 +41,7 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> i32 {
     }
     let target_ip = arp.tpa;
     let Some(owner) = (unsafe {
-        ARP.get(&IpKey {
+        ARP.get(IpKey {
             vni: sender.vni,
             ip: target_ip,
         })

@@ -24,7 +24,7 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
     if !linearize(ctx, EthHdr::LEN) {
         return drop(Counter::DropTooShort);
     }
-    let Some(sender) = (unsafe { PORTS.get(&ifindex(ctx)) }) else {
+    let Some(sender) = (unsafe { PORTS.get(ifindex(ctx)) }) else {
         // Not a port we manage (the agent attached us before registering it, or it is gone).
         return pass(Counter::ContainerPass);
     };
@@ -61,16 +61,16 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
 #[inline(always)]
 fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6], ip: bool) -> i32 {
     let key = MacKey::new(sender.vni, dst);
-    if let Some(local) = unsafe { ENDPOINTS.get(&key) } {
+    if let Some(local) = unsafe { ENDPOINTS.get(key) } {
         return deliver_local(local);
     }
     if !ip {
         return pass(Counter::ContainerPass);
     }
-    let Some(fdb) = (unsafe { FDB.get(&key) }) else {
+    let Some(fdb) = (unsafe { FDB.get(key) }) else {
         return pass(Counter::ContainerPass);
     };
-    let Some(network) = (unsafe { NETWORKS.get(&sender.vni) }) else {
+    let Some(network) = (unsafe { NETWORKS.get(sender.vni) }) else {
         return pass(Counter::ContainerPass);
     };
     vxlan::encap(ctx, sender.vni, network.port, fdb.vtep)

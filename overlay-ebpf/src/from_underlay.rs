@@ -85,7 +85,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop(Counter::DropBadVxlan);
     }
     let vni = vxlan.vni();
-    match unsafe { NETWORKS.get(&vni) } {
+    match unsafe { NETWORKS.get(vni) } {
         Some(network) if network.port == dport => {}
         _ => return drop(Counter::DropUnknownVni),
     }
@@ -93,11 +93,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
         vni,
         ip: ip.src_addr,
     };
-    if unsafe { VTEPS.get(&source) }.is_none() {
+    if unsafe { VTEPS.get(source) }.is_none() {
         return drop(Counter::DropUnknownVtep);
     }
     // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
-    let Some(to) = (unsafe { ENDPOINTS.get(&MacKey::new(vni, inner.dst_addr)) }) else {
+    let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst_addr)) }) else {
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);

@@ -17,14 +17,14 @@ pub fn count(counter: Counter) {
 #[inline(always)]
 pub fn pass(counter: Counter) -> i32 {
     count(counter);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Count and drop.
 #[inline(always)]
 pub fn drop(counter: Counter) -> i32 {
     count(counter);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// Count a redirect whose verdict the helper already returned.

@@ -101,18 +101,16 @@ impl Lab {
         }
     }
 
-    fn run(&mut self, program: &str, ifindex: u32, frame: &[u8]) -> Verdict {
+    /// Runs `frame` through the program at `hook`.
+    fn send(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
+        let (program, ifindex) = match hook {
+            Hook::Container(ifindex) => (programs::FROM_CONTAINER, ifindex),
+            Hook::Underlay => (programs::FROM_UNDERLAY, self.underlay),
+        };
         let node = &mut self.node;
-        self.ns.enter(|| node.run(program, ifindex, frame)).unwrap()
-    }
-
-    fn from_container(&mut self, ifindex: u32, frame: &[u8]) -> Verdict {
-        self.run(programs::FROM_CONTAINER, ifindex, frame)
-    }
-
-    fn from_underlay(&mut self, frame: &[u8]) -> Verdict {
-        let underlay = self.underlay;
-        self.run(programs::FROM_UNDERLAY, underlay, frame)
+        self.ns
+            .enter(|| node.run(program, ifindex, frame))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn count(&self, counter: Counter) -> u64 {
@@ -124,28 +122,13 @@ impl Lab {
     fn expect(
         &mut self,
         what: &str,
-        from_underlay: bool,
-        ifindex: u32,
+        hook: Hook,
         frame: &[u8],
         code: i32,
         counter: Counter,
     ) -> Verdict {
         let before = self.node.maps().counters().unwrap();
-        let program = if from_underlay {
-            programs::FROM_UNDERLAY
-        } else {
-            programs::FROM_CONTAINER
-        };
-        let ifindex = if from_underlay {
-            self.underlay
-        } else {
-            ifindex
-        };
-        let node = &mut self.node;
-        let v = self
-            .ns
-            .enter(|| node.run(program, ifindex, frame))
-            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let v = self.send(hook, frame);
         let after = self.node.maps().counters().unwrap();
         let moved: Vec<String> = before
             .iter()
@@ -173,6 +156,16 @@ impl Lab {
         v
     }
 }
+
+/// Where a frame enters the dataplane.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// From the container behind this host-side veth.
+    Container(u32),
+    /// From the underlay interface.
+    Underlay,
+}
+use Hook::{Container, Underlay};
 
 fn mac_str(m: [u8; 6]) -> String {
     m.iter()
@@ -220,8 +213,7 @@ fn encap_produces_the_vxlan_packet_rfc7348_describes() {
     let vc1 = lab.vc1;
     let v = lab.expect(
         "c1 -> c2",
-        false,
-        vc1,
+        Container(vc1),
         &inner,
         TC_ACT_REDIRECT,
         Counter::Encap,
@@ -289,8 +281,7 @@ fn encap_without_forwarding_lets_the_kernel_route() {
     let vc1 = lab.vc1;
     let v = lab.expect(
         "c1 -> c2",
-        false,
-        vc1,
+        Container(vc1),
         &inner,
         TC_ACT_REDIRECT,
         Counter::Encap,
@@ -308,8 +299,7 @@ fn encap_without_a_route_is_dropped_and_counted() {
     let vc1 = lab.vc1;
     lab.expect(
         "no route to the VTEP",
-        false,
-        vc1,
+        Container(vc1),
         &c1_to_c2_ping(0),
         TC_ACT_SHOT,
         Counter::DropNoRoute,
@@ -330,15 +320,15 @@ fn encap_source_port_follows_the_flow() {
         )
     };
     let outer_sport = |v: &Verdict| u16::from_be_bytes([v.frame[34], v.frame[35]]);
-    let a1 = lab.from_container(vc1, &flow(1000));
-    let a2 = lab.from_container(vc1, &flow(1000));
+    let a1 = lab.send(Container(vc1), &flow(1000));
+    let a2 = lab.send(Container(vc1), &flow(1000));
     assert_eq!(
         outer_sport(&a1),
         outer_sport(&a2),
         "one flow, one outer source port"
     );
     let ports: std::collections::BTreeSet<u16> = (0..16)
-        .map(|i| outer_sport(&lab.from_container(vc1, &flow(2000 + i))))
+        .map(|i| outer_sport(&lab.send(Container(vc1), &flow(2000 + i))))
         .collect();
     assert!(
         ports.len() >= 8,
@@ -354,8 +344,7 @@ fn decap_delivers_exactly_the_inner_frame() {
     let pkt = vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &inner);
     let v = lab.expect(
         "c2 -> c1 over VXLAN",
-        true,
-        0,
+        Underlay,
         &pkt,
         TC_ACT_REDIRECT,
         Counter::Decap,
@@ -375,8 +364,7 @@ fn arp_request_is_answered_from_the_map() {
     );
     let v = lab.expect(
         "who-has c2",
-        false,
-        vc1,
+        Container(vc1),
         &request,
         TC_ACT_REDIRECT,
         Counter::ArpReply,
@@ -398,8 +386,7 @@ fn arp_request_is_answered_from_the_map() {
     );
     let v = lab.expect(
         "unicast probe",
-        false,
-        vc1,
+        Container(vc1),
         &probe,
         TC_ACT_REDIRECT,
         Counter::ArpReply,
@@ -419,8 +406,7 @@ fn arp_edge_cases_stay_local() {
     );
     lab.expect(
         "who-has an unknown address",
-        false,
-        vc1,
+        Container(vc1),
         &unknown,
         TC_ACT_OK,
         Counter::ArpMiss,
@@ -433,8 +419,7 @@ fn arp_edge_cases_stay_local() {
     );
     lab.expect(
         "gratuitous ARP",
-        false,
-        vc1,
+        Container(vc1),
         &gratuitous,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -447,8 +432,7 @@ fn arp_edge_cases_stay_local() {
     );
     lab.expect(
         "RFC 5227 probe from 0.0.0.0",
-        false,
-        vc1,
+        Container(vc1),
         &probe,
         TC_ACT_REDIRECT,
         Counter::ArpReply,
@@ -461,8 +445,7 @@ fn arp_edge_cases_stay_local() {
     );
     lab.expect(
         "an ARP reply",
-        false,
-        vc1,
+        Container(vc1),
         &reply,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -476,8 +459,7 @@ fn arp_edge_cases_stay_local() {
     let vc4 = lab.vc4;
     lab.expect(
         "c2 is not in VNI 43",
-        false,
-        vc4,
+        Container(vc4),
         &other_vni,
         TC_ACT_OK,
         Counter::ArpMiss,
@@ -497,8 +479,7 @@ fn same_host_traffic_skips_the_bridge_and_the_tunnel() {
     );
     let v = lab.expect(
         "c1 -> c3",
-        false,
-        vc1,
+        Container(vc1),
         &frame,
         TC_ACT_REDIRECT,
         Counter::LocalDeliver,
@@ -523,16 +504,14 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
 
     lab.expect(
         "forged source MAC",
-        false,
-        vc1,
+        Container(vc1),
         &to_c2(C3_MAC, C1_IP),
         TC_ACT_SHOT,
         Counter::DropSpoofedMac,
     );
     lab.expect(
         "forged source IP",
-        false,
-        vc1,
+        Container(vc1),
         &to_c2(C1_MAC, C3_IP),
         TC_ACT_SHOT,
         Counter::DropSpoofedIp,
@@ -545,8 +524,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
     lab.expect(
         "ARP claiming c3's address",
-        false,
-        vc1,
+        Container(vc1),
         &arp_lie,
         TC_ACT_SHOT,
         Counter::DropSpoofedIp,
@@ -559,8 +537,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
     lab.expect(
         "ARP with another sender MAC",
-        false,
-        vc1,
+        Container(vc1),
         &arp_mac_lie,
         TC_ACT_SHOT,
         Counter::DropSpoofedMac,
@@ -568,8 +545,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     let arp_runt = packet::eth(BROADCAST, C1_MAC, ETH_P_ARP, &[0, 1, 8, 0]);
     lab.expect(
         "truncated ARP",
-        false,
-        vc1,
+        Container(vc1),
         &arp_runt,
         TC_ACT_SHOT,
         Counter::DropTooShort,
@@ -582,8 +558,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
     lab.expect(
         "unknown destination MAC",
-        false,
-        vc1,
+        Container(vc1),
         &unknown,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -596,8 +571,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
     lab.expect(
         "broadcast",
-        false,
-        vc1,
+        Container(vc1),
         &bcast,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -605,8 +579,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     let lldp = packet::eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], C1_MAC, 0x88cc, &[0; 32]);
     lab.expect(
         "non-IP",
-        false,
-        vc1,
+        Container(vc1),
         &lldp,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -620,8 +593,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
     lab.expect(
         "VNI 43 frame for a VNI 42 MAC",
-        false,
-        vc4,
+        Container(vc4),
         &cross,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -635,8 +607,7 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     let underlay = lab.underlay;
     lab.expect(
         "a port the agent does not manage",
-        false,
-        underlay,
+        Container(underlay),
         &stranger,
         TC_ACT_OK,
         Counter::ContainerPass,
@@ -656,8 +627,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     for len in [34, 35, 41] {
         lab.expect(
             &format!("truncated to {len}"),
-            true,
-            0,
+            Underlay,
             &good[..len],
             TC_ACT_OK,
             Counter::UnderlayPass,
@@ -666,8 +636,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     for len in [42, 49, 50, 63] {
         lab.expect(
             &format!("truncated to {len}"),
-            true,
-            0,
+            Underlay,
             &good[..len],
             TC_ACT_SHOT,
             Counter::DropTooShort,
@@ -678,8 +647,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     no_i_flag[42] = 0;
     lab.expect(
         "VXLAN without the I flag",
-        true,
-        0,
+        Underlay,
         &no_i_flag,
         TC_ACT_SHOT,
         Counter::DropBadVxlan,
@@ -688,8 +656,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     reserved[49] = 1;
     lab.expect(
         "VXLAN reserved bits set",
-        true,
-        0,
+        Underlay,
         &reserved,
         TC_ACT_SHOT,
         Counter::DropBadVxlan,
@@ -698,8 +665,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let unknown_vni = vxlan_from_remote(999, REMOTE_VTEP, PORT, &inner);
     lab.expect(
         "unknown VNI",
-        true,
-        0,
+        Underlay,
         &unknown_vni,
         TC_ACT_SHOT,
         Counter::DropUnknownVni,
@@ -707,8 +673,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let spoofed = vxlan_from_remote(VNI, [10, 0, 0, 66], PORT, &inner);
     lab.expect(
         "unknown source VTEP",
-        true,
-        0,
+        Underlay,
         &spoofed,
         TC_ACT_SHOT,
         Counter::DropUnknownVtep,
@@ -716,8 +681,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let wrong_vni_for_vtep = vxlan_from_remote(OTHER_VNI, REMOTE_VTEP, PORT, &inner);
     lab.expect(
         "a VTEP of VNI 42 sending into VNI 43",
-        true,
-        0,
+        Underlay,
         &wrong_vni_for_vtep,
         TC_ACT_SHOT,
         Counter::DropUnknownVtep,
@@ -731,8 +695,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let to_nobody = vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &stranger);
     lab.expect(
         "inner MAC not local",
-        true,
-        0,
+        Underlay,
         &to_nobody,
         TC_ACT_SHOT,
         Counter::DropNoEndpoint,
@@ -746,8 +709,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let flood = vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &bcast);
     lab.expect(
         "inner broadcast",
-        true,
-        0,
+        Underlay,
         &flood,
         TC_ACT_SHOT,
         Counter::DropNoEndpoint,
@@ -764,8 +726,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let with_options = packet::eth(UNDERLAY_MAC, NEXT_HOP_MAC, ETH_P_IP, &ip);
     lab.expect(
         "outer IPv4 with options",
-        true,
-        0,
+        Underlay,
         &with_options,
         TC_ACT_OK,
         Counter::UnderlayIpOptions,
@@ -775,8 +736,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     first_fragment[20] = 0x20; // MF
     lab.expect(
         "outer first fragment",
-        true,
-        0,
+        Underlay,
         &first_fragment,
         TC_ACT_OK,
         Counter::UnderlayFragment,
@@ -785,8 +745,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     later_fragment[21] = 0x10; // offset 16 * 8
     lab.expect(
         "outer later fragment",
-        true,
-        0,
+        Underlay,
         &later_fragment,
         TC_ACT_OK,
         Counter::UnderlayPass,
@@ -795,8 +754,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     let other_port = vxlan_from_remote(VNI, REMOTE_VTEP, 4790, &inner);
     lab.expect(
         "UDP to another port",
-        true,
-        0,
+        Underlay,
         &other_port,
         TC_ACT_OK,
         Counter::UnderlayPass,
@@ -807,14 +765,13 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     vlan.extend_from_slice(&good[12..]);
     lab.expect(
         "VLAN-tagged",
-        true,
-        0,
+        Underlay,
         &vlan,
         TC_ACT_OK,
         Counter::UnderlayPass,
     );
     let v6 = packet::eth(UNDERLAY_MAC, NEXT_HOP_MAC, ETH_P_IPV6, &[0x60; 60]);
-    lab.expect("IPv6", true, 0, &v6, TC_ACT_OK, Counter::UnderlayPass);
+    lab.expect("IPv6", Underlay, &v6, TC_ACT_OK, Counter::UnderlayPass);
     let arp = packet::eth(
         BROADCAST,
         NEXT_HOP_MAC,
@@ -823,8 +780,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     );
     lab.expect(
         "underlay ARP",
-        true,
-        0,
+        Underlay,
         &arp,
         TC_ACT_OK,
         Counter::UnderlayPass,
@@ -835,12 +791,11 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
         ETH_P_IP,
         &packet::ipv4(REMOTE_VTEP, LOCAL_VTEP, 6, 0, &[0; 20]),
     );
-    lab.expect("host TCP", true, 0, &tcp, TC_ACT_OK, Counter::UnderlayPass);
+    lab.expect("host TCP", Underlay, &tcp, TC_ACT_OK, Counter::UnderlayPass);
     let runt = packet::eth(UNDERLAY_MAC, NEXT_HOP_MAC, ETH_P_ARP, &[]);
     lab.expect(
         "runt: a bare Ethernet header",
-        true,
-        0,
+        Underlay,
         &runt,
         TC_ACT_OK,
         Counter::UnderlayPass,
@@ -849,8 +804,7 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
     // And after all that, the good packet still goes through.
     lab.expect(
         "the valid packet",
-        true,
-        0,
+        Underlay,
         &good,
         TC_ACT_REDIRECT,
         Counter::Decap,
@@ -866,8 +820,7 @@ fn a_frame_never_crosses_from_one_vni_to_another() {
     let pkt = vxlan_from_remote(OTHER_VNI, REMOTE_VTEP, PORT, &inner);
     lab.expect(
         "VNI 43 frame for a VNI 42 MAC",
-        true,
-        0,
+        Underlay,
         &pkt,
         TC_ACT_SHOT,
         Counter::DropNoEndpoint,
@@ -882,8 +835,7 @@ fn a_frame_never_crosses_from_one_vni_to_another() {
     let pkt = vxlan_from_remote(OTHER_VNI, REMOTE_VTEP, PORT, &inner);
     let v = lab.expect(
         "VNI 43 frame for c4",
-        true,
-        0,
+        Underlay,
         &pkt,
         TC_ACT_REDIRECT,
         Counter::Decap,

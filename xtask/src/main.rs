@@ -1,1 +1,104 @@
-fn main() {}
+//! `cargo xtask <setup|test|demo>`: everything a fresh machine needs, in the order it needs it.
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "overlay's build, test and demo orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: Debian packages, rust-src for nightly, bpf-linker. Idempotent.
+    Setup,
+    /// Setup, then formatting, clippy and every test (unit, BPF_PROG_TEST_RUN, namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, --nocapture, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then the two-host overlay demo in network namespaces.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test(&args),
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::run()?;
+    util::clean_test_leftovers();
+    util::step("cargo fmt --check")?;
+    util::cargo(&["fmt", "--all", "--check"])?;
+    util::step("cargo clippy (host crates)")?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::step("cargo clippy (eBPF programs, bpfel-unknown-none)")?;
+    util::cargo_in(
+        "overlay-ebpf",
+        &[
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    util::step("cargo test")?;
+    let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
+    if !args.is_empty() {
+        test_args.push("--");
+        test_args.extend(args.iter().map(String::as_str));
+    }
+    util::cargo_test(&test_args)
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    util::clean_test_leftovers();
+    util::step("building (release)")?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "overlay-agent",
+        "-p",
+        "overlay-tests",
+        "--bins",
+    ])?;
+    util::step("two hosts, four containers, one overlay")?;
+    util::run(
+        util::workspace_root().join("target/release/overlay-demo"),
+        &[],
+    )
+}
