@@ -4,9 +4,19 @@ use anyhow::{Context as _, Result};
 use serde_json::{Map as JsonObject, Value};
 
 use crate::{
-    dataplane::Maps,
+    dataplane::{Maps, PinDir},
     net::{Mac, ip},
 };
+
+/// `overlay-agent maps <table> [--json]`: the node's map as text.
+pub fn render(pins: &PinDir, table: Table, json: bool) -> Result<String> {
+    let rows = rows(&Maps::open(pins)?, table)?;
+    Ok(if json {
+        serde_json::to_string_pretty(&rows.to_json())? + "\n"
+    } else {
+        rows.to_table()
+    })
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Table {

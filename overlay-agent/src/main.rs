@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use overlay_agent::{
-    dataplane::{Maps, PinDir, pins},
+    dataplane::{PinDir, pins},
     inspect::{self, Table},
 };
 
@@ -46,15 +46,7 @@ fn default_node() -> String {
 fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(&cli.pin_root, &cli.node)?;
     match cli.command {
-        Command::Maps { table, json } => {
-            let maps = Maps::open(&pins)?;
-            let rows = inspect::rows(&maps, table)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows.to_json())?);
-            } else {
-                print!("{}", rows.to_table());
-            }
-        }
+        Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
     }
     Ok(())
 }

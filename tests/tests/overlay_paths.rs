@@ -62,7 +62,16 @@ fn containers_on_two_hosts_reach_each_other() {
     ping(c1, &c3.ip_str());
 
     c2.ns.run("iperf3 -s -D -1").unwrap();
+    let encaps_before = h1.node().maps().counter(Counter::Encap).unwrap();
     let up = iperf_tcp(&c1.ns, &c2.ip_str(), false);
+    let encaps = h1.node().maps().counter(Counter::Encap).unwrap() - encaps_before;
+    // One second of TCP encapsulated as GSO super-packets: far more than one MTU per encap.
+    let bytes_per_encap = up / 8.0 / encaps as f64;
+    eprintln!("{bytes_per_encap:.0} bytes per encapsulated packet");
+    assert!(
+        bytes_per_encap > 4.0 * 1450.0,
+        "GSO packets were split before encap: {bytes_per_encap:.0} B each"
+    );
     c2.ns.run("iperf3 -s -D -1").unwrap();
     let down = iperf_tcp(&c1.ns, &c2.ip_str(), true);
     eprintln!(

@@ -1,0 +1,89 @@
+//! `overlay-agent maps ...` against a node's real pinned maps.
+use overlay_agent::{
+    dataplane::PinDir,
+    inspect::{Table, render},
+};
+use overlay_common::{Endpoint, Network, deliver};
+use overlay_tests::{
+    fixture::{Node, TEST_PIN_ROOT},
+    require_root, unique,
+};
+
+#[test]
+fn maps_print_as_tables_and_json() {
+    require_root();
+    let node = Node::load(&unique("cli")).unwrap();
+    let mut maps = node.maps();
+    maps.set_network(
+        42,
+        Network {
+            port: 4789,
+            _pad: 0,
+        },
+    )
+    .unwrap();
+    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
+        .unwrap();
+    maps.set_arp(42, [10, 10, 2, 2], [2, 0x42, 10, 10, 2, 2])
+        .unwrap();
+    maps.set_vtep(42, [10, 0, 0, 2]).unwrap();
+    maps.set_local_endpoint(Endpoint {
+        ifindex: 7,
+        vni: 42,
+        mac: [2, 0x42, 10, 10, 1, 2],
+        deliver: deliver::PEER,
+        ip: [10, 10, 1, 2],
+    })
+    .unwrap();
+    let pins = node.pins();
+
+    assert_eq!(
+        render(pins, Table::Fdb, false).unwrap(),
+        "VNI  MAC                VTEP\n42   02:42:0a:0a:02:02  10.0.0.2\n"
+    );
+    let arp: serde_json::Value =
+        serde_json::from_str(&render(pins, Table::Arp, true).unwrap()).unwrap();
+    assert_eq!(
+        arp.as_array().unwrap().len(),
+        2,
+        "the remote and the local endpoint: {arp}"
+    );
+    assert_eq!(arp[0]["ip"], "10.10.1.2");
+    assert_eq!(arp[1]["mac"], "02:42:0a:0a:02:02");
+    let eps: serde_json::Value =
+        serde_json::from_str(&render(pins, Table::Endpoints, true).unwrap()).unwrap();
+    assert_eq!(eps[0]["ifindex"], 7);
+    assert_eq!(eps[0]["kind"], "container");
+    assert!(
+        render(pins, Table::Vteps, false)
+            .unwrap()
+            .contains("42   10.0.0.2")
+    );
+    assert!(
+        render(pins, Table::Networks, false)
+            .unwrap()
+            .contains("42   4789")
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&render(pins, Table::Stats, true).unwrap()).unwrap();
+    assert!(
+        stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["counter"] == "encap" && c["packets"] == 0)
+    );
+}
+
+#[test]
+fn a_missing_map_is_a_one_line_error_that_names_it() {
+    require_root();
+    let pins = PinDir::new(TEST_PIN_ROOT, &unique("nonode")).unwrap();
+    let err = format!("{:#}", render(&pins, Table::Fdb, false).unwrap_err());
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(err.contains("map FDB at"), "names the map: {err}");
+    assert!(
+        err.contains(&format!("{TEST_PIN_ROOT}/nonode")),
+        "says where: {err}"
+    );
+}
