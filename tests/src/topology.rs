@@ -97,8 +97,9 @@ impl Host {
 /// sets it, and a bridge `br42` for the overlay network.
 pub struct Cluster {
     pub hosts: Vec<Host>,
-    /// The underlay segment: a namespace holding the bridge all hosts' eth1 plug into.
-    _wire: Netns,
+    /// The underlay segment: a namespace holding the bridge `ul` that every host's eth1 plugs
+    /// into through a veth named h<i>; frames sent there reach host i's underlay.
+    pub wire: Netns,
 }
 
 impl Cluster {
@@ -152,7 +153,7 @@ impl Cluster {
                 label: format!("{tag}h{n}"),
             });
         }
-        Ok(Self { hosts, _wire: wire })
+        Ok(Self { hosts, wire })
     }
 
     /// Tells every host of ours about every container on the other hosts.

@@ -252,3 +252,73 @@ fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
         "TCP barely moved: {up} / {down} bit/s"
     );
 }
+
+/// Sends raw Ethernet frames (hex) out of `iface` in `ns` with a packet socket: frames too short
+/// for BPF_PROG_TEST_RUN to accept, exactly as a misbehaving peer would put them on the wire.
+fn inject(ns: &overlay_tests::netns::Netns, iface: &str, frames: &[Vec<u8>]) {
+    let hex: Vec<String> = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  for f in sys.argv[2:]: s.send(bytes.fromhex(f))";
+    let out = ns
+        .output(&format!("python3 -c '{script}' {iface} {}", hex.join(" ")))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn truncated_frames_on_the_wire_pass_to_the_host_and_break_nothing() {
+    let mut cluster = Cluster::new("trunc", &[true, true]).unwrap();
+    cluster.hosts[0]
+        .add_container("br42", [10, 10, 1, 2])
+        .unwrap();
+    cluster.hosts[1]
+        .add_container("br42", [10, 10, 2, 2])
+        .unwrap();
+    for h in &mut cluster.hosts {
+        h.serve_containers(VNI).unwrap();
+    }
+    cluster.mesh(VNI).unwrap();
+    let (h1, h2) = (&cluster.hosts[0], &cluster.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    ping(c2, &c1.ip_str());
+
+    // A valid VXLAN packet from h2 to c1, cut at every length below Ethernet + IPv4: IPv4
+    // ethertype with a partial IPv4 header, which nothing can identify as VXLAN.
+    let h1_mac = h1.ns.mac("eth1").unwrap();
+    let inner = overlay_tests::packet::eth(c1.mac, c2.mac, 0x0800, &[0x45; 40]);
+    let udp = overlay_tests::packet::udp(40000, 4789, &overlay_tests::packet::vxlan(VNI, &inner));
+    let ip = overlay_tests::packet::ipv4(h2.vtep, h1.vtep, 17, 0, &udp);
+    let good = overlay_tests::packet::eth(h1_mac, [2, 0, 0, 0, 0, 0x22], 0x0800, &ip);
+    let truncated: Vec<Vec<u8>> = (14..34).map(|len| good[..len].to_vec()).collect();
+
+    let maps = h1.node().maps();
+    let before = maps.counters().unwrap();
+    inject(&cluster.wire, "h1", &truncated);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = maps.counters().unwrap();
+    let delta = |c: Counter| {
+        after.iter().find(|(k, _)| *k == c).unwrap().1
+            - before.iter().find(|(k, _)| *k == c).unwrap().1
+    };
+    assert!(
+        delta(Counter::UnderlayPass) >= truncated.len() as u64,
+        "each truncated frame passes to the host: underlay_pass moved by {}",
+        delta(Counter::UnderlayPass)
+    );
+    for (c, _) in after.iter().filter(|(c, _)| c.name().starts_with("drop_")) {
+        assert_eq!(delta(*c), 0, "{} moved", c.name());
+    }
+    assert_eq!(delta(Counter::Decap), 0, "nothing truncated was delivered");
+    // The overlay is unaffected.
+    ping(c2, &c1.ip_str());
+    ping(c1, &c2.ip_str());
+}

@@ -107,7 +107,8 @@ pub fn clean_test_leftovers() {
     if let Some(list) = probe("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
             let ours = [
-                "enc", "sport", "dec", "arp", "local", "cbad", "ubad", "xvni", "pth", "leg", "demo",
+                "enc", "sport", "dec", "arp", "local", "cbad", "ubad", "xvni", "pth", "leg",
+                "trunc", "cli", "nonode", "demo",
             ]
             .iter()
             .any(|p| {
