@@ -123,7 +123,6 @@ fn bpf_linker(installed: &mut Vec<String>) -> Result<()> {
         &[
             "+nightly",
             "install",
-            "--locked",
             "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,
