@@ -156,6 +156,20 @@ impl Cluster {
         Ok(Self { hosts, wire })
     }
 
+    /// Hosts of ours, host i with containers `containers[i]` on `br<VNI>`, all served and
+    /// meshed: the overlay ready to carry traffic.
+    pub fn overlay(label: &str, containers: &[&[[u8; 4]]]) -> Result<Self> {
+        let mut cluster = Self::new(label, &vec![true; containers.len()])?;
+        for (host, ips) in cluster.hosts.iter_mut().zip(containers) {
+            for ip in ips.iter() {
+                host.add_container(&format!("br{VNI}"), *ip)?;
+            }
+            host.serve_containers(VNI)?;
+        }
+        cluster.mesh(VNI)?;
+        Ok(cluster)
+    }
+
     /// Tells every host of ours about every container on the other hosts.
     pub fn mesh(&self, vni: u32) -> Result<()> {
         for host in self.hosts.iter().filter(|h| h.node.is_some()) {

@@ -40,20 +40,11 @@ fn iperf_tcp(client: &overlay_tests::netns::Netns, server: &str, reverse: bool) 
 
 #[test]
 fn containers_on_two_hosts_reach_each_other() {
-    let mut cluster = Cluster::new("pth", &[true, true]).unwrap();
-    cluster.hosts[0]
-        .add_container("br42", [10, 10, 1, 2])
-        .unwrap();
-    cluster.hosts[0]
-        .add_container("br42", [10, 10, 1, 3])
-        .unwrap();
-    cluster.hosts[1]
-        .add_container("br42", [10, 10, 2, 2])
-        .unwrap();
-    for h in &mut cluster.hosts {
-        h.serve_containers(VNI).unwrap();
-    }
-    cluster.mesh(VNI).unwrap();
+    let cluster = Cluster::overlay(
+        "pth",
+        &[&[[10, 10, 1, 2], [10, 10, 1, 3]], &[[10, 10, 2, 2]]],
+    )
+    .unwrap();
     let (h1, h2) = (&cluster.hosts[0], &cluster.hosts[1]);
     let (c1, c3, c2) = (&h1.containers[0], &h1.containers[1], &h2.containers[0]);
 
@@ -276,17 +267,7 @@ fn inject(ns: &overlay_tests::netns::Netns, iface: &str, frames: &[Vec<u8>]) {
 
 #[test]
 fn truncated_frames_on_the_wire_pass_to_the_host_and_break_nothing() {
-    let mut cluster = Cluster::new("trunc", &[true, true]).unwrap();
-    cluster.hosts[0]
-        .add_container("br42", [10, 10, 1, 2])
-        .unwrap();
-    cluster.hosts[1]
-        .add_container("br42", [10, 10, 2, 2])
-        .unwrap();
-    for h in &mut cluster.hosts {
-        h.serve_containers(VNI).unwrap();
-    }
-    cluster.mesh(VNI).unwrap();
+    let cluster = Cluster::overlay("trunc", &[&[[10, 10, 1, 2]], &[[10, 10, 2, 2]]]).unwrap();
     let (h1, h2) = (&cluster.hosts[0], &cluster.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
     ping(c2, &c1.ip_str());

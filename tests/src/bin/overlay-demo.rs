@@ -42,17 +42,13 @@ fn main() -> std::process::ExitCode {
 
 fn demo() -> Result<()> {
     println!("-- hosts h1 (VTEP 10.0.0.1) and h2 (VTEP 10.0.0.2) on a veth underlay, VNI {VNI}");
-    let mut cluster = Cluster::new("demo", &[true, true])?;
-    for (h, ips) in [
-        (0, [[10, 10, 1, 2], [10, 10, 1, 3]]),
-        (1, [[10, 10, 2, 2], [10, 10, 2, 3]]),
-    ] {
-        for ip in ips {
-            cluster.hosts[h].add_container(&format!("br{VNI}"), ip)?;
-        }
-        cluster.hosts[h].serve_containers(VNI)?;
-    }
-    cluster.mesh(VNI)?;
+    let cluster = Cluster::overlay(
+        "demo",
+        &[
+            &[[10, 10, 1, 2], [10, 10, 1, 3]],
+            &[[10, 10, 2, 2], [10, 10, 2, 3]],
+        ],
+    )?;
     checkpoint()?;
 
     let all: Vec<_> = cluster.hosts.iter().flat_map(|h| &h.containers).collect();
