@@ -15,8 +15,11 @@ pub fn require_root() {
     }
 }
 
-/// A name unique to this test process and the given label, short enough for an interface
-/// (15 bytes) when `label` is at most 8.
+/// What every namespace and pin directory a test or the demo makes is named with, so that
+/// `cargo xtask test` can remove what a killed run left behind.
+pub const LEFTOVER_PREFIX: &str = "ovt-";
+
+/// A name unique to this test process and the given label (for namespaces and pin directories).
 pub fn unique(label: &str) -> String {
-    format!("{label}{}", std::process::id() % 100_000)
+    format!("{LEFTOVER_PREFIX}{label}{}", std::process::id())
 }

@@ -78,12 +78,13 @@ fn maps_print_as_tables_and_json() {
 #[test]
 fn a_missing_map_is_a_one_line_error_that_names_it() {
     require_root();
-    let pins = PinDir::new(TEST_PIN_ROOT, &unique("nonode")).unwrap();
+    let node = unique("nonode");
+    let pins = PinDir::new(TEST_PIN_ROOT, &node).unwrap();
     let err = format!("{:#}", render(&pins, Table::Fdb, false).unwrap_err());
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("map FDB at"), "names the map: {err}");
     assert!(
-        err.contains(&format!("{TEST_PIN_ROOT}/nonode")),
+        err.contains(&format!("{TEST_PIN_ROOT}/{node}/maps/FDB")),
         "says where: {err}"
     );
 }

@@ -17,8 +17,15 @@ fn ping(from: &Container, to: &str) {
     );
 }
 
-/// Runs an iperf3 TCP test for one second against `server`, returns bits per second.
-fn iperf_tcp(client: &overlay_tests::netns::Netns, server: &str, reverse: bool) -> f64 {
+/// Starts a one-shot iperf3 server in `server_ns`, runs a one-second TCP test from `client`
+/// against `server` (its address), returns bits per second.
+fn iperf_tcp(
+    client: &overlay_tests::netns::Netns,
+    server_ns: &overlay_tests::netns::Netns,
+    server: &str,
+    reverse: bool,
+) -> f64 {
+    server_ns.run("iperf3 -s -D -1").unwrap();
     let out = client
         .output(&format!(
             "iperf3 -c {server} -t 1 -J {}",
@@ -52,9 +59,8 @@ fn containers_on_two_hosts_reach_each_other() {
     ping(c2, &c1.ip_str());
     ping(c1, &c3.ip_str());
 
-    c2.ns.run("iperf3 -s -D -1").unwrap();
     let encaps_before = h1.node().maps().counter(Counter::Encap).unwrap();
-    let up = iperf_tcp(&c1.ns, &c2.ip_str(), false);
+    let up = iperf_tcp(&c1.ns, &c2.ns, &c2.ip_str(), false);
     let encaps = h1.node().maps().counter(Counter::Encap).unwrap() - encaps_before;
     // One second of TCP encapsulated as GSO super-packets: far more than one MTU per encap.
     let bytes_per_encap = up / 8.0 / encaps as f64;
@@ -63,8 +69,7 @@ fn containers_on_two_hosts_reach_each_other() {
         bytes_per_encap > 4.0 * 1450.0,
         "GSO packets were split before encap: {bytes_per_encap:.0} B each"
     );
-    c2.ns.run("iperf3 -s -D -1").unwrap();
-    let down = iperf_tcp(&c1.ns, &c2.ip_str(), true);
+    let down = iperf_tcp(&c1.ns, &c2.ns, &c2.ip_str(), true);
     eprintln!(
         "TCP c1 -> c2: {:.2} Gbit/s, c2 -> c1: {:.2} Gbit/s",
         up / 1e9,
@@ -229,10 +234,8 @@ fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
         "both directions in VXLAN: ours {ours}, theirs {theirs}\n{text}"
     );
 
-    c1.ns.run("iperf3 -s -D -1").unwrap();
-    let up = iperf_tcp(&legacy.ns, &c1.ip_str(), false);
-    c1.ns.run("iperf3 -s -D -1").unwrap();
-    let down = iperf_tcp(&legacy.ns, &c1.ip_str(), true);
+    let up = iperf_tcp(&legacy.ns, &c1.ns, &c1.ip_str(), false);
+    let down = iperf_tcp(&legacy.ns, &c1.ns, &c1.ip_str(), true);
     eprintln!(
         "TCP legacy -> c1: {:.2} Gbit/s, c1 -> legacy: {:.2} Gbit/s",
         up / 1e9,

@@ -102,19 +102,12 @@ pub fn probe(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Namespaces and pins a killed test or demo left behind (their names carry these prefixes).
+/// Namespaces and pins a killed test or demo left behind: their names start with the prefix
+/// `overlay_tests::unique` gives them (`ovt-`).
 pub fn clean_test_leftovers() {
     if let Some(list) = probe("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let ours = [
-                "enc", "sport", "dec", "arp", "local", "cbad", "ubad", "xvni", "pth", "leg",
-                "trunc", "cli", "nonode", "demo",
-            ]
-            .iter()
-            .any(|p| {
-                name.starts_with(p) && name[p.len()..].starts_with(|c: char| c.is_ascii_digit())
-            });
-            if ours {
+            if name.starts_with("ovt-") {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }
