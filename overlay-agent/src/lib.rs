@@ -1,4 +1,11 @@
-//! overlay-agent: keeps a node's eBPF VXLAN dataplane equal to the cluster state.
+pub mod agent;
+pub mod cluster;
+pub mod commands;
 pub mod dataplane;
+pub mod desired;
 pub mod inspect;
+pub mod ipam;
 pub mod net;
+pub mod plumbing;
+pub mod report;
+pub mod store;

@@ -1,32 +1,87 @@
 //! CLI dispatch only: each subcommand's work lives in the library modules.
-use std::process::ExitCode;
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use overlay_agent::{
+    agent,
+    commands::{self, Ctx, NetworkSpec},
     dataplane::{PinDir, pins},
     inspect::{self, Table},
+    ipam::Cidr,
+    net::Mac,
+    report,
+    store::{self, Store, schema},
 };
 
 #[derive(Parser)]
 #[command(
     name = "overlay-agent",
     version,
-    about = "eBPF VXLAN overlay: agent and inspection CLI"
+    about = "eBPF VXLAN overlay: the node agent, and the CLI to its networks and maps"
 )]
 struct Cli {
-    /// This node's name; also selects its bpffs pin directory <pin-root>/<node>.
-    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = default_node())]
-    node: String,
-    /// Where nodes pin their maps and links.
-    #[arg(long, global = true, env = "OVERLAY_PIN_ROOT", default_value = pins::DEFAULT_ROOT)]
-    pin_root: String,
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args)]
+struct Global {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, global = true, env = "OVERLAY_ETCD", default_value = store::DEFAULT_ENDPOINT, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// This node's name; also selects its bpffs pin directory <pin-root>/<node>.
+    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = default_node())]
+    node: String,
+    /// Key prefix of the overlay's state in etcd.
+    #[arg(long, global = true, env = "OVERLAY_PREFIX", default_value = schema::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Where nodes pin their maps and links.
+    #[arg(long, global = true, env = "OVERLAY_PIN_ROOT", default_value = pins::DEFAULT_ROOT)]
+    pin_root: String,
+    /// Where agents write their status (<run-dir>/<node>.json).
+    #[arg(
+        long,
+        global = true,
+        env = "OVERLAY_RUN_DIR",
+        default_value = "/run/overlay"
+    )]
+    run_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent: load and attach the programs, keep the maps equal to etcd.
+    Run {
+        /// The underlay interface VXLAN leaves and arrives by.
+        #[arg(long, env = "OVERLAY_UNDERLAY")]
+        underlay: String,
+        /// This node's VTEP address (default: the underlay's first IPv4 address).
+        #[arg(long, env = "OVERLAY_VTEP")]
+        vtep: Option<Ipv4Addr>,
+        /// Seconds without keepalive after which other nodes drop this node's endpoints.
+        #[arg(long, env = "OVERLAY_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=86400))]
+        lease_ttl: i64,
+    },
+    /// Create, list and remove overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Attach containers (network namespaces) to a network, list and remove them.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Hosts that are not ours (a kernel vxlan device set up by hand) joining a network.
+    #[command(subcommand)]
+    Peer(PeerCmd),
+    /// Give this node itself an address on a network.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// The node's agent, etcd, attachments, map sizes and problems.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print one of the node's dataplane maps.
     Maps {
         #[arg(value_enum)]
@@ -37,23 +92,262 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum NetworkCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: Cidr,
+        /// VXLAN network identifier, 1-16777215.
+        #[arg(long)]
+        vni: u32,
+        /// UDP destination port of its VXLAN packets.
+        #[arg(long, default_value_t = overlay_common::wire::DEFAULT_VXLAN_PORT)]
+        port: u16,
+        /// Interface MTU (default: each node's underlay MTU less 50).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Size of each node's address slice (default /24 of a /16).
+        #[arg(long)]
+        slice_prefix: Option<u8>,
+    },
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    Add {
+        name: String,
+        #[arg(long)]
+        network: String,
+        /// A namespace name as `ip netns` makes it, or a path such as /proc/PID/ns/net.
+        #[arg(long)]
+        netns: String,
+        /// The address (default: the next free one in this node's slice).
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    Add {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+        #[arg(long)]
+        mac: Mac,
+        /// The peer host's underlay address (its VTEP).
+        #[arg(long)]
+        vtep: Ipv4Addr,
+    },
+    Rm {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    Join {
+        #[arg(long)]
+        network: String,
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    Leave {
+        #[arg(long)]
+        network: String,
+    },
+}
+
 fn default_node() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let pins = PinDir::new(&cli.pin_root, &cli.node)?;
+async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    schema::check_name("node", &g.node)?;
+    let pins = PinDir::new(&g.pin_root, &g.node)?;
+    let ctx = || async {
+        Ok::<_, anyhow::Error>(Ctx {
+            store: Store::connect(&g.etcd, &g.prefix).await?,
+            node: g.node.clone(),
+            pins: pins.clone(),
+        })
+    };
     match cli.command {
+        Command::Run {
+            underlay,
+            vtep,
+            lease_ttl,
+        } => {
+            agent::run(agent::Options {
+                etcd: g.etcd.clone(),
+                prefix: g.prefix.clone(),
+                node: g.node.clone(),
+                underlay,
+                vtep,
+                lease_ttl,
+                pins: pins.clone(),
+                run_dir: g.run_dir.clone(),
+            })
+            .await?
+        }
+        Command::Network(cmd) => {
+            let ctx = ctx().await?;
+            match cmd {
+                NetworkCmd::Create {
+                    name,
+                    subnet,
+                    vni,
+                    port,
+                    mtu,
+                    slice_prefix,
+                } => {
+                    let net = commands::network_create(
+                        &ctx.store,
+                        NetworkSpec {
+                            name,
+                            subnet,
+                            vni,
+                            port,
+                            mtu,
+                            slice_prefix,
+                        },
+                    )
+                    .await?;
+                    println!(
+                        "network {} created: VNI {}, subnet {}, UDP port {}, /{} per node",
+                        net.name, net.vni, net.subnet, net.port, net.slice_prefix
+                    );
+                }
+                NetworkCmd::Ls { json } => {
+                    let nets = ctx.store.networks().await?;
+                    let eps = ctx.store.endpoints(None).await?;
+                    print!("{}", report::render(&report::networks(&nets, &eps), json));
+                }
+                NetworkCmd::Rm { name } => {
+                    commands::network_rm(&ctx.store, &name).await?;
+                    println!("network {name} removed");
+                }
+            }
+        }
+        Command::Endpoint(cmd) => {
+            let ctx = ctx().await?;
+            match cmd {
+                EndpointCmd::Add {
+                    name,
+                    network,
+                    netns,
+                    ip,
+                } => {
+                    let ep = commands::endpoint_add(&ctx, &name, &network, &netns, ip).await?;
+                    println!(
+                        "endpoint {name}: {} {} on network {network}, node {}",
+                        ep.ip, ep.mac, ctx.node
+                    );
+                    served(&ctx, &ep, true).await?;
+                }
+                EndpointCmd::Ls { network, json } => {
+                    let eps = ctx.store.endpoints(network.as_deref()).await?;
+                    print!("{}", report::render(&report::endpoints(&eps), json));
+                }
+                EndpointCmd::Rm { name } => {
+                    let ep = commands::endpoint_rm(&ctx, &name).await?;
+                    println!("endpoint {name} ({}) removed", ep.ip);
+                    served(&ctx, &ep, false).await?;
+                }
+            }
+        }
+        Command::Peer(cmd) => {
+            let ctx = ctx().await?;
+            match cmd {
+                PeerCmd::Add {
+                    network,
+                    ip,
+                    mac,
+                    vtep,
+                } => {
+                    commands::peer_add(&ctx, &network, ip, mac, vtep).await?;
+                    println!("peer {ip} ({mac}) behind VTEP {vtep} joined network {network}");
+                }
+                PeerCmd::Rm { network, ip } => {
+                    commands::peer_rm(&ctx, &network, ip).await?;
+                    println!("peer {ip} left network {network}");
+                }
+            }
+        }
+        Command::Host(cmd) => {
+            let ctx = ctx().await?;
+            match cmd {
+                HostCmd::Join { network, ip } => {
+                    let ep = commands::host_join(&ctx, &network, ip).await?;
+                    println!(
+                        "node {} joined network {network} as {} ({})",
+                        ctx.node, ep.ip, ep.mac
+                    );
+                    served(&ctx, &ep, true).await?;
+                }
+                HostCmd::Leave { network } => {
+                    let ep = commands::host_leave(&ctx, &network).await?;
+                    println!(
+                        "node {} left network {network} ({} released)",
+                        ctx.node, ep.ip
+                    );
+                }
+            }
+        }
+        Command::Status { json } => print!(
+            "{}",
+            report::status(&g.node, &pins, &g.run_dir, &g.etcd, &g.prefix, json).await?
+        ),
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
+    }
+    Ok(())
+}
+
+/// Says whether this node's agent has picked the change up (it is the one that programs maps).
+async fn served(ctx: &Ctx, ep: &schema::Endpoint, present: bool) -> Result<()> {
+    if !commands::wait_served(ctx, ep, present).await? {
+        eprintln!(
+            "overlay-agent: note: node {}'s maps do not show this yet; is `overlay-agent run` running for it?",
+            ctx.node
+        );
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, outermost first.

@@ -6,7 +6,11 @@ use overlay_common::{
     ArpEntry, Counter, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig, VtepKey, names,
 };
 
-use super::PinDir;
+use super::{
+    PinDir,
+    state::{Diff, MapState, TableDiff},
+};
+use crate::net::{Mac, ip};
 
 pub struct Maps {
     pub fdb: HashMap<MapData, MacKey, FdbEntry>,
@@ -171,6 +175,133 @@ impl Maps {
             .find(|(c, _)| *c == counter)
             .map_or(0, |(_, n)| n))
     }
+}
+
+/// Above this many writes in one reconcile, each table logs one summary line (entries at debug).
+const LOG_EACH_UP_TO: usize = 64;
+
+impl Maps {
+    /// Reads back everything the agent manages.
+    pub fn snapshot(&self) -> Result<MapState> {
+        let mut s = MapState::default();
+        for e in self.networks.iter() {
+            let (vni, net) = e.context("reading NETWORKS")?;
+            s.networks.insert(vni, net.port);
+        }
+        for e in self.fdb.iter() {
+            let (k, v) = e.context("reading FDB")?;
+            s.fdb.insert((k.vni, k.mac), v.vtep);
+        }
+        for e in self.arp.iter() {
+            let (k, v) = e.context("reading ARP")?;
+            s.arp.insert((k.vni, k.ip), v.mac);
+        }
+        for e in self.vteps.iter() {
+            let (k, _) = e.context("reading VTEPS")?;
+            s.vteps.insert((k.vni, k.ip));
+        }
+        for e in self.endpoints.iter() {
+            let (k, v) = e.context("reading ENDPOINTS")?;
+            s.endpoints.insert((k.vni, k.mac), v);
+        }
+        for e in self.ports.iter() {
+            let (k, v) = e.context("reading PORTS")?;
+            s.ports.insert(k, v);
+        }
+        Ok(s)
+    }
+
+    /// Makes the writes of `diff`: every set before any remove, so an entry that moves is never
+    /// missing in between. One log line per write (or per table for a large batch).
+    pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+        let each = diff.len() <= LOG_EACH_UP_TO;
+        let log = |table: &str, sign: char, what: String| {
+            if each {
+                log::info!("{table} {sign} {what}");
+            } else {
+                log::debug!("{table} {sign} {what}");
+            }
+        };
+        let ep = |e: &Endpoint| format!("{} {} ifindex {}", ip(e.ip), Mac(e.mac), e.ifindex);
+        for &(vni, port) in &diff.networks.set {
+            self.set_network(vni, Network { port, _pad: 0 })?;
+            log("NETWORKS", '+', format!("vni {vni} port {port}"));
+        }
+        for &((vni, ip_), mac) in &diff.arp.set {
+            self.set_arp(vni, ip_, mac)?;
+            log("ARP", '+', format!("vni {vni} {} -> {}", ip(ip_), Mac(mac)));
+        }
+        for &((vni, vtep), ()) in &diff.vteps.set {
+            self.set_vtep(vni, vtep)?;
+            log("VTEPS", '+', format!("vni {vni} {}", ip(vtep)));
+        }
+        for &((vni, mac), vtep) in &diff.fdb.set {
+            self.set_fdb(vni, mac, vtep)?;
+            log(
+                "FDB",
+                '+',
+                format!("vni {vni} {} -> {}", Mac(mac), ip(vtep)),
+            );
+        }
+        for ((vni, mac), e) in &diff.endpoints.set {
+            let (vni, mac) = (*vni, *mac);
+            self.endpoints
+                .insert(MacKey::new(vni, mac), e, 0)
+                .context("ENDPOINTS: insert")?;
+            log("ENDPOINTS", '+', format!("vni {vni} {}", ep(e)));
+        }
+        for (ifindex, e) in &diff.ports.set {
+            let ifindex = *ifindex;
+            self.ports.insert(ifindex, e, 0).context("PORTS: insert")?;
+            log("PORTS", '+', format!("ifindex {ifindex}: {}", ep(e)));
+        }
+        for &ifindex in &diff.ports.remove {
+            remove(&mut self.ports, &ifindex, names::PORTS)?;
+            log("PORTS", '-', format!("ifindex {ifindex}"));
+        }
+        for &(vni, mac) in &diff.endpoints.remove {
+            remove(
+                &mut self.endpoints,
+                &MacKey::new(vni, mac),
+                names::ENDPOINTS,
+            )?;
+            log("ENDPOINTS", '-', format!("vni {vni} {}", Mac(mac)));
+        }
+        for &(vni, mac) in &diff.fdb.remove {
+            self.remove_fdb(vni, mac)?;
+            log("FDB", '-', format!("vni {vni} {}", Mac(mac)));
+        }
+        for &(vni, vtep) in &diff.vteps.remove {
+            self.remove_vtep(vni, vtep)?;
+            log("VTEPS", '-', format!("vni {vni} {}", ip(vtep)));
+        }
+        for &(vni, ip_) in &diff.arp.remove {
+            self.remove_arp(vni, ip_)?;
+            log("ARP", '-', format!("vni {vni} {}", ip(ip_)));
+        }
+        for &vni in &diff.networks.remove {
+            self.remove_network(vni)?;
+            log("NETWORKS", '-', format!("vni {vni}"));
+        }
+        if !each {
+            let summary = |name: &str, (n, r): (usize, usize)| {
+                if n + r > 0 {
+                    log::info!("{name}: {n} set, {r} removed");
+                }
+            };
+            summary("NETWORKS", counts(&diff.networks));
+            summary("FDB", counts(&diff.fdb));
+            summary("ARP", counts(&diff.arp));
+            summary("VTEPS", counts(&diff.vteps));
+            summary("ENDPOINTS", counts(&diff.endpoints));
+            summary("PORTS", counts(&diff.ports));
+        }
+        Ok(())
+    }
+}
+
+fn counts<K, V>(d: &TableDiff<K, V>) -> (usize, usize) {
+    (d.set.len(), d.remove.len())
 }
 
 /// Removing what is already gone is not an error: every map operation is idempotent.

@@ -2,6 +2,7 @@
 //! and typed access to the maps. Deciding *what* goes in the maps happens elsewhere.
 pub mod maps;
 pub mod pins;
+pub mod state;
 
 use std::path::Path;
 

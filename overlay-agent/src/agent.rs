@@ -1,0 +1,366 @@
+//! `overlay-agent run`: keeps one node's maps equal to what etcd says.
+//!
+//! The dataplane comes first and never waits for etcd: programs load (adopting pinned maps),
+//! attach, and forward with whatever the maps hold. Then, per etcd session: register the node
+//! under a lease, list everything with its revision, reconcile, and watch from the next
+//! revision. A lost watch, a compacted revision or a lost lease ends the session; the next one
+//! relists and reconciles, which adds what is missing and deletes what is stale.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::{EventType, WatchResponse};
+use futures::FutureExt as _;
+use overlay_common::NodeConfig;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cluster::{Applied, ClusterState},
+    dataplane::{
+        Dataplane, Maps, PinDir,
+        state::{Diff, MapState},
+    },
+    desired::{Problem, desired},
+    plumbing::Netlink,
+    store::{
+        Store,
+        schema::{Kind, Location, NodeRecord},
+    },
+};
+
+pub struct Options {
+    pub etcd: Vec<String>,
+    pub prefix: String,
+    pub node: String,
+    pub underlay: String,
+    /// This node's VTEP; default: the underlay's first IPv4 address.
+    pub vtep: Option<Ipv4Addr>,
+    pub lease_ttl: i64,
+    pub pins: PinDir,
+    pub run_dir: PathBuf,
+}
+
+/// What `status` reads: written by the agent after every reconcile.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub node: String,
+    pub pid: u32,
+    pub etcd: String,
+    pub connected: bool,
+    pub underlay: String,
+    pub vtep: String,
+    /// The last etcd revision whose state the maps hold.
+    pub revision: i64,
+    pub updated_unix: u64,
+    /// Entries that etcd holds but this node cannot serve, and why.
+    pub problems: BTreeMap<String, String>,
+}
+
+pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
+    run_dir.join(format!("{node}.json"))
+}
+
+struct Agent {
+    opts: Options,
+    dataplane: Dataplane,
+    maps: Maps,
+    vtep: Ipv4Addr,
+    underlay_mtu: Option<u32>,
+    cluster: ClusterState,
+    /// What the maps hold, as far as this process wrote or read them.
+    applied: MapState,
+    /// Ports this process attached from_container to, by name and the ifindex it had then (a
+    /// port deleted and made again under the same name needs attaching again).
+    attached: BTreeSet<(String, u32)>,
+    problems: Vec<Problem>,
+    status: StatusFile,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let netlink = Netlink::new()?;
+    let underlay = &opts.underlay;
+    let underlay_ifindex = netlink.index(underlay).await?.ok_or_else(|| {
+        anyhow!("underlay interface {underlay} does not exist in this network namespace")
+    })?;
+    let vtep = match opts.vtep {
+        Some(v) => v,
+        None => netlink.ipv4(underlay).await?.ok_or_else(|| {
+            anyhow!("underlay interface {underlay} has no IPv4 address; give --vtep")
+        })?,
+    };
+    let underlay_mtu = netlink.mtu(underlay).await?;
+
+    let mut dataplane = Dataplane::load(opts.pins.clone())?;
+    dataplane.attach_underlay(underlay)?;
+    let mut maps = dataplane.maps()?;
+    maps.set_config(NodeConfig {
+        vtep: vtep.octets(),
+        underlay_ifindex,
+    })?;
+    let applied = maps.snapshot()?;
+    log::info!(
+        "node {}: from_underlay attached to {underlay} (VTEP {vtep}); {} local endpoints and {} remote MACs adopted from {}",
+        opts.node,
+        applied.endpoints.len(),
+        applied.fdb.len(),
+        opts.pins.dir().display()
+    );
+    std::fs::create_dir_all(&opts.run_dir)
+        .with_context(|| format!("creating {}", opts.run_dir.display()))?;
+    let status = StatusFile {
+        node: opts.node.clone(),
+        pid: std::process::id(),
+        etcd: opts.etcd.join(","),
+        underlay: underlay.clone(),
+        vtep: vtep.to_string(),
+        ..Default::default()
+    };
+    let mut agent = Agent {
+        opts,
+        dataplane,
+        maps,
+        vtep,
+        underlay_mtu,
+        cluster: ClusterState::default(),
+        applied,
+        attached: BTreeSet::new(),
+        problems: Vec::new(),
+        status,
+    };
+    agent.write_status();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            r = agent.session() => {
+                if let Err(e) = r {
+                    log::warn!("{e:#}; reconnecting");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        agent.status.connected = false;
+        agent.write_status();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The lease is left to expire rather than revoked: a restart within the TTL keeps every
+    // other node forwarding to us without a gap.
+    agent.status.connected = false;
+    agent.write_status();
+    log::info!("stopping; the pinned programs and maps keep forwarding");
+    Ok(())
+}
+
+impl Agent {
+    async fn session(&mut self) -> Result<()> {
+        let store = Store::connect_retrying(&self.opts.etcd, &self.opts.prefix).await;
+        let record = NodeRecord {
+            vtep: self.vtep,
+            mtu: self.underlay_mtu,
+        };
+        let ttl = self.opts.lease_ttl;
+        let (lease, mut keeper, mut keepalive) =
+            store.register_node(&self.opts.node, &record, ttl).await?;
+        log::info!(
+            "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
+            store.endpoints_url(),
+            self.opts.node
+        );
+        self.status.connected = true;
+        let own_key = store.keys().node(&self.opts.node);
+        let mut tick =
+            tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
+        loop {
+            let (kvs, revision) = store.list(&store.keys().all()).await?;
+            self.cluster = ClusterState::default();
+            for kv in &kvs {
+                self.put(&store, kv.key(), kv.value());
+            }
+            log::info!(
+                "listed {} keys at revision {revision}; watching from {}",
+                kvs.len(),
+                revision + 1
+            );
+            self.reconcile(revision);
+            let mut watch = store.watch(revision + 1).await?;
+            'watch: loop {
+                tokio::select! {
+                    msg = watch.message() => {
+                        let resp = msg
+                            .map_err(|e| anyhow!("lost the watch: {e}"))?
+                            .ok_or_else(|| anyhow!("etcd ended the watch"))?;
+                        let mut revision = self.status.revision;
+                        let mut next = Some(resp);
+                        // Apply everything already received, then reconcile once.
+                        while let Some(resp) = next.take() {
+                            if resp.canceled() || resp.compact_revision() > 0 {
+                                log::warn!(
+                                    "watch canceled (compacted at revision {}): {}; relisting",
+                                    resp.compact_revision(),
+                                    resp.cancel_reason()
+                                );
+                                break 'watch;
+                            }
+                            if self.apply_events(&store, &resp, &own_key) {
+                                bail!("this node's key was deleted (its lease expired?); registering again");
+                            }
+                            revision = resp.header().map_or(revision, |h| h.revision());
+                            next = match watch.message().now_or_never() {
+                                Some(Ok(Some(r))) => Some(r),
+                                _ => None,
+                            };
+                        }
+                        self.reconcile(revision);
+                    }
+                    ka = keepalive.message() => match ka {
+                        Ok(Some(r)) if r.ttl() > 0 => {}
+                        Ok(Some(_)) => bail!("lease {lease:x} expired"),
+                        Ok(None) => bail!("the lease keepalive stream ended"),
+                        Err(e) => bail!("lease keepalive failed: {e}"),
+                    },
+                    _ = tick.tick() => {
+                        keeper.keep_alive().await.map_err(|e| anyhow!("lease keepalive failed: {e}"))?;
+                        // A port that did not exist yet may have appeared.
+                        if !self.problems.is_empty() {
+                            self.reconcile(self.status.revision);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, store: &Store, key: &[u8], value: &[u8]) -> Applied {
+        match self.cluster.put(store.keys(), key, value) {
+            Ok(applied) => applied,
+            Err(e) => {
+                log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(key));
+                Applied::Changed
+            }
+        }
+    }
+
+    /// Applies a watch response's events; true if this node's own key was deleted.
+    fn apply_events(&mut self, store: &Store, resp: &WatchResponse, own_key: &str) -> bool {
+        let mut own_deleted = false;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    self.put(store, kv.key(), kv.value());
+                }
+                EventType::Delete => {
+                    self.cluster.delete(store.keys(), kv.key());
+                    own_deleted |= kv.key() == own_key.as_bytes();
+                }
+            }
+        }
+        own_deleted
+    }
+
+    /// Brings maps and attachments in line with the cluster. Failures are logged and retried
+    /// on the next reconcile; they never stop the agent.
+    fn reconcile(&mut self, revision: i64) {
+        if let Err(e) = self.attach_ports() {
+            log::warn!("{e:#}");
+        }
+        let (want, problems) = desired(&self.cluster, &self.opts.node, &ifindex);
+        for p in problems.iter().filter(|p| !self.problems.contains(p)) {
+            log::warn!("not serving {}: {}", p.key, p.why);
+        }
+        self.problems = problems;
+        let diff = Diff::between(&self.applied, &want);
+        if !diff.is_empty() {
+            match self.maps.apply(&diff) {
+                Ok(()) => self.applied = want,
+                Err(e) => {
+                    log::warn!("updating the maps: {e:#}; will retry");
+                    if let Ok(actual) = self.maps.snapshot() {
+                        self.applied = actual;
+                    }
+                }
+            }
+        }
+        self.status.revision = revision;
+        self.write_status();
+    }
+
+    /// from_container on every local port; pinned links of ports that are gone removed.
+    fn attach_ports(&mut self) -> Result<()> {
+        let mut wanted = BTreeSet::new();
+        for ep in self.cluster.endpoints.values() {
+            let Location::Node { node, port, .. } = &ep.location else {
+                continue;
+            };
+            if node != &self.opts.node || !matches!(ep.kind, Kind::Container | Kind::Host) {
+                continue;
+            }
+            let Some(index) = ifindex(port) else { continue };
+            wanted.insert(port.clone());
+            if self.attached.insert((port.clone(), index)) {
+                if let Err(e) = self.dataplane.attach_container(port) {
+                    self.attached.remove(&(port.clone(), index));
+                    log::warn!("{e:#}");
+                } else {
+                    log::info!(
+                        "from_container attached to {port} (endpoint {} {})",
+                        ep.name,
+                        ep.ip
+                    );
+                }
+            }
+        }
+        self.attached.retain(|(port, _)| wanted.contains(port));
+        let links = self.opts.pins.dir().join("links");
+        for entry in
+            std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name != self.opts.underlay && !wanted.contains(&name) {
+                Dataplane::detach(&self.opts.pins, &name)?;
+                log::info!("from_container link of {name} removed (its endpoint is gone)");
+            }
+        }
+        Ok(())
+    }
+
+    fn write_status(&mut self) {
+        self.status.updated_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.status.problems = self
+            .problems
+            .iter()
+            .map(|p| (p.key.clone(), p.why.clone()))
+            .chain(
+                self.cluster
+                    .invalid
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
+            .collect();
+        let path = status_path(&self.opts.run_dir, &self.opts.node);
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_string_pretty(&self.status).expect("status serializes");
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
+            log::warn!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+/// The ifindex of a local interface, None if there is none by that name.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}

@@ -1,0 +1,177 @@
+//! The cluster as etcd describes it, held in memory by the agent: every valid record under the
+//! prefix, by key. Applying a put or a delete is idempotent, so a replayed or relisted event
+//! changes nothing; a value that does not parse is treated as absent, so what the agent serves
+//! depends only on what etcd holds, never on the order events arrived in.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::Result;
+
+use crate::store::schema::{
+    self, Endpoint, EndpointRecord, Key, Keys, Network, NetworkRecord, NodeRecord,
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub networks: BTreeMap<String, Network>,
+    /// Nodes whose lease is alive.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub endpoints: BTreeMap<(String, Ipv4Addr), Endpoint>,
+    /// Keys whose value was refused, with why: shown by `status`.
+    pub invalid: BTreeMap<String, String>,
+}
+
+/// What one event did, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+    /// Not a key the dataplane depends on (slices, names, unknown keys).
+    Ignored,
+}
+
+impl ClusterState {
+    /// Applies a put. An error means the value was refused (and whatever the key held before
+    /// is gone); the caller logs it with the key.
+    pub fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8]) -> Result<Applied> {
+        let Some(parsed) = keys.parse(key) else {
+            return Ok(Applied::Ignored);
+        };
+        let name = String::from_utf8_lossy(key).into_owned();
+        match self.decode_into(&parsed, value) {
+            Ok(applied) => {
+                self.invalid.remove(&name);
+                Ok(applied)
+            }
+            Err(e) => {
+                self.remove(&parsed);
+                self.invalid.insert(name, format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn decode_into(&mut self, key: &Key, value: &[u8]) -> Result<Applied> {
+        Ok(match key {
+            Key::Network(name) => {
+                let net = schema::decode::<NetworkRecord>(value)?.validate(name)?;
+                changed(self.networks.insert(name.clone(), net.clone()), &net)
+            }
+            Key::Node(name) => {
+                schema::check_name("node", name)?;
+                let node: NodeRecord = schema::decode(value)?;
+                changed(self.nodes.insert(name.clone(), node.clone()), &node)
+            }
+            Key::Endpoint { network, ip } => {
+                let ep = schema::decode::<EndpointRecord>(value)?.validate(network, ip)?;
+                changed(
+                    self.endpoints.insert((network.clone(), ep.ip), ep.clone()),
+                    &ep,
+                )
+            }
+            Key::Slice { .. } | Key::Name { .. } => Applied::Ignored,
+        })
+    }
+
+    pub fn delete(&mut self, keys: &Keys, key: &[u8]) -> Applied {
+        let Some(parsed) = keys.parse(key) else {
+            return Applied::Ignored;
+        };
+        let was_invalid = self
+            .invalid
+            .remove(&String::from_utf8_lossy(key).into_owned())
+            .is_some();
+        if self.remove(&parsed) || was_invalid {
+            Applied::Changed
+        } else {
+            Applied::Unchanged
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> bool {
+        match key {
+            Key::Network(name) => self.networks.remove(name).is_some(),
+            Key::Node(name) => self.nodes.remove(name).is_some(),
+            Key::Endpoint { network, ip } => match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => self.endpoints.remove(&(network.clone(), ip)).is_some(),
+                Err(_) => false,
+            },
+            Key::Slice { .. } | Key::Name { .. } => false,
+        }
+    }
+}
+
+fn changed<T: PartialEq>(old: Option<T>, new: &T) -> Applied {
+    if old.as_ref() == Some(new) {
+        Applied::Unchanged
+    } else {
+        Applied::Changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &[u8] = br#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
+    const EP: &[u8] =
+        br#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1"}"#;
+
+    #[test]
+    fn puts_and_deletes_are_idempotent() {
+        let keys = Keys::new("/overlay");
+        let mut s = ClusterState::default();
+        let net = b"/overlay/networks/blue";
+        assert_eq!(s.put(&keys, net, NET).unwrap(), Applied::Changed);
+        assert_eq!(s.put(&keys, net, NET).unwrap(), Applied::Unchanged);
+        let ep = b"/overlay/endpoints/blue/10.10.1.2";
+        assert_eq!(s.put(&keys, ep, EP).unwrap(), Applied::Changed);
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(s.delete(&keys, ep), Applied::Changed);
+        assert_eq!(s.delete(&keys, ep), Applied::Unchanged);
+        assert_eq!(
+            s.put(&keys, b"/overlay/slices/blue/10.10.1.0-24", b"junk")
+                .unwrap(),
+            Applied::Ignored
+        );
+        assert_eq!(
+            s.put(&keys, b"/elsewhere/x", b"junk").unwrap(),
+            Applied::Ignored
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_recorded_and_recovers_when_fixed() {
+        let keys = Keys::new("/overlay");
+        let mut s = ClusterState::default();
+        let ep = b"/overlay/endpoints/blue/10.10.1.2";
+        s.put(&keys, ep, EP).unwrap();
+        let err = s
+            .put(&keys, ep, br#"{"kind":"container","mac":"nope"}"#)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("MAC"), "{err:#}");
+        assert!(
+            s.endpoints.is_empty(),
+            "a refused value leaves nothing behind"
+        );
+        assert_eq!(s.invalid.len(), 1);
+        s.put(&keys, ep, EP).unwrap();
+        assert_eq!(s.endpoints.len(), 1);
+        assert!(s.invalid.is_empty());
+        // Wrong types, a bad key segment, and a node with a broken record.
+        assert!(
+            s.put(&keys, b"/overlay/networks/red", br#"{"vni":"x"}"#)
+                .is_err()
+        );
+        assert!(
+            s.put(&keys, b"/overlay/endpoints/blue/999.1.1.1", EP)
+                .is_err()
+        );
+        assert!(
+            s.put(&keys, b"/overlay/nodes/h2", br#"{"vtep":"10.0.0"}"#)
+                .is_err()
+        );
+        assert_eq!(s.invalid.len(), 3);
+        assert_eq!(s.delete(&keys, b"/overlay/networks/red"), Applied::Changed);
+        assert_eq!(s.invalid.len(), 2);
+    }
+}

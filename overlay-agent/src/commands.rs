@@ -1,0 +1,359 @@
+//! The user-facing commands that change the cluster: networks, endpoints, peers, the host's own
+//! address. Each checks its input before it writes anything, writes etcd through the store's
+//! transactions, and does the node-local plumbing over netlink; the running agent picks the
+//! change up from etcd and programs the maps.
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use overlay_common::MacKey;
+
+use crate::{
+    dataplane::{Maps, PinDir},
+    ipam::Cidr,
+    net::Mac,
+    plumbing::{Netlink, open_netns},
+    store::{
+        Store,
+        schema::{self, Endpoint, Kind, Location, Network},
+    },
+};
+
+/// Who is acting: the node's name, its pins (to see when its agent has served a change), and
+/// etcd.
+pub struct Ctx {
+    pub store: Store,
+    pub node: String,
+    pub pins: PinDir,
+}
+
+// ---- networks ----
+
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: Cidr,
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: Option<u32>,
+    pub slice_prefix: Option<u8>,
+}
+
+pub async fn network_create(store: &Store, spec: NetworkSpec) -> Result<Network> {
+    let record = schema::NetworkRecord {
+        vni: spec.vni,
+        subnet: spec.subnet.to_string(),
+        port: spec.port,
+        mtu: spec.mtu,
+        slice_prefix: spec.slice_prefix,
+    };
+    let net = record.validate(&spec.name)?;
+    store.create_network(&net).await?;
+    Ok(net)
+}
+
+pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
+    store.delete_network(name).await
+}
+
+// ---- endpoints ----
+
+/// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
+fn short_hash(s: &str) -> String {
+    // FNV-1a, 32 bits: stable across builds and platforms, unlike std's hasher.
+    let h = s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
+}
+
+/// Reserves an address for the endpoint `make` builds: `requested` if free, else the first
+/// free one in this node's slice (claimed on first use).
+async fn reserve(
+    ctx: &Ctx,
+    net: &Network,
+    requested: Option<Ipv4Addr>,
+    make: impl Fn(Ipv4Addr) -> Endpoint,
+) -> Result<Endpoint> {
+    if let Some(ip) = requested {
+        ensure!(
+            net.subnet.contains(ip) && ip != net.subnet.network() && ip != net.subnet.broadcast(),
+            "{ip} is not a host address of network {}'s subnet {}",
+            net.name,
+            net.subnet
+        );
+        let ep = make(ip);
+        if ctx.store.create_endpoint(&ep).await? {
+            return Ok(ep);
+        }
+        let owner = ctx.store.endpoint(&net.name, ip).await.ok().flatten();
+        bail!(
+            "{ip} is already taken in network {}{}",
+            net.name,
+            owner.map_or(String::new(), |o| format!(" by {}", describe(&o)))
+        );
+    }
+    let slice = ctx.store.claim_slice(net, &ctx.node).await?;
+    let taken: Vec<Ipv4Addr> = ctx
+        .store
+        .list(&ctx.store.keys().endpoints(&net.name))
+        .await?
+        .0
+        .iter()
+        .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+        .collect();
+    for ip in slice.hosts().filter(|ip| !taken.contains(ip)) {
+        // Lost a race for this address: try the next.
+        if ctx.store.create_endpoint(&make(ip)).await? {
+            return Ok(make(ip));
+        }
+    }
+    bail!(
+        "node {}'s slice {slice} of network {} has no free address",
+        ctx.node,
+        net.name
+    )
+}
+
+fn describe(ep: &Endpoint) -> String {
+    match &ep.location {
+        Location::Node { node, .. } => format!("{:?} endpoint {} on node {node}", ep.kind, ep.name)
+            .replace("Container", "container")
+            .replace("Host", "host"),
+        Location::Peer { vtep } => format!("peer behind {vtep}"),
+    }
+}
+
+/// The MTU for a network's interfaces on this node.
+async fn mtu_here(ctx: &Ctx, net: &Network) -> Result<u32> {
+    let underlay = ctx
+        .store
+        .node(&ctx.node)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.mtu);
+    Ok(net.mtu_on(underlay))
+}
+
+/// The first free `ethN` in a container (eth0 unless it is on several networks).
+async fn free_eth(inner: &Netlink) -> Result<String> {
+    for i in 0..16 {
+        let name = format!("eth{i}");
+        if inner.index(&name).await?.is_none() {
+            return Ok(name);
+        }
+    }
+    bail!("the container already has eth0 to eth15")
+}
+
+pub async fn endpoint_add(
+    ctx: &Ctx,
+    name: &str,
+    network: &str,
+    netns: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<Endpoint> {
+    schema::check_name("endpoint", name)?;
+    let net = ctx.store.network(network).await?;
+    let ns = open_netns(netns)?;
+    let host = Netlink::new()?;
+    let port = format!("ove{}", short_hash(&format!("{network}/{name}")));
+    if host.index(&port).await?.is_some() {
+        bail!(
+            "interface {port} for endpoint {name} already exists; `overlay-agent endpoint rm {name}` first"
+        );
+    }
+    let ep = reserve(ctx, &net, ip, |ip| Endpoint {
+        network: network.to_string(),
+        ip,
+        name: name.to_string(),
+        mac: Mac::from_ip(ip),
+        kind: Kind::Container,
+        location: Location::Node {
+            node: ctx.node.clone(),
+            port: port.clone(),
+            iface: None,
+        },
+        netns: Some(netns.to_string()),
+    })
+    .await?;
+    let plumbed = async {
+        let mtu = mtu_here(ctx, &net).await?;
+        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
+        let tmp = format!("ovt{}", short_hash(&format!("{network}/{name}")));
+        host.add_veth(&port, &tmp, mtu).await?;
+        host.move_to_netns(&tmp, &ns).await?;
+        let inner = Netlink::in_netns(&ns)?;
+        inner.up("lo").await?;
+        let eth = free_eth(&inner).await?;
+        inner
+            .configure(&tmp, &eth, ep.mac, mtu, ep.ip, net.subnet.prefix())
+            .await?;
+        host.attach_to_bridge(&port, bridge).await
+    }
+    .await;
+    if let Err(e) = plumbed {
+        // Leave nothing half-made: the address goes back, the veth (and its peer) goes away.
+        let _ = ctx.store.delete_endpoint(&ep).await;
+        let _ = host.delete(&port).await;
+        return Err(e.context(format!("plumbing endpoint {name}")));
+    }
+    Ok(ep)
+}
+
+/// Removes an endpoint this node made (container or host address): etcd first, so every node
+/// stops sending to it, then the interfaces, then the bridge if it is left empty.
+pub async fn endpoint_rm(ctx: &Ctx, name: &str) -> Result<Endpoint> {
+    let ep = ctx
+        .store
+        .endpoint_named(&ctx.node, name)
+        .await?
+        .ok_or_else(|| anyhow!("no endpoint {name} on node {}", ctx.node))?;
+    ctx.store.delete_endpoint(&ep).await?;
+    let host = Netlink::new()?;
+    if let Location::Node { port, .. } = &ep.location {
+        host.delete(port).await?;
+    }
+    if let Ok(net) = ctx.store.network(&ep.network).await
+        && let Some(bridge) = host.index(&net.bridge()).await?
+        && host.bridge_ports(bridge).await? == 0
+    {
+        host.delete(&net.bridge()).await?;
+    }
+    Ok(ep)
+}
+
+// ---- the host's own address ----
+
+fn host_endpoint_name(network: &str) -> String {
+    format!("host.{network}")
+}
+
+/// Gives the node an address on the network: a veth pair whose one end holds the address and
+/// whose other end is a bridge port like a container's.
+pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result<Endpoint> {
+    let net = ctx.store.network(network).await?;
+    let (iface, port) = (format!("ovh{}", net.vni), format!("ovhp{}", net.vni));
+    let host = Netlink::new()?;
+    if host.index(&iface).await?.is_some() {
+        bail!(
+            "node {} has already joined network {network} ({iface} exists)",
+            ctx.node
+        );
+    }
+    let ep = reserve(ctx, &net, ip, |ip| Endpoint {
+        network: network.to_string(),
+        ip,
+        name: host_endpoint_name(network),
+        mac: Mac::from_ip(ip),
+        kind: Kind::Host,
+        location: Location::Node {
+            node: ctx.node.clone(),
+            port: port.clone(),
+            iface: Some(iface.clone()),
+        },
+        netns: None,
+    })
+    .await?;
+    let plumbed = async {
+        let mtu = mtu_here(ctx, &net).await?;
+        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
+        host.add_veth(&iface, &port, mtu).await?;
+        host.configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
+            .await?;
+        host.attach_to_bridge(&port, bridge).await
+    }
+    .await;
+    if let Err(e) = plumbed {
+        let _ = ctx.store.delete_endpoint(&ep).await;
+        let _ = host.delete(&iface).await;
+        return Err(e.context(format!("joining network {network}")));
+    }
+    Ok(ep)
+}
+
+pub async fn host_leave(ctx: &Ctx, network: &str) -> Result<Endpoint> {
+    endpoint_rm(ctx, &host_endpoint_name(network)).await
+}
+
+// ---- peers ----
+
+pub async fn peer_add(
+    ctx: &Ctx,
+    network: &str,
+    ip: Ipv4Addr,
+    mac: Mac,
+    vtep: Ipv4Addr,
+) -> Result<Endpoint> {
+    let net = ctx.store.network(network).await?;
+    let ep = Endpoint {
+        network: network.to_string(),
+        ip,
+        name: String::new(),
+        mac,
+        kind: Kind::Peer,
+        location: Location::Peer { vtep },
+        netns: None,
+    };
+    // Validates the MAC as a stored record would be.
+    ep.record().validate(network, &ip.to_string())?;
+    reserve(ctx, &net, Some(ip), |_| ep.clone()).await
+}
+
+pub async fn peer_rm(ctx: &Ctx, network: &str, ip: Ipv4Addr) -> Result<Endpoint> {
+    let ep = ctx
+        .store
+        .endpoint(network, ip)
+        .await?
+        .ok_or_else(|| anyhow!("network {network} has no endpoint {ip}"))?;
+    if ep.kind != Kind::Peer {
+        bail!(
+            "{ip} in network {network} is not a peer but {}",
+            describe(&ep)
+        );
+    }
+    ctx.store.delete_endpoint(&ep).await?;
+    Ok(ep)
+}
+
+// ---- waiting for the agent ----
+
+/// Waits until this node's agent has `ep` in its maps (present) or not (absent). False if it
+/// did not happen in time, or no agent ever ran here.
+pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool> {
+    let net = ctx
+        .store
+        .network(&ep.network)
+        .await
+        .context("reading the network back")?;
+    let key = MacKey::new(net.vni, ep.mac.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let Ok(maps) = Maps::open(&ctx.pins) else {
+            return Ok(false);
+        };
+        let here = match ep.kind {
+            Kind::Peer => maps.fdb.get(&key, 0).is_ok(),
+            _ => maps.endpoints.get(&key, 0).is_ok(),
+        };
+        if here == present {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_fit_and_are_stable() {
+        let port = format!("ove{}", short_hash("blue/a-rather-long-container-name-1"));
+        assert_eq!(port.len(), 11);
+        assert_eq!(short_hash("blue/c1"), short_hash("blue/c1"));
+        assert_ne!(short_hash("blue/c1"), short_hash("blue/c2"));
+    }
+}

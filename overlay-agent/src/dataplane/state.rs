@@ -1,0 +1,140 @@
+//! The contents of a node's forwarding maps as plain values: what the agent wants them to hold
+//! (computed from etcd) and what they hold (read back from the kernel) are the same type, and
+//! a diff of the two is exactly the map writes to make. `VXLAN_PORTS` is derived from
+//! `NETWORKS` by [`super::Maps`], and `CONFIG` is set once at start, so neither appears here.
+use std::collections::{BTreeMap, BTreeSet};
+
+use overlay_common::Endpoint;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MapState {
+    /// VNI -> outer UDP port.
+    pub networks: BTreeMap<u32, u16>,
+    /// (VNI, MAC) -> VTEP of a remote endpoint.
+    pub fdb: BTreeMap<(u32, [u8; 6]), [u8; 4]>,
+    /// (VNI, IP) -> MAC, local and remote.
+    pub arp: BTreeMap<(u32, [u8; 4]), [u8; 6]>,
+    /// (VNI, VTEP) accepted as a source of VXLAN.
+    pub vteps: BTreeSet<(u32, [u8; 4])>,
+    /// (VNI, MAC) -> local endpoint, for delivery.
+    pub endpoints: BTreeMap<(u32, [u8; 6]), Endpoint>,
+    /// Host-side ifindex -> local endpoint, for what a port may send.
+    pub ports: BTreeMap<u32, Endpoint>,
+}
+
+/// The writes that turn one map's contents into another's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableDiff<K, V> {
+    pub set: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> TableDiff<K, V> {
+    pub fn len(&self) -> usize {
+        self.set.len() + self.remove.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn diff_table<K: Ord + Clone, V: PartialEq + Clone>(
+    actual: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> TableDiff<K, V> {
+    TableDiff {
+        set: desired
+            .iter()
+            .filter(|(k, v)| actual.get(k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        remove: actual
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .cloned()
+            .collect(),
+    }
+}
+
+fn diff_set<K: Ord + Clone>(actual: &BTreeSet<K>, desired: &BTreeSet<K>) -> TableDiff<K, ()> {
+    TableDiff {
+        set: desired
+            .difference(actual)
+            .map(|k| (k.clone(), ()))
+            .collect(),
+        remove: actual.difference(desired).cloned().collect(),
+    }
+}
+
+/// Every write needed, table by table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diff {
+    pub networks: TableDiff<u32, u16>,
+    pub fdb: TableDiff<(u32, [u8; 6]), [u8; 4]>,
+    pub arp: TableDiff<(u32, [u8; 4]), [u8; 6]>,
+    pub vteps: TableDiff<(u32, [u8; 4]), ()>,
+    pub endpoints: TableDiff<(u32, [u8; 6]), Endpoint>,
+    pub ports: TableDiff<u32, Endpoint>,
+}
+
+impl Diff {
+    pub fn between(actual: &MapState, desired: &MapState) -> Self {
+        Self {
+            networks: diff_table(&actual.networks, &desired.networks),
+            fdb: diff_table(&actual.fdb, &desired.fdb),
+            arp: diff_table(&actual.arp, &desired.arp),
+            vteps: diff_set(&actual.vteps, &desired.vteps),
+            endpoints: diff_table(&actual.endpoints, &desired.endpoints),
+            ports: diff_table(&actual.ports, &desired.ports),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.networks.len()
+            + self.fdb.len()
+            + self.arp.len()
+            + self.vteps.len()
+            + self.endpoints.len()
+            + self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_sets_what_differs_and_removes_what_is_stale() {
+        let mut actual = MapState::default();
+        actual.fdb.insert((42, [2; 6]), [10, 0, 0, 2]);
+        actual.fdb.insert((42, [3; 6]), [10, 0, 0, 3]);
+        actual.vteps.insert((42, [10, 0, 0, 3]));
+        let mut desired = MapState::default();
+        desired.fdb.insert((42, [2; 6]), [10, 0, 0, 2]); // unchanged
+        desired.fdb.insert((42, [4; 6]), [10, 0, 0, 4]); // new
+        desired.vteps.insert((42, [10, 0, 0, 4]));
+        let d = Diff::between(&actual, &desired);
+        assert_eq!(d.fdb.set, vec![((42, [4; 6]), [10, 0, 0, 4])]);
+        assert_eq!(d.fdb.remove, vec![(42, [3; 6])]);
+        assert_eq!(d.vteps.set, vec![((42, [10, 0, 0, 4]), ())]);
+        assert_eq!(d.vteps.remove, vec![(42, [10, 0, 0, 3])]);
+        assert_eq!(d.len(), 4);
+        assert!(Diff::between(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn a_changed_value_is_one_set_not_a_remove() {
+        let mut actual = MapState::default();
+        actual.fdb.insert((42, [2; 6]), [10, 0, 0, 2]);
+        let mut desired = MapState::default();
+        desired.fdb.insert((42, [2; 6]), [10, 0, 0, 9]); // moved to another VTEP
+        let d = Diff::between(&actual, &desired);
+        assert_eq!(d.fdb.set.len(), 1);
+        assert!(d.fdb.remove.is_empty());
+    }
+}

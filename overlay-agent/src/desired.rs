@@ -1,0 +1,270 @@
+//! What one node's maps should hold, given the cluster: a pure function of etcd's contents,
+//! the node's name, and which of its interfaces exist. Everything that cannot be served (an
+//! endpoint outside its network, a MAC used twice, a port that is not there) is left out and
+//! reported, never half-applied.
+use std::collections::BTreeMap;
+
+use overlay_common::{Endpoint, deliver};
+
+use crate::{
+    cluster::ClusterState,
+    dataplane::state::MapState,
+    store::schema::{Kind, Location},
+};
+
+/// An entry left out, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub why: String,
+}
+
+/// `resolve` maps a local interface name to its ifindex (None: not there, yet or any more).
+pub fn desired(
+    cluster: &ClusterState,
+    me: &str,
+    resolve: &dyn Fn(&str) -> Option<u32>,
+) -> (MapState, Vec<Problem>) {
+    let mut s = MapState::default();
+    let mut problems = Vec::new();
+    let mut problem = |key: String, why: String| problems.push(Problem { key, why });
+
+    // Networks by VNI: two networks cannot share one (their traffic would mix).
+    let mut by_vni: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, net) in &cluster.networks {
+        if let Some(first) = by_vni.get(&net.vni) {
+            problem(
+                format!("networks/{name}"),
+                format!("VNI {} is already network {first}'s; ignored", net.vni),
+            );
+            continue;
+        }
+        by_vni.insert(net.vni, name);
+        s.networks.insert(net.vni, net.port);
+    }
+
+    for ((net_name, ip), ep) in &cluster.endpoints {
+        let key = format!("endpoints/{net_name}/{ip}");
+        let Some(net) = cluster.networks.get(net_name) else {
+            problem(key, format!("network {net_name} does not exist"));
+            continue;
+        };
+        if by_vni.get(&net.vni) != Some(&net_name.as_str()) {
+            continue; // its network was refused above
+        }
+        if !net.subnet.contains(*ip) {
+            problem(
+                key,
+                format!("{ip} is outside {net_name}'s subnet {}", net.subnet),
+            );
+            continue;
+        }
+        let vni = net.vni;
+        let (mac, ip) = (ep.mac.0, ip.octets());
+        if s.endpoints.contains_key(&(vni, mac)) || s.fdb.contains_key(&(vni, mac)) {
+            problem(key, format!("MAC {} is used twice in {net_name}", ep.mac));
+            continue;
+        }
+        match &ep.location {
+            Location::Node { node, port, iface } if node == me => {
+                let Some(port_ifindex) = resolve(port) else {
+                    problem(key, format!("interface {port} does not exist on this node"));
+                    continue;
+                };
+                let (ifindex, how) = match (ep.kind, iface) {
+                    (Kind::Host, Some(iface)) => match resolve(iface) {
+                        Some(i) => (i, deliver::INGRESS),
+                        None => {
+                            problem(
+                                key,
+                                format!("interface {iface} does not exist on this node"),
+                            );
+                            continue;
+                        }
+                    },
+                    _ => (port_ifindex, deliver::PEER),
+                };
+                let local = Endpoint {
+                    ifindex,
+                    vni,
+                    mac,
+                    deliver: how,
+                    ip,
+                };
+                s.endpoints.insert((vni, mac), local);
+                s.ports.insert(port_ifindex, local);
+                s.arp.insert((vni, ip), mac);
+            }
+            Location::Node { node, .. } => {
+                // Another node's endpoint is reachable only while that node's lease lives.
+                let Some(record) = cluster.nodes.get(node) else {
+                    continue;
+                };
+                let vtep = record.vtep.octets();
+                s.fdb.insert((vni, mac), vtep);
+                s.arp.insert((vni, ip), mac);
+                s.vteps.insert((vni, vtep));
+            }
+            Location::Peer { vtep } => {
+                let vtep = vtep.octets();
+                s.fdb.insert((vni, mac), vtep);
+                s.arp.insert((vni, ip), mac);
+                s.vteps.insert((vni, vtep));
+            }
+        }
+    }
+    (s, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::Keys;
+
+    fn cluster(kvs: &[(&str, &str)]) -> ClusterState {
+        let keys = Keys::new("/overlay");
+        let mut c = ClusterState::default();
+        for (k, v) in kvs {
+            let _ = c.put(&keys, format!("/overlay/{k}").as_bytes(), v.as_bytes());
+        }
+        c
+    }
+
+    fn container(node: &str, port: &str, mac: &str) -> String {
+        format!(
+            r#"{{"kind":"container","name":"c","mac":"{mac}","node":"{node}","port":"{port}"}}"#
+        )
+    }
+
+    const BLUE: &str = r#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
+
+    #[test]
+    fn local_remote_and_peer_endpoints() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("nodes/h1", r#"{"vtep":"10.0.0.1"}"#),
+            ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
+            (
+                "endpoints/blue/10.10.1.2",
+                &container("h1", "ove1", "02:42:0a:0a:01:02"),
+            ),
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("h2", "ove2", "02:42:0a:0a:02:02"),
+            ),
+            (
+                "endpoints/blue/10.10.9.2",
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"10.0.0.9"}"#,
+            ),
+            (
+                "endpoints/blue/10.10.1.1",
+                r#"{"kind":"host","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+            ),
+        ]);
+        let resolve = |name: &str| match name {
+            "ove1" => Some(7),
+            "ovhp42" => Some(8),
+            "ovh42" => Some(9),
+            _ => None,
+        };
+        let (s, problems) = desired(&c, "h1", &resolve);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.networks.get(&42), Some(&4789));
+        let local = s.endpoints[&(42, [2, 0x42, 10, 10, 1, 2])];
+        assert_eq!((local.ifindex, local.deliver), (7, deliver::PEER));
+        assert_eq!(s.ports[&7], local);
+        let host = s.endpoints[&(42, [2, 0x42, 10, 10, 1, 1])];
+        assert_eq!((host.ifindex, host.deliver), (9, deliver::INGRESS));
+        assert_eq!(s.ports[&8], host, "the host sends through its bridge port");
+        assert_eq!(s.fdb[&(42, [2, 0x42, 10, 10, 2, 2])], [10, 0, 0, 2]);
+        assert_eq!(s.fdb[&(42, [2, 0x42, 10, 10, 9, 2])], [10, 0, 0, 9]);
+        assert_eq!(s.arp.len(), 4);
+        assert_eq!(
+            s.vteps.iter().copied().collect::<Vec<_>>(),
+            [(42, [10, 0, 0, 2]), (42, [10, 0, 0, 9])],
+            "only VTEPs with endpoints in the VNI, never our own"
+        );
+    }
+
+    #[test]
+    fn a_dead_nodes_endpoints_leave_the_maps() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("h2", "ove2", "02:42:0a:0a:02:02"),
+            ),
+        ]);
+        let (s, problems) = desired(&c, "h1", &|_| None);
+        assert!(problems.is_empty());
+        assert!(s.fdb.is_empty() && s.arp.is_empty() && s.vteps.is_empty());
+    }
+
+    #[test]
+    fn what_cannot_be_served_is_left_out_and_reported() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("networks/copy", r#"{"vni":42,"subnet":"10.20.0.0/16"}"#),
+            ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
+            (
+                "endpoints/blue/10.99.0.2",
+                &container("h2", "x", "02:42:0a:63:00:02"),
+            ),
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("h2", "x", "02:42:0a:0a:02:02"),
+            ),
+            (
+                "endpoints/blue/10.10.2.3",
+                &container("h2", "y", "02:42:0a:0a:02:02"),
+            ),
+            (
+                "endpoints/blue/10.10.1.2",
+                &container("h1", "gone", "02:42:0a:0a:01:02"),
+            ),
+            (
+                "endpoints/red/10.10.1.2",
+                &container("h2", "x", "02:42:0a:0a:01:07"),
+            ),
+        ]);
+        let (s, problems) = desired(&c, "h1", &|_| None);
+        let whys: Vec<_> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.why))
+            .collect();
+        assert_eq!(whys.len(), 5, "{whys:#?}");
+        for want in [
+            "already network blue's",
+            "outside",
+            "used twice",
+            "does not exist on this node",
+            "network red does not exist",
+        ] {
+            assert!(whys.iter().any(|w| w.contains(want)), "{want}: {whys:#?}");
+        }
+        assert_eq!(s.fdb.len(), 1, "the first owner of the MAC stays");
+        assert_eq!(s.networks.len(), 1);
+    }
+
+    #[test]
+    fn same_subnet_different_vnis_stay_apart() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("networks/green", r#"{"vni":43,"subnet":"10.10.0.0/16"}"#),
+            ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("h2", "x", "02:42:0a:0a:02:02"),
+            ),
+            (
+                "endpoints/green/10.10.2.2",
+                &container("h2", "y", "02:42:0a:0a:02:02"),
+            ),
+        ]);
+        let (s, problems) = desired(&c, "h1", &|_| None);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.fdb.len(), 2);
+        assert!(s.fdb.contains_key(&(42, [2, 0x42, 10, 10, 2, 2])));
+        assert!(s.fdb.contains_key(&(43, [2, 0x42, 10, 10, 2, 2])));
+    }
+}

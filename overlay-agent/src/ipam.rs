@@ -1,0 +1,190 @@
+//! IPv4 address management: a network's subnet, the per-node slices it is cut into, and the
+//! addresses a slice hands out. Pure arithmetic; who owns which slice is decided in etcd.
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{Result, anyhow, bail};
+
+/// An IPv4 prefix such as `10.10.0.0/16`, always with the host bits zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self> {
+        if prefix > 32 {
+            bail!("prefix length /{prefix} is more than 32");
+        }
+        let cidr = Self { addr, prefix };
+        if cidr.network() != addr {
+            bail!(
+                "{addr}/{prefix} has host bits set; did you mean {}/{prefix}?",
+                cidr.network()
+            );
+        }
+        Ok(cidr)
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    /// The `/slice_prefix` blocks this prefix divides into, in address order.
+    pub fn slices(&self, slice_prefix: u8) -> impl Iterator<Item = Cidr> + use<> {
+        let base = u32::from(self.network());
+        let prefix = slice_prefix.clamp(self.prefix, 32);
+        let step = 1u64 << (32 - u32::from(prefix));
+        let count = 1u64 << (u32::from(prefix) - u32::from(self.prefix));
+        (0..count).map(move |i| Cidr {
+            addr: Ipv4Addr::from(base + (i * step) as u32),
+            prefix,
+        })
+    }
+
+    /// Addresses this block can give to endpoints: all but its own network and broadcast
+    /// addresses (for a /31 or /32, all of them).
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        let (first, last) = (u32::from(self.network()), u32::from(self.broadcast()));
+        let (first, last) = if self.prefix >= 31 {
+            (first, last)
+        } else {
+            (first + 1, last - 1)
+        };
+        (first..=last).map(Ipv4Addr::from)
+    }
+
+    /// The form used inside etcd keys, where '/' separates path segments: `10.10.3.0-24`.
+    pub fn key(&self) -> String {
+        format!("{}-{}", self.addr, self.prefix)
+    }
+
+    pub fn from_key(key: &str) -> Result<Self> {
+        let (addr, prefix) = key
+            .split_once('-')
+            .ok_or_else(|| anyhow!("{key:?} is not a slice key like 10.10.3.0-24"))?;
+        format!("{addr}/{prefix}").parse()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let err = || anyhow!("{s:?} is not a CIDR: expected an IPv4 prefix like 10.10.0.0/16");
+        let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
+        let prefix: u8 = prefix.parse().map_err(|_| err())?;
+        Self::new(addr, prefix).map_err(|e| anyhow!("{s:?} is not a valid CIDR: {e}"))
+    }
+}
+
+/// The smallest subnet a network may have: a /30 still leaves two addresses.
+pub const MAX_SUBNET_PREFIX: u8 = 30;
+
+/// How big each node's slice of a network is when the user does not say: /24 from a /16 or
+/// larger (256 nodes of 254 addresses, flannel's default), else 16 slices.
+pub fn default_slice_prefix(subnet: Cidr) -> u8 {
+    if subnet.prefix() <= 16 {
+        24
+    } else {
+        (subnet.prefix() + 4).min(MAX_SUBNET_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(cidr("10.10.0.0/16").to_string(), "10.10.0.0/16");
+        for bad in [
+            "10.10.0.0",
+            "10.10.0/16",
+            "10.10.0.0/33",
+            "x/8",
+            "10.10.0.0/-1",
+            "",
+        ] {
+            let err = bad.parse::<Cidr>().unwrap_err().to_string();
+            assert!(err.contains("CIDR"), "{bad}: {err}");
+        }
+        let err = "10.10.1.5/16".parse::<Cidr>().unwrap_err().to_string();
+        assert!(err.contains("did you mean 10.10.0.0/16"), "{err}");
+    }
+
+    #[test]
+    fn slices_cover_the_subnet_in_order() {
+        let slices: Vec<_> = cidr("10.10.0.0/16").slices(24).collect();
+        assert_eq!(slices.len(), 256);
+        assert_eq!(slices[3].to_string(), "10.10.3.0/24");
+        assert_eq!(slices[255].to_string(), "10.10.255.0/24");
+        let small: Vec<_> = cidr("192.168.7.0/24").slices(28).collect();
+        assert_eq!(small.len(), 16);
+        assert_eq!(small[1].to_string(), "192.168.7.16/28");
+    }
+
+    #[test]
+    fn hosts_skip_network_and_broadcast() {
+        let hosts: Vec<_> = cidr("10.10.3.0/30").hosts().collect();
+        assert_eq!(
+            hosts,
+            [Ipv4Addr::new(10, 10, 3, 1), Ipv4Addr::new(10, 10, 3, 2)]
+        );
+        assert_eq!(cidr("10.10.3.0/24").hosts().count(), 254);
+    }
+
+    #[test]
+    fn contains_and_keys() {
+        let net = cidr("10.10.0.0/16");
+        assert!(net.contains(Ipv4Addr::new(10, 10, 200, 1)));
+        assert!(!net.contains(Ipv4Addr::new(10, 11, 0, 1)));
+        assert!(cidr("0.0.0.0/0").contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert_eq!(
+            Cidr::from_key("10.10.3.0-24").unwrap(),
+            cidr("10.10.3.0/24")
+        );
+        assert!(Cidr::from_key("10.10.3.0/24").is_err());
+    }
+
+    #[test]
+    fn default_slices() {
+        assert_eq!(default_slice_prefix(cidr("10.0.0.0/8")), 24);
+        assert_eq!(default_slice_prefix(cidr("10.10.0.0/16")), 24);
+        assert_eq!(default_slice_prefix(cidr("10.10.7.0/24")), 28);
+        assert_eq!(default_slice_prefix(cidr("10.10.7.0/28")), 30);
+    }
+}

@@ -1,0 +1,273 @@
+//! The Docker plumbing over rtnetlink: per-network bridges, veth pairs, an end moved into a
+//! container's namespace as `eth0`, MACs, MTUs and addresses. A netlink socket acts in the
+//! namespace it was opened in, so [`Netlink::in_netns`] opens one from a thread that entered
+//! the target namespace first.
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+    },
+};
+
+use crate::net::Mac;
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// A namespace as the user names it: `ip netns` names live in /run/netns, anything with a '/'
+/// is a path such as /proc/PID/ns/net.
+pub fn netns_path(ns: &str) -> PathBuf {
+    if ns.contains('/') {
+        PathBuf::from(ns)
+    } else {
+        PathBuf::from("/run/netns").join(ns)
+    }
+}
+
+pub fn open_netns(ns: &str) -> Result<File> {
+    let path = netns_path(ns);
+    File::open(&path).map_err(|e| {
+        anyhow!(
+            "network namespace {ns:?} does not exist ({}: {e})",
+            path.display()
+        )
+    })
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+impl Netlink {
+    /// A socket in the calling thread's namespace.
+    pub fn new() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// A socket in the namespace `ns` refers to.
+    pub fn in_netns(ns: &File) -> Result<Self> {
+        let fd = ns.try_clone()?;
+        let runtime = tokio::runtime::Handle::current();
+        let (conn, handle) = std::thread::spawn(move || -> Result<_> {
+            let _guard = runtime.enter();
+            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "entering the namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            Ok((conn, handle))
+        })
+        .join()
+        .map_err(|_| anyhow!("the namespace thread panicked"))??;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(anyhow!("looking up interface {name}: {e}")),
+        }
+    }
+
+    pub async fn index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link(name).await?.map(|l| l.header.index))
+    }
+
+    async fn require(&self, name: &str) -> Result<u32> {
+        self.index(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+    }
+
+    pub async fn mtu(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link(name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        }))
+    }
+
+    /// The first IPv4 address of `name`.
+    pub async fn ipv4(&self, name: &str) -> Result<Option<Ipv4Addr>> {
+        let index = self.require(name).await?;
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .with_context(|| format!("listing addresses of {name}"))?
+        {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                    return Ok(Some(*ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The bridge, created (up, with `mtu`) if missing; its ifindex.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+        if let Some(index) = self.index(name).await? {
+            return Ok(index);
+        }
+        match self
+            .handle
+            .link()
+            .add(LinkBridge::new(name).mtu(mtu).build())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            // Another endpoint add made it at the same moment.
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => bail!("creating bridge {name}: {e}"),
+        }
+        self.require(name).await
+    }
+
+    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| {
+                if is_errno(&e, libc::EEXIST) {
+                    anyhow!("interface {name} or {peer} already exists")
+                } else {
+                    anyhow!("creating veth pair {name}/{peer}: {e}")
+                }
+            })
+    }
+
+    /// Puts `name` on `bridge` and brings it up.
+    pub async fn attach_to_bridge(&self, name: &str, bridge: u32) -> Result<()> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("putting {name} on its bridge"))
+    }
+
+    pub async fn move_to_netns(&self, name: &str, ns: &File) -> Result<()> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("moving {name} into the container's namespace"))
+    }
+
+    /// Renames `name` to `new_name`, gives it `mac`, `mtu` and `addr/prefix`, and brings it up.
+    pub async fn configure(
+        &self,
+        name: &str,
+        new_name: &str,
+        mac: Mac,
+        mtu: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<()> {
+        let index = self.require(name).await?;
+        if new_name != name && self.index(new_name).await?.is_some() {
+            bail!("the namespace already has an interface {new_name}");
+        }
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(new_name.to_string())
+                    .address(mac.0.to_vec())
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("setting name, MAC and MTU of {new_name}"))?;
+        self.handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {addr}/{prefix} to {new_name}"))?;
+        self.up(new_name).await
+    }
+
+    pub async fn up(&self, name: &str) -> Result<()> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("bringing {name} up"))
+    }
+
+    /// Deletes `name` (a veth takes its peer with it). Ok(false): it was not there.
+    pub async fn delete(&self, name: &str) -> Result<bool> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(false),
+            Err(e) => Err(anyhow!("deleting {name}: {e}")),
+        }
+    }
+
+    /// How many interfaces have `bridge` as their controller.
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<usize> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing interfaces")?;
+        Ok(links
+            .iter()
+            .filter(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
+            })
+            .count())
+    }
+}

@@ -1,0 +1,220 @@
+//! What `network ls`, `endpoint ls` and `status` print, as tables or JSON (the same [`Rows`] as
+//! the maps use, so every listing looks and parses alike).
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::{
+    agent::{StatusFile, status_path},
+    dataplane::{Maps, PinDir},
+    inspect::Rows,
+    store::{
+        Store,
+        schema::{Endpoint, Location, Network},
+    },
+};
+
+pub fn render(rows: &Rows, json: bool) -> String {
+    if json {
+        serde_json::to_string_pretty(&rows.to_json()).expect("rows serialize") + "\n"
+    } else {
+        rows.to_table()
+    }
+}
+
+pub fn networks(nets: &[Network], endpoints: &[Endpoint]) -> Rows {
+    Rows {
+        columns: &["name", "vni", "subnet", "port", "mtu", "slice", "endpoints"],
+        rows: nets
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.vni.to_string(),
+                    n.subnet.to_string(),
+                    n.port.to_string(),
+                    n.mtu.map_or("auto".into(), |m| m.to_string()),
+                    format!("/{}", n.slice_prefix),
+                    endpoints
+                        .iter()
+                        .filter(|e| e.network == n.name)
+                        .count()
+                        .to_string(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+pub fn endpoints(eps: &[Endpoint]) -> Rows {
+    Rows {
+        columns: &[
+            "network", "ip", "mac", "kind", "name", "node", "vtep", "port",
+        ],
+        rows: eps
+            .iter()
+            .map(|e| {
+                let (node, vtep, port) = match &e.location {
+                    Location::Node { node, port, .. } => (node.clone(), "-".into(), port.clone()),
+                    Location::Peer { vtep } => ("-".into(), vtep.to_string(), "-".into()),
+                };
+                vec![
+                    e.network.clone(),
+                    e.ip.to_string(),
+                    e.mac.to_string(),
+                    format!("{:?}", e.kind).to_lowercase(),
+                    if e.name.is_empty() {
+                        "-".into()
+                    } else {
+                        e.name.clone()
+                    },
+                    node,
+                    vtep,
+                    port,
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// `overlay-agent status`: node, agent, etcd, attachments, map sizes, problems.
+pub async fn status(
+    node: &str,
+    pins: &PinDir,
+    run_dir: &Path,
+    etcd: &[String],
+    prefix: &str,
+    as_json: bool,
+) -> Result<String> {
+    let file: Option<StatusFile> = std::fs::read(status_path(run_dir, node))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let agent_running = file
+        .as_ref()
+        .is_some_and(|f| unsafe { libc::kill(f.pid as i32, 0) } == 0);
+    let etcd_state = match Store::connect(etcd, prefix).await {
+        Ok(store) => match store.list(&store.keys().all()).await {
+            Ok((_, rev)) => Ok(rev),
+            Err(e) => Err(format!("{e:#}")),
+        },
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let links: Vec<String> = std::fs::read_dir(pins.dir().join("links"))
+        .map(|d| {
+            let mut v: Vec<String> = d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let underlay = file
+        .as_ref()
+        .map(|f| f.underlay.clone())
+        .unwrap_or_default();
+    let (from_underlay, from_container): (Vec<_>, Vec<_>) =
+        links.iter().cloned().partition(|l| *l == underlay);
+    let counts = Maps::open(pins).and_then(|m| m.snapshot()).ok().map(|s| {
+        json!({
+            "networks": s.networks.len(), "fdb": s.fdb.len(), "arp": s.arp.len(),
+            "vteps": s.vteps.len(), "endpoints": s.endpoints.len(), "ports": s.ports.len(),
+        })
+    });
+    let value = json!({
+        "node": node,
+        "agent": {
+            "running": agent_running,
+            "pid": file.as_ref().map(|f| f.pid),
+            "connected_to_etcd": file.as_ref().is_some_and(|f| f.connected && agent_running),
+            "revision_applied": file.as_ref().map(|f| f.revision),
+            "updated_unix": file.as_ref().map(|f| f.updated_unix),
+            "vtep": file.as_ref().map(|f| f.vtep.clone()),
+        },
+        "etcd": {
+            "endpoints": etcd.join(","),
+            "reachable": etcd_state.is_ok(),
+            "revision": etcd_state.as_ref().ok(),
+            "error": etcd_state.as_ref().err(),
+        },
+        "programs": {
+            "from_underlay": from_underlay,
+            "from_container": from_container,
+        },
+        "maps": counts,
+        "problems": file.as_ref().map(|f| f.problems.clone()).unwrap_or_default(),
+    });
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&value)? + "\n");
+    }
+    Ok(status_text(&value))
+}
+
+fn status_text(v: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let list = |v: &Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if items.is_empty() {
+            "none".into()
+        } else {
+            items.join(", ")
+        }
+    };
+    let a = &v["agent"];
+    let agent = if a["running"] == true {
+        format!(
+            "running (pid {}), {} etcd, revision {} applied, VTEP {}",
+            s(&a["pid"]),
+            if a["connected_to_etcd"] == true {
+                "connected to"
+            } else {
+                "NOT connected to"
+            },
+            s(&a["revision_applied"]),
+            s(&a["vtep"])
+        )
+    } else if a["pid"].is_null() {
+        "never ran on this node".into()
+    } else {
+        format!(
+            "not running (last pid {}); the pinned dataplane keeps forwarding",
+            s(&a["pid"])
+        )
+    };
+    let e = &v["etcd"];
+    let etcd = if e["reachable"] == true {
+        format!(
+            "{} reachable, revision {}",
+            s(&e["endpoints"]),
+            s(&e["revision"])
+        )
+    } else {
+        format!("UNREACHABLE: {}", s(&e["error"]))
+    };
+    let maps = match v["maps"].as_object() {
+        Some(m) => m
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "not loaded".into(),
+    };
+    let problems = match v["problems"].as_object() {
+        Some(p) if !p.is_empty() => p
+            .iter()
+            .map(|(k, why)| format!("\n  {k}: {}", s(why)))
+            .collect::<String>(),
+        _ => "none".into(),
+    };
+    format!(
+        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\nmaps            {maps}\nproblems        {problems}\n",
+        s(&v["node"]),
+        list(&v["programs"]["from_underlay"]),
+        list(&v["programs"]["from_container"]),
+    )
+}

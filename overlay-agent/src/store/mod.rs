@@ -1,0 +1,365 @@
+//! etcd: the single source of truth. This is the only module that speaks etcd-client; the
+//! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
+//! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
+pub mod schema;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use schema::{
+    Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, NodeRecord, SliceRecord,
+};
+
+use crate::ipam::Cidr;
+
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// How long one request may take before the CLI calls etcd unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+    endpoints: String,
+}
+
+impl Store {
+    /// Connects and checks that etcd answers (the client itself connects lazily).
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        let list = endpoints.join(",");
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            // HTTP/2 pings: a watch on a dead server fails within seconds instead of hanging.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let unreachable = |e: &dyn std::fmt::Display| anyhow!("etcd unreachable at {list}: {e}");
+        let mut client =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+                .await
+                .map_err(|e| unreachable(&e))?
+                .map_err(|e| unreachable(&e))?;
+        tokio::time::timeout(REQUEST_TIMEOUT, client.status())
+            .await
+            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&e))?;
+        Ok(Self {
+            client,
+            keys: Keys::new(prefix),
+            endpoints: list,
+        })
+    }
+
+    /// Connects, retrying with exponential backoff (0.5 s up to 5 s) and saying so each time.
+    pub async fn connect_retrying(endpoints: &[String], prefix: &str) -> Self {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Self::connect(endpoints, prefix).await {
+                Ok(store) => return store,
+                Err(e) => {
+                    log::warn!("{e:#}; retrying in {:.1} s", delay.as_secs_f32());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn endpoints_url(&self) -> &str {
+        &self.endpoints
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(anyhow!("etcd at {}: {what}: {e}", self.endpoints)),
+            Err(_) => Err(anyhow!(
+                "etcd at {}: {what}: no answer within {} s",
+                self.endpoints,
+                REQUEST_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Every key under `prefix`, and the revision they were read at.
+    pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let mut c = self.client.clone();
+        let mut resp = self
+            .timed(
+                &format!("listing {prefix}"),
+                c.get(prefix, Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.take_kvs(), rev))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut c = self.client.clone();
+        let resp = self
+            .timed(&format!("reading {key}"), c.get(key, None))
+            .await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn txn(&self, what: &str, txn: Txn) -> Result<bool> {
+        let mut c = self.client.clone();
+        Ok(self.timed(what, c.txn(txn)).await?.succeeded())
+    }
+
+    /// Watches everything under the prefix from `revision` on.
+    pub async fn watch(&self, revision: i64) -> Result<WatchStream> {
+        let mut c = self.client.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision)
+            .with_progress_notify();
+        self.timed("starting a watch", c.watch(self.keys.all(), Some(opts)))
+            .await
+    }
+
+    // ---- networks ----
+
+    pub async fn network(&self, name: &str) -> Result<Network> {
+        let value = self
+            .get(&self.keys.network(name))
+            .await?
+            .ok_or_else(|| anyhow!("network {name} does not exist"))?;
+        schema::decode::<NetworkRecord>(&value)
+            .and_then(|r| r.validate(name))
+            .with_context(|| format!("network {name} in etcd is invalid"))
+    }
+
+    /// Valid networks; invalid ones are logged with their key and skipped.
+    pub async fn networks(&self) -> Result<Vec<Network>> {
+        let (kvs, _) = self.list(&self.keys.networks()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let name = key.strip_prefix(&self.keys.networks())?;
+                let parsed =
+                    schema::decode::<NetworkRecord>(kv.value()).and_then(|r| r.validate(name));
+                parsed.map_err(|e| log::warn!("skipping {key}: {e:#}")).ok()
+            })
+            .collect())
+    }
+
+    /// Creates a network; its name and VNI must both be new.
+    pub async fn create_network(&self, net: &Network) -> Result<()> {
+        if let Some(other) = self.networks().await?.iter().find(|n| n.vni == net.vni) {
+            bail!("VNI {} is already used by network {}", net.vni, other.name);
+        }
+        let key = self.keys.network(&net.name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, schema::encode(&net.record()), None)]);
+        if !self.txn("creating a network", txn).await? {
+            bail!("network {} already exists", net.name);
+        }
+        Ok(())
+    }
+
+    /// Removes a network that no endpoint uses any more, and its slices.
+    pub async fn delete_network(&self, name: &str) -> Result<()> {
+        self.network(name).await?;
+        let (eps, _) = self.list(&self.keys.endpoints(name)).await?;
+        if !eps.is_empty() {
+            bail!(
+                "network {name} still has {} endpoint(s); remove them first (overlay-agent endpoint ls)",
+                eps.len()
+            );
+        }
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.keys.network(name), None),
+            TxnOp::delete(
+                self.keys.slices(name),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        ]);
+        self.txn("removing a network", txn).await?;
+        Ok(())
+    }
+
+    // ---- nodes ----
+
+    pub async fn node(&self, node: &str) -> Result<Option<NodeRecord>> {
+        match self.get(&self.keys.node(node)).await? {
+            Some(v) => Ok(Some(schema::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts `nodes/<node>` under a new lease of `ttl` seconds and starts keeping it alive.
+    pub async fn register_node(
+        &self,
+        node: &str,
+        record: &NodeRecord,
+        ttl: i64,
+    ) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream)> {
+        let mut c = self.client.clone();
+        let lease = self
+            .timed("granting a lease", c.lease_grant(ttl, None))
+            .await?
+            .id();
+        self.timed(
+            "registering the node",
+            c.put(
+                self.keys.node(node),
+                schema::encode(record),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        let (keeper, stream) = self
+            .timed("keeping the lease alive", c.lease_keep_alive(lease))
+            .await?;
+        Ok((lease, keeper, stream))
+    }
+
+    // ---- slices ----
+
+    /// This node's slice of `net`, claiming the first free one if it has none. The claim is a
+    /// transaction that succeeds only if nobody holds that slice, so nodes starting together
+    /// never share one.
+    pub async fn claim_slice(&self, net: &Network, node: &str) -> Result<Cidr> {
+        let (kvs, _) = self.list(&self.keys.slices(&net.name)).await?;
+        let mut taken = Vec::new();
+        for kv in &kvs {
+            let key = kv.key_str().unwrap_or_default();
+            let Some(slice) = key.rsplit('/').next().and_then(|s| Cidr::from_key(s).ok()) else {
+                log::warn!("skipping {key}: not a slice key");
+                continue;
+            };
+            match schema::decode::<SliceRecord>(kv.value()) {
+                Ok(rec) if rec.node == node => return Ok(slice),
+                Ok(_) => taken.push(slice),
+                Err(e) => log::warn!("skipping {key}: {e:#}"),
+            }
+        }
+        for slice in net.subnet.slices(net.slice_prefix) {
+            if taken.contains(&slice) {
+                continue;
+            }
+            let key = self.keys.slice(&net.name, slice);
+            let record = SliceRecord {
+                node: node.to_string(),
+            };
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, schema::encode(&record), None)]);
+            if self.txn("claiming a subnet slice", txn).await? {
+                log::info!("node {node} claimed {slice} of network {}", net.name);
+                return Ok(slice);
+            }
+        }
+        bail!(
+            "network {} has no free /{} slice left for node {node}",
+            net.name,
+            net.slice_prefix
+        )
+    }
+
+    // ---- endpoints ----
+
+    /// Valid endpoints of one network or of all; invalid ones are logged and skipped.
+    pub async fn endpoints(&self, net: Option<&str>) -> Result<Vec<Endpoint>> {
+        let prefix = match net {
+            Some(n) => self.keys.endpoints(n),
+            None => self.keys.all_endpoints(),
+        };
+        let (kvs, _) = self.list(&prefix).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let Some(schema::Key::Endpoint { network, ip }) = self.keys.parse(kv.key()) else {
+                    return None;
+                };
+                schema::decode::<EndpointRecord>(kv.value())
+                    .and_then(|r| r.validate(&network, &ip))
+                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
+                    .ok()
+            })
+            .collect())
+    }
+
+    pub async fn endpoint(&self, net: &str, ip: Ipv4Addr) -> Result<Option<Endpoint>> {
+        match self.get(&self.keys.endpoint(net, ip)).await? {
+            Some(v) => Ok(Some(
+                schema::decode::<EndpointRecord>(&v)?.validate(net, &ip.to_string())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The endpoint a node knows by `name`.
+    pub async fn endpoint_named(&self, node: &str, name: &str) -> Result<Option<Endpoint>> {
+        let Some(v) = self.get(&self.keys.name(node, name)).await? else {
+            return Ok(None);
+        };
+        let rec: NameRecord = schema::decode(&v)
+            .with_context(|| format!("{} is invalid", self.keys.name(node, name)))?;
+        self.endpoint(&rec.network, rec.ip).await
+    }
+
+    /// Registers an endpoint if its address (and, on a node, its name) is free. Ok(false): the
+    /// address was taken first.
+    pub async fn create_endpoint(&self, ep: &Endpoint) -> Result<bool> {
+        let key = self.keys.endpoint(&ep.network, ep.ip);
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        let mut ops = vec![TxnOp::put(key, schema::encode(&ep.record()), None)];
+        if let Some(node) = ep.node() {
+            let name_key = self.keys.name(node, &ep.name);
+            when.push(Compare::create_revision(
+                name_key.clone(),
+                CompareOp::Equal,
+                0,
+            ));
+            let rec = NameRecord {
+                network: ep.network.clone(),
+                ip: ep.ip,
+            };
+            ops.push(TxnOp::put(name_key, schema::encode(&rec), None));
+        }
+        let txn = Txn::new().when(when).and_then(ops);
+        if self.txn("registering an endpoint", txn).await? {
+            return Ok(true);
+        }
+        if let Some(node) = ep.node()
+            && self.get(&self.keys.name(node, &ep.name)).await?.is_some()
+        {
+            bail!("endpoint {} already exists on node {node}", ep.name);
+        }
+        Ok(false)
+    }
+
+    pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {
+        let mut ops = vec![TxnOp::delete(self.keys.endpoint(&ep.network, ep.ip), None)];
+        if let Some(node) = ep.node() {
+            ops.push(TxnOp::delete(self.keys.name(node, &ep.name), None));
+        }
+        self.txn("removing an endpoint", Txn::new().and_then(ops))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a raw value (tests and repair tools: it bypasses every check).
+    pub async fn put_raw(&self, key: &str, value: &str) -> Result<()> {
+        let mut c = self.client.clone();
+        self.timed(&format!("writing {key}"), c.put(key, value, None))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,501 @@
+//! The etcd layout: which key holds what, and the JSON each value carries. Everything that
+//! knows a key's shape or a value's fields lives here.
+//!
+//! ```text
+//! <prefix>/networks/<net>              {"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24}
+//! <prefix>/nodes/<node>                {"vtep":"10.0.0.1","mtu":1500}         under the node's lease
+//! <prefix>/slices/<net>/<a.b.c.d-len>  {"node":"h1"}                          created in a transaction
+//! <prefix>/endpoints/<net>/<ip>        {"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02",
+//!                                       "node":"h1","port":"ove1a2b3c4d","netns":"c1"}
+//! <prefix>/names/<node>/<name>         {"network":"blue","ip":"10.10.1.2"}   endpoint names per node
+//! ```
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ipam::{self, Cidr},
+    net::Mac,
+};
+
+pub const DEFAULT_PREFIX: &str = "/overlay";
+/// 24 bits (RFC 7348); 0 is refused because it reads as "unset".
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// A key of ours, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    Network(String),
+    Node(String),
+    Slice { network: String, slice: String },
+    Endpoint { network: String, ip: String },
+    Name { node: String, name: String },
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Everything the agent watches.
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+    pub fn networks(&self) -> String {
+        format!("{}/networks/", self.prefix)
+    }
+    pub fn network(&self, net: &str) -> String {
+        format!("{}/networks/{net}", self.prefix)
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+    pub fn node(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+    pub fn slices(&self, net: &str) -> String {
+        format!("{}/slices/{net}/", self.prefix)
+    }
+    pub fn slice(&self, net: &str, slice: Cidr) -> String {
+        format!("{}/slices/{net}/{}", self.prefix, slice.key())
+    }
+    pub fn all_endpoints(&self) -> String {
+        format!("{}/endpoints/", self.prefix)
+    }
+    pub fn endpoints(&self, net: &str) -> String {
+        format!("{}/endpoints/{net}/", self.prefix)
+    }
+    pub fn endpoint(&self, net: &str, ip: Ipv4Addr) -> String {
+        format!("{}/endpoints/{net}/{ip}", self.prefix)
+    }
+    pub fn names(&self, node: &str) -> String {
+        format!("{}/names/{node}/", self.prefix)
+    }
+    pub fn name(&self, node: &str, name: &str) -> String {
+        format!("{}/names/{node}/{name}", self.prefix)
+    }
+
+    /// None for a key outside our layout (ignored, so a newer agent's keys do not disturb us).
+    pub fn parse(&self, key: &[u8]) -> Option<Key> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let s = |i: usize| parts[i].to_string();
+        Some(match parts.as_slice() {
+            ["networks", _] => Key::Network(s(1)),
+            ["nodes", _] => Key::Node(s(1)),
+            ["slices", _, _] => Key::Slice {
+                network: s(1),
+                slice: s(2),
+            },
+            ["endpoints", _, _] => Key::Endpoint {
+                network: s(1),
+                ip: s(2),
+            },
+            ["names", _, _] => Key::Name {
+                node: s(1),
+                name: s(2),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Names of networks, nodes and endpoints become key segments and interface-name inputs.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    ensure!(
+        ok,
+        "invalid {what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
+    );
+    Ok(())
+}
+
+pub fn check_vni(vni: u32) -> Result<()> {
+    ensure!(
+        (1..=MAX_VNI).contains(&vni),
+        "VNI {vni} is out of range: a VXLAN network identifier has 24 bits (1-{MAX_VNI})"
+    );
+    Ok(())
+}
+
+fn default_port() -> u16 {
+    overlay_common::wire::DEFAULT_VXLAN_PORT
+}
+
+/// `networks/<net>` as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub vni: u32,
+    pub subnet: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// None: the underlay's MTU less the 50 bytes of VXLAN, per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_prefix: Option<u8>,
+}
+
+/// A network, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Cidr,
+    pub port: u16,
+    pub mtu: Option<u32>,
+    pub slice_prefix: u8,
+}
+
+impl NetworkRecord {
+    pub fn validate(self, name: &str) -> Result<Network> {
+        check_name("network", name)?;
+        check_vni(self.vni)?;
+        let subnet: Cidr = self.subnet.parse()?;
+        ensure!(
+            subnet.prefix() <= ipam::MAX_SUBNET_PREFIX,
+            "subnet {subnet} is too small: at most /{}",
+            ipam::MAX_SUBNET_PREFIX
+        );
+        ensure!(self.port != 0, "UDP port 0 is not a port");
+        if let Some(mtu) = self.mtu {
+            ensure!(
+                (68..=65535).contains(&mtu),
+                "MTU {mtu} is out of range (68-65535)"
+            );
+        }
+        let slice_prefix = self
+            .slice_prefix
+            .unwrap_or_else(|| ipam::default_slice_prefix(subnet));
+        ensure!(
+            (subnet.prefix()..=ipam::MAX_SUBNET_PREFIX).contains(&slice_prefix),
+            "slice prefix /{slice_prefix} must lie between the subnet's /{} and /{}",
+            subnet.prefix(),
+            ipam::MAX_SUBNET_PREFIX
+        );
+        Ok(Network {
+            name: name.to_string(),
+            vni: self.vni,
+            subnet,
+            port: self.port,
+            mtu: self.mtu,
+            slice_prefix,
+        })
+    }
+}
+
+impl Network {
+    pub fn record(&self) -> NetworkRecord {
+        NetworkRecord {
+            vni: self.vni,
+            subnet: self.subnet.to_string(),
+            port: self.port,
+            mtu: self.mtu,
+            slice_prefix: Some(self.slice_prefix),
+        }
+    }
+
+    /// The bridge this network's endpoints hang off on every node (Docker's `ov-<vni>`).
+    pub fn bridge(&self) -> String {
+        format!("ovbr{}", self.vni)
+    }
+
+    /// The MTU of the network's interfaces on a node whose underlay has `underlay_mtu`.
+    pub fn mtu_on(&self, underlay_mtu: Option<u32>) -> u32 {
+        let encap = overlay_common::wire::ENCAP_OVERHEAD as u32;
+        self.mtu
+            .unwrap_or_else(|| underlay_mtu.unwrap_or(1500).saturating_sub(encap))
+    }
+}
+
+/// `nodes/<node>`: a live agent, present only while its lease is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub vtep: Ipv4Addr,
+    /// The underlay MTU, from which endpoint MTUs follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceRecord {
+    pub node: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A container's eth0, behind a veth whose host side is `port`.
+    Container,
+    /// The node itself (`host join`): `iface` holds the address, `port` is its bridge side.
+    Host,
+    /// A host that is not ours (a kernel vxlan device), behind `vtep`.
+    Peer,
+}
+
+/// `endpoints/<net>/<ip>` as stored.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub kind: Option<Kind>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<Ipv4Addr>,
+}
+
+/// Where an endpoint lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// On one of our nodes; frames for it leave the bridge by `port`, and it is reached at
+    /// `iface` when that is not the container behind `port` (the host's own address).
+    Node {
+        node: String,
+        port: String,
+        iface: Option<String>,
+    },
+    Peer {
+        vtep: Ipv4Addr,
+    },
+}
+
+/// An endpoint, validated (but not yet checked against its network: that may arrive later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub name: String,
+    pub mac: Mac,
+    pub kind: Kind,
+    pub location: Location,
+    pub netns: Option<String>,
+}
+
+impl EndpointRecord {
+    pub fn validate(self, network: &str, ip: &str) -> Result<Endpoint> {
+        let ip: Ipv4Addr = ip
+            .parse()
+            .with_context(|| format!("{ip:?} in the key is not an IPv4 address"))?;
+        let mac: Mac = self.mac.parse()?;
+        if mac.0[0] & 1 == 1 || mac.0 == [0; 6] {
+            bail!("MAC {mac} is not a unicast address");
+        }
+        let kind = self.kind.context("missing field `kind`")?;
+        let location = match kind {
+            Kind::Peer => Location::Peer {
+                vtep: self.vtep.context("a peer needs `vtep`")?,
+            },
+            Kind::Container | Kind::Host => {
+                let node = self.node.context("missing field `node`")?;
+                check_name("node", &node)?;
+                let port = self.port.context("missing field `port`")?;
+                ensure!(
+                    !port.is_empty() && port.len() < 16,
+                    "port {port:?} is not an interface name"
+                );
+                let iface = if kind == Kind::Host {
+                    Some(self.iface.context("a host endpoint needs `iface`")?)
+                } else {
+                    None
+                };
+                Location::Node { node, port, iface }
+            }
+        };
+        Ok(Endpoint {
+            network: network.to_string(),
+            ip,
+            name: self.name,
+            mac,
+            kind,
+            location,
+            netns: self.netns,
+        })
+    }
+}
+
+impl Endpoint {
+    pub fn record(&self) -> EndpointRecord {
+        let mut rec = EndpointRecord {
+            kind: Some(self.kind),
+            name: self.name.clone(),
+            mac: self.mac.to_string(),
+            netns: self.netns.clone(),
+            ..Default::default()
+        };
+        match &self.location {
+            Location::Node { node, port, iface } => {
+                rec.node = Some(node.clone());
+                rec.port = Some(port.clone());
+                rec.iface = iface.clone();
+            }
+            Location::Peer { vtep } => rec.vtep = Some(*vtep),
+        }
+        rec
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        match &self.location {
+            Location::Node { node, .. } => Some(node),
+            Location::Peer { .. } => None,
+        }
+    }
+}
+
+/// `names/<node>/<name>`: which endpoint a node's endpoint name refers to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    pub network: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Parses a stored value, with an error that says what was wrong with it.
+pub fn decode<T: for<'de> Deserialize<'de>>(value: &[u8]) -> Result<T> {
+    const MAX: usize = 64 * 1024;
+    ensure!(
+        value.len() <= MAX,
+        "value of {} bytes is larger than any record ({MAX} at most)",
+        value.len()
+    );
+    serde_json::from_slice(value).context("not a valid record")
+}
+
+pub fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let k = Keys::new("/overlay/");
+        assert_eq!(k.network("blue"), "/overlay/networks/blue");
+        assert_eq!(
+            k.parse(k.network("blue").as_bytes()),
+            Some(Key::Network("blue".into()))
+        );
+        assert_eq!(
+            k.parse(k.endpoint("blue", Ipv4Addr::new(10, 10, 1, 2)).as_bytes()),
+            Some(Key::Endpoint {
+                network: "blue".into(),
+                ip: "10.10.1.2".into()
+            })
+        );
+        let slice: Cidr = "10.10.3.0/24".parse().unwrap();
+        assert_eq!(k.slice("blue", slice), "/overlay/slices/blue/10.10.3.0-24");
+        assert_eq!(k.parse(b"/overlay/networks/blue/extra"), None);
+        assert_eq!(k.parse(b"/overlayx/networks/blue"), None);
+        assert_eq!(k.parse(b"/other/networks/blue"), None);
+    }
+
+    #[test]
+    fn networks_validate() {
+        let rec = |json: &str| decode::<NetworkRecord>(json.as_bytes()).unwrap();
+        let net = rec(r#"{"vni":42,"subnet":"10.10.0.0/16"}"#)
+            .validate("blue")
+            .unwrap();
+        assert_eq!((net.port, net.slice_prefix, net.mtu), (4789, 24, None));
+        assert_eq!(net.mtu_on(Some(1500)), 1450);
+        assert_eq!(net.bridge(), "ovbr42");
+        for (json, want) in [
+            (r#"{"vni":16777216,"subnet":"10.10.0.0/16"}"#, "24 bits"),
+            (r#"{"vni":0,"subnet":"10.10.0.0/16"}"#, "24 bits"),
+            (r#"{"vni":42,"subnet":"10.10.0.0"}"#, "not a CIDR"),
+            (r#"{"vni":42,"subnet":"10.10.0.0/31"}"#, "too small"),
+            (r#"{"vni":42,"subnet":"10.10.0.0/16","port":0}"#, "port 0"),
+            (
+                r#"{"vni":42,"subnet":"10.10.0.0/16","slice_prefix":8}"#,
+                "slice prefix",
+            ),
+        ] {
+            let err = rec(json).validate("blue").unwrap_err().to_string();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+        assert!(decode::<NetworkRecord>(br#"{"vni":"42"}"#).is_err());
+        assert!(decode::<NetworkRecord>(b"{not json").is_err());
+        assert!(decode::<NetworkRecord>(&vec![b' '; 100_000]).is_err());
+    }
+
+    #[test]
+    fn endpoints_validate() {
+        let rec = |json: &str| decode::<EndpointRecord>(json.as_bytes()).unwrap();
+        let ep = rec(
+            r#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1"}"#,
+        )
+        .validate("blue", "10.10.1.2")
+        .unwrap();
+        assert_eq!(ep.node(), Some("h1"));
+        assert_eq!(ep.record().validate("blue", "10.10.1.2").unwrap(), ep);
+        let peer = rec(r#"{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"10.0.0.9"}"#)
+            .validate("blue", "10.10.9.2")
+            .unwrap();
+        assert_eq!(
+            peer.location,
+            Location::Peer {
+                vtep: Ipv4Addr::new(10, 0, 0, 9)
+            }
+        );
+        for (json, ip, want) in [
+            (
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:02"}"#,
+                "10.10.9.2",
+                "vtep",
+            ),
+            (
+                r#"{"kind":"peer","mac":"zz","vtep":"10.0.0.9"}"#,
+                "10.10.9.2",
+                "MAC",
+            ),
+            (
+                r#"{"kind":"peer","mac":"ff:ff:ff:ff:ff:ff","vtep":"10.0.0.9"}"#,
+                "10.10.9.2",
+                "unicast",
+            ),
+            (
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"10.0.0.9"}"#,
+                "10.10.9",
+                "IPv4",
+            ),
+            (
+                r#"{"kind":"container","mac":"02:42:0a:0a:09:02","node":"h1"}"#,
+                "10.10.9.2",
+                "port",
+            ),
+        ] {
+            let err = format!("{:#}", rec(json).validate("blue", ip).unwrap_err());
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        check_name("network", "blue-1.a_b").unwrap();
+        for bad in ["", ".x", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name("network", bad).is_err(), "{bad}");
+        }
+    }
+}
