@@ -29,7 +29,7 @@ use crate::{
     desired::{Problem, desired},
     plumbing::Netlink,
     store::{
-        Store,
+        Store, brief,
         schema::{Kind, Location, NodeRecord},
     },
 };
@@ -195,7 +195,7 @@ impl Agent {
                 tokio::select! {
                     msg = watch.message() => {
                         let resp = msg
-                            .map_err(|e| anyhow!("lost the watch: {e}"))?
+                            .map_err(|e| anyhow!("lost the watch: {}", brief(&e)))?
                             .ok_or_else(|| anyhow!("etcd ended the watch"))?;
                         let mut revision = self.status.revision;
                         let mut next = Some(resp);
@@ -224,10 +224,10 @@ impl Agent {
                         Ok(Some(r)) if r.ttl() > 0 => {}
                         Ok(Some(_)) => bail!("lease {lease:x} expired"),
                         Ok(None) => bail!("the lease keepalive stream ended"),
-                        Err(e) => bail!("lease keepalive failed: {e}"),
+                        Err(e) => bail!("lease keepalive failed: {}", brief(&e)),
                     },
                     _ = tick.tick() => {
-                        keeper.keep_alive().await.map_err(|e| anyhow!("lease keepalive failed: {e}"))?;
+                        keeper.keep_alive().await.map_err(|e| anyhow!("lease keepalive failed: {}", brief(&e)))?;
                         // A port that did not exist yet may have appeared.
                         if !self.problems.is_empty() {
                             self.reconcile(self.status.revision);

@@ -37,17 +37,22 @@ pub struct NetworkSpec {
     pub slice_prefix: Option<u8>,
 }
 
-pub async fn network_create(store: &Store, spec: NetworkSpec) -> Result<Network> {
-    let record = schema::NetworkRecord {
-        vni: spec.vni,
-        subnet: spec.subnet.to_string(),
-        port: spec.port,
-        mtu: spec.mtu,
-        slice_prefix: spec.slice_prefix,
-    };
-    let net = record.validate(&spec.name)?;
-    store.create_network(&net).await?;
-    Ok(net)
+impl NetworkSpec {
+    /// Checks everything that can be checked without etcd.
+    pub fn validate(self) -> Result<Network> {
+        schema::NetworkRecord {
+            vni: self.vni,
+            subnet: self.subnet.to_string(),
+            port: self.port,
+            mtu: self.mtu,
+            slice_prefix: self.slice_prefix,
+        }
+        .validate(&self.name)
+    }
+}
+
+pub async fn network_create(store: &Store, net: &Network) -> Result<()> {
+    store.create_network(net).await
 }
 
 pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
@@ -162,7 +167,22 @@ pub async fn endpoint_add(
             "interface {port} for endpoint {name} already exists; `overlay-agent endpoint rm {name}` first"
         );
     }
-    let ep = reserve(ctx, &net, ip, |ip| Endpoint {
+    // The veth exists, on its bridge and in the container, before etcd names it: an agent
+    // that sees the endpoint can attach to its port at once.
+    let tmp = format!("ovt{}", short_hash(&format!("{network}/{name}")));
+    let mtu = mtu_here(ctx, &net).await?;
+    let made = async {
+        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
+        host.add_veth(&port, &tmp, mtu).await?;
+        host.move_to_netns(&tmp, &ns).await?;
+        host.attach_to_bridge(&port, bridge).await
+    }
+    .await;
+    if let Err(e) = made {
+        let _ = host.delete(&port).await;
+        return Err(e.context(format!("plumbing endpoint {name}")));
+    }
+    let ep = match reserve(ctx, &net, ip, |ip| Endpoint {
         network: network.to_string(),
         ip,
         name: name.to_string(),
@@ -175,27 +195,28 @@ pub async fn endpoint_add(
         },
         netns: Some(netns.to_string()),
     })
-    .await?;
-    let plumbed = async {
-        let mtu = mtu_here(ctx, &net).await?;
-        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
-        let tmp = format!("ovt{}", short_hash(&format!("{network}/{name}")));
-        host.add_veth(&port, &tmp, mtu).await?;
-        host.move_to_netns(&tmp, &ns).await?;
+    .await
+    {
+        Ok(ep) => ep,
+        Err(e) => {
+            let _ = host.delete(&port).await;
+            return Err(e);
+        }
+    };
+    let configured = async {
         let inner = Netlink::in_netns(&ns)?;
         inner.up("lo").await?;
         let eth = free_eth(&inner).await?;
         inner
             .configure(&tmp, &eth, ep.mac, mtu, ep.ip, net.subnet.prefix())
-            .await?;
-        host.attach_to_bridge(&port, bridge).await
+            .await
     }
     .await;
-    if let Err(e) = plumbed {
+    if let Err(e) = configured {
         // Leave nothing half-made: the address goes back, the veth (and its peer) goes away.
         let _ = ctx.store.delete_endpoint(&ep).await;
         let _ = host.delete(&port).await;
-        return Err(e.context(format!("plumbing endpoint {name}")));
+        return Err(e.context(format!("configuring endpoint {name} in {netns}")));
     }
     Ok(ep)
 }
@@ -240,7 +261,18 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             ctx.node
         );
     }
-    let ep = reserve(ctx, &net, ip, |ip| Endpoint {
+    let mtu = mtu_here(ctx, &net).await?;
+    let made = async {
+        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
+        host.add_veth(&iface, &port, mtu).await?;
+        host.attach_to_bridge(&port, bridge).await
+    }
+    .await;
+    if let Err(e) = made {
+        let _ = host.delete(&iface).await;
+        return Err(e.context(format!("joining network {network}")));
+    }
+    let reserved = reserve(ctx, &net, ip, |ip| Endpoint {
         network: network.to_string(),
         ip,
         name: host_endpoint_name(network),
@@ -253,17 +285,18 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
         },
         netns: None,
     })
-    .await?;
-    let plumbed = async {
-        let mtu = mtu_here(ctx, &net).await?;
-        let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
-        host.add_veth(&iface, &port, mtu).await?;
-        host.configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
-            .await?;
-        host.attach_to_bridge(&port, bridge).await
-    }
     .await;
-    if let Err(e) = plumbed {
+    let ep = match reserved {
+        Ok(ep) => ep,
+        Err(e) => {
+            let _ = host.delete(&iface).await;
+            return Err(e);
+        }
+    };
+    if let Err(e) = host
+        .configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
+        .await
+    {
         let _ = ctx.store.delete_endpoint(&ep).await;
         let _ = host.delete(&iface).await;
         return Err(e.context(format!("joining network {network}")));

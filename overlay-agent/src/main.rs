@@ -10,6 +10,7 @@ use overlay_agent::{
     inspect::{self, Table},
     ipam::Cidr,
     net::Mac,
+    plumbing::open_netns,
     report,
     store::{self, Store, schema},
 };
@@ -215,8 +216,8 @@ async fn run(cli: Cli) -> Result<()> {
             .await?
         }
         Command::Network(cmd) => {
-            let ctx = ctx().await?;
-            match cmd {
+            // Input is checked before etcd is asked anything.
+            let spec = match &cmd {
                 NetworkCmd::Create {
                     name,
                     subnet,
@@ -224,19 +225,24 @@ async fn run(cli: Cli) -> Result<()> {
                     port,
                     mtu,
                     slice_prefix,
-                } => {
-                    let net = commands::network_create(
-                        &ctx.store,
-                        NetworkSpec {
-                            name,
-                            subnet,
-                            vni,
-                            port,
-                            mtu,
-                            slice_prefix,
-                        },
-                    )
-                    .await?;
+                } => Some(
+                    NetworkSpec {
+                        name: name.clone(),
+                        subnet: *subnet,
+                        vni: *vni,
+                        port: *port,
+                        mtu: *mtu,
+                        slice_prefix: *slice_prefix,
+                    }
+                    .validate()?,
+                ),
+                _ => None,
+            };
+            let ctx = ctx().await?;
+            match cmd {
+                NetworkCmd::Create { .. } => {
+                    let net = spec.expect("validated above");
+                    commands::network_create(&ctx.store, &net).await?;
                     println!(
                         "network {} created: VNI {}, subnet {}, UDP port {}, /{} per node",
                         net.name, net.vni, net.subnet, net.port, net.slice_prefix
@@ -254,6 +260,10 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Endpoint(cmd) => {
+            if let EndpointCmd::Add { name, netns, .. } = &cmd {
+                schema::check_name("endpoint", name)?;
+                open_netns(netns)?;
+            }
             let ctx = ctx().await?;
             match cmd {
                 EndpointCmd::Add {

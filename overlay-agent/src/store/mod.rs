@@ -20,6 +20,28 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// How long one request may take before the CLI calls etcd unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// etcd-client's errors print the whole tonic/hyper chain on one long line; people need the
+/// gist: the gRPC message and the root cause ("tcp connect error: Connection refused").
+pub fn brief(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let mut cause = std::error::Error::source(status);
+            let mut root = None;
+            while let Some(c) = cause {
+                root = Some(c.to_string());
+                cause = c.source();
+            }
+            match root {
+                Some(root) if !status.message().contains(&root) => {
+                    format!("{}: {root}", status.message())
+                }
+                _ => status.message().to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -36,16 +58,17 @@ impl Store {
             // HTTP/2 pings: a watch on a dead server fails within seconds instead of hanging.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let unreachable = |e: &dyn std::fmt::Display| anyhow!("etcd unreachable at {list}: {e}");
+        let unreachable = |e: String| anyhow!("etcd unreachable at {list}: {e}");
+        let timeout = |_| unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()));
         let mut client =
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
                 .await
-                .map_err(|e| unreachable(&e))?
-                .map_err(|e| unreachable(&e))?;
+                .map_err(timeout)?
+                .map_err(|e| unreachable(brief(&e)))?;
         tokio::time::timeout(REQUEST_TIMEOUT, client.status())
             .await
-            .map_err(|e| unreachable(&e))?
-            .map_err(|e| unreachable(&e))?;
+            .map_err(timeout)?
+            .map_err(|e| unreachable(brief(&e)))?;
         Ok(Self {
             client,
             keys: Keys::new(prefix),
@@ -83,7 +106,7 @@ impl Store {
     ) -> Result<T> {
         match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(anyhow!("etcd at {}: {what}: {e}", self.endpoints)),
+            Ok(Err(e)) => Err(anyhow!("etcd at {}: {what}: {}", self.endpoints, brief(&e))),
             Err(_) => Err(anyhow!(
                 "etcd at {}: {what}: no answer within {} s",
                 self.endpoints,
