@@ -74,6 +74,9 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The namespace tests run the agent binary as users do: build it first.
+    util::step("cargo build (binaries the tests run)")?;
+    util::cargo(&["build", "--workspace", "--bins"])?;
     util::step("cargo test")?;
     let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
     if !args.is_empty() {

@@ -105,6 +105,16 @@ pub fn probe(program: &str, args: &[&str]) -> Option<String> {
 /// Namespaces and pins a killed test or demo left behind: their names start with the prefix
 /// `overlay_tests::unique` gives them (`ovt-`).
 pub fn clean_test_leftovers() {
+    // Agents and etcd servers of a killed run: their command lines name the test pin root or
+    // a leftover directory.
+    for pattern in [
+        "--pin-root /sys/fs/bpf/overlay-test",
+        "--data-dir /tmp/ovt-",
+    ] {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", "--", pattern])
+            .status();
+    }
     if let Some(list) = probe("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
             if name.starts_with("ovt-") {

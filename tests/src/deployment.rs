@@ -1,0 +1,381 @@
+//! The real thing on one kernel: etcd (Debian's etcd-server) in the underlay segment's
+//! namespace, hosts in namespaces each running `overlay-agent run` as a process, and every
+//! change made with the `overlay-agent` CLI, exactly as a user would type it.
+//!
+//! Agents and CLI calls enter the host's *network* namespace only (`nsenter --net`): `ip netns
+//! exec` would also give them a private /sys, and with it a private bpffs whose pins die with
+//! the process.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use overlay_agent::dataplane::{Maps, PinDir, state::MapState};
+
+use crate::{fixture::TEST_PIN_ROOT, netns::Netns};
+
+/// etcd's client address, on the underlay segment.
+pub const ETCD_IP: &str = "10.0.0.254";
+/// Short, so that tests of lease expiry are quick.
+pub const LEASE_TTL: u64 = 2;
+
+/// The `overlay-agent` binary built beside the running test or demo.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    for dir in exe.ancestors().skip(1).take(2) {
+        let bin = dir.join("overlay-agent");
+        if bin.exists() {
+            return bin;
+        }
+    }
+    panic!(
+        "no overlay-agent binary beside {}: build it first (`cargo build -p overlay-agent`; `cargo xtask test` does)",
+        exe.display()
+    );
+}
+
+pub struct Etcd {
+    wire: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts etcd inside `wire` (which must hold ETCD_IP) and waits until it answers.
+    pub fn start(wire: &Netns, dir: &Path) -> Result<Self> {
+        let mut etcd = Self {
+            wire: wire.name.clone(),
+            data: dir.join("etcd"),
+            log: dir.join("etcd.log"),
+            child: None,
+            url: format!("http://{ETCD_IP}:2379"),
+        };
+        etcd.restart()?;
+        Ok(etcd)
+    }
+
+    /// Starts (again) on the same data directory: everything written before is still there.
+    pub fn restart(&mut self) -> Result<()> {
+        let peer = "http://127.0.0.1:2380";
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.wire, "etcd", "--name", "overlay"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("overlay={peer}")])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let ok = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.wire,
+                    "etcdctl",
+                    "--endpoints",
+                    &self.url,
+                ])
+                .args(["--command-timeout=1s", "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "etcd did not become healthy; its log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct AgentHost {
+    pub ns: Netns,
+    pub vtep: [u8; 4],
+    /// Our agent runs here (false: a legacy host with a kernel vxlan device).
+    pub ours: bool,
+    agent: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentHost {
+    pub fn name(&self) -> &str {
+        &self.ns.name
+    }
+
+    pub fn pins(&self) -> PinDir {
+        PinDir::new(TEST_PIN_ROOT, self.name()).expect("pin dir")
+    }
+
+    /// What the host's maps hold now.
+    pub fn maps(&self) -> Result<MapState> {
+        Maps::open(&self.pins())?.snapshot()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Deployment {
+    pub hosts: Vec<AgentHost>,
+    pub etcd: Etcd,
+    pub wire: Netns,
+    /// Containers made by the tests, dropped (deleted) with the deployment.
+    pub containers: Vec<Netns>,
+    tag: String,
+    dir: PathBuf,
+}
+
+impl Deployment {
+    /// Hosts h1.. on one underlay segment (10.0.0.<i>/24, forwarding on), etcd on
+    /// 10.0.0.254; `ours[i]` says whether host i runs our agent (started here).
+    pub fn new(label: &str, ours: &[bool]) -> Result<Self> {
+        crate::require_root();
+        let tag = crate::unique(label);
+        let dir = std::env::temp_dir().join(&tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let wire = Netns::new(&format!("{tag}w"))?;
+        wire.run(&format!(
+            "ip link add ul type bridge && ip link set ul up && \
+             ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
+             ip addr add {ETCD_IP}/24 dev etcd0 && ip link set etcd0 up"
+        ))?;
+        let etcd = Etcd::start(&wire, &dir)?;
+        let mut d = Self {
+            hosts: Vec::new(),
+            etcd,
+            wire,
+            containers: Vec::new(),
+            tag: tag.clone(),
+            dir,
+        };
+        for (i, &is_ours) in ours.iter().enumerate() {
+            let n = i + 1;
+            let name = format!("{tag}h{n}");
+            let ns = Netns::new(&name)?;
+            let vtep = [10, 0, 0, n as u8];
+            d.wire.run(&format!(
+                "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
+            ))?;
+            ns.run(&format!(
+                "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
+                 sysctl -qw net.ipv4.conf.all.forwarding=1"
+            ))?;
+            PinDir::new(TEST_PIN_ROOT, &name)?.remove()?;
+            d.hosts.push(AgentHost {
+                log: d.dir.join(format!("agent-h{n}.log")),
+                ns,
+                vtep,
+                ours: is_ours,
+                agent: None,
+            });
+            if is_ours {
+                d.start_agent(i)?;
+            }
+        }
+        for i in 0..d.hosts.len() {
+            if d.hosts[i].ours {
+                d.wait_registered(i, 0)?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn base_command(&self, host: usize) -> Command {
+        let h = &self.hosts[host];
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", h.name()))
+            .arg(agent_binary())
+            // From the environment, as a user's shell would have it (a flag overrides it).
+            .env("OVERLAY_ETCD", &self.etcd.url)
+            .args(["--node", h.name()])
+            .args(["--pin-root", TEST_PIN_ROOT])
+            .arg("--run-dir")
+            .arg(self.dir.join("run"));
+        cmd
+    }
+
+    pub fn start_agent(&mut self, host: usize) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.hosts[host].log)?;
+        let child = self
+            .base_command(host)
+            .args([
+                "run",
+                "--underlay",
+                "eth1",
+                "--lease-ttl",
+                &LEASE_TTL.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting overlay-agent run")?;
+        self.hosts[host].agent = Some(child);
+        Ok(())
+    }
+
+    fn registrations(&self, host: usize) -> usize {
+        self.hosts[host]
+            .log()
+            .matches("registered under lease")
+            .count()
+    }
+
+    /// Waits until the agent of `host` has registered more than `before` times.
+    fn wait_registered(&self, host: usize, before: usize) -> Result<()> {
+        wait_for(Duration::from_secs(20), || {
+            self.registrations(host) > before
+        })
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "agent of h{} did not register:\n{}",
+                host + 1,
+                self.hosts[host].log()
+            )
+        })
+    }
+
+    /// Starts the agent of `host` again and waits until it is registered.
+    pub fn restart_agent(&mut self, host: usize) -> Result<()> {
+        let before = self.registrations(host);
+        self.start_agent(host)?;
+        self.wait_registered(host, before)
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill_agent(&mut self, host: usize) {
+        if let Some(mut child) = self.hosts[host].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the CLI on `host`; Err with its stderr if it fails.
+    pub fn cli(&self, host: usize, args: &[&str]) -> Result<String> {
+        let out = self.cli_output(host, args)?;
+        if !out.status.success() {
+            bail!(
+                "overlay-agent {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn cli_output(&self, host: usize, args: &[&str]) -> Result<Output> {
+        self.base_command(host)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .context("running overlay-agent")
+    }
+
+    /// A container namespace named `<tag><name>`, attached to `network` on `host` with the
+    /// CLI; returns it and the address it got.
+    pub fn add_container(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        ip: Option<&str>,
+    ) -> Result<(usize, Ipv4Addr)> {
+        let ns = Netns::new(&format!("{}{name}", self.tag))?;
+        let mut args = vec![
+            "endpoint",
+            "add",
+            name,
+            "--network",
+            network,
+            "--netns",
+            &ns.name,
+        ];
+        if let Some(ip) = ip {
+            args.extend(["--ip", ip]);
+        }
+        let out = self.cli(host, &args)?;
+        // "endpoint c1: 10.10.0.1 02:42:... on network blue, node h1"
+        let addr = out
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no address in {out:?}"))?;
+        self.containers.push(ns);
+        Ok((self.containers.len() - 1, addr))
+    }
+
+    pub fn container(&self, index: usize) -> &Netns {
+        &self.containers[index]
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.kill_agent(i);
+            let _ = self.hosts[i].pins().remove();
+        }
+        self.etcd.stop();
+        self.containers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; Err after `timeout`.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("condition not met within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One ping with a short wait: true if answered.
+pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
+    from.output(&format!("ping -c 1 -W 1 {to}"))
+        .is_ok_and(|o| o.status.success())
+}
