@@ -24,7 +24,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then the two-host overlay demo in network namespaces.
+    /// Setup, then the demo: etcd and three hosts with agents, in network namespaces.
     Demo,
 }
 
@@ -99,7 +99,7 @@ fn demo() -> Result<()> {
         "overlay-tests",
         "--bins",
     ])?;
-    util::step("two hosts, four containers, one overlay")?;
+    util::step("etcd, three hosts with their agents, six containers, one overlay")?;
     util::run(
         util::workspace_root().join("target/release/overlay-demo"),
         &[],

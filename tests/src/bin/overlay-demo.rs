@@ -1,16 +1,11 @@
-//! The two-host demo: hosts h1 and h2 in network namespaces joined by a veth underlay, two
-//! containers on each, the overlay between them; all-pairs ping, one iperf3 run, and h1's maps
-//! as the CLI prints them. Everything it made is removed when it ends, Ctrl-C included.
-use std::{
-    process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-};
+//! The main demo: a local etcd and three hosts in network namespaces, each running
+//! `overlay-agent run`, two containers per host attached with the CLI; then all-pairs ping
+//! across hosts, one iperf3 run, and host 1's status and maps as the CLI prints them.
+//! Everything it made is removed when it ends, Ctrl-C included.
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context as _, Result, bail};
-use overlay_tests::{
-    fixture::TEST_PIN_ROOT,
-    topology::{Cluster, VNI},
-};
+use anyhow::{Result, bail};
+use overlay_tests::deployment::{Deployment, ETCD_IP, ping};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -18,7 +13,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Stops between steps once Ctrl-C was pressed, so the cluster's Drop cleans up.
+/// Stops between steps once Ctrl-C was pressed, so the deployment's Drop cleans up.
 fn checkpoint() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; cleaning up");
@@ -31,8 +26,13 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    match demo() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let result = demo();
+    // The deployment is gone by now (dropped inside demo()), whatever happened.
+    match result {
+        Ok(()) => {
+            println!("-- done; agents, etcd, hosts, containers and pinned maps removed");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("overlay-demo: {e:#}");
             std::process::ExitCode::FAILURE
@@ -40,24 +40,41 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn demo() -> Result<()> {
-    println!("-- hosts h1 (VTEP 10.0.0.1) and h2 (VTEP 10.0.0.2) on a veth underlay, VNI {VNI}");
-    let cluster = Cluster::overlay(
-        "demo",
-        &[
-            &[[10, 10, 1, 2], [10, 10, 1, 3]],
-            &[[10, 10, 2, 2], [10, 10, 2, 3]],
-        ],
-    )?;
+/// Runs the CLI on host `h` and shows it as a user would see it.
+fn cli(d: &Deployment, h: usize, args: &[&str]) -> Result<String> {
     checkpoint()?;
+    println!("h{}$ overlay-agent {}", h + 1, args.join(" "));
+    let out = d.cli(h, args)?;
+    for line in out.lines() {
+        println!("    {line}");
+    }
+    Ok(out)
+}
 
-    let all: Vec<_> = cluster.hosts.iter().flat_map(|h| &h.containers).collect();
-    println!("-- all-pairs ping ({} containers)", all.len());
-    let mut failed = 0;
-    for from in &all {
-        for to in all.iter().filter(|to| to.ip != from.ip) {
+fn demo() -> Result<()> {
+    println!("-- etcd at http://{ETCD_IP}:2379; hosts h1, h2, h3 (VTEPs 10.0.0.1-3) on a veth underlay, each running `overlay-agent run --underlay eth1`");
+    let mut d = Deployment::new("demo", &[true, true, true])?;
+    cli(&d, 0, &["network", "create", "blue", "--subnet", "10.10.0.0/16", "--vni", "42"])?;
+
+    let mut containers = Vec::new();
+    for h in 0..3 {
+        for n in 1..=2 {
             checkpoint()?;
-            let out = from.ns.output(&format!("ping -c 1 -W 2 {}", to.ip_str()))?;
+            let name = format!("c{}{n}", h + 1);
+            println!("h{}$ overlay-agent endpoint add {name} --network blue --netns <{name}'s namespace>", h + 1);
+            let (index, ip) = d.add_container(h, &name, "blue", None)?;
+            println!("    {name}: {ip}");
+            containers.push((name, index, ip));
+        }
+    }
+    cli(&d, 0, &["endpoint", "ls"])?;
+
+    println!("-- all-pairs ping ({} containers, 3 hosts)", containers.len());
+    let mut failed = 0;
+    for (from, from_ns, from_ip) in &containers {
+        for (to, _, to_ip) in containers.iter().filter(|c| c.2 != *from_ip) {
+            checkpoint()?;
+            let out = d.container(*from_ns).output(&format!("ping -c 1 -W 2 {to_ip}"))?;
             let ok = out.status.success();
             failed += usize::from(!ok);
             let rtt = String::from_utf8_lossy(&out.stdout)
@@ -66,23 +83,18 @@ fn demo() -> Result<()> {
                 .and_then(|s| s.split_whitespace().next().map(str::to_string))
                 .unwrap_or_else(|| "-".into());
             println!(
-                "   {:>10} -> {:<10} {} {rtt} ms",
-                from.ip_str(),
-                to.ip_str(),
+                "   {from:>4} {from_ip:<10} -> {to:>4} {to_ip:<10} {} {rtt} ms",
                 if ok { "ok  " } else { "FAIL" }
             );
         }
     }
 
-    let (c1, c2) = (
-        &cluster.hosts[0].containers[0],
-        &cluster.hosts[1].containers[0],
-    );
-    println!("-- iperf3 TCP {} -> {} (3 s)", c1.ip_str(), c2.ip_str());
+    let (c1, c3) = (&containers[0], &containers[4]);
+    println!("-- iperf3 TCP {} ({}) -> {} ({}), 3 s", c1.0, c1.2, c3.0, c3.2);
     checkpoint()?;
-    c2.ns.run("iperf3 -s -D -1")?;
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let out = c1.ns.output(&format!("iperf3 -c {} -t 3", c2.ip_str()))?;
+    d.container(c3.1).run("iperf3 -s -D -1")?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = d.container(c1.1).output(&format!("iperf3 -c {} -t 3", c3.2))?;
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("sender") || l.contains("receiver"))
@@ -90,27 +102,17 @@ fn demo() -> Result<()> {
         println!("   {}", line.trim());
     }
 
-    let h1 = &cluster.hosts[0];
-    let agent = std::env::current_exe()?.with_file_name("overlay-agent");
+    println!("-- h1's view");
+    cli(&d, 0, &["status"])?;
     for table in ["fdb", "arp", "endpoints", "vteps", "stats"] {
-        println!("-- h1: overlay-agent maps {table}");
-        let out = Command::new(&agent)
-            .args([
-                "--pin-root",
-                TEST_PIN_ROOT,
-                "--node",
-                &h1.ns.name,
-                "maps",
-                table,
-            ])
-            .output()
-            .with_context(|| format!("running {}", agent.display()))?;
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        cli(&d, 0, &["maps", table])?;
     }
     if failed > 0 {
         bail!("{failed} pings failed");
     }
-    println!("-- done; removing hosts, containers and pinned maps");
+    if !ping(d.container(c1.1), c3.2) {
+        bail!("the overlay stopped working during the demo");
+    }
+    drop(d);
     Ok(())
 }
