@@ -52,16 +52,33 @@ fn cli(d: &Deployment, h: usize, args: &[&str]) -> Result<String> {
 }
 
 fn demo() -> Result<()> {
-    println!("-- etcd at http://{ETCD_IP}:2379; hosts h1, h2, h3 (VTEPs 10.0.0.1-3) on a veth underlay, each running `overlay-agent run --underlay eth1`");
+    println!(
+        "-- etcd at http://{ETCD_IP}:2379; hosts h1, h2, h3 (VTEPs 10.0.0.1-3) on a veth underlay, each running `overlay-agent run --underlay eth1`"
+    );
     let mut d = Deployment::new("demo", &[true, true, true])?;
-    cli(&d, 0, &["network", "create", "blue", "--subnet", "10.10.0.0/16", "--vni", "42"])?;
+    cli(
+        &d,
+        0,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.10.0.0/16",
+            "--vni",
+            "42",
+        ],
+    )?;
 
     let mut containers = Vec::new();
     for h in 0..3 {
         for n in 1..=2 {
             checkpoint()?;
             let name = format!("c{}{n}", h + 1);
-            println!("h{}$ overlay-agent endpoint add {name} --network blue --netns <{name}'s namespace>", h + 1);
+            println!(
+                "h{}$ overlay-agent endpoint add {name} --network blue --netns <{name}'s namespace>",
+                h + 1
+            );
             let (index, ip) = d.add_container(h, &name, "blue", None)?;
             println!("    {name}: {ip}");
             containers.push((name, index, ip));
@@ -69,12 +86,17 @@ fn demo() -> Result<()> {
     }
     cli(&d, 0, &["endpoint", "ls"])?;
 
-    println!("-- all-pairs ping ({} containers, 3 hosts)", containers.len());
+    println!(
+        "-- all-pairs ping ({} containers, 3 hosts)",
+        containers.len()
+    );
     let mut failed = 0;
     for (from, from_ns, from_ip) in &containers {
         for (to, _, to_ip) in containers.iter().filter(|c| c.2 != *from_ip) {
             checkpoint()?;
-            let out = d.container(*from_ns).output(&format!("ping -c 1 -W 2 {to_ip}"))?;
+            let out = d
+                .container(*from_ns)
+                .output(&format!("ping -c 1 -W 2 {to_ip}"))?;
             let ok = out.status.success();
             failed += usize::from(!ok);
             let rtt = String::from_utf8_lossy(&out.stdout)
@@ -90,11 +112,16 @@ fn demo() -> Result<()> {
     }
 
     let (c1, c3) = (&containers[0], &containers[4]);
-    println!("-- iperf3 TCP {} ({}) -> {} ({}), 3 s", c1.0, c1.2, c3.0, c3.2);
+    println!(
+        "-- iperf3 TCP {} ({}) -> {} ({}), 3 s",
+        c1.0, c1.2, c3.0, c3.2
+    );
     checkpoint()?;
     d.container(c3.1).run("iperf3 -s -D -1")?;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = d.container(c1.1).output(&format!("iperf3 -c {} -t 3", c3.2))?;
+    let out = d
+        .container(c1.1)
+        .output(&format!("iperf3 -c {} -t 3", c3.2))?;
     for line in String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("sender") || l.contains("receiver"))
