@@ -1,0 +1,210 @@
+//! One host's dataplane in a namespace, with fixed endpoints and a remote VTEP, for running
+//! frames through the programs with BPF_PROG_TEST_RUN: the byte-exact tests and the
+//! microbenchmark share it.
+use overlay_common::{Counter, Endpoint, Network, NodeConfig, deliver, programs};
+
+use crate::{
+    fixture::{Node, TC_ACT_REDIRECT, Verdict},
+    netns::Netns,
+    packet::{self, ETH_P_IP},
+    require_root, unique,
+};
+
+pub const VNI: u32 = 42;
+pub const OTHER_VNI: u32 = 43;
+pub const PORT: u16 = 4789;
+pub const LOCAL_VTEP: [u8; 4] = [10, 0, 0, 1];
+pub const REMOTE_VTEP: [u8; 4] = [10, 0, 0, 2];
+pub const UNDERLAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+pub const C1_MAC: [u8; 6] = [0x02, 0x42, 10, 10, 1, 2];
+pub const C1_IP: [u8; 4] = [10, 10, 1, 2];
+pub const C2_MAC: [u8; 6] = [0x02, 0x42, 10, 10, 2, 2];
+pub const C2_IP: [u8; 4] = [10, 10, 2, 2];
+pub const C3_MAC: [u8; 6] = [0x02, 0x42, 10, 10, 1, 3];
+pub const C3_IP: [u8; 4] = [10, 10, 1, 3];
+/// In the other network, with the same IP as c1: overlapping subnets must not matter.
+pub const C4_MAC: [u8; 6] = [0x02, 0x42, 10, 11, 1, 2];
+
+/// One host in a namespace: underlay `ul0` (10.0.0.1, next hop 10.0.0.2 resolved statically,
+/// forwarding on as on any Docker or Kubernetes node, so the FIB answers with the MACs),
+/// container ports vc1 and vc3 (VNI 42) and vc4 (VNI 43); c2 lives behind 10.0.0.2.
+pub struct Lab {
+    pub ns: Netns,
+    pub node: Node,
+    pub underlay: u32,
+    pub vc1: u32,
+    pub vc4: u32,
+}
+
+impl Lab {
+    pub fn new(label: &str) -> Lab {
+        require_root();
+        let name = unique(label);
+        let ns = Netns::new(&name).unwrap();
+        ns.run(&format!(
+            "ip link add ul0 address {} type veth peer name ul0p && \
+             ip link set ul0 up && ip link set ul0p up && \
+             ip addr add 10.0.0.1/24 dev ul0 && \
+             sysctl -qw net.ipv4.conf.all.forwarding=1 && \
+             ip neigh add 10.0.0.2 lladdr {} dev ul0 nud permanent && \
+             for c in 1 3 4; do ip link add vc$c type veth peer name c$c && ip link set vc$c up && ip link set c$c up; done",
+            mac_str(UNDERLAY_MAC),
+            mac_str(NEXT_HOP_MAC)
+        ))
+        .unwrap();
+        let node = Node::load(&name).unwrap();
+        let (underlay, vc1, vc3, vc4) = (
+            ns.ifindex("ul0").unwrap(),
+            ns.ifindex("vc1").unwrap(),
+            ns.ifindex("vc3").unwrap(),
+            ns.ifindex("vc4").unwrap(),
+        );
+        let mut maps = node.maps();
+        maps.set_config(NodeConfig {
+            vtep: LOCAL_VTEP,
+            underlay_ifindex: underlay,
+        })
+        .unwrap();
+        for vni in [VNI, OTHER_VNI] {
+            maps.set_network(
+                vni,
+                Network {
+                    port: PORT,
+                    _pad: 0,
+                },
+            )
+            .unwrap();
+        }
+        for (ifindex, vni, mac, ip) in [
+            (vc1, VNI, C1_MAC, C1_IP),
+            (vc3, VNI, C3_MAC, C3_IP),
+            (vc4, OTHER_VNI, C4_MAC, C1_IP),
+        ] {
+            maps.set_local_endpoint(Endpoint {
+                ifindex,
+                vni,
+                mac,
+                deliver: deliver::PEER,
+                ip,
+            })
+            .unwrap();
+        }
+        maps.set_fdb(VNI, C2_MAC, REMOTE_VTEP).unwrap();
+        maps.set_arp(VNI, C2_IP, C2_MAC).unwrap();
+        maps.set_vtep(VNI, REMOTE_VTEP).unwrap();
+        Lab {
+            ns,
+            node,
+            underlay,
+            vc1,
+            vc4,
+        }
+    }
+
+    /// Runs `frame` through the program at `hook`.
+    pub fn send(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
+        let (program, ifindex) = match hook {
+            Hook::Container(ifindex) => (programs::FROM_CONTAINER, ifindex),
+            Hook::Underlay => (programs::FROM_UNDERLAY, self.underlay),
+        };
+        let node = &mut self.node;
+        self.ns
+            .enter(|| node.run(program, ifindex, frame))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn count(&self, counter: Counter) -> u64 {
+        self.node.maps().counter(counter).unwrap()
+    }
+
+    /// Runs `frame`, and checks the verdict, that exactly `counter` moved by one, and (for
+    /// anything not redirected) that the frame is untouched.
+    pub fn expect(
+        &mut self,
+        what: &str,
+        hook: Hook,
+        frame: &[u8],
+        code: i32,
+        counter: Counter,
+    ) -> Verdict {
+        let before = self.node.maps().counters().unwrap();
+        let v = self.send(hook, frame);
+        let after = self.node.maps().counters().unwrap();
+        let moved: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, b), (_, a))| a != b)
+            .map(|((c, b), (_, a))| format!("{}+{}", c.name(), a - b))
+            .collect();
+        assert_eq!(v.code, code, "{what}: verdict (counters moved: {moved:?})");
+        for ((c, b), (_, a)) in before.iter().zip(&after) {
+            let want = u64::from(*c == counter);
+            assert_eq!(
+                a - b,
+                want,
+                "{what}: counter {} moved by {}",
+                c.name(),
+                a - b
+            );
+        }
+        if code != TC_ACT_REDIRECT {
+            assert_eq!(
+                v.frame, frame,
+                "{what}: a frame that is not redirected must be untouched"
+            );
+        }
+        v
+    }
+}
+
+/// Where a frame enters the dataplane.
+#[derive(Clone, Copy)]
+pub enum Hook {
+    /// From the container behind this host-side veth.
+    Container(u32),
+    /// From the underlay interface.
+    Underlay,
+}
+pub use Hook::{Container, Underlay};
+
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// c1 -> c2 ICMP echo, as c1's kernel hands it to its veth.
+pub fn c1_to_c2_ping(tos: u8) -> Vec<u8> {
+    let icmp = packet::icmp_echo(7, 1);
+    packet::eth(
+        C2_MAC,
+        C1_MAC,
+        ETH_P_IP,
+        &packet::ipv4(C1_IP, C2_IP, 1, tos, &icmp),
+    )
+}
+
+/// What a Linux vxlan device on 10.0.0.2 sends to us for `inner`.
+pub fn vxlan_from_remote(vni: u32, src_vtep: [u8; 4], dport: u16, inner: &[u8]) -> Vec<u8> {
+    let udp = packet::udp(54321, dport, &packet::vxlan(vni, inner));
+    packet::eth(
+        UNDERLAY_MAC,
+        NEXT_HOP_MAC,
+        ETH_P_IP,
+        &packet::ipv4(src_vtep, LOCAL_VTEP, 17, 0, &udp),
+    )
+}
+
+pub fn c2_to_c1_ping() -> Vec<u8> {
+    let icmp = packet::icmp_echo(7, 1);
+    packet::eth(
+        C1_MAC,
+        C2_MAC,
+        ETH_P_IP,
+        &packet::ipv4(C2_IP, C1_IP, 1, 0, &icmp),
+    )
+}
+
