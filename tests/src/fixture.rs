@@ -51,6 +51,33 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Runs `program` over `frame` `repeat` times in the kernel; the verdict of the last run and
+    /// the kernel's average time per run.
+    pub fn time(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration)> {
+        let prog = self.dataplane.program(program)?;
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
+        Ok((result.return_value as i32, result.duration))
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.pins.remove();

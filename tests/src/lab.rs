@@ -207,4 +207,3 @@ pub fn c2_to_c1_ping() -> Vec<u8> {
         &packet::ipv4(C2_IP, C1_IP, 1, 0, &icmp),
     )
 }
-

@@ -1,5 +1,6 @@
 //! Support for the privileged end-to-end tests: network namespaces as hosts, packets built byte
 //! by byte, and a node's dataplane loaded for a test.
+pub mod bench;
 pub mod deployment;
 pub mod fixture;
 pub mod lab;

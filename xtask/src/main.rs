@@ -26,6 +26,16 @@ enum Command {
     },
     /// Setup, then the demo: etcd and three hosts with agents, in network namespaces.
     Demo,
+    /// Release build, then our overlay beside kernel vxlan and plain routing; writes
+    /// target/bench/{bench.md,bench.json,bench.svg}.
+    Bench {
+        /// Rounds (modes alternate within each).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +44,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
         Command::Demo => demo(),
+        Command::Bench { rounds, seconds } => bench(rounds, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,5 +114,33 @@ fn demo() -> Result<()> {
     util::run(
         util::workspace_root().join("target/release/overlay-demo"),
         &[],
+    )
+}
+
+fn bench(rounds: u32, seconds: u32) -> Result<()> {
+    setup::run()?;
+    util::clean_test_leftovers();
+    util::step("building (release)")?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "overlay-agent",
+        "-p",
+        "overlay-tests",
+        "--bins",
+    ])?;
+    util::step("plain routing, kernel vxlan and our overlay, side by side")?;
+    let out = util::workspace_root().join("target/bench");
+    util::run(
+        util::workspace_root().join("target/release/overlay-bench"),
+        &[
+            "--rounds",
+            &rounds.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+            "--out",
+            &out.to_string_lossy(),
+        ],
     )
 }

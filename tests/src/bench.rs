@@ -1,0 +1,446 @@
+//! The side-by-side benchmark's test beds and measurements: two hosts on a veth underlay, one
+//! container on each, in three modes. Every measurement runs the same tool the same way in
+//! each mode, so the modes differ only in the path a packet takes.
+use std::{
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{deployment::Deployment, netns::Netns};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// No overlay: containers routed by their hosts (the limit on this machine).
+    Plain,
+    /// The kernel's vxlan device on a bridge with static fdb/neigh entries (Docker, flannel).
+    KernelVxlan,
+    /// Ours, driven by its agent and etcd.
+    Overlay,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Plain, Mode::KernelVxlan, Mode::Overlay];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain routing",
+            Mode::KernelVxlan => "kernel vxlan",
+            Mode::Overlay => "overlay (ours)",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::KernelVxlan => "kernel_vxlan",
+            Mode::Overlay => "overlay",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    Tcp1,
+    Tcp4,
+    Udp64,
+    Latency,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [Metric::Tcp1, Metric::Tcp4, Metric::Udp64, Metric::Latency];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "TCP 1 stream",
+            Metric::Tcp4 => "TCP 4 streams",
+            Metric::Udp64 => "UDP 64 B rate",
+            Metric::Latency => "latency 64 B ping-pong",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "tcp1_gbps",
+            Metric::Tcp4 => "tcp4_gbps",
+            Metric::Udp64 => "udp64_kpps",
+            Metric::Latency => "latency_us",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Tcp1 | Metric::Tcp4 => "Gbit/s",
+            Metric::Udp64 => "kpps",
+            Metric::Latency => "us",
+        }
+    }
+
+    /// Lower is better only for latency.
+    pub fn higher_is_better(self) -> bool {
+        self != Metric::Latency
+    }
+
+    /// What CPU time is reported per.
+    pub fn cpu_unit(self) -> Option<&'static str> {
+        match self {
+            Metric::Tcp1 | Metric::Tcp4 => Some("CPU s/GB"),
+            Metric::Udp64 => Some("CPU s/Mpkt"),
+            Metric::Latency => None,
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub value: f64,
+    /// CPU seconds (all cores, from /proc/stat) per GB or per million packets.
+    pub cpu: Option<f64>,
+}
+
+/// Two hosts, one container each, the client in the first and the server in the second.
+pub struct Testbed {
+    pub mode: Mode,
+    client: String,
+    server: String,
+    server_ip: Ipv4Addr,
+    servers: Vec<Child>,
+    // Dropped last: what the namespaces and processes belong to.
+    _deployment: Option<Deployment>,
+    _namespaces: Vec<Netns>,
+}
+
+const MTU_OVERLAY: u32 = 1450;
+
+/// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, forwarding on).
+fn underlay(tag: &str) -> Result<Vec<Netns>> {
+    let wire = Netns::new(&format!("{tag}w"))?;
+    wire.run("ip link add ul type bridge && ip link set ul up")?;
+    let mut out = vec![wire];
+    for n in 1..=2 {
+        let name = format!("{tag}h{n}");
+        let host = Netns::new(&name)?;
+        out[0].run(&format!(
+            "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
+        ))?;
+        host.run(&format!(
+            "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
+             sysctl -qw net.ipv4.conf.all.forwarding=1"
+        ))?;
+        out.push(host);
+    }
+    Ok(out)
+}
+
+impl Testbed {
+    pub fn new(mode: Mode, tag: &str) -> Result<Self> {
+        let mut bed = match mode {
+            Mode::Plain => Self::plain(tag)?,
+            Mode::KernelVxlan => Self::kernel_vxlan(tag)?,
+            Mode::Overlay => Self::overlay(tag)?,
+        };
+        bed.start_servers()?;
+        Ok(bed)
+    }
+
+    fn plain(tag: &str) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}p"))?;
+        for n in 1..=2u8 {
+            let c = Netns::new(&format!("{tag}pc{n}"))?;
+            let other = 3 - n;
+            ns[n as usize].run(&format!(
+                "ip link add vc type veth peer name eth0 netns {c} && \
+                 ip addr add 10.{n}.{n}.1/24 dev vc && ip link set vc up && \
+                 ip route add 10.{other}.{other}.0/24 via 10.0.0.{other}",
+                c = c.name
+            ))?;
+            c.run(&format!(
+                "ip addr add 10.{n}.{n}.2/24 dev eth0 && ip link set eth0 up && \
+                 ip route add default via 10.{n}.{n}.1"
+            ))?;
+            ns.push(c);
+        }
+        Ok(Self {
+            mode: Mode::Plain,
+            client: ns[3].name.clone(),
+            server: ns[4].name.clone(),
+            server_ip: Ipv4Addr::new(10, 2, 2, 2),
+            servers: Vec::new(),
+            _deployment: None,
+            _namespaces: ns,
+        })
+    }
+
+    fn kernel_vxlan(tag: &str) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}k"))?;
+        let mac = |n: u8| format!("02:42:0a:0a:0{}:01", n - 1);
+        for n in 1..=2u8 {
+            let c = Netns::new(&format!("{tag}kc{n}"))?;
+            let other = 3 - n;
+            ns[n as usize].run(&format!(
+                "ip link add br0 type bridge && ip link set br0 up && \
+                 ip link add vxlan0 mtu {MTU_OVERLAY} type vxlan id 42 dev eth1 dstport 4789 nolearning && \
+                 ip link set vxlan0 master br0 up && \
+                 bridge fdb add {peer_mac} dev vxlan0 dst 10.0.0.{other} && \
+                 ip link add vc mtu {MTU_OVERLAY} type veth peer name eth0 netns {c} && \
+                 ip link set vc master br0 up",
+                peer_mac = mac(other),
+                c = c.name
+            ))?;
+            c.run(&format!(
+                "ip link set eth0 address {} mtu {MTU_OVERLAY} up && \
+                 ip addr add 10.10.{}.1/16 dev eth0 && \
+                 ip neigh add 10.10.{}.1 lladdr {} dev eth0 nud permanent",
+                mac(n),
+                n - 1,
+                other - 1,
+                mac(other)
+            ))?;
+            ns.push(c);
+        }
+        Ok(Self {
+            mode: Mode::KernelVxlan,
+            client: ns[3].name.clone(),
+            server: ns[4].name.clone(),
+            server_ip: Ipv4Addr::new(10, 10, 1, 1),
+            servers: Vec::new(),
+            _deployment: None,
+            _namespaces: ns,
+        })
+    }
+
+    fn overlay(tag: &str) -> Result<Self> {
+        let mut d = Deployment::new(&format!("{tag}o"), &[true, true])?;
+        d.cli(
+            0,
+            &[
+                "network",
+                "create",
+                "bench",
+                "--subnet",
+                "10.10.0.0/16",
+                "--vni",
+                "42",
+            ],
+        )?;
+        let (client, _) = d.add_container(0, "c1", "bench", None)?;
+        let (server, server_ip) = d.add_container(1, "c2", "bench", None)?;
+        Ok(Self {
+            mode: Mode::Overlay,
+            client: d.container(client).name.clone(),
+            server: d.container(server).name.clone(),
+            server_ip,
+            servers: Vec::new(),
+            _deployment: Some(d),
+            _namespaces: Vec::new(),
+        })
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        for cmd in [
+            "iperf3 -s".to_string(),
+            format!("sockperf sr -i {} -p 11111", self.server_ip),
+        ] {
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.server,
+                    "sh",
+                    "-c",
+                    &format!("exec {cmd}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {cmd}"))?;
+            self.servers.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // Warm up ARP, the FDB and the caches.
+        let out = self.client_output(&format!("ping -c 3 -i 0.2 -W 1 {}", self.server_ip))?;
+        if !out.contains(" 0% packet loss") {
+            bail!(
+                "{}: the client cannot reach the server: {out}",
+                self.mode.name()
+            );
+        }
+        Ok(())
+    }
+
+    fn client_output(&self, cmd: &str) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "sh", "-c", cmd])
+            .output()
+            .with_context(|| format!("running {cmd}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    pub fn measure(&self, metric: Metric, seconds: u32) -> Result<Sample> {
+        let ip = self.server_ip;
+        let cpu_before = busy_cpu_seconds()?;
+        let (value, amount) = match metric {
+            Metric::Tcp1 | Metric::Tcp4 => {
+                let streams = if metric == Metric::Tcp1 { 1 } else { 4 };
+                let json = self.iperf(&format!("-c {ip} -t {seconds} -P {streams}"))?;
+                let received = &json["end"]["sum_received"];
+                let bps = received["bits_per_second"]
+                    .as_f64()
+                    .context("iperf3: no rate")?;
+                let bytes = received["bytes"].as_f64().context("iperf3: no bytes")?;
+                (bps / 1e9, bytes / 1e9)
+            }
+            Metric::Udp64 => {
+                let json = self.iperf(&format!("-c {ip} -t {seconds} -u -l 64 -b 0"))?;
+                let received = &json["end"]["sum_received"];
+                let packets = received["packets"].as_f64().context("iperf3: no packets")?
+                    - received["lost_packets"].as_f64().unwrap_or(0.0);
+                let secs = received["seconds"].as_f64().context("iperf3: no seconds")?;
+                (packets / secs / 1e3, packets / 1e6)
+            }
+            Metric::Latency => {
+                let out = self
+                    .client_output(&format!("sockperf pp -i {ip} -p 11111 -m 64 -t {seconds}"))?;
+                let us = out
+                    .split("Latency is ")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .with_context(|| format!("sockperf printed no latency: {out}"))?;
+                (us, 0.0)
+            }
+        };
+        let cpu = busy_cpu_seconds()? - cpu_before;
+        Ok(Sample {
+            value,
+            cpu: (amount > 0.0).then(|| cpu / amount),
+        })
+    }
+
+    fn iperf(&self, args: &str) -> Result<Value> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client, "sh", "-c"])
+            .arg(format!("iperf3 {args} -J"))
+            .output()
+            .context("running iperf3")?;
+        let json: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 {args}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        if let Some(err) = json["error"].as_str() {
+            bail!("iperf3 {args}: {err}");
+        }
+        Ok(json)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Processes outlive their namespace's name: stop them before it goes.
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU time spent not idle, all cores, since boot.
+fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: f64 = fields.iter().take(8).sum::<f64>() - fields[3] - fields[4];
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy / hz)
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// One program's cost per packet, from BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug)]
+pub struct Micro {
+    pub name: &'static str,
+    pub ns: f64,
+    pub how: String,
+}
+
+/// Nanoseconds per packet for encapsulation, decapsulation and the pass-through of traffic
+/// that is not ours.
+///
+/// The kernel runs a program `repeat` times on the *same* skb, so a program that rewrites the
+/// packet (encap grows it, decap strips it) would be timed on its own output after the first
+/// run. Those two are therefore timed one run per call, many calls, taking the median, less
+/// the timer's own cost per call (measured as pass-through timed once per call minus
+/// pass-through timed over millions of runs). Pass-through does not change the packet and is
+/// timed over millions of runs directly.
+pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
+    use crate::{lab::*, packet};
+    use overlay_common::programs;
+
+    let mut lab = Lab::new("micro");
+    let encap = c1_to_c2_ping(0);
+    let decap = vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &c2_to_c1_ping());
+    let other = packet::eth(
+        UNDERLAY_MAC,
+        NEXT_HOP_MAC,
+        packet::ETH_P_IP,
+        &packet::ipv4(REMOTE_VTEP, LOCAL_VTEP, 6, 0, &[0u8; 40]),
+    );
+    let (vc1, underlay) = (lab.vc1, lab.underlay);
+    let node = &mut lab.node;
+    lab.ns.enter(|| -> Result<Vec<Micro>> {
+        let once = |node: &mut crate::fixture::Node, program: &str, ifindex: u32, frame: &[u8]| {
+            let mut ns = Vec::with_capacity(calls as usize);
+            for _ in 0..calls {
+                ns.push(node.time(program, ifindex, frame, 1)?.1.as_nanos() as f64);
+            }
+            Ok::<f64, anyhow::Error>(median(&mut ns))
+        };
+        let pass_many = node
+            .time(programs::FROM_UNDERLAY, underlay, &other, repeat)?
+            .1
+            .as_nanos() as f64;
+        let pass_once = once(node, programs::FROM_UNDERLAY, underlay, &other)?;
+        let timer = (pass_once - pass_many).max(0.0);
+        let encap_once = once(node, programs::FROM_CONTAINER, vc1, &encap)?;
+        let decap_once = once(node, programs::FROM_UNDERLAY, underlay, &decap)?;
+        let per_call = format!("median of {calls} single runs less {timer:.0} ns timer cost");
+        Ok(vec![
+            Micro {
+                name: "encap (from_container, ICMP to a remote container)",
+                ns: encap_once - timer,
+                how: per_call.clone(),
+            },
+            Micro {
+                name: "decap (from_underlay, VXLAN for a local container)",
+                ns: decap_once - timer,
+                how: per_call,
+            },
+            Micro {
+                name: "pass-through (from_underlay, TCP for the host)",
+                ns: pass_many,
+                how: format!("average of {repeat} runs"),
+            },
+        ])
+    })
+}
