@@ -50,7 +50,8 @@ pub struct IpKey {
     pub ip: [u8; 4],
 }
 
-/// A VTEP that is a member of one VNI: the set decapsulation accepts outer sources from.
+/// A VTEP that is a member of one VNI: the set decapsulation accepts outer sources from. The
+/// value is the VNI's UDP port, so one lookup checks the source and the port together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VtepKey {
@@ -58,11 +59,38 @@ pub struct VtepKey {
     pub ip: [u8; 4],
 }
 
-/// FDB value: the VTEP (outer destination) behind a remote MAC.
+/// FDB value: the VTEP (outer destination) behind a remote MAC, the UDP port of its network,
+/// and the outer Ethernet header towards it as `bpf_fib_lookup` last resolved it. The agent
+/// writes `vtep` and `port` (the cache zeroed, so invalid); the programs fill the cache in place
+/// and refresh it every `NEXT_HOP_TTL_NS`. Everything encapsulation needs, in the one value it
+/// has to look up anyway.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
     pub vtep: [u8; 4],
+    /// Underlay device the next hop is on.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Outer UDP destination port (the network's), host byte order; 0: network not served.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// bpf_ktime_get_coarse_ns() until which the fields above may be used without the FIB.
+    pub valid_until_ns: u64,
+}
+
+impl FdbEntry {
+    pub const fn new(vtep: [u8; 4], port: u16) -> Self {
+        Self {
+            vtep,
+            ifindex: 0,
+            dmac: [0; 6],
+            smac: [0; 6],
+            port,
+            _pad: [0; 2],
+            valid_until_ns: 0,
+        }
+    }
 }
 
 /// ARP value: the MAC that owns an overlay IPv4 address.
@@ -110,6 +138,11 @@ pub struct Network {
     pub _pad: u16,
 }
 
+/// How long a resolved next hop is reused before the FIB and neighbour table are asked again:
+/// short enough that a changed underlay neighbour costs at most this, long enough that the
+/// lookup (~70 ns) leaves the per-packet path.
+pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
+
 /// Node-wide settings, slot 0 of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,7 +178,7 @@ mod tests {
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<IpKey>(), 8);
         assert_eq!(size_of::<VtepKey>(), 8);
-        assert_eq!(size_of::<FdbEntry>(), 4);
+        assert_eq!(size_of::<FdbEntry>(), 32);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<Network>(), 4);

@@ -19,6 +19,7 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 
@@ -28,6 +29,22 @@ pub const ARP_OP_REPLY: u16 = 2;
 pub fn flow_src_port(hash: u32) -> u16 {
     let range = (SRC_PORT_MAX - SRC_PORT_MIN) as u64;
     (((hash as u64 * range) >> 32) as u16) + SRC_PORT_MIN
+}
+
+/// A flow hash from the IPv4 addresses, protocol and L4 ports (0 when absent), for packets
+/// that carry no hash of their own: murmur3's finaliser, so every input bit moves the port.
+/// Any value is valid on the wire; what matters is one flow -> one port, flows spread apart.
+#[inline(always)]
+pub fn ipv4_flow_hash(src: [u8; 4], dst: [u8; 4], proto: u8, ports: u32) -> u32 {
+    let mut h = u32::from_ne_bytes(src)
+        ^ u32::from_ne_bytes(dst).rotate_left(11)
+        ^ ports.rotate_left(22)
+        ^ u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Outer ECN from the inner TOS byte, RFC 6040 normal mode as `INET_ECN_encapsulate` does it:
@@ -97,6 +114,25 @@ pub fn ipv4_header_checksum(header: &[u8; 20]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn flow_hash_is_stable_per_flow_and_spreads_flows() {
+        let h = |sport: u16| {
+            let ports = u32::from_ne_bytes([(sport >> 8) as u8, sport as u8, 0x1f, 0x90]);
+            flow_src_port(ipv4_flow_hash([10, 10, 0, 1], [10, 10, 1, 1], 6, ports))
+        };
+        assert_eq!(h(40000), h(40000));
+        extern crate std;
+        let mut ports: std::vec::Vec<u16> = (40000..40064).map(h).collect();
+        assert!(
+            ports
+                .iter()
+                .all(|p| (SRC_PORT_MIN..SRC_PORT_MAX).contains(p))
+        );
+        ports.sort();
+        ports.dedup();
+        assert!(ports.len() > 56, "64 flows, {} distinct ports", ports.len());
+    }
+
     use super::*;
 
     #[test]

@@ -13,7 +13,7 @@ use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 
 use crate::{
     arp,
-    maps::{ENDPOINTS, FDB, NETWORKS, PORTS},
+    maps::{ENDPOINTS, FDB, PORTS},
     packet::{ifindex, linearize, ptr_at},
     stats::{drop, pass, redirected},
     vxlan,
@@ -67,13 +67,15 @@ fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6],
     if !ip {
         return pass(Counter::ContainerPass);
     }
-    let Some(fdb) = (unsafe { FDB.get(key) }) else {
+    let Some(fdb) = FDB.get_ptr_mut(key) else {
         return pass(Counter::ContainerPass);
     };
-    let Some(network) = (unsafe { NETWORKS.get(sender.vni) }) else {
+    // The network's port lives in the entry: 0 means the network is not (or no longer) served.
+    let port = unsafe { (*fdb).port };
+    if port == 0 {
         return pass(Counter::ContainerPass);
-    };
-    vxlan::encap(ctx, sender.vni, network.port, fdb.vtep)
+    }
+    vxlan::encap(ctx, sender.vni, port, fdb)
 }
 
 /// Hands a frame to a local endpoint, skipping the bridge.

@@ -45,11 +45,19 @@ pub fn handle(ctx: &TcContext) -> i32 {
         // A later fragment carries no UDP header: nothing says whose it is.
         return pass(Counter::UnderlayPass);
     }
-    // UDP starts after the options, if any: read its port where it really is.
-    let Ok(dport) = ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) else {
-        return pass(Counter::UnderlayPass);
+    // UDP starts after the options, if any: read its port where it really is (directly in the
+    // common case without options, which linearize above made readable).
+    let dport = if ihl == Ipv4Hdr::LEN {
+        match ptr_at::<UdpHdr>(ctx, OFF_UDP) {
+            Some(udp) => u16::from_be_bytes(unsafe { (*udp).dst }),
+            None => return pass(Counter::UnderlayPass),
+        }
+    } else {
+        match ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) {
+            Ok(dport) => u16::from_be_bytes(dport),
+            Err(_) => return pass(Counter::UnderlayPass),
+        }
     };
-    let dport = u16::from_be_bytes(dport);
     match VXLAN_PORTS.get(dport as u32) {
         Some(networks) if *networks != 0 => {}
         _ => return pass(Counter::UnderlayPass),
@@ -74,7 +82,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
     ) else {
         return drop(Counter::DropTooShort);
     };
-    let (ip, udp, vxlan, inner) = unsafe { (&*ip, &*udp, &*vxlan, *inner) };
+    let (ip, udp, vxlan) = unsafe { (&*ip, &*udp, &*vxlan) };
+    let inner = vxlan::InnerEth::read(inner);
     // Headers that claim less than they carry: a truncated or forged packet.
     if (u16::from_be_bytes(udp.len) as usize) < UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN
         || (u16::from_be_bytes(ip.tot_len) as usize) < OFF_INNER + EthHdr::LEN - OFF_IP
@@ -85,19 +94,23 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop(Counter::DropBadVxlan);
     }
     let vni = vxlan.vni();
-    match unsafe { NETWORKS.get(vni) } {
-        Some(network) if network.port == dport => {}
-        _ => return drop(Counter::DropUnknownVni),
-    }
     let source = VtepKey {
         vni,
         ip: ip.src_addr,
     };
-    if unsafe { VTEPS.get(source) }.is_none() {
-        return drop(Counter::DropUnknownVtep);
+    // One lookup on the way in: a VTEP of this VNI, sending to this VNI's port. Only a refusal
+    // asks NETWORKS, to name the reason.
+    match unsafe { VTEPS.get(source) } {
+        Some(&port) if port == u32::from(dport) => {}
+        _ => {
+            return match unsafe { NETWORKS.get(vni) } {
+                Some(network) if network.port == dport => drop(Counter::DropUnknownVtep),
+                _ => drop(Counter::DropUnknownVni),
+            };
+        }
     }
     // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
-    let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst_addr)) }) else {
+    let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst())) }) else {
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);

@@ -9,7 +9,7 @@ use overlay_common::{
     VtepKey,
 };
 
-/// Remote MAC -> the VTEP it lives behind.
+/// Remote MAC -> the VTEP it lives behind (and the cached way there).
 #[map]
 pub static FDB: HashMap<MacKey, FdbEntry> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
 

@@ -10,20 +10,20 @@ use aya_ebpf::{
         bpf_redir_neigh,
     },
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
+        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
     },
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    Counter,
+    Counter, FdbEntry, NEXT_HOP_TTL_NS,
     wire::{self, ENCAP_OVERHEAD, VxlanHdr},
 };
 
 use crate::{
     maps::CONFIG,
-    packet::ptr_at,
+    packet::{MacWords, ptr_at},
     stats::{drop, redirected},
 };
 
@@ -40,49 +40,31 @@ struct Encapsulated {
     inner_eth: EthHdr,
 }
 
-/// Wraps the frame (an IPv4 or IPv6 packet in Ethernet) for `vtep` and sends it out of the
-/// underlay. The frame must be directly readable for its Ethernet header.
+/// Wraps the frame (an IPv4 or IPv6 packet in Ethernet) for the VTEP of FDB entry `fdb` and
+/// sends it out of the underlay. The frame must be directly readable for its Ethernet header.
 #[inline(always)]
-pub fn encap(ctx: &TcContext, vni: u32, port: u16, vtep: [u8; 4]) -> i32 {
+pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> i32 {
     let Some(node) = CONFIG.get(0) else {
         return drop(Counter::DropNoRoute);
     };
-
-    // Route and next hop towards the VTEP, on the underlay only. The kernel's FIB and neighbour
-    // table stay the source of truth: no MAC cache of ours to go stale when the underlay changes.
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = wire::IPPROTO_UDP;
-    fib.ifindex = node.underlay_ifindex;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(node.vtep);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(vtep);
-    let route = unsafe {
-        fib_lookup(
-            ctx.skb.skb.cast(),
-            &mut fib,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    let next_hop = match route as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => NextHop::Resolved,
-        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::Unresolved,
-        // bpf_fib_lookup answers only for devices with forwarding on (as on every Docker or
-        // Kubernetes node). Without it, the kernel routes the packet itself on redirect.
-        BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            fib.ifindex = node.underlay_ifindex;
-            NextHop::KernelRoutes
-        }
-        _ => return drop(Counter::DropNoRoute),
+    let vtep = unsafe { (*fdb).vtep };
+    let Some(route) = route(ctx, node.vtep, node.underlay_ifindex, fdb) else {
+        return drop(Counter::DropNoRoute);
     };
 
-    let Some(inner_eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(Counter::DropTooShort);
     };
-    let inner_eth = unsafe { *inner_eth };
-    let inner_tos = inner_traffic_class(ctx, inner_eth.ether_type);
+    let (inner_dst, inner_src, inner_type) = unsafe {
+        (
+            MacWords::read(&raw const (*eth).dst_addr),
+            MacWords::read(&raw const (*eth).src_addr),
+            (*eth).ether_type,
+        )
+    };
+    let inner_tos = inner_traffic_class(ctx, inner_type);
     let inner_len = ctx.len();
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hash = flow_hash(ctx, inner_type);
 
     // ENCAP flags set the inner header offsets and SKB_GSO_UDP_TUNNEL, so a 64 KB TSO packet
     // stays one skb and is segmented (or not at all, veth to veth) after us. FIXED_GSO keeps the
@@ -115,58 +97,197 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, vtep: [u8; 4]) -> i32 {
     };
     let ip_bytes = unsafe { &*(&ip as *const Ipv4Hdr as *const [u8; 20]) };
     ip.check = wire::ipv4_header_checksum(ip_bytes).to_be_bytes();
-    let headers = Encapsulated {
-        outer_eth: EthHdr {
-            dst_addr: fib.dmac,
-            src_addr: fib.smac,
-            ether_type: wire::ETH_P_IP.to_be(),
-        },
-        ip,
-        udp: UdpHdr {
-            src: wire::flow_src_port(hash).to_be_bytes(),
-            dst: port.to_be_bytes(),
-            len: udp_len.to_be_bytes(),
-            // Zero is allowed over IPv4 and is what Linux, Cilium and Calico send.
-            check: [0; 2],
-        },
-        vxlan: VxlanHdr::new(vni),
-        inner_eth,
+    let udp = UdpHdr {
+        src: wire::flow_src_port(hash).to_be_bytes(),
+        dst: port.to_be_bytes(),
+        len: udp_len.to_be_bytes(),
+        // Zero is allowed over IPv4 and is what Linux, Cilium and Calico send.
+        check: [0; 2],
     };
-    if ctx.store(0, &headers, 0).is_err() {
+    // Written in place, field by field: the grown head is linear and private after
+    // adjust_room. The inner Ethernet header moves from the front to behind VXLAN.
+    let Some(h) = ptr_at::<Encapsulated>(ctx, 0) else {
         return drop(Counter::DropAdjustFailed);
+    };
+    // Zero unless resolved: the neighbour subsystem writes the outer MACs on redirect then.
+    let (dmac, smac) = (route.hop.dmac, route.hop.smac);
+    unsafe {
+        inner_dst.write(&raw mut (*h).inner_eth.dst_addr);
+        inner_src.write(&raw mut (*h).inner_eth.src_addr);
+        (&raw mut (*h).inner_eth.ether_type).write_unaligned(inner_type);
+        dmac.write(&raw mut (*h).outer_eth.dst_addr);
+        smac.write(&raw mut (*h).outer_eth.src_addr);
+        (&raw mut (*h).outer_eth.ether_type).write_unaligned(wire::ETH_P_IP.to_be());
+        (&raw mut (*h).ip).write_unaligned(ip);
+        (&raw mut (*h).udp).write_unaligned(udp);
+        (&raw mut (*h).vxlan).write_unaligned(VxlanHdr::new(vni));
     }
 
-    let verdict = match next_hop {
-        NextHop::Resolved => unsafe { bpf_redirect(fib.ifindex, 0) },
-        NextHop::Unresolved => {
+    let ifindex = route.hop.ifindex;
+    let verdict = match route.how {
+        How::Resolved => unsafe { bpf_redirect(ifindex, 0) },
+        How::Unresolved => {
             // Let the neighbour subsystem resolve the next hop the FIB named and fill in L2.
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
             nh.nh_family = AF_INET as u32;
-            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            nh.__bindgen_anon_1.ipv4_nh = route.next_hop;
             unsafe {
                 bpf_redirect_neigh(
-                    fib.ifindex,
+                    ifindex,
                     &mut nh,
                     core::mem::size_of::<bpf_redir_neigh>() as i32,
                     0,
                 )
             }
         }
-        NextHop::KernelRoutes => unsafe {
-            bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0)
-        },
+        How::KernelRoutes => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
     };
     redirected(Counter::Encap, verdict)
 }
 
-/// What the FIB told us about the way to the remote VTEP.
-enum NextHop {
+/// The outer Ethernet addresses and the device towards a VTEP.
+#[derive(Clone, Copy)]
+struct Hop {
+    dmac: MacWords,
+    smac: MacWords,
+    ifindex: u32,
+}
+
+/// What the FIB (or its cached answer) told us about the way to the remote VTEP. A struct
+/// with every field always set, not an enum with data: the verifier refuses to copy the
+/// uninitialised bytes an enum's shorter variants leave.
+#[derive(Clone, Copy)]
+struct Route {
+    how: How,
+    /// MACs valid when Resolved; the device in every case.
+    hop: Hop,
+    /// The next hop's address when Unresolved.
+    next_hop: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
     /// Route and neighbour known: the outer MACs are written here, plain redirect.
     Resolved,
-    /// Route known, neighbour not resolved yet.
+    /// Route known, neighbour not resolved yet: the neighbour subsystem fills in L2.
     Unresolved,
     /// The FIB would not answer (forwarding off); the kernel routes on redirect.
     KernelRoutes,
+}
+
+impl Route {
+    #[inline(always)]
+    fn via(how: How, ifindex: u32, next_hop: u32) -> Self {
+        Self {
+            how,
+            hop: Hop {
+                dmac: MacWords::ZERO,
+                smac: MacWords::ZERO,
+                ifindex,
+            },
+            next_hop,
+        }
+    }
+}
+
+/// The way to the entry's VTEP on the underlay: the next hop cached in the FDB entry while it
+/// is fresh, else the kernel's FIB and neighbour table, which stay the source of truth (the
+/// cache only saves asking them for every packet, and is refreshed every NEXT_HOP_TTL_NS).
+/// Two CPUs refreshing one entry write the same values; a reader racing a change of the
+/// underlay neighbour may send one packet to a stale MAC, as the kernel's own caches can.
+#[inline(always)]
+fn route(ctx: &TcContext, src: [u8; 4], underlay: u32, fdb: *mut FdbEntry) -> Option<Route> {
+    let e = fdb;
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if unsafe { (*e).valid_until_ns } > now {
+        return Some(Route {
+            how: How::Resolved,
+            hop: Hop {
+                dmac: MacWords::read(unsafe { &raw const (*e).dmac }),
+                smac: MacWords::read(unsafe { &raw const (*e).smac }),
+                ifindex: unsafe { (*e).ifindex },
+            },
+            next_hop: 0,
+        });
+    }
+    lookup(ctx, src, underlay, fdb, now)
+}
+
+/// The FIB lookup behind [`route`], refreshing the entry's cache when it resolves.
+#[inline(always)]
+fn lookup(
+    ctx: &TcContext,
+    src: [u8; 4],
+    underlay: u32,
+    e: *mut FdbEntry,
+    now: u64,
+) -> Option<Route> {
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = wire::IPPROTO_UDP;
+    fib.ifindex = underlay;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(unsafe { (*e).vtep });
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let hop = Hop {
+                dmac: MacWords::read(&raw const fib.dmac),
+                smac: MacWords::read(&raw const fib.smac),
+                ifindex: fib.ifindex,
+            };
+            unsafe {
+                hop.dmac.write(&raw mut (*e).dmac);
+                hop.smac.write(&raw mut (*e).smac);
+                (*e).ifindex = hop.ifindex;
+                (*e).valid_until_ns = now + NEXT_HOP_TTL_NS;
+            }
+            Some(Route {
+                how: How::Resolved,
+                hop,
+                next_hop: 0,
+            })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route::via(How::Unresolved, fib.ifindex, unsafe {
+            fib.__bindgen_anon_4.ipv4_dst
+        })),
+        // bpf_fib_lookup answers only for devices with forwarding on (as on every Docker or
+        // Kubernetes node). Without it, the kernel routes the packet itself on redirect.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Some(Route::via(How::KernelRoutes, underlay, 0)),
+        _ => None,
+    }
+}
+
+/// The packet's own hash when the stack gave it one (locally generated traffic has it from its
+/// socket); else a cheap hash of the IPv4 5-tuple; the flow dissector only for the rest.
+#[inline(always)]
+fn flow_hash(ctx: &TcContext, ether_type: u16) -> u32 {
+    let own = unsafe { (*ctx.skb.skb).hash };
+    if own != 0 {
+        return own;
+    }
+    if u16::from_be(ether_type) == wire::ETH_P_IP
+        && let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN)
+    {
+        let ip = unsafe { &*ip };
+        let l4 = ip.vihl == 0x45
+            && (ip.proto == wire::IPPROTO_TCP || ip.proto == wire::IPPROTO_UDP)
+            && u16::from_be_bytes(ip.frags) & 0x1fff == 0;
+        let ports = if l4 {
+            ptr_at::<u32>(ctx, EthHdr::LEN + Ipv4Hdr::LEN).map_or(0, |p| unsafe { *p })
+        } else {
+            0
+        };
+        return wire::ipv4_flow_hash(ip.src_addr, ip.dst_addr, ip.proto, ports);
+    }
+    unsafe { bpf_get_hash_recalc(ctx.skb.skb) }
 }
 
 /// The inner TOS / traffic class, whose ECN bits the outer header inherits.
@@ -183,19 +304,57 @@ fn inner_traffic_class(ctx: &TcContext, ether_type: u16) -> u8 {
     }
 }
 
-/// Strips the outer Ethernet/IPv4/UDP/VXLAN headers, leaving `inner_eth` at the front.
+/// An Ethernet header read out of the packet as integers, to be written back elsewhere.
+#[derive(Clone, Copy)]
+pub struct InnerEth {
+    dst: MacWords,
+    src: MacWords,
+    /// Network byte order, as in the packet.
+    pub ether_type: u16,
+}
+
+impl InnerEth {
+    #[inline(always)]
+    pub fn read(p: *const EthHdr) -> Self {
+        unsafe {
+            Self {
+                dst: MacWords::read(&raw const (*p).dst_addr),
+                src: MacWords::read(&raw const (*p).src_addr),
+                ether_type: (&raw const (*p).ether_type).read_unaligned(),
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> [u8; 6] {
+        self.dst.bytes()
+    }
+
+    #[inline(always)]
+    fn write(&self, p: *mut EthHdr) {
+        unsafe {
+            self.dst.write(&raw mut (*p).dst_addr);
+            self.src.write(&raw mut (*p).src_addr);
+            (&raw mut (*p).ether_type).write_unaligned(self.ether_type);
+        }
+    }
+}
+
+/// Strips the outer Ethernet/IPv4/UDP/VXLAN headers, leaving `inner` at the front.
 /// The caller has checked that all of them, and the inner Ethernet header, are there.
 #[inline(always)]
-pub fn decap(ctx: &TcContext, inner_eth: &EthHdr) -> Result<(), ()> {
+pub fn decap(ctx: &TcContext, inner: &InnerEth) -> Result<(), ()> {
     // FIXED_GSO goes in the flags, not the mode (Calico #11160): a GRO'd packet keeps its MSS.
     let mut flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
-    if u16::from_be(inner_eth.ether_type) == wire::ETH_P_IPV6 {
+    if u16::from_be(inner.ether_type) == wire::ETH_P_IPV6 {
         // skb->protocol must name the inner L3 for the stack that receives it.
         flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6 as u64;
     }
     ctx.adjust_room(-(ENCAP_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| ())?;
     // The shrink removed bytes 14..64 (outer IPv4..inner Ethernet); the outer Ethernet header is
-    // still in front, so the inner one is written over it.
-    ctx.store(0, inner_eth, 0).map_err(|_| ())
+    // still in front, so the inner one is written over it, in place.
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
+    inner.write(eth);
+    Ok(())
 }

@@ -406,6 +406,12 @@ pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
         packet::ETH_P_IP,
         &packet::ipv4(REMOTE_VTEP, LOCAL_VTEP, 6, 0, &[0u8; 40]),
     );
+    let local = packet::eth(
+        C3_MAC,
+        C1_MAC,
+        packet::ETH_P_IP,
+        &packet::ipv4(C1_IP, C3_IP, 1, 0, &packet::icmp_echo(7, 1)),
+    );
     let (vc1, underlay) = (lab.vc1, lab.underlay);
     let node = &mut lab.node;
     lab.ns.enter(|| -> Result<Vec<Micro>> {
@@ -424,6 +430,11 @@ pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
         let timer = (pass_once - pass_many).max(0.0);
         let encap_once = once(node, programs::FROM_CONTAINER, vc1, &encap)?;
         let decap_once = once(node, programs::FROM_UNDERLAY, underlay, &decap)?;
+        let local_many = node
+            .time(programs::FROM_CONTAINER, vc1, &local, repeat)?
+            .1
+            .as_nanos() as f64;
+        let local_once = once(node, programs::FROM_CONTAINER, vc1, &local)?;
         let per_call = format!("median of {calls} single runs less {timer:.0} ns timer cost");
         Ok(vec![
             Micro {
@@ -435,6 +446,14 @@ pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
                 name: "decap (from_underlay, VXLAN for a local container)",
                 ns: decap_once - timer,
                 how: per_call,
+            },
+            Micro {
+                name: "same-host delivery (from_container, ICMP to a local container)",
+                ns: local_many,
+                how: format!(
+                    "average of {repeat} runs (single runs less timer cost: {:.0} ns)",
+                    local_once - timer
+                ),
             },
             Micro {
                 name: "pass-through (from_underlay, TCP for the host)",

@@ -88,3 +88,27 @@ fn a_missing_map_is_a_one_line_error_that_names_it() {
         "says where: {err}"
     );
 }
+
+#[test]
+fn a_networks_port_follows_into_the_fdb_and_vtep_values() {
+    require_root();
+    let node = Node::load(&unique("port")).unwrap();
+    let mut maps = node.maps();
+    let net = |port| Network { port, _pad: 0 };
+    // Learned before the network exists: port 0, which the programs treat as "not served".
+    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
+        .unwrap();
+    maps.set_vtep(42, [10, 0, 0, 2]).unwrap();
+    let port = |maps: &overlay_agent::dataplane::Maps| {
+        let (_, fdb) = maps.fdb.iter().next().unwrap().unwrap();
+        let (_, vtep) = maps.vteps.iter().next().unwrap().unwrap();
+        (fdb.port, vtep)
+    };
+    assert_eq!(port(&maps), (0, 0));
+    maps.set_network(42, net(4789)).unwrap();
+    assert_eq!(port(&maps), (4789, 4789));
+    maps.set_network(42, net(8472)).unwrap();
+    assert_eq!(port(&maps), (8472, 8472));
+    maps.remove_network(42).unwrap();
+    assert_eq!(port(&maps), (0, 0));
+}

@@ -68,7 +68,8 @@ impl Maps {
         self.config.get(&0, 0).context("reading CONFIG")
     }
 
-    /// Serves `vni` on UDP `network.port`. VXLAN_PORTS is kept derived from NETWORKS.
+    /// Serves `vni` on UDP `network.port`. Derived from NETWORKS and kept equal to it here:
+    /// VXLAN_PORTS, and the port carried in the VNI's FDB and VTEPS values.
     pub fn set_network(&mut self, vni: u32, network: Network) -> Result<()> {
         let old = self.networks.get(&vni, 0).ok();
         self.networks
@@ -77,6 +78,9 @@ impl Maps {
         for port in old.iter().chain([&network]).map(|n| n.port) {
             self.recount_vxlan_port(port)?;
         }
+        if old.map(|n| n.port) != Some(network.port) {
+            self.set_port_of(vni, network.port)?;
+        }
         Ok(())
     }
 
@@ -84,9 +88,44 @@ impl Maps {
         let old = self.networks.get(&vni, 0).ok();
         remove(&mut self.networks, &vni, names::NETWORKS)?;
         match old {
-            Some(network) => self.recount_vxlan_port(network.port),
+            Some(network) => {
+                self.recount_vxlan_port(network.port)?;
+                self.set_port_of(vni, 0)
+            }
             None => Ok(()),
         }
+    }
+
+    /// The UDP port of `vni` (0 when not served) as the per-packet values carry it.
+    fn port_of(&self, vni: u32) -> u16 {
+        self.networks.get(&vni, 0).map_or(0, |n| n.port)
+    }
+
+    /// Rewrites the port in every FDB and VTEPS value of `vni`.
+    fn set_port_of(&mut self, vni: u32, port: u16) -> Result<()> {
+        let fdb: Vec<(MacKey, FdbEntry)> = self
+            .fdb
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, _)| k.vni == vni)
+            .collect();
+        for (k, v) in fdb {
+            self.fdb
+                .insert(k, FdbEntry::new(v.vtep, port), 0)
+                .context("FDB: insert")?;
+        }
+        let vteps: Vec<VtepKey> = self
+            .vteps
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.vni == vni)
+            .collect();
+        for k in vteps {
+            self.vteps
+                .insert(k, u32::from(port), 0)
+                .context("VTEPS: insert")?;
+        }
+        Ok(())
     }
 
     /// VXLAN_PORTS[port] = how many networks use `port`.
@@ -125,7 +164,11 @@ impl Maps {
     /// A MAC on another host, behind `vtep`.
     pub fn set_fdb(&mut self, vni: u32, mac: [u8; 6], vtep: [u8; 4]) -> Result<()> {
         self.fdb
-            .insert(MacKey::new(vni, mac), FdbEntry { vtep }, 0)
+            .insert(
+                MacKey::new(vni, mac),
+                FdbEntry::new(vtep, self.port_of(vni)),
+                0,
+            )
             .context("FDB: insert")
     }
 
@@ -143,10 +186,11 @@ impl Maps {
         remove(&mut self.arp, &IpKey { vni, ip }, names::ARP)
     }
 
-    /// Accept VXLAN for `vni` from `vtep`.
+    /// Accept VXLAN for `vni` from `vtep` (on the VNI's port).
     pub fn set_vtep(&mut self, vni: u32, vtep: [u8; 4]) -> Result<()> {
+        let port = u32::from(self.port_of(vni));
         self.vteps
-            .insert(VtepKey { vni, ip: vtep }, 1, 0)
+            .insert(VtepKey { vni, ip: vtep }, port, 0)
             .context("VTEPS: insert")
     }
 

@@ -17,6 +17,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
+    /// Only the per-program microbenchmark (no namespaces, a few seconds).
+    #[arg(long)]
+    micro_only: bool,
     /// Where the table, JSON and chart go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench"))]
     out: PathBuf,
@@ -38,6 +41,12 @@ fn run(args: Args) -> Result<()> {
     overlay_tests::require_root();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    if args.micro_only {
+        for m in microbench(20_000, 5_000_000)? {
+            println!("{:>7.1} ns  {}  ({})", m.ns, m.name, m.how);
+        }
+        return Ok(());
+    }
     let tag = overlay_tests::unique("b");
     let mut beds = Vec::new();
     for mode in Mode::ALL {
