@@ -61,21 +61,19 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
 #[inline(always)]
 fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6], ip: bool) -> i32 {
     let key = MacKey::new(sender.vni, dst);
+    // Remote first: that is the path where every nanosecond shows (a MAC is never in both).
+    if ip && let Some(fdb) = FDB.get_ptr_mut(key) {
+        // The network's port lives in the entry: 0 means it is not (or no longer) served.
+        let port = unsafe { (*fdb).port };
+        if port == 0 {
+            return pass(Counter::ContainerPass);
+        }
+        return vxlan::encap(ctx, sender.vni, port, fdb);
+    }
     if let Some(local) = unsafe { ENDPOINTS.get(key) } {
         return deliver_local(local);
     }
-    if !ip {
-        return pass(Counter::ContainerPass);
-    }
-    let Some(fdb) = FDB.get_ptr_mut(key) else {
-        return pass(Counter::ContainerPass);
-    };
-    // The network's port lives in the entry: 0 means the network is not (or no longer) served.
-    let port = unsafe { (*fdb).port };
-    if port == 0 {
-        return pass(Counter::ContainerPass);
-    }
-    vxlan::encap(ctx, sender.vni, port, fdb)
+    pass(Counter::ContainerPass)
 }
 
 /// Hands a frame to a local endpoint, skipping the bridge.

@@ -120,7 +120,10 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> i32 {
         (&raw mut (*h).outer_eth.ether_type).write_unaligned(wire::ETH_P_IP.to_be());
         (&raw mut (*h).ip).write_unaligned(ip);
         (&raw mut (*h).udp).write_unaligned(udp);
-        (&raw mut (*h).vxlan).write_unaligned(VxlanHdr::new(vni));
+        let [w0, w1] = VxlanHdr::words(vni);
+        let v = (&raw mut (*h).vxlan).cast::<u32>();
+        v.write_unaligned(w0);
+        v.add(1).write_unaligned(w1);
     }
 
     let ifindex = route.hop.ifindex;

@@ -415,12 +415,18 @@ pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
     let (vc1, underlay) = (lab.vc1, lab.underlay);
     let node = &mut lab.node;
     lab.ns.enter(|| -> Result<Vec<Micro>> {
+        // The lowest of five medians: another process waking on this 2-core machine (or a
+        // namespace being torn down) only ever adds time.
         let once = |node: &mut crate::fixture::Node, program: &str, ifindex: u32, frame: &[u8]| {
-            let mut ns = Vec::with_capacity(calls as usize);
-            for _ in 0..calls {
-                ns.push(node.time(program, ifindex, frame, 1)?.1.as_nanos() as f64);
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let mut ns = Vec::with_capacity(calls as usize);
+                for _ in 0..calls {
+                    ns.push(node.time(program, ifindex, frame, 1)?.1.as_nanos() as f64);
+                }
+                best = best.min(median(&mut ns));
             }
-            Ok::<f64, anyhow::Error>(median(&mut ns))
+            Ok::<f64, anyhow::Error>(best)
         };
         let pass_many = node
             .time(programs::FROM_UNDERLAY, underlay, &other, repeat)?
@@ -435,7 +441,8 @@ pub fn microbench(calls: u32, repeat: u32) -> Result<Vec<Micro>> {
             .1
             .as_nanos() as f64;
         let local_once = once(node, programs::FROM_CONTAINER, vc1, &local)?;
-        let per_call = format!("median of {calls} single runs less {timer:.0} ns timer cost");
+        let per_call =
+            format!("lowest median of 5x{calls} single runs, less {timer:.0} ns timer cost");
         Ok(vec![
             Micro {
                 name: "encap (from_container, ICMP to a remote container)",
