@@ -20,16 +20,20 @@ pub enum Mode {
     KernelVxlan,
     /// Ours, driven by its agent and etcd.
     Overlay,
+    /// The two containers joined by one veth pair, no host in between: the floor this machine
+    /// puts under every path (what is left is scheduling and wake-ups).
+    Direct,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Plain, Mode::KernelVxlan, Mode::Overlay];
+    pub const ALL: [Mode; 4] = [Mode::Plain, Mode::KernelVxlan, Mode::Overlay, Mode::Direct];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Plain => "plain routing",
             Mode::KernelVxlan => "kernel vxlan",
             Mode::Overlay => "overlay (ours)",
+            Mode::Direct => "direct veth (floor)",
         }
     }
 
@@ -38,6 +42,7 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::KernelVxlan => "kernel_vxlan",
             Mode::Overlay => "overlay",
+            Mode::Direct => "direct",
         }
     }
 }
@@ -142,6 +147,7 @@ impl Testbed {
             Mode::Plain => Self::plain(tag)?,
             Mode::KernelVxlan => Self::kernel_vxlan(tag)?,
             Mode::Overlay => Self::overlay(tag)?,
+            Mode::Direct => Self::direct(tag)?,
         };
         bed.start_servers()?;
         Ok(bed)
@@ -172,6 +178,26 @@ impl Testbed {
             servers: Vec::new(),
             _deployment: None,
             _namespaces: ns,
+        })
+    }
+
+    fn direct(tag: &str) -> Result<Self> {
+        let a = Netns::new(&format!("{tag}d1"))?;
+        let b = Netns::new(&format!("{tag}d2"))?;
+        a.run(&format!(
+            "ip link add eth0 type veth peer name eth0 netns {} && \
+             ip addr add 10.3.3.1/24 dev eth0 && ip link set eth0 up",
+            b.name
+        ))?;
+        b.run("ip addr add 10.3.3.2/24 dev eth0 && ip link set eth0 up")?;
+        Ok(Self {
+            mode: Mode::Direct,
+            client: a.name.clone(),
+            server: b.name.clone(),
+            server_ip: Ipv4Addr::new(10, 3, 3, 2),
+            servers: Vec::new(),
+            _deployment: None,
+            _namespaces: vec![a, b],
         })
     }
 

@@ -90,7 +90,7 @@ fn run(args: Args) -> Result<()> {
 
     eprintln!("-- microbenchmark (BPF_PROG_TEST_RUN)");
     // Let the kernel finish tearing the test beds' namespaces down first.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::thread::sleep(std::time::Duration::from_secs(8));
     let micro = microbench(10_000, 5_000_000)?;
 
     let table = markdown(&runs, &micro, &args);
@@ -146,9 +146,9 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
     );
     let _ = writeln!(
         t,
-        "| metric | plain routing | kernel vxlan | overlay (ours) | ours / plain | ours / kernel vxlan | target | met |"
+        "| metric | plain routing | kernel vxlan | overlay (ours) | ours / plain | ours / kernel vxlan | target | met | direct veth (floor) |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
     for metric in Metric::ALL {
         let v: Vec<Option<f64>> = Mode::ALL
             .iter()
@@ -157,6 +157,7 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
         let (Some(plain), Some(vxlan), Some(ours)) = (v[0], v[1], v[2]) else {
             continue;
         };
+        let floor = v[3].map_or("-".to_string(), |f| format!("{f:.1}"));
         let (rp, rv) = (ours / plain, ours / vxlan);
         let fmt = |x: f64| match metric {
             Metric::Tcp1 | Metric::Tcp4 => format!("{x:.1}"),
@@ -165,7 +166,7 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} ({}) | {} | {} | {} | {rp:.2}x | {rv:.2}x | {} | {} |",
+            "| {} ({}) | {} | {} | {} | {rp:.2}x | {rv:.2}x | {} | {} | {floor} |",
             metric.name(),
             metric.unit(),
             fmt(plain),
@@ -182,10 +183,11 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
             if let (Some(p), Some(k), Some(o)) = (c[0], c[1], c[2]) {
                 let _ = writeln!(
                     t,
-                    "| &nbsp;&nbsp;{} ({unit}) | {p:.2} | {k:.2} | {o:.2} | {:.2}x | {:.2}x | lower is better | |",
+                    "| &nbsp;&nbsp;{} ({unit}) | {p:.2} | {k:.2} | {o:.2} | {:.2}x | {:.2}x | lower is better | | {} |",
                     metric.name(),
                     o / p,
-                    o / k
+                    o / k,
+                    c[3].map_or("-".to_string(), |f| format!("{f:.2}"))
                 );
             }
         }
@@ -209,7 +211,7 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
 /// Grouped bars, each metric normalised to plain routing (= 1.0), so one axis fits all.
 fn chart(runs: &Runs) -> String {
     let (w, h, left, top, bottom) = (760.0, 360.0, 50.0, 30.0, 60.0);
-    let colors = ["#888888", "#d9822b", "#2b7bd9"];
+    let colors = ["#888888", "#d9822b", "#2b7bd9", "#cccccc"];
     let max = 1.6f64;
     let plot_h = h - top - bottom;
     let group_w = (w - left - 20.0) / Metric::ALL.len() as f64;
@@ -233,7 +235,7 @@ fn chart(runs: &Runs) -> String {
             continue;
         };
         let x0 = left + g as f64 * group_w + 15.0;
-        let bar = (group_w - 30.0) / 3.0;
+        let bar = (group_w - 30.0) / Mode::ALL.len() as f64;
         for (i, mode) in Mode::ALL.iter().enumerate() {
             let Some(v) = med(runs, *mode, *metric, false) else {
                 continue;
