@@ -18,6 +18,8 @@ pub mod names {
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const FROM_UNDERLAY: &str = "from_underlay";
+    /// Decapsulation at XDP, for the benchmark's comparison only.
+    pub const XDP_DECAP: &str = "xdp_decap";
 }
 
 pub const DEFAULT_MAX_ENTRIES: u32 = 65536;

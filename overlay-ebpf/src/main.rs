@@ -22,10 +22,15 @@ mod packet;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod vxlan;
+#[cfg(target_arch = "bpf")]
+mod xdp_decap;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{macros::classifier, programs::TcContext};
+    use aya_ebpf::{
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
 
     #[classifier]
     pub fn from_container(ctx: TcContext) -> i32 {
@@ -35,6 +40,13 @@ mod entry {
     #[classifier]
     pub fn from_underlay(ctx: TcContext) -> i32 {
         crate::from_underlay::handle(&ctx)
+    }
+
+    /// The XDP decapsulation the benchmark measures against `from_underlay` (not attached by
+    /// the agent).
+    #[xdp]
+    pub fn xdp_decap(ctx: XdpContext) -> u32 {
+        crate::xdp_decap::handle(&ctx)
     }
 
     #[panic_handler]

@@ -35,6 +35,9 @@ enum Command {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
         seconds: u32,
+        /// Also measure decapsulation in XDP instead of TC, in a table of its own.
+        #[arg(long)]
+        xdp_decap: bool,
     },
 }
 
@@ -44,7 +47,11 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
         Command::Demo => demo(),
-        Command::Bench { rounds, seconds } => bench(rounds, seconds),
+        Command::Bench {
+            rounds,
+            seconds,
+            xdp_decap,
+        } => bench(rounds, seconds, xdp_decap),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,7 +124,7 @@ fn demo() -> Result<()> {
     )
 }
 
-fn bench(rounds: u32, seconds: u32) -> Result<()> {
+fn bench(rounds: u32, seconds: u32, xdp_decap: bool) -> Result<()> {
     setup::run()?;
     util::clean_test_leftovers();
     util::step("building (release)")?;
@@ -132,15 +139,17 @@ fn bench(rounds: u32, seconds: u32) -> Result<()> {
     ])?;
     util::step("plain routing, kernel vxlan and our overlay, side by side")?;
     let out = util::workspace_root().join("target/bench");
+    let (rounds, seconds, out) = (
+        rounds.to_string(),
+        seconds.to_string(),
+        out.to_string_lossy(),
+    );
+    let mut args = vec!["--rounds", &rounds, "--seconds", &seconds, "--out", &out];
+    if xdp_decap {
+        args.push("--xdp-decap");
+    }
     util::run(
         util::workspace_root().join("target/release/overlay-bench"),
-        &[
-            "--rounds",
-            &rounds.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-            "--out",
-            &out.to_string_lossy(),
-        ],
+        &args,
     )
 }

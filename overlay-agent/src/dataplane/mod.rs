@@ -64,6 +64,21 @@ impl Dataplane {
         classifier(&mut self.ebpf, name)
     }
 
+    /// Loads and attaches `xdp_decap` to `iface` (driver mode), unpinned: it lives as long as
+    /// this Dataplane. For the benchmark's TC-versus-XDP comparison only.
+    pub fn attach_xdp_decap(&mut self, iface: &str) -> Result<()> {
+        let prog: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(programs::XDP_DECAP)
+            .ok_or_else(|| anyhow!("program {} missing", programs::XDP_DECAP))?
+            .try_into()
+            .context("xdp_decap is not an XDP program")?;
+        prog.load().context("verifying xdp_decap")?;
+        prog.attach(iface, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attaching xdp_decap to {iface}"))?;
+        Ok(())
+    }
+
     /// Attaches `from_underlay` at TC ingress of the underlay interface.
     pub fn attach_underlay(&mut self, iface: &str) -> Result<()> {
         self.attach(programs::FROM_UNDERLAY, iface)

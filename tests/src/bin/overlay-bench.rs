@@ -17,6 +17,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
+    /// Also measure our overlay with decapsulation in XDP instead of TC, in its own table.
+    #[arg(long)]
+    xdp_decap: bool,
     /// Only the per-program microbenchmark (no namespaces, a few seconds).
     #[arg(long)]
     micro_only: bool,
@@ -49,7 +52,11 @@ fn run(args: Args) -> Result<()> {
     }
     let tag = overlay_tests::unique("b");
     let mut beds = Vec::new();
-    for mode in Mode::ALL {
+    let mut modes = Mode::ALL.to_vec();
+    if args.xdp_decap {
+        modes.push(Mode::OverlayXdp);
+    }
+    for mode in modes {
         eprintln!("-- setting up {}", mode.name());
         beds.push(Testbed::new(mode, &tag)?);
     }
@@ -93,7 +100,10 @@ fn run(args: Args) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_secs(8));
     let micro = microbench(10_000, 5_000_000)?;
 
-    let table = markdown(&runs, &micro, &args);
+    let mut table = markdown(&runs, &micro, &args);
+    if args.xdp_decap {
+        table.push_str(&tc_versus_xdp(&runs));
+    }
     std::fs::write(args.out.join("bench.md"), &table)?;
     std::fs::write(
         args.out.join("bench.json"),
@@ -204,6 +214,28 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
             "< 100 ns"
         };
         let _ = writeln!(t, "| {} | {:.1} | {} | {target} |", m.name, m.ns, m.how);
+    }
+    t
+}
+
+/// Our overlay with TC decapsulation against the same with XDP decapsulation.
+fn tc_versus_xdp(runs: &Runs) -> String {
+    let mut t = String::from(
+        "\n| metric | ours, TC decap | ours, XDP decap | XDP / TC |\n|---|---|---|---|\n",
+    );
+    for metric in Metric::ALL {
+        if let (Some(tc), Some(xdp)) = (
+            med(runs, Mode::Overlay, metric, false),
+            med(runs, Mode::OverlayXdp, metric, false),
+        ) {
+            let _ = writeln!(
+                t,
+                "| {} ({}) | {tc:.1} | {xdp:.1} | {:.2}x |",
+                metric.name(),
+                metric.unit(),
+                xdp / tc
+            );
+        }
     }
     t
 }
