@@ -24,6 +24,7 @@ use crate::{
     cluster::{Applied, ClusterState},
     dataplane::{
         Dataplane, Maps, PinDir,
+        pins::LAYOUT_VERSION,
         state::{Diff, MapState},
     },
     desired::{Problem, desired},
@@ -80,6 +81,8 @@ struct Agent {
     attached: BTreeSet<(String, u32)>,
     problems: Vec<Problem>,
     status: StatusFile,
+    /// Rebuilding maps of another layout: attachments move over after the first full fill.
+    switch_over_pending: bool,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -96,8 +99,24 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let underlay_mtu = netlink.mtu(underlay).await?;
 
+    // Maps of another layout: build ours from etcd first, and only then move the attachments
+    // over, so the programs attached now keep forwarding with the old maps meanwhile.
+    let old_layouts = opts.pins.other_layouts();
+    let rebuilding = !opts.pins.maps().exists() && !old_layouts.is_empty();
     let mut dataplane = Dataplane::load(opts.pins.clone())?;
-    dataplane.attach_underlay(underlay)?;
+    if rebuilding {
+        log::warn!(
+            "maps pinned at {} are of another layout than this agent's (v{LAYOUT_VERSION}): rebuilding them from etcd; the programs attached now keep forwarding with the old maps until the new ones are full",
+            old_layouts
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
+        dataplane.attach_underlay(underlay)?;
+        opts.pins.remove_other_layouts()?;
+    }
     let mut maps = dataplane.maps()?;
     maps.set_config(NodeConfig {
         vtep: vtep.octets(),
@@ -132,6 +151,7 @@ pub async fn run(opts: Options) -> Result<()> {
         attached: BTreeSet::new(),
         problems: Vec::new(),
         status,
+        switch_over_pending: rebuilding,
     };
     agent.write_status();
 
@@ -269,19 +289,18 @@ impl Agent {
     /// Brings maps and attachments in line with the cluster. Failures are logged and retried
     /// on the next reconcile; they never stop the agent.
     fn reconcile(&mut self, revision: i64) {
-        if let Err(e) = self.attach_ports() {
-            log::warn!("{e:#}");
-        }
         let (want, problems) = desired(&self.cluster, &self.opts.node, &ifindex);
         for p in problems.iter().filter(|p| !self.problems.contains(p)) {
             log::warn!("not serving {}: {}", p.key, p.why);
         }
         self.problems = problems;
         let diff = Diff::between(&self.applied, &want);
+        let mut complete = true;
         if !diff.is_empty() {
             match self.maps.apply(&diff) {
                 Ok(()) => self.applied = want,
                 Err(e) => {
+                    complete = false;
                     log::warn!("updating the maps: {e:#}; will retry");
                     if let Ok(actual) = self.maps.snapshot() {
                         self.applied = actual;
@@ -289,8 +308,35 @@ impl Agent {
                 }
             }
         }
+        if self.switch_over_pending && complete {
+            if let Err(e) = self.switch_over() {
+                log::warn!("{e:#}; will retry");
+            }
+        }
+        // Ports are attached once their maps entries are in: a new program never meets an
+        // empty map.
+        if !self.switch_over_pending
+            && let Err(e) = self.attach_ports()
+        {
+            log::warn!("{e:#}");
+        }
         self.status.revision = revision;
         self.write_status();
+    }
+
+    /// The rebuilt maps are full: the underlay's attachment moves to the new programs (ports
+    /// follow in attach_ports) and the old layout's maps are unpinned.
+    fn switch_over(&mut self) -> Result<()> {
+        self.dataplane.attach_underlay(&self.opts.underlay)?;
+        self.switch_over_pending = false;
+        self.attach_ports()?;
+        self.opts.pins.remove_other_layouts()?;
+        log::info!(
+            "maps of layout v{LAYOUT_VERSION} filled ({} remote MACs, {} local endpoints); programs switched over, old maps unpinned",
+            self.applied.fdb.len(),
+            self.applied.endpoints.len()
+        );
+        Ok(())
     }
 
     /// from_container on every local port; pinned links of ports that are gone removed.

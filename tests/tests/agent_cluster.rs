@@ -613,3 +613,87 @@ fn a_bad_value_in_etcd_is_logged_with_its_key_and_skipped() {
         "{status}"
     );
 }
+
+/// Pings from `from` to `to` every 10 ms for `count` packets, in the background; the handle
+/// gives (sent, received).
+fn ping_flood(from: &overlay_tests::netns::Netns, to: Ipv4Addr, count: u32) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &from.name, "ping", "-q", "-i", "0.01", "-W", "1",
+        ])
+        .args(["-c", &count.to_string(), &to.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn flood_result(child: std::process::Child) -> (u32, u32) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "900 packets transmitted, 900 received, 0% packet loss, time 9012ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let num = |i: usize| line.split_whitespace().nth(i).unwrap().parse().unwrap();
+    (num(0), num(3))
+}
+
+#[test]
+fn agents_killed_and_restarted_three_times_lose_no_packet() {
+    let mut d = Deployment::new("acloss", &[true, true]).unwrap();
+    blue(&d);
+    let c1 = d.add_container(0, "r1", "blue", None).unwrap();
+    let c2 = d.add_container(1, "r2", "blue", None).unwrap();
+    assert!(ping(d.container(c1.0), c2.1));
+    let flood = ping_flood(d.container(c1.0), c2.1, 600);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        d.kill_agent(0);
+        d.kill_agent(1);
+        std::thread::sleep(Duration::from_millis(300));
+        d.restart_agent(0).unwrap();
+        d.restart_agent(1).unwrap();
+    }
+    let (sent, received) = flood_result(flood);
+    eprintln!(
+        "continuous ping across 3 SIGKILL + restart of both agents: {sent} sent, {received} received, {} lost",
+        sent - received
+    );
+    assert_eq!(sent, received, "lost {} packets", sent - received);
+    for h in &d.hosts {
+        assert_eq!(h.log().matches("registered under lease").count(), 4);
+    }
+}
+
+#[test]
+fn maps_of_another_layout_are_rebuilt_from_etcd_without_a_gap() {
+    let mut d = Deployment::new("aclayout", &[true, true]).unwrap();
+    blue(&d);
+    let c1 = d.add_container(0, "m1", "blue", None).unwrap();
+    let c2 = d.add_container(1, "m2", "blue", None).unwrap();
+    assert!(ping(d.container(c1.0), c2.1));
+    // What an agent of layout v1 would have left: its maps under another directory, still in
+    // use by the programs it attached.
+    d.kill_agent(0);
+    let pins = d.hosts[0].pins();
+    let old = pins.dir().join("maps-v1");
+    std::fs::rename(pins.maps(), &old).unwrap();
+    let flood = ping_flood(d.container(c1.0), c2.1, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart_agent(0).unwrap();
+    wait_for(Duration::from_secs(5), || {
+        d.hosts[0].log().contains("programs switched over")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", d.hosts[0].log()));
+    let (sent, received) = flood_result(flood);
+    assert_eq!(sent, received, "lost {} packets", sent - received);
+    let log = d.hosts[0].log();
+    assert!(
+        log.contains("of another layout than this agent's (v2): rebuilding them from etcd"),
+        "{log}"
+    );
+    assert!(!old.exists(), "the old layout's maps are unpinned");
+    assert!(ping(d.container(c2.0), c1.1));
+    assert_eq!(d.hosts[0].maps().unwrap().endpoints.len(), 1);
+}

@@ -1,11 +1,17 @@
-//! Where a node's pinned maps and links live in bpffs: `<root>/<node>/maps/<MAP>` and
+//! Where a node's pinned maps and links live in bpffs: `<root>/<node>/maps-v<N>/<MAP>` and
 //! `<root>/<node>/links/<iface>`. bpffs is one per kernel, not per network namespace, so every
-//! node sharing a kernel (as test hosts do) needs its own directory.
+//! node sharing a kernel (as test hosts do) needs its own directory. N is the layout version:
+//! maps pinned by an agent of another layout are never opened as ours (aya would reuse a pinned
+//! map whatever its key and value sizes).
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
+/// Bumped whenever a map's key or value layout, its meaning, or the set of maps changes.
+/// v1: unversioned `maps/`. v2: FDB values carry the next-hop cache and the UDP port, VTEPS
+/// values the UDP port.
+pub const LAYOUT_VERSION: u32 = 2;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
@@ -28,7 +34,33 @@ impl PinDir {
     }
 
     pub fn maps(&self) -> PathBuf {
-        self.dir.join("maps")
+        self.dir.join(format!("maps-v{LAYOUT_VERSION}"))
+    }
+
+    /// Map directories of other layouts (left by an older or newer agent), if any.
+    pub fn other_layouts(&self) -> Vec<PathBuf> {
+        let current = self.maps();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                p != &current && name.is_some_and(|n| n == "maps" || n.starts_with("maps-v"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Unpins maps of other layouts: they are freed once no program uses them any more.
+    pub fn remove_other_layouts(&self) -> Result<()> {
+        for dir in self.other_layouts() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
