@@ -348,6 +348,79 @@ pub async fn peer_rm(ctx: &Ctx, network: &str, ip: Ipv4Addr) -> Result<Endpoint>
     Ok(ep)
 }
 
+// ---- teardown ----
+
+/// Whether an interface name is one the agent's commands make: `ovbr<vni>` bridges,
+/// `ove<8 hex>` container ports, `ovh<vni>`/`ovhp<vni>` host legs. Exact shapes, so a user's
+/// `overlay0` is never taken for ours.
+pub fn is_our_interface(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = name
+        .strip_prefix("ovbr")
+        .or_else(|| name.strip_prefix("ovhp"))
+    {
+        return digits(rest);
+    }
+    if let Some(rest) = name.strip_prefix("ove") {
+        return rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    name.strip_prefix("ovh").is_some_and(digits)
+}
+
+/// What `teardown` removed.
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub endpoints: usize,
+    pub interfaces: Vec<String>,
+    pub etcd: Option<String>,
+}
+
+/// Removes everything the agent and its commands made on this node: its endpoints and
+/// registration in etcd (when reachable), its interfaces, its pinned programs, links and maps,
+/// and its status file. Refuses while the node's agent runs: it would put it all back.
+pub async fn teardown(
+    node: &str,
+    pins: &PinDir,
+    run_dir: &std::path::Path,
+    store: Result<Store>,
+) -> Result<Teardown> {
+    let status_file = crate::agent::status_path(run_dir, node);
+    if let Some(pid) = std::fs::read(&status_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::agent::StatusFile>(&b).ok())
+        .map(|s| s.pid)
+        .filter(|&pid| unsafe { libc::kill(pid as i32, 0) } == 0)
+    {
+        bail!("the agent of node {node} is running (pid {pid}); stop it first");
+    }
+    let mut done = Teardown::default();
+    match store {
+        Ok(store) => {
+            let mine: Vec<Endpoint> = store
+                .endpoints(None)
+                .await?
+                .into_iter()
+                .filter(|e| e.node() == Some(node))
+                .collect();
+            for ep in &mine {
+                store.delete_endpoint(ep).await?;
+            }
+            done.endpoints = mine.len();
+            store.delete_node(node).await?;
+        }
+        Err(e) => done.etcd = Some(format!("{e:#}")),
+    }
+    let host = Netlink::new()?;
+    for name in host.names().await? {
+        if is_our_interface(&name) && host.delete(&name).await? {
+            done.interfaces.push(name);
+        }
+    }
+    pins.remove()?;
+    let _ = std::fs::remove_file(&status_file);
+    Ok(done)
+}
+
 // ---- waiting for the agent ----
 
 /// Waits until this node's agent has `ep` in its maps (present) or not (absent). False if it
@@ -381,6 +454,24 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_interface_names_are_ours() {
+        for ours in ["ovbr42", "ove1a77fa8a", "ovh42", "ovhp42"] {
+            assert!(is_our_interface(ours), "{ours}");
+        }
+        for theirs in [
+            "overlay0",
+            "ovbr",
+            "ove1a77fa8",
+            "ovhx",
+            "eth0",
+            "ovh",
+            "ovbr4x",
+        ] {
+            assert!(!is_our_interface(theirs), "{theirs}");
+        }
+    }
 
     #[test]
     fn port_names_fit_and_are_stable() {

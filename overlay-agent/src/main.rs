@@ -78,6 +78,9 @@ enum Command {
     /// Give this node itself an address on a network.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Remove everything the agent made on this node: its endpoints and registration in etcd,
+    /// its interfaces, pinned programs and maps. The agent must be stopped first.
+    Teardown,
     /// The node's agent, etcd, attachments, map sizes and problems.
     Status {
         #[arg(long)]
@@ -326,6 +329,25 @@ async fn run(cli: Cli) -> Result<()> {
                         ctx.node, ep.ip
                     );
                 }
+            }
+        }
+        Command::Teardown => {
+            let store = Store::connect(&g.etcd, &g.prefix).await;
+            let done = commands::teardown(&g.node, &pins, &g.run_dir, store).await?;
+            println!(
+                "node {}: {} endpoint(s) removed from etcd, interfaces removed: {}, pinned programs and maps removed",
+                g.node,
+                done.endpoints,
+                if done.interfaces.is_empty() {
+                    "none".to_string()
+                } else {
+                    done.interfaces.join(" ")
+                }
+            );
+            if let Some(e) = done.etcd {
+                eprintln!(
+                    "overlay-agent: note: etcd left as it was ({e}); run teardown again once it is reachable"
+                );
             }
         }
         Command::Status { json } => print!(

@@ -251,6 +251,27 @@ impl Netlink {
         }
     }
 
+    /// Names of every interface in the namespace.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing interfaces")?;
+        Ok(links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// How many interfaces have `bridge` as their controller.
     pub async fn bridge_ports(&self, bridge: u32) -> Result<usize> {
         let links: Vec<LinkMessage> = self

@@ -251,6 +251,19 @@ impl Store {
         Ok((lease, keeper, stream))
     }
 
+    /// Removes the node's registration and its endpoint names (teardown).
+    pub async fn delete_node(&self, node: &str) -> Result<()> {
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.keys.node(node), None),
+            TxnOp::delete(
+                self.keys.names(node),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        ]);
+        self.txn("removing the node", txn).await?;
+        Ok(())
+    }
+
     // ---- slices ----
 
     /// This node's slice of `net`, claiming the first free one if it has none. The claim is a
