@@ -23,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cluster::{Applied, ClusterState},
     dataplane::{
-        Dataplane, Maps, PinDir,
+        Dataplane, Maps, PinDir, maps,
         pins::LAYOUT_VERSION,
         state::{Diff, MapState},
     },
@@ -43,6 +43,8 @@ pub struct Options {
     /// This node's VTEP; default: the underlay's first IPv4 address.
     pub vtep: Option<Ipv4Addr>,
     pub lease_ttl: i64,
+    /// Capacity of each per-endpoint map.
+    pub max_entries: u32,
     pub pins: PinDir,
     pub run_dir: PathBuf,
 }
@@ -61,6 +63,8 @@ pub struct StatusFile {
     pub updated_unix: u64,
     /// Entries that etcd holds but this node cannot serve, and why.
     pub problems: BTreeMap<String, String>,
+    /// Map writes that failed (a full map, above all), per map, since the agent started.
+    pub map_write_failures: BTreeMap<String, u64>,
 }
 
 pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
@@ -101,9 +105,24 @@ pub async fn run(opts: Options) -> Result<()> {
 
     // Maps of another layout: build ours from etcd first, and only then move the attachments
     // over, so the programs attached now keep forwarding with the old maps meanwhile.
+    if let Some(pinned) = maps::pinned_max_entries(&opts.pins)
+        && pinned != opts.max_entries
+    {
+        // Another size is another shape: set the maps aside like another layout's.
+        let aside = opts
+            .pins
+            .dir()
+            .join(format!("maps-v{LAYOUT_VERSION}-size{pinned}"));
+        log::warn!(
+            "pinned maps hold {pinned} entries each, --max-entries asks for {}: rebuilding them",
+            opts.max_entries
+        );
+        std::fs::rename(opts.pins.maps(), &aside)
+            .with_context(|| format!("setting {} aside", opts.pins.maps().display()))?;
+    }
     let old_layouts = opts.pins.other_layouts();
     let rebuilding = !opts.pins.maps().exists() && !old_layouts.is_empty();
-    let mut dataplane = Dataplane::load(opts.pins.clone())?;
+    let mut dataplane = Dataplane::load_sized(opts.pins.clone(), opts.max_entries)?;
     if rebuilding {
         log::warn!(
             "maps pinned at {} are of another layout than this agent's (v{LAYOUT_VERSION}): rebuilding them from etcd; the programs attached now keep forwarding with the old maps until the new ones are full",
@@ -297,21 +316,42 @@ impl Agent {
         let diff = Diff::between(&self.applied, &want);
         let mut complete = true;
         if !diff.is_empty() {
-            match self.maps.apply(&diff) {
-                Ok(()) => self.applied = want,
-                Err(e) => {
-                    complete = false;
-                    log::warn!("updating the maps: {e:#}; will retry");
-                    if let Ok(actual) = self.maps.snapshot() {
-                        self.applied = actual;
-                    }
+            let report = self.maps.apply(&diff);
+            if report.is_clean() {
+                self.applied = want;
+            } else {
+                complete = false;
+                for (table, (n, last)) in &report.failures {
+                    log::warn!(
+                        "{table}: {n} write(s) failed ({last}){}; will retry",
+                        if last.contains("E2BIG")
+                            || last.contains("too long")
+                            || last.contains("No space")
+                        {
+                            format!(
+                                ": the map is full (max {} entries); raise --max-entries",
+                                self.opts.max_entries
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    *self
+                        .status
+                        .map_write_failures
+                        .entry((*table).to_string())
+                        .or_default() += n;
+                }
+                if let Ok(actual) = self.maps.snapshot() {
+                    self.applied = actual;
                 }
             }
         }
-        if self.switch_over_pending && complete {
-            if let Err(e) = self.switch_over() {
-                log::warn!("{e:#}; will retry");
-            }
+        if self.switch_over_pending
+            && complete
+            && let Err(e) = self.switch_over()
+        {
+            log::warn!("{e:#}; will retry");
         }
         // Ports are attached once their maps entries are in: a new program never meets an
         // empty map.

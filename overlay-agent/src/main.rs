@@ -65,6 +65,9 @@ enum Command {
         /// Seconds without keepalive after which other nodes drop this node's endpoints.
         #[arg(long, env = "OVERLAY_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=86400))]
         lease_ttl: i64,
+        /// Capacity of each per-endpoint map (FDB, ARP, ENDPOINTS, PORTS, VTEPS).
+        #[arg(long, env = "OVERLAY_MAX_ENTRIES", default_value_t = overlay_common::DEFAULT_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+        max_entries: u32,
     },
     /// Create, list and remove overlay networks.
     #[command(subcommand)]
@@ -205,6 +208,7 @@ async fn run(cli: Cli) -> Result<()> {
             underlay,
             vtep,
             lease_ttl,
+            max_entries,
         } => {
             agent::run(agent::Options {
                 etcd: g.etcd.clone(),
@@ -213,6 +217,7 @@ async fn run(cli: Cli) -> Result<()> {
                 underlay,
                 vtep,
                 lease_ttl,
+                max_entries,
                 pins: pins.clone(),
                 run_dir: g.run_dir.clone(),
             })

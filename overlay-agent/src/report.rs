@@ -131,6 +131,7 @@ pub async fn status(
             "revision_applied": file.as_ref().map(|f| f.revision),
             "updated_unix": file.as_ref().map(|f| f.updated_unix),
             "vtep": file.as_ref().map(|f| f.vtep.clone()),
+            "map_write_failures": file.as_ref().map(|f| f.map_write_failures.clone()).unwrap_or_default(),
         },
         "etcd": {
             "endpoints": etcd.join(","),
@@ -204,6 +205,14 @@ fn status_text(v: &Value) -> String {
             .join(", "),
         None => "not loaded".into(),
     };
+    let failures = match a["map_write_failures"].as_object() {
+        Some(f) if !f.is_empty() => f
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    };
     let problems = match v["problems"].as_object() {
         Some(p) if !p.is_empty() => p
             .iter()
@@ -212,7 +221,7 @@ fn status_text(v: &Value) -> String {
         _ => "none".into(),
     };
     format!(
-        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\nmaps            {maps}\nproblems        {problems}\n",
+        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\nmaps            {maps}\nfailed writes   {failures}\nproblems        {problems}\n",
         s(&v["node"]),
         list(&v["programs"]["from_underlay"]),
         list(&v["programs"]["from_container"]),

@@ -127,6 +127,8 @@ pub struct AgentHost {
     pub ours: bool,
     agent: Option<Child>,
     log: PathBuf,
+    /// Extra arguments for `overlay-agent run` on this host (from the next start on).
+    pub run_args: Vec<String>,
 }
 
 impl AgentHost {
@@ -201,6 +203,7 @@ impl Deployment {
                 vtep,
                 ours: is_ours,
                 agent: None,
+                run_args: Vec::new(),
             });
             if is_ours {
                 d.start_agent(i)?;
@@ -242,6 +245,7 @@ impl Deployment {
                 "--lease-ttl",
                 &LEASE_TTL.to_string(),
             ])
+            .args(&self.hosts[host].run_args)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone()?)
             .stderr(log)

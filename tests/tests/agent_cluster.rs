@@ -735,3 +735,58 @@ fn teardown_removes_everything_the_agent_made_on_its_node() {
     // The other node's own endpoint is untouched.
     assert_eq!(d.hosts[1].maps().unwrap().endpoints.len(), 1);
 }
+
+#[test]
+fn map_sizes_are_configurable_and_a_full_map_is_reported_not_truncated_silently() {
+    let mut d = Deployment::new("acfull", &[true, true]).unwrap();
+    blue(&d);
+    let c1 = d.add_container(0, "f1", "blue", None).unwrap();
+    let c2 = d.add_container(1, "f2", "blue", None).unwrap();
+    // h1 restarts with room for 16 entries per map: its pinned maps have another size.
+    d.kill_agent(0);
+    d.hosts[0].run_args = vec!["--max-entries".into(), "16".into()];
+    d.restart_agent(0).unwrap();
+    wait_for(Duration::from_secs(5), || {
+        d.hosts[0].log().contains("programs switched over")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", d.hosts[0].log()));
+    assert!(d.hosts[0].log().contains(
+        "pinned maps hold 65536 entries each, --max-entries asks for 16: rebuilding them"
+    ));
+    assert!(ping(d.container(c1.0), c2.1));
+    // 20 more remote MACs than fit.
+    for i in 0..20 {
+        d.wire
+            .run(&format!(
+                "ETCDCTL_API=3 etcdctl --endpoints {} put /overlay/endpoints/blue/10.10.200.{i} '{{\"kind\":\"peer\",\"mac\":\"02:42:0a:0a:c8:{i:02x}\",\"vtep\":\"10.0.0.9\"}}'",
+                d.etcd.url
+            ))
+            .unwrap();
+    }
+    wait_for(Duration::from_secs(5), || {
+        d.hosts[0]
+            .log()
+            .contains("the map is full (max 16 entries); raise --max-entries")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", d.hosts[0].log()));
+    let status: serde_json::Value =
+        serde_json::from_str(&d.cli(0, &["status", "--json"]).unwrap()).unwrap();
+    let _ = status;
+    let file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::env::temp_dir()
+                .join(d.hosts[0].name().trim_end_matches("h1"))
+                .join("run")
+                .join(format!("{}.json", d.hosts[0].name())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        file["map_write_failures"]["FDB"].as_u64().unwrap() > 0,
+        "{file}"
+    );
+    // What fits is served: the real container still answers.
+    assert_eq!(d.hosts[0].maps().unwrap().fdb.len(), 16);
+    assert!(ping(d.container(c1.0), c2.1));
+}

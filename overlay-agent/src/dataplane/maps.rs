@@ -256,76 +256,86 @@ impl Maps {
     }
 
     /// Makes the writes of `diff`: every set before any remove, so an entry that moves is never
-    /// missing in between. One log line per write (or per table for a large batch).
-    pub fn apply(&mut self, diff: &Diff) -> Result<()> {
+    /// missing in between. One log line per write (or per table for a large batch). A write
+    /// that fails (a full map, above all) does not stop the others: it is counted per table in
+    /// the report, for the caller to log and show, and retried on the next reconcile.
+    pub fn apply(&mut self, diff: &Diff) -> ApplyReport {
         let each = diff.len() <= LOG_EACH_UP_TO;
-        let log = |table: &str, sign: char, what: String| {
-            if each {
-                log::info!("{table} {sign} {what}");
-            } else {
-                log::debug!("{table} {sign} {what}");
+        let mut report = ApplyReport::default();
+        let mut done = |table: &'static str, sign: char, what: String, r: Result<()>| match r {
+            Ok(()) if each => log::info!("{table} {sign} {what}"),
+            Ok(()) => log::debug!("{table} {sign} {what}"),
+            Err(e) => {
+                let f = report.failures.entry(table).or_default();
+                f.0 += 1;
+                f.1 = format!("{e:#}");
             }
         };
         let ep = |e: &Endpoint| format!("{} {} ifindex {}", ip(e.ip), Mac(e.mac), e.ifindex);
         for &(vni, port) in &diff.networks.set {
-            self.set_network(vni, Network { port, _pad: 0 })?;
-            log("NETWORKS", '+', format!("vni {vni} port {port}"));
+            let r = self.set_network(vni, Network { port, _pad: 0 });
+            done("NETWORKS", '+', format!("vni {vni} port {port}"), r);
         }
         for &((vni, ip_), mac) in &diff.arp.set {
-            self.set_arp(vni, ip_, mac)?;
-            log("ARP", '+', format!("vni {vni} {} -> {}", ip(ip_), Mac(mac)));
+            let r = self.set_arp(vni, ip_, mac);
+            done(
+                "ARP",
+                '+',
+                format!("vni {vni} {} -> {}", ip(ip_), Mac(mac)),
+                r,
+            );
         }
         for &((vni, vtep), ()) in &diff.vteps.set {
-            self.set_vtep(vni, vtep)?;
-            log("VTEPS", '+', format!("vni {vni} {}", ip(vtep)));
+            let r = self.set_vtep(vni, vtep);
+            done("VTEPS", '+', format!("vni {vni} {}", ip(vtep)), r);
         }
         for &((vni, mac), vtep) in &diff.fdb.set {
-            self.set_fdb(vni, mac, vtep)?;
-            log(
+            let r = self.set_fdb(vni, mac, vtep);
+            done(
                 "FDB",
                 '+',
                 format!("vni {vni} {} -> {}", Mac(mac), ip(vtep)),
+                r,
             );
         }
         for ((vni, mac), e) in &diff.endpoints.set {
-            let (vni, mac) = (*vni, *mac);
-            self.endpoints
-                .insert(MacKey::new(vni, mac), e, 0)
-                .context("ENDPOINTS: insert")?;
-            log("ENDPOINTS", '+', format!("vni {vni} {}", ep(e)));
+            let r = self
+                .endpoints
+                .insert(MacKey::new(*vni, *mac), e, 0)
+                .context("ENDPOINTS: insert");
+            done("ENDPOINTS", '+', format!("vni {vni} {}", ep(e)), r);
         }
         for (ifindex, e) in &diff.ports.set {
-            let ifindex = *ifindex;
-            self.ports.insert(ifindex, e, 0).context("PORTS: insert")?;
-            log("PORTS", '+', format!("ifindex {ifindex}: {}", ep(e)));
+            let r = self.ports.insert(*ifindex, e, 0).context("PORTS: insert");
+            done("PORTS", '+', format!("ifindex {ifindex}: {}", ep(e)), r);
         }
         for &ifindex in &diff.ports.remove {
-            remove(&mut self.ports, &ifindex, names::PORTS)?;
-            log("PORTS", '-', format!("ifindex {ifindex}"));
+            let r = remove(&mut self.ports, &ifindex, names::PORTS);
+            done("PORTS", '-', format!("ifindex {ifindex}"), r);
         }
         for &(vni, mac) in &diff.endpoints.remove {
-            remove(
+            let r = remove(
                 &mut self.endpoints,
                 &MacKey::new(vni, mac),
                 names::ENDPOINTS,
-            )?;
-            log("ENDPOINTS", '-', format!("vni {vni} {}", Mac(mac)));
+            );
+            done("ENDPOINTS", '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, mac) in &diff.fdb.remove {
-            self.remove_fdb(vni, mac)?;
-            log("FDB", '-', format!("vni {vni} {}", Mac(mac)));
+            let r = self.remove_fdb(vni, mac);
+            done("FDB", '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, vtep) in &diff.vteps.remove {
-            self.remove_vtep(vni, vtep)?;
-            log("VTEPS", '-', format!("vni {vni} {}", ip(vtep)));
+            let r = self.remove_vtep(vni, vtep);
+            done("VTEPS", '-', format!("vni {vni} {}", ip(vtep)), r);
         }
         for &(vni, ip_) in &diff.arp.remove {
-            self.remove_arp(vni, ip_)?;
-            log("ARP", '-', format!("vni {vni} {}", ip(ip_)));
+            let r = self.remove_arp(vni, ip_);
+            done("ARP", '-', format!("vni {vni} {}", ip(ip_)), r);
         }
         for &vni in &diff.networks.remove {
-            self.remove_network(vni)?;
-            log("NETWORKS", '-', format!("vni {vni}"));
+            let r = self.remove_network(vni);
+            done("NETWORKS", '-', format!("vni {vni}"), r);
         }
         if !each {
             let summary = |name: &str, (n, r): (usize, usize)| {
@@ -340,7 +350,29 @@ impl Maps {
             summary("ENDPOINTS", counts(&diff.endpoints));
             summary("PORTS", counts(&diff.ports));
         }
-        Ok(())
+        report
+    }
+}
+
+/// The capacity the node's pinned FDB was created with (every per-endpoint map shares it), if
+/// maps of this layout are pinned.
+pub fn pinned_max_entries(pins: &PinDir) -> Option<u32> {
+    MapData::from_pin(pins.map(names::FDB))
+        .ok()?
+        .info()
+        .ok()
+        .map(|i| i.max_entries())
+}
+
+/// Writes that failed in one apply, per map: how many, and the last error.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub failures: std::collections::BTreeMap<&'static str, (u64, String)>,
+}
+
+impl ApplyReport {
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
     }
 }
 

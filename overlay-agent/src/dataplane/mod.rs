@@ -19,6 +19,15 @@ use overlay_common::programs;
 pub use maps::Maps;
 pub use pins::PinDir;
 
+/// The maps that grow with the number of endpoints, sized by `--max-entries`.
+pub const PER_ENDPOINT_MAPS: [&str; 5] = [
+    overlay_common::names::FDB,
+    overlay_common::names::ARP,
+    overlay_common::names::ENDPOINTS,
+    overlay_common::names::PORTS,
+    overlay_common::names::VTEPS,
+];
+
 /// The compiled eBPF object, embedded at build time (see build.rs).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
 
@@ -32,8 +41,19 @@ impl Dataplane {
     /// Loads the programs, creating the node's maps or reusing the ones already pinned there:
     /// a restarted agent picks up the state the dataplane kept forwarding with.
     pub fn load(pins: PinDir) -> Result<Self> {
+        Self::load_sized(pins, overlay_common::DEFAULT_MAX_ENTRIES)
+    }
+
+    /// As [`Dataplane::load`], with room for `max_entries` entries in each per-endpoint map
+    /// (FDB, ARP, ENDPOINTS, PORTS, VTEPS). Maps already pinned keep the size they were made
+    /// with: the agent compares and rebuilds (see agent.rs).
+    pub fn load_sized(pins: PinDir, max_entries: u32) -> Result<Self> {
         pins.create()?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for name in PER_ENDPOINT_MAPS {
+            loader.map_max_entries(name, max_entries);
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
             .load(OBJECT)
             .with_context(|| {
