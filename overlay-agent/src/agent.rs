@@ -200,7 +200,12 @@ pub async fn run(opts: Options) -> Result<()> {
 
 impl Agent {
     async fn session(&mut self) -> Result<()> {
-        let store = Store::connect_retrying(&self.opts.etcd, &self.opts.prefix).await;
+        // etcd gives every lease a fresh TTL when it comes back: retrying well within one TTL
+        // lets this node re-register before its old lease can expire, so no other node ever
+        // drops our endpoints because etcd was down.
+        let max_delay =
+            Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
+        let store = Store::connect_retrying(&self.opts.etcd, &self.opts.prefix, max_delay).await;
         let record = NodeRecord {
             vtep: self.vtep,
             mtu: self.underlay_mtu,

@@ -76,16 +76,17 @@ impl Store {
         })
     }
 
-    /// Connects, retrying with exponential backoff (0.5 s up to 5 s) and saying so each time.
-    pub async fn connect_retrying(endpoints: &[String], prefix: &str) -> Self {
-        let mut delay = Duration::from_millis(500);
+    /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
+    /// each time.
+    pub async fn connect_retrying(endpoints: &[String], prefix: &str, max_delay: Duration) -> Self {
+        let mut delay = Duration::from_millis(200).min(max_delay);
         loop {
             match Self::connect(endpoints, prefix).await {
                 Ok(store) => return store,
                 Err(e) => {
                     log::warn!("{e:#}; retrying in {:.1} s", delay.as_secs_f32());
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = (delay * 2).min(max_delay);
                 }
             }
         }
