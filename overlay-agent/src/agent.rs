@@ -211,8 +211,10 @@ impl Agent {
             mtu: self.underlay_mtu,
         };
         let ttl = self.opts.lease_ttl;
-        let (lease, mut keeper, mut keepalive) =
-            store.register_node(&self.opts.node, &record, ttl).await?;
+        let (lease, keeper, keepalive) = store.register_node(&self.opts.node, &record, ttl).await?;
+        // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
+        // must never delay a keepalive into another node dropping ours.
+        let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl);
         log::info!(
             "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
             store.endpoints_url(),
@@ -220,8 +222,7 @@ impl Agent {
         );
         self.status.connected = true;
         let own_key = store.keys().node(&self.opts.node);
-        let mut tick =
-            tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let (kvs, revision) = store.list(&store.keys().all()).await?;
             self.cluster = ClusterState::default();
@@ -264,14 +265,10 @@ impl Agent {
                         }
                         self.reconcile(revision);
                     }
-                    ka = keepalive.message() => match ka {
-                        Ok(Some(r)) if r.ttl() > 0 => {}
-                        Ok(Some(_)) => bail!("lease {lease:x} expired"),
-                        Ok(None) => bail!("the lease keepalive stream ended"),
-                        Err(e) => bail!("lease keepalive failed: {}", brief(&e)),
-                    },
+                    why = &mut keepalive.lost => {
+                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                    }
                     _ = tick.tick() => {
-                        keeper.keep_alive().await.map_err(|e| anyhow!("lease keepalive failed: {}", brief(&e)))?;
                         // A port that did not exist yet may have appeared.
                         if !self.problems.is_empty() {
                             self.reconcile(self.status.revision);
@@ -444,6 +441,48 @@ impl Agent {
         if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
             log::warn!("writing {}: {e}", path.display());
         }
+    }
+}
+
+/// Keeps one lease alive from its own task, every quarter TTL; `lost` says why when it cannot.
+/// The task ends with the session that made it, however that ends.
+struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+    lost: tokio::sync::oneshot::Receiver<String>,
+}
+
+impl KeepAlive {
+    fn spawn(
+        mut keeper: etcd_client::LeaseKeeper,
+        mut stream: etcd_client::LeaseKeepAliveStream,
+        lease: i64,
+        ttl: i64,
+    ) -> Self {
+        let (tx, lost) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
+            let why = loop {
+                tick.tick().await;
+                if let Err(e) = keeper.keep_alive().await {
+                    break format!("lease keepalive failed: {}", brief(&e));
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => break format!("lease {lease:x} expired"),
+                    Ok(None) => break "the lease keepalive stream ended".to_string(),
+                    Err(e) => break format!("lease keepalive failed: {}", brief(&e)),
+                }
+            };
+            let _ = tx.send(why);
+        });
+        Self { task, lost }
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

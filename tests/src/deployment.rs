@@ -20,7 +20,7 @@ use crate::{fixture::TEST_PIN_ROOT, netns::Netns};
 /// etcd's client address, on the underlay segment.
 pub const ETCD_IP: &str = "10.0.0.254";
 /// Short, so that tests of lease expiry are quick.
-pub const LEASE_TTL: u64 = 2;
+pub const LEASE_TTL: u64 = 3;
 
 /// The `overlay-agent` binary built beside the running test or demo.
 pub fn agent_binary() -> PathBuf {
@@ -382,4 +382,29 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<Durati
 pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
     from.output(&format!("ping -c 1 -W 1 {to}"))
         .is_ok_and(|o| o.status.success())
+}
+
+/// Pings from `from` to `to` every 10 ms for `count` packets, in the background; the handle
+/// gives (sent, received).
+pub fn ping_flood(from: &Netns, to: Ipv4Addr, count: u32) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &from.name, "ping", "-q", "-i", "0.01", "-W", "1",
+        ])
+        .args(["-c", &count.to_string(), &to.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn flood_result(child: std::process::Child) -> (u32, u32) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "900 packets transmitted, 900 received, 0% packet loss, time 9012ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("transmitted"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let num = |i: usize| line.split_whitespace().nth(i).unwrap().parse().unwrap();
+    (num(0), num(3))
 }

@@ -2,7 +2,7 @@
 //! network namespaces, every change made with the CLI.
 use std::{net::Ipv4Addr, time::Duration};
 
-use overlay_tests::deployment::{Deployment, LEASE_TTL, ping, wait_for};
+use overlay_tests::deployment::{Deployment, LEASE_TTL, flood_result, ping, ping_flood, wait_for};
 
 fn blue(d: &Deployment) {
     d.cli(
@@ -624,31 +624,6 @@ fn a_bad_value_in_etcd_is_logged_with_its_key_and_skipped() {
         status.contains("/overlay/endpoints/blue/10.10.7.7"),
         "{status}"
     );
-}
-
-/// Pings from `from` to `to` every 10 ms for `count` packets, in the background; the handle
-/// gives (sent, received).
-fn ping_flood(from: &overlay_tests::netns::Netns, to: Ipv4Addr, count: u32) -> std::process::Child {
-    std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &from.name, "ping", "-q", "-i", "0.01", "-W", "1",
-        ])
-        .args(["-c", &count.to_string(), &to.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn flood_result(child: std::process::Child) -> (u32, u32) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    // "900 packets transmitted, 900 received, 0% packet loss, time 9012ms"
-    let line = text
-        .lines()
-        .find(|l| l.contains("transmitted"))
-        .unwrap_or_else(|| panic!("{text}"));
-    let num = |i: usize| line.split_whitespace().nth(i).unwrap().parse().unwrap();
-    (num(0), num(3))
 }
 
 #[test]
