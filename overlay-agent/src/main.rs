@@ -198,7 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(&g.pin_root, &g.node)?;
     let ctx = || async {
         Ok::<_, anyhow::Error>(Ctx {
-            store: Store::connect(&g.etcd, &g.prefix).await?,
+            store: Store::connect_patiently(&g.etcd, &g.prefix).await?,
             node: g.node.clone(),
             pins: pins.clone(),
         })
@@ -337,7 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Teardown => {
-            let store = Store::connect(&g.etcd, &g.prefix).await;
+            let store = Store::connect_patiently(&g.etcd, &g.prefix).await;
             let done = commands::teardown(&g.node, &pins, &g.run_dir, store).await?;
             println!(
                 "node {}: {} endpoint(s) removed from etcd, interfaces removed: {}, pinned programs and maps removed",

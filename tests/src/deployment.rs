@@ -196,6 +196,8 @@ impl Deployment {
                 "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
                  sysctl -qw net.ipv4.conf.all.forwarding=1"
             ))?;
+            // Resolve etcd's address before anything has to reach it in a hurry.
+            let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));
             PinDir::new(TEST_PIN_ROOT, &name)?.remove()?;
             d.hosts.push(AgentHost {
                 log: d.dir.join(format!("agent-h{n}.log")),

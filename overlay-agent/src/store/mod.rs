@@ -76,6 +76,22 @@ impl Store {
         })
     }
 
+    /// For one-shot commands: a few attempts over some seconds (a busy host or a first ARP
+    /// exchange can make one slow), then the last error.
+    pub async fn connect_patiently(endpoints: &[String], prefix: &str) -> Result<Self> {
+        let mut last = None;
+        for attempt in 0..3u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+            }
+            match Self::connect(endpoints, prefix).await {
+                Ok(store) => return Ok(store),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts").context("after 3 attempts"))
+    }
+
     /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
     /// each time.
     pub async fn connect_retrying(endpoints: &[String], prefix: &str, max_delay: Duration) -> Self {
