@@ -251,17 +251,21 @@ impl Netlink {
         }
     }
 
-    /// Names of every interface in the namespace.
-    pub async fn names(&self) -> Result<Vec<String>> {
-        let links: Vec<LinkMessage> = self
-            .handle
+    async fn links(&self) -> Result<Vec<LinkMessage>> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .context("listing interfaces")?;
-        Ok(links
+            .context("listing interfaces")
+    }
+
+    /// Names of every interface in the namespace.
+    pub async fn names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .links()
+            .await?
             .iter()
             .filter_map(|l| {
                 l.attributes.iter().find_map(|a| match a {
@@ -274,15 +278,9 @@ impl Netlink {
 
     /// How many interfaces have `bridge` as their controller.
     pub async fn bridge_ports(&self, bridge: u32) -> Result<usize> {
-        let links: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .context("listing interfaces")?;
-        Ok(links
+        Ok(self
+            .links()
+            .await?
             .iter()
             .filter(|l| {
                 l.attributes

@@ -30,28 +30,10 @@ impl Node {
     /// Runs `program` once over `frame` with BPF_PROG_TEST_RUN, as if it arrived on `ifindex`
     /// (which must exist in the calling thread's network namespace).
     pub fn run(&mut self, program: &str, ifindex: u32, frame: &[u8]) -> Result<Verdict> {
-        let prog = self.dataplane.program(program)?;
-        // struct __sk_buff: ifindex is the u32 at byte 40; every other field stays zero.
-        let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
-        out.truncate(result.data_size_out as usize);
-        Ok(Verdict {
-            code: result.return_value as i32,
-            frame: out,
-        })
+        let (code, _, frame) = self.test_run(program, ifindex, frame, 1)?;
+        Ok(Verdict { code, frame })
     }
-}
 
-impl Node {
     /// Runs `program` over `frame` `repeat` times in the kernel; the verdict of the last run and
     /// the kernel's average time per run.
     pub fn time(
@@ -61,7 +43,19 @@ impl Node {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(i32, std::time::Duration)> {
+        let (code, duration, _) = self.test_run(program, ifindex, frame, repeat)?;
+        Ok((code, duration))
+    }
+
+    fn test_run(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration, Vec<u8>)> {
         let prog = self.dataplane.program(program)?;
+        // struct __sk_buff: ifindex is the u32 at byte 40; every other field stays zero.
         let mut ctx = [0u8; 192];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
@@ -74,7 +68,8 @@ impl Node {
                 ..TestRunOptions::new()
             })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))?;
-        Ok((result.return_value as i32, result.duration))
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, result.duration, out))
     }
 }
 

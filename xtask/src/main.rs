@@ -105,18 +105,7 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn demo() -> Result<()> {
-    setup::run()?;
-    util::clean_test_leftovers();
-    util::step("building (release)")?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "overlay-agent",
-        "-p",
-        "overlay-tests",
-        "--bins",
-    ])?;
+    prepare_release()?;
     util::step("etcd, three hosts with their agents, six containers, one overlay")?;
     util::run(
         util::workspace_root().join("target/release/overlay-demo"),
@@ -125,18 +114,7 @@ fn demo() -> Result<()> {
 }
 
 fn bench(rounds: u32, seconds: u32, xdp_decap: bool) -> Result<()> {
-    setup::run()?;
-    util::clean_test_leftovers();
-    util::step("building (release)")?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "overlay-agent",
-        "-p",
-        "overlay-tests",
-        "--bins",
-    ])?;
+    prepare_release()?;
     util::step("plain routing, kernel vxlan and our overlay, side by side")?;
     let out = util::workspace_root().join("target/bench");
     let (rounds, seconds, out) = (
@@ -152,4 +130,21 @@ fn bench(rounds: u32, seconds: u32, xdp_decap: bool) -> Result<()> {
         util::workspace_root().join("target/release/overlay-bench"),
         &args,
     )
+}
+
+/// What the demo and the benchmark need first: the machine set up, leftovers of a killed run
+/// gone, and the release binaries (the agent, the demo, the benchmark) built.
+fn prepare_release() -> Result<()> {
+    setup::run()?;
+    util::clean_test_leftovers();
+    util::step("building (release)")?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "overlay-agent",
+        "-p",
+        "overlay-tests",
+        "--bins",
+    ])
 }
