@@ -129,6 +129,7 @@ pub struct AgentHost {
     log: PathBuf,
     /// Extra arguments for `overlay-agent run` on this host (from the next start on).
     pub run_args: Vec<String>,
+    status_file: PathBuf,
 }
 
 impl AgentHost {
@@ -143,6 +144,16 @@ impl AgentHost {
     /// What the host's maps hold now.
     pub fn maps(&self) -> Result<MapState> {
         Maps::open(&self.pins())?.snapshot()
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// The status file the agent writes after every reconcile.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&self.status_file).ok()?).ok()
     }
 
     pub fn log(&self) -> String {
@@ -206,6 +217,7 @@ impl Deployment {
                 ours: is_ours,
                 agent: None,
                 run_args: Vec::new(),
+                status_file: d.dir.join("run").join(format!("{name}.json")),
             });
             if is_ours {
                 d.start_agent(i)?;

@@ -6,6 +6,7 @@ pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod scale;
 pub mod topology;
 
 /// The tests load eBPF programs and create network namespaces: they need root. Say so plainly

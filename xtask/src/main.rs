@@ -38,6 +38,10 @@ enum Command {
         /// Also measure decapsulation in XDP instead of TC, in a table of its own.
         #[arg(long)]
         xdp_decap: bool,
+        /// Instead: the control plane at scale, with this many endpoints (convergence time,
+        /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
+        #[arg(long)]
+        scale: Option<u32>,
     },
 }
 
@@ -51,7 +55,8 @@ fn main() -> ExitCode {
             rounds,
             seconds,
             xdp_decap,
-        } => bench(rounds, seconds, xdp_decap),
+            scale,
+        } => bench(rounds, seconds, xdp_decap, scale),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +118,7 @@ fn demo() -> Result<()> {
     )
 }
 
-fn bench(rounds: u32, seconds: u32, xdp_decap: bool) -> Result<()> {
+fn bench(rounds: u32, seconds: u32, xdp_decap: bool, scale: Option<u32>) -> Result<()> {
     prepare_release()?;
     util::step("plain routing, kernel vxlan and our overlay, side by side")?;
     let out = util::workspace_root().join("target/bench");
@@ -125,6 +130,10 @@ fn bench(rounds: u32, seconds: u32, xdp_decap: bool) -> Result<()> {
     let mut args = vec!["--rounds", &rounds, "--seconds", &seconds, "--out", &out];
     if xdp_decap {
         args.push("--xdp-decap");
+    }
+    let endpoints = scale.map(|n| n.to_string());
+    if let Some(n) = &endpoints {
+        args.extend(["--scale", n]);
     }
     util::run(
         util::workspace_root().join("target/release/overlay-bench"),

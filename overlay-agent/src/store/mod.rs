@@ -132,17 +132,44 @@ impl Store {
         }
     }
 
-    /// Every key under `prefix`, and the revision they were read at.
+    /// Every key under `prefix`, and the revision they were read at. Read in pages of
+    /// LIST_PAGE keys, all at that one revision: one response of 100,000 endpoints would pass
+    /// gRPC's 4 MB message limit.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let mut c = self.client.clone();
-        let mut resp = self
-            .timed(
-                &format!("listing {prefix}"),
-                c.get(prefix, Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.take_kvs(), rev))
+        const LIST_PAGE: i64 = 5000;
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1; // every prefix of ours ends in '/', so this cannot overflow
+        }
+        let (mut out, mut revision, mut from) = (Vec::new(), 0, prefix.as_bytes().to_vec());
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut c = self.client.clone();
+            let mut resp = self
+                .timed(
+                    &format!("listing {prefix}"),
+                    c.get(from.clone(), Some(opts)),
+                )
+                .await?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            out.extend(kvs);
+            if !more {
+                return Ok((out, revision));
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -408,11 +435,31 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a raw value (tests and repair tools: it bypasses every check).
-    pub async fn put_raw(&self, key: &str, value: &str) -> Result<()> {
+    /// Writes a raw value (tests and repair tools: it bypasses every check). The revision it
+    /// was written at.
+    pub async fn put_raw(&self, key: &str, value: &str) -> Result<i64> {
         let mut c = self.client.clone();
-        self.timed(&format!("writing {key}"), c.put(key, value, None))
+        let resp = self
+            .timed(&format!("writing {key}"), c.put(key, value, None))
             .await?;
-        Ok(())
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Writes many raw values, 100 per transaction (etcd allows 128 operations in one); the
+    /// revision of the last.
+    pub async fn put_many_raw(&self, kvs: &[(String, String)]) -> Result<i64> {
+        let mut revision = 0;
+        for chunk in kvs.chunks(100) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
+                .collect();
+            let mut c = self.client.clone();
+            let resp = self
+                .timed("writing a batch", c.txn(Txn::new().and_then(ops)))
+                .await?;
+            revision = resp.header().map_or(revision, |h| h.revision());
+        }
+        Ok(revision)
     }
 }

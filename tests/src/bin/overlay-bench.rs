@@ -20,6 +20,15 @@ struct Args {
     /// Also measure our overlay with decapsulation in XDP instead of TC, in its own table.
     #[arg(long)]
     xdp_decap: bool,
+    /// Only the control-plane scale benchmark, with this many endpoints.
+    #[arg(long)]
+    scale: Option<u32>,
+    /// Changes per second during the scale benchmark's churn.
+    #[arg(long, default_value_t = 1000)]
+    churn_rate: u32,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 30)]
+    churn_seconds: u32,
     /// Only the per-program microbenchmark (no namespaces, a few seconds).
     #[arg(long)]
     micro_only: bool,
@@ -44,6 +53,24 @@ fn run(args: Args) -> Result<()> {
     overlay_tests::require_root();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(endpoints) = args.scale {
+        let r = overlay_tests::scale::run(endpoints, args.churn_seconds, args.churn_rate)?;
+        let table = format!(
+            "| endpoints | converge | peak RSS | changes | lag p50 | lag p99 | lag max |\n|---|---|---|---|---|---|---|\n| {} | {:.2} s (target < 10 s) | {:.1} MB (target < 100 MB) | {} in {} s ({} sampled) | {:.1} ms | {:.1} ms (target < 100 ms) | {:.1} ms |\n",
+            r.endpoints,
+            r.converge.as_secs_f64(),
+            r.peak_rss_mb,
+            r.changes,
+            r.seconds,
+            r.samples,
+            r.lag_p50_ms,
+            r.lag_p99_ms,
+            r.lag_max_ms
+        );
+        std::fs::write(args.out.join("scale.md"), &table)?;
+        println!("{table}");
+        return Ok(());
+    }
     if args.micro_only {
         for m in microbench(10_000, 5_000_000)? {
             println!("{:>7.1} ns  {}  ({})", m.ns, m.name, m.how);
