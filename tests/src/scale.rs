@@ -25,6 +25,9 @@ pub struct ScaleReport {
 }
 
 const VNI: u32 = 42;
+
+/// A change being followed: the FDB key, the VTEP it must come to show, when etcd was written.
+type Sample = (MacKey, [u8; 4], Instant);
 const VTEPS: u32 = 100;
 
 /// Endpoint `i`: a peer at 10.64.0.0 + i, behind one of VTEPS addresses 10.0.1.x.
@@ -71,7 +74,8 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     // runtime's threads are made there, and every block_on runs there.
     let host = &d.hosts[0].ns;
     let rt = host.enter(tokio::runtime::Runtime::new)?;
-    let store = host.enter(|| rt.block_on(Store::connect(&[url.clone()], "/overlay")))?;
+    let store =
+        host.enter(|| rt.block_on(Store::connect(std::slice::from_ref(&url), "/overlay")))?;
     let kvs: Vec<(String, String)> = (0..endpoints)
         .map(|i| {
             let (value, ip, ..) = endpoint(i, 0);
@@ -110,7 +114,7 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     eprintln!("-- converged in {converge:.2?}; now {rate} changes/s for {seconds} s");
 
     // Changes: endpoint i moves to the next VTEP. One in ten is followed into the map.
-    let pending: Arc<Mutex<Vec<(MacKey, [u8; 4], Instant)>>> = Arc::default();
+    let pending: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let lags: Arc<Mutex<Vec<f64>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
