@@ -777,3 +777,25 @@ fn map_sizes_are_configurable_and_a_full_map_is_reported_not_truncated_silently(
     assert_eq!(d.hosts[0].maps().unwrap().fdb.len(), 16);
     assert!(ping(d.container(c1.0), c2.1));
 }
+
+#[test]
+fn listing_more_than_a_grpc_message_holds_reads_every_key_at_one_revision() {
+    use overlay_agent::store::Store;
+    let d = Deployment::new("aclist", &[false]).unwrap();
+    let url = d.etcd.url.clone();
+    let (count, listed_at, written_at) = d.hosts[0].ns.enter(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = Store::connect(&[url], "/overlay").await.unwrap();
+            // 12,000 values of 500 bytes: 6 MB, past gRPC's 4 MB limit, and three pages.
+            let kvs: Vec<(String, String)> = (0..12_000)
+                .map(|i| (format!("/overlay/bulk/{i:05}"), "x".repeat(500)))
+                .collect();
+            let written_at = store.put_many_raw(&kvs).await.unwrap();
+            let (listed, listed_at) = store.list("/overlay/").await.unwrap();
+            (listed.len(), listed_at, written_at)
+        })
+    });
+    assert_eq!(count, 12_000);
+    assert_eq!(listed_at, written_at);
+}
