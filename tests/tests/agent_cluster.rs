@@ -33,9 +33,9 @@ fn all_pairs(d: &Deployment, containers: &[(usize, Ipv4Addr)]) -> Vec<String> {
     failed
 }
 
+/// The MAC the agent gives an endpoint (Docker's 02:42 + IPv4).
 fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, e] = ip.octets();
-    [2, 0x42, a, b, c, e]
+    overlay_agent::net::Mac::from_ip(ip).0
 }
 
 #[test]

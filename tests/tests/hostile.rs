@@ -10,9 +10,9 @@ use overlay_tests::{
     netns::Netns,
 };
 
+/// The MAC the agent gives an endpoint, as scapy wants it.
 fn mac(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    overlay_agent::net::Mac::from_ip(ip).to_string()
 }
 
 fn counters(d: &Deployment, host: usize) -> BTreeMap<String, u64> {
