@@ -120,9 +120,9 @@ async fn reserve(
 
 fn describe(ep: &Endpoint) -> String {
     match &ep.location {
-        Location::Node { node, .. } => format!("{:?} endpoint {} on node {node}", ep.kind, ep.name)
-            .replace("Container", "container")
-            .replace("Host", "host"),
+        Location::Node { node, .. } => {
+            format!("{} endpoint {} on node {node}", ep.kind.name(), ep.name)
+        }
         Location::Peer { vtep } => format!("peer behind {vtep}"),
     }
 }

@@ -63,7 +63,7 @@ pub fn endpoints(eps: &[Endpoint]) -> Rows {
                     e.network.clone(),
                     e.ip.to_string(),
                     e.mac.to_string(),
-                    format!("{:?}", e.kind).to_lowercase(),
+                    e.kind.name().to_string(),
                     if e.name.is_empty() {
                         "-".into()
                     } else {

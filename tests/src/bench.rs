@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use overlay_agent::dataplane::Dataplane;
 
-use crate::{deployment::Deployment, netns::Netns};
+use crate::{deployment::Deployment, netns::Netns, topology::plug_host};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
@@ -134,15 +134,7 @@ fn underlay(tag: &str) -> Result<Vec<Netns>> {
     wire.run("ip link add ul type bridge && ip link set ul up")?;
     let mut out = vec![wire];
     for n in 1..=2 {
-        let name = format!("{tag}h{n}");
-        let host = Netns::new(&name)?;
-        out[0].run(&format!(
-            "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
-        ))?;
-        host.run(&format!(
-            "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
-             sysctl -qw net.ipv4.conf.all.forwarding=1"
-        ))?;
+        let host = plug_host(&out[0], &format!("{tag}h{n}"), n)?;
         out.push(host);
     }
     Ok(out)

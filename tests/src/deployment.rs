@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use overlay_agent::dataplane::{Maps, PinDir, state::MapState};
 
-use crate::{fixture::TEST_PIN_ROOT, netns::Netns};
+use crate::{fixture::TEST_PIN_ROOT, netns::Netns, topology::plug_host};
 
 /// etcd's client address, on the underlay segment.
 pub const ETCD_IP: &str = "10.0.0.254";
@@ -198,15 +198,8 @@ impl Deployment {
         for (i, &is_ours) in ours.iter().enumerate() {
             let n = i + 1;
             let name = format!("{tag}h{n}");
-            let ns = Netns::new(&name)?;
+            let ns = plug_host(&d.wire, &name, n)?;
             let vtep = [10, 0, 0, n as u8];
-            d.wire.run(&format!(
-                "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
-            ))?;
-            ns.run(&format!(
-                "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
-                 sysctl -qw net.ipv4.conf.all.forwarding=1"
-            ))?;
             // Resolve etcd's address before anything has to reach it in a hurry.
             let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));
             PinDir::new(TEST_PIN_ROOT, &name)?.remove()?;

@@ -113,16 +113,10 @@ impl Cluster {
         for (i, &is_ours) in ours.iter().enumerate() {
             let n = i + 1;
             let name = format!("{tag}h{n}");
-            let ns = Netns::new(&name)?;
+            let ns = plug_host(&wire, &name, n)?;
             let vtep = [10, 0, 0, n as u8];
-            wire.run(&format!(
-                "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
-            ))?;
             ns.run(&format!(
-                "ip link set eth1 up && ip addr add {}/24 dev eth1 && \
-                 sysctl -qw net.ipv4.conf.all.forwarding=1 && \
-                 ip link add br{VNI} type bridge && ip link set br{VNI} up",
-                ip_str(vtep)
+                "ip link add br{VNI} type bridge && ip link set br{VNI} up"
             ))?;
             let node = if is_ours {
                 let mut node = Node::load(&name)?;
@@ -181,6 +175,21 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// A host namespace `name` plugged into the underlay bridge `ul` of `wire`: its `eth1` is
+/// 10.0.0.<n>/24 (the wire side of the veth is `h<n>`), with forwarding on as on any Docker or
+/// Kubernetes node.
+pub fn plug_host(wire: &Netns, name: &str, n: usize) -> Result<Netns> {
+    let ns = Netns::new(name)?;
+    wire.run(&format!(
+        "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
+    ))?;
+    ns.run(&format!(
+        "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
+         sysctl -qw net.ipv4.conf.all.forwarding=1"
+    ))?;
+    Ok(ns)
 }
 
 pub fn ip_str(ip: [u8; 4]) -> String {

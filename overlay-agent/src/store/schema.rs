@@ -248,6 +248,17 @@ pub enum Kind {
     Peer,
 }
 
+impl Kind {
+    /// As it is stored and printed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Host => "host",
+            Kind::Peer => "peer",
+        }
+    }
+}
+
 /// `endpoints/<net>/<ip>` as stored.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EndpointRecord {
