@@ -27,6 +27,7 @@ use crate::{
         pins::LAYOUT_VERSION,
         state::{Diff, MapState},
     },
+    delta::{Batch, VtepRefs, endpoint_delta},
     desired::{Problem, desired},
     plumbing::Netlink,
     store::{
@@ -80,6 +81,10 @@ struct Agent {
     cluster: ClusterState,
     /// What the maps hold, as far as this process wrote or read them.
     applied: MapState,
+    /// `applied` is exactly what the last full reconcile wanted: the fast path may build on it.
+    in_sync: bool,
+    /// Remote endpoints per (VNI, VTEP) in `applied`, kept for the fast path.
+    vtep_refs: VtepRefs,
     /// Ports this process attached from_container to, by name and the ifindex it had then (a
     /// port deleted and made again under the same name needs attaching again).
     attached: BTreeSet<(String, u32)>,
@@ -167,6 +172,8 @@ pub async fn run(opts: Options) -> Result<()> {
         underlay_mtu,
         cluster: ClusterState::default(),
         applied,
+        in_sync: false,
+        vtep_refs: VtepRefs::default(),
         attached: BTreeSet::new(),
         problems: Vec::new(),
         status,
@@ -243,6 +250,7 @@ impl Agent {
                             .map_err(|e| anyhow!("lost the watch: {}", brief(&e)))?
                             .ok_or_else(|| anyhow!("etcd ended the watch"))?;
                         let mut revision = self.status.revision;
+                        let mut batch = Batch::default();
                         let mut next = Some(resp);
                         // Apply everything already received, then reconcile once.
                         while let Some(resp) = next.take() {
@@ -254,7 +262,7 @@ impl Agent {
                                 );
                                 break 'watch;
                             }
-                            if self.apply_events(&store, &resp, &own_key) {
+                            if self.apply_events(&store, &resp, &own_key, &mut batch) {
                                 bail!("this node's key was deleted (its lease expired?); registering again");
                             }
                             revision = resp.header().map_or(revision, |h| h.revision());
@@ -263,7 +271,7 @@ impl Agent {
                                 _ => None,
                             };
                         }
-                        self.reconcile(revision);
+                        self.reconcile_batch(&batch, revision);
                     }
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
@@ -289,11 +297,19 @@ impl Agent {
         }
     }
 
-    /// Applies a watch response's events; true if this node's own key was deleted.
-    fn apply_events(&mut self, store: &Store, resp: &WatchResponse, own_key: &str) -> bool {
+    /// Applies a watch response's events, noting in `batch` what they touch; true if this
+    /// node's own key was deleted.
+    fn apply_events(
+        &mut self,
+        store: &Store,
+        resp: &WatchResponse,
+        own_key: &str,
+        batch: &mut Batch,
+    ) -> bool {
         let mut own_deleted = false;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
+            batch.note(&self.cluster, store.keys(), kv.key());
             match event.event_type() {
                 EventType::Put => {
                     self.put(store, kv.key(), kv.value());
@@ -307,6 +323,32 @@ impl Agent {
         own_deleted
     }
 
+    /// After a batch of events: the fast path when only remote endpoints changed and the maps
+    /// are known to be right, else the full reconcile.
+    fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
+        if self.in_sync && self.problems.is_empty() && !self.switch_over_pending {
+            match endpoint_delta(
+                &self.cluster,
+                &self.opts.node,
+                batch,
+                &self.applied,
+                &self.vtep_refs,
+            ) {
+                Ok(delta) => {
+                    if self.write_maps(&delta.diff) {
+                        self.applied.apply(&delta.diff);
+                        self.vtep_refs.commit(&delta);
+                    }
+                    self.status.revision = revision;
+                    self.write_status();
+                    return;
+                }
+                Err(why) => log::debug!("full reconcile: {why}"),
+            }
+        }
+        self.reconcile(revision);
+    }
+
     /// Brings maps and attachments in line with the cluster. Failures are logged and retried
     /// on the next reconcile; they never stop the agent.
     fn reconcile(&mut self, revision: i64) {
@@ -316,38 +358,11 @@ impl Agent {
         }
         self.problems = problems;
         let diff = Diff::between(&self.applied, &want);
-        let mut complete = true;
-        if !diff.is_empty() {
-            let report = self.maps.apply(&diff);
-            if report.is_clean() {
-                self.applied = want;
-            } else {
-                complete = false;
-                for (table, (n, last)) in &report.failures {
-                    log::warn!(
-                        "{table}: {n} write(s) failed ({last}){}; will retry",
-                        if last.contains("E2BIG")
-                            || last.contains("too long")
-                            || last.contains("No space")
-                        {
-                            format!(
-                                ": the map is full (max {} entries); raise --max-entries",
-                                self.opts.max_entries
-                            )
-                        } else {
-                            String::new()
-                        }
-                    );
-                    *self
-                        .status
-                        .map_write_failures
-                        .entry((*table).to_string())
-                        .or_default() += n;
-                }
-                if let Ok(actual) = self.maps.snapshot() {
-                    self.applied = actual;
-                }
-            }
+        let complete = diff.is_empty() || self.write_maps(&diff);
+        if complete {
+            self.applied = want;
+            self.in_sync = true;
+            self.vtep_refs = VtepRefs::count(&self.applied);
         }
         if self.switch_over_pending
             && complete
@@ -364,6 +379,42 @@ impl Agent {
         }
         self.status.revision = revision;
         self.write_status();
+    }
+
+    /// Makes the writes of `diff`; true if all went in. A failure is logged per map and
+    /// counted in the status, `applied` is read back from the kernel, and the next reconcile
+    /// is a full one, which retries.
+    fn write_maps(&mut self, diff: &Diff) -> bool {
+        let report = self.maps.apply(diff);
+        self.in_sync = report.is_clean();
+        if self.in_sync {
+            return true;
+        }
+        for (table, (n, last)) in &report.failures {
+            let full = ["E2BIG", "too long", "No space"]
+                .iter()
+                .any(|s| last.contains(s));
+            log::warn!(
+                "{table}: {n} write(s) failed ({last}){}; will retry",
+                if full {
+                    format!(
+                        ": the map is full (max {} entries); raise --max-entries",
+                        self.opts.max_entries
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            *self
+                .status
+                .map_write_failures
+                .entry((*table).to_string())
+                .or_default() += n;
+        }
+        if let Ok(actual) = self.maps.snapshot() {
+            self.applied = actual;
+        }
+        false
     }
 
     /// The rebuilt maps are full: the underlay's attachment moves to the new programs (ports

@@ -9,7 +9,7 @@ use overlay_common::{Endpoint, deliver};
 use crate::{
     cluster::ClusterState,
     dataplane::state::MapState,
-    store::schema::{Kind, Location},
+    store::schema::{self, Kind, Location},
 };
 
 /// An entry left out, and why.
@@ -61,59 +61,65 @@ pub fn desired(
         }
         let vni = net.vni;
         let (mac, ip) = (ep.mac.0, ip.octets());
+        let vtep = match &ep.location {
+            Location::Node { node, .. } if node == me => None,
+            // A dead node's endpoint is not there at all: it neither claims its MAC nor
+            // conflicts with the endpoint that does (that shows once the node is back).
+            _ => match remote_vtep(cluster, ep) {
+                Some(vtep) => Some(vtep),
+                None => continue,
+            },
+        };
         if s.endpoints.contains_key(&(vni, mac)) || s.fdb.contains_key(&(vni, mac)) {
             problem(key, format!("MAC {} is used twice in {net_name}", ep.mac));
             continue;
         }
-        match &ep.location {
-            Location::Node { node, port, iface } if node == me => {
-                let Some(port_ifindex) = resolve(port) else {
-                    problem(key, format!("interface {port} does not exist on this node"));
-                    continue;
-                };
-                let (ifindex, how) = match (ep.kind, iface) {
-                    (Kind::Host, Some(iface)) => match resolve(iface) {
-                        Some(i) => (i, deliver::INGRESS),
-                        None => {
-                            problem(
-                                key,
-                                format!("interface {iface} does not exist on this node"),
-                            );
-                            continue;
-                        }
-                    },
-                    _ => (port_ifindex, deliver::PEER),
-                };
-                let local = Endpoint {
-                    ifindex,
-                    vni,
-                    mac,
-                    deliver: how,
-                    ip,
-                };
-                s.endpoints.insert((vni, mac), local);
-                s.ports.insert(port_ifindex, local);
-                s.arp.insert((vni, ip), mac);
-            }
-            Location::Node { node, .. } => {
-                // Another node's endpoint is reachable only while that node's lease lives.
-                let Some(record) = cluster.nodes.get(node) else {
-                    continue;
-                };
-                let vtep = record.vtep.octets();
-                s.fdb.insert((vni, mac), vtep);
-                s.arp.insert((vni, ip), mac);
-                s.vteps.insert((vni, vtep));
-            }
-            Location::Peer { vtep } => {
-                let vtep = vtep.octets();
-                s.fdb.insert((vni, mac), vtep);
-                s.arp.insert((vni, ip), mac);
-                s.vteps.insert((vni, vtep));
-            }
+        if let Some(vtep) = vtep {
+            s.add_remote(vni, mac, ip, vtep);
+            continue;
         }
+        // One of this node's own endpoints.
+        let Location::Node { port, iface, .. } = &ep.location else {
+            continue;
+        };
+        let Some(port_ifindex) = resolve(port) else {
+            problem(key, format!("interface {port} does not exist on this node"));
+            continue;
+        };
+        let (ifindex, how) = match (ep.kind, iface) {
+            (Kind::Host, Some(iface)) => match resolve(iface) {
+                Some(i) => (i, deliver::INGRESS),
+                None => {
+                    problem(
+                        key,
+                        format!("interface {iface} does not exist on this node"),
+                    );
+                    continue;
+                }
+            },
+            _ => (port_ifindex, deliver::PEER),
+        };
+        let local = Endpoint {
+            ifindex,
+            vni,
+            mac,
+            deliver: how,
+            ip,
+        };
+        s.endpoints.insert((vni, mac), local);
+        s.ports.insert(port_ifindex, local);
+        s.arp.insert((vni, ip), mac);
     }
     (s, problems)
+}
+
+/// The VTEP behind another node's endpoint or a peer; None while that node's lease is dead
+/// (another node's endpoint is reachable only while its lease lives).
+pub fn remote_vtep(cluster: &ClusterState, ep: &schema::Endpoint) -> Option<[u8; 4]> {
+    match &ep.location {
+        Location::Node { node, .. } => cluster.nodes.get(node).map(|n| n.vtep.octets()),
+        Location::Peer { vtep } => Some(vtep.octets()),
+    }
 }
 
 #[cfg(test)]

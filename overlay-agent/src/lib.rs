@@ -2,6 +2,7 @@ pub mod agent;
 pub mod cluster;
 pub mod commands;
 pub mod dataplane;
+pub mod delta;
 pub mod desired;
 pub mod inspect;
 pub mod ipam;

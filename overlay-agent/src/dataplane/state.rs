@@ -22,6 +22,39 @@ pub struct MapState {
     pub ports: BTreeMap<u32, Endpoint>,
 }
 
+impl MapState {
+    /// A remote endpoint: its MAC behind `vtep`, its address, and VXLAN accepted from `vtep`.
+    pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: [u8; 4]) {
+        self.fdb.insert((vni, mac), vtep);
+        self.arp.insert((vni, ip), mac);
+        self.vteps.insert((vni, vtep));
+    }
+
+    /// Makes the writes of `diff` to these values, as [`super::Maps::apply`] makes them to the
+    /// maps: afterwards `Diff::between(old, self)` is `diff` again.
+    pub fn apply(&mut self, diff: &Diff) {
+        fn table<K: Ord + Clone, V: Clone>(t: &mut BTreeMap<K, V>, d: &TableDiff<K, V>) {
+            for (k, v) in &d.set {
+                t.insert(k.clone(), v.clone());
+            }
+            for k in &d.remove {
+                t.remove(k);
+            }
+        }
+        table(&mut self.networks, &diff.networks);
+        table(&mut self.fdb, &diff.fdb);
+        table(&mut self.arp, &diff.arp);
+        table(&mut self.endpoints, &diff.endpoints);
+        table(&mut self.ports, &diff.ports);
+        for (k, ()) in &diff.vteps.set {
+            self.vteps.insert(*k);
+        }
+        for k in &diff.vteps.remove {
+            self.vteps.remove(k);
+        }
+    }
+}
+
 /// The writes that turn one map's contents into another's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableDiff<K, V> {
@@ -68,7 +101,7 @@ fn diff_set<K: Ord + Clone>(actual: &BTreeSet<K>, desired: &BTreeSet<K>) -> Tabl
 }
 
 /// Every write needed, table by table.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Diff {
     pub networks: TableDiff<u32, u16>,
     pub fdb: TableDiff<(u32, [u8; 6]), [u8; 4]>,
@@ -76,6 +109,15 @@ pub struct Diff {
     pub vteps: TableDiff<(u32, [u8; 4]), ()>,
     pub endpoints: TableDiff<(u32, [u8; 6]), Endpoint>,
     pub ports: TableDiff<u32, Endpoint>,
+}
+
+impl<K, V> Default for TableDiff<K, V> {
+    fn default() -> Self {
+        Self {
+            set: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
 }
 
 impl Diff {
