@@ -326,12 +326,13 @@ impl Agent {
     /// After a batch of events: the fast path when only remote endpoints changed and the maps
     /// are known to be right, else the full reconcile.
     fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
-        if self.in_sync && self.problems.is_empty() && !self.switch_over_pending {
+        if self.in_sync && !self.switch_over_pending {
             match endpoint_delta(
                 &self.cluster,
                 &self.opts.node,
                 batch,
                 &self.applied,
+                &self.problems,
                 &self.vtep_refs,
             ) {
                 Ok(delta) => {

@@ -5,16 +5,17 @@
 //!
 //! It gives up (and the caller does the full reconcile) wherever the answer could depend on
 //! the rest of the cluster or on this node: a network or node changed, one of this node's own
-//! endpoints changed, an endpoint would not be served (no network, outside its subnet) or a
-//! MAC would be claimed twice. The caller takes it only while the maps hold exactly what the
-//! last full reconcile wanted and nothing was left out: then every remote endpoint in the
-//! cluster contributes its entries and no other, and the result is the full reconcile's.
+//! endpoints changed, an endpoint left out changed or would be left out (no network, outside
+//! its subnet), or two entries claim one VNI or MAC. The caller takes it only while the maps
+//! hold exactly what the last full reconcile wanted: then every remote endpoint not left out
+//! contributes its entries and no other, and the result is the full reconcile's, problems
+//! included.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::{
     cluster::ClusterState,
     dataplane::state::{Diff, MapState, TableDiff},
-    desired::remote_vtep,
+    desired::{Problem, remote_vtep},
     store::schema::{Endpoint, Key, Keys, Location},
 };
 
@@ -82,17 +83,30 @@ pub struct Delta {
 /// A remote endpoint's entries: VNI, MAC, IP, VTEP.
 type Remote = (u32, [u8; 6], [u8; 4], [u8; 4]);
 
-/// The writes that bring `applied` (the maps, equal to the full reconcile's last answer) in
-/// line with `cluster` after `batch`; Err says why only a full reconcile can tell.
+/// The writes that bring `applied` (the maps, equal to the full reconcile's last answer, which
+/// left out `problems`) in line with `cluster` after `batch`; Err says why only a full
+/// reconcile can tell.
 pub fn endpoint_delta(
     cluster: &ClusterState,
     me: &str,
     batch: &Batch,
     applied: &MapState,
+    problems: &[Problem],
     refs: &VtepRefs,
 ) -> Result<Delta, &'static str> {
     if batch.structural {
         return Err("a network or node changed");
+    }
+    if problems.iter().any(|p| p.conflict) {
+        return Err("two entries claim one VNI or MAC");
+    }
+    if !problems.is_empty()
+        && batch.before.keys().any(|(net, ip)| {
+            let key = format!("endpoints/{net}/{ip}");
+            problems.iter().any(|p| p.key == key)
+        })
+    {
+        return Err("an endpoint that was left out changed");
     }
     let remote = |ep: &Endpoint| -> Result<Option<Remote>, &'static str> {
         if matches!(&ep.location, Location::Node { node, .. } if node == me) {
@@ -200,7 +214,10 @@ mod tests {
     /// rarely (a problem lasts until its key is written again) this node's own, one outside
     /// the subnet, or one with a neighbour's MAC.
     fn endpoint(rng: &mut Rng) -> (String, String) {
-        let net = ["blue", "red"][rng.below(2) as usize];
+        let net = match rng.below(200) {
+            0 => "green", // no such network
+            n => ["blue", "red"][n as usize % 2],
+        };
         let host = rng.below(30) as u8 + 2;
         let ip = match rng.below(200) {
             0 => OUTSIDE.to_string(),
@@ -208,8 +225,8 @@ mod tests {
         };
         let mac_host = if rng.below(300) == 0 { host ^ 1 } else { host };
         let mac = format!("02:42:0a:0a:01:{mac_host:02x}");
-        let node = match rng.below(300) {
-            0 => "h1",
+        let node = match rng.below(100) {
+            0 => "h1", // this node: its port "p" does not exist
             n => ["h2", "h3", "h4"][n as usize % 3],
         };
         let value = match rng.below(4) {
@@ -265,15 +282,12 @@ mod tests {
                 }
             }
             let (want, now_problems) = desired(&cluster, "h1", &|_| None);
-            let delta = match problems.is_empty() {
-                true => endpoint_delta(&cluster, "h1", &batch, &applied, &refs).ok(),
-                false => None,
-            };
+            let delta = endpoint_delta(&cluster, "h1", &batch, &applied, &problems, &refs).ok();
             match delta {
                 Some(delta) => {
                     fast += 1;
                     assert_eq!(delta.diff, Diff::between(&applied, &want), "{batch:#?}");
-                    assert!(now_problems.is_empty(), "{now_problems:?}");
+                    assert_eq!(now_problems, problems);
                     applied.apply(&delta.diff);
                     refs.commit(&delta);
                     assert_eq!(refs, VtepRefs::count(&applied));
@@ -297,7 +311,7 @@ mod tests {
         let refs = VtepRefs::default();
         let mut batch = Batch::default();
         batch.note(&cluster, &keys, b"/overlay/nodes/h9");
-        assert!(endpoint_delta(&cluster, "h1", &batch, &empty, &refs).is_err());
+        assert!(endpoint_delta(&cluster, "h1", &batch, &empty, &[], &refs).is_err());
 
         let mut cluster = ClusterState::default();
         cluster
@@ -318,14 +332,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            endpoint_delta(&cluster, "h1", &batch, &empty, &refs).unwrap_err(),
+            endpoint_delta(&cluster, "h1", &batch, &empty, &[], &refs).unwrap_err(),
             "one of this node's endpoints changed"
         );
         // Slices and names do not touch the maps at all.
         let mut batch = Batch::default();
         batch.note(&cluster, &keys, b"/overlay/slices/blue/10.10.1.0-24");
         batch.note(&cluster, &keys, b"/overlay/names/h1/c");
-        let delta = endpoint_delta(&cluster, "h1", &batch, &empty, &refs).unwrap();
+        let delta = endpoint_delta(&cluster, "h1", &batch, &empty, &[], &refs).unwrap();
         assert!(delta.diff.is_empty());
     }
 }

@@ -17,6 +17,9 @@ use crate::{
 pub struct Problem {
     pub key: String,
     pub why: String,
+    /// Refused because another entry holds the same VNI or MAC: which of the two is served
+    /// depends on the other one, so only a full reconcile can follow changes to either.
+    pub conflict: bool,
 }
 
 /// `resolve` maps a local interface name to its ifindex (None: not there, yet or any more).
@@ -27,13 +30,15 @@ pub fn desired(
 ) -> (MapState, Vec<Problem>) {
     let mut s = MapState::default();
     let mut problems = Vec::new();
-    let mut problem = |key: String, why: String| problems.push(Problem { key, why });
+    let mut problem =
+        |conflict: bool, key: String, why: String| problems.push(Problem { key, why, conflict });
 
     // Networks by VNI: two networks cannot share one (their traffic would mix).
     let mut by_vni: BTreeMap<u32, &str> = BTreeMap::new();
     for (name, net) in &cluster.networks {
         if let Some(first) = by_vni.get(&net.vni) {
             problem(
+                true,
                 format!("networks/{name}"),
                 format!("VNI {} is already network {first}'s; ignored", net.vni),
             );
@@ -46,7 +51,7 @@ pub fn desired(
     for ((net_name, ip), ep) in &cluster.endpoints {
         let key = format!("endpoints/{net_name}/{ip}");
         let Some(net) = cluster.networks.get(net_name) else {
-            problem(key, format!("network {net_name} does not exist"));
+            problem(false, key, format!("network {net_name} does not exist"));
             continue;
         };
         if by_vni.get(&net.vni) != Some(&net_name.as_str()) {
@@ -54,6 +59,7 @@ pub fn desired(
         }
         if !net.subnet.contains(*ip) {
             problem(
+                false,
                 key,
                 format!("{ip} is outside {net_name}'s subnet {}", net.subnet),
             );
@@ -71,7 +77,11 @@ pub fn desired(
             },
         };
         if s.endpoints.contains_key(&(vni, mac)) || s.fdb.contains_key(&(vni, mac)) {
-            problem(key, format!("MAC {} is used twice in {net_name}", ep.mac));
+            problem(
+                true,
+                key,
+                format!("MAC {} is used twice in {net_name}", ep.mac),
+            );
             continue;
         }
         if let Some(vtep) = vtep {
@@ -83,7 +93,11 @@ pub fn desired(
             continue;
         };
         let Some(port_ifindex) = resolve(port) else {
-            problem(key, format!("interface {port} does not exist on this node"));
+            problem(
+                false,
+                key,
+                format!("interface {port} does not exist on this node"),
+            );
             continue;
         };
         let (ifindex, how) = match (ep.kind, iface) {
@@ -91,6 +105,7 @@ pub fn desired(
                 Some(i) => (i, deliver::INGRESS),
                 None => {
                     problem(
+                        false,
                         key,
                         format!("interface {iface} does not exist on this node"),
                     );

@@ -120,7 +120,10 @@ fn demo() -> Result<()> {
 
 fn bench(rounds: u32, seconds: u32, xdp_decap: bool, scale: Option<u32>) -> Result<()> {
     prepare_release()?;
-    util::step("plain routing, kernel vxlan and our overlay, side by side")?;
+    util::step(match scale {
+        Some(_) => "the control plane at scale: converge, memory, lag",
+        None => "plain routing, kernel vxlan and our overlay, side by side",
+    })?;
     let out = util::workspace_root().join("target/bench");
     let (rounds, seconds, out) = (
         rounds.to_string(),
