@@ -22,6 +22,9 @@ pub struct ScaleReport {
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
+    /// Lag of a change that needs the full reconcile (a node's record), median and max.
+    pub full_p50_ms: f64,
+    pub full_max_ms: f64,
 }
 
 const VNI: u32 = 42;
@@ -29,6 +32,8 @@ const VNI: u32 = 42;
 /// A change being followed: the FDB key, the VTEP it must come to show, when etcd was written.
 type Sample = (MacKey, [u8; 4], Instant);
 const VTEPS: u32 = 100;
+/// How many changes that need the full reconcile are timed after the churn.
+const STRUCTURAL: usize = 5;
 
 /// Endpoint `i`: a peer at 10.64.0.0 + i, behind one of VTEPS addresses 10.0.1.x.
 fn endpoint(i: u32, vtep_shift: u32) -> (String, Ipv4Addr, Mac, Ipv4Addr) {
@@ -181,6 +186,45 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     }
     lags.sort_by(|a, b| a.total_cmp(b));
     let p99 = lags[(lags.len() * 99 / 100).min(lags.len() - 1)];
+
+    // A node that moves its VTEP, with an endpoint, in one transaction: one batch that only the
+    // full reconcile can apply.
+    eprintln!("-- {STRUCTURAL} changes that need the full reconcile");
+    let mut full = Vec::new();
+    let (_, ip, mac, _) = endpoint(0, 0);
+    for k in 0..STRUCTURAL {
+        let vtep = Ipv4Addr::new(10, 0, 2, k as u8 + 1);
+        let kvs = [
+            (
+                "/overlay/nodes/scale-node".to_string(),
+                format!(r#"{{"vtep":"{vtep}"}}"#),
+            ),
+            (
+                key(ip),
+                format!(
+                    r#"{{"kind":"container","name":"c","mac":"{mac}","node":"scale-node","port":"p"}}"#
+                ),
+            ),
+        ];
+        let at = Instant::now();
+        d.hosts[0]
+            .ns
+            .enter(|| rt.block_on(store.put_many_raw(&kvs)))?;
+        let want = MacKey::new(VNI, mac.0);
+        let maps = Maps::open(&d.hosts[0].pins())?;
+        while !maps
+            .fdb
+            .get(&want, 0)
+            .is_ok_and(|e| e.vtep == vtep.octets())
+        {
+            if at.elapsed() > Duration::from_secs(10) {
+                bail!("a node's change did not reach the maps in 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        full.push(at.elapsed().as_secs_f64() * 1e3);
+    }
+    full.sort_by(|a, b| a.total_cmp(b));
     Ok(ScaleReport {
         endpoints: endpoints as usize,
         converge,
@@ -191,5 +235,7 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
         lag_p50_ms: median(&mut lags.clone()),
         lag_p99_ms: p99,
         lag_max_ms: *lags.last().unwrap(),
+        full_p50_ms: median(&mut full.clone()),
+        full_max_ms: *full.last().unwrap(),
     })
 }

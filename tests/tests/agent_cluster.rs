@@ -799,3 +799,12 @@ fn listing_more_than_a_grpc_message_holds_reads_every_key_at_one_revision() {
     assert_eq!(count, 12_000);
     assert_eq!(listed_at, written_at);
 }
+
+/// The scale benchmark in small: thousands of endpoints listed at start, then a steady stream
+/// of moves (the fast path) and changes only the full reconcile can apply; every followed
+/// change must reach the map (the run fails on the first one lost).
+#[test]
+fn a_stream_of_changes_all_reach_the_maps() {
+    let r = overlay_tests::scale::run(5000, 3, 300).unwrap();
+    assert_eq!((r.endpoints, r.changes, r.samples), (5000, 900, 90));
+}
