@@ -234,7 +234,7 @@ impl Agent {
             let (kvs, revision) = store.list(&store.keys().all()).await?;
             self.cluster = ClusterState::default();
             for kv in &kvs {
-                self.put(&store, kv.key(), kv.value());
+                self.put(&store, kv);
             }
             log::info!(
                 "listed {} keys at revision {revision}; watching from {}",
@@ -287,11 +287,11 @@ impl Agent {
         }
     }
 
-    fn put(&mut self, store: &Store, key: &[u8], value: &[u8]) -> Applied {
-        match self.cluster.put(store.keys(), key, value) {
+    fn put(&mut self, store: &Store, kv: &etcd_client::KeyValue) -> Applied {
+        match (self.cluster).put(store.keys(), kv.key(), kv.value(), kv.create_revision()) {
             Ok(applied) => applied,
             Err(e) => {
-                log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(key));
+                log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(kv.key()));
                 Applied::Changed
             }
         }
@@ -312,7 +312,7 @@ impl Agent {
             batch.note(&self.cluster, store.keys(), kv.key());
             match event.event_type() {
                 EventType::Put => {
-                    self.put(store, kv.key(), kv.value());
+                    self.put(store, kv);
                 }
                 EventType::Delete => {
                     self.cluster.delete(store.keys(), kv.key());

@@ -30,14 +30,15 @@ pub enum Applied {
 }
 
 impl ClusterState {
-    /// Applies a put. An error means the value was refused (and whatever the key held before
-    /// is gone); the caller logs it with the key.
-    pub fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8]) -> Result<Applied> {
+    /// Applies a put; `created` is etcd's create revision of the key (who came first decides
+    /// conflicts). An error means the value was refused (and whatever the key held before is
+    /// gone); the caller logs it with the key.
+    pub fn put(&mut self, keys: &Keys, key: &[u8], value: &[u8], created: i64) -> Result<Applied> {
         let Some(parsed) = keys.parse(key) else {
             return Ok(Applied::Ignored);
         };
         let name = String::from_utf8_lossy(key).into_owned();
-        match self.decode_into(&parsed, value) {
+        match self.decode_into(&parsed, value, created) {
             Ok(applied) => {
                 self.invalid.remove(&name);
                 Ok(applied)
@@ -50,10 +51,11 @@ impl ClusterState {
         }
     }
 
-    fn decode_into(&mut self, key: &Key, value: &[u8]) -> Result<Applied> {
+    fn decode_into(&mut self, key: &Key, value: &[u8], created: i64) -> Result<Applied> {
         Ok(match key {
             Key::Network(name) => {
-                let net = schema::decode::<NetworkRecord>(value)?.validate(name)?;
+                let mut net = schema::decode::<NetworkRecord>(value)?.validate(name)?;
+                net.created = created;
                 changed(self.networks.insert(name.clone(), net.clone()), &net)
             }
             Key::Node(name) => {
@@ -62,7 +64,8 @@ impl ClusterState {
                 changed(self.nodes.insert(name.clone(), node.clone()), &node)
             }
             Key::Endpoint { network, ip } => {
-                let ep = schema::decode::<EndpointRecord>(value)?.validate(network, ip)?;
+                let mut ep = schema::decode::<EndpointRecord>(value)?.validate(network, ip)?;
+                ep.created = created;
                 changed(
                     self.endpoints.insert((network.clone(), ep.ip), ep.clone()),
                     &ep,
@@ -121,20 +124,20 @@ mod tests {
         let keys = Keys::new("/overlay");
         let mut s = ClusterState::default();
         let net = b"/overlay/networks/blue";
-        assert_eq!(s.put(&keys, net, NET).unwrap(), Applied::Changed);
-        assert_eq!(s.put(&keys, net, NET).unwrap(), Applied::Unchanged);
+        assert_eq!(s.put(&keys, net, NET, 0).unwrap(), Applied::Changed);
+        assert_eq!(s.put(&keys, net, NET, 0).unwrap(), Applied::Unchanged);
         let ep = b"/overlay/endpoints/blue/10.10.1.2";
-        assert_eq!(s.put(&keys, ep, EP).unwrap(), Applied::Changed);
+        assert_eq!(s.put(&keys, ep, EP, 0).unwrap(), Applied::Changed);
         assert_eq!(s.endpoints.len(), 1);
         assert_eq!(s.delete(&keys, ep), Applied::Changed);
         assert_eq!(s.delete(&keys, ep), Applied::Unchanged);
         assert_eq!(
-            s.put(&keys, b"/overlay/slices/blue/10.10.1.0-24", b"junk")
+            s.put(&keys, b"/overlay/slices/blue/10.10.1.0-24", b"junk", 0)
                 .unwrap(),
             Applied::Ignored
         );
         assert_eq!(
-            s.put(&keys, b"/elsewhere/x", b"junk").unwrap(),
+            s.put(&keys, b"/elsewhere/x", b"junk", 0).unwrap(),
             Applied::Ignored
         );
     }
@@ -144,9 +147,9 @@ mod tests {
         let keys = Keys::new("/overlay");
         let mut s = ClusterState::default();
         let ep = b"/overlay/endpoints/blue/10.10.1.2";
-        s.put(&keys, ep, EP).unwrap();
+        s.put(&keys, ep, EP, 0).unwrap();
         let err = s
-            .put(&keys, ep, br#"{"kind":"container","mac":"nope"}"#)
+            .put(&keys, ep, br#"{"kind":"container","mac":"nope"}"#, 0)
             .unwrap_err();
         assert!(format!("{err:#}").contains("MAC"), "{err:#}");
         assert!(
@@ -154,20 +157,20 @@ mod tests {
             "a refused value leaves nothing behind"
         );
         assert_eq!(s.invalid.len(), 1);
-        s.put(&keys, ep, EP).unwrap();
+        s.put(&keys, ep, EP, 0).unwrap();
         assert_eq!(s.endpoints.len(), 1);
         assert!(s.invalid.is_empty());
         // Wrong types, a bad key segment, and a node with a broken record.
         assert!(
-            s.put(&keys, b"/overlay/networks/red", br#"{"vni":"x"}"#)
+            s.put(&keys, b"/overlay/networks/red", br#"{"vni":"x"}"#, 0)
                 .is_err()
         );
         assert!(
-            s.put(&keys, b"/overlay/endpoints/blue/999.1.1.1", EP)
+            s.put(&keys, b"/overlay/endpoints/blue/999.1.1.1", EP, 0)
                 .is_err()
         );
         assert!(
-            s.put(&keys, b"/overlay/nodes/h2", br#"{"vtep":"10.0.0"}"#)
+            s.put(&keys, b"/overlay/nodes/h2", br#"{"vtep":"10.0.0"}"#, 0)
                 .is_err()
         );
         assert_eq!(s.invalid.len(), 3);

@@ -194,6 +194,7 @@ pub async fn endpoint_add(
             iface: None,
         },
         netns: Some(netns.to_string()),
+        created: 0,
     })
     .await
     {
@@ -284,6 +285,7 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             iface: Some(iface.clone()),
         },
         netns: None,
+        created: 0,
     })
     .await;
     let ep = match reserved {
@@ -326,6 +328,7 @@ pub async fn peer_add(
         kind: Kind::Peer,
         location: Location::Peer { vtep },
         netns: None,
+        created: 0,
     };
     // Validates the MAC as a stored record would be.
     ep.record().validate(network, &ip.to_string())?;

@@ -221,6 +221,7 @@ mod tests {
         let host = rng.below(30) as u8 + 2;
         let ip = match rng.below(200) {
             0 => OUTSIDE.to_string(),
+            _ if net == "red" => format!("10.20.1.{host}"),
             _ => format!("10.10.1.{host}"),
         };
         let mac_host = if rng.below(300) == 0 { host ^ 1 } else { host };
@@ -251,19 +252,20 @@ mod tests {
         let mut cluster = ClusterState::default();
         for (k, v) in [
             ("networks/blue", r#"{"vni":42,"subnet":"10.10.0.0/16"}"#),
-            ("networks/red", r#"{"vni":43,"subnet":"10.10.0.0/16"}"#),
+            ("networks/red", r#"{"vni":43,"subnet":"10.20.0.0/16"}"#),
             ("nodes/h1", r#"{"vtep":"10.0.0.1"}"#),
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             ("nodes/h3", r#"{"vtep":"10.0.0.3"}"#),
         ] {
             cluster
-                .put(&keys, format!("/overlay/{k}").as_bytes(), v.as_bytes())
+                .put(&keys, format!("/overlay/{k}").as_bytes(), v.as_bytes(), 0)
                 .unwrap();
         }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut applied, mut problems) = desired(&cluster, "h1", &|_| None);
         let mut refs = VtepRefs::count(&applied);
         let (mut fast, mut full) = (0, 0);
+        let (mut revision, mut created) = (100, BTreeMap::new());
         for _ in 0..3000 {
             let mut batch = Batch::default();
             let mut changes: Vec<_> = (0..=rng.below(4)).map(|_| endpoint(&mut rng)).collect();
@@ -275,10 +277,14 @@ mod tests {
             }
             for (key, value) in changes {
                 batch.note(&cluster, &keys, key.as_bytes());
+                revision += 1;
                 if value.is_empty() || rng.below(3) == 0 {
                     cluster.delete(&keys, key.as_bytes());
+                    created.remove(&key);
                 } else {
-                    let _ = cluster.put(&keys, key.as_bytes(), value.as_bytes());
+                    // As in etcd, a key keeps its create revision until it is deleted.
+                    let at = *created.entry(key.clone()).or_insert(revision);
+                    let _ = cluster.put(&keys, key.as_bytes(), value.as_bytes(), at);
                 }
             }
             let (want, now_problems) = desired(&cluster, "h1", &|_| None);
@@ -319,6 +325,7 @@ mod tests {
                 &keys,
                 b"/overlay/networks/blue",
                 br#"{"vni":42,"subnet":"10.10.0.0/16"}"#,
+                0,
             )
             .unwrap();
         let mut batch = Batch::default();
@@ -328,8 +335,7 @@ mod tests {
             .put(
                 &keys,
                 key,
-                br#"{"kind":"container","name":"c","mac":"02:42:0a:0a:01:02","node":"h1","port":"p"}"#,
-            )
+                br#"{"kind":"container","name":"c","mac":"02:42:0a:0a:01:02","node":"h1","port":"p"}"#, 0)
             .unwrap();
         assert_eq!(
             endpoint_delta(&cluster, "h1", &batch, &empty, &[], &refs).unwrap_err(),

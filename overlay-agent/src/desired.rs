@@ -2,14 +2,14 @@
 //! the node's name, and which of its interfaces exist. Everything that cannot be served (an
 //! endpoint outside its network, a MAC used twice, a port that is not there) is left out and
 //! reported, never half-applied.
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use overlay_common::{Endpoint, deliver};
 
 use crate::{
     cluster::ClusterState,
     dataplane::state::MapState,
-    store::schema::{self, Kind, Location},
+    store::schema::{self, Kind, Location, Network},
 };
 
 /// An entry left out, and why.
@@ -33,28 +33,43 @@ pub fn desired(
     let mut problem =
         |conflict: bool, key: String, why: String| problems.push(Problem { key, why, conflict });
 
-    // Networks by VNI: two networks cannot share one (their traffic would mix).
-    let mut by_vni: BTreeMap<u32, &str> = BTreeMap::new();
-    for (name, net) in &cluster.networks {
-        if let Some(first) = by_vni.get(&net.vni) {
-            problem(
-                true,
-                format!("networks/{name}"),
-                format!("VNI {} is already network {first}'s; ignored", net.vni),
+    // Networks, oldest first: of two that claim one VNI (their traffic would mix) or
+    // overlapping subnets (one address would name two endpoints), the older is served, so a bad
+    // write never takes down a network that works.
+    let mut networks: Vec<&Network> = cluster.networks.values().collect();
+    networks.sort_by_key(|n| n.created); // stable: by name among equals
+    let mut served: Vec<&Network> = Vec::new();
+    for net in networks {
+        let key = || format!("networks/{}", net.name);
+        if let Some(first) = served.iter().find(|f| f.vni == net.vni) {
+            let why = format!(
+                "VNI {} is already network {}'s; ignored",
+                net.vni, first.name
             );
-            continue;
+            problem(true, key(), why);
+        } else if let Some(first) = served.iter().find(|f| f.subnet.overlaps(&net.subnet)) {
+            let why = format!(
+                "subnet {} overlaps network {}'s {}; ignored",
+                net.subnet, first.name, first.subnet
+            );
+            problem(true, key(), why);
+        } else {
+            served.push(net);
+            s.networks.insert(net.vni, net.port);
         }
-        by_vni.insert(net.vni, name);
-        s.networks.insert(net.vni, net.port);
     }
+    let served: BTreeSet<&str> = served.iter().map(|n| n.name.as_str()).collect();
 
-    for ((net_name, ip), ep) in &cluster.endpoints {
+    // Endpoints, oldest first: of two that claim one MAC, the older is served.
+    let mut endpoints: Vec<_> = cluster.endpoints.iter().collect();
+    endpoints.sort_by_key(|(_, ep)| ep.created); // stable: by key among equals
+    for ((net_name, ip), ep) in endpoints {
         let key = format!("endpoints/{net_name}/{ip}");
         let Some(net) = cluster.networks.get(net_name) else {
             problem(false, key, format!("network {net_name} does not exist"));
             continue;
         };
-        if by_vni.get(&net.vni) != Some(&net_name.as_str()) {
+        if !served.contains(net_name.as_str()) {
             continue; // its network was refused above
         }
         if !net.subnet.contains(*ip) {
@@ -145,8 +160,14 @@ mod tests {
     fn cluster(kvs: &[(&str, &str)]) -> ClusterState {
         let keys = Keys::new("/overlay");
         let mut c = ClusterState::default();
-        for (k, v) in kvs {
-            let _ = c.put(&keys, format!("/overlay/{k}").as_bytes(), v.as_bytes());
+        // Created in the order given.
+        for (created, (k, v)) in (1..).zip(kvs) {
+            let _ = c.put(
+                &keys,
+                format!("/overlay/{k}").as_bytes(),
+                v.as_bytes(),
+                created,
+            );
         }
         c
     }
@@ -268,17 +289,17 @@ mod tests {
     }
 
     #[test]
-    fn same_subnet_different_vnis_stay_apart() {
+    fn one_mac_in_two_vnis_is_two_entries() {
         let c = cluster(&[
             ("networks/blue", BLUE),
-            ("networks/green", r#"{"vni":43,"subnet":"10.10.0.0/16"}"#),
+            ("networks/green", r#"{"vni":43,"subnet":"10.20.0.0/16"}"#),
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             (
                 "endpoints/blue/10.10.2.2",
                 &container("h2", "x", "02:42:0a:0a:02:02"),
             ),
             (
-                "endpoints/green/10.10.2.2",
+                "endpoints/green/10.20.2.2",
                 &container("h2", "y", "02:42:0a:0a:02:02"),
             ),
         ]);
@@ -287,5 +308,62 @@ mod tests {
         assert_eq!(s.fdb.len(), 2);
         assert!(s.fdb.contains_key(&(42, [2, 0x42, 10, 10, 2, 2])));
         assert!(s.fdb.contains_key(&(43, [2, 0x42, 10, 10, 2, 2])));
+    }
+
+    /// A bad write never takes down what works: of two claims on one VNI, one address range or
+    /// one MAC, the older key keeps it, whatever the names sort as.
+    #[test]
+    fn of_two_claims_the_older_is_served() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
+            (
+                "endpoints/blue/10.10.2.3",
+                &container("h2", "x", "02:42:0a:0a:02:03"),
+            ),
+            // Newer, and sorting first: a subnet inside blue's, a VNI that is blue's.
+            ("networks/aaa", r#"{"vni":44,"subnet":"10.10.5.0/24"}"#),
+            ("networks/abc", r#"{"vni":42,"subnet":"10.30.0.0/16"}"#),
+            (
+                "endpoints/aaa/10.10.5.2",
+                &container("h2", "y", "02:42:0a:0a:05:02"),
+            ),
+            // Newer, with a lower address: the MAC of 10.10.2.3.
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("h2", "z", "02:42:0a:0a:02:03"),
+            ),
+        ]);
+        let (s, problems) = desired(&c, "h1", &|_| None);
+        let whys: Vec<_> = problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.why.as_str(), p.conflict))
+            .collect();
+        assert_eq!(
+            whys,
+            [
+                (
+                    "networks/aaa",
+                    "subnet 10.10.5.0/24 overlaps network blue's 10.10.0.0/16; ignored",
+                    true
+                ),
+                (
+                    "networks/abc",
+                    "VNI 42 is already network blue's; ignored",
+                    true
+                ),
+                (
+                    "endpoints/blue/10.10.2.2",
+                    "MAC 02:42:0a:0a:02:03 is used twice in blue",
+                    true
+                ),
+            ]
+        );
+        assert_eq!(s.networks.keys().copied().collect::<Vec<_>>(), [42]);
+        assert_eq!(
+            s.arp.keys().copied().collect::<Vec<_>>(),
+            [(42, [10, 10, 2, 3])],
+            "the older endpoint keeps its MAC; the refused network serves nothing"
+        );
     }
 }

@@ -52,6 +52,11 @@ impl Cidr {
         u32::from(ip) & self.mask() == u32::from(self.network())
     }
 
+    /// Whether the two share an address (prefixes either nest or are disjoint).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
     /// The `/slice_prefix` blocks this prefix divides into, in address order.
     pub fn slices(&self, slice_prefix: u8) -> impl Iterator<Item = Cidr> + use<> {
         let base = u32::from(self.network());
@@ -178,6 +183,22 @@ mod tests {
             cidr("10.10.3.0/24")
         );
         assert!(Cidr::from_key("10.10.3.0/24").is_err());
+    }
+
+    #[test]
+    fn overlaps_when_prefixes_nest() {
+        let net = cidr("10.10.0.0/16");
+        for (other, want) in [
+            ("10.10.0.0/16", true),
+            ("10.10.200.0/24", true),
+            ("10.0.0.0/8", true),
+            ("0.0.0.0/0", true),
+            ("10.11.0.0/16", false),
+            ("10.9.255.0/24", false),
+        ] {
+            assert_eq!(net.overlaps(&cidr(other)), want, "{other}");
+            assert_eq!(cidr(other).overlaps(&net), want, "{other}, the other way");
+        }
     }
 
     #[test]

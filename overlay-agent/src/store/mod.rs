@@ -225,8 +225,17 @@ impl Store {
 
     /// Creates a network; its name and VNI must both be new.
     pub async fn create_network(&self, net: &Network) -> Result<()> {
-        if let Some(other) = self.networks().await?.iter().find(|n| n.vni == net.vni) {
+        let networks = self.networks().await?;
+        if let Some(other) = networks.iter().find(|n| n.vni == net.vni) {
             bail!("VNI {} is already used by network {}", net.vni, other.name);
+        }
+        if let Some(other) = networks.iter().find(|n| n.subnet.overlaps(&net.subnet)) {
+            bail!(
+                "subnet {} overlaps network {}'s {}",
+                net.subnet,
+                other.name,
+                other.subnet
+            );
         }
         let key = self.keys.network(&net.name);
         let txn = Txn::new()

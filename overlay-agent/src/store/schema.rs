@@ -160,6 +160,9 @@ pub struct Network {
     pub port: u16,
     pub mtu: Option<u32>,
     pub slice_prefix: u8,
+    /// etcd's create revision of its key (0 until read from etcd): of two networks that claim
+    /// one VNI or overlapping subnets, the older is served.
+    pub created: i64,
 }
 
 impl NetworkRecord {
@@ -195,6 +198,7 @@ impl NetworkRecord {
             port: self.port,
             mtu: self.mtu,
             slice_prefix,
+            created: 0,
         })
     }
 }
@@ -303,6 +307,9 @@ pub struct Endpoint {
     pub kind: Kind,
     pub location: Location,
     pub netns: Option<String>,
+    /// etcd's create revision of its key (0 until read from etcd): of two endpoints that claim
+    /// one MAC, the older is served.
+    pub created: i64,
 }
 
 impl EndpointRecord {
@@ -343,6 +350,7 @@ impl EndpointRecord {
             kind,
             location,
             netns: self.netns,
+            created: 0,
         })
     }
 }
