@@ -357,6 +357,16 @@ impl Deployment {
     pub fn container(&self, index: usize) -> &Netns {
         &self.containers[index]
     }
+
+    /// Writes `value` at `/overlay/<key>` straight into etcd, as a hand (or a bug) would,
+    /// past every check the CLI makes.
+    pub fn etcd_put(&self, key: &str, value: &str) -> Result<()> {
+        self.wire.run(&format!(
+            "ETCDCTL_API=3 etcdctl --endpoints {} put /overlay/{key} '{value}'",
+            self.etcd.url
+        ))?;
+        Ok(())
+    }
 }
 
 impl Drop for Deployment {

@@ -20,6 +20,18 @@ fn blue(d: &Deployment) {
     .unwrap();
 }
 
+type Container = (usize, Ipv4Addr);
+
+/// Two hosts with agents, network blue, and a container on each that reaches the other.
+fn blue_pair(label: &str) -> (Deployment, Container, Container) {
+    let mut d = Deployment::new(label, &[true, true]).unwrap();
+    blue(&d);
+    let c1 = d.add_container(0, "c1", "blue", None).unwrap();
+    let c2 = d.add_container(1, "c2", "blue", None).unwrap();
+    assert!(ping(d.container(c1.0), c2.1));
+    (d, c1, c2)
+}
+
 /// Every container pings every other; returns the pairs that failed.
 fn all_pairs(d: &Deployment, containers: &[(usize, Ipv4Addr)]) -> Vec<String> {
     let mut failed = Vec::new();
@@ -166,11 +178,7 @@ fn a_killed_agents_entries_expire_with_its_lease_and_come_back_whole_on_restart(
 
 #[test]
 fn traffic_flows_while_etcd_is_down_and_later_changes_arrive() {
-    let mut d = Deployment::new("acetcd", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "e1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "e2", "blue", None).unwrap();
-    assert!(ping(d.container(c1.0), c2.1));
+    let (mut d, c1, c2) = blue_pair("acetcd");
 
     // A flood across the whole outage and the recovery: forwarding must never stop.
     let flood = ping_flood(d.container(c1.0), c2.1, 1000);
@@ -215,10 +223,7 @@ fn traffic_flows_while_etcd_is_down_and_later_changes_arrive() {
 /// keeps serving; fixed, it is served.
 #[test]
 fn an_overlapping_network_is_refused_and_the_older_keeps_serving() {
-    let mut d = Deployment::new("acovl", &[true, true]).unwrap();
-    blue(&d);
-    let b1 = d.add_container(0, "b1", "blue", None).unwrap();
-    let b2 = d.add_container(1, "b2", "blue", None).unwrap();
+    let (d, b1, b2) = blue_pair("acovl");
     let create = ["network", "create", "green", "--vni", "43", "--subnet"];
     let err = d
         .cli(0, &[&create[..], &["10.10.128.0/17"]].concat())
@@ -228,14 +233,7 @@ fn an_overlapping_network_is_refused_and_the_older_keeps_serving() {
         err.contains("subnet 10.10.128.0/17 overlaps network blue's 10.10.0.0/16"),
         "{err}"
     );
-    let put = |key: &str, value: &str| {
-        d.wire
-            .run(&format!(
-                "ETCDCTL_API=3 etcdctl --endpoints {} put /overlay/{key} '{value}'",
-                d.etcd.url
-            ))
-            .unwrap();
-    };
+    let put = |key: &str, value: &str| d.etcd_put(key, value).unwrap();
     put("networks/aaa", r#"{"vni":43,"subnet":"10.10.0.0/16"}"#);
     let impostor = format!("endpoints/aaa/{}", b2.1);
     put(
@@ -586,24 +584,14 @@ fn mistakes_get_one_clear_line_and_change_nothing() {
 
 #[test]
 fn a_bad_value_in_etcd_is_logged_with_its_key_and_skipped() {
-    let mut d = Deployment::new("acbad", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "v1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "v2", "blue", None).unwrap();
-    let put = |key: &str, value: &str| {
-        d.wire
-            .run(&format!(
-                "ETCDCTL_API=3 etcdctl --endpoints {} put {key} '{value}'",
-                d.etcd.url
-            ))
-            .unwrap();
-    };
-    put("/overlay/endpoints/blue/10.10.7.7", "{not json");
+    let (d, c1, c2) = blue_pair("acbad");
+    let put = |key: &str, value: &str| d.etcd_put(key, value).unwrap();
+    put("endpoints/blue/10.10.7.7", "{not json");
     put(
-        "/overlay/endpoints/blue/10.10.7.8",
+        "endpoints/blue/10.10.7.8",
         r#"{"kind":"peer","mac":"02:42:0a:0a:07:08","vtep":"banana"}"#,
     );
-    put("/overlay/networks/broken", r#"{"vni":"x"}"#);
+    put("networks/broken", r#"{"vni":"x"}"#);
     wait_for(Duration::from_secs(2), || {
         let log = d.hosts[0].log();
         log.contains("skipping /overlay/endpoints/blue/10.10.7.7")
@@ -617,7 +605,7 @@ fn a_bad_value_in_etcd_is_logged_with_its_key_and_skipped() {
     );
     // Fixed: served.
     put(
-        "/overlay/endpoints/blue/10.10.7.8",
+        "endpoints/blue/10.10.7.8",
         r#"{"kind":"peer","mac":"02:42:0a:0a:07:08","vtep":"10.0.0.9"}"#,
     );
     wait_for(Duration::from_secs(2), || {
@@ -637,11 +625,7 @@ fn a_bad_value_in_etcd_is_logged_with_its_key_and_skipped() {
 
 #[test]
 fn agents_killed_and_restarted_three_times_lose_no_packet() {
-    let mut d = Deployment::new("acloss", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "r1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "r2", "blue", None).unwrap();
-    assert!(ping(d.container(c1.0), c2.1));
+    let (mut d, c1, c2) = blue_pair("acloss");
     let flood = ping_flood(d.container(c1.0), c2.1, 600);
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(500));
@@ -664,11 +648,7 @@ fn agents_killed_and_restarted_three_times_lose_no_packet() {
 
 #[test]
 fn maps_of_another_layout_are_rebuilt_from_etcd_without_a_gap() {
-    let mut d = Deployment::new("aclayout", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "m1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "m2", "blue", None).unwrap();
-    assert!(ping(d.container(c1.0), c2.1));
+    let (mut d, c1, c2) = blue_pair("aclayout");
     // What an agent of layout v1 would have left: its maps under another directory, still in
     // use by the programs it attached.
     d.kill_agent(0);
@@ -696,10 +676,7 @@ fn maps_of_another_layout_are_rebuilt_from_etcd_without_a_gap() {
 
 #[test]
 fn teardown_removes_everything_the_agent_made_on_its_node() {
-    let mut d = Deployment::new("acdown", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "t1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "t2", "blue", None).unwrap();
+    let (mut d, c1, c2) = blue_pair("acdown");
     d.cli(0, &["host", "join", "--network", "blue"]).unwrap();
     assert!(ping(d.container(c2.0), c1.1));
     let err = d.cli(0, &["teardown"]).unwrap_err().to_string();
@@ -734,10 +711,7 @@ fn teardown_removes_everything_the_agent_made_on_its_node() {
 
 #[test]
 fn map_sizes_are_configurable_and_a_full_map_is_reported_not_truncated_silently() {
-    let mut d = Deployment::new("acfull", &[true, true]).unwrap();
-    blue(&d);
-    let c1 = d.add_container(0, "f1", "blue", None).unwrap();
-    let c2 = d.add_container(1, "f2", "blue", None).unwrap();
+    let (mut d, c1, c2) = blue_pair("acfull");
     // h1 restarts with room for 16 entries per map: its pinned maps have another size.
     d.kill_agent(0);
     d.hosts[0].run_args = vec!["--max-entries".into(), "16".into()];
@@ -752,12 +726,11 @@ fn map_sizes_are_configurable_and_a_full_map_is_reported_not_truncated_silently(
     assert!(ping(d.container(c1.0), c2.1));
     // 20 more remote MACs than fit.
     for i in 0..20 {
-        d.wire
-            .run(&format!(
-                "ETCDCTL_API=3 etcdctl --endpoints {} put /overlay/endpoints/blue/10.10.200.{i} '{{\"kind\":\"peer\",\"mac\":\"02:42:0a:0a:c8:{i:02x}\",\"vtep\":\"10.0.0.9\"}}'",
-                d.etcd.url
-            ))
-            .unwrap();
+        d.etcd_put(
+            &format!("endpoints/blue/10.10.200.{i}"),
+            &format!(r#"{{"kind":"peer","mac":"02:42:0a:0a:c8:{i:02x}","vtep":"10.0.0.9"}}"#),
+        )
+        .unwrap();
     }
     wait_for(Duration::from_secs(5), || {
         d.hosts[0]
