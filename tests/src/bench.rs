@@ -245,18 +245,7 @@ impl Testbed {
     fn overlay(tag: &str, xdp: bool) -> Result<Self> {
         let label = if xdp { "x" } else { "o" };
         let mut d = Deployment::new(&format!("{tag}{label}"), &[true, true])?;
-        d.cli(
-            0,
-            &[
-                "network",
-                "create",
-                "bench",
-                "--subnet",
-                "10.10.0.0/16",
-                "--vni",
-                "42",
-            ],
-        )?;
+        d.create_network("bench", "10.10.0.0/16", 42)?;
         let (client, _) = d.add_container(0, "c1", "bench", None)?;
         let (server, server_ip) = d.add_container(1, "c2", "bench", None)?;
         let mut xdp_programs = Vec::new();

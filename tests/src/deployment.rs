@@ -321,6 +321,13 @@ impl Deployment {
             .context("running overlay-agent")
     }
 
+    /// `network create` with the CLI on the first host.
+    pub fn create_network(&self, name: &str, subnet: &str, vni: u32) -> Result<()> {
+        let vni = vni.to_string();
+        let args = ["network", "create", name, "--subnet", subnet, "--vni", &vni];
+        self.cli(0, &args).map(drop)
+    }
+
     /// A container namespace named `<tag><name>`, attached to `network` on `host` with the
     /// CLI; returns it and the address it got.
     pub fn add_container(

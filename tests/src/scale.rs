@@ -61,18 +61,7 @@ fn vm_hwm_mb(pid: u32) -> f64 {
 
 pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     let mut d = Deployment::new("scale", &[true])?;
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "scale",
-            "--subnet",
-            "10.64.0.0/10",
-            "--vni",
-            &VNI.to_string(),
-        ],
-    )?;
+    d.create_network("scale", "10.64.0.0/10", VNI)?;
     d.kill_agent(0);
     let url = d.etcd.url.clone();
     // The test process reaches etcd from inside the host's namespace, like the agent: the

@@ -5,19 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use overlay_tests::deployment::{Deployment, LEASE_TTL, flood_result, ping, ping_flood, wait_for};
 
 fn blue(d: &Deployment) {
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "blue",
-            "--subnet",
-            "10.10.0.0/16",
-            "--vni",
-            "42",
-        ],
-    )
-    .unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
 }
 
 type Container = (usize, Ipv4Addr);
@@ -28,7 +16,26 @@ fn blue_pair(label: &str) -> (Deployment, Container, Container) {
     blue(&d);
     let c1 = d.add_container(0, "c1", "blue", None).unwrap();
     let c2 = d.add_container(1, "c2", "blue", None).unwrap();
-    assert!(ping(d.container(c1.0), c2.1));
+    // `endpoint add` returns once its own node serves the endpoint; the other node follows
+    // within milliseconds, but a ping sent before that loses its ARP request for a second.
+    wait_for(Duration::from_secs(3), || {
+        d.hosts.iter().all(|h| {
+            h.maps().is_ok_and(|m| {
+                [c1.1, c2.1]
+                    .iter()
+                    .all(|ip| m.arp.contains_key(&(42, ip.octets())))
+            })
+        })
+    })
+    .unwrap();
+    assert!(
+        ping(d.container(c1.0), c2.1),
+        "{}\n{:?}\n{}\n{:?}",
+        d.hosts[0].log(),
+        d.hosts[0].maps(),
+        d.hosts[1].log(),
+        d.hosts[1].maps()
+    );
     (d, c1, c2)
 }
 

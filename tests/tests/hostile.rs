@@ -73,32 +73,8 @@ fn captured(mut child: std::process::Child) -> String {
 #[test]
 fn hostile_packets_are_dropped_and_counted_while_legitimate_traffic_loses_nothing() {
     let mut d = Deployment::new("hostile", &[true, true]).unwrap();
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "blue",
-            "--subnet",
-            "10.10.0.0/16",
-            "--vni",
-            "42",
-        ],
-    )
-    .unwrap();
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "red",
-            "--subnet",
-            "10.20.0.0/16",
-            "--vni",
-            "43",
-        ],
-    )
-    .unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    d.create_network("red", "10.20.0.0/16", 43).unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();
     let a2 = d.add_container(1, "a2", "blue", None).unwrap();
     let r2 = d.add_container(1, "r2", "red", None).unwrap();
