@@ -288,7 +288,11 @@ impl Agent {
     }
 
     fn put(&mut self, store: &Store, kv: &etcd_client::KeyValue) -> Applied {
-        match (self.cluster).put(store.keys(), kv.key(), kv.value(), kv.create_revision()) {
+        let created = kv.create_revision();
+        match self
+            .cluster
+            .put(store.keys(), kv.key(), kv.value(), created)
+        {
             Ok(applied) => applied,
             Err(e) => {
                 log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(kv.key()));

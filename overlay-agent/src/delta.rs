@@ -15,8 +15,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use crate::{
     cluster::ClusterState,
     dataplane::state::{Diff, MapState, TableDiff},
-    desired::{Problem, remote_vtep},
-    store::schema::{Endpoint, Key, Keys, Location},
+    desired::{Placement, Problem, endpoint_key, placement},
+    store::schema::{Endpoint, Key, Keys},
 };
 
 /// What a batch of watch events touched, noted before each event is applied.
@@ -80,9 +80,6 @@ pub struct Delta {
     refs: Vec<((u32, [u8; 4]), u32)>,
 }
 
-/// A remote endpoint's entries: VNI, MAC, IP, VTEP.
-type Remote = (u32, [u8; 6], [u8; 4], [u8; 4]);
-
 /// The writes that bring `applied` (the maps, equal to the full reconcile's last answer, which
 /// left out `problems`) in line with `cluster` after `batch`; Err says why only a full
 /// reconcile can tell.
@@ -102,24 +99,19 @@ pub fn endpoint_delta(
     }
     if !problems.is_empty()
         && batch.before.keys().any(|(net, ip)| {
-            let key = format!("endpoints/{net}/{ip}");
+            let key = endpoint_key(net, *ip);
             problems.iter().any(|p| p.key == key)
         })
     {
         return Err("an endpoint that was left out changed");
     }
-    let remote = |ep: &Endpoint| -> Result<Option<Remote>, &'static str> {
-        if matches!(&ep.location, Location::Node { node, .. } if node == me) {
-            return Err("one of this node's endpoints changed");
-        }
-        let net = cluster
-            .networks
-            .get(&ep.network)
-            .ok_or("an endpoint's network does not exist")?;
-        if !net.subnet.contains(ep.ip) {
-            return Err("an endpoint is outside its subnet");
-        }
-        Ok(remote_vtep(cluster, ep).map(|vtep| (net.vni, ep.mac.0, ep.ip.octets(), vtep)))
+    // No network is refused (that would be a conflict), so every one is served.
+    // A remote endpoint's entries: VNI, MAC, IP, VTEP.
+    let remote = |ep: &Endpoint| match placement(cluster, me, ep, |_| true) {
+        Placement::Remote { vni, vtep } => Ok(Some((vni, ep.mac.0, ep.ip.octets(), vtep))),
+        Placement::Absent => Ok(None),
+        Placement::Local { .. } => Err("one of this node's endpoints changed"),
+        Placement::LeftOut(_) => Err("an endpoint would be left out"),
     };
 
     // What each touched entry must hold afterwards (None: nothing), and the VTEP count changes.
@@ -144,9 +136,7 @@ pub fn endpoint_delta(
         let taken = match fdb.get(&(vni, mac)) {
             Some(Some(_)) => true,
             Some(None) => false,
-            None => {
-                applied.fdb.contains_key(&(vni, mac)) || applied.endpoints.contains_key(&(vni, mac))
-            }
+            None => applied.mac_taken(vni, mac),
         };
         if taken {
             return Err("a MAC would be used twice");

@@ -2,7 +2,7 @@
 //! the node's name, and which of its interfaces exist. Everything that cannot be served (an
 //! endpoint outside its network, a MAC used twice, a port that is not there) is left out and
 //! reported, never half-applied.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use overlay_common::{Endpoint, deliver};
 
@@ -61,42 +61,23 @@ pub fn desired(
     let served: BTreeSet<&str> = served.iter().map(|n| n.name.as_str()).collect();
 
     // Endpoints, oldest first: of two that claim one MAC, the older is served.
-    let mut endpoints: Vec<_> = cluster.endpoints.iter().collect();
-    endpoints.sort_by_key(|(_, ep)| ep.created); // stable: by key among equals
-    for ((net_name, ip), ep) in endpoints {
-        let key = format!("endpoints/{net_name}/{ip}");
-        let Some(net) = cluster.networks.get(net_name) else {
-            problem(false, key, format!("network {net_name} does not exist"));
-            continue;
+    let mut endpoints: Vec<_> = cluster.endpoints.values().collect();
+    endpoints.sort_by_key(|ep| ep.created); // stable: by key among equals
+    for ep in endpoints {
+        let key = || endpoint_key(&ep.network, ep.ip);
+        let (vni, vtep) = match placement(cluster, me, ep, |n| served.contains(n)) {
+            Placement::LeftOut(why) => {
+                problem(false, key(), why);
+                continue;
+            }
+            Placement::Absent => continue,
+            Placement::Remote { vni, vtep } => (vni, Some(vtep)),
+            Placement::Local { vni } => (vni, None),
         };
-        if !served.contains(net_name.as_str()) {
-            continue; // its network was refused above
-        }
-        if !net.subnet.contains(*ip) {
-            problem(
-                false,
-                key,
-                format!("{ip} is outside {net_name}'s subnet {}", net.subnet),
-            );
-            continue;
-        }
-        let vni = net.vni;
-        let (mac, ip) = (ep.mac.0, ip.octets());
-        let vtep = match &ep.location {
-            Location::Node { node, .. } if node == me => None,
-            // A dead node's endpoint is not there at all: it neither claims its MAC nor
-            // conflicts with the endpoint that does (that shows once the node is back).
-            _ => match remote_vtep(cluster, ep) {
-                Some(vtep) => Some(vtep),
-                None => continue,
-            },
-        };
-        if s.endpoints.contains_key(&(vni, mac)) || s.fdb.contains_key(&(vni, mac)) {
-            problem(
-                true,
-                key,
-                format!("MAC {} is used twice in {net_name}", ep.mac),
-            );
+        let (mac, ip) = (ep.mac.0, ep.ip.octets());
+        if s.mac_taken(vni, mac) {
+            let why = format!("MAC {} is used twice in {}", ep.mac, ep.network);
+            problem(true, key(), why);
             continue;
         }
         if let Some(vtep) = vtep {
@@ -110,7 +91,7 @@ pub fn desired(
         let Some(port_ifindex) = resolve(port) else {
             problem(
                 false,
-                key,
+                key(),
                 format!("interface {port} does not exist on this node"),
             );
             continue;
@@ -121,7 +102,7 @@ pub fn desired(
                 None => {
                     problem(
                         false,
-                        key,
+                        key(),
                         format!("interface {iface} does not exist on this node"),
                     );
                     continue;
@@ -143,12 +124,54 @@ pub fn desired(
     (s, problems)
 }
 
-/// The VTEP behind another node's endpoint or a peer; None while that node's lease is dead
-/// (another node's endpoint is reachable only while its lease lives).
-pub fn remote_vtep(cluster: &ClusterState, ep: &schema::Endpoint) -> Option<[u8; 4]> {
-    match &ep.location {
+/// How a problem names an endpoint.
+pub fn endpoint_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("endpoints/{network}/{ip}")
+}
+
+/// Where an endpoint stands for this node, before MAC conflicts are settled.
+#[derive(Debug, PartialEq)]
+pub enum Placement {
+    /// Not served, and why: a problem of its own, never a conflict.
+    LeftOut(String),
+    /// Not served and not a problem: its network was refused (that network is the problem),
+    /// or it is on a node whose lease is dead (it is back with the node).
+    Absent,
+    /// Behind another node's VTEP, or a peer's.
+    Remote { vni: u32, vtep: [u8; 4] },
+    /// On this node.
+    Local { vni: u32 },
+}
+
+/// `served` says whether a network won its VNI and subnet (see [`desired`]).
+pub fn placement(
+    cluster: &ClusterState,
+    me: &str,
+    ep: &schema::Endpoint,
+    served: impl Fn(&str) -> bool,
+) -> Placement {
+    let Some(net) = cluster.networks.get(&ep.network) else {
+        return Placement::LeftOut(format!("network {} does not exist", ep.network));
+    };
+    if !served(&ep.network) {
+        return Placement::Absent;
+    }
+    if !net.subnet.contains(ep.ip) {
+        return Placement::LeftOut(format!(
+            "{} is outside {}'s subnet {}",
+            ep.ip, ep.network, net.subnet
+        ));
+    }
+    let vni = net.vni;
+    // Another node's endpoint is reachable only while that node's lease lives.
+    let vtep = match &ep.location {
+        Location::Node { node, .. } if node == me => return Placement::Local { vni },
         Location::Node { node, .. } => cluster.nodes.get(node).map(|n| n.vtep.octets()),
         Location::Peer { vtep } => Some(vtep.octets()),
+    };
+    match vtep {
+        Some(vtep) => Placement::Remote { vni, vtep },
+        None => Placement::Absent,
     }
 }
 

@@ -30,6 +30,11 @@ impl MapState {
         self.vteps.insert((vni, vtep));
     }
 
+    /// Whether a local or remote endpoint already holds `mac` in `vni`.
+    pub fn mac_taken(&self, vni: u32, mac: [u8; 6]) -> bool {
+        self.endpoints.contains_key(&(vni, mac)) || self.fdb.contains_key(&(vni, mac))
+    }
+
     /// Makes the writes of `diff` to these values, as [`super::Maps::apply`] makes them to the
     /// maps: afterwards `Diff::between(old, self)` is `diff` again.
     pub fn apply(&mut self, diff: &Diff) {
