@@ -426,8 +426,11 @@ pub async fn teardown(
 
 // ---- waiting for the agent ----
 
-/// Waits until this node's agent has `ep` in its maps (present) or not (absent). False if it
-/// did not happen in time, or no agent ever ran here.
+/// Waits until this node's agent has `ep` in its maps and, for an endpoint of this node, its
+/// port's from_container attached (present), or `ep` out of its maps (absent). The agent
+/// attaches a port only after writing its entries, and until then the endpoint's own ARP
+/// requests go unanswered: "served" must mean both. False if it did not happen in time, or
+/// no agent ever ran here.
 pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool> {
     let net = ctx
         .store
@@ -440,9 +443,11 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
         let Ok(maps) = Maps::open(&ctx.pins) else {
             return Ok(false);
         };
-        let here = match ep.kind {
-            Kind::Peer => maps.fdb.get(&key, 0).is_ok(),
-            _ => maps.endpoints.get(&key, 0).is_ok(),
+        let here = match &ep.location {
+            Location::Peer { .. } => maps.fdb.get(&key, 0).is_ok(),
+            Location::Node { port, .. } => {
+                maps.endpoints.get(&key, 0).is_ok() && (!present || ctx.pins.link(port).exists())
+            }
         };
         if here == present {
             return Ok(true);

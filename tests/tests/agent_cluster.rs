@@ -16,8 +16,16 @@ fn blue_pair(label: &str) -> (Deployment, Container, Container) {
     blue(&d);
     let c1 = d.add_container(0, "c1", "blue", None).unwrap();
     let c2 = d.add_container(1, "c2", "blue", None).unwrap();
-    // `endpoint add` returns once its own node serves the endpoint; the other node follows
-    // within milliseconds, but a ping sent before that loses its ARP request for a second.
+    // `endpoint add` returns once its own node serves the endpoint, its port's program
+    // attached (beside the underlay's) included: an unattached port drops the container's ARP
+    // requests, and the kernel asks again only a second later.
+    for h in &d.hosts {
+        let links = std::fs::read_dir(h.pins().dir().join("links"))
+            .unwrap()
+            .count();
+        assert_eq!(links, 2, "{}", h.log());
+    }
+    // The other node follows within milliseconds; a ping before that loses its ARP request.
     wait_for(Duration::from_secs(3), || {
         d.hosts.iter().all(|h| {
             h.maps().is_ok_and(|m| {
