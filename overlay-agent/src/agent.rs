@@ -29,6 +29,7 @@ use crate::{
     },
     delta::{Batch, VtepRefs, endpoint_delta},
     desired::{Problem, desired},
+    gro::{self, GroDevices},
     plumbing::Netlink,
     store::{
         Store, brief,
@@ -66,6 +67,9 @@ pub struct StatusFile {
     pub problems: BTreeMap<String, String>,
     /// Map writes that failed (a full map, above all), per map, since the agent started.
     pub map_write_failures: BTreeMap<String, u64>,
+    /// UDP port -> its receive-side GRO helper device, or why it has none.
+    #[serde(default)]
+    pub gro: BTreeMap<String, String>,
 }
 
 pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
@@ -74,6 +78,7 @@ pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
 
 struct Agent {
     opts: Options,
+    netlink: Netlink,
     dataplane: Dataplane,
     maps: Maps,
     vtep: Ipv4Addr,
@@ -92,6 +97,7 @@ struct Agent {
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
     switch_over_pending: bool,
+    gro: GroDevices,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -166,6 +172,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let mut agent = Agent {
         opts,
+        netlink,
         dataplane,
         maps,
         vtep,
@@ -178,6 +185,7 @@ pub async fn run(opts: Options) -> Result<()> {
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
+        gro: GroDevices::default(),
     };
     agent.write_status();
 
@@ -242,6 +250,7 @@ impl Agent {
                 revision + 1
             );
             self.reconcile(revision);
+            self.sync_gro().await;
             let mut watch = store.watch(revision + 1).await?;
             'watch: loop {
                 tokio::select! {
@@ -272,6 +281,7 @@ impl Agent {
                             };
                         }
                         self.reconcile_batch(&batch, revision);
+                        self.sync_gro().await;
                     }
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
@@ -281,6 +291,7 @@ impl Agent {
                         if !self.problems.is_empty() {
                             self.reconcile(self.status.revision);
                         }
+                        self.sync_gro().await;
                     }
                 }
             }
@@ -437,6 +448,22 @@ impl Agent {
         Ok(())
     }
 
+    /// A GRO helper device for every UDP port the networks in the maps use (see gro.rs).
+    async fn sync_gro(&mut self) {
+        if self.switch_over_pending {
+            return;
+        }
+        let wanted = self.applied.networks.values().copied().collect();
+        self.gro
+            .sync(&self.netlink, &mut self.dataplane, &wanted)
+            .await;
+        let report = self.gro.report();
+        if report != self.status.gro {
+            self.status.gro = report;
+            self.write_status();
+        }
+    }
+
     /// from_container on every local port; pinned links of ports that are gone removed.
     fn attach_ports(&mut self) -> Result<()> {
         let mut wanted = BTreeSet::new();
@@ -468,7 +495,7 @@ impl Agent {
             std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))?
         {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if name != self.opts.underlay && !wanted.contains(&name) {
+            if name != self.opts.underlay && !wanted.contains(&name) && !gro::is_device(&name) {
                 Dataplane::detach(&self.opts.pins, &name)?;
                 log::info!("from_container link of {name} removed (its endpoint is gone)");
             }

@@ -354,9 +354,12 @@ pub async fn peer_rm(ctx: &Ctx, network: &str, ip: Ipv4Addr) -> Result<Endpoint>
 // ---- teardown ----
 
 /// Whether an interface name is one the agent's commands make: `ovbr<vni>` bridges,
-/// `ove<8 hex>` container ports, `ovh<vni>`/`ovhp<vni>` host legs. Exact shapes, so a user's
-/// `overlay0` is never taken for ours.
+/// `ove<8 hex>` container ports, `ovh<vni>`/`ovhp<vni>` host legs, `ovgro<port>` GRO helper
+/// devices. Exact shapes, so a user's `overlay0` is never taken for ours.
 pub fn is_our_interface(name: &str) -> bool {
+    if crate::gro::is_device(name) {
+        return true;
+    }
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = name
         .strip_prefix("ovbr")
@@ -465,7 +468,7 @@ mod tests {
 
     #[test]
     fn only_our_interface_names_are_ours() {
-        for ours in ["ovbr42", "ove1a77fa8a", "ovh42", "ovhp42"] {
+        for ours in ["ovbr42", "ove1a77fa8a", "ovh42", "ovhp42", "ovgro4789"] {
             assert!(is_our_interface(ours), "{ours}");
         }
         for theirs in [

@@ -7,10 +7,10 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
     packet_route::{
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{InfoVxlan, LinkAttribute, LinkMessage},
     },
 };
 
@@ -145,6 +145,33 @@ impl Netlink {
             // Another endpoint add made it at the same moment.
             Err(e) if is_errno(&e, libc::EEXIST) => {}
             Err(e) => bail!("creating bridge {name}: {e}"),
+        }
+        self.require(name).await
+    }
+
+    /// An idle collect_md ("external") vxlan device on UDP `port`, left down; its ifindex.
+    /// Kept as it is if `name` exists. Its socket, open while it is up, is what makes the
+    /// kernel merge our VXLAN packets (GRO); learning is off so it never changes state itself.
+    pub async fn ensure_vxlan_external(&self, name: &str, port: u16) -> Result<u32> {
+        if let Some(index) = self.index(name).await? {
+            return Ok(index);
+        }
+        let device = LinkMessageBuilder::<LinkVxlan>::new(name)
+            .append_info_data(InfoVxlan::CollectMetadata(true))
+            .append_info_data(InfoVxlan::Port(port))
+            .append_info_data(InfoVxlan::Learning(false))
+            .build();
+        match self.handle.link().add(device).execute().await {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::EEXIST) && self.index(name).await?.is_none() => {
+                // The name is free, so the port is taken: one external vxlan device per port
+                // and namespace (someone else's already gives the port GRO).
+                bail!(
+                    "creating {name}: an external vxlan device already listens on UDP {port} ({e})"
+                )
+            }
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => bail!("creating vxlan device {name} (external, UDP {port}): {e}"),
         }
         self.require(name).await
     }

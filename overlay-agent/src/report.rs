@@ -114,8 +114,10 @@ pub async fn status(
         .as_ref()
         .map(|f| f.underlay.clone())
         .unwrap_or_default();
-    let (from_underlay, from_container): (Vec<_>, Vec<_>) =
+    let (from_underlay, rest): (Vec<_>, Vec<_>) =
         links.iter().cloned().partition(|l| *l == underlay);
+    let (gro_sink, from_container): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|l| crate::gro::is_device(l));
     let counts = Maps::open(pins).and_then(|m| m.snapshot()).ok().map(|s| {
         json!({
             "networks": s.networks.len(), "fdb": s.fdb.len(), "arp": s.arp.len(),
@@ -132,6 +134,7 @@ pub async fn status(
             "updated_unix": file.as_ref().map(|f| f.updated_unix),
             "vtep": file.as_ref().map(|f| f.vtep.clone()),
             "map_write_failures": file.as_ref().map(|f| f.map_write_failures.clone()).unwrap_or_default(),
+            "gro": file.as_ref().map(|f| f.gro.clone()).unwrap_or_default(),
         },
         "etcd": {
             "endpoints": etcd.join(","),
@@ -142,6 +145,7 @@ pub async fn status(
         "programs": {
             "from_underlay": from_underlay,
             "from_container": from_container,
+            "gro_sink": gro_sink,
         },
         "maps": counts,
         "problems": file.as_ref().map(|f| f.problems.clone()).unwrap_or_default(),
@@ -213,6 +217,14 @@ fn status_text(v: &Value) -> String {
             .join(", "),
         _ => "none".into(),
     };
+    let gro = match a["gro"].as_object() {
+        Some(g) if !g.is_empty() => g
+            .iter()
+            .map(|(port, dev)| format!("UDP {port}: {}", s(dev)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    };
     let problems = match v["problems"].as_object() {
         Some(p) if !p.is_empty() => p
             .iter()
@@ -221,7 +233,7 @@ fn status_text(v: &Value) -> String {
         _ => "none".into(),
     };
     format!(
-        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\nmaps            {maps}\nfailed writes   {failures}\nproblems        {problems}\n",
+        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nmaps            {maps}\nfailed writes   {failures}\nproblems        {problems}\n",
         s(&v["node"]),
         list(&v["programs"]["from_underlay"]),
         list(&v["programs"]["from_container"]),

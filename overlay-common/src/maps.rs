@@ -18,6 +18,8 @@ pub mod names {
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const FROM_UNDERLAY: &str = "from_underlay";
+    /// TC ingress of the idle vxlan device that gives our UDP ports receive-side GRO.
+    pub const GRO_SINK: &str = "gro_sink";
     /// Decapsulation at XDP, for the benchmark's comparison only.
     pub const XDP_DECAP: &str = "xdp_decap";
 }

@@ -54,10 +54,22 @@ counters! {
     DropNoRoute = "drop_no_route",
     /// The kernel refused to grow or shrink the packet (adjust_room failed).
     DropAdjustFailed = "drop_adjust_failed",
+    /// A packet the kernel's own vxlan socket decapsulated, seen on the idle GRO helper device
+    /// (`ovgro<port>`): it never delivers anything, so our checks stay the only way in.
+    DropKernelVxlan = "drop_kernel_vxlan",
+    /// Not an outcome: the wire packets that decapsulated skbs carried (a GRO'd skb counts its
+    /// segments, any other 1), so `decap_segments / decap` is the average merged per skb.
+    DecapSegments = "decap_segments",
 }
 
 impl Counter {
     pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+    /// Whether the counter counts verdicts (one per packet a program saw); the others measure
+    /// something about packets already counted under a verdict.
+    pub const fn is_outcome(self) -> bool {
+        !matches!(self, Counter::DecapSegments)
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use overlay_common::{
 use crate::{
     maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
     packet::{linearize, ptr_at},
-    stats::{drop, pass, redirected},
+    stats::{add, drop, pass, redirected},
     vxlan,
 };
 
@@ -114,10 +114,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);
+    // With a GRO handler on our port (the agent's ovgro device), the wire's packets arrive
+    // here merged: count how many this skb carries.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
 
     if vxlan::decap(ctx, &inner).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
+    add(Counter::DecapSegments, u64::from(segments));
     let inner_type = u16::from_be(inner.ether_type);
     let verdict = if how == deliver::INGRESS {
         unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) }

@@ -2,6 +2,7 @@
 //!
 //! - `from_container`: TC ingress on the host side of each container's veth (Cilium's `bpf_lxc`).
 //! - `from_underlay`: TC ingress on the underlay interface (Cilium's `bpf_overlay`).
+//! - `gro_sink`: TC ingress on the idle vxlan device that gives our port GRO: drops all.
 //!
 //! Each entry file reads top to bottom as the path one packet takes; the protocol steps they call
 //! live in their own modules.
@@ -14,6 +15,8 @@ mod arp;
 mod from_container;
 #[cfg(target_arch = "bpf")]
 mod from_underlay;
+#[cfg(target_arch = "bpf")]
+mod gro_sink;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -40,6 +43,11 @@ mod entry {
     #[classifier]
     pub fn from_underlay(ctx: TcContext) -> i32 {
         crate::from_underlay::handle(&ctx)
+    }
+
+    #[classifier]
+    pub fn gro_sink(ctx: TcContext) -> i32 {
+        crate::gro_sink::handle(&ctx)
     }
 
     /// The XDP decapsulation the benchmark measures against `from_underlay` (not attached by

@@ -7,9 +7,14 @@ use crate::maps::STATS;
 
 #[inline(always)]
 pub fn count(counter: Counter) {
+    add(counter, 1);
+}
+
+#[inline(always)]
+pub fn add(counter: Counter, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other writer can race us.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const EALREADY: i32 = 114;
 const TTL: u8 = 64;
 
 /// Everything in front of the inner frame's payload once encapsulated: what one store writes.
@@ -74,9 +75,8 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> i32 {
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
         | ((EthHdr::LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
-    if ctx
-        .adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
-        .is_err()
+    if let Err(e) = ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        && !regrow(ctx, e, inner_type)
     {
         return drop(Counter::DropAdjustFailed);
     }
@@ -191,6 +191,27 @@ impl Route {
             next_hop,
         }
     }
+}
+
+/// A frame that came out of our own decapsulation as a GRO super-packet (a container that
+/// forwards with NAT, say) still carries the tunnel state GRO gave it: `skb->encapsulation`
+/// and SKB_GSO_UDP_TUNNEL, which no 6.18 helper clears (BPF_F_ADJ_ROOM_DECAP_L4_UDP is a 2026
+/// bpf-next series), and the ENCAP flags refuse it with -EALREADY. That stale state already
+/// describes the packet being built: decapsulation and encapsulation both move 50 bytes at the
+/// same offset, so the inner header offsets GRO set point at the inner headers again, and the
+/// gso type is VXLAN's. So grow without the ENCAP flags; true if that worked. IPv4 inside only:
+/// the ENCAP flags are also what turns an IPv6 skb's protocol into the outer IPv4.
+#[inline(always)]
+fn regrow(ctx: &TcContext, error: i64, inner_type: u16) -> bool {
+    error == -(EALREADY as i64)
+        && u16::from_be(inner_type) == wire::ETH_P_IP
+        && ctx
+            .adjust_room(
+                ENCAP_OVERHEAD as i32,
+                BPF_ADJ_ROOM_MAC,
+                BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+            )
+            .is_ok()
 }
 
 /// The way to the entry's VTEP on the underlay: the next hop cached in the FDB entry while it

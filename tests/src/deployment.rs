@@ -15,7 +15,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use overlay_agent::dataplane::{Maps, PinDir, state::MapState};
 
-use crate::{fixture::TEST_PIN_ROOT, netns::Netns, topology::plug_host};
+use crate::{
+    fixture::TEST_PIN_ROOT,
+    netns::Netns,
+    topology::{Underlay, plug_host_on},
+};
 
 /// etcd's client address, on the underlay segment.
 pub const ETCD_IP: &str = "10.0.0.254";
@@ -175,6 +179,11 @@ impl Deployment {
     /// Hosts h1.. on one underlay segment (10.0.0.<i>/24, forwarding on), etcd on
     /// 10.0.0.254; `ours[i]` says whether host i runs our agent (started here).
     pub fn new(label: &str, ours: &[bool]) -> Result<Self> {
+        Self::on(label, ours, Underlay::Veth)
+    }
+
+    /// As [`Deployment::new`], the hosts on an underlay that behaves as `underlay` says.
+    pub fn on(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
         crate::require_root();
         let tag = crate::unique(label);
         let dir = std::env::temp_dir().join(&tag);
@@ -198,7 +207,7 @@ impl Deployment {
         for (i, &is_ours) in ours.iter().enumerate() {
             let n = i + 1;
             let name = format!("{tag}h{n}");
-            let ns = plug_host(&d.wire, &name, n)?;
+            let ns = plug_host_on(&d.wire, &name, n, underlay)?;
             let vtep = [10, 0, 0, n as u8];
             // Resolve etcd's address before anything has to reach it in a hurry.
             let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));

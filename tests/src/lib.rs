@@ -8,6 +8,7 @@ pub mod netns;
 pub mod packet;
 pub mod scale;
 pub mod topology;
+pub mod transfer;
 
 /// The tests load eBPF programs and create network namespaces: they need root. Say so plainly
 /// instead of failing on the first EPERM somewhere deep.

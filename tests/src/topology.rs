@@ -180,14 +180,71 @@ impl Cluster {
 /// A host namespace `name` plugged into the underlay bridge `ul` of `wire`: its `eth1` is
 /// 10.0.0.<n>/24 (the wire side of the veth is `h<n>`), with forwarding on as on any Docker or
 /// Kubernetes node.
+/// How the underlay between the hosts behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Underlay {
+    /// veth as it comes (MTU 1500): a 64 KB GSO packet crosses from host to host whole, which
+    /// no NIC does.
+    Veth,
+    /// Like NICs on a switch, at this MTU: each host's underlay veth segments what it sends to
+    /// the MTU (TSO and GSO off) and merges what it receives (NAPI GRO). veth runs GRO only
+    /// when the *sending* veth has TSO off, so the switch's ports have it off too; they do not
+    /// merge themselves (GRO off), as a switch does not.
+    Wire { mtu: u32 },
+}
+
+impl Underlay {
+    pub fn mtu(self) -> u32 {
+        match self {
+            Underlay::Veth => 1500,
+            Underlay::Wire { mtu } => mtu,
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Underlay::Veth => "veth underlay".into(),
+            Underlay::Wire { mtu } => format!("wire-like underlay, MTU {mtu}"),
+        }
+    }
+
+    pub fn key(self) -> String {
+        match self {
+            Underlay::Veth => "veth".into(),
+            Underlay::Wire { mtu } => format!("wire{mtu}"),
+        }
+    }
+
+    /// Shell commands that give `dev` this behaviour, at a host's end (`host`) or at the
+    /// switch's.
+    fn configure(self, dev: &str, host: bool) -> String {
+        match self {
+            Underlay::Veth => "true".into(),
+            Underlay::Wire { mtu } => format!(
+                "ip link set {dev} mtu {mtu} && ethtool -K {dev} tso off gso off gro {} >/dev/null",
+                if host { "on" } else { "off" }
+            ),
+        }
+    }
+}
+
+/// A host `name` plugged into the wire namespace's bridge `ul` as 10.0.0.<n>/24 on its
+/// `eth1`, forwarding on, on a veth underlay.
 pub fn plug_host(wire: &Netns, name: &str, n: usize) -> Result<Netns> {
+    plug_host_on(wire, name, n, Underlay::Veth)
+}
+
+/// As [`plug_host`], on an underlay that behaves as `underlay` says.
+pub fn plug_host_on(wire: &Netns, name: &str, n: usize, underlay: Underlay) -> Result<Netns> {
     let ns = Netns::new(name)?;
     wire.run(&format!(
-        "ip link add h{n} type veth peer name eth1 netns {name} && ip link set h{n} master ul up"
+        "ip link add h{n} type veth peer name eth1 netns {name} && {} && ip link set h{n} master ul up",
+        underlay.configure(&format!("h{n}"), false)
     ))?;
     ns.run(&format!(
-        "ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
-         sysctl -qw net.ipv4.conf.all.forwarding=1"
+        "{} && ip link set eth1 up && ip addr add 10.0.0.{n}/24 dev eth1 && \
+         sysctl -qw net.ipv4.conf.all.forwarding=1",
+        underlay.configure("eth1", true)
     ))?;
     Ok(ns)
 }

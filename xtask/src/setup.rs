@@ -110,6 +110,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the tests (attached programs)",
     ),
     req(Python("scapy"), "python3-scapy", "the hostile corpus"),
+    req(
+        Program("nft"),
+        "nftables",
+        "the wire tests (a container forwarding with NAT)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

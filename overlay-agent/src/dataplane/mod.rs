@@ -62,7 +62,11 @@ impl Dataplane {
                     pins.maps().display()
                 )
             })?;
-        for name in [programs::FROM_CONTAINER, programs::FROM_UNDERLAY] {
+        for name in [
+            programs::FROM_CONTAINER,
+            programs::FROM_UNDERLAY,
+            programs::GRO_SINK,
+        ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
@@ -107,6 +111,11 @@ impl Dataplane {
     /// Attaches `from_container` at TC ingress of a container's host-side veth.
     pub fn attach_container(&mut self, iface: &str) -> Result<()> {
         self.attach(programs::FROM_CONTAINER, iface)
+    }
+
+    /// Attaches `gro_sink` at TC ingress of a GRO helper device (see gro.rs).
+    pub fn attach_gro_sink(&mut self, iface: &str) -> Result<()> {
+        self.attach(programs::GRO_SINK, iface)
     }
 
     /// TCX attach (kernel >= 6.6), with the link pinned so it outlives this process. An existing

@@ -1,0 +1,156 @@
+//! Receive-side GRO for the UDP ports our networks use.
+//!
+//! On a wire every packet is at most the MTU, and the receiver's GRO merges a flow's packets
+//! back before the stack sees them. The kernel merges VXLAN only for a UDP port whose socket
+//! registered a GRO handler (`udp4_gro_receive` looks the socket up; the vxlan device's socket
+//! registers `vxlan_gro_receive`). Our dataplane has no socket, so without help each packet
+//! would cross decapsulation and the container's stack alone (measured: 0.79x kernel vxlan).
+//!
+//! The help is one idle collect_md ("external") vxlan device per port, `ovgro<port>`: GRO runs
+//! before TC ingress, so `from_underlay` receives the merged packets and redirects them before
+//! the device's socket ever sees one. What reaches the socket all the same (outer fragments or
+//! IP options that `from_underlay` leaves to the host, VXLAN arriving on another interface)
+//! would be decapsulated and delivered by the kernel without our checks: the device's own
+//! `gro_sink` program drops it and counts `drop_kernel_vxlan`, before the device is up.
+//! No address and no IPv6 on it, so it never sends anything either.
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    dataplane::{Dataplane, PinDir},
+    plumbing::Netlink,
+};
+
+const PREFIX: &str = "ovgro";
+
+/// The helper device for UDP `port`.
+pub fn device(port: u16) -> String {
+    format!("{PREFIX}{port}")
+}
+
+/// Whether `name` has the exact shape of a helper device.
+pub fn is_device(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The helper devices this agent keeps, and why a port has none.
+#[derive(Default)]
+pub struct GroDevices {
+    /// Port -> device, ready (sink attached, up).
+    ready: BTreeMap<u16, String>,
+    /// Port -> why its device could not be made; retried on every sync.
+    failed: BTreeMap<u16, String>,
+}
+
+impl GroDevices {
+    /// Makes a device for every port in `wanted` and removes those of ports no longer used.
+    /// Costs nothing when the ports are the ones already served.
+    pub async fn sync(
+        &mut self,
+        netlink: &Netlink,
+        dataplane: &mut Dataplane,
+        wanted: &BTreeSet<u16>,
+    ) {
+        // A helper someone deleted is made again (sync runs every second or so).
+        self.ready
+            .retain(|_, name| crate::agent::ifindex(name).is_some());
+        if self.failed.is_empty() && self.ready.keys().eq(wanted.iter()) {
+            return;
+        }
+        for &port in wanted {
+            if self.ready.contains_key(&port) {
+                continue;
+            }
+            match make(netlink, dataplane, port).await {
+                Ok(name) => {
+                    log::info!(
+                        "{name}: receive-side GRO for VXLAN on UDP {port} (an idle external vxlan device whose own traffic gro_sink drops)"
+                    );
+                    self.failed.remove(&port);
+                    self.ready.insert(port, name);
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    if self.failed.get(&port) != Some(&why) {
+                        log::warn!("no receive-side GRO for UDP {port}: {why}; will retry");
+                    }
+                    self.failed.insert(port, why);
+                }
+            }
+        }
+        self.failed.retain(|port, _| wanted.contains(port));
+        let gone: Vec<u16> = self
+            .ready
+            .keys()
+            .filter(|p| !wanted.contains(p))
+            .copied()
+            .collect();
+        for port in gone {
+            let name = self.ready.remove(&port).expect("listed above");
+            if let Err(e) = remove(netlink, dataplane.pins(), &name).await {
+                log::warn!("{e:#}");
+            } else {
+                log::info!("{name} removed: no network uses UDP {port} any more");
+            }
+        }
+    }
+
+    /// Port -> device name, or the error that keeps it from existing: for `status`.
+    pub fn report(&self) -> BTreeMap<String, String> {
+        self.ready
+            .iter()
+            .map(|(p, n)| (p.to_string(), n.clone()))
+            .chain(
+                self.failed
+                    .iter()
+                    .map(|(p, why)| (p.to_string(), format!("error: {why}"))),
+            )
+            .collect()
+    }
+}
+
+async fn make(netlink: &Netlink, dataplane: &mut Dataplane, port: u16) -> Result<String> {
+    let name = device(port);
+    if netlink.index(&name).await?.is_none() {
+        // A pinned link left by a device that was deleted is defunct: it cannot be updated.
+        Dataplane::detach(dataplane.pins(), &name)?;
+    }
+    netlink.ensure_vxlan_external(&name, port).await?;
+    // Router solicitations and DAD would be its only traffic: a collect_md device has nowhere
+    // to send them, but it would try.
+    let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if std::path::Path::new(&sysctl).exists() {
+        std::fs::write(&sysctl, "1").with_context(|| format!("writing {sysctl}"))?;
+    }
+    // The sink first: the socket opens when the device comes up.
+    dataplane.attach_gro_sink(&name)?;
+    netlink.up(&name).await?;
+    Ok(name)
+}
+
+async fn remove(netlink: &Netlink, pins: &PinDir, name: &str) -> Result<()> {
+    Dataplane::detach(pins, name)?;
+    netlink.delete(name).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_have_one_shape() {
+        assert_eq!(device(4789), "ovgro4789");
+        assert!(is_device(&device(4789)) && is_device(&device(65535)) && is_device("ovgro1"));
+        for other in [
+            "ovgro",
+            "ovgro4789x",
+            "ovgro123456",
+            "xovgro4789",
+            "ovbr4789",
+        ] {
+            assert!(!is_device(other), "{other}");
+        }
+    }
+}

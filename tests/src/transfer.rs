@@ -1,0 +1,63 @@
+//! Checksummed TCP transfers between namespaces (tests/scripts/transfer.py): what arrives must be
+//! byte for byte what was sent, whatever the path merged, re-segmented or rewrote on the way.
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::Netns;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/transfer.py");
+
+/// Sends `mib` MiB from `from` to `to_ip`:`port` (a listener started in `to`); Ok if the
+/// receiver got exactly the sender's bytes. Bounded: 60 s at most.
+pub fn exact(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u32) -> Result<()> {
+    let mut receiver = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &to.name,
+            "timeout",
+            "60",
+            "/usr/bin/python3",
+        ])
+        .args([SCRIPT, "recv", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the receiver")?;
+    let mut lines = BufReader::new(receiver.stdout.take().expect("piped")).lines();
+    match lines.next() {
+        Some(Ok(l)) if l == "listening" => {}
+        other => bail!("the receiver did not start: {other:?}"),
+    }
+    let sender = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &from.name,
+            "timeout",
+            "60",
+            "/usr/bin/python3",
+        ])
+        .args([SCRIPT, "send", &to_ip.to_string(), &port.to_string()])
+        .args([&mib.to_string(), "7"])
+        .output()
+        .context("running the sender")?;
+    let received = lines.next().transpose()?.unwrap_or_default();
+    let _ = receiver.wait();
+    let sent = String::from_utf8_lossy(&sender.stdout).trim().to_string();
+    if !sender.status.success() || sent.is_empty() {
+        bail!(
+            "the sender failed ({}): {}",
+            sender.status,
+            String::from_utf8_lossy(&sender.stderr)
+        );
+    }
+    if sent != received.trim() {
+        bail!("sent {sent}, received {received:?}");
+    }
+    Ok(())
+}
