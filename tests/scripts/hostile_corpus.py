@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, VXLAN, conf, sendp
+from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, VXLAN, conf, fragment, sendp
 
 conf.verb = 0
 
@@ -22,12 +22,14 @@ def underlay(iface, a):
 
     only = os.environ.get("CORPUS_ONLY")
 
-    def send(reason, frames, times=1):
+    def send(reason, frames, times=1, also=None):
+        """Sends frames that move `reason`'s counter, and `also`'s once each too."""
         if only and reason not in only.split(","):
             return
         frames = [bytes(f) for f in frames] * times
         sendp([Raw(f) for f in frames], iface=iface)
-        sent[reason] = sent.get(reason, 0) + len(frames)
+        for r in [reason] + ([also] if also else []):
+            sent[r] = sent.get(r, 0) + len(frames)
 
     outer = Ether(src=a["attacker_mac"], dst=a["host_mac"])
 
@@ -59,13 +61,22 @@ def underlay(iface, a):
     send("drop_no_endpoint", [vxlan(42, inner_dst=a["other_vni_mac"])], times=20)
     # A broadcast storm inside the tunnel: never flooded.
     send("drop_no_endpoint", [vxlan(42, inner_dst="ff:ff:ff:ff:ff:ff")], times=500)
-    # Fragments and IP options: left to the host stack, which has no VXLAN socket.
+    # Fragments and IP options: left to the host stack. There the agent's GRO helper device
+    # (ovgro4789) has a VXLAN socket, so a whole packet reaches the kernel's own
+    # decapsulation, whose output the helper's gro_sink drops: one drop_kernel_vxlan each.
     frag = vxlan(42)
     frag[IP].flags = "MF"
-    send("underlay_fragment", [frag], times=20)
+    send("underlay_fragment", [frag], times=20)  # a first fragment alone: never reassembled
     opts = vxlan(42)
     opts[IP].options = [b"\x01\x01\x01\x00"]
-    send("underlay_ip_options", [opts], times=20)
+    send("underlay_ip_options", [opts], times=20, also="drop_kernel_vxlan")
+    for i in range(5):
+        # Both fragments of one valid packet: the host reassembles it for the socket.
+        whole = vxlan(42) / Raw(b"f" * 200)
+        whole[IP].id = 4000 + i
+        first, *rest = fragment(whole, fragsize=120)
+        send("underlay_fragment", [first], also="drop_kernel_vxlan")
+        send("underlay_pass", rest)
     # Full-size frames from a stranger.
     big = vxlan(42, src=a["attacker_ip"]) / Raw(b"z" * 1380)
     send("drop_unknown_vtep", [big], times=20)

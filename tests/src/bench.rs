@@ -1,6 +1,7 @@
-//! The side-by-side benchmark's test beds and measurements: two hosts on a veth underlay, one
-//! container on each, in three modes. Every measurement runs the same tool the same way in
-//! each mode, so the modes differ only in the path a packet takes.
+//! The side-by-side benchmark's test beds and measurements: two hosts on an underlay (a plain
+//! veth, or one that behaves like a wire: see [`Underlay`]), one container on each, in each
+//! mode. Every measurement runs the same tool the same way in each mode, pinned the same way
+//! (client on CPU 0, server on CPU 1), so the modes differ only in the path a packet takes.
 use std::{
     net::Ipv4Addr,
     process::{Child, Command, Stdio},
@@ -10,9 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use overlay_agent::dataplane::Dataplane;
+use overlay_agent::dataplane::{Dataplane, Maps};
+use overlay_common::Counter;
 
-use crate::{deployment::Deployment, netns::Netns, topology::plug_host};
+use crate::{
+    deployment::Deployment,
+    netns::Netns,
+    topology::{Underlay, plug_host_on},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
@@ -111,11 +117,14 @@ pub struct Sample {
     pub value: f64,
     /// CPU seconds (all cores, from /proc/stat) per GB or per million packets.
     pub cpu: Option<f64>,
+    /// Ours only: wire packets per skb the receiving host decapsulated (GRO merging).
+    pub segments: Option<f64>,
 }
 
 /// Two hosts, one container each, the client in the first and the server in the second.
 pub struct Testbed {
     pub mode: Mode,
+    pub underlay: Underlay,
     client: String,
     server: String,
     server_ip: Ipv4Addr,
@@ -126,40 +135,46 @@ pub struct Testbed {
     _namespaces: Vec<Netns>,
 }
 
-const MTU_OVERLAY: u32 = 1450;
+/// VXLAN's 50 bytes.
+const ENCAP_OVERHEAD: u32 = 50;
 
 /// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, forwarding on).
-fn underlay(tag: &str) -> Result<Vec<Netns>> {
+fn underlay(tag: &str, underlay: Underlay) -> Result<Vec<Netns>> {
     let wire = Netns::new(&format!("{tag}w"))?;
     wire.run("ip link add ul type bridge && ip link set ul up")?;
     let mut out = vec![wire];
     for n in 1..=2 {
-        let host = plug_host(&out[0], &format!("{tag}h{n}"), n)?;
+        let host = plug_host_on(&out[0], &format!("{tag}h{n}"), n, underlay)?;
         out.push(host);
     }
     Ok(out)
 }
 
 impl Testbed {
-    pub fn new(mode: Mode, tag: &str) -> Result<Self> {
+    /// `tag` names this bed's namespaces; `u` is the underlay between the two hosts (the
+    /// direct veth pair has none).
+    pub fn new(mode: Mode, tag: &str, u: Underlay) -> Result<Self> {
         let mut bed = match mode {
-            Mode::Plain => Self::plain(tag)?,
-            Mode::KernelVxlan => Self::kernel_vxlan(tag)?,
-            Mode::Overlay => Self::overlay(tag, false)?,
-            Mode::OverlayXdp => Self::overlay(tag, true)?,
+            Mode::Plain => Self::plain(tag, u)?,
+            Mode::KernelVxlan => Self::kernel_vxlan(tag, u)?,
+            Mode::Overlay => Self::overlay(tag, u, false)?,
+            Mode::OverlayXdp => Self::overlay(tag, u, true)?,
             Mode::Direct => Self::direct(tag)?,
         };
+        bed.underlay = u;
         bed.start_servers()?;
         Ok(bed)
     }
 
-    fn plain(tag: &str) -> Result<Self> {
-        let mut ns = underlay(&format!("{tag}p"))?;
+    fn plain(tag: &str, u: Underlay) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}p"), u)?;
+        // Containers at the underlay's MTU: nothing to encapsulate.
+        let mtu = u.mtu();
         for n in 1..=2u8 {
             let c = Netns::new(&format!("{tag}pc{n}"))?;
             let other = 3 - n;
             ns[n as usize].run(&format!(
-                "ip link add vc type veth peer name eth0 netns {c} && \
+                "ip link add vc mtu {mtu} type veth peer name eth0 mtu {mtu} netns {c} && \
                  ip addr add 10.{n}.{n}.1/24 dev vc && ip link set vc up && \
                  ip route add 10.{other}.{other}.0/24 via 10.0.0.{other}",
                 c = c.name
@@ -172,6 +187,7 @@ impl Testbed {
         }
         Ok(Self {
             mode: Mode::Plain,
+            underlay: u,
             client: ns[3].name.clone(),
             server: ns[4].name.clone(),
             server_ip: Ipv4Addr::new(10, 2, 2, 2),
@@ -193,6 +209,7 @@ impl Testbed {
         b.run("ip addr add 10.3.3.2/24 dev eth0 && ip link set eth0 up")?;
         Ok(Self {
             mode: Mode::Direct,
+            underlay: Underlay::Veth,
             client: a.name.clone(),
             server: b.name.clone(),
             server_ip: Ipv4Addr::new(10, 3, 3, 2),
@@ -203,24 +220,25 @@ impl Testbed {
         })
     }
 
-    fn kernel_vxlan(tag: &str) -> Result<Self> {
-        let mut ns = underlay(&format!("{tag}k"))?;
+    fn kernel_vxlan(tag: &str, u: Underlay) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}k"), u)?;
+        let overlay_mtu = u.mtu() - ENCAP_OVERHEAD;
         let mac = |n: u8| format!("02:42:0a:0a:0{}:01", n - 1);
         for n in 1..=2u8 {
             let c = Netns::new(&format!("{tag}kc{n}"))?;
             let other = 3 - n;
             ns[n as usize].run(&format!(
                 "ip link add br0 type bridge && ip link set br0 up && \
-                 ip link add vxlan0 mtu {MTU_OVERLAY} type vxlan id 42 dev eth1 dstport 4789 nolearning && \
+                 ip link add vxlan0 mtu {overlay_mtu} type vxlan id 42 dev eth1 dstport 4789 nolearning && \
                  ip link set vxlan0 master br0 up && \
                  bridge fdb add {peer_mac} dev vxlan0 dst 10.0.0.{other} && \
-                 ip link add vc mtu {MTU_OVERLAY} type veth peer name eth0 netns {c} && \
+                 ip link add vc mtu {overlay_mtu} type veth peer name eth0 netns {c} && \
                  ip link set vc master br0 up",
                 peer_mac = mac(other),
                 c = c.name
             ))?;
             c.run(&format!(
-                "ip link set eth0 address {} mtu {MTU_OVERLAY} up && \
+                "ip link set eth0 address {} mtu {overlay_mtu} up && \
                  ip addr add 10.10.{}.1/16 dev eth0 && \
                  ip neigh add 10.10.{}.1 lladdr {} dev eth0 nud permanent",
                 mac(n),
@@ -232,6 +250,7 @@ impl Testbed {
         }
         Ok(Self {
             mode: Mode::KernelVxlan,
+            underlay: u,
             client: ns[3].name.clone(),
             server: ns[4].name.clone(),
             server_ip: Ipv4Addr::new(10, 10, 1, 1),
@@ -242,9 +261,10 @@ impl Testbed {
         })
     }
 
-    fn overlay(tag: &str, xdp: bool) -> Result<Self> {
+    fn overlay(tag: &str, u: Underlay, xdp: bool) -> Result<Self> {
         let label = if xdp { "x" } else { "o" };
-        let mut d = Deployment::new(&format!("{tag}{label}"), &[true, true])?;
+        // The agent gives containers the underlay's MTU less 50 by itself.
+        let mut d = Deployment::on(&format!("{tag}{label}"), &[true, true], u)?;
         d.create_network("bench", "10.10.0.0/16", 42)?;
         let (client, _) = d.add_container(0, "c1", "bench", None)?;
         let (server, server_ip) = d.add_container(1, "c2", "bench", None)?;
@@ -266,6 +286,7 @@ impl Testbed {
         }
         Ok(Self {
             mode: if xdp { Mode::OverlayXdp } else { Mode::Overlay },
+            underlay: u,
             _xdp: xdp_programs,
             client: d.container(client).name.clone(),
             server: d.container(server).name.clone(),
@@ -278,8 +299,11 @@ impl Testbed {
 
     fn start_servers(&mut self) -> Result<()> {
         for cmd in [
-            "iperf3 -s".to_string(),
-            format!("sockperf sr -i {} -p 11111", self.server_ip),
+            format!("taskset -c {SERVER_CPU} iperf3 -s"),
+            format!(
+                "taskset -c {SERVER_CPU} sockperf sr -i {} -p 11111",
+                self.server_ip
+            ),
         ] {
             let child = Command::new("ip")
                 .args([
@@ -319,6 +343,7 @@ impl Testbed {
 
     pub fn measure(&self, metric: Metric, seconds: u32) -> Result<Sample> {
         let ip = self.server_ip;
+        let decap_before = self.decap_counts();
         let cpu_before = busy_cpu_seconds()?;
         let (value, amount) = match metric {
             Metric::Tcp1 | Metric::Tcp4 => {
@@ -340,8 +365,9 @@ impl Testbed {
                 (packets / secs / 1e3, packets / 1e6)
             }
             Metric::Latency => {
-                let out = self
-                    .client_output(&format!("sockperf pp -i {ip} -p 11111 -m 64 -t {seconds}"))?;
+                let out = self.client_output(&format!(
+                    "taskset -c {CLIENT_CPU} sockperf pp -i {ip} -p 11111 -m 64 -t {seconds}"
+                ))?;
                 let us = out
                     .split("Latency is ")
                     .nth(1)
@@ -352,16 +378,31 @@ impl Testbed {
             }
         };
         let cpu = busy_cpu_seconds()? - cpu_before;
+        let segments = match (decap_before, self.decap_counts()) {
+            (Some((d0, s0)), Some((d1, s1))) if d1 > d0 => {
+                Some((s1 - s0) as f64 / (d1 - d0) as f64)
+            }
+            _ => None,
+        };
         Ok(Sample {
             value,
             cpu: (amount > 0.0).then(|| cpu / amount),
+            segments,
         })
+    }
+
+    /// Ours: (skbs decapsulated, wire packets they carried) on the server's host so far.
+    fn decap_counts(&self) -> Option<(u64, u64)> {
+        let d = self._deployment.as_ref()?;
+        let counters = Maps::open(&d.hosts[1].pins()).ok()?.counters().ok()?;
+        let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, n)| *n);
+        Some((get(Counter::Decap)?, get(Counter::DecapSegments)?))
     }
 
     fn iperf(&self, args: &str) -> Result<Value> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.client, "sh", "-c"])
-            .arg(format!("iperf3 {args} -J"))
+            .arg(format!("taskset -c {CLIENT_CPU} iperf3 {args} -J"))
             .output()
             .context("running iperf3")?;
         let json: Value = serde_json::from_slice(&out.stdout)
@@ -372,6 +413,11 @@ impl Testbed {
         Ok(json)
     }
 }
+
+/// Where the client and the server run, in every mode alike: never competing for one CPU, and
+/// never moved between CPUs by the scheduler in the middle of a measurement.
+const CLIENT_CPU: u32 = 0;
+const SERVER_CPU: u32 = 1;
 
 impl Drop for Testbed {
     fn drop(&mut self) {

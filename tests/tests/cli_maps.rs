@@ -84,7 +84,10 @@ fn a_missing_map_is_a_one_line_error_that_names_it() {
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("map FDB at"), "names the map: {err}");
     assert!(
-        err.contains(&format!("{TEST_PIN_ROOT}/{node}/maps-v2/FDB")),
+        err.contains(&format!(
+            "{TEST_PIN_ROOT}/{node}/maps-v{}/FDB",
+            overlay_agent::dataplane::pins::LAYOUT_VERSION
+        )),
         "says where: {err}"
     );
 }

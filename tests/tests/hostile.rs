@@ -8,6 +8,7 @@ use overlay_agent::dataplane::Maps;
 use overlay_tests::{
     deployment::{Deployment, flood_result, ping, ping_flood},
     netns::Netns,
+    topology::Underlay,
 };
 
 /// The MAC the agent gives an endpoint, as scapy wants it.
@@ -72,7 +73,17 @@ fn captured(mut child: std::process::Child) -> String {
 
 #[test]
 fn hostile_packets_are_dropped_and_counted_while_legitimate_traffic_loses_nothing() {
-    let mut d = Deployment::new("hostile", &[true, true]).unwrap();
+    hostile("hostile", Underlay::Veth);
+}
+
+/// The same on an underlay that behaves like a wire, where the receiving veth runs GRO.
+#[test]
+fn hostile_packets_on_a_wire_are_dropped_and_counted_while_legitimate_traffic_loses_nothing() {
+    hostile("hostilew", Underlay::Wire { mtu: 1500 });
+}
+
+fn hostile(label: &str, underlay: Underlay) {
+    let mut d = Deployment::on(label, &[true, true], underlay).unwrap();
     d.create_network("blue", "10.10.0.0/16", 42).unwrap();
     d.create_network("red", "10.20.0.0/16", 43).unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();

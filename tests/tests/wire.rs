@@ -176,6 +176,77 @@ fn a_legacy_kernel_vxlan_host_on_a_wire_exchanges_exact_bytes_both_ways() {
         "the kernel vxlan host's stream was not merged: {merged:.2}"
     );
     transfer::exact(d.container(ours.0), &d.hosts[1].ns, legacy_ip, 5002, 32).unwrap();
+
+    // Refused while merged: a stream from the legacy host in full flight when its VTEP stops
+    // being one of ours. Its merged packets are dropped and counted by us, and the kernel's
+    // own vxlan path (the GRO helper's socket) never delivers one of them.
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &d.container(ours.0).name,
+            "timeout",
+            "8",
+            "iperf3",
+            "-s",
+            "-1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let client = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &d.hosts[1].ns.name,
+            "timeout",
+            "8",
+            "iperf3",
+            "-c",
+        ])
+        .arg(ours.1.to_string())
+        .args(["-t", "6"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let flowing = counters(&d, 0);
+    d.cli(
+        0,
+        &["peer", "rm", "--network", "blue", "--ip", "10.10.200.1"],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(2), || {
+        !d.hosts[0]
+            .maps()
+            .unwrap()
+            .vteps
+            .contains(&(42, [10, 0, 0, 2]))
+    })
+    .unwrap();
+    let refused = counters(&d, 0);
+    std::thread::sleep(Duration::from_secs(1));
+    let later = counters(&d, 0);
+    for mut p in [client, server] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    assert!(
+        moved(&flowing, &refused, Counter::Decap) > 0,
+        "the stream was flowing"
+    );
+    assert_eq!(
+        moved(&refused, &later, Counter::Decap),
+        0,
+        "delivered after the VTEP left"
+    );
+    assert!(
+        moved(&flowing, &later, Counter::DropUnknownVtep) > 0,
+        "refusals not counted"
+    );
+    assert_eq!(moved(&flowing, &later, Counter::DropKernelVxlan), 0);
 }
 
 /// A container that forwards what it receives with NAT, as a proxy or a nested runtime does:

@@ -26,12 +26,16 @@ enum Command {
     },
     /// Setup, then the demo: etcd and three hosts with agents, in network namespaces.
     Demo,
-    /// Release build, then our overlay beside kernel vxlan and plain routing; writes
-    /// target/bench/{bench.md,bench.json,bench.svg}.
+    /// Release build, then our overlay beside kernel vxlan and plain routing, on a veth
+    /// underlay and on one that behaves like a wire (MTU 1500 and 9000); writes
+    /// target/bench/{bench.md,bench.json,bench-<underlay>.svg}.
     Bench {
         /// Rounds (modes alternate within each).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// veth, wire (MTU 1500 and 9000), wire1500, wire9000 or all.
+        #[arg(long, default_value = "all")]
+        underlay: String,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3)]
         seconds: u32,
@@ -53,10 +57,11 @@ fn main() -> ExitCode {
         Command::Demo => demo(),
         Command::Bench {
             rounds,
+            underlay,
             seconds,
             xdp_decap,
             scale,
-        } => bench(rounds, seconds, xdp_decap, scale),
+        } => bench(rounds, &underlay, seconds, xdp_decap, scale),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +123,13 @@ fn demo() -> Result<()> {
     )
 }
 
-fn bench(rounds: u32, seconds: u32, xdp_decap: bool, scale: Option<u32>) -> Result<()> {
+fn bench(
+    rounds: u32,
+    underlay: &str,
+    seconds: u32,
+    xdp_decap: bool,
+    scale: Option<u32>,
+) -> Result<()> {
     prepare_release()?;
     util::step(match scale {
         Some(_) => "the control plane at scale: converge, memory, lag",
@@ -130,7 +141,16 @@ fn bench(rounds: u32, seconds: u32, xdp_decap: bool, scale: Option<u32>) -> Resu
         seconds.to_string(),
         out.to_string_lossy(),
     );
-    let mut args = vec!["--rounds", &rounds, "--seconds", &seconds, "--out", &out];
+    let mut args = vec![
+        "--rounds",
+        &rounds,
+        "--seconds",
+        &seconds,
+        "--underlay",
+        underlay,
+        "--out",
+        &out,
+    ];
     if xdp_decap {
         args.push("--xdp-decap");
     }

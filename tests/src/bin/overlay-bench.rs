@@ -5,15 +5,21 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use overlay_tests::bench::{Metric, Micro, Mode, Sample, Testbed, median, microbench};
+use overlay_tests::{
+    bench::{Metric, Micro, Mode, Sample, Testbed, median, microbench},
+    topology::Underlay,
+};
 use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "overlay-bench")]
 struct Args {
     /// Rounds; each measures every mode once per metric, in a rotating order.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Which underlays: veth, wire (MTU 1500 and 9000), or all.
+    #[arg(long, value_enum, default_value_t = Beds::All)]
+    underlay: Beds,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3)]
     seconds: u32,
@@ -37,6 +43,29 @@ struct Args {
     out: PathBuf,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Beds {
+    Veth,
+    /// Both wire-like beds, MTU 1500 and 9000.
+    Wire,
+    Wire1500,
+    Wire9000,
+    All,
+}
+
+impl Beds {
+    fn beds(self) -> Vec<Underlay> {
+        let (w1500, w9000) = (Underlay::Wire { mtu: 1500 }, Underlay::Wire { mtu: 9000 });
+        match self {
+            Beds::Veth => vec![Underlay::Veth],
+            Beds::Wire => vec![w1500, w9000],
+            Beds::Wire1500 => vec![w1500],
+            Beds::Wire9000 => vec![w9000],
+            Beds::All => vec![Underlay::Veth, w1500, w9000],
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,7 +76,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-type Runs = BTreeMap<(Mode, Metric), Vec<Sample>>;
+type Runs = BTreeMap<(Underlay, Mode, Metric), Vec<Sample>>;
 
 fn run(args: Args) -> Result<()> {
     overlay_tests::require_root();
@@ -79,57 +108,81 @@ fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let tag = overlay_tests::unique("b");
-    let mut beds = Vec::new();
-    let mut modes = Mode::ALL.to_vec();
-    if args.xdp_decap {
-        modes.push(Mode::OverlayXdp);
-    }
-    for mode in modes {
-        eprintln!("-- setting up {}", mode.name());
-        beds.push(Testbed::new(mode, &tag)?);
-    }
+    let underlays = args.underlay.beds();
     let mut runs: Runs = BTreeMap::new();
     let mut raw = Vec::new();
-    let total = args.rounds as usize * Metric::ALL.len() * beds.len();
-    let mut done = 0;
-    for round in 0..args.rounds as usize {
-        for metric in Metric::ALL {
-            // Rotate the order each round, so no mode always runs first (or last).
-            for i in 0..beds.len() {
-                let bed = &beds[(i + round) % beds.len()];
-                done += 1;
-                // One line rewritten in a terminal, one line each in a log.
-                let lead = if unsafe { libc::isatty(2) } == 1 {
-                    "\r"
-                } else {
-                    "\n"
-                };
-                eprint!(
-                    "{lead}[{done:>2}/{total}] round {}/{}: {:<15} {:<24}",
-                    round + 1,
-                    args.rounds,
-                    bed.mode.name(),
-                    metric.name()
-                );
-                let s = bed.measure(metric, args.seconds)?;
-                raw.push(json!({
-                    "round": round + 1, "mode": bed.mode.key(), "metric": metric.key(),
-                    "value": s.value, "cpu": s.cpu,
-                }));
-                runs.entry((bed.mode, metric)).or_default().push(s);
+    for (b, &underlay) in underlays.iter().enumerate() {
+        // One underlay at a time: its modes alternate round by round; the next underlay's beds
+        // are made only once this one's are gone.
+        let tag = overlay_tests::unique(&format!("b{b}"));
+        let mut modes = vec![Mode::Plain, Mode::KernelVxlan, Mode::Overlay];
+        if underlay == Underlay::Veth {
+            // The floor has no underlay: measured once, beside the veth bed.
+            modes.push(Mode::Direct);
+            if args.xdp_decap {
+                modes.push(Mode::OverlayXdp);
             }
         }
+        let mut beds = Vec::new();
+        for mode in modes {
+            eprintln!("-- setting up {} on the {}", mode.name(), underlay.name());
+            beds.push(Testbed::new(mode, &tag, underlay)?);
+        }
+        let total = args.rounds as usize * Metric::ALL.len() * beds.len();
+        let mut done = 0;
+        for round in 0..args.rounds as usize {
+            for metric in Metric::ALL {
+                // Rotate the order each round, so no mode always runs first (or last).
+                for i in 0..beds.len() {
+                    let bed = &beds[(i + round) % beds.len()];
+                    done += 1;
+                    // One line rewritten in a terminal, one line each in a log.
+                    let lead = if unsafe { libc::isatty(2) } == 1 {
+                        "\r"
+                    } else {
+                        "\n"
+                    };
+                    eprint!(
+                        "{lead}[{done:>2}/{total}] {} round {}/{}: {:<15} {:<24}",
+                        underlay.key(),
+                        round + 1,
+                        args.rounds,
+                        bed.mode.name(),
+                        metric.name()
+                    );
+                    let s = bed.measure(metric, args.seconds)?;
+                    raw.push(json!({
+                        "underlay": underlay.key(), "round": round + 1, "mode": bed.mode.key(),
+                        "metric": metric.key(), "value": s.value, "cpu": s.cpu,
+                        "segments_per_skb": s.segments,
+                    }));
+                    runs.entry((underlay, bed.mode, metric))
+                        .or_default()
+                        .push(s);
+                }
+            }
+        }
+        eprintln!();
+        drop(beds);
     }
-    eprintln!();
-    drop(beds);
 
     eprintln!("-- microbenchmark (BPF_PROG_TEST_RUN)");
     // Let the kernel finish tearing the test beds' namespaces down first.
     std::thread::sleep(std::time::Duration::from_secs(8));
     let micro = microbench(10_000, 5_000_000)?;
 
-    let mut table = markdown(&runs, &micro, &args);
+    let mut table = format!(
+        "Medians of {} rounds, {} s each, modes alternating; two hosts in network namespaces, one container each; client on CPU 0, server on CPU 1.\n",
+        args.rounds, args.seconds
+    );
+    for &underlay in &underlays {
+        table.push_str(&markdown(&runs, underlay));
+        std::fs::write(
+            args.out.join(format!("bench-{}.svg", underlay.key())),
+            chart(&runs, underlay),
+        )?;
+    }
+    table.push_str(&micro_table(&micro));
     if args.xdp_decap {
         table.push_str(&tc_versus_xdp(&runs));
     }
@@ -141,62 +194,92 @@ fn run(args: Args) -> Result<()> {
             "micro": micro.iter().map(|m| json!({"program": m.name, "ns": m.ns, "how": m.how})).collect::<Vec<_>>(),
         }))?,
     )?;
-    std::fs::write(args.out.join("bench.svg"), chart(&runs))?;
     println!("{table}");
     println!(
-        "(written: {0}/bench.md, bench.json, bench.svg)",
+        "(written: {0}/bench.md, bench.json, bench-<underlay>.svg)",
         args.out.display()
     );
     Ok(())
 }
 
-fn med(runs: &Runs, mode: Mode, metric: Metric, cpu: bool) -> Option<f64> {
+fn med(runs: &Runs, u: Underlay, mode: Mode, metric: Metric, what: What) -> Option<f64> {
     let mut v: Vec<f64> = runs
-        .get(&(mode, metric))?
+        .get(&(u, mode, metric))?
         .iter()
-        .filter_map(|s| if cpu { s.cpu } else { Some(s.value) })
+        .filter_map(|s| match what {
+            What::Value => Some(s.value),
+            What::Cpu => s.cpu,
+            What::Segments => s.segments,
+        })
         .collect();
     (!v.is_empty()).then(|| median(&mut v))
 }
 
-/// The issue's targets, as (ratio to plain routing, ratio to kernel vxlan) bounds.
-fn target(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Latency => "<= 1.10x plain, <= 0.85x vxlan",
-        Metric::Udp64 => ">= 1.3x vxlan",
-        Metric::Tcp1 | Metric::Tcp4 => ">= 1.0x vxlan",
+#[derive(Clone, Copy)]
+enum What {
+    Value,
+    Cpu,
+    Segments,
+}
+
+/// The targets, per underlay: on the veth bed what the first wave reached (no worse than
+/// that), on a wire what the wire issue asks.
+fn target(u: Underlay, metric: Metric) -> &'static str {
+    match (u, metric) {
+        (_, Metric::Udp64) => ">= 1.3x vxlan",
+        (Underlay::Veth, Metric::Latency) => "<= 1.10x plain",
+        (Underlay::Veth, _) => ">= 1.0x vxlan",
+        (Underlay::Wire { .. }, Metric::Latency) => "<= 1.0x plain",
+        (Underlay::Wire { .. }, Metric::Tcp1) => ">= 1.15x vxlan, CPU/GB <= 0.85x",
+        (Underlay::Wire { .. }, Metric::Tcp4) => ">= 1.0x vxlan",
     }
 }
 
-fn met(metric: Metric, to_plain: f64, to_vxlan: f64) -> bool {
-    match metric {
-        Metric::Latency => to_plain <= 1.10 && to_vxlan <= 0.85,
-        Metric::Udp64 => to_vxlan >= 1.3,
-        Metric::Tcp1 | Metric::Tcp4 => to_vxlan >= 1.0,
+fn met(
+    u: Underlay,
+    metric: Metric,
+    to_plain: f64,
+    to_vxlan: f64,
+    cpu_to_vxlan: Option<f64>,
+) -> bool {
+    match (u, metric) {
+        (_, Metric::Udp64) => to_vxlan >= 1.3,
+        (Underlay::Veth, Metric::Latency) => to_plain <= 1.10,
+        (Underlay::Veth, _) => to_vxlan >= 1.0,
+        (Underlay::Wire { .. }, Metric::Latency) => to_plain <= 1.0,
+        (Underlay::Wire { .. }, Metric::Tcp1) => {
+            to_vxlan >= 1.15 && cpu_to_vxlan.is_some_and(|c| c <= 0.85)
+        }
+        (Underlay::Wire { .. }, Metric::Tcp4) => to_vxlan >= 1.0,
     }
 }
 
-fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
+const TABLE_MODES: [Mode; 4] = [Mode::Plain, Mode::KernelVxlan, Mode::Overlay, Mode::Direct];
+
+fn markdown(runs: &Runs, u: Underlay) -> String {
     let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "Medians of {} rounds, {} s each, modes alternating; two hosts in network namespaces on a veth underlay, one container each.\n",
-        args.rounds, args.seconds
-    );
+    let _ = writeln!(t, "\n**{}**\n", u.name());
     let _ = writeln!(
         t,
         "| metric | plain routing | kernel vxlan | overlay (ours) | ours / plain | ours / kernel vxlan | target | met | direct veth (floor) |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
+    let floor_of =
+        |metric: Metric, what: What| med(runs, Underlay::Veth, Mode::Direct, metric, what);
     for metric in Metric::ALL {
-        let v: Vec<Option<f64>> = Mode::ALL
+        let v: Vec<Option<f64>> = TABLE_MODES
             .iter()
-            .map(|&m| med(runs, m, metric, false))
+            .map(|&m| med(runs, u, m, metric, What::Value))
             .collect();
         let (Some(plain), Some(vxlan), Some(ours)) = (v[0], v[1], v[2]) else {
             continue;
         };
-        let floor = v[3].map_or("-".to_string(), |f| format!("{f:.1}"));
+        let c: Vec<Option<f64>> = TABLE_MODES
+            .iter()
+            .map(|&m| med(runs, u, m, metric, What::Cpu))
+            .collect();
+        let cpu_ratio = c[2].zip(c[1]).map(|(o, k)| o / k);
+        let floor = floor_of(metric, What::Value).map_or("-".to_string(), |f| format!("{f:.1}"));
         let (rp, rv) = (ours / plain, ours / vxlan);
         let fmt = |x: f64| match metric {
             Metric::Tcp1 | Metric::Tcp4 => format!("{x:.1}"),
@@ -211,26 +294,36 @@ fn markdown(runs: &Runs, micro: &[Micro], args: &Args) -> String {
             fmt(plain),
             fmt(vxlan),
             fmt(ours),
-            target(metric),
-            if met(metric, rp, rv) { "yes" } else { "no" }
-        );
-        if let Some(unit) = metric.cpu_unit() {
-            let c: Vec<Option<f64>> = Mode::ALL
-                .iter()
-                .map(|&m| med(runs, m, metric, true))
-                .collect();
-            if let (Some(p), Some(k), Some(o)) = (c[0], c[1], c[2]) {
-                let _ = writeln!(
-                    t,
-                    "| &nbsp;&nbsp;{} ({unit}) | {p:.2} | {k:.2} | {o:.2} | {:.2}x | {:.2}x | lower is better | | {} |",
-                    metric.name(),
-                    o / p,
-                    o / k,
-                    c[3].map_or("-".to_string(), |f| format!("{f:.2}"))
-                );
+            target(u, metric),
+            if met(u, metric, rp, rv, cpu_ratio) {
+                "yes"
+            } else {
+                "no"
             }
+        );
+        if let (Some(unit), Some(p), Some(k), Some(o)) = (metric.cpu_unit(), c[0], c[1], c[2]) {
+            let _ = writeln!(
+                t,
+                "| &nbsp;&nbsp;{} ({unit}) | {p:.2} | {k:.2} | {o:.2} | {:.2}x | {:.2}x | lower is better | | {} |",
+                metric.name(),
+                o / p,
+                o / k,
+                floor_of(metric, What::Cpu).map_or("-".to_string(), |f| format!("{f:.2}"))
+            );
+        }
+        if let Some(seg) = med(runs, u, Mode::Overlay, metric, What::Segments) {
+            let _ = writeln!(
+                t,
+                "| &nbsp;&nbsp;{} (wire packets per skb at our decap) | | | {seg:.1} | | | | | |",
+                metric.name()
+            );
         }
     }
+    t
+}
+
+fn micro_table(micro: &[Micro]) -> String {
+    let mut t = String::new();
     let _ = writeln!(
         t,
         "\n| program (BPF_PROG_TEST_RUN) | ns per packet | how | target |"
@@ -254,8 +347,8 @@ fn tc_versus_xdp(runs: &Runs) -> String {
     );
     for metric in Metric::ALL {
         if let (Some(tc), Some(xdp)) = (
-            med(runs, Mode::Overlay, metric, false),
-            med(runs, Mode::OverlayXdp, metric, false),
+            med(runs, Underlay::Veth, Mode::Overlay, metric, What::Value),
+            med(runs, Underlay::Veth, Mode::OverlayXdp, metric, What::Value),
         ) {
             let _ = writeln!(
                 t,
@@ -270,7 +363,8 @@ fn tc_versus_xdp(runs: &Runs) -> String {
 }
 
 /// Grouped bars, each metric normalised to plain routing (= 1.0), so one axis fits all.
-fn chart(runs: &Runs) -> String {
+fn chart(runs: &Runs, u: Underlay) -> String {
+    let name = u.name();
     let (w, h, left, top, bottom) = (760.0, 360.0, 50.0, 30.0, 60.0);
     let colors = ["#888888", "#d9822b", "#2b7bd9", "#cccccc"];
     let max = 1.6f64;
@@ -280,7 +374,7 @@ fn chart(runs: &Runs) -> String {
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
          <rect width='100%' height='100%' fill='white'/>\n\
-         <text x='{left}' y='18'>relative to plain routing (1.0 = the limit; for latency lower is better)</text>\n"
+         <text x='{left}' y='18'>{name}: relative to plain routing (1.0 = the limit; for latency lower is better)</text>\n"
     );
     for tick in [0.0, 0.5, 1.0, 1.5] {
         let _ = writeln!(
@@ -292,13 +386,15 @@ fn chart(runs: &Runs) -> String {
         );
     }
     for (g, metric) in Metric::ALL.iter().enumerate() {
-        let Some(plain) = med(runs, Mode::Plain, *metric, false) else {
+        let Some(plain) = med(runs, u, Mode::Plain, *metric, What::Value) else {
             continue;
         };
         let x0 = left + g as f64 * group_w + 15.0;
         let bar = (group_w - 30.0) / Mode::ALL.len() as f64;
         for (i, mode) in Mode::ALL.iter().enumerate() {
-            let Some(v) = med(runs, *mode, *metric, false) else {
+            let Some(v) = med(runs, u, *mode, *metric, What::Value)
+                .or_else(|| med(runs, Underlay::Veth, *mode, *metric, What::Value))
+            else {
                 continue;
             };
             let r = v / plain;
