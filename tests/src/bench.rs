@@ -297,6 +297,12 @@ impl Testbed {
         })
     }
 
+    /// The client's and the server's namespaces and the server's address, for measuring by
+    /// hand (perf, tcpdump) beside a bed.
+    pub fn endpoints(&self) -> (&str, &str, Ipv4Addr) {
+        (&self.client, &self.server, self.server_ip)
+    }
+
     fn start_servers(&mut self) -> Result<()> {
         for cmd in [
             format!("taskset -c {SERVER_CPU} iperf3 -s"),
