@@ -21,6 +21,11 @@ use crate::{
     topology::{Underlay, plug_host_on},
 };
 
+/// A legacy host's own address on the overlay, and its vxlan device's MAC (Docker's
+/// convention for that address).
+pub const LEGACY_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 200, 1);
+pub const LEGACY_MAC: &str = "02:42:0a:0a:c8:01";
+
 /// etcd's client address, on the underlay segment.
 pub const ETCD_IP: &str = "10.0.0.254";
 /// Short, so that tests of lease expiry are quick.
@@ -372,6 +377,43 @@ impl Deployment {
 
     pub fn container(&self, index: usize) -> &Netns {
         &self.containers[index]
+    }
+
+    /// Host `legacy` (not ours) joins network `network` (VNI 42, `10.10.0.0/16`) as the seed
+    /// recipe does by hand, with the host itself on the overlay at [`LEGACY_IP`] behind a kernel
+    /// vxlan device, knowing our endpoint `ours` on host 0; then `peer add` makes every node of
+    /// ours know it. Returns once host 0's FDB has it.
+    pub fn join_legacy_host(&self, legacy: usize, network: &str, ours: Ipv4Addr) -> Result<()> {
+        let mac = overlay_agent::net::Mac::from_ip(ours);
+        let vtep = crate::topology::ip_str(self.hosts[legacy].vtep);
+        self.hosts[legacy].ns.run(&format!(
+            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 && \
+             ip link set vxlan0 address {LEGACY_MAC} mtu 1450 && \
+             ip addr add {LEGACY_IP}/16 dev vxlan0 && ip link set vxlan0 up && \
+             ip neigh add {ours} lladdr {mac} dev vxlan0 nud permanent && \
+             bridge fdb add to {mac} dst 10.0.0.1 dev vxlan0"
+        ))?;
+        let ip = LEGACY_IP.to_string();
+        self.cli(
+            0,
+            &[
+                "peer",
+                "add",
+                "--network",
+                network,
+                "--ip",
+                &ip,
+                "--mac",
+                LEGACY_MAC,
+                "--vtep",
+                &vtep,
+            ],
+        )?;
+        let key = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
+        wait_for(Duration::from_secs(2), || {
+            self.hosts[0].maps().is_ok_and(|m| m.fdb.contains_key(&key))
+        })?;
+        Ok(())
     }
 
     /// Writes `value` at `/overlay/<key>` straight into etcd, as a hand (or a bug) would,

@@ -336,48 +336,8 @@ fn a_legacy_host_joined_with_peer_add_talks_to_our_containers_both_ways() {
     blue(&d);
     let ours = d.add_container(0, "l1", "blue", None).unwrap();
     // The legacy host, set up by hand as the seed recipe does, with the host itself on the
-    // overlay at 10.10.200.1.
-    let legacy = &d.hosts[1];
-    legacy
-        .ns
-        .run(&format!(
-            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 && \
-             ip link set vxlan0 address 02:42:0a:0a:c8:01 mtu 1450 && \
-             ip addr add 10.10.200.1/16 dev vxlan0 && ip link set vxlan0 up && \
-             ip neigh add {ip} lladdr 02:42:{m} dev vxlan0 nud permanent && \
-             bridge fdb add to 02:42:{m} dst 10.0.0.1 dev vxlan0",
-            ip = ours.1,
-            m = mac_of(ours.1)[2..]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        ))
-        .unwrap();
-    d.cli(
-        0,
-        &[
-            "peer",
-            "add",
-            "--network",
-            "blue",
-            "--ip",
-            "10.10.200.1",
-            "--mac",
-            "02:42:0a:0a:c8:01",
-            "--vtep",
-            "10.0.0.2",
-        ],
-    )
-    .unwrap();
-    wait_for(Duration::from_secs(2), || {
-        d.hosts[0]
-            .maps()
-            .unwrap()
-            .fdb
-            .contains_key(&(42, [2, 0x42, 10, 10, 200, 1]))
-    })
-    .unwrap();
+    // overlay at 10.10.200.1, then `peer add`.
+    d.join_legacy_host(1, "blue", ours.1).unwrap();
     assert!(
         ping(d.container(ours.0), Ipv4Addr::new(10, 10, 200, 1)),
         "ours -> legacy"

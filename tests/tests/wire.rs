@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 use overlay_agent::dataplane::Maps;
 use overlay_common::Counter;
 use overlay_tests::{
-    deployment::{Deployment, ping, wait_for},
+    deployment::{Deployment, LEGACY_IP, ping, wait_for},
     netns::Netns,
     topology::Underlay,
     transfer,
@@ -139,35 +139,8 @@ fn a_legacy_kernel_vxlan_host_on_a_wire_exchanges_exact_bytes_both_ways() {
     let mut d = Deployment::on("wlegacy", &[true, false], WIRE).unwrap();
     d.create_network("blue", "10.10.0.0/16", 42).unwrap();
     let ours = d.add_container(0, "l1", "blue", None).unwrap();
-    let mac = overlay_agent::net::Mac::from_ip(ours.1);
-    let legacy_ip = Ipv4Addr::new(10, 10, 200, 1);
-    d.hosts[1]
-        .ns
-        .run(&format!(
-            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 && \
-             ip link set vxlan0 address 02:42:0a:0a:c8:01 mtu 1450 && \
-             ip addr add {legacy_ip}/16 dev vxlan0 && ip link set vxlan0 up && \
-             ip neigh add {ip} lladdr {mac} dev vxlan0 nud permanent && \
-             bridge fdb add to {mac} dst 10.0.0.1 dev vxlan0",
-            ip = ours.1
-        ))
-        .unwrap();
-    d.cli(
-        0,
-        &[
-            "peer",
-            "add",
-            "--network",
-            "blue",
-            "--ip",
-            "10.10.200.1",
-            "--mac",
-            "02:42:0a:0a:c8:01",
-            "--vtep",
-            "10.0.0.2",
-        ],
-    )
-    .unwrap();
+    let legacy_ip = LEGACY_IP;
+    d.join_legacy_host(1, "blue", ours.1).unwrap();
     wait_for(Duration::from_secs(3), || {
         ping(d.container(ours.0), legacy_ip)
     })
