@@ -38,25 +38,28 @@ pub fn is_device(name: &str) -> bool {
 /// The helper devices this agent keeps, and why a port has none.
 #[derive(Default)]
 pub struct GroDevices {
-    /// Port -> device, ready (sink attached, up).
-    ready: BTreeMap<u16, String>,
+    /// Port -> device and its ifindex, ready (sink attached, up).
+    ready: BTreeMap<u16, (String, u32)>,
     /// Port -> why its device could not be made; retried on every sync.
     failed: BTreeMap<u16, String>,
+    /// No helper of a port no longer used is left, this process's or an earlier one's.
+    swept: bool,
 }
 
 impl GroDevices {
-    /// Makes a device for every port in `wanted` and removes those of ports no longer used.
-    /// Costs nothing when the ports are the ones already served.
+    /// Makes a device for every port in `wanted` and removes every helper (device or pinned
+    /// sink) of a port not in it, whoever made it: a network may have gone while no agent ran.
+    /// Costs one lookup per port when nothing changed.
     pub async fn sync(
         &mut self,
         netlink: &Netlink,
         dataplane: &mut Dataplane,
         wanted: &BTreeSet<u16>,
     ) {
-        // A helper someone deleted is made again (sync runs every second or so).
+        // A helper someone deleted, or deleted and made again, is made (or attached) again.
         self.ready
-            .retain(|_, name| crate::agent::ifindex(name).is_some());
-        if self.failed.is_empty() && self.ready.keys().eq(wanted.iter()) {
+            .retain(|_, (name, index)| crate::agent::ifindex(name) == Some(*index));
+        if self.swept && self.failed.is_empty() && self.ready.keys().eq(wanted.iter()) {
             return;
         }
         for &port in wanted {
@@ -64,12 +67,13 @@ impl GroDevices {
                 continue;
             }
             match make(netlink, dataplane, port).await {
-                Ok(name) => {
+                Ok(ready) => {
                     log::info!(
-                        "{name}: receive-side GRO for VXLAN on UDP {port} (an idle external vxlan device whose own traffic gro_sink drops)"
+                        "{}: receive-side GRO for VXLAN on UDP {port} (an idle external vxlan device whose own traffic gro_sink drops)",
+                        ready.0
                     );
                     self.failed.remove(&port);
-                    self.ready.insert(port, name);
+                    self.ready.insert(port, ready);
                 }
                 Err(e) => {
                     let why = format!("{e:#}");
@@ -81,27 +85,47 @@ impl GroDevices {
             }
         }
         self.failed.retain(|port, _| wanted.contains(port));
-        let gone: Vec<u16> = self
-            .ready
-            .keys()
-            .filter(|p| !wanted.contains(p))
-            .copied()
-            .collect();
-        for port in gone {
-            let name = self.ready.remove(&port).expect("listed above");
-            if let Err(e) = remove(netlink, dataplane.pins(), &name).await {
-                log::warn!("{e:#}");
-            } else {
-                log::info!("{name} removed: no network uses UDP {port} any more");
+        self.swept = match self.sweep(netlink, dataplane.pins(), wanted).await {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("{e:#}; will retry");
+                false
             }
+        };
+    }
+
+    /// Removes the devices and pinned sinks of helpers whose port is not wanted.
+    async fn sweep(
+        &mut self,
+        netlink: &Netlink,
+        pins: &PinDir,
+        wanted: &BTreeSet<u16>,
+    ) -> Result<()> {
+        let links = pins.dir().join("links");
+        let pinned = std::fs::read_dir(&links)
+            .with_context(|| format!("listing {}", links.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        let mut stale: BTreeSet<String> = netlink
+            .names()
+            .await?
+            .into_iter()
+            .chain(pinned)
+            .filter(|name| is_device(name) && !wanted.iter().any(|&p| device(p) == *name))
+            .collect();
+        for name in std::mem::take(&mut stale) {
+            remove(netlink, pins, &name).await?;
+            self.ready.retain(|_, (n, _)| *n != name);
+            log::info!("{name} removed: no network uses its UDP port any more");
         }
+        Ok(())
     }
 
     /// Port -> device name, or the error that keeps it from existing: for `status`.
     pub fn report(&self) -> BTreeMap<String, String> {
         self.ready
             .iter()
-            .map(|(p, n)| (p.to_string(), n.clone()))
+            .map(|(p, (n, _))| (p.to_string(), n.clone()))
             .chain(
                 self.failed
                     .iter()
@@ -111,28 +135,30 @@ impl GroDevices {
     }
 }
 
-async fn make(netlink: &Netlink, dataplane: &mut Dataplane, port: u16) -> Result<String> {
+async fn make(netlink: &Netlink, dataplane: &mut Dataplane, port: u16) -> Result<(String, u32)> {
     let name = device(port);
-    if netlink.index(&name).await?.is_none() {
-        // A pinned link left by a device that was deleted is defunct: it cannot be updated.
-        Dataplane::detach(dataplane.pins(), &name)?;
-    }
-    netlink.ensure_vxlan_external(&name, port).await?;
+    let index = netlink.ensure_vxlan_external(&name, port).await?;
     // Router solicitations and DAD would be its only traffic: a collect_md device has nowhere
     // to send them, but it would try.
     let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
     if std::path::Path::new(&sysctl).exists() {
         std::fs::write(&sysctl, "1").with_context(|| format!("writing {sysctl}"))?;
     }
-    // The sink first: the socket opens when the device comes up.
-    dataplane.attach_gro_sink(&name)?;
+    // The sink first: the socket opens when the device comes up. A pinned link left by a
+    // device of that name that was deleted is defunct and cannot be updated: attach afresh.
+    if dataplane.attach_gro_sink(&name).is_err() {
+        Dataplane::detach(dataplane.pins(), &name)?;
+        dataplane.attach_gro_sink(&name)?;
+    }
     netlink.up(&name).await?;
-    Ok(name)
+    Ok((name, index))
 }
 
+/// The device first, so there is never a moment with its socket open and no sink; then the
+/// sink's pin, whose link died with the device.
 async fn remove(netlink: &Netlink, pins: &PinDir, name: &str) -> Result<()> {
-    Dataplane::detach(pins, name)?;
-    netlink.delete(name).await.map(drop)
+    netlink.delete(name).await?;
+    Dataplane::detach(pins, name)
 }
 
 #[cfg(test)]

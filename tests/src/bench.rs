@@ -399,6 +399,10 @@ impl Testbed {
 
     /// Ours: (skbs decapsulated, wire packets they carried) on the server's host so far.
     fn decap_counts(&self) -> Option<(u64, u64)> {
+        // xdp_decap counts decapsulations but not segments (XDP sees no GRO).
+        if self.mode != Mode::Overlay {
+            return None;
+        }
         let d = self._deployment.as_ref()?;
         let counters = Maps::open(&d.hosts[1].pins()).ok()?.counters().ok()?;
         let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, n)| *n);

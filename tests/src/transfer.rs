@@ -31,7 +31,10 @@ pub fn exact(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u32) -> 
     let mut lines = BufReader::new(receiver.stdout.take().expect("piped")).lines();
     match lines.next() {
         Some(Ok(l)) if l == "listening" => {}
-        other => bail!("the receiver did not start: {other:?}"),
+        other => {
+            stop(&mut receiver);
+            bail!("the receiver did not start: {other:?}");
+        }
     }
     let sender = Command::new("ip")
         .args([
@@ -44,8 +47,14 @@ pub fn exact(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u32) -> 
         ])
         .args([SCRIPT, "send", &to_ip.to_string(), &port.to_string()])
         .args([&mib.to_string(), "7"])
-        .output()
-        .context("running the sender")?;
+        .output();
+    let sender = match sender {
+        Ok(out) => out,
+        Err(e) => {
+            stop(&mut receiver);
+            return Err(e).context("running the sender");
+        }
+    };
     let received = lines.next().transpose()?.unwrap_or_default();
     let _ = receiver.wait();
     let sent = String::from_utf8_lossy(&sender.stdout).trim().to_string();
@@ -60,4 +69,11 @@ pub fn exact(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u32) -> 
         bail!("sent {sent}, received {received:?}");
     }
     Ok(())
+}
+
+/// Ends a process started as `timeout ...`: SIGTERM, which `timeout` passes on to its child
+/// (SIGKILL would end `timeout` alone and leave the child running).
+fn stop(child: &mut std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
 }

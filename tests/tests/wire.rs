@@ -104,34 +104,60 @@ fn tcp_on_a_wire_is_merged_before_decap_and_arrives_exact_both_ways() {
 #[test]
 fn the_gro_helper_is_made_again_when_deleted_and_removed_with_its_last_network() {
     let mut d = Deployment::on("wgrolife", &[true], WIRE).unwrap();
-    let host = &d.hosts[0].ns;
-    assert!(
-        host.run("ip link show ovgro4789").is_err(),
-        "no network yet, no helper"
-    );
-    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
-    let exists = |ns: &Netns| {
-        ns.output("ip link show ovgro4789")
+    let exists = |d: &Deployment, dev: &str| {
+        d.hosts[0]
+            .ns
+            .output(&format!("ip link show {dev}"))
             .unwrap()
             .status
             .success()
     };
-    wait_for(Duration::from_secs(3), || exists(&d.hosts[0].ns)).unwrap();
+    let pins = |d: &Deployment| {
+        let mut names: Vec<String> = std::fs::read_dir(d.hosts[0].pins().dir().join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(!exists(&d, "ovgro4789"), "no network yet, no helper");
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    wait_for(Duration::from_secs(3), || exists(&d, "ovgro4789")).unwrap();
     d.hosts[0].ns.run("ip link del ovgro4789").unwrap();
-    wait_for(Duration::from_secs(3), || exists(&d.hosts[0].ns))
+    wait_for(Duration::from_secs(3), || exists(&d, "ovgro4789"))
         .unwrap_or_else(|_| panic!("not made again: {}", d.hosts[0].log()));
+    // A second port gets a helper of its own.
+    d.cli(
+        0,
+        &[
+            "network",
+            "create",
+            "red",
+            "--subnet",
+            "10.20.0.0/16",
+            "--vni",
+            "43",
+            "--port",
+            "4790",
+        ],
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(3), || exists(&d, "ovgro4790")).unwrap();
+    assert_eq!(pins(&d), ["eth1", "ovgro4789", "ovgro4790"]);
     d.cli(0, &["network", "rm", "blue"]).unwrap();
-    wait_for(Duration::from_secs(3), || !exists(&d.hosts[0].ns)).unwrap();
-    let links = std::fs::read_dir(d.hosts[0].pins().dir().join("links")).unwrap();
-    let names: Vec<String> = links
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(
-        names,
-        ["eth1"],
-        "the sink's pinned link goes with the device"
-    );
-    let _ = &mut d;
+    // The device goes first (no moment with a socket and no sink), then the sink's pin.
+    wait_for(Duration::from_secs(3), || {
+        !exists(&d, "ovgro4789") && pins(&d) == ["eth1", "ovgro4790"]
+    })
+    .unwrap_or_else(|_| panic!("left: {:?}", pins(&d)));
+    // A network removed while no agent runs: the next agent removes what the last one made.
+    d.kill_agent(0);
+    d.cli(0, &["network", "rm", "red"]).unwrap();
+    d.start_agent(0).unwrap();
+    wait_for(Duration::from_secs(5), || {
+        !exists(&d, "ovgro4790") && pins(&d) == ["eth1"]
+    })
+    .unwrap_or_else(|_| panic!("left behind: {:?}\n{}", pins(&d), d.hosts[0].log()));
 }
 
 #[test]

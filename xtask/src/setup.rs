@@ -163,11 +163,13 @@ impl std::fmt::Display for Check {
     }
 }
 
-/// The first executable `name` on PATH.
+/// The first executable `name` on PATH, or in the sbin directories a root shell has (where
+/// Debian puts `bridge`, `ethtool`, `bpftool`, `nft`) when PATH lacks them.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| {
             p.metadata()
@@ -177,7 +179,8 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 fn is_installed(package: &str) -> bool {
     probe("dpkg-query", &["-W", "-f=${Status}", package])
-        .is_some_and(|s| s.contains("install ok installed"))
+        // "install ok installed", or "hold ok installed" for a held package.
+        .is_some_and(|s| s.ends_with("ok installed"))
 }
 
 fn missing() -> Vec<Requirement> {
