@@ -416,6 +416,21 @@ impl Deployment {
         Ok(())
     }
 
+    /// `peer rm` of the legacy host [`Deployment::join_legacy_host`] joined; returns once host
+    /// 0's FDB and VTEPS no longer have it.
+    pub fn leave_legacy_host(&self, legacy: usize, network: &str) -> Result<()> {
+        let ip = LEGACY_IP.to_string();
+        self.cli(0, &["peer", "rm", "--network", network, "--ip", &ip])?;
+        let mac = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
+        let vtep = (42, self.hosts[legacy].vtep);
+        wait_for(Duration::from_secs(2), || {
+            self.hosts[0]
+                .maps()
+                .is_ok_and(|m| !m.fdb.contains_key(&mac) && !m.vteps.contains(&vtep))
+        })?;
+        Ok(())
+    }
+
     /// Writes `value` at `/overlay/<key>` straight into etcd, as a hand (or a bug) would,
     /// past every check the CLI makes.
     pub fn etcd_put(&self, key: &str, value: &str) -> Result<()> {

@@ -353,19 +353,7 @@ fn a_legacy_host_joined_with_peer_add_talks_to_our_containers_both_ways() {
     );
     let out = d.cli(0, &["endpoint", "ls"]).unwrap();
     assert!(out.contains("peer") && out.contains("10.0.0.2"), "{out}");
-    d.cli(
-        0,
-        &["peer", "rm", "--network", "blue", "--ip", "10.10.200.1"],
-    )
-    .unwrap();
-    wait_for(Duration::from_secs(2), || {
-        !d.hosts[0]
-            .maps()
-            .unwrap()
-            .fdb
-            .contains_key(&(42, [2, 0x42, 10, 10, 200, 1]))
-    })
-    .unwrap();
+    d.leave_legacy_host(1, "blue").unwrap();
 }
 
 #[test]

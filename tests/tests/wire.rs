@@ -210,19 +210,7 @@ fn a_legacy_kernel_vxlan_host_on_a_wire_exchanges_exact_bytes_both_ways() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let flowing = counters(&d, 0);
-    d.cli(
-        0,
-        &["peer", "rm", "--network", "blue", "--ip", "10.10.200.1"],
-    )
-    .unwrap();
-    wait_for(Duration::from_secs(2), || {
-        !d.hosts[0]
-            .maps()
-            .unwrap()
-            .vteps
-            .contains(&(42, [10, 0, 0, 2]))
-    })
-    .unwrap();
+    d.leave_legacy_host(1, "blue").unwrap();
     let refused = counters(&d, 0);
     std::thread::sleep(Duration::from_secs(1));
     let later = counters(&d, 0);
