@@ -490,11 +490,7 @@ impl Agent {
             }
         }
         self.attached.retain(|(port, _)| wanted.contains(port));
-        let links = self.opts.pins.dir().join("links");
-        for entry in
-            std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))?
-        {
-            let name = entry?.file_name().to_string_lossy().into_owned();
+        for name in self.opts.pins.linked()? {
             if name != self.opts.underlay && !wanted.contains(&name) && !gro::is_device(&name) {
                 Dataplane::detach(&self.opts.pins, &name)?;
                 log::info!("from_container link of {name} removed (its endpoint is gone)");

@@ -101,19 +101,14 @@ impl GroDevices {
         pins: &PinDir,
         wanted: &BTreeSet<u16>,
     ) -> Result<()> {
-        let links = pins.dir().join("links");
-        let pinned = std::fs::read_dir(&links)
-            .with_context(|| format!("listing {}", links.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned());
-        let mut stale: BTreeSet<String> = netlink
+        let stale: BTreeSet<String> = netlink
             .names()
             .await?
             .into_iter()
-            .chain(pinned)
+            .chain(pins.linked()?)
             .filter(|name| is_device(name) && !wanted.iter().any(|&p| device(p) == *name))
             .collect();
-        for name in std::mem::take(&mut stale) {
+        for name in stale {
             remove(netlink, pins, &name).await?;
             self.ready.retain(|_, (n, _)| *n != name);
             log::info!("{name} removed: no network uses its UDP port any more");

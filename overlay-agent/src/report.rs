@@ -100,16 +100,7 @@ pub async fn status(
         },
         Err(e) => Err(format!("{e:#}")),
     };
-    let links: Vec<String> = std::fs::read_dir(pins.dir().join("links"))
-        .map(|d| {
-            let mut v: Vec<String> = d
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default();
+    let links = pins.linked().unwrap_or_default();
     let underlay = file
         .as_ref()
         .map(|f| f.underlay.clone())

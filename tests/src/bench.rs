@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use overlay_agent::dataplane::{Dataplane, Maps};
-use overlay_common::Counter;
+use overlay_common::{Counter, wire::ENCAP_OVERHEAD};
 
 use crate::{
     deployment::Deployment,
@@ -124,7 +124,6 @@ pub struct Sample {
 /// Two hosts, one container each, the client in the first and the server in the second.
 pub struct Testbed {
     pub mode: Mode,
-    pub underlay: Underlay,
     client: String,
     server: String,
     server_ip: Ipv4Addr,
@@ -134,9 +133,6 @@ pub struct Testbed {
     _deployment: Option<Deployment>,
     _namespaces: Vec<Netns>,
 }
-
-/// VXLAN's 50 bytes.
-const ENCAP_OVERHEAD: u32 = 50;
 
 /// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, forwarding on).
 fn underlay(tag: &str, underlay: Underlay) -> Result<Vec<Netns>> {
@@ -161,7 +157,6 @@ impl Testbed {
             Mode::OverlayXdp => Self::overlay(tag, u, true)?,
             Mode::Direct => Self::direct(tag)?,
         };
-        bed.underlay = u;
         bed.start_servers()?;
         Ok(bed)
     }
@@ -187,7 +182,6 @@ impl Testbed {
         }
         Ok(Self {
             mode: Mode::Plain,
-            underlay: u,
             client: ns[3].name.clone(),
             server: ns[4].name.clone(),
             server_ip: Ipv4Addr::new(10, 2, 2, 2),
@@ -209,7 +203,6 @@ impl Testbed {
         b.run("ip addr add 10.3.3.2/24 dev eth0 && ip link set eth0 up")?;
         Ok(Self {
             mode: Mode::Direct,
-            underlay: Underlay::Veth,
             client: a.name.clone(),
             server: b.name.clone(),
             server_ip: Ipv4Addr::new(10, 3, 3, 2),
@@ -222,7 +215,7 @@ impl Testbed {
 
     fn kernel_vxlan(tag: &str, u: Underlay) -> Result<Self> {
         let mut ns = underlay(&format!("{tag}k"), u)?;
-        let overlay_mtu = u.mtu() - ENCAP_OVERHEAD;
+        let overlay_mtu = u.mtu() - ENCAP_OVERHEAD as u32;
         let mac = |n: u8| format!("02:42:0a:0a:0{}:01", n - 1);
         for n in 1..=2u8 {
             let c = Netns::new(&format!("{tag}kc{n}"))?;
@@ -250,7 +243,6 @@ impl Testbed {
         }
         Ok(Self {
             mode: Mode::KernelVxlan,
-            underlay: u,
             client: ns[3].name.clone(),
             server: ns[4].name.clone(),
             server_ip: Ipv4Addr::new(10, 10, 1, 1),
@@ -286,7 +278,6 @@ impl Testbed {
         }
         Ok(Self {
             mode: if xdp { Mode::OverlayXdp } else { Mode::Overlay },
-            underlay: u,
             _xdp: xdp_programs,
             client: d.container(client).name.clone(),
             server: d.container(server).name.clone(),
@@ -404,8 +395,8 @@ impl Testbed {
             return None;
         }
         let d = self._deployment.as_ref()?;
-        let counters = Maps::open(&d.hosts[1].pins()).ok()?.counters().ok()?;
-        let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, n)| *n);
+        let maps = Maps::open(&d.hosts[1].pins()).ok()?;
+        let get = |c: Counter| maps.counter(c).ok();
         Some((get(Counter::Decap)?, get(Counter::DecapSegments)?))
     }
 

@@ -155,6 +155,15 @@ impl AgentHost {
         Maps::open(&self.pins())?.snapshot()
     }
 
+    /// The host's counters now, by name.
+    pub fn counters(&self) -> Result<std::collections::BTreeMap<&'static str, u64>> {
+        Ok(Maps::open(&self.pins())?
+            .counters()?
+            .into_iter()
+            .map(|(c, n)| (c.name(), n))
+            .collect())
+    }
+
     /// The agent's pid, while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)

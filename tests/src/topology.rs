@@ -177,9 +177,6 @@ impl Cluster {
     }
 }
 
-/// A host namespace `name` plugged into the underlay bridge `ul` of `wire`: its `eth1` is
-/// 10.0.0.<n>/24 (the wire side of the veth is `h<n>`), with forwarding on as on any Docker or
-/// Kubernetes node.
 /// How the underlay between the hosts behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Underlay {
@@ -228,8 +225,9 @@ impl Underlay {
     }
 }
 
-/// A host `name` plugged into the wire namespace's bridge `ul` as 10.0.0.<n>/24 on its
-/// `eth1`, forwarding on, on a veth underlay.
+/// A host namespace `name` plugged into the underlay bridge `ul` of `wire`: its `eth1` is
+/// 10.0.0.<n>/24 (the wire side of the veth is `h<n>`), with forwarding on as on any Docker or
+/// Kubernetes node; a veth underlay.
 pub fn plug_host(wire: &Netns, name: &str, n: usize) -> Result<Netns> {
     plug_host_on(wire, name, n, Underlay::Veth)
 }

@@ -22,11 +22,12 @@ fn blue_pair(label: &str) -> (Deployment, Container, Container) {
     // requests, and the kernel asks again only a second later.
     for h in &d.hosts {
         // The GRO helper's sink has a pinned link too, made when the network appeared.
-        let links = std::fs::read_dir(h.pins().dir().join("links"))
+        let links = h
+            .pins()
+            .linked()
             .unwrap()
-            .filter(|e| {
-                !overlay_agent::gro::is_device(&e.as_ref().unwrap().file_name().to_string_lossy())
-            })
+            .into_iter()
+            .filter(|name| !overlay_agent::gro::is_device(name))
             .count();
         assert_eq!(links, 2, "{}", h.log());
     }

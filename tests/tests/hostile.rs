@@ -4,7 +4,6 @@
 //! the legitimate flow loses nothing.
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, time::Duration};
 
-use overlay_agent::dataplane::Maps;
 use overlay_tests::{
     deployment::{Deployment, flood_result, ping, ping_flood},
     netns::Netns,
@@ -16,14 +15,8 @@ fn mac(ip: Ipv4Addr) -> String {
     overlay_agent::net::Mac::from_ip(ip).to_string()
 }
 
-fn counters(d: &Deployment, host: usize) -> BTreeMap<String, u64> {
-    Maps::open(&d.hosts[host].pins())
-        .unwrap()
-        .counters()
-        .unwrap()
-        .into_iter()
-        .map(|(c, n)| (c.name().to_string(), n))
-        .collect()
+fn counters(d: &Deployment, host: usize) -> BTreeMap<&'static str, u64> {
+    d.hosts[host].counters().unwrap()
 }
 
 fn corpus(ns: &Netns, mode: &str, iface: &str, args: serde_json::Value) -> BTreeMap<String, u64> {
@@ -133,16 +126,17 @@ fn hostile(label: &str, underlay: Underlay) {
     let (red, blue) = (captured(red), captured(blue));
 
     eprintln!("underlay corpus: {from_underlay:?}\ncontainer corpus: {from_container:?}");
-    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+    // The counters that moved, and by how much.
+    let moved = |a: &BTreeMap<&'static str, u64>, b: &BTreeMap<&'static str, u64>| {
         a.iter()
-            .map(|(k, v)| (k.clone(), v - b[k]))
+            .map(|(k, v)| (*k, v - b[k]))
             .filter(|(_, v)| *v > 0)
             .collect::<BTreeMap<_, _>>()
     };
     eprintln!(
         "h2 moved: {:?}\nh1 moved: {:?}",
-        delta(&h2_after, &h2_before),
-        delta(&h1_after, &h1_before)
+        moved(&h2_after, &h2_before),
+        moved(&h1_after, &h1_before)
     );
     let logs = |h: usize| {
         d.hosts[h]
@@ -151,12 +145,6 @@ fn hostile(label: &str, underlay: Underlay) {
             .filter(|l| l.contains("WARN") || l.contains(" - vni"))
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    let moved = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
-        a.iter()
-            .map(|(k, v)| (k.clone(), v - b[k]))
-            .filter(|(_, v)| *v > 0)
-            .collect::<BTreeMap<_, _>>()
     };
     assert_eq!(
         sent,
@@ -183,7 +171,7 @@ fn hostile(label: &str, underlay: Underlay) {
         ),
     ] {
         for (reason, n) in sent {
-            let moved = after[reason] - before[reason];
+            let moved = after[reason.as_str()] - before[reason.as_str()];
             if reason.starts_with("drop_") {
                 // Nothing else sends such frames: every drop is the corpus's, each counted once.
                 assert_eq!(moved, *n, "{host}: {reason} moved by {moved}, {n} sent");

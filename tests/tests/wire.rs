@@ -5,7 +5,6 @@
 //! re-segmented, or encapsulated again, with the tunnel state GRO gave it).
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use overlay_agent::dataplane::Maps;
 use overlay_common::Counter;
 use overlay_tests::{
     deployment::{Deployment, LEGACY_IP, ping, wait_for},
@@ -19,13 +18,7 @@ const WIRE: Underlay = Underlay::Wire { mtu: 1500 };
 type Counters = BTreeMap<&'static str, u64>;
 
 fn counters(d: &Deployment, host: usize) -> Counters {
-    Maps::open(&d.hosts[host].pins())
-        .unwrap()
-        .counters()
-        .unwrap()
-        .into_iter()
-        .map(|(c, n)| (c.name(), n))
-        .collect()
+    d.hosts[host].counters().unwrap()
 }
 
 fn moved(before: &Counters, after: &Counters, c: Counter) -> u64 {
@@ -112,14 +105,7 @@ fn the_gro_helper_is_made_again_when_deleted_and_removed_with_its_last_network()
             .status
             .success()
     };
-    let pins = |d: &Deployment| {
-        let mut names: Vec<String> = std::fs::read_dir(d.hosts[0].pins().dir().join("links"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let pins = |d: &Deployment| d.hosts[0].pins().linked().unwrap();
     assert!(!exists(&d, "ovgro4789"), "no network yet, no helper");
     d.create_network("blue", "10.10.0.0/16", 42).unwrap();
     wait_for(Duration::from_secs(3), || exists(&d, "ovgro4789")).unwrap();

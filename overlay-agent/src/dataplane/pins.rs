@@ -71,6 +71,19 @@ impl PinDir {
         self.dir.join("links").join(iface)
     }
 
+    /// The interfaces that have a pinned link, sorted.
+    pub fn linked(&self) -> Result<Vec<String>> {
+        let links = self.dir.join("links");
+        let mut names = std::fs::read_dir(&links)
+            .and_then(|d| {
+                d.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .with_context(|| format!("listing {}", links.display()))?;
+        names.sort();
+        Ok(names)
+    }
+
     /// Creates the directories, mounting bpffs at /sys/fs/bpf first if nothing is mounted there.
     pub fn create(&self) -> Result<()> {
         ensure_bpffs(&self.dir)?;
