@@ -70,10 +70,38 @@ pub struct StatusFile {
     /// UDP port -> its receive-side GRO helper device, or why it has none.
     #[serde(default)]
     pub gro: BTreeMap<String, String>,
+    /// The etcd key prefix and the pin directory the agent uses: what a runtime plugin on this
+    /// node needs to act as the CLI would, with nothing but the node's name.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub pins: PathBuf,
 }
 
 pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
     run_dir.join(format!("{node}.json"))
+}
+
+/// The status of node `node`'s agent if that agent is running; else why not, in one line.
+pub fn running(run_dir: &std::path::Path, node: &str) -> Result<StatusFile> {
+    let path = status_path(run_dir, node);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        anyhow!(
+            "the overlay agent of node {node} is not running ({}: {e})",
+            path.display()
+        )
+    })?;
+    let status: StatusFile = serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading the agent's status {}", path.display()))?;
+    // Signal 0: is the process there (and ours to signal)?
+    if unsafe { libc::kill(status.pid as i32, 0) } != 0 {
+        bail!(
+            "the overlay agent of node {node} is not running (pid {} in {} is gone)",
+            status.pid,
+            path.display()
+        );
+    }
+    Ok(status)
 }
 
 struct Agent {
@@ -166,6 +194,8 @@ pub async fn run(opts: Options) -> Result<()> {
         node: opts.node.clone(),
         pid: std::process::id(),
         etcd: opts.etcd.join(","),
+        prefix: opts.prefix.clone(),
+        pins: opts.pins.dir().to_path_buf(),
         underlay: underlay.clone(),
         vtep: vtep.to_string(),
         ..Default::default()

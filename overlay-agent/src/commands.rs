@@ -150,42 +150,76 @@ async fn free_eth(inner: &Netlink) -> Result<String> {
     bail!("the container already has eth0 to eth15")
 }
 
-pub async fn endpoint_add(
-    ctx: &Ctx,
-    name: &str,
-    network: &str,
-    netns: &str,
-    ip: Option<Ipv4Addr>,
-) -> Result<Endpoint> {
-    schema::check_name("endpoint", name)?;
-    let net = ctx.store.network(network).await?;
-    let ns = open_netns(netns)?;
+/// What a container's attachment is made of, whoever asks for it: the CLI, the CNI plugin, the
+/// Docker driver. Each is an adapter onto the functions below.
+#[derive(Clone, Debug, Default)]
+pub struct Attach {
+    pub name: String,
+    pub network: String,
+    /// The address (default: the next free one in this node's slice).
+    pub ip: Option<Ipv4Addr>,
+    /// The interface's name in the container (CNI_IFNAME); default the first free `ethN`.
+    pub ifname: Option<String>,
+    /// The interface's MTU, instead of the network's.
+    pub mtu: Option<u32>,
+}
+
+/// The host-side veth of endpoint `name` of `network`: derived, so that a half-made
+/// attachment can be found and removed with nothing but its names.
+pub fn port_name(network: &str, name: &str) -> String {
+    format!("ove{}", short_hash(&format!("{network}/{name}")))
+}
+
+/// The container side of the pair while it is still in the host.
+pub fn peer_name(network: &str, name: &str) -> String {
+    format!("ovt{}", short_hash(&format!("{network}/{name}")))
+}
+
+/// An attachment whose veth pair is on the network's bridge and whose address is claimed in
+/// etcd; its container side, `peer`, is still in the host.
+pub struct Made {
+    pub endpoint: Endpoint,
+    pub peer: String,
+    pub mtu: u32,
+    pub prefix: u8,
+}
+
+/// The first half of an attachment, the whole of it for a runtime that moves and configures
+/// the container's interface itself (Docker): the bridge, the veth pair, the address. The veth
+/// exists before etcd names the endpoint, so an agent that sees the endpoint can attach to its
+/// port at once. Anything that fails is undone.
+pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
+    schema::check_name("endpoint", &req.name)?;
+    let net = ctx.store.network(&req.network).await?;
     let host = Netlink::new()?;
-    let port = format!("ove{}", short_hash(&format!("{network}/{name}")));
+    let (port, peer) = (
+        port_name(&req.network, &req.name),
+        peer_name(&req.network, &req.name),
+    );
     if host.index(&port).await?.is_some() {
         bail!(
-            "interface {port} for endpoint {name} already exists; `overlay-agent endpoint rm {name}` first"
+            "interface {port} for endpoint {} already exists; remove the endpoint first",
+            req.name
         );
     }
-    // The veth exists, on its bridge and in the container, before etcd names it: an agent
-    // that sees the endpoint can attach to its port at once.
-    let tmp = format!("ovt{}", short_hash(&format!("{network}/{name}")));
-    let mtu = mtu_here(ctx, &net).await?;
+    let mtu = match req.mtu {
+        Some(mtu) => mtu,
+        None => mtu_here(ctx, &net).await?,
+    };
     let made = async {
         let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
-        host.add_veth(&port, &tmp, mtu).await?;
-        host.move_to_netns(&tmp, &ns).await?;
+        host.add_veth(&port, &peer, mtu).await?;
         host.attach_to_bridge(&port, bridge).await
     }
     .await;
     if let Err(e) = made {
         let _ = host.delete(&port).await;
-        return Err(e.context(format!("plumbing endpoint {name}")));
+        return Err(e.context(format!("plumbing endpoint {}", req.name)));
     }
-    let ep = match reserve(ctx, &net, ip, |ip| Endpoint {
-        network: network.to_string(),
+    let reserved = reserve(ctx, &net, req.ip, |ip| Endpoint {
+        network: req.network.clone(),
         ip,
-        name: name.to_string(),
+        name: req.name.clone(),
         mac: Mac::from_ip(ip),
         kind: Kind::Container,
         location: Location::Node {
@@ -193,33 +227,64 @@ pub async fn endpoint_add(
             port: port.clone(),
             iface: None,
         },
-        netns: Some(netns.to_string()),
+        netns: netns.map(str::to_string),
         created: 0,
     })
-    .await
-    {
-        Ok(ep) => ep,
+    .await;
+    match reserved {
+        Ok(endpoint) => Ok(Made {
+            endpoint,
+            peer,
+            mtu,
+            prefix: net.subnet.prefix(),
+        }),
         Err(e) => {
             let _ = host.delete(&port).await;
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// Attaches a container (a network namespace) to a network: `endpoint_make`, then its side of
+/// the pair moved in and configured (name, MAC, MTU, address with the subnet's prefix, which
+/// brings the on-link route to the whole overlay). Leaves nothing half-made.
+pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Endpoint> {
+    let ns = open_netns(netns)?;
+    let made = endpoint_make(ctx, req, Some(netns)).await?;
+    let ep = made.endpoint;
     let configured = async {
+        Netlink::new()?.move_to_netns(&made.peer, &ns).await?;
         let inner = Netlink::in_netns(&ns)?;
         inner.up("lo").await?;
-        let eth = free_eth(&inner).await?;
+        let eth = match &req.ifname {
+            Some(name) => {
+                ensure!(
+                    inner.index(name).await?.is_none(),
+                    "the container already has an interface {name}"
+                );
+                name.clone()
+            }
+            None => free_eth(&inner).await?,
+        };
         inner
-            .configure(&tmp, &eth, ep.mac, mtu, ep.ip, net.subnet.prefix())
+            .configure(&made.peer, &eth, ep.mac, made.mtu, ep.ip, made.prefix)
             .await
     }
     .await;
     if let Err(e) = configured {
-        // Leave nothing half-made: the address goes back, the veth (and its peer) goes away.
+        // The address goes back, the veth (and its peer, wherever it is) goes away.
         let _ = ctx.store.delete_endpoint(&ep).await;
-        let _ = host.delete(&port).await;
-        return Err(e.context(format!("configuring endpoint {name} in {netns}")));
+        let _ = Netlink::new()?.delete(&port_of(&ep)).await;
+        return Err(e.context(format!("configuring endpoint {} in {netns}", req.name)));
     }
     Ok(ep)
+}
+
+fn port_of(ep: &Endpoint) -> String {
+    match &ep.location {
+        Location::Node { port, .. } => port.clone(),
+        Location::Peer { .. } => String::new(),
+    }
 }
 
 /// Removes an endpoint this node made (container or host address): etcd first, so every node
@@ -230,18 +295,41 @@ pub async fn endpoint_rm(ctx: &Ctx, name: &str) -> Result<Endpoint> {
         .endpoint_named(&ctx.node, name)
         .await?
         .ok_or_else(|| anyhow!("no endpoint {name} on node {}", ctx.node))?;
-    ctx.store.delete_endpoint(&ep).await?;
+    remove(ctx, &ep.network, Some(&ep), &port_of(&ep)).await?;
+    Ok(ep)
+}
+
+/// `endpoint_rm` for runtimes that may ask twice or after a half-made attachment (CNI DEL,
+/// Docker's DeleteEndpoint): whatever of endpoint `name` of `network` exists is removed, and
+/// nothing existing is no error. The endpoint, if etcd had it.
+pub async fn endpoint_release(ctx: &Ctx, network: &str, name: &str) -> Result<Option<Endpoint>> {
+    let ep = ctx
+        .store
+        .endpoint_named(&ctx.node, name)
+        .await?
+        .filter(|ep| ep.network == network);
+    let port = ep
+        .as_ref()
+        .map_or_else(|| port_name(network, name), port_of);
+    remove(ctx, network, ep.as_ref(), &port).await?;
+    Ok(ep)
+}
+
+async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> Result<()> {
+    if let Some(ep) = ep {
+        ctx.store.delete_endpoint(ep).await?;
+    }
     let host = Netlink::new()?;
-    if let Location::Node { port, .. } = &ep.location {
+    if !port.is_empty() {
         host.delete(port).await?;
     }
-    if let Ok(net) = ctx.store.network(&ep.network).await
+    if let Ok(net) = ctx.store.network(network).await
         && let Some(bridge) = host.index(&net.bridge()).await?
         && host.bridge_ports(bridge).await? == 0
     {
         host.delete(&net.bridge()).await?;
     }
-    Ok(ep)
+    Ok(())
 }
 
 // ---- the host's own address ----
@@ -391,13 +479,11 @@ pub async fn teardown(
     store: Result<Store>,
 ) -> Result<Teardown> {
     let status_file = crate::agent::status_path(run_dir, node);
-    if let Some(pid) = std::fs::read(&status_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::agent::StatusFile>(&b).ok())
-        .map(|s| s.pid)
-        .filter(|&pid| unsafe { libc::kill(pid as i32, 0) } == 0)
-    {
-        bail!("the agent of node {node} is running (pid {pid}); stop it first");
+    if let Ok(agent) = crate::agent::running(run_dir, node) {
+        bail!(
+            "the agent of node {node} is running (pid {}); stop it first",
+            agent.pid
+        );
     }
     let mut done = Teardown::default();
     match store {

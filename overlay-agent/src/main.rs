@@ -280,7 +280,13 @@ async fn run(cli: Cli) -> Result<()> {
                     netns,
                     ip,
                 } => {
-                    let ep = commands::endpoint_add(&ctx, &name, &network, &netns, ip).await?;
+                    let req = commands::Attach {
+                        name: name.clone(),
+                        network: network.clone(),
+                        ip,
+                        ..Default::default()
+                    };
+                    let ep = commands::endpoint_add(&ctx, &req, &netns).await?;
                     println!(
                         "endpoint {name}: {} {} on network {network}, node {}",
                         ep.ip, ep.mac, ctx.node

@@ -115,6 +115,31 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "nftables",
         "the wire tests (a container forwarding with NAT)",
     ),
+    req(
+        Program("dockerd"),
+        "docker.io",
+        "the runtime tests (Docker driver)",
+    ),
+    req(
+        Program("podman"),
+        "podman",
+        "the runtime tests (CNI plugin)",
+    ),
+    req(
+        Program("containerd"),
+        "containerd",
+        "the runtime tests (CNI plugin)",
+    ),
+    req(
+        Program("ctr"),
+        "containerd",
+        "the runtime tests (CNI plugin)",
+    ),
+    req(
+        File("/bin/busybox"),
+        "busybox-static",
+        "the runtime tests (the containers' image)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
