@@ -33,15 +33,21 @@ pub const LEASE_TTL: u64 = 3;
 
 /// The `overlay-agent` binary built beside the running test or demo.
 pub fn agent_binary() -> PathBuf {
+    built_binary("overlay-agent")
+}
+
+/// A binary of the workspace built beside the running test or demo (`overlay-agent`,
+/// `overlay-cni`).
+pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     for dir in exe.ancestors().skip(1).take(2) {
-        let bin = dir.join("overlay-agent");
+        let bin = dir.join(name);
         if bin.exists() {
             return bin;
         }
     }
     panic!(
-        "no overlay-agent binary beside {}: build it first (`cargo build -p overlay-agent`; `cargo xtask test` does)",
+        "no {name} binary beside {}: build it first (`cargo build -p overlay-agent`; `cargo xtask test` does)",
         exe.display()
     );
 }
