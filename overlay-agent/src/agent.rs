@@ -78,30 +78,45 @@ pub struct StatusFile {
     pub pins: PathBuf,
 }
 
+/// Where agents write their status (`<run-dir>/<node>.json`) unless told otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/overlay";
+
+/// A node is named after its host unless told otherwise.
+pub fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
 pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
     run_dir.join(format!("{node}.json"))
 }
 
 /// The status of node `node`'s agent if that agent is running; else why not, in one line.
 pub fn running(run_dir: &std::path::Path, node: &str) -> Result<StatusFile> {
-    let path = status_path(run_dir, node);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        anyhow!(
-            "the overlay agent of node {node} is not running ({}: {e})",
-            path.display()
-        )
-    })?;
-    let status: StatusFile = serde_json::from_slice(&bytes)
-        .with_context(|| format!("reading the agent's status {}", path.display()))?;
+    let status = last_status(run_dir, node)?;
     // Signal 0: is the process there (and ours to signal)?
     if unsafe { libc::kill(status.pid as i32, 0) } != 0 {
         bail!(
             "the overlay agent of node {node} is not running (pid {} in {} is gone)",
             status.pid,
-            path.display()
+            status_path(run_dir, node).display()
         );
     }
     Ok(status)
+}
+
+/// The last status node `node`'s agent wrote, whether or not it still runs.
+pub fn last_status(run_dir: &std::path::Path, node: &str) -> Result<StatusFile> {
+    let path = status_path(run_dir, node);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        anyhow!(
+            "the overlay agent of node {node} has never run here ({}: {e})",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading the agent's status {}", path.display()))
 }
 
 struct Agent {

@@ -61,13 +61,18 @@ pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
 
 // ---- endpoints ----
 
+/// FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher, so names derived
+/// from it can be derived again by another process or after an upgrade.
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
 fn short_hash(s: &str) -> String {
-    // FNV-1a, 32 bits: stable across builds and platforms, unlike std's hasher.
-    let h = s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("{h:08x}")
+    let h = stable_hash(s);
+    format!("{:08x}", (h ^ (h >> 32)) as u32)
 }
 
 /// Reserves an address for the endpoint `make` builds: `requested` if free, else the first
@@ -257,13 +262,7 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Endpoi
         let inner = Netlink::in_netns(&ns)?;
         inner.up("lo").await?;
         let eth = match &req.ifname {
-            Some(name) => {
-                ensure!(
-                    inner.index(name).await?.is_none(),
-                    "the container already has an interface {name}"
-                );
-                name.clone()
-            }
+            Some(name) => name.clone(),
             None => free_eth(&inner).await?,
         };
         inner

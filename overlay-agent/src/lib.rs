@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod cluster;
+pub mod cni;
 pub mod commands;
 pub mod dataplane;
 pub mod delta;

@@ -34,7 +34,7 @@ struct Global {
     #[arg(long, global = true, env = "OVERLAY_ETCD", default_value = store::DEFAULT_ENDPOINT, value_delimiter = ',')]
     etcd: Vec<String>,
     /// This node's name; also selects its bpffs pin directory <pin-root>/<node>.
-    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = default_node())]
+    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = agent::default_node())]
     node: String,
     /// Key prefix of the overlay's state in etcd.
     #[arg(long, global = true, env = "OVERLAY_PREFIX", default_value = schema::DEFAULT_PREFIX)]
@@ -47,7 +47,7 @@ struct Global {
         long,
         global = true,
         env = "OVERLAY_RUN_DIR",
-        default_value = "/run/overlay"
+        default_value = agent::DEFAULT_RUN_DIR
     )]
     run_dir: PathBuf,
 }
@@ -184,12 +184,6 @@ enum HostCmd {
         #[arg(long)]
         network: String,
     },
-}
-
-fn default_node() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
 }
 
 async fn run(cli: Cli) -> Result<()> {

@@ -106,6 +106,15 @@ impl Netlink {
         }))
     }
 
+    pub async fn mac(&self, name: &str) -> Result<Option<Mac>> {
+        Ok(self.link(name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(m) => Some(Mac(m.as_slice().try_into().ok()?)),
+                _ => None,
+            })
+        }))
+    }
+
     /// The first IPv4 address of `name`.
     pub async fn ipv4(&self, name: &str) -> Result<Option<Ipv4Addr>> {
         let index = self.require(name).await?;

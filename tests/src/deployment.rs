@@ -263,7 +263,7 @@ impl Deployment {
             .args(["--node", h.name()])
             .args(["--pin-root", TEST_PIN_ROOT])
             .arg("--run-dir")
-            .arg(self.dir.join("run"));
+            .arg(self.run_dir());
         cmd
     }
 
@@ -388,6 +388,16 @@ impl Deployment {
             .with_context(|| format!("no address in {out:?}"))?;
         self.containers.push(ns);
         Ok((self.containers.len() - 1, addr))
+    }
+
+    /// Where the agents write their status (`--run-dir`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// This deployment's scratch directory (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn container(&self, index: usize) -> &Netns {

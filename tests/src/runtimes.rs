@@ -1,13 +1,18 @@
 //! What the container runtimes' tests share: an image without a registry (a busybox-static
 //! rootfs, as `../shared/RUNTIMES.md` has it), and our CNI plugin where runtimes look for it.
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::OnceLock,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::sh;
+use crate::{
+    deployment::{Deployment, built_binary},
+    netns::sh,
+};
 
 /// A busybox rootfs as a tar, made once per test process: `docker import`, `podman import`
 /// and (via `podman save`) `ctr image import` take it.
@@ -40,4 +45,85 @@ fn make_toybox() -> Result<PathBuf> {
     ))
     .context("making the toybox rootfs")?;
     Ok(tar)
+}
+
+/// What a CNI plugin printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct CniReply {
+    pub ok: bool,
+    /// stdout as JSON (Null when empty).
+    pub json: serde_json::Value,
+    pub stderr: String,
+    pub took: std::time::Duration,
+}
+
+impl CniReply {
+    /// The error object's code (0 on success).
+    pub fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+
+    pub fn msg(&self) -> &str {
+        self.json["msg"].as_str().unwrap_or("")
+    }
+}
+
+/// One call of our CNI plugin as a runtime on `host` of `d` makes it: the environment, the
+/// plugin entry on stdin, run inside the host's network namespace.
+pub fn cni(
+    d: &Deployment,
+    host: usize,
+    command: &str,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Result<CniReply> {
+    let started = std::time::Instant::now();
+    let mut child = cni_command(d, host, command, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running the CNI plugin")?;
+    child.stdin.take().expect("piped").write_all(stdin)?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(CniReply {
+        ok: out.status.success(),
+        json: if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("plugin printed {text:?}"))?
+        },
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: started.elapsed(),
+    })
+}
+
+/// The plugin's command line with CNI's environment, not yet started.
+pub fn cni_command(d: &Deployment, host: usize, command: &str, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", d.hosts[host].name()))
+        .arg(built_binary("overlay-cni"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env_remove("CNI_CONTAINERID")
+        .env_remove("CNI_NETNS")
+        .env_remove("CNI_IFNAME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The plugin entry a runtime on `host` passes for overlay network `network` (what a conflist
+/// holds, with `name` and `cniVersion` added as runtimes do).
+pub fn plugin_entry(d: &Deployment, host: usize, network: &str) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": format!("{network}-cni"),
+        "type": "overlay",
+        "network": network,
+        "node": d.hosts[host].name(),
+        "runDir": d.run_dir(),
+    })
 }

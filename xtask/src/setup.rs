@@ -136,6 +136,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the runtime tests (CNI plugin)",
     ),
     req(
+        File("/usr/lib/cni/loopback"),
+        "containernetworking-plugins",
+        "the runtime tests (ctr run --cni sets up lo with it)",
+    ),
+    req(
         File("/bin/busybox"),
         "busybox-static",
         "the runtime tests (the containers' image)",

@@ -29,6 +29,11 @@ impl PinDir {
         })
     }
 
+    /// The pin directory an agent reported (its status file names it).
+    pub fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

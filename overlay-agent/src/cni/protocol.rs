@@ -1,0 +1,191 @@
+//! CNI's wire types: what a runtime passes in (environment, network configuration on stdin) and
+//! what a plugin prints (a result, a version list, or an error object). Spec 1.0.0, with 1.1's
+//! STATUS and GC: <https://github.com/containernetworking/cni/blob/main/SPEC.md>.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The versions whose configuration and result formats this plugin speaks. 0.3.x and 0.4.0
+/// results differ from 1.x only by a `version` in each IP entry.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The plugin entry of a conflist, with `name` and `cniVersion` added by the runtime. Unknown
+/// keys (`args`, `runtimeConfig`, `prevResult`, other plugins' keys) are ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(default)]
+    pub cni_version: String,
+    /// The CNI network's name (the conflist's), not the overlay network's.
+    #[serde(default)]
+    pub name: String,
+    /// The overlay network to attach to. Required.
+    pub network: Option<String>,
+    /// This node's name, when it is not the hostname.
+    pub node: Option<String>,
+    /// Where the node's agent writes its status (default `/run/overlay`): the plugin takes
+    /// etcd's address, the key prefix and the pin directory from it.
+    pub run_dir: Option<PathBuf>,
+    /// etcd endpoints, instead of the agent's.
+    pub etcd: Option<Vec<String>>,
+    /// The container interface's MTU, instead of the network's.
+    pub mtu: Option<u32>,
+    /// GC: the attachments the runtime still has.
+    #[serde(rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// An ADD's (and a CHECK's previous) result.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddResult {
+    pub cni_version: String,
+    pub interfaces: Vec<Interface>,
+    pub ips: Vec<IpConfig>,
+    pub routes: Vec<Route>,
+    pub dns: Dns,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub mac: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The container's namespace, for the interface inside it; absent for the host side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IpConfig {
+    /// "4": only in 0.3.x and 0.4.0 results.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
+    /// Address with the subnet's prefix length.
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Index into `interfaces`.
+    pub interface: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Route {
+    pub dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gw: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Dns {}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionResult {
+    pub cni_version: String,
+    pub supported_versions: Vec<&'static str>,
+}
+
+/// Well-known error codes (the spec reserves 0-99) and ours (100+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    IncompatibleVersion = 1,
+    UnsupportedField = 2,
+    UnknownContainer = 3,
+    InvalidEnvironment = 4,
+    Io = 5,
+    Decoding = 6,
+    InvalidConfig = 7,
+    TryAgainLater = 11,
+    /// STATUS: the plugin cannot serve ADDs now.
+    NotAvailable = 50,
+    /// CHECK: the attachment is not what ADD made.
+    Mismatch = 100,
+    /// The plumbing or etcd refused an ADD or DEL (the message says which).
+    Failed = 101,
+}
+
+/// A CNI error object, printed on stdout with a non-zero exit.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Error {
+    pub cni_version: String,
+    pub code: u32,
+    pub msg: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+}
+
+impl Error {
+    pub fn new(code: Code, msg: impl Into<String>) -> Self {
+        Self {
+            cni_version: String::new(),
+            code: code as u32,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn code(&self) -> u32 {
+        self.code
+    }
+}
+
+/// Parses a configuration; a decoding error names what is wrong with it.
+pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, Error> {
+    serde_json::from_slice(stdin).map_err(|e| {
+        Error::new(
+            Code::Decoding,
+            format!("the network configuration is not valid JSON for this plugin: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_podman_add_configuration_parses_and_unknown_keys_are_ignored() {
+        let conf = parse_conf(
+            br#"{"cniVersion":"1.0.0","name":"blue-cni","type":"overlay","network":"blue",
+                 "node":"h1","mtu":1400,"runtimeConfig":{"x":1},"args":{"a":"b"},
+                 "prevResult":{"interfaces":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.network.as_deref(), Some("blue"));
+        assert_eq!(conf.node.as_deref(), Some("h1"));
+        assert_eq!(conf.mtu, Some(1400));
+        assert_eq!(conf.cni_version, "1.0.0");
+    }
+
+    #[test]
+    fn bad_json_and_wrong_types_are_decoding_errors_that_say_where() {
+        for bad in [&b"{"[..], br#"{"network": 7}"#, br#"{"mtu": "big"}"#] {
+            let e = parse_conf(bad).unwrap_err();
+            assert_eq!(e.code(), Code::Decoding as u32);
+            assert!(e.msg.contains("line 1"), "{}", e.msg);
+        }
+    }
+
+    #[test]
+    fn gc_attachments_parse() {
+        let conf = parse_conf(
+            br#"{"cniVersion":"1.1.0","network":"blue","cni.dev/valid-attachments":
+                 [{"containerID":"abc","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        let valid = conf.valid_attachments.unwrap();
+        assert_eq!(valid[0].container_id, "abc");
+        assert_eq!(valid[0].ifname, "eth0");
+    }
+}

@@ -1,0 +1,253 @@
+//! The CNI plugin as runtimes call it: by hand first (every command, every failure), then from
+//! real podman and containerd on two hosts.
+use std::{net::Ipv4Addr, time::Duration};
+
+use overlay_agent::{cni::endpoint_name, commands::port_name};
+use overlay_tests::{
+    deployment::{Deployment, ping, wait_for},
+    netns::Netns,
+    runtimes::{CniReply, cni, cni_command, plugin_entry},
+};
+
+fn blue(d: &Deployment) {
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+}
+
+fn env<'a>(id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+    ]
+}
+
+fn entry(d: &Deployment, host: usize) -> Vec<u8> {
+    plugin_entry(d, host, "blue").to_string().into_bytes()
+}
+
+fn call(d: &Deployment, host: usize, command: &str, id: &str, netns: &str) -> CniReply {
+    cni(d, host, command, &env(id, netns), &entry(d, host)).unwrap()
+}
+
+fn ns_path(ns: &Netns) -> String {
+    format!("/run/netns/{}", ns.name)
+}
+
+/// The address an ADD result gives, without its prefix length.
+fn added_ip(reply: &CniReply) -> Ipv4Addr {
+    assert!(reply.ok, "ADD failed: {:?} {}", reply.json, reply.stderr);
+    reply.json["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {}", reply.json))
+}
+
+/// Whether host `host`'s maps, etcd or interfaces still hold anything of attachment `id`.
+fn leftovers(d: &Deployment, host: usize, id: &str) -> Vec<String> {
+    let name = endpoint_name(id, "eth0");
+    let mut left = Vec::new();
+    let eps = d.cli(host, &["endpoint", "ls", "--json"]).unwrap();
+    if eps.contains(&name) {
+        left.push(format!("etcd has endpoint {name}"));
+    }
+    let port = port_name("blue", &name);
+    if d.hosts[host]
+        .ns
+        .run(&format!("ip link show {port}"))
+        .is_ok()
+    {
+        left.push(format!("interface {port}"));
+    }
+    left
+}
+
+#[test]
+fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
+    let mut d = Deployment::new("cni", &[true, true]).unwrap();
+    blue(&d);
+    let (c1, c2) = (
+        Netns::new("ovt-cnic1").unwrap(),
+        Netns::new("ovt-cnic2").unwrap(),
+    );
+
+    // VERSION and STATUS.
+    let version = call(&d, 0, "VERSION", "", "");
+    assert!(version.ok, "{version:?}");
+    let supported = version.json["supportedVersions"].to_string();
+    for v in ["0.4.0", "1.0.0", "1.1.0"] {
+        assert!(supported.contains(v), "{supported}");
+    }
+    let status = call(&d, 0, "STATUS", "", "");
+    assert!(status.ok && status.json.is_null(), "{status:?}");
+
+    // ADD on both hosts: a proper result, and the containers reach each other and a
+    // container added with the CLI.
+    let add1 = call(&d, 0, "ADD", "podman-c1", &ns_path(&c1));
+    let ip1 = added_ip(&add1);
+    let r = &add1.json;
+    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["interfaces"][1]["name"], "eth0");
+    assert_eq!(r["interfaces"][1]["sandbox"], ns_path(&c1));
+    assert_eq!(
+        r["interfaces"][1]["mac"],
+        overlay_agent::net::Mac::from_ip(ip1).to_string()
+    );
+    assert_eq!(r["interfaces"][1]["mtu"], 1450);
+    assert_eq!(
+        r["interfaces"][0]["name"],
+        port_name("blue", &endpoint_name("podman-c1", "eth0"))
+    );
+    assert_eq!(r["ips"][0]["interface"], 1);
+    assert!(r["ips"][0]["address"].as_str().unwrap().ends_with("/16"));
+    assert!(
+        c1.run("ip -4 addr show eth0")
+            .unwrap()
+            .contains(&ip1.to_string())
+    );
+    let ip2 = added_ip(&call(&d, 1, "ADD", "default-c2", &ns_path(&c2)));
+    assert_ne!(ip1, ip2);
+    let cli = d.add_container(1, "cli", "blue", None).unwrap();
+    wait_for(Duration::from_secs(3), || {
+        d.hosts.iter().all(|h| {
+            h.maps().is_ok_and(|m| {
+                [ip1, ip2, cli.1]
+                    .iter()
+                    .all(|ip| m.arp.contains_key(&(42, ip.octets())))
+            })
+        })
+    })
+    .unwrap();
+    assert!(ping(&c1, ip2), "{}", d.hosts[0].log());
+    assert!(ping(&c1, cli.1));
+    assert!(ping(d.container(cli.0), ip1));
+
+    // CHECK agrees, and notices a container whose address was changed behind its back.
+    let check = call(&d, 0, "CHECK", "podman-c1", &ns_path(&c1));
+    assert!(check.ok, "{check:?}");
+    c1.run(&format!("ip addr del {ip1}/16 dev eth0")).unwrap();
+    let check = call(&d, 0, "CHECK", "podman-c1", &ns_path(&c1));
+    assert!(!check.ok && check.code() == 100, "{check:?}");
+    assert!(check.msg().contains("expected"), "{check:?}");
+
+    // DEL removes it from every map; DEL twice succeeds; CHECK then says it is unknown.
+    let del = call(&d, 0, "DEL", "podman-c1", &ns_path(&c1));
+    assert!(del.ok, "{del:?}");
+    wait_for(Duration::from_secs(3), || {
+        d.hosts.iter().all(|h| {
+            h.maps()
+                .is_ok_and(|m| !m.arp.contains_key(&(42, ip1.octets())))
+        })
+    })
+    .unwrap();
+    assert_eq!(leftovers(&d, 0, "podman-c1"), Vec::<String>::new());
+    assert!(call(&d, 0, "DEL", "podman-c1", &ns_path(&c1)).ok);
+    let check = call(&d, 0, "CHECK", "podman-c1", &ns_path(&c1));
+    assert_eq!(check.code(), 3, "{check:?}");
+
+    // DEL with no netns (containerd) and after the netns is gone.
+    assert!(call(&d, 1, "DEL", "default-c2", "").ok);
+    assert_eq!(leftovers(&d, 1, "default-c2"), Vec::<String>::new());
+    let gone = Netns::new("ovt-cnigone").unwrap();
+    added_ip(&call(&d, 0, "ADD", "gone", &ns_path(&gone)));
+    drop(gone);
+    assert!(call(&d, 0, "DEL", "gone", "/run/netns/ovt-cnigone").ok);
+    assert_eq!(leftovers(&d, 0, "gone"), Vec::<String>::new());
+
+    // Bad configurations: a CNI error naming the problem, and nothing left behind.
+    let c3 = Netns::new("ovt-cnic3").unwrap();
+    let c3_path = ns_path(&c3);
+    let e = &env("bad", &c3_path);
+    let mut unknown = plugin_entry(&d, 0, "blue");
+    unknown["network"] = "nosuch".into();
+    let mut missing = plugin_entry(&d, 0, "blue");
+    missing.as_object_mut().unwrap().remove("network");
+    let (unknown, missing) = (unknown.to_string(), missing.to_string());
+    let cases: [(&[u8], u64, &str); 4] = [
+        (unknown.as_bytes(), 7, "nosuch does not exist"),
+        (missing.as_bytes(), 7, "no \"network\" key"),
+        (
+            b"{\"cniVersion\": \"1.0.0\", \"network\": ",
+            6,
+            "not valid JSON",
+        ),
+        (br#"{"cniVersion": "9.9.9", "network": "blue"}"#, 1, "9.9.9"),
+    ];
+    for (stdin, code, says) in cases {
+        let reply = cni(&d, 0, "ADD", e, stdin).unwrap();
+        assert!(!reply.ok, "{reply:?}");
+        assert_eq!(reply.code(), code, "{reply:?}");
+        assert!(reply.msg().contains(says), "{reply:?}");
+        assert_eq!(leftovers(&d, 0, "bad"), Vec::<String>::new());
+    }
+    let no_env = cni(&d, 0, "ADD", &[("CNI_IFNAME", "eth0")], &entry(&d, 0)).unwrap();
+    assert_eq!(no_env.code(), 4, "{no_env:?}");
+    assert!(no_env.msg().contains("CNI_CONTAINERID"), "{no_env:?}");
+
+    // Killed mid-ADD, at any point: DEL cleans what is left, and the next ADD works.
+    for delay_ms in [0u64, 20, 40, 80, 160] {
+        let mut child = cni_command(&d, 0, "ADD", &env("killed", &ns_path(&c3)))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&entry(&d, 0))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let del = call(&d, 0, "DEL", "killed", &ns_path(&c3));
+        assert!(del.ok, "after a kill at {delay_ms} ms: {del:?}");
+        assert_eq!(
+            leftovers(&d, 0, "killed"),
+            Vec::<String>::new(),
+            "{delay_ms} ms"
+        );
+        assert!(c3.run("ip link show eth0").is_err(), "{delay_ms} ms");
+    }
+    let ip3 = added_ip(&call(&d, 0, "ADD", "killed", &ns_path(&c3)));
+
+    // GC: attachments the runtime no longer lists go, the listed ones stay.
+    let c4 = Netns::new("ovt-cnic4").unwrap();
+    let ip4 = added_ip(&call(&d, 0, "ADD", "kept", &ns_path(&c4)));
+    let mut gc = plugin_entry(&d, 0, "blue");
+    gc["cniVersion"] = "1.1.0".into();
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "kept", "ifname": "eth0"}]);
+    let reply = cni(&d, 0, "GC", &[], gc.to_string().as_bytes()).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert!(
+        !leftovers(&d, 0, "kept").is_empty(),
+        "GC removed a valid attachment"
+    );
+    assert_eq!(leftovers(&d, 0, "killed"), Vec::<String>::new());
+    wait_for(Duration::from_secs(3), || {
+        d.hosts[1]
+            .maps()
+            .is_ok_and(|m| !m.arp.contains_key(&(42, ip3.octets())))
+    })
+    .unwrap();
+    assert!(ping(&c4, cli.1));
+
+    // Agent down: ADD fails fast and says why, STATUS says so too, and what is attached keeps
+    // forwarding.
+    d.kill_agent(0);
+    let c5 = Netns::new("ovt-cnic5").unwrap();
+    let add = call(&d, 0, "ADD", "late", &ns_path(&c5));
+    assert!(!add.ok && add.code() == 11, "{add:?}");
+    assert!(add.msg().contains("not running"), "{add:?}");
+    assert!(add.took < Duration::from_secs(2), "took {:?}", add.took);
+    assert_eq!(leftovers(&d, 0, "late"), Vec::<String>::new());
+    let status = call(&d, 0, "STATUS", "", "");
+    assert_eq!(status.code(), 50, "{status:?}");
+    assert!(ping(&c4, cli.1));
+    assert!(ping(d.container(cli.0), ip4));
+    d.restart_agent(0).unwrap();
+    assert!(call(&d, 0, "STATUS", "", "").ok);
+}
