@@ -127,3 +127,226 @@ pub fn plugin_entry(d: &Deployment, host: usize, network: &str) -> serde_json::V
         "runDir": d.run_dir(),
     })
 }
+
+/// A scratch directory for one runtime on one host, with our plugin where the runtime looks
+/// for plugins (`bin/overlay`, and `loopback`, which ctr also runs) and a conflist for overlay
+/// network `network` in `conf/`.
+fn cni_dirs(d: &Deployment, host: usize, runtime: &str, network: &str) -> Result<PathBuf> {
+    let dir = d.dir().join(format!("{runtime}-h{}", host + 1));
+    let (bin, conf) = (dir.join("bin"), dir.join("conf"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    std::os::unix::fs::symlink(built_binary("overlay-cni"), bin.join("overlay"))?;
+    std::os::unix::fs::symlink("/usr/lib/cni/loopback", bin.join("loopback"))?;
+    let mut entry = plugin_entry(d, host, network);
+    let entry = entry.as_object_mut().expect("an object");
+    entry.remove("cniVersion");
+    entry.remove("name");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [entry],
+    });
+    std::fs::write(
+        conf.join(format!("10-{network}.conflist")),
+        serde_json::to_string_pretty(&conflist)?,
+    )?;
+    Ok(dir)
+}
+
+/// Runs `cmd` (a shell command line) in host `host`'s network namespace; its stdout, or an
+/// error with its output.
+fn on_host(d: &Deployment, host: usize, cmd: &str, env: &[(&str, &Path)]) -> Result<String> {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", d.hosts[host].name()))
+        .args(["sh", "-c", cmd]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Podman 4.3 with its CNI backend on one host, with a configuration of its own
+/// (`CONTAINERS_CONF`: the machine's stays as it is), its own storage, and the toybox image.
+pub struct Podman<'a> {
+    d: &'a Deployment,
+    host: usize,
+    dir: PathBuf,
+}
+
+impl<'a> Podman<'a> {
+    pub fn new(d: &'a Deployment, host: usize, network: &str) -> Result<Self> {
+        let dir = cni_dirs(d, host, "podman", network)?;
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\n\
+                 # root lacks CAP_SYS_RESOURCE here: runc fails with the default rlimits\n\
+                 default_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 [network]\nnetwork_backend = \"cni\"\n\
+                 cni_plugin_dirs = [\"{0}/bin\"]\nnetwork_config_dir = \"{0}/conf\"\n",
+                dir.display()
+            ),
+        )?;
+        let podman = Self { d, host, dir };
+        podman.run(&format!(
+            "import {} localhost/toybox:latest",
+            toybox_tar()?.display()
+        ))?;
+        Ok(podman)
+    }
+
+    /// `podman <args>` on the host.
+    pub fn run(&self, args: &str) -> Result<String> {
+        let dir = self.dir.display();
+        on_host(
+            self.d,
+            self.host,
+            &format!(
+                "podman --root {dir}/root --runroot {dir}/runroot --tmpdir {dir}/tmp \
+                 --storage-driver vfs {args}"
+            ),
+            &[("CONTAINERS_CONF", &self.dir.join("containers.conf"))],
+        )
+    }
+
+    /// A container on `network` running `sleep`, detached.
+    pub fn start(&self, name: &str, network: &str) -> Result<()> {
+        self.run(&format!(
+            "run -d --name {name} --network {network} localhost/toybox:latest sleep 1000"
+        ))
+        .map(drop)
+    }
+
+    pub fn exec(&self, name: &str, cmd: &str) -> Result<String> {
+        self.run(&format!("exec {name} {cmd}"))
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        let _ = self.run("rm -af -t 0");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// containerd 1.6 on one host, standalone (its own root, state and socket), and `ctr run
+/// --cni`, which takes its conflist from /etc/cni/net.d and its plugins from /opt/cni/bin: each
+/// ctr runs in a mount namespace of its own where those are this host's directories.
+pub struct Containerd<'a> {
+    d: &'a Deployment,
+    host: usize,
+    dir: PathBuf,
+    daemon: std::process::Child,
+}
+
+impl<'a> Containerd<'a> {
+    pub fn new(d: &'a Deployment, host: usize, network: &str, image: &Path) -> Result<Self> {
+        let dir = cni_dirs(d, host, "containerd", network)?;
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\naddress = \"{0}/containerd.sock\"\n",
+                dir.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", d.hosts[host].name()))
+            .arg("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting containerd")?;
+        let containerd = Self {
+            d,
+            host,
+            dir,
+            daemon,
+        };
+        let socket = containerd.dir.join("containerd.sock");
+        crate::deployment::wait_for(std::time::Duration::from_secs(10), || socket.exists())
+            .context("containerd did not open its socket")?;
+        containerd.ctr(&format!("image import {}", image.display()))?;
+        Ok(containerd)
+    }
+
+    /// `ctr <args>` against this containerd, with this host's CNI directories.
+    pub fn ctr(&self, args: &str) -> Result<String> {
+        std::fs::create_dir_all("/etc/cni/net.d")?;
+        std::fs::create_dir_all("/opt/cni/bin")?;
+        let dir = self.dir.display();
+        on_host(
+            self.d,
+            self.host,
+            &format!(
+                "unshare -m --propagation private sh -c 'mount --bind {dir}/conf /etc/cni/net.d && \
+                 mount --bind {dir}/bin /opt/cni/bin && exec ctr -a {dir}/containerd.sock {args}'"
+            ),
+            &[],
+        )
+    }
+
+    /// A task running `sleep`, detached, with CNI networking.
+    pub fn start(&self, name: &str) -> Result<()> {
+        self.ctr(&format!(
+            "run -d --cni localhost/toybox:latest {name} sleep 1000"
+        ))
+        .map(drop)
+    }
+
+    pub fn exec(&self, name: &str, cmd: &str) -> Result<String> {
+        self.ctr(&format!(
+            "task exec --exec-id x{} {name} {cmd}",
+            std::process::id()
+        ))
+    }
+
+    /// Kills and removes a task and its container as `ctr` does it: no CNI DEL.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let _ = self.ctr(&format!("task kill -s KILL {name}"));
+        crate::deployment::wait_for(std::time::Duration::from_secs(5), || {
+            self.ctr(&format!("task rm {name}")).is_ok()
+                || !self.ctr("task ls").is_ok_and(|ls| ls.contains(name))
+        })?;
+        self.ctr(&format!("container rm {name}")).map(drop)
+    }
+}
+
+impl Drop for Containerd<'_> {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.ctr("task ls -q") {
+            for task in tasks.lines() {
+                let _ = self.kill(task.trim());
+            }
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The toybox image as a docker archive (`ctr image import` takes that), saved once per test
+/// process from a podman store of its own.
+pub fn toybox_archive(podman: &Podman) -> Result<PathBuf> {
+    let archive = podman.dir.join("toybox-archive.tar");
+    podman.run(&format!(
+        "save --format docker-archive -o {} localhost/toybox:latest",
+        archive.display()
+    ))?;
+    Ok(archive)
+}

@@ -251,3 +251,123 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     d.restart_agent(0).unwrap();
     assert!(call(&d, 0, "STATUS", "", "").ok);
 }
+
+/// The address of `eth0` in `ip -4 -o addr` output.
+fn eth0_ip(out: &str) -> Ipv4Addr {
+    out.lines()
+        .find(|l| l.contains("eth0"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no eth0 address in {out:?}"))
+}
+
+fn served_everywhere(d: &Deployment, ip: Ipv4Addr, present: bool) {
+    wait_for(Duration::from_secs(5), || {
+        d.hosts.iter().all(|h| {
+            h.maps()
+                .is_ok_and(|m| m.arp.contains_key(&(42, ip.octets())) == present)
+        })
+    })
+    .unwrap_or_else(|_| panic!("{ip} present={present} not reached on every host"));
+}
+
+#[test]
+fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_cleanly() {
+    use overlay_tests::runtimes::{Containerd, Podman, toybox_archive};
+    let mut d = Deployment::new("rt", &[true, true]).unwrap();
+    blue(&d);
+    let cli = d.add_container(0, "cli", "blue", None).unwrap();
+    let podman = [
+        Podman::new(&d, 0, "blue").unwrap(),
+        Podman::new(&d, 1, "blue").unwrap(),
+    ];
+    let archive = toybox_archive(&podman[0]).unwrap();
+    let ctr = [
+        Containerd::new(&d, 0, "blue", &archive).unwrap(),
+        Containerd::new(&d, 1, "blue", &archive).unwrap(),
+    ];
+    let mut addrs = Vec::new();
+    for host in 0..2 {
+        let (p, k) = (format!("p{host}"), format!("k{host}"));
+        podman[host].start(&p, "blue").unwrap();
+        let ip = eth0_ip(&podman[host].exec(&p, "ip -4 -o addr").unwrap());
+        addrs.push((format!("podman {p} on h{}", host + 1), ip));
+        ctr[host].start(&k).unwrap();
+        let ip = eth0_ip(&ctr[host].exec(&k, "ip -4 -o addr").unwrap());
+        addrs.push((format!("ctr {k} on h{}", host + 1), ip));
+    }
+    let mut unique: Vec<Ipv4Addr> = addrs.iter().map(|a| a.1).collect();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{addrs:?}");
+    eprintln!("runtime containers: {addrs:?}");
+    for (_, ip) in &addrs {
+        served_everywhere(&d, *ip, true);
+    }
+    // Every runtime's container reaches every other and the CLI's; the CLI's reaches them.
+    let mut failed = Vec::new();
+    for host in 0..2 {
+        for from in [format!("p{host}"), format!("k{host}")] {
+            let run = |c: &str, cmd: &str| match c.starts_with('p') {
+                true => podman[host].exec(c, cmd),
+                false => ctr[host].exec(c, cmd),
+            };
+            for (to, ip) in addrs
+                .iter()
+                .map(|(n, ip)| (n.as_str(), *ip))
+                .chain([("cli", cli.1)])
+            {
+                if to.contains(&format!(" {from} ")) {
+                    continue;
+                }
+                if run(&from, &format!("ping -c 1 -W 2 {ip}")).is_err() {
+                    failed.push(format!("{from} -> {to} ({ip})"));
+                }
+            }
+        }
+    }
+    for (name, ip) in &addrs {
+        if !ping(d.container(cli.0), *ip) {
+            failed.push(format!("cli -> {name} ({ip})"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:?}\n{}",
+        d.hosts[0].log()
+    );
+
+    // podman rm calls DEL: gone from every map.
+    podman[0].run("rm -f -t 0 p0").unwrap();
+    served_everywhere(&d, addrs[0].1, false);
+    // ctr run --rm (foreground) calls DEL with no netns when the task ends.
+    let out = ctr[1]
+        .ctr(&format!(
+            "run --rm --cni localhost/toybox:latest once ping -c 1 -W 2 {}",
+            cli.1
+        ))
+        .unwrap();
+    assert!(out.contains("1 packets received"), "{out}");
+    let eps = d.cli(1, &["endpoint", "ls", "--json"]).unwrap();
+    assert!(
+        !eps.contains(&endpoint_name("default-once", "eth0")),
+        "{eps}"
+    );
+    // A killed and removed ctr task gets no DEL: GC (with what the runtime still has) removes
+    // it, and keeps the rest.
+    ctr[0].kill("k0").unwrap();
+    let mut gc = plugin_entry(&d, 0, "blue");
+    gc["cniVersion"] = "1.1.0".into();
+    gc["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "default-k1", "ifname": "eth0"}]);
+    let reply = cni(&d, 0, "GC", &[], gc.to_string().as_bytes()).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    served_everywhere(&d, addrs[1].1, false);
+    served_everywhere(&d, addrs[3].1, true);
+    assert!(
+        ctr[1]
+            .exec("k1", &format!("ping -c 1 -W 2 {}", addrs[2].1))
+            .is_ok()
+    );
+}
