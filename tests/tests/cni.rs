@@ -29,6 +29,17 @@ fn call(d: &Deployment, host: usize, command: &str, id: &str, netns: &str) -> Cn
     cni(d, host, command, &env(id, netns), &entry(d, host)).unwrap()
 }
 
+/// GC on `host` as a runtime that still has the attachments (eth0) of `valid` calls it.
+fn gc(d: &Deployment, host: usize, valid: &[&str]) -> CniReply {
+    let mut conf = plugin_entry(d, host, "blue");
+    conf["cniVersion"] = "1.1.0".into();
+    conf["cni.dev/valid-attachments"] = valid
+        .iter()
+        .map(|id| serde_json::json!({"containerID": id, "ifname": "eth0"}))
+        .collect();
+    cni(d, host, "GC", &[], conf.to_string().as_bytes()).unwrap()
+}
+
 fn ns_path(ns: &Netns) -> String {
     format!("/run/netns/{}", ns.name)
 }
@@ -216,11 +227,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     // GC: attachments the runtime no longer lists go, the listed ones stay.
     let c4 = Netns::new("ovt-cnic4").unwrap();
     let ip4 = added_ip(&call(&d, 0, "ADD", "kept", &ns_path(&c4)));
-    let mut gc = plugin_entry(&d, 0, "blue");
-    gc["cniVersion"] = "1.1.0".into();
-    gc["cni.dev/valid-attachments"] =
-        serde_json::json!([{"containerID": "kept", "ifname": "eth0"}]);
-    let reply = cni(&d, 0, "GC", &[], gc.to_string().as_bytes()).unwrap();
+    let reply = gc(&d, 0, &["kept"]);
     assert!(reply.ok, "{reply:?}");
     assert!(
         !leftovers(&d, 0, "kept").is_empty(),
@@ -357,17 +364,14 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
     // A killed and removed ctr task gets no DEL: GC (with what the runtime still has) removes
     // it, and keeps the rest.
     ctr[0].kill("k0").unwrap();
-    let mut gc = plugin_entry(&d, 0, "blue");
-    gc["cniVersion"] = "1.1.0".into();
-    gc["cni.dev/valid-attachments"] =
-        serde_json::json!([{"containerID": "default-k1", "ifname": "eth0"}]);
-    let reply = cni(&d, 0, "GC", &[], gc.to_string().as_bytes()).unwrap();
+    let reply = gc(&d, 0, &["default-k1"]);
     assert!(reply.ok, "{reply:?}");
     served_everywhere(&d, addrs[1].1, false);
+    // What GC on h1 must keep: the CLI's endpoint there (not the plugin's to collect), and
+    // everything of h2.
     served_everywhere(&d, addrs[3].1, true);
-    assert!(
-        ctr[1]
-            .exec("k1", &format!("ping -c 1 -W 2 {}", addrs[2].1))
-            .is_ok()
-    );
+    served_everywhere(&d, cli.1, true);
+    for ip in [addrs[2].1, cli.1] {
+        assert!(ctr[1].exec("k1", &format!("ping -c 1 -W 2 {ip}")).is_ok());
+    }
 }
