@@ -10,7 +10,7 @@ use std::{
     ffi::CString,
     net::Ipv4Addr,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -33,7 +33,7 @@ use crate::{
     plumbing::Netlink,
     store::{
         Store, brief,
-        schema::{Kind, Location, NodeRecord},
+        schema::{Endpoint, Kind, Location, NodeRecord},
     },
 };
 
@@ -88,6 +88,9 @@ pub fn default_node() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
+/// How long a container's port must have been gone before its endpoint leaves etcd.
+const VANISHED_GRACE: Duration = Duration::from_secs(2);
+
 pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
     run_dir.join(format!("{node}.json"))
 }
@@ -136,6 +139,10 @@ struct Agent {
     /// Ports this process attached from_container to, by name and the ifindex it had then (a
     /// port deleted and made again under the same name needs attaching again).
     attached: BTreeSet<(String, u32)>,
+    /// This node's containers whose port vanished after it was attached, and since when: the
+    /// container's namespace died without a DEL (`ctr task kill`, a crashed runtime). Removed
+    /// from etcd after VANISHED_GRACE, so their addresses do not leak.
+    vanished: BTreeMap<String, (Endpoint, Instant)>,
     problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
@@ -227,6 +234,7 @@ pub async fn run(opts: Options) -> Result<()> {
         in_sync: false,
         vtep_refs: VtepRefs::default(),
         attached: BTreeSet::new(),
+        vanished: BTreeMap::new(),
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
@@ -332,10 +340,13 @@ impl Agent {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                     }
                     _ = tick.tick() => {
-                        // A port that did not exist yet may have appeared.
-                        if !self.problems.is_empty() {
+                        // A port that did not exist yet may have appeared, or an attached
+                        // one vanished with its container.
+                        let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
+                        if !self.problems.is_empty() || port_gone {
                             self.reconcile(self.status.revision);
                         }
+                        self.reap_vanished(&store).await;
                         self.sync_gro().await;
                     }
                 }
@@ -512,6 +523,7 @@ impl Agent {
     /// from_container on every local port; pinned links of ports that are gone removed.
     fn attach_ports(&mut self) -> Result<()> {
         let mut wanted = BTreeSet::new();
+        let mut vanished = BTreeMap::new();
         for ep in self.cluster.endpoints.values() {
             let Location::Node { node, port, .. } = &ep.location else {
                 continue;
@@ -519,7 +531,23 @@ impl Agent {
             if node != &self.opts.node || !matches!(ep.kind, Kind::Container | Kind::Host) {
                 continue;
             }
-            let Some(index) = ifindex(port) else { continue };
+            let Some(index) = ifindex(port) else {
+                // Attached once, by this process or (its link pinned) an earlier one, and gone
+                // now. A port exists before etcd names its endpoint, so this is never an
+                // attachment still being made.
+                let known = self
+                    .vanished
+                    .get(&ep.name)
+                    .filter(|(old, _)| old.created == ep.created)
+                    .map(|(_, since)| *since);
+                let was_attached = self.attached.iter().any(|(p, _)| p == port)
+                    || self.opts.pins.link(port).exists();
+                if ep.kind == Kind::Container && (known.is_some() || was_attached) {
+                    let since = known.unwrap_or_else(Instant::now);
+                    vanished.insert(ep.name.clone(), (ep.clone(), since));
+                }
+                continue;
+            };
             wanted.insert(port.clone());
             if self.attached.insert((port.clone(), index)) {
                 if let Err(e) = self.dataplane.attach_container(port) {
@@ -534,6 +562,8 @@ impl Agent {
                 }
             }
         }
+        // Entries gone from etcd (or whose port came back) are no longer candidates.
+        self.vanished = vanished;
         self.attached.retain(|(port, _)| wanted.contains(port));
         for name in self.opts.pins.linked()? {
             if name != self.opts.underlay && !wanted.contains(&name) && !gro::is_device(&name) {
@@ -542,6 +572,33 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Removes from etcd the endpoints whose port vanished VANISHED_GRACE ago or more; every
+    /// node then drops them, and their addresses are free again.
+    async fn reap_vanished(&mut self, store: &Store) {
+        let due: Vec<Endpoint> = self
+            .vanished
+            .values()
+            .filter(|(_, since)| since.elapsed() >= VANISHED_GRACE)
+            .map(|(ep, _)| ep.clone())
+            .collect();
+        for ep in due {
+            match store.delete_endpoint_if_unchanged(&ep).await {
+                Ok(removed) => {
+                    if removed {
+                        log::info!(
+                            "endpoint {} ({} in network {}) removed from etcd: its port is gone (its container's network namespace died without a DEL)",
+                            ep.name,
+                            ep.ip,
+                            ep.network
+                        );
+                    }
+                    self.vanished.remove(&ep.name);
+                }
+                Err(e) => log::warn!("removing vanished endpoint {}: {e:#}; will retry", ep.name),
+            }
+        }
     }
 
     fn write_status(&mut self) {

@@ -761,3 +761,48 @@ fn a_stream_of_changes_all_reach_the_maps() {
     let r = overlay_tests::scale::run(5000, 3, 300).unwrap();
     assert_eq!((r.endpoints, r.changes, r.samples), (5000, 900, 90));
 }
+
+#[test]
+fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
+    let (mut d, c1, c2) = blue_pair("vanish");
+    // A port the agent never attached (a value written by hand) is not a vanished container:
+    // it stays, listed as a problem.
+    let stray_ip = Ipv4Addr::new(10, 10, 0, 200);
+    let host1 = d.hosts[0].name().to_string();
+    d.etcd_put(
+        &format!("endpoints/blue/{stray_ip}"),
+        &format!(
+            r#"{{"kind":"container","name":"stray","mac":"02:42:0a:0a:00:c8","node":"{host1}","port":"ove00c0ffee"}}"#
+        ),
+    )
+    .unwrap();
+    // c2's namespace goes away as a killed runtime's would: its veth pair with it, no DEL.
+    let ns = d.container(c2.0).name.clone();
+    overlay_tests::netns::sh(&format!("ip netns del {ns}")).unwrap();
+    let took = wait_for(Duration::from_secs(8), || {
+        let eps = d.cli(0, &["endpoint", "ls", "--json"]).unwrap_or_default();
+        !eps.contains("\"c2\"")
+            && d.hosts.iter().all(|h| {
+                h.maps()
+                    .is_ok_and(|m| !m.arp.contains_key(&(42, c2.1.octets())))
+            })
+    })
+    .unwrap_or_else(|_| panic!("c2 still there:\n{}", d.hosts[1].log()));
+    assert!(
+        took >= Duration::from_secs(2),
+        "removed before its grace: {took:?}"
+    );
+    assert!(
+        d.hosts[1].log().contains("its port is gone"),
+        "{}",
+        d.hosts[1].log()
+    );
+    let eps = d.cli(0, &["endpoint", "ls", "--json"]).unwrap();
+    assert!(eps.contains("stray"), "{eps}");
+    // The address is free again, and c1 is untouched.
+    let again = d
+        .add_container(1, "c2b", "blue", Some(&c2.1.to_string()))
+        .unwrap();
+    assert_eq!(again.1, c2.1);
+    assert!(ping(d.container(c1.0), c2.1));
+}

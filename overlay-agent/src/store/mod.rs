@@ -434,6 +434,24 @@ impl Store {
         Ok(false)
     }
 
+    /// Removes `ep` only if its key still holds the endpoint read (same creation revision):
+    /// for removals decided from a copy that may be old, which must never take the address's
+    /// next owner with it. Ok(false): it had changed or was gone.
+    pub async fn delete_endpoint_if_unchanged(&self, ep: &Endpoint) -> Result<bool> {
+        let key = self.keys.endpoint(&ep.network, ep.ip);
+        let when = vec![Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            ep.created,
+        )];
+        let mut ops = vec![TxnOp::delete(key, None)];
+        if let Some(node) = ep.node() {
+            ops.push(TxnOp::delete(self.keys.name(node, &ep.name), None));
+        }
+        self.txn("removing an endpoint", Txn::new().when(when).and_then(ops))
+            .await
+    }
+
     pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {
         let mut ops = vec![TxnOp::delete(self.keys.endpoint(&ep.network, ep.ip), None)];
         if let Some(node) = ep.node() {
