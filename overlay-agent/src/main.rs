@@ -7,6 +7,7 @@ use overlay_agent::{
     agent,
     commands::{self, Ctx, NetworkSpec},
     dataplane::{PinDir, pins},
+    doctor,
     inspect::{self, Table},
     ipam::Cidr,
     net::Mac,
@@ -86,6 +87,12 @@ enum Command {
     Teardown,
     /// The node's agent, etcd, attachments, map sizes and problems.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the node's maps with what etcd says they must hold, and check its attachments,
+    /// GRO helpers, MTUs and remote VTEPs. Exits 1 when something is wrong.
+    Doctor {
         #[arg(long)]
         json: bool,
     },
@@ -359,6 +366,14 @@ async fn run(cli: Cli) -> Result<()> {
             "{}",
             report::status(&g.node, &pins, &g.run_dir, &g.etcd, &g.prefix, json).await?
         ),
+        Command::Doctor { json } => {
+            let store = Store::connect_patiently(&g.etcd, &g.prefix).await?;
+            let report = doctor::check(&g.node, &pins, &g.run_dir, &store).await?;
+            print!("{}", doctor::render(&report, json));
+            if !report.findings.is_empty() {
+                std::process::exit(1);
+            }
+        }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
     }
     Ok(())

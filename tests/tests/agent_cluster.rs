@@ -806,3 +806,71 @@ fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
     assert_eq!(again.1, c2.1);
     assert!(ping(d.container(c1.0), c2.1));
 }
+
+#[test]
+fn doctor_names_drift_by_node_map_and_entry_and_is_clean_after_the_fix() {
+    let (mut d, _c1, c2) = blue_pair("doctor");
+    let doctor = |d: &Deployment| -> (bool, serde_json::Value) {
+        let out = d.cli_output(0, &["doctor", "--json"]).unwrap();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        (out.status.success(), report)
+    };
+    let clean = |d: &Deployment| {
+        wait_for(Duration::from_secs(5), || doctor(d).0)
+            .unwrap_or_else(|_| panic!("not clean: {:#}", doctor(d).1));
+    };
+    clean(&d);
+    let (_, report) = doctor(&d);
+    // NETWORKS, ENDPOINTS and PORTS for c1, ARP for both, FDB and VTEPS for c2.
+    assert_eq!(report["entries"], 7, "{report:#}");
+
+    // An FDB entry deleted by hand: the agent hears nothing of it, the doctor names it.
+    let c2_mac = overlay_agent::net::Mac::from_ip(c2.1);
+    let key: String = 42u32
+        .to_le_bytes()
+        .iter()
+        .chain(c2_mac.0.iter())
+        .chain([0u8, 0].iter())
+        .map(|b| format!("{b:02x} "))
+        .collect();
+    let fdb = d.hosts[0].pins().map("FDB");
+    overlay_tests::netns::sh(&format!(
+        "bpftool map delete pinned {} key hex {key}",
+        fdb.display()
+    ))
+    .unwrap();
+    let (ok, report) = doctor(&d);
+    assert!(!ok, "{report:#}");
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report:#}");
+    assert_eq!(findings[0]["check"], "map FDB");
+    let item = findings[0]["item"].as_str().unwrap();
+    assert!(
+        item.contains(&c2_mac.to_string()) && item.contains("10.0.0.2"),
+        "{item}"
+    );
+    assert_eq!(report["node"], d.hosts[0].name());
+    // The fix: a restarted agent writes what its maps lack.
+    d.kill_agent(0);
+    d.restart_agent(0).unwrap();
+    clean(&d);
+
+    // The agent stopped while etcd changes: the doctor says so, and names what is missing.
+    d.kill_agent(0);
+    let c3 = d.add_container(1, "c3", "blue", None).unwrap();
+    let (ok, report) = doctor(&d);
+    assert!(!ok);
+    let text = report["findings"].to_string();
+    assert!(
+        text.contains("\"agent\"") && text.contains("not running"),
+        "{text}"
+    );
+    for map in ["map FDB", "map ARP"] {
+        assert!(text.contains(map), "{text}");
+    }
+    assert!(text.contains(&c3.1.to_string()), "{text}");
+    d.restart_agent(0).unwrap();
+    clean(&d);
+}

@@ -1,0 +1,321 @@
+//! `overlay-agent doctor`: is this node what etcd says it must be? It computes the node's maps
+//! from etcd exactly as the agent does (`desired`), reads the maps back from the kernel, and
+//! names every entry that differs; then it checks what the maps cannot show: the agent
+//! running, programs attached where they must be, the GRO helpers, the ports' MTUs, and
+//! whether every remote VTEP answers on the underlay.
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    agent,
+    cluster::ClusterState,
+    dataplane::{Maps, PinDir, state::Diff},
+    desired::desired,
+    gro,
+    net::Mac,
+    plumbing::Netlink,
+    store::{
+        Store,
+        schema::{Kind, Location},
+    },
+};
+
+/// One thing wrong, where, and why it matters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// What was checked: `agent`, `map FDB`, `attachment`, `gro`, `mtu`, `vtep`.
+    pub check: String,
+    /// The entry, interface or address concerned.
+    pub item: String,
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub node: String,
+    /// The etcd revision the maps were compared with.
+    pub revision: i64,
+    /// How many entries etcd says the node's maps must hold.
+    pub entries: usize,
+    pub findings: Vec<Finding>,
+}
+
+fn ip(a: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(a)
+}
+
+/// Each entry that differs, as a finding: `missing` (etcd wants it, the map lacks it or holds
+/// another value) or `stale` (the map holds what etcd no longer wants).
+pub fn map_findings(diff: &Diff) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut f = |map: &str, item: String, why: &str| {
+        out.push(Finding {
+            check: format!("map {map}"),
+            item,
+            why: why.to_string(),
+        })
+    };
+    const MISSING: &str = "missing or different: etcd says the map must hold it";
+    const STALE: &str = "stale: the map holds it, etcd does not";
+    for (vni, port) in &diff.networks.set {
+        f("NETWORKS", format!("vni {vni} port {port}"), MISSING);
+    }
+    for vni in &diff.networks.remove {
+        f("NETWORKS", format!("vni {vni}"), STALE);
+    }
+    for ((vni, mac), vtep) in &diff.fdb.set {
+        f(
+            "FDB",
+            format!("vni {vni} {} -> {}", Mac(*mac), ip(*vtep)),
+            MISSING,
+        );
+    }
+    for (vni, mac) in &diff.fdb.remove {
+        f("FDB", format!("vni {vni} {}", Mac(*mac)), STALE);
+    }
+    for ((vni, a), mac) in &diff.arp.set {
+        f(
+            "ARP",
+            format!("vni {vni} {} -> {}", ip(*a), Mac(*mac)),
+            MISSING,
+        );
+    }
+    for (vni, a) in &diff.arp.remove {
+        f("ARP", format!("vni {vni} {}", ip(*a)), STALE);
+    }
+    for ((vni, vtep), ()) in &diff.vteps.set {
+        f("VTEPS", format!("vni {vni} {}", ip(*vtep)), MISSING);
+    }
+    for (vni, vtep) in &diff.vteps.remove {
+        f("VTEPS", format!("vni {vni} {}", ip(*vtep)), STALE);
+    }
+    for ((vni, mac), e) in &diff.endpoints.set {
+        let what = format!(
+            "vni {vni} {} ({} ifindex {})",
+            Mac(*mac),
+            ip(e.ip),
+            e.ifindex
+        );
+        f("ENDPOINTS", what, MISSING);
+    }
+    for (vni, mac) in &diff.endpoints.remove {
+        f("ENDPOINTS", format!("vni {vni} {}", Mac(*mac)), STALE);
+    }
+    for (ifindex, e) in &diff.ports.set {
+        let what = format!("ifindex {ifindex} ({} {})", ip(e.ip), Mac(e.mac));
+        f("PORTS", what, MISSING);
+    }
+    for ifindex in &diff.ports.remove {
+        f("PORTS", format!("ifindex {ifindex}"), STALE);
+    }
+    out
+}
+
+/// What etcd says now, and at which revision.
+async fn cluster_now(store: &Store) -> Result<(ClusterState, i64)> {
+    let (kvs, revision) = store.list(&store.keys().all()).await?;
+    let mut cluster = ClusterState::default();
+    for kv in &kvs {
+        // A bad value is the agent's to report (`status`); here it is simply not wanted.
+        let _ = cluster.put(store.keys(), kv.key(), kv.value(), kv.create_revision());
+    }
+    Ok((cluster, revision))
+}
+
+/// How many entries `cluster` says the maps must hold, and how they differ.
+fn compare(cluster: &ClusterState, node: &str, pins: &PinDir) -> Result<(usize, Vec<Finding>)> {
+    let (want, _) = desired(cluster, node, &agent::ifindex);
+    let have = Maps::open(pins)?.snapshot()?;
+    let entries = want.fdb.len()
+        + want.arp.len()
+        + want.vteps.len()
+        + want.endpoints.len()
+        + want.ports.len()
+        + want.networks.len();
+    Ok((entries, map_findings(&Diff::between(&have, &want))))
+}
+
+/// Checks node `node`. Map differences are confirmed by a second look a second later, so a
+/// change the agent is applying right now is not reported as drift.
+pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> Result<Report> {
+    let mut findings = Vec::new();
+    let status = match agent::running(run_dir, node) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            findings.push(Finding {
+                check: "agent".into(),
+                item: node.into(),
+                why: format!("{e:#}: nothing keeps the maps equal to etcd"),
+            });
+            agent::last_status(run_dir, node).ok()
+        }
+    };
+    let (mut cluster, mut revision) = cluster_now(store).await?;
+    let (mut entries, mut drift) = compare(&cluster, node, pins)?;
+    if !drift.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first: BTreeSet<Finding> = drift.into_iter().collect();
+        (cluster, revision) = cluster_now(store).await?;
+        (entries, drift) = compare(&cluster, node, pins)?;
+        drift.retain(|f| first.contains(f));
+    }
+    findings.extend(drift);
+
+    // Programs attached where they must be: the underlay, every local port, every GRO helper.
+    let links: BTreeSet<String> = pins.linked().unwrap_or_default().into_iter().collect();
+    let attachment = |item: &str, why: String| Finding {
+        check: "attachment".into(),
+        item: item.into(),
+        why,
+    };
+    if let Some(s) = &status
+        && !links.contains(&s.underlay)
+    {
+        findings.push(attachment(
+            &s.underlay,
+            "from_underlay is not attached: no VXLAN arrives".into(),
+        ));
+    }
+    let netlink = Netlink::new()?;
+    let node_mtu = cluster.nodes.get(node).and_then(|n| n.mtu);
+    for ep in cluster.endpoints.values() {
+        let Location::Node { node: n, port, .. } = &ep.location else {
+            continue;
+        };
+        if n != node || !matches!(ep.kind, Kind::Container | Kind::Host) {
+            continue;
+        }
+        let Some(mtu) = netlink.mtu(port).await? else {
+            findings.push(attachment(
+                port,
+                format!("endpoint {} ({}): its port does not exist", ep.name, ep.ip),
+            ));
+            continue;
+        };
+        if !links.contains(port) {
+            findings.push(attachment(
+                port,
+                format!(
+                    "endpoint {} ({}): from_container is not attached",
+                    ep.name, ep.ip
+                ),
+            ));
+        }
+        if let Some(net) = cluster.networks.get(&ep.network) {
+            let most = net.mtu_on(node_mtu);
+            if mtu > most {
+                findings.push(Finding {
+                    check: "mtu".into(),
+                    item: port.clone(),
+                    why: format!(
+                        "endpoint {} has MTU {mtu}, above network {}'s {most} on this node: full-size frames cannot be encapsulated",
+                        ep.name, net.name
+                    ),
+                });
+            }
+        }
+    }
+    let ports: BTreeSet<u16> = cluster
+        .networks
+        .values()
+        .filter(|n| {
+            cluster
+                .endpoints
+                .values()
+                .any(|e| e.network == n.name && e.node() == Some(node))
+        })
+        .map(|n| n.port)
+        .collect();
+    for port in ports {
+        let device = gro::device(port);
+        if netlink.index(&device).await?.is_none() || !links.contains(&device) {
+            findings.push(Finding {
+                check: "gro".into(),
+                item: device,
+                why: format!(
+                    "no GRO helper with its sink for UDP port {port}: on a real wire every packet is decapsulated alone"
+                ),
+            });
+        }
+    }
+
+    // Every remote VTEP this node sends to answers on the underlay.
+    let (want, _) = desired(&cluster, node, &agent::ifindex);
+    let vteps: BTreeSet<Ipv4Addr> = want.fdb.values().map(|v| ip(*v)).collect();
+    let probes: Vec<_> = vteps
+        .into_iter()
+        .map(|vtep| {
+            let child = tokio::process::Command::new("ping")
+                .args(["-c", "1", "-W", "1", "-q", &vtep.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            (vtep, child)
+        })
+        .collect();
+    for (vtep, probe) in probes {
+        if !probe.await.is_ok_and(|s| s.success()) {
+            findings.push(Finding {
+                check: "vtep".into(),
+                item: vtep.to_string(),
+                why: "does not answer ping on the underlay: frames for its endpoints are lost"
+                    .into(),
+            });
+        }
+    }
+    Ok(Report {
+        node: node.into(),
+        revision,
+        entries,
+        findings,
+    })
+}
+
+/// The report as lines for a terminal, or as JSON.
+pub fn render(report: &Report, as_json: bool) -> String {
+    if as_json {
+        return serde_json::to_string_pretty(report).expect("serializable") + "\n";
+    }
+    if report.findings.is_empty() {
+        return format!(
+            "node {}: clean ({} map entries equal to etcd at revision {}, programs attached, GRO helpers in place, every VTEP answers)\n",
+            report.node, report.entries, report.revision
+        );
+    }
+    let mut out = format!(
+        "node {}: {} problem(s) (etcd revision {}):\n",
+        report.node,
+        report.findings.len(),
+        report.revision
+    );
+    for f in &report.findings {
+        out += &format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::state::MapState;
+
+    #[test]
+    fn every_difference_is_named_with_its_map_and_direction() {
+        let mut want = MapState::default();
+        want.add_remote(42, [2, 0x42, 10, 10, 1, 1], [10, 10, 1, 1], [10, 0, 0, 2]);
+        let mut have = want.clone();
+        have.fdb.clear();
+        have.arp
+            .insert((42, [10, 10, 9, 9]), [2, 0x42, 10, 10, 9, 9]);
+        let findings = map_findings(&Diff::between(&have, &want));
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        assert_eq!(findings[0].check, "map FDB");
+        assert_eq!(findings[0].item, "vni 42 02:42:0a:0a:01:01 -> 10.0.0.2");
+        assert!(findings[0].why.starts_with("missing"));
+        assert_eq!(findings[1].check, "map ARP");
+        assert_eq!(findings[1].item, "vni 42 10.10.9.9");
+        assert!(findings[1].why.starts_with("stale"));
+    }
+}
