@@ -76,6 +76,19 @@ pub struct StatusFile {
     pub prefix: String,
     #[serde(default)]
     pub pins: PathBuf,
+    /// The agent's network namespace ([`netns_id`]): a plugin in another one would make ports
+    /// the agent never sees.
+    #[serde(default)]
+    pub netns: String,
+}
+
+/// The calling process's network namespace, as `<device>:<inode>` of /proc/self/ns/net.
+pub fn netns_id() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or_else(
+        |e| format!("unknown ({e})"),
+        |m| format!("{}:{}", m.dev(), m.ino()),
+    )
 }
 
 /// Where agents write their status (`<run-dir>/<node>.json`) unless told otherwise.
@@ -218,6 +231,7 @@ pub async fn run(opts: Options) -> Result<()> {
         etcd: opts.etcd.join(","),
         prefix: opts.prefix.clone(),
         pins: opts.pins.dir().to_path_buf(),
+        netns: netns_id(),
         underlay: underlay.clone(),
         vtep: vtep.to_string(),
         ..Default::default()
@@ -596,7 +610,12 @@ impl Agent {
                     }
                     self.vanished.remove(&ep.name);
                 }
-                Err(e) => log::warn!("removing vanished endpoint {}: {e:#}; will retry", ep.name),
+                Err(e) => {
+                    // etcd is slow or gone: the next tick tries again, and the loop is not
+                    // held up by one timeout per endpoint.
+                    log::warn!("removing vanished endpoint {}: {e:#}; will retry", ep.name);
+                    break;
+                }
             }
         }
     }

@@ -70,9 +70,13 @@ pub fn stable_hash(s: &str) -> u64 {
 }
 
 /// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
+/// FNV-1a in 32 bits, as since the first release: ports made before an upgrade keep the names
+/// derived here.
 fn short_hash(s: &str) -> String {
-    let h = stable_hash(s);
-    format!("{:08x}", (h ^ (h >> 32)) as u32)
+    let h = s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{h:08x}")
 }
 
 /// Reserves an address for the endpoint `make` builds: `requested` if free, else the first
@@ -167,17 +171,51 @@ pub struct Attach {
     pub ifname: Option<String>,
     /// The interface's MTU, instead of the network's.
     pub mtu: Option<u32>,
+    /// Who asks, when not the CLI (see `EndpointRecord::owner`).
+    pub owner: Option<String>,
 }
 
+const PORT_PREFIX: &str = "ove";
+const PEER_PREFIX: &str = "ovt";
+
 /// The host-side veth of endpoint `name` of `network`: derived, so that a half-made
-/// attachment can be found and removed with nothing but its names.
+/// attachment can be found and removed with nothing but its names. 32 bits of hash can
+/// collide: the port's alias ([`port_alias`]) says whose it is.
 pub fn port_name(network: &str, name: &str) -> String {
-    format!("ove{}", short_hash(&format!("{network}/{name}")))
+    format!("{PORT_PREFIX}{}", short_hash(&format!("{network}/{name}")))
 }
 
 /// The container side of the pair while it is still in the host.
 pub fn peer_name(network: &str, name: &str) -> String {
-    format!("ovt{}", short_hash(&format!("{network}/{name}")))
+    format!("{PEER_PREFIX}{}", short_hash(&format!("{network}/{name}")))
+}
+
+/// The alias a port carries (`ip link` shows it): which endpoint it belongs to, so that a port
+/// found by its derived name is removed only if it is that endpoint's.
+pub fn port_alias(network: &str, name: &str) -> String {
+    format!("overlay endpoint {network}/{name}")
+}
+
+/// Serializes, per network and host, what makes or removes ports and the bridge: without it a
+/// removal that finds the bridge empty could delete it while an attachment is putting its port
+/// on it. CLI, CNI plugin and Docker driver are separate processes: a file lock.
+async fn bridge_lock(net: &Network) -> Result<std::fs::File> {
+    let dir = std::path::Path::new("/run/lock/overlay");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(net.bridge());
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("opening the lock {}", path.display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    tokio::task::spawn_blocking(move || {
+        // The lock goes with the file descriptor when `file` is dropped.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .await?
+    .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// An attachment whose veth pair is on the network's bridge and whose address is claimed in
@@ -211,14 +249,23 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
         Some(mtu) => mtu,
         None => mtu_here(ctx, &net).await?,
     };
+    let lock = bridge_lock(&net).await?;
+    let mut created = false;
     let made = async {
         let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
         host.add_veth(&port, &peer, mtu).await?;
+        created = true;
+        host.set_alias(&port, &port_alias(&req.network, &req.name))
+            .await?;
         host.attach_to_bridge(&port, bridge).await
     }
     .await;
+    drop(lock);
     if let Err(e) = made {
-        let _ = host.delete(&port).await;
+        // Only what this call made: a pair that already existed is someone else's.
+        if created {
+            let _ = host.delete(&port).await;
+        }
         return Err(e.context(format!("plumbing endpoint {}", req.name)));
     }
     let reserved = reserve(ctx, &net, req.ip, |ip| Endpoint {
@@ -233,6 +280,7 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
             iface: None,
         },
         netns: netns.map(str::to_string),
+        owner: req.owner.clone(),
         created: 0,
     })
     .await;
@@ -253,10 +301,10 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
 /// Attaches a container (a network namespace) to a network: `endpoint_make`, then its side of
 /// the pair moved in and configured (name, MAC, MTU, address with the subnet's prefix, which
 /// brings the on-link route to the whole overlay). Leaves nothing half-made.
-pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Endpoint> {
+pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> {
     let ns = open_netns(netns)?;
     let made = endpoint_make(ctx, req, Some(netns)).await?;
-    let ep = made.endpoint;
+    let ep = &made.endpoint;
     let configured = async {
         Netlink::new()?.move_to_netns(&made.peer, &ns).await?;
         let inner = Netlink::in_netns(&ns)?;
@@ -272,11 +320,11 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Endpoi
     .await;
     if let Err(e) = configured {
         // The address goes back, the veth (and its peer, wherever it is) goes away.
-        let _ = ctx.store.delete_endpoint(&ep).await;
-        let _ = Netlink::new()?.delete(&port_of(&ep)).await;
+        let _ = ctx.store.delete_endpoint(ep).await;
+        let _ = Netlink::new()?.delete(&port_of(ep)).await;
         return Err(e.context(format!("configuring endpoint {} in {netns}", req.name)));
     }
-    Ok(ep)
+    Ok(made)
 }
 
 fn port_of(ep: &Endpoint) -> String {
@@ -307,26 +355,40 @@ pub async fn endpoint_release(ctx: &Ctx, network: &str, name: &str) -> Result<Op
         .endpoint_named(&ctx.node, name)
         .await?
         .filter(|ep| ep.network == network);
-    let port = ep
-        .as_ref()
-        .map_or_else(|| port_name(network, name), port_of);
+    let port = match &ep {
+        Some(ep) => port_of(ep),
+        // A half-made attachment: its port by the derived name, if the port says it is its.
+        None => {
+            let port = port_name(network, name);
+            let alias = Netlink::new()?.alias(&port).await?;
+            if alias.as_deref() == Some(port_alias(network, name).as_str()) {
+                port
+            } else {
+                String::new()
+            }
+        }
+    };
     remove(ctx, network, ep.as_ref(), &port).await?;
     Ok(ep)
 }
 
 async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> Result<()> {
     if let Some(ep) = ep {
-        ctx.store.delete_endpoint(ep).await?;
+        // Only the endpoint that was read: if its address has a new owner since, that one
+        // stays.
+        ctx.store.delete_endpoint_if_unchanged(ep).await?;
     }
     let host = Netlink::new()?;
     if !port.is_empty() {
         host.delete(port).await?;
     }
-    if let Ok(net) = ctx.store.network(network).await
-        && let Some(bridge) = host.index(&net.bridge()).await?
-        && host.bridge_ports(bridge).await? == 0
-    {
-        host.delete(&net.bridge()).await?;
+    if let Ok(net) = ctx.store.network(network).await {
+        let _lock = bridge_lock(&net).await?;
+        if let Some(bridge) = host.index(&net.bridge()).await?
+            && host.bridge_ports(bridge).await? == 0
+        {
+            host.delete(&net.bridge()).await?;
+        }
     }
     Ok(())
 }
@@ -372,6 +434,7 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             iface: Some(iface.clone()),
         },
         netns: None,
+        owner: None,
         created: 0,
     })
     .await;
@@ -415,6 +478,7 @@ pub async fn peer_add(
         kind: Kind::Peer,
         location: Location::Peer { vtep },
         netns: None,
+        owner: None,
         created: 0,
     };
     // Validates the MAC as a stored record would be.
@@ -454,7 +518,10 @@ pub fn is_our_interface(name: &str) -> bool {
     {
         return digits(rest);
     }
-    if let Some(rest) = name.strip_prefix("ove") {
+    if let Some(rest) = name
+        .strip_prefix(PORT_PREFIX)
+        .or_else(|| name.strip_prefix(PEER_PREFIX))
+    {
         return rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit());
     }
     name.strip_prefix("ovh").is_some_and(digits)
@@ -533,8 +600,14 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
         };
         let here = match &ep.location {
             Location::Peer { .. } => maps.fdb.get(&key, 0).is_ok(),
+            // PORTS by the port's ifindex now: a port made again under the same name (a
+            // container restarted: DEL, then ADD) is served only once the agent saw the new one.
             Location::Node { port, .. } => {
-                maps.endpoints.get(&key, 0).is_ok() && (!present || ctx.pins.link(port).exists())
+                maps.endpoints.get(&key, 0).is_ok()
+                    && (!present
+                        || (ctx.pins.link(port).exists()
+                            && crate::agent::ifindex(port)
+                                .is_some_and(|i| maps.ports.get(&i, 0).is_ok())))
             }
         };
         if here == present {
@@ -553,7 +626,14 @@ mod tests {
 
     #[test]
     fn only_our_interface_names_are_ours() {
-        for ours in ["ovbr42", "ove1a77fa8a", "ovh42", "ovhp42", "ovgro4789"] {
+        for ours in [
+            "ovbr42",
+            "ove1a77fa8a",
+            "ovt1a77fa8a",
+            "ovh42",
+            "ovhp42",
+            "ovgro4789",
+        ] {
             assert!(is_our_interface(ours), "{ours}");
         }
         for theirs in [

@@ -287,7 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
                         ip,
                         ..Default::default()
                     };
-                    let ep = commands::endpoint_add(&ctx, &req, &netns).await?;
+                    let ep = commands::endpoint_add(&ctx, &req, &netns).await?.endpoint;
                     println!(
                         "endpoint {name}: {} {} on network {network}, node {}",
                         ep.ip, ep.mac, ctx.node

@@ -200,6 +200,27 @@ impl Netlink {
             })
     }
 
+    /// Sets `name`'s alias (IFLA_IFALIAS: `ip link` shows it).
+    pub async fn set_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let index = self.require(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting the alias of {name}"))
+    }
+
+    /// `name`'s alias; None if it has none or does not exist.
+    pub async fn alias(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.link(name).await?.and_then(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(alias) => Some(alias.clone()),
+                _ => None,
+            })
+        }))
+    }
+
     /// Puts `name` on `bridge` and brings it up.
     pub async fn attach_to_bridge(&self, name: &str, bridge: u32) -> Result<()> {
         let index = self.require(name).await?;

@@ -130,8 +130,14 @@ pub fn plugin_entry(d: &Deployment, host: usize, network: &str) -> serde_json::V
 
 /// A scratch directory for one runtime on one host, with our plugin where the runtime looks
 /// for plugins (`bin/overlay`, and `loopback`, which ctr also runs) and a conflist for overlay
-/// network `network` in `conf/`.
-fn cni_dirs(d: &Deployment, host: usize, runtime: &str, network: &str) -> Result<PathBuf> {
+/// network `network` in `conf/`, named `config`.
+fn cni_dirs(
+    d: &Deployment,
+    host: usize,
+    runtime: &str,
+    network: &str,
+    config: &str,
+) -> Result<PathBuf> {
     let dir = d.dir().join(format!("{runtime}-h{}", host + 1));
     let (bin, conf) = (dir.join("bin"), dir.join("conf"));
     std::fs::create_dir_all(&bin)?;
@@ -144,11 +150,11 @@ fn cni_dirs(d: &Deployment, host: usize, runtime: &str, network: &str) -> Result
     entry.remove("name");
     let conflist = serde_json::json!({
         "cniVersion": "1.0.0",
-        "name": network,
+        "name": config,
         "plugins": [entry],
     });
     std::fs::write(
-        conf.join(format!("10-{network}.conflist")),
+        conf.join(format!("10-{config}.conflist")),
         serde_json::to_string_pretty(&conflist)?,
     )?;
     Ok(dir)
@@ -156,9 +162,9 @@ fn cni_dirs(d: &Deployment, host: usize, runtime: &str, network: &str) -> Result
 
 /// Runs `cmd` (a shell command line) in host `host`'s network namespace; its stdout, or an
 /// error with its output.
-fn on_host(d: &Deployment, host: usize, cmd: &str, env: &[(&str, &Path)]) -> Result<String> {
+fn on_host(ns: &str, cmd: &str, env: &[(&str, &Path)]) -> Result<String> {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", d.hosts[host].name()))
+    c.arg(format!("--net=/run/netns/{ns}"))
         .args(["sh", "-c", cmd]);
     for (k, v) in env {
         c.env(k, v);
@@ -176,15 +182,16 @@ fn on_host(d: &Deployment, host: usize, cmd: &str, env: &[(&str, &Path)]) -> Res
 
 /// Podman 4.3 with its CNI backend on one host, with a configuration of its own
 /// (`CONTAINERS_CONF`: the machine's stays as it is), its own storage, and the toybox image.
-pub struct Podman<'a> {
-    d: &'a Deployment,
-    host: usize,
+pub struct Podman {
+    /// The host's network namespace.
+    ns: String,
     dir: PathBuf,
 }
 
-impl<'a> Podman<'a> {
-    pub fn new(d: &'a Deployment, host: usize, network: &str) -> Result<Self> {
-        let dir = cni_dirs(d, host, "podman", network)?;
+impl Podman {
+    pub fn new(d: &Deployment, host: usize, network: &str) -> Result<Self> {
+        // Podman's `--network` names the configuration: the overlay network's name.
+        let dir = cni_dirs(d, host, "podman", network, network)?;
         std::fs::write(
             dir.join("containers.conf"),
             format!(
@@ -197,7 +204,10 @@ impl<'a> Podman<'a> {
                 dir.display()
             ),
         )?;
-        let podman = Self { d, host, dir };
+        let podman = Self {
+            ns: d.hosts[host].name().to_string(),
+            dir,
+        };
         podman.run(&format!(
             "import {} localhost/toybox:latest",
             toybox_tar()?.display()
@@ -209,8 +219,7 @@ impl<'a> Podman<'a> {
     pub fn run(&self, args: &str) -> Result<String> {
         let dir = self.dir.display();
         on_host(
-            self.d,
-            self.host,
+            &self.ns,
             &format!(
                 "podman --root {dir}/root --runroot {dir}/runroot --tmpdir {dir}/tmp \
                  --storage-driver vfs {args}"
@@ -232,7 +241,7 @@ impl<'a> Podman<'a> {
     }
 }
 
-impl Drop for Podman<'_> {
+impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run("rm -af -t 0");
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -242,16 +251,16 @@ impl Drop for Podman<'_> {
 /// containerd 1.6 on one host, standalone (its own root, state and socket), and `ctr run
 /// --cni`, which takes its conflist from /etc/cni/net.d and its plugins from /opt/cni/bin: each
 /// ctr runs in a mount namespace of its own where those are this host's directories.
-pub struct Containerd<'a> {
-    d: &'a Deployment,
-    host: usize,
+pub struct Containerd {
+    /// The host's network namespace.
+    ns: String,
     dir: PathBuf,
     daemon: std::process::Child,
 }
 
-impl<'a> Containerd<'a> {
-    pub fn new(d: &'a Deployment, host: usize, network: &str, image: &Path) -> Result<Self> {
-        let dir = cni_dirs(d, host, "containerd", network)?;
+impl Containerd {
+    pub fn new(d: &Deployment, host: usize, network: &str, image: &Path) -> Result<Self> {
+        let dir = cni_dirs(d, host, "containerd", network, &Self::config(network))?;
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
@@ -273,8 +282,7 @@ impl<'a> Containerd<'a> {
             .spawn()
             .context("starting containerd")?;
         let containerd = Self {
-            d,
-            host,
+            ns: d.hosts[host].name().to_string(),
             dir,
             daemon,
         };
@@ -285,14 +293,19 @@ impl<'a> Containerd<'a> {
         Ok(containerd)
     }
 
+    /// The name of its network configuration: not podman's, so that each runtime's GC only
+    /// collects its own attachments.
+    pub fn config(network: &str) -> String {
+        format!("{network}-ctr")
+    }
+
     /// `ctr <args>` against this containerd, with this host's CNI directories.
     pub fn ctr(&self, args: &str) -> Result<String> {
         std::fs::create_dir_all("/etc/cni/net.d")?;
         std::fs::create_dir_all("/opt/cni/bin")?;
         let dir = self.dir.display();
         on_host(
-            self.d,
-            self.host,
+            &self.ns,
             &format!(
                 "unshare -m --propagation private sh -c 'mount --bind {dir}/conf /etc/cni/net.d && \
                  mount --bind {dir}/bin /opt/cni/bin && exec ctr -a {dir}/containerd.sock {args}'"
@@ -327,7 +340,7 @@ impl<'a> Containerd<'a> {
     }
 }
 
-impl Drop for Containerd<'_> {
+impl Drop for Containerd {
     fn drop(&mut self) {
         if let Ok(tasks) = self.ctr("task ls -q") {
             for task in tasks.lines() {

@@ -805,6 +805,20 @@ fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
         .unwrap();
     assert_eq!(again.1, c2.1);
     assert!(ping(d.container(c1.0), c2.1));
+
+    // Within the grace, the vanished container is removed by hand and its address taken by a
+    // new one on the same node: the agent's removal must not take the new owner with it.
+    let c3 = d.add_container(1, "c3", "blue", None).unwrap();
+    let ns = d.container(c3.0).name.clone();
+    overlay_tests::netns::sh(&format!("ip netns del {ns}")).unwrap();
+    d.cli(1, &["endpoint", "rm", "c3"]).unwrap();
+    let c3b = d
+        .add_container(1, "c3b", "blue", Some(&c3.1.to_string()))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let eps = d.cli(0, &["endpoint", "ls", "--json"]).unwrap();
+    assert!(eps.contains("\"c3b\""), "{eps}\n{}", d.hosts[1].log());
+    assert!(ping(d.container(c1.0), c3b.1));
 }
 
 #[test]

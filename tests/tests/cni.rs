@@ -29,10 +29,12 @@ fn call(d: &Deployment, host: usize, command: &str, id: &str, netns: &str) -> Cn
     cni(d, host, command, &env(id, netns), &entry(d, host)).unwrap()
 }
 
-/// GC on `host` as a runtime that still has the attachments (eth0) of `valid` calls it.
-fn gc(d: &Deployment, host: usize, valid: &[&str]) -> CniReply {
+/// GC on `host` as a runtime that still has the attachments (eth0) of `valid` calls it,
+/// through the configuration named `config`.
+fn gc(d: &Deployment, host: usize, config: &str, valid: &[&str]) -> CniReply {
     let mut conf = plugin_entry(d, host, "blue");
     conf["cniVersion"] = "1.1.0".into();
+    conf["name"] = config.into();
     conf["cni.dev/valid-attachments"] = valid
         .iter()
         .map(|id| serde_json::json!({"containerID": id, "ifname": "eth0"}))
@@ -56,7 +58,7 @@ fn added_ip(reply: &CniReply) -> Ipv4Addr {
 
 /// Whether host `host`'s maps, etcd or interfaces still hold anything of attachment `id`.
 fn leftovers(d: &Deployment, host: usize, id: &str) -> Vec<String> {
-    let name = endpoint_name(id, "eth0");
+    let name = endpoint_name("blue-cni", id, "eth0");
     let mut left = Vec::new();
     let eps = d.cli(host, &["endpoint", "ls", "--json"]).unwrap();
     if eps.contains(&name) {
@@ -92,6 +94,37 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     let status = call(&d, 0, "STATUS", "", "");
     assert!(status.ok && status.json.is_null(), "{status:?}");
 
+    // A runtime in another network namespace than the node's agent (here: the machine's own)
+    // would make ports the agent never sees: refused, and nothing made.
+    let mut outside =
+        std::process::Command::new(overlay_tests::deployment::built_binary("overlay-cni"));
+    outside
+        .env("CNI_COMMAND", "ADD")
+        .envs(env("outside", &ns_path(&c1)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = outside.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&entry(&d, 0))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(reply["code"], 7, "{reply}");
+    assert!(
+        reply["msg"]
+            .as_str()
+            .unwrap()
+            .contains("another network namespace"),
+        "{reply}"
+    );
+    assert_eq!(leftovers(&d, 0, "outside"), Vec::<String>::new());
+    assert!(c1.run("ip link show eth0").is_err());
+
     // ADD on both hosts: a proper result, and the containers reach each other and a
     // container added with the CLI.
     let add1 = call(&d, 0, "ADD", "podman-c1", &ns_path(&c1));
@@ -107,7 +140,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     assert_eq!(r["interfaces"][1]["mtu"], 1450);
     assert_eq!(
         r["interfaces"][0]["name"],
-        port_name("blue", &endpoint_name("podman-c1", "eth0"))
+        port_name("blue", &endpoint_name("blue-cni", "podman-c1", "eth0"))
     );
     assert_eq!(r["ips"][0]["interface"], 1);
     assert!(r["ips"][0]["address"].as_str().unwrap().ends_with("/16"));
@@ -196,14 +229,14 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     assert!(no_env.msg().contains("CNI_CONTAINERID"), "{no_env:?}");
 
     // Killed mid-ADD, at any point: DEL cleans what is left, and the next ADD works.
-    for delay_ms in [0u64, 20, 40, 80, 160] {
+    let mut half_made = 0;
+    for delay_ms in (0..30).map(|i| i * 8) {
         let mut child = cni_command(&d, 0, "ADD", &env("killed", &ns_path(&c3)))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        use std::io::Write as _;
         child
             .stdin
             .take()
@@ -212,7 +245,10 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
-        let _ = child.wait();
+        let finished = child.wait().unwrap().success();
+        if !finished && !leftovers(&d, 0, "killed").is_empty() {
+            half_made += 1;
+        }
         let del = call(&d, 0, "DEL", "killed", &ns_path(&c3));
         assert!(del.ok, "after a kill at {delay_ms} ms: {del:?}");
         assert_eq!(
@@ -222,17 +258,28 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
         );
         assert!(c3.run("ip link show eth0").is_err(), "{delay_ms} ms");
     }
+    assert!(half_made > 0, "no kill landed in the middle of an ADD");
     let ip3 = added_ip(&call(&d, 0, "ADD", "killed", &ns_path(&c3)));
 
     // GC: attachments the runtime no longer lists go, the listed ones stay.
     let c4 = Netns::new("ovt-cnic4").unwrap();
     let ip4 = added_ip(&call(&d, 0, "ADD", "kept", &ns_path(&c4)));
-    let reply = gc(&d, 0, &["kept"]);
+    let reply = gc(&d, 0, "blue-cni", &["kept"]);
     assert!(reply.ok, "{reply:?}");
     assert!(
         !leftovers(&d, 0, "kept").is_empty(),
         "GC removed a valid attachment"
     );
+    // GC without the list, or from an older configuration, refuses rather than collect all.
+    let mut no_list = plugin_entry(&d, 0, "blue");
+    no_list["cniVersion"] = "1.1.0".into();
+    let reply = cni(&d, 0, "GC", &[], no_list.to_string().as_bytes()).unwrap();
+    assert_eq!(reply.code(), 7, "{reply:?}");
+    no_list["cni.dev/valid-attachments"] = serde_json::json!([]);
+    no_list["cniVersion"] = "1.0.0".into();
+    let reply = cni(&d, 0, "GC", &[], no_list.to_string().as_bytes()).unwrap();
+    assert_eq!(reply.code(), 1, "{reply:?}");
+    assert!(!leftovers(&d, 0, "kept").is_empty());
     assert_eq!(leftovers(&d, 0, "killed"), Vec::<String>::new());
     wait_for(Duration::from_secs(3), || {
         d.hosts[1]
@@ -345,8 +392,48 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
         d.hosts[0].log()
     );
 
-    // podman rm calls DEL: gone from every map.
+    // Every removal is checked in etcd the moment the runtime returns: the agent would also
+    // remove a container whose namespace died, 2 s later, and must not be what passes these.
+    let ctr_name = |id: &str| endpoint_name(&Containerd::config("blue"), id, "eth0");
+    assert!(
+        in_etcd(&d, 0, &ctr_name("default-k0")),
+        "ctr's IDs are not what DEL and GC expect"
+    );
+
+    // A killed and removed ctr task gets no DEL. GC from ctr's configuration, listing what
+    // ctr still has (k0b), removes k0 at once and keeps k0b, podman's p0 (another
+    // configuration's) and the CLI's container. h1's agent is stopped meanwhile: GC needs
+    // only etcd, and the agent must not be the one that removes k0.
+    ctr[0].start("k0b").unwrap();
+    d.kill_agent(0);
+    ctr[0].kill("k0").unwrap();
+    let mut conf = plugin_entry(&d, 0, "blue");
+    conf["cniVersion"] = "1.1.0".into();
+    conf["name"] = Containerd::config("blue").into();
+    conf["cni.dev/valid-attachments"] =
+        serde_json::json!([{"containerID": "default-k0b", "ifname": "eth0"}]);
+    let reply = cni(&d, 0, "GC", &[], conf.to_string().as_bytes()).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert!(!in_etcd(&d, 0, &ctr_name("default-k0")));
+    assert!(in_etcd(&d, 0, &ctr_name("default-k0b")));
+    assert!(in_etcd(
+        &d,
+        0,
+        &endpoint_name("blue", &podman_id(&podman[0], "p0"), "eth0")
+    ));
+    assert!(in_etcd(&d, 0, "\"cli\""));
+    d.restart_agent(0).unwrap();
+    served_everywhere(&d, addrs[1].1, false);
+    assert!(
+        podman[0]
+            .exec("p0", &format!("ping -c 1 -W 2 {}", cli.1))
+            .is_ok()
+    );
+
+    // podman rm calls DEL: out of etcd when it returns, then out of every map.
+    let p0 = endpoint_name("blue", &podman_id(&podman[0], "p0"), "eth0");
     podman[0].run("rm -f -t 0 p0").unwrap();
+    assert!(!in_etcd(&d, 0, &p0));
     served_everywhere(&d, addrs[0].1, false);
     // ctr run --rm (foreground) calls DEL with no netns when the task ends.
     let out = ctr[1]
@@ -356,22 +443,24 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
         ))
         .unwrap();
     assert!(out.contains("1 packets received"), "{out}");
-    let eps = d.cli(1, &["endpoint", "ls", "--json"]).unwrap();
-    assert!(
-        !eps.contains(&endpoint_name("default-once", "eth0")),
-        "{eps}"
-    );
-    // A killed and removed ctr task gets no DEL: GC (with what the runtime still has) removes
-    // it, and keeps the rest.
-    ctr[0].kill("k0").unwrap();
-    let reply = gc(&d, 0, &["default-k1"]);
-    assert!(reply.ok, "{reply:?}");
-    served_everywhere(&d, addrs[1].1, false);
-    // What GC on h1 must keep: the CLI's endpoint there (not the plugin's to collect), and
-    // everything of h2.
-    served_everywhere(&d, addrs[3].1, true);
-    served_everywhere(&d, cli.1, true);
+    assert!(!in_etcd(&d, 1, &ctr_name("default-once")));
     for ip in [addrs[2].1, cli.1] {
         assert!(ctr[1].exec("k1", &format!("ping -c 1 -W 2 {ip}")).is_ok());
     }
+}
+
+/// Whether etcd has endpoint `name` (as host `host`'s CLI lists them).
+fn in_etcd(d: &Deployment, host: usize, name: &str) -> bool {
+    d.cli(host, &["endpoint", "ls", "--json"])
+        .unwrap()
+        .contains(name)
+}
+
+/// The full ID podman gave container `name` (what it passes as CNI_CONTAINERID).
+fn podman_id(podman: &overlay_tests::runtimes::Podman, name: &str) -> String {
+    podman
+        .run(&format!("inspect -f '{{{{.Id}}}}' {name}"))
+        .unwrap()
+        .trim()
+        .to_string()
 }

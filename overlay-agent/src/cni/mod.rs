@@ -53,17 +53,24 @@ impl Invocation {
     }
 }
 
-/// Prefix of the endpoint names this plugin makes: GC removes only those.
+/// Prefix of the endpoint names this plugin makes.
 pub const NAME_PREFIX: &str = "cni-";
 
-/// The endpoint name of a container's attachment: a stable hash of the container ID and the
-/// interface name, as runtimes' IDs are too long for names and may share a prefix (containerd
-/// prefixes its namespace).
-pub fn endpoint_name(container_id: &str, ifname: &str) -> String {
+/// The endpoint name of a container's attachment: a stable hash of the network
+/// configuration's name, the container ID and the interface name, as runtimes' IDs are too
+/// long for names and may share a prefix (containerd prefixes its namespace).
+pub fn endpoint_name(config: &str, container_id: &str, ifname: &str) -> String {
     format!(
         "{NAME_PREFIX}{:016x}",
-        commands::stable_hash(&format!("{container_id}/{ifname}"))
+        commands::stable_hash(&format!("{config}/{container_id}/{ifname}"))
     )
+}
+
+/// Whose attachments a GC may collect: those made through the same network configuration.
+/// Two runtimes on one node should use two configuration names, as each GCs only what it
+/// knows.
+pub fn owner(config: &str) -> String {
+    format!("cni:{config}")
 }
 
 /// The binary's entry point: reads the environment and stdin, prints a result or an error
@@ -91,11 +98,7 @@ pub fn main() -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Err(mut e) => {
             if e.cni_version.is_empty() {
-                e.cni_version = protocol::parse_conf(&stdin)
-                    .ok()
-                    .map(|c| c.cni_version)
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "1.1.0".to_string());
+                e.cni_version = protocol::reply_version(&stdin);
             }
             println!("{}", serde_json::to_string(&e).expect("serializable"));
             ExitCode::FAILURE
@@ -106,13 +109,8 @@ pub fn main() -> ExitCode {
 /// One CNI call: what to print on success (nothing for DEL, STATUS, GC).
 pub async fn handle(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, Error> {
     if inv.command == "VERSION" {
-        let version = protocol::parse_conf(stdin)
-            .ok()
-            .map(|c| c.cni_version)
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "1.1.0".to_string());
         return json(&VersionResult {
-            cni_version: version,
+            cni_version: protocol::reply_version(stdin),
             supported_versions: protocol::SUPPORTED_VERSIONS.to_vec(),
         });
     }
@@ -173,18 +171,53 @@ fn run_dir(conf: &NetConf) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(agent::DEFAULT_RUN_DIR))
 }
 
+/// The node: the configuration's `node`, else the hostname, else the only node whose agent
+/// writes its status in `runDir` (an agent started with `--node` on a host named otherwise).
 fn node_of(conf: &NetConf) -> String {
-    conf.node.clone().unwrap_or_else(agent::default_node)
+    if let Some(node) = &conf.node {
+        return node.clone();
+    }
+    let host = agent::default_node();
+    let dir = run_dir(conf);
+    if agent::status_path(&dir, &host).exists() {
+        return host;
+    }
+    let nodes: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
+        .collect();
+    match <[String; 1]>::try_from(nodes) {
+        Ok([only]) => only,
+        Err(_) => host,
+    }
 }
 
 /// Acts as the CLI on this node would: etcd, prefix and pins from the agent's status. ADD and
-/// CHECK need the agent running (it is what serves an attachment); DEL and GC only need etcd,
-/// so that a runtime can clean up while the agent is down.
+/// CHECK need the agent running in this network namespace (it is what serves an attachment);
+/// DEL and GC only need etcd, so that a runtime can clean up while the agent is down.
 async fn node_ctx(conf: &NetConf, agent_must_run: bool) -> Result<Ctx, Error> {
     let node = node_of(conf);
     let later = |e: anyhow::Error| Error::new(Code::TryAgainLater, format!("{e:#}"));
     let status = if agent_must_run {
-        Some(agent::running(&run_dir(conf), &node).map_err(later)?)
+        let status = agent::running(&run_dir(conf), &node).map_err(later)?;
+        let here = agent::netns_id();
+        if !status.netns.is_empty() && status.netns != here {
+            return Err(Error::new(
+                Code::InvalidConfig,
+                format!(
+                    "node {node}'s agent runs in another network namespace ({}) than this runtime ({here}): containers attached here would never be served; run the runtime in the agent's namespace",
+                    status.netns
+                ),
+            ));
+        }
+        Some(status)
     } else {
         agent::last_status(&run_dir(conf), &node).ok()
     };
@@ -221,76 +254,80 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
         .networks()
         .await
         .map_err(|e| Error::new(Code::TryAgainLater, format!("{e:#}")))?;
-    if !known.iter().any(|n| n.name == network) {
+    let Some(net) = known.into_iter().find(|n| n.name == network) else {
         return Err(Error::new(
             Code::InvalidConfig,
             format!(
                 "overlay network {network} does not exist (`overlay-agent network ls` lists them)"
             ),
         ));
-    }
+    };
     let req = Attach {
-        name: endpoint_name(&inv.container_id, &inv.ifname),
+        name: endpoint_name(&conf.name, &inv.container_id, &inv.ifname),
         network: network.to_string(),
         ip: None,
         ifname: Some(inv.ifname.clone()),
         mtu: conf.mtu,
+        owner: Some(owner(&conf.name)),
     };
-    let ep = commands::endpoint_add(&ctx, &req, &inv.netns)
+    let made = commands::endpoint_add(&ctx, &req, &inv.netns)
         .await
         .map_err(failed)?;
-    if !commands::wait_served(&ctx, &ep, true)
-        .await
-        .unwrap_or(false)
-    {
-        log::warn!(
-            "node {}'s maps do not show {} yet; is `overlay-agent run` running for it?",
-            ctx.node,
-            ep.ip
-        );
+    let ep = &made.endpoint;
+    // Served means the agent has it in its maps and its port's program attached: until then
+    // the container's first ARP requests go unanswered. Not served in time is a failed ADD.
+    if !commands::wait_served(&ctx, ep, true).await.unwrap_or(false) {
+        let _ = commands::endpoint_release(&ctx, network, &req.name).await;
+        return Err(Error::new(
+            Code::TryAgainLater,
+            format!(
+                "node {}'s agent did not serve {} within 3 s (is it stuck? `overlay-agent status`); nothing was left attached",
+                ctx.node, ep.ip
+            ),
+        ));
     }
     let port = commands::port_name(network, &req.name);
-    let host = Netlink::new().map_err(failed)?;
-    let port_mac = host
-        .mac(&port)
-        .await
-        .map_err(failed)?
-        .map_or(String::new(), |m| m.to_string());
-    let net = ctx.store.network(network).await.map_err(failed)?;
-    let mtu = match conf.mtu {
-        Some(mtu) => mtu,
-        None => host.mtu(&port).await.map_err(failed)?.unwrap_or(0),
+    // The host port's MAC is a courtesy of the result: not worth failing an ADD that worked.
+    let port_mac = match Netlink::new() {
+        Ok(host) => host.mac(&port).await.ok().flatten(),
+        Err(_) => None,
     };
-    let old_format = conf.cni_version.starts_with("0.");
-    json(&AddResult {
-        cni_version: if conf.cni_version.is_empty() {
-            "1.0.0".to_string()
-        } else {
-            conf.cni_version.clone()
-        },
+    let version = if conf.cni_version.is_empty() {
+        protocol::LATEST.to_string()
+    } else {
+        conf.cni_version.clone()
+    };
+    let ours = AddResult {
+        cni_version: version,
         interfaces: vec![
             Interface {
                 name: port,
-                mac: port_mac,
+                mac: port_mac.map_or(String::new(), |m| m.to_string()),
                 mtu: None,
                 sandbox: None,
             },
             Interface {
                 name: inv.ifname.clone(),
                 mac: ep.mac.to_string(),
-                mtu: Some(mtu),
+                mtu: Some(made.mtu),
                 sandbox: Some(inv.netns.clone()),
             },
         ],
         ips: vec![IpConfig {
-            version: old_format.then_some("4"),
+            version: conf.cni_version.starts_with("0.").then_some("4"),
             address: format!("{}/{}", ep.ip, net.subnet.prefix()),
             gateway: None,
             interface: 1,
         }],
         routes: Vec::new(),
         dns: Default::default(),
-    })
+    };
+    let result = match &conf.prev_result {
+        Some(prev) => protocol::chain(prev, ours)
+            .map_err(|e| Error::new(Code::Decoding, format!("prevResult: {e}")))?,
+        None => serde_json::to_value(&ours).expect("serializable"),
+    };
+    json(&result)
 }
 
 async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
@@ -299,13 +336,10 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
     inv.require("CNI_IFNAME", &inv.ifname)?;
     // CNI_NETNS may be empty (containerd) or gone: deleting the host side takes the pair.
     let ctx = node_ctx(conf, false).await?;
-    commands::endpoint_release(
-        &ctx,
-        network,
-        &endpoint_name(&inv.container_id, &inv.ifname),
-    )
-    .await
-    .map_err(|e| Error::new(Code::TryAgainLater, format!("{e:#}")))?;
+    let name = endpoint_name(&conf.name, &inv.container_id, &inv.ifname);
+    commands::endpoint_release(&ctx, network, &name)
+        .await
+        .map_err(|e| Error::new(Code::TryAgainLater, format!("{e:#}")))?;
     Ok(())
 }
 
@@ -315,7 +349,7 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
     inv.require("CNI_IFNAME", &inv.ifname)?;
     inv.require("CNI_NETNS", &inv.netns)?;
     let ctx = node_ctx(conf, true).await?;
-    let name = endpoint_name(&inv.container_id, &inv.ifname);
+    let name = endpoint_name(&conf.name, &inv.container_id, &inv.ifname);
     let mismatch = |what: String| Error::new(Code::Mismatch, what);
     let ep = ctx
         .store
@@ -332,6 +366,14 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
                 ),
             )
         })?;
+    if let Some(prev) = &conf.prev_result
+        && !protocol::has_address(prev, ep.ip)
+    {
+        return Err(mismatch(format!(
+            "prevResult does not list {}, the address of {} in etcd",
+            ep.ip, inv.ifname
+        )));
+    }
     if !commands::wait_served(&ctx, &ep, true)
         .await
         .map_err(failed)?
@@ -371,35 +413,51 @@ fn status(conf: &NetConf) -> Result<(), Error> {
         .map_err(|e| Error::new(Code::NotAvailable, format!("{e:#}")))
 }
 
-/// Removes this node's attachments to the network that the runtime no longer has.
+/// Removes this node's attachments made through this network configuration that the runtime
+/// no longer has. Best effort: every stale one is tried, and the failures are reported
+/// together.
 async fn gc(conf: &NetConf) -> Result<(), Error> {
     let network = network_of(conf)?;
-    let valid: std::collections::BTreeSet<String> = conf
-        .valid_attachments
+    if conf.cni_version.starts_with("0.") || conf.cni_version.starts_with("1.0") {
+        return Err(Error::new(
+            Code::IncompatibleVersion,
+            format!("GC needs cniVersion 1.1.0, not {}", conf.cni_version),
+        ));
+    }
+    let Some(valid) = &conf.valid_attachments else {
+        return Err(Error::new(
+            Code::InvalidConfig,
+            "GC without cni.dev/valid-attachments: refusing to collect every attachment",
+        ));
+    };
+    let valid: std::collections::BTreeSet<String> = valid
         .iter()
-        .flatten()
-        .map(|a| endpoint_name(&a.container_id, &a.ifname))
+        .map(|a| endpoint_name(&conf.name, &a.container_id, &a.ifname))
         .collect();
     let ctx = node_ctx(conf, false).await?;
-    let later = |e: anyhow::Error| Error::new(Code::TryAgainLater, format!("{e:#}"));
+    let mine = owner(&conf.name);
     let stale: Vec<String> = ctx
         .store
         .endpoints(Some(network))
         .await
-        .map_err(later)?
+        .map_err(|e| Error::new(Code::TryAgainLater, format!("{e:#}")))?
         .into_iter()
         .filter(|ep| {
             ep.node() == Some(ctx.node.as_str())
-                && ep.name.starts_with(NAME_PREFIX)
+                && ep.owner.as_deref() == Some(mine.as_str())
                 && !valid.contains(&ep.name)
         })
         .map(|ep| ep.name)
         .collect();
+    let mut errors = Vec::new();
     for name in stale {
         log::info!("GC: removing attachment {name} of network {network}");
-        commands::endpoint_release(&ctx, network, &name)
-            .await
-            .map_err(later)?;
+        if let Err(e) = commands::endpoint_release(&ctx, network, &name).await {
+            errors.push(format!("{name}: {e:#}"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::new(Code::TryAgainLater, errors.join("; ")));
     }
     Ok(())
 }
@@ -410,11 +468,12 @@ mod tests {
 
     #[test]
     fn names_fit_differ_per_interface_and_namespace_and_are_stable() {
-        let a = endpoint_name("default-c1", "eth0");
+        let a = endpoint_name("blue", "default-c1", "eth0");
         assert!(a.starts_with(NAME_PREFIX) && a.len() == 20, "{a}");
         schema::check_name("endpoint", &a).unwrap();
-        assert_eq!(a, endpoint_name("default-c1", "eth0"));
-        assert_ne!(a, endpoint_name("default-c1", "eth1"));
-        assert_ne!(a, endpoint_name("k8s.io-c1", "eth0"));
+        assert_eq!(a, endpoint_name("blue", "default-c1", "eth0"));
+        assert_ne!(a, endpoint_name("blue", "default-c1", "eth1"));
+        assert_ne!(a, endpoint_name("blue", "k8s.io-c1", "eth0"));
+        assert_ne!(a, endpoint_name("green", "default-c1", "eth0"));
     }
 }

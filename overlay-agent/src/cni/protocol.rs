@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 /// results differ from 1.x only by a `version` in each IP entry.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+/// What a reply says it is when the configuration does not say (the newest supported).
+pub const LATEST: &str = "1.1.0";
+
+/// The version a reply to `stdin` is written in: the configuration's, else [`LATEST`].
+pub fn reply_version(stdin: &[u8]) -> String {
+    parse_conf(stdin)
+        .ok()
+        .map(|c| c.cni_version)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| LATEST.to_string())
+}
+
 /// The plugin entry of a conflist, with `name` and `cniVersion` added by the runtime. Unknown
 /// keys (`args`, `runtimeConfig`, `prevResult`, other plugins' keys) are ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +45,8 @@ pub struct NetConf {
     /// GC: the attachments the runtime still has.
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// ADD and CHECK in a chain: what the plugins before this one made.
+    pub prev_result: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +154,63 @@ impl Error {
     }
 }
 
+/// ADD in a chain: the previous plugins' result with ours appended (our IP entries point at
+/// our interfaces' new indices), as the spec asks of a plugin that gets a `prevResult`.
+pub fn chain(prev: &serde_json::Value, ours: AddResult) -> Result<serde_json::Value, String> {
+    let mut out = prev.clone();
+    let obj = out
+        .as_object_mut()
+        .ok_or_else(|| "not a JSON object".to_string())?;
+    let list = |obj: &mut serde_json::Map<String, serde_json::Value>, key: &str| {
+        let v = obj
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if v.is_null() {
+            *v = serde_json::Value::Array(Vec::new());
+        }
+        v.as_array_mut()
+            .map(std::mem::take)
+            .ok_or_else(|| format!("{key} is not a list"))
+    };
+    let mut interfaces = list(obj, "interfaces")?;
+    let offset = interfaces.len();
+    let mut ips = list(obj, "ips")?;
+    let mut routes = list(obj, "routes")?;
+    for i in &ours.interfaces {
+        interfaces.push(to_value(i));
+    }
+    for ip in ours.ips {
+        ips.push(to_value(&IpConfig {
+            interface: ip.interface + offset,
+            ..ip
+        }));
+    }
+    for r in &ours.routes {
+        routes.push(to_value(r));
+    }
+    obj.insert("interfaces".into(), interfaces.into());
+    obj.insert("ips".into(), ips.into());
+    obj.insert("routes".into(), routes.into());
+    obj.insert("cniVersion".into(), ours.cni_version.into());
+    Ok(out)
+}
+
+fn to_value(part: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(part).expect("serializable")
+}
+
+/// Whether a previous result lists `ip` among its addresses.
+pub fn has_address(prev: &serde_json::Value, ip: std::net::Ipv4Addr) -> bool {
+    let prefix = format!("{ip}/");
+    prev["ips"].as_array().is_some_and(|ips| {
+        ips.iter().any(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&prefix))
+        })
+    })
+}
+
 /// Parses a configuration; a decoding error names what is wrong with it.
 pub fn parse_conf(stdin: &[u8]) -> Result<NetConf, Error> {
     serde_json::from_slice(stdin).map_err(|e| {
@@ -175,6 +246,53 @@ mod tests {
             assert_eq!(e.code(), Code::Decoding as u32);
             assert!(e.msg.contains("line 1"), "{}", e.msg);
         }
+    }
+
+    #[test]
+    fn a_chained_add_appends_to_the_previous_result_and_renumbers_its_interfaces() {
+        let prev = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "lo"}],
+            "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+            "dns": {"nameservers": ["10.0.0.53"]}
+        });
+        let ours = AddResult {
+            cni_version: "1.0.0".into(),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "02:42:0a:0a:00:01".into(),
+                mtu: Some(1450),
+                sandbox: Some("/run/netns/x".into()),
+            }],
+            ips: vec![IpConfig {
+                version: None,
+                address: "10.10.0.1/16".into(),
+                gateway: None,
+                interface: 0,
+            }],
+            routes: Vec::new(),
+            dns: Dns {},
+        };
+        let out = chain(&prev, ours).unwrap();
+        assert_eq!(out["interfaces"][1]["name"], "eth0");
+        assert_eq!(out["ips"][1]["interface"], 1);
+        assert_eq!(out["ips"][0]["address"], "127.0.0.1/8");
+        assert_eq!(out["dns"]["nameservers"][0], "10.0.0.53");
+        assert!(has_address(&out, "10.10.0.1".parse().unwrap()));
+        assert!(!has_address(&out, "10.10.0.10".parse().unwrap()));
+        assert!(
+            chain(
+                &serde_json::json!([1]),
+                AddResult {
+                    cni_version: String::new(),
+                    interfaces: vec![],
+                    ips: vec![],
+                    routes: vec![],
+                    dns: Dns {},
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]

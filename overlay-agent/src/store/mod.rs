@@ -173,11 +173,19 @@ impl Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_created(key).await?.map(|(v, _)| v))
+    }
+
+    /// A value and the revision its key was created at.
+    async fn get_created(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
         let mut c = self.client.clone();
         let resp = self
             .timed(&format!("reading {key}"), c.get(key, None))
             .await?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.create_revision())))
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> Result<bool> {
@@ -378,6 +386,10 @@ impl Store {
                 };
                 schema::decode::<EndpointRecord>(kv.value())
                     .and_then(|r| r.validate(&network, &ip))
+                    .map(|ep| Endpoint {
+                        created: kv.create_revision(),
+                        ..ep
+                    })
                     .map_err(|e| log::warn!("skipping {key}: {e:#}"))
                     .ok()
             })
@@ -385,10 +397,11 @@ impl Store {
     }
 
     pub async fn endpoint(&self, net: &str, ip: Ipv4Addr) -> Result<Option<Endpoint>> {
-        match self.get(&self.keys.endpoint(net, ip)).await? {
-            Some(v) => Ok(Some(
-                schema::decode::<EndpointRecord>(&v)?.validate(net, &ip.to_string())?,
-            )),
+        match self.get_created(&self.keys.endpoint(net, ip)).await? {
+            Some((v, created)) => Ok(Some(Endpoint {
+                created,
+                ..schema::decode::<EndpointRecord>(&v)?.validate(net, &ip.to_string())?
+            })),
             None => Ok(None),
         }
     }
@@ -400,7 +413,11 @@ impl Store {
         };
         let rec: NameRecord = schema::decode(&v)
             .with_context(|| format!("{} is invalid", self.keys.name(node, name)))?;
-        self.endpoint(&rec.network, rec.ip).await
+        // The address may have changed hands between the two reads.
+        Ok(self
+            .endpoint(&rec.network, rec.ip)
+            .await?
+            .filter(|ep| ep.name == name && ep.node() == Some(node)))
     }
 
     /// Registers an endpoint if its address (and, on a node, its name) is free. Ok(false): the

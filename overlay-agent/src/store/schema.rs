@@ -280,6 +280,10 @@ pub struct EndpointRecord {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep: Option<Ipv4Addr>,
+    /// Who made it, when not a person with the CLI: `cni:<network config name>`,
+    /// `docker`. A runtime's garbage collection only ever touches its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Where an endpoint lives.
@@ -307,6 +311,8 @@ pub struct Endpoint {
     pub kind: Kind,
     pub location: Location,
     pub netns: Option<String>,
+    /// Who made it (`cni:<config name>`, `docker`); None: the CLI.
+    pub owner: Option<String>,
     /// etcd's create revision of its key (0 until read from etcd): of two endpoints that claim
     /// one MAC, the older is served.
     pub created: i64,
@@ -350,6 +356,7 @@ impl EndpointRecord {
             kind,
             location,
             netns: self.netns,
+            owner: self.owner,
             created: 0,
         })
     }
@@ -362,6 +369,7 @@ impl Endpoint {
             name: self.name.clone(),
             mac: self.mac.to_string(),
             netns: self.netns.clone(),
+            owner: self.owner.clone(),
             ..Default::default()
         };
         match &self.location {
