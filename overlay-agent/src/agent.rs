@@ -33,7 +33,7 @@ use crate::{
     plumbing::Netlink,
     store::{
         Store, brief,
-        schema::{Endpoint, Kind, Location, NodeRecord},
+        schema::{Endpoint, Kind, Location, NodeRecord, NodeStateRecord},
     },
 };
 
@@ -156,6 +156,8 @@ struct Agent {
     /// container's namespace died without a DEL (`ctr task kill`, a crashed runtime). Removed
     /// from etcd after VANISHED_GRACE, so their addresses do not leak.
     vanished: BTreeMap<String, (Endpoint, Instant)>,
+    /// The map digest last published under this session's lease (`state/<node>`).
+    published: Option<NodeStateRecord>,
     problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
@@ -249,6 +251,7 @@ pub async fn run(opts: Options) -> Result<()> {
         vtep_refs: VtepRefs::default(),
         attached: BTreeSet::new(),
         vanished: BTreeMap::new(),
+        published: None,
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
@@ -297,6 +300,8 @@ impl Agent {
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
         // must never delay a keepalive into another node dropping ours.
         let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl);
+        // A new lease: the digest is published again under it.
+        self.published = None;
         log::info!(
             "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
             store.endpoints_url(),
@@ -347,6 +352,12 @@ impl Agent {
                                 _ => None,
                             };
                         }
+                        // Events that change nothing the maps hold (other nodes' digests, names,
+                        // slices) need no reconcile, nor a status write each.
+                        if batch.is_empty() && self.in_sync && !self.switch_over_pending {
+                            self.status.revision = revision;
+                            continue;
+                        }
                         self.reconcile_batch(&batch, revision);
                         self.sync_gro().await;
                     }
@@ -361,6 +372,7 @@ impl Agent {
                             self.reconcile(self.status.revision);
                         }
                         self.reap_vanished(&store).await;
+                        self.publish_state(&store, lease).await;
                         self.sync_gro().await;
                     }
                 }
@@ -586,6 +598,28 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the digest of what the maps hold when it changed, so that `doctor --cluster`
+    /// can tell a node that is behind or diverged. Only while the maps are what the last full
+    /// reconcile wanted: a digest of half-written maps would say nothing.
+    async fn publish_state(&mut self, store: &Store, lease: i64) {
+        if !self.in_sync || self.switch_over_pending {
+            return;
+        }
+        let (digest, entries) = self.applied.digest();
+        if self.published.as_ref().is_some_and(|p| p.digest == digest) {
+            return;
+        }
+        let state = NodeStateRecord {
+            revision: self.status.revision,
+            digest,
+            entries,
+        };
+        match store.put_state(&self.opts.node, &state, lease).await {
+            Ok(()) => self.published = Some(state),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
     }
 
     /// Removes from etcd the endpoints whose port vanished VANISHED_GRACE ago or more; every

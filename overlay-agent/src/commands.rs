@@ -61,14 +61,6 @@ pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
 
 // ---- endpoints ----
 
-/// FNV-1a, 64 bits: stable across builds and platforms, unlike std's hasher, so names derived
-/// from it can be derived again by another process or after an upgrade.
-pub fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
 /// FNV-1a in 32 bits, as since the first release: ports made before an upgrade keep the names
 /// derived here.

@@ -29,6 +29,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Nothing the maps depend on was touched.
+    pub fn is_empty(&self) -> bool {
+        self.before.is_empty() && !self.structural
+    }
+
     /// Notes `key` before a put or delete of it is applied to `cluster`.
     pub fn note(&mut self, cluster: &ClusterState, keys: &Keys, key: &[u8]) {
         match keys.parse(key) {

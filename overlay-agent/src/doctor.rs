@@ -273,6 +273,138 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
     })
 }
 
+// ---- the whole cluster ----
+
+/// One node as `doctor --cluster` sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeVerdict {
+    pub node: String,
+    /// `in sync`, `behind`, `diverged`, `not publishing`, `down`.
+    pub state: String,
+    /// The etcd revision the node's published digest reflects.
+    pub revision: Option<i64>,
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    pub revision: i64,
+    pub nodes: Vec<NodeVerdict>,
+}
+
+impl ClusterReport {
+    pub fn healthy(&self) -> bool {
+        self.nodes.iter().all(|n| n.state == "in sync")
+    }
+}
+
+/// The digest node `node`'s maps must have for `cluster` (its ports taken as present: a port
+/// that is missing shows as a difference, as it is one).
+fn expected(cluster: &ClusterState, node: &str) -> String {
+    desired(cluster, node, &|_| Some(1)).0.digest().0
+}
+
+async fn cluster_pass(store: &Store) -> Result<ClusterReport> {
+    let (now, revision) = cluster_now(store).await?;
+    let states = store.node_states().await?;
+    let mut nodes = Vec::new();
+    for name in now.nodes.keys() {
+        let verdict = |state: &str, at: Option<i64>, why: String| NodeVerdict {
+            node: name.clone(),
+            state: state.into(),
+            revision: at,
+            why,
+        };
+        let Some(state) = states.get(name) else {
+            nodes.push(verdict(
+                "not publishing",
+                None,
+                "its agent publishes no map digest (an older agent, or not yet in sync)".into(),
+            ));
+            continue;
+        };
+        let at = Some(state.revision);
+        if state.digest == expected(&now, name) {
+            nodes.push(verdict(
+                "in sync",
+                at,
+                format!("{} entries as etcd says", state.entries),
+            ));
+            continue;
+        }
+        let then = match store.list_at(&store.keys().all(), state.revision).await {
+            Ok((kvs, _)) => {
+                let mut then = ClusterState::default();
+                for kv in &kvs {
+                    let _ = then.put(store.keys(), kv.key(), kv.value(), kv.create_revision());
+                }
+                Some(then)
+            }
+            Err(_) => None,
+        };
+        nodes.push(match then {
+            Some(then) if expected(&then, name) == state.digest => verdict(
+                "behind",
+                at,
+                format!(
+                    "its maps are what etcd said at revision {}; changes since (now {revision}) have not reached them",
+                    state.revision
+                ),
+            ),
+            Some(_) => verdict(
+                "diverged",
+                at,
+                format!(
+                    "its maps are not what etcd said at revision {} (the one they claim to reflect): run `overlay-agent --node {name} doctor` there",
+                    state.revision
+                ),
+            ),
+            None => verdict(
+                "diverged",
+                at,
+                format!(
+                    "its maps are not what etcd says now, and revision {} is compacted away",
+                    state.revision
+                ),
+            ),
+        });
+    }
+    // Nodes that own endpoints but have no live lease.
+    let owners: BTreeSet<&str> = now.endpoints.values().filter_map(|e| e.node()).collect();
+    for node in owners.into_iter().filter(|n| !now.nodes.contains_key(*n)) {
+        nodes.push(NodeVerdict {
+            node: node.into(),
+            state: "down".into(),
+            revision: None,
+            why: "it has endpoints but no live lease: no agent runs there, the others do not serve them".into(),
+        });
+    }
+    Ok(ClusterReport { revision, nodes })
+}
+
+/// Every node's published map digest against what etcd says. A node is reported only if it
+/// still differs two seconds later: agents publish within a second of a change.
+pub async fn check_cluster(store: &Store) -> Result<ClusterReport> {
+    let first = cluster_pass(store).await?;
+    if first.healthy() {
+        return Ok(first);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster_pass(store).await
+}
+
+pub fn render_cluster(report: &ClusterReport, as_json: bool) -> String {
+    if as_json {
+        return serde_json::to_string_pretty(report).expect("serializable") + "\n";
+    }
+    let mut out = format!("etcd revision {}\n", report.revision);
+    for n in &report.nodes {
+        let at = n.revision.map_or("-".to_string(), |r| r.to_string());
+        out += &format!("  {:<24} {:<15} {:>8}  {}\n", n.node, n.state, at, n.why);
+    }
+    out
+}
+
 /// The report as lines for a terminal, or as JSON.
 pub fn render(report: &Report, as_json: bool) -> String {
     if as_json {

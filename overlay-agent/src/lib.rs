@@ -7,6 +7,7 @@ pub mod delta;
 pub mod desired;
 pub mod doctor;
 pub mod gro;
+pub mod hash;
 pub mod inspect;
 pub mod ipam;
 pub mod net;

@@ -93,6 +93,9 @@ enum Command {
     /// Compare the node's maps with what etcd says they must hold, and check its attachments,
     /// GRO helpers, MTUs and remote VTEPs. Exits 1 when something is wrong.
     Doctor {
+        /// Every node instead: its published map digest against what etcd says.
+        #[arg(long)]
+        cluster: bool,
         #[arg(long)]
         json: bool,
     },
@@ -366,11 +369,18 @@ async fn run(cli: Cli) -> Result<()> {
             "{}",
             report::status(&g.node, &pins, &g.run_dir, &g.etcd, &g.prefix, json).await?
         ),
-        Command::Doctor { json } => {
+        Command::Doctor { cluster, json } => {
             let store = Store::connect_patiently(&g.etcd, &g.prefix).await?;
-            let report = doctor::check(&g.node, &pins, &g.run_dir, &store).await?;
-            print!("{}", doctor::render(&report, json));
-            if !report.findings.is_empty() {
+            let healthy = if cluster {
+                let report = doctor::check_cluster(&store).await?;
+                print!("{}", doctor::render_cluster(&report, json));
+                report.healthy()
+            } else {
+                let report = doctor::check(&g.node, &pins, &g.run_dir, &store).await?;
+                print!("{}", doctor::render(&report, json));
+                report.findings.is_empty()
+            };
+            if !healthy {
                 std::process::exit(1);
             }
         }

@@ -888,3 +888,60 @@ fn doctor_names_drift_by_node_map_and_entry_and_is_clean_after_the_fix() {
     d.restart_agent(0).unwrap();
     clean(&d);
 }
+
+#[test]
+fn doctor_cluster_compares_every_nodes_published_digest_with_etcd() {
+    let (mut d, _c1, _c2) = blue_pair("doccl");
+    let cluster = |d: &Deployment| -> (bool, serde_json::Value) {
+        let out = d.cli_output(0, &["doctor", "--cluster", "--json"]).unwrap();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        (out.status.success(), report)
+    };
+    let state_of = |report: &serde_json::Value, node: &str| -> String {
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map_or("absent".into(), |n| {
+                n["state"].as_str().unwrap().to_string()
+            })
+    };
+    let h2 = d.hosts[1].name().to_string();
+    wait_for(Duration::from_secs(5), || cluster(&d).0)
+        .unwrap_or_else(|_| panic!("{:#}", cluster(&d).1));
+    let (_, report) = cluster(&d);
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 2, "{report:#}");
+
+    // A digest that is not what h2's maps must hold (written by hand at the current
+    // revision): h2 is named as diverged, h1 stays in sync.
+    d.etcd_put(
+        &format!("state/{h2}"),
+        r#"{"revision":1000000,"digest":"0000000000000000","entries":1}"#,
+    )
+    .unwrap();
+    let (ok, report) = cluster(&d);
+    assert!(!ok);
+    assert_eq!(state_of(&report, &h2), "diverged", "{report:#}");
+    assert_eq!(
+        state_of(&report, d.hosts[0].name()),
+        "in sync",
+        "{report:#}"
+    );
+    // h2's next change republishes the truth.
+    d.add_container(1, "c3", "blue", None).unwrap();
+    wait_for(Duration::from_secs(5), || cluster(&d).0)
+        .unwrap_or_else(|_| panic!("{:#}", cluster(&d).1));
+
+    // h2's agent gone past its lease: down, with endpoints nobody serves.
+    d.kill_agent(1);
+    wait_for(Duration::from_secs(10), || {
+        state_of(&cluster(&d).1, &h2) == "down"
+    })
+    .unwrap_or_else(|_| panic!("{:#}", cluster(&d).1));
+    d.restart_agent(1).unwrap();
+    wait_for(Duration::from_secs(5), || cluster(&d).0)
+        .unwrap_or_else(|_| panic!("{:#}", cluster(&d).1));
+}

@@ -62,7 +62,7 @@ pub const NAME_PREFIX: &str = "cni-";
 pub fn endpoint_name(config: &str, container_id: &str, ifname: &str) -> String {
     format!(
         "{NAME_PREFIX}{:016x}",
-        commands::stable_hash(&format!("{config}/{container_id}/{ifname}"))
+        crate::hash::of(&format!("{config}/{container_id}/{ifname}"))
     )
 }
 

@@ -23,6 +23,32 @@ pub struct MapState {
 }
 
 impl MapState {
+    /// A digest of the tables any node can compute for another from etcd alone (NETWORKS, FDB,
+    /// ARP, VTEPS; ENDPOINTS and PORTS hold local ifindexes), and how many entries it covers:
+    /// two nodes' views of one node compare by it.
+    pub fn digest(&self) -> (String, usize) {
+        let mut h = crate::hash::Fnv64::default();
+        for (vni, port) in &self.networks {
+            h.write(b"n")
+                .write(&vni.to_le_bytes())
+                .write(&port.to_le_bytes());
+        }
+        for ((vni, mac), vtep) in &self.fdb {
+            h.write(b"f")
+                .write(&vni.to_le_bytes())
+                .write(mac)
+                .write(vtep);
+        }
+        for ((vni, ip), mac) in &self.arp {
+            h.write(b"a").write(&vni.to_le_bytes()).write(ip).write(mac);
+        }
+        for (vni, vtep) in &self.vteps {
+            h.write(b"v").write(&vni.to_le_bytes()).write(vtep);
+        }
+        let entries = self.networks.len() + self.fdb.len() + self.arp.len() + self.vteps.len();
+        (format!("{:016x}", h.finish()), entries)
+    }
+
     /// A remote endpoint: its MAC behind `vtep`, its address, and VXLAN accepted from `vtep`.
     pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: [u8; 4]) {
         self.fdb.insert((vni, mac), vtep);

@@ -11,7 +11,8 @@ use etcd_client::{
     LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use schema::{
-    Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, NodeRecord, SliceRecord,
+    Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
+    NodeStateRecord, SliceRecord,
 };
 
 use crate::ipam::Cidr;
@@ -136,12 +137,17 @@ impl Store {
     /// LIST_PAGE keys, all at that one revision: one response of 100,000 endpoints would pass
     /// gRPC's 4 MB message limit.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        self.list_at(prefix, 0).await
+    }
+
+    /// As [`Store::list`], at an earlier `revision` (0: now); fails once etcd compacted it.
+    pub async fn list_at(&self, prefix: &str, at: i64) -> Result<(Vec<KeyValue>, i64)> {
         const LIST_PAGE: i64 = 5000;
         let mut end = prefix.as_bytes().to_vec();
         if let Some(last) = end.last_mut() {
             *last += 1; // every prefix of ours ends in '/', so this cannot overflow
         }
-        let (mut out, mut revision, mut from) = (Vec::new(), 0, prefix.as_bytes().to_vec());
+        let (mut out, mut revision, mut from) = (Vec::new(), at, prefix.as_bytes().to_vec());
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -310,6 +316,37 @@ impl Store {
             .timed("keeping the lease alive", c.lease_keep_alive(lease))
             .await?;
         Ok((lease, keeper, stream))
+    }
+
+    /// Publishes what the node's maps hold, under its lease (it goes with the agent).
+    pub async fn put_state(&self, node: &str, state: &NodeStateRecord, lease: i64) -> Result<()> {
+        let mut c = self.client.clone();
+        self.timed(
+            "publishing the node's map digest",
+            c.put(
+                self.keys.state(node),
+                schema::encode(state),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every node's published map digest; a bad value is logged and skipped.
+    pub async fn node_states(&self) -> Result<std::collections::BTreeMap<String, NodeStateRecord>> {
+        let (kvs, _) = self.list(&self.keys.states()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let node = key.rsplit('/').next()?.to_string();
+                schema::decode(kv.value())
+                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
+                    .ok()
+                    .map(|state| (node, state))
+            })
+            .collect())
     }
 
     /// Removes the node's registration and its endpoint names (teardown).

@@ -59,6 +59,13 @@ impl Keys {
     pub fn nodes(&self) -> String {
         format!("{}/nodes/", self.prefix)
     }
+    /// `state/<node>`: what a node's maps hold, as a digest (for `doctor --cluster`).
+    pub fn states(&self) -> String {
+        format!("{}/state/", self.prefix)
+    }
+    pub fn state(&self, node: &str) -> String {
+        format!("{}/state/{node}", self.prefix)
+    }
     pub fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
     }
@@ -389,6 +396,16 @@ impl Endpoint {
             Location::Peer { .. } => None,
         }
     }
+}
+
+/// `state/<node>`, under the node's lease: the digest of the forwarding entries its maps hold
+/// (NETWORKS, FDB, ARP, VTEPS: the tables any node can compute for it from etcd) and the etcd
+/// revision they reflect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStateRecord {
+    pub revision: i64,
+    pub digest: String,
+    pub entries: usize,
 }
 
 /// `names/<node>/<name>`: which endpoint a node's endpoint name refers to.
