@@ -4,6 +4,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod delta;
 pub mod desired;
+pub mod docker;
 pub mod gro;
 pub mod inspect;
 pub mod ipam;
