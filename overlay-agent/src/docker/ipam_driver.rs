@@ -25,7 +25,8 @@ pub(super) fn request_pool(req: RequestPool) -> Result<RequestPoolReply> {
     );
     ensure!(
         !req.pool.is_empty(),
-        "--subnet is needed: every host names the same overlay network by it (e.g. --subnet 10.20.0.0/16)"
+        // Docker asks for the IPv4 pool first, with none given when the only --subnet is IPv6.
+        "an IPv4 --subnet is needed (IPv6 is not supported): every host names the same overlay network by it, e.g. --subnet 10.20.0.0/16"
     );
     ensure!(
         req.sub_pool.is_empty(),
@@ -176,7 +177,7 @@ mod tests {
             ("10.20.0.0/16", "10.20.0.0/16")
         );
         for (req, says) in [
-            (pool_req("", false), "--subnet is needed"),
+            (pool_req("", false), "an IPv4 --subnet is needed"),
             (pool_req("fd00::/64", false), "IPv6 is not supported"),
             (pool_req("", true), "IPv6 is not supported"),
             (pool_req("10.20.0.1/16", false), "did you mean 10.20.0.0/16"),
