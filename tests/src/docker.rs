@@ -22,6 +22,8 @@ use crate::{deployment::Deployment, deployment::wait_for, runtimes::toybox_tar};
 pub const DRIVER: &str = "overlay-ebpf";
 /// The image every container runs (imported from [`toybox_tar`]).
 pub const IMAGE: &str = "toybox";
+/// What the plugin logs once its socket listens.
+const STARTED: &str = "Docker network and IPAM driver overlay-ebpf";
 
 pub struct DockerHost {
     /// The Deployment host this daemon belongs to.
@@ -71,13 +73,18 @@ impl DockerHost {
         self.log("plugin.log")
     }
 
+    fn plugin_starts(&self) -> usize {
+        self.plugin_log().matches(STARTED).count()
+    }
+
     /// Starts `overlay-agent docker-plugin` and waits for its socket.
     pub fn start_plugin(&mut self, d: &Deployment) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("plugin.log"))?;
-        let _ = std::fs::remove_file(self.socket());
+        // A socket left by a killed plugin stays: the plugin must replace it itself.
+        let before = self.plugin_starts();
         let child = d
             .base_command(self.host)
             .arg("docker-plugin")
@@ -92,14 +99,10 @@ impl DockerHost {
             .spawn()
             .context("starting overlay-agent docker-plugin")?;
         self.plugin = Some(child);
-        let socket = self.socket();
-        wait_for(Duration::from_secs(10), || socket.exists()).with_context(|| {
-            format!(
-                "the plugin made no socket {}:\n{}",
-                socket.display(),
-                self.plugin_log()
-            )
-        })?;
+        wait_for(Duration::from_secs(10), || {
+            self.plugin_starts() > before && self.socket().exists()
+        })
+        .with_context(|| format!("the plugin did not start:\n{}", self.plugin_log()))?;
         Ok(())
     }
 

@@ -105,6 +105,31 @@ fn docker_network_spans_hosts_and_survives_a_driver_restart() -> Result<()> {
         "eth0 of alpha has MAC {mac}"
     );
 
+    // Not internal: Docker adds its docker_gwbridge interface with the default route, as
+    // for its own overlay driver, since Join names no gateway.
+    let routes = docker[0].exec("alpha", &["ip", "route"])?;
+    ensure!(
+        routes.contains("default") && routes.contains("dev eth1"),
+        "routes of alpha: {routes}"
+    );
+    ensure!(
+        routes.contains("10.20.0.0/16 dev eth0"),
+        "routes of alpha: {routes}"
+    );
+
+    // Two requests at once never get the same address (the driver's pending set).
+    let (f, g) = std::thread::scope(|s| {
+        let f = s.spawn(|| docker[0].run("foxtrot", "blue"));
+        let g = s.spawn(|| docker[0].run("golf", "blue"));
+        (f.join().unwrap(), g.join().unwrap())
+    });
+    let (f, g) = (f?, g?);
+    ensure!(
+        f != g && ![a, b].contains(&f) && ![a, b].contains(&g),
+        "{a} {b} {f} {g}"
+    );
+    docker[0].docker(&["rm", "-f", "foxtrot", "golf"])?;
+
     reaches(&docker[0], "alpha", b)?;
     reaches(&docker[1], "bravo", a)?;
     // And a container the CLI attached.
@@ -132,6 +157,12 @@ fn docker_network_spans_hosts_and_survives_a_driver_restart() -> Result<()> {
     ensure!(
         in_any_map(&d, vni, c),
         "the CLI's container left the maps too"
+    );
+    // Nothing of ours left on h2: no veth, no bridge (it had only Docker's containers).
+    let links = d.hosts[1].ns.run("ip -o link")?;
+    ensure!(
+        !links.contains(": ove") && !links.contains(": ovt") && !links.contains(": ovbr"),
+        "h2 still has our interfaces: {links}"
     );
 
     // docker network rm forgets the mapping; the overlay network stays for the other host.
