@@ -22,6 +22,8 @@ use crate::{deployment::Deployment, deployment::wait_for, runtimes::toybox_tar};
 pub const DRIVER: &str = "overlay-ebpf";
 /// The image every container runs (imported from [`toybox_tar`]).
 pub const IMAGE: &str = "toybox";
+/// Docker's content type for plugin calls.
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
 /// What the plugin logs once its socket listens.
 const STARTED: &str = "Docker network and IPAM driver overlay-ebpf";
 
@@ -208,6 +210,26 @@ impl DockerHost {
         let to = to.to_string();
         self.docker_output(&["exec", name, "ping", "-c", "1", "-W", "1", &to])
             .is_ok_and(|o| o.status.success())
+    }
+
+    /// One call straight to our plugin's socket, as dockerd makes it (its content type, a
+    /// JSON body); the reply's JSON.
+    pub fn plugin_call(&self, method: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(self.socket())?;
+        let body = body.to_string();
+        write!(
+            stream,
+            "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Type: {CONTENT_TYPE}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply)?;
+        let (_, json) = reply
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no HTTP reply: {reply:?}"))?;
+        serde_json::from_str(json).with_context(|| format!("{method} replied {reply:?}"))
     }
 
     fn stop(&mut self) {

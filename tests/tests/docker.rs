@@ -117,7 +117,21 @@ fn docker_network_spans_hosts_and_survives_a_driver_restart() -> Result<()> {
         "routes of alpha: {routes}"
     );
 
-    // Two requests at once never get the same address (the driver's pending set).
+    // An address handed out and not yet claimed by an endpoint is not handed out again.
+    let request = serde_json::json!({ "PoolID": SUBNET, "Address": "", "Options": {} });
+    let first = docker[0].plugin_call("IpamDriver.RequestAddress", &request)?;
+    let second = docker[0].plugin_call("IpamDriver.RequestAddress", &request)?;
+    ensure!(
+        first["Address"].is_string() && first["Address"] != second["Address"],
+        "two requests, one address: {first} {second}"
+    );
+    for reply in [first, second] {
+        let address = reply["Address"].as_str().unwrap_or_default();
+        let release = serde_json::json!({ "PoolID": SUBNET, "Address": address.split('/').next() });
+        docker[0].plugin_call("IpamDriver.ReleaseAddress", &release)?;
+    }
+
+    // Two containers started at once get two addresses.
     let (f, g) = std::thread::scope(|s| {
         let f = s.spawn(|| docker[0].run("foxtrot", "blue"));
         let g = s.spawn(|| docker[0].run("golf", "blue"));
@@ -129,6 +143,25 @@ fn docker_network_spans_hosts_and_survives_a_driver_restart() -> Result<()> {
         "{a} {b} {f} {g}"
     );
     docker[0].docker(&["rm", "-f", "foxtrot", "golf"])?;
+    // docker run --ip: that address, though it is not in the node's slice.
+    docker[0].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "hotel",
+        "--network",
+        "blue",
+        "--ip",
+        "10.20.7.7",
+        "toybox",
+        "sleep",
+        "1000",
+    ])?;
+    ensure!(
+        endpoint_at(&d, "10.20.7.7".parse()?)?.is_some(),
+        "--ip 10.20.7.7 not claimed"
+    );
+    docker[0].docker(&["rm", "-f", "hotel"])?;
 
     reaches(&docker[0], "alpha", b)?;
     reaches(&docker[1], "bravo", a)?;
