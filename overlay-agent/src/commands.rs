@@ -98,14 +98,7 @@ async fn reserve(
         );
     }
     let slice = ctx.store.claim_slice(net, &ctx.node).await?;
-    let taken: Vec<Ipv4Addr> = ctx
-        .store
-        .list(&ctx.store.keys().endpoints(&net.name))
-        .await?
-        .0
-        .iter()
-        .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
-        .collect();
+    let taken = ctx.store.taken_addresses(&net.name).await?;
     for ip in slice.hosts().filter(|ip| !taken.contains(ip)) {
         // Lost a race for this address: try the next.
         if ctx.store.create_endpoint(&make(ip)).await? {

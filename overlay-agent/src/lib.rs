@@ -5,6 +5,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod delta;
 pub mod desired;
+pub mod docker;
 pub mod doctor;
 pub mod gro;
 pub mod hash;

@@ -7,7 +7,7 @@ use overlay_agent::{
     agent,
     commands::{self, Ctx, NetworkSpec},
     dataplane::{PinDir, pins},
-    doctor,
+    docker, doctor,
     inspect::{self, Table},
     ipam::Cidr,
     net::Mac,
@@ -98,6 +98,17 @@ enum Command {
         cluster: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Serve Docker's remote network driver and IPAM driver `overlay-ebpf` on a unix socket:
+    /// `docker network create -d overlay-ebpf --ipam-driver overlay-ebpf --subnet S NAME`.
+    DockerPlugin {
+        /// The socket dockerd discovers the plugin by (its file name is the driver's name).
+        #[arg(long, default_value = docker::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where Docker's network IDs and their overlay networks are kept across restarts
+        /// (default /var/lib/overlay/docker/<node>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Print one of the node's dataplane maps.
     Maps {
@@ -364,6 +375,18 @@ async fn run(cli: Cli) -> Result<()> {
                     "overlay-agent: note: etcd left as it was ({e}); run teardown again once it is reachable"
                 );
             }
+        }
+        Command::DockerPlugin { socket, state_dir } => {
+            let store =
+                Store::connect_retrying(&g.etcd, &g.prefix, std::time::Duration::from_secs(5))
+                    .await;
+            let ctx = Ctx {
+                store,
+                node: g.node.clone(),
+                pins: pins.clone(),
+            };
+            let state_dir = state_dir.unwrap_or_else(|| docker::default_state_dir(&g.node));
+            docker::serve(ctx, docker::Options { socket, state_dir }).await?
         }
         Command::Status { json } => print!(
             "{}",

@@ -253,7 +253,9 @@ impl Deployment {
         Ok(d)
     }
 
-    fn base_command(&self, host: usize) -> Command {
+    /// `overlay-agent` as run on `host`: in its network namespace, with its node's flags (the
+    /// agent, the CLI and the Docker plugin all start from here).
+    pub fn base_command(&self, host: usize) -> Command {
         let h = &self.hosts[host];
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", h.name()))

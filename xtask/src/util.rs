@@ -105,11 +105,15 @@ pub fn probe(program: &str, args: &[&str]) -> Option<String> {
 /// Namespaces and pins a killed test or demo left behind: their names start with the prefix
 /// `overlay_tests::unique` gives them (`ovt-`).
 pub fn clean_test_leftovers() {
-    // Agents and etcd servers of a killed run: their command lines name the test pin root or
-    // a leftover directory.
+    // Agents, plugins and etcd servers of a killed run: their command lines name the test pin
+    // root or a leftover directory.
+    // The Docker tests' dockerd, its containerd and their shims name their directory.
     for pattern in [
         "--pin-root /sys/fs/bpf/overlay-test",
         "--data-dir /tmp/ovt-",
+        "--data-root /tmp/ovt-",
+        "--config /tmp/ovt-",
+        "-address /tmp/ovt-",
     ] {
         let _ = Command::new("pkill")
             .args(["-KILL", "-f", "--", pattern])

@@ -433,6 +433,18 @@ impl Store {
             .collect())
     }
 
+    /// Every address of `net` some endpoint holds, valid record or not (a bad value still
+    /// holds its key, so the address is not free).
+    pub async fn taken_addresses(&self, net: &str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .list(&self.keys.endpoints(net))
+            .await?
+            .0
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+            .collect())
+    }
+
     pub async fn endpoint(&self, net: &str, ip: Ipv4Addr) -> Result<Option<Endpoint>> {
         match self.get_created(&self.keys.endpoint(net, ip)).await? {
             Some((v, created)) => Ok(Some(Endpoint {

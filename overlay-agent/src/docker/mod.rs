@@ -1,0 +1,229 @@
+//! `overlay-agent docker-plugin`: Docker's remote network driver and IPAM driver, one plugin
+//! (`overlay-ebpf`) on a unix socket where dockerd discovers it. An adapter onto
+//! [`crate::commands`]: networks are etcd's, attachments are `endpoint_make` /
+//! `endpoint_release`, addresses come from this node's slice as the CLI's do.
+//!
+//! Docker's NetworkIDs are per daemon (each host's dockerd makes its own), and Docker does
+//! not tell a remote driver the network's name: the overlay network is found by its subnet
+//! (or named with `-o network=NAME`), so `docker network create --subnet S` on every host
+//! means one overlay network.
+mod ipam_driver;
+mod network_driver;
+pub mod protocol;
+pub mod state;
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path as UrlPath, State as Shared},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use crate::commands::Ctx;
+
+/// Where dockerd looks for plugin sockets; the file's name is the driver's name.
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";
+
+/// The default state directory of `node`.
+pub fn default_state_dir(node: &str) -> PathBuf {
+    Path::new("/var/lib/overlay/docker").join(node)
+}
+
+pub struct Options {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// The plugin's state: who it is, what it remembers, what it has promised.
+pub struct Driver {
+    ctx: Ctx,
+    state_file: PathBuf,
+    state: std::sync::Mutex<state::State>,
+    /// Addresses handed to Docker by RequestAddress and not yet claimed in etcd by
+    /// CreateEndpoint (nor given back): no second request may get one of them. Held across a
+    /// whole RequestAddress, so two requests never pick together.
+    pending: tokio::sync::Mutex<HashSet<Ipv4Addr>>,
+}
+
+impl Driver {
+    pub fn new(ctx: Ctx, state_dir: &Path) -> Result<Self> {
+        let state_file = state::path(state_dir);
+        let state = state::State::load(&state_file)?;
+        Ok(Self {
+            ctx,
+            state_file,
+            state: std::sync::Mutex::new(state),
+            pending: tokio::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Changes the state and writes it to disk before the change is acknowledged.
+    fn update_state<T>(&self, f: impl FnOnce(&mut state::State) -> T) -> Result<T> {
+        let mut state = self.state.lock().expect("state lock");
+        let out = f(&mut state);
+        state.save(&self.state_file)?;
+        Ok(out)
+    }
+
+    fn docker_network(&self, id: &str) -> Option<state::DockerNetwork> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .networks
+            .get(id)
+            .cloned()
+    }
+
+    /// Answers one call: the reply's JSON, or None for a method we do not implement.
+    async fn call(&self, method: &str, body: &[u8]) -> Result<Option<Value>> {
+        let value = match method {
+            "Plugin.Activate" => json!({ "Implements": ["NetworkDriver", "IpamDriver"] }),
+            "NetworkDriver.GetCapabilities" => {
+                json!({ "Scope": "local", "ConnectivityScope": "global" })
+            }
+            "NetworkDriver.CreateNetwork" => {
+                self.create_network(parse(body)?).await?;
+                json!({})
+            }
+            "NetworkDriver.DeleteNetwork" => {
+                self.delete_network(parse(body)?)?;
+                json!({})
+            }
+            "NetworkDriver.CreateEndpoint" => to_json(self.create_endpoint(parse(body)?).await?)?,
+            "NetworkDriver.Join" => to_json(self.join(parse(body)?).await?)?,
+            "NetworkDriver.DeleteEndpoint" => {
+                self.delete_endpoint(parse(body)?).await?;
+                json!({})
+            }
+            "NetworkDriver.EndpointOperInfo" => json!({ "Value": {} }),
+            "NetworkDriver.Leave"
+            | "NetworkDriver.ProgramExternalConnectivity"
+            | "NetworkDriver.RevokeExternalConnectivity"
+            | "NetworkDriver.DiscoverNew"
+            | "NetworkDriver.DiscoverDelete" => json!({}),
+            "IpamDriver.GetCapabilities" => json!({
+                "RequiresMACAddress": false,
+                "RequiresRequestReplay": false,
+            }),
+            "IpamDriver.GetDefaultAddressSpaces" => json!({
+                "LocalDefaultAddressSpace": "overlay-ebpf",
+                "GlobalDefaultAddressSpace": "overlay-ebpf",
+            }),
+            "IpamDriver.RequestPool" => to_json(ipam_driver::request_pool(parse(body)?)?)?,
+            "IpamDriver.ReleasePool" => json!({}),
+            "IpamDriver.RequestAddress" => to_json(self.request_address(parse(body)?).await?)?,
+            "IpamDriver.ReleaseAddress" => {
+                self.release_address(parse(body)?).await;
+                json!({})
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(value))
+    }
+}
+
+fn to_json<T: Serialize>(v: T) -> Result<Value> {
+    Ok(serde_json::to_value(v)?)
+}
+
+/// A request body: whatever the content type says (Docker's is its own vendor type), an empty
+/// body or `null` is the default request.
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T> {
+    let text = std::str::from_utf8(body).context("request body is not UTF-8")?;
+    match text.trim() {
+        "" | "null" => Ok(T::default()),
+        json => serde_json::from_str(json).context("malformed request body"),
+    }
+}
+
+async fn handle(
+    Shared(driver): Shared<Arc<Driver>>,
+    UrlPath(method): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let (status, value) = match driver.call(&method, &body).await {
+        Ok(None) => {
+            log::debug!("{method}: not implemented");
+            (
+                StatusCode::NOT_FOUND,
+                protocol::error_reply(&format!("{method} is not implemented")),
+            )
+        }
+        Ok(Some(value)) => {
+            log::debug!("{method}: {value}");
+            (StatusCode::OK, value)
+        }
+        // An error is a 200 whose body says so: that is how libnetwork's client reads it.
+        Err(e) => {
+            let message = format!("overlay-ebpf: {e:#}");
+            log::warn!("{method} failed: {message}");
+            (StatusCode::OK, protocol::error_reply(&message))
+        }
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, protocol::CONTENT_TYPE)],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// Binds the socket (a stale file from an earlier run removed first, 0660) and serves until
+/// SIGTERM or SIGINT, then removes the socket.
+pub async fn serve(ctx: Ctx, opts: Options) -> Result<()> {
+    let driver = Arc::new(Driver::new(ctx, &opts.state_dir)?);
+    let socket = &opts.socket;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => log::info!("removed a stale socket {}", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    log::info!(
+        "Docker network and IPAM driver overlay-ebpf of node {} on {}, state in {}",
+        driver.ctx.node,
+        socket.display(),
+        driver.state_file.display()
+    );
+    let app = Router::new()
+        .route("/{method}", post(handle))
+        .with_state(driver);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(socket);
+    served.map_err(|e| anyhow!("serving {}: {e}", socket.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
+        _ = int.recv() => log::info!("SIGINT: stopping"),
+    }
+}

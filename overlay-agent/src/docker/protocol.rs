@@ -1,0 +1,163 @@
+//! libnetwork's remote protocols as they go over the wire: JSON bodies of HTTP POSTs named
+//! `/<Interface>.<Method>` (moby `libnetwork/drivers/remote/api` and
+//! `libnetwork/ipams/remote/api`). Only the fields we read or send; unknown fields are ignored.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What Docker sends as the body's content type; replies carry it too.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+
+/// The generic driver options (`docker network create -o key=value`) inside `Options`.
+pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
+/// `--internal`, inside `Options`.
+pub const INTERNAL: &str = "com.docker.network.internal";
+/// The IPAM option saying an address request is for the network's gateway.
+pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
+pub const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
+
+// ---- NetworkDriver ----
+
+#[derive(Debug, Default, Deserialize)]
+pub struct IpamData {
+    #[serde(rename = "Pool", default)]
+    pub pool: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateNetwork {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "Options", default)]
+    pub options: BTreeMap<String, Value>,
+    #[serde(rename = "IPv4Data", default)]
+    pub ipv4_data: Option<Vec<IpamData>>,
+    #[serde(rename = "IPv6Data", default)]
+    pub ipv6_data: Option<Vec<IpamData>>,
+}
+
+/// DeleteNetwork's body.
+#[derive(Debug, Default, Deserialize)]
+pub struct NetworkRef {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+}
+
+/// The body of DeleteEndpoint, Join, Leave, EndpointOperInfo.
+#[derive(Debug, Default, Deserialize)]
+pub struct EndpointRef {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct EndpointInterface {
+    #[serde(rename = "Address", default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(
+        rename = "AddressIPv6",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub address_ipv6: String,
+    #[serde(
+        rename = "MacAddress",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub mac_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateEndpoint {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface", default)]
+    pub interface: Option<EndpointInterface>,
+}
+
+/// Only what Docker did not choose itself: sending back an address it gave is an error.
+#[derive(Debug, Serialize)]
+pub struct CreateEndpointReply {
+    #[serde(rename = "Interface")]
+    pub interface: EndpointInterface,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceName {
+    /// The interface in the host that Docker moves into the container.
+    #[serde(rename = "SrcName")]
+    pub src_name: String,
+    /// Docker names it `<prefix><n>` there: eth0, or eth1... on a second network.
+    #[serde(rename = "DstPrefix")]
+    pub dst_prefix: String,
+}
+
+/// No Gateway and no StaticRoutes: the subnet's on-link route comes with the address.
+#[derive(Debug, Serialize)]
+pub struct JoinReply {
+    #[serde(rename = "InterfaceName")]
+    pub interface_name: InterfaceName,
+}
+
+// ---- IpamDriver ----
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestPool {
+    #[serde(rename = "Pool", default)]
+    pub pool: String,
+    #[serde(rename = "SubPool", default)]
+    pub sub_pool: String,
+    #[serde(rename = "V6", default)]
+    pub v6: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestPoolReply {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    #[serde(rename = "Pool")]
+    pub pool: String,
+    #[serde(rename = "Data")]
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestAddress {
+    #[serde(rename = "PoolID", default)]
+    pub pool_id: String,
+    /// A specific address (`docker run --ip`, `network create --gateway`), or empty.
+    #[serde(rename = "Address", default)]
+    pub address: String,
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestAddressReply {
+    /// With the pool's prefix length: `10.20.0.5/16`.
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "Data")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// ReleaseAddress's body.
+#[derive(Debug, Default, Deserialize)]
+pub struct AddressRef {
+    #[serde(rename = "PoolID", default)]
+    pub pool_id: String,
+    #[serde(rename = "Address", default)]
+    pub address: String,
+}
+
+/// An error reply. The network driver's replies name the field `Err`, the IPAM driver's
+/// `Error` (moby's two `api.Response` types): both are set, each side reads its own.
+pub fn error_reply(message: &str) -> Value {
+    serde_json::json!({ "Err": message, "Error": message })
+}
