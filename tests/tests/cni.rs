@@ -327,8 +327,11 @@ fn served_everywhere(d: &Deployment, ip: Ipv4Addr, present: bool) {
 }
 
 #[test]
-fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_cleanly() {
-    use overlay_tests::runtimes::{Containerd, Podman, toybox_archive};
+fn docker_podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_cleanly() {
+    use overlay_tests::{
+        docker::DockerHost,
+        runtimes::{Containerd, Podman, toybox_archive},
+    };
     let mut d = Deployment::new("rt", &[true, true]).unwrap();
     blue(&d);
     let cli = d.add_container(0, "cli", "blue", None).unwrap();
@@ -351,10 +354,22 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
         let ip = eth0_ip(&ctr[host].exec(&k, "ip -4 -o addr").unwrap());
         addrs.push((format!("ctr {k} on h{}", host + 1), ip));
     }
+    // Docker on both hosts, on the same overlay network: `-o network=blue` picks the CLI's
+    // network (its subnet must match).
+    let docker = [
+        DockerHost::start(&d, 0, "rth1").unwrap(),
+        DockerHost::start(&d, 1, "rth2").unwrap(),
+    ];
+    for (host, dk) in docker.iter().enumerate() {
+        dk.create_network("blue", &["--subnet", "10.10.0.0/16", "-o", "network=blue"])
+            .unwrap();
+        let ip = dk.run(&format!("d{host}"), "blue").unwrap();
+        addrs.push((format!("docker d{host} on h{}", host + 1), ip));
+    }
     let mut unique: Vec<Ipv4Addr> = addrs.iter().map(|a| a.1).collect();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 4, "{addrs:?}");
+    assert_eq!(unique.len(), 6, "{addrs:?}");
     eprintln!("runtime containers: {addrs:?}");
     for (_, ip) in &addrs {
         served_everywhere(&d, *ip, true);
@@ -362,10 +377,14 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
     // Every runtime's container reaches every other and the CLI's; the CLI's reaches them.
     let mut failed = Vec::new();
     for host in 0..2 {
-        for from in [format!("p{host}"), format!("k{host}")] {
-            let run = |c: &str, cmd: &str| match c.starts_with('p') {
-                true => podman[host].exec(c, cmd),
-                false => ctr[host].exec(c, cmd),
+        for from in [format!("p{host}"), format!("k{host}"), format!("d{host}")] {
+            let reaches = |c: &str, ip: Ipv4Addr| {
+                let ping = format!("ping -c 1 -W 2 {ip}");
+                match c.as_bytes()[0] {
+                    b'p' => podman[host].exec(c, &ping).is_ok(),
+                    b'k' => ctr[host].exec(c, &ping).is_ok(),
+                    _ => docker[host].ping(c, ip),
+                }
             };
             for (to, ip) in addrs
                 .iter()
@@ -375,7 +394,7 @@ fn podman_and_containerd_containers_on_two_hosts_reach_each_other_and_leave_clea
                 if to.contains(&format!(" {from} ")) {
                     continue;
                 }
-                if run(&from, &format!("ping -c 1 -W 2 {ip}")).is_err() {
+                if !reaches(&from, ip) {
                     failed.push(format!("{from} -> {to} ({ip})"));
                 }
             }
