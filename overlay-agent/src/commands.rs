@@ -342,15 +342,21 @@ pub async fn endpoint_release(ctx: &Ctx, network: &str, name: &str) -> Result<Op
         .filter(|ep| ep.network == network);
     let port = match &ep {
         Some(ep) => port_of(ep),
-        // A half-made attachment: its port by the derived name, if the port says it is its.
+        // A half-made attachment: its port by the derived name, if the port says it is its,
+        // or says nothing (its maker was killed between making and naming it) and no endpoint
+        // of this node claims it.
         None => {
             let port = port_name(network, name);
-            let alias = Netlink::new()?.alias(&port).await?;
-            if alias.as_deref() == Some(port_alias(network, name).as_str()) {
-                port
-            } else {
-                String::new()
-            }
+            let ours = match Netlink::new()?.alias(&port).await? {
+                Some(alias) => alias == port_alias(network, name),
+                None => !ctx
+                    .store
+                    .endpoints(Some(network))
+                    .await?
+                    .iter()
+                    .any(|e| e.node() == Some(ctx.node.as_str()) && port_of(e) == port),
+            };
+            if ours { port } else { String::new() }
         }
     };
     remove(ctx, network, ep.as_ref(), &port).await?;

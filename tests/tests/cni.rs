@@ -129,6 +129,10 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     // container added with the CLI.
     let add1 = call(&d, 0, "ADD", "podman-c1", &ns_path(&c1));
     let ip1 = added_ip(&add1);
+    eprintln!(
+        "CNI ADD took {:?} (served by the agent included)",
+        add1.took
+    );
     let r = &add1.json;
     assert_eq!(r["cniVersion"], "1.0.0");
     assert_eq!(r["interfaces"][1]["name"], "eth0");
@@ -177,6 +181,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     // DEL removes it from every map; DEL twice succeeds; CHECK then says it is unknown.
     let del = call(&d, 0, "DEL", "podman-c1", &ns_path(&c1));
     assert!(del.ok, "{del:?}");
+    eprintln!("CNI DEL took {:?}", del.took);
     wait_for(Duration::from_secs(3), || {
         d.hosts.iter().all(|h| {
             h.maps()

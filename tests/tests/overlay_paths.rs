@@ -30,7 +30,9 @@ fn iperf_tcp(
     let mut last = String::new();
     // A retry uses another port: a server that never saw its client may still hold the last.
     for port in 5201..5204 {
-        server_ns.run(&format!("iperf3 -s -D -1 -p {port}")).unwrap();
+        server_ns
+            .run(&format!("iperf3 -s -D -1 -p {port}"))
+            .unwrap();
         let out = client
             .output(&format!(
                 "iperf3 -c {server} -p {port} -t 1 -J {}",
