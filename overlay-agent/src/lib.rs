@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod gro;
 pub mod inspect;
 pub mod ipam;
+pub mod metrics;
 pub mod net;
 pub mod plumbing;
 pub mod report;
