@@ -30,6 +30,7 @@ use crate::{
     delta::{Batch, VtepRefs, endpoint_delta},
     desired::{Problem, desired},
     gro::{self, GroDevices},
+    metrics::{self, Metrics, ReconcileKind},
     plumbing::Netlink,
     store::{
         Store, brief,
@@ -49,6 +50,8 @@ pub struct Options {
     pub max_entries: u32,
     pub pins: PinDir,
     pub run_dir: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here (see metrics.rs).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What `status` reads: written by the agent after every reconcile.
@@ -163,9 +166,16 @@ struct Agent {
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
     switch_over_pending: bool,
     gro: GroDevices,
+    /// What the metrics server reads: the published status, reconcile durations, the lease.
+    metrics: Metrics,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
+    // Bound before anything else: a taken or foreign address stops the agent untouched.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let netlink = Netlink::new()?;
     let underlay = &opts.underlay;
     let underlay_ifindex = netlink.index(underlay).await?.ok_or_else(|| {
@@ -238,6 +248,15 @@ pub async fn run(opts: Options) -> Result<()> {
         vtep: vtep.to_string(),
         ..Default::default()
     };
+    let metrics = Metrics::new();
+    if let Some(listener) = metrics_listener {
+        metrics::spawn(
+            listener,
+            metrics.clone(),
+            opts.pins.clone(),
+            opts.underlay.clone(),
+        );
+    }
     let mut agent = Agent {
         opts,
         netlink,
@@ -256,6 +275,7 @@ pub async fn run(opts: Options) -> Result<()> {
         status,
         switch_over_pending: rebuilding,
         gro: GroDevices::default(),
+        metrics,
     };
     agent.write_status();
 
@@ -299,7 +319,8 @@ impl Agent {
         let (lease, keeper, keepalive) = store.register_node(&self.opts.node, &record, ttl).await?;
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
         // must never delay a keepalive into another node dropping ours.
-        let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl);
+        self.metrics.lease_renewed(ttl);
+        let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl, self.metrics.clone());
         // A new lease: the digest is published again under it.
         self.published = None;
         log::info!(
@@ -423,6 +444,7 @@ impl Agent {
     /// After a batch of events: the fast path when only remote endpoints changed and the maps
     /// are known to be right, else the full reconcile.
     fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
+        let started = Instant::now();
         if self.in_sync && !self.switch_over_pending {
             match endpoint_delta(
                 &self.cluster,
@@ -437,6 +459,8 @@ impl Agent {
                         self.applied.apply(&delta.diff);
                         self.vtep_refs.commit(&delta);
                     }
+                    self.metrics
+                        .reconciled(ReconcileKind::Fast, started.elapsed());
                     self.status.revision = revision;
                     self.write_status();
                     return;
@@ -450,6 +474,7 @@ impl Agent {
     /// Brings maps and attachments in line with the cluster. Failures are logged and retried
     /// on the next reconcile; they never stop the agent.
     fn reconcile(&mut self, revision: i64) {
+        let started = Instant::now();
         let (want, problems) = desired(&self.cluster, &self.opts.node, &ifindex);
         for p in problems.iter().filter(|p| !self.problems.contains(p)) {
             log::warn!("not serving {}: {}", p.key, p.why);
@@ -475,6 +500,8 @@ impl Agent {
         {
             log::warn!("{e:#}");
         }
+        self.metrics
+            .reconciled(ReconcileKind::Full, started.elapsed());
         self.status.revision = revision;
         self.write_status();
     }
@@ -675,6 +702,7 @@ impl Agent {
         if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
             log::warn!("writing {}: {e}", path.display());
         }
+        self.metrics.publish(&self.status, self.switch_over_pending);
     }
 }
 
@@ -691,6 +719,7 @@ impl KeepAlive {
         mut stream: etcd_client::LeaseKeepAliveStream,
         lease: i64,
         ttl: i64,
+        metrics: Metrics,
     ) -> Self {
         let (tx, lost) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -702,8 +731,11 @@ impl KeepAlive {
                     break format!("lease keepalive failed: {}", brief(&e));
                 }
                 match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    Ok(Some(_)) => break format!("lease {lease:x} expired"),
+                    Ok(Some(r)) if r.ttl() > 0 => metrics.lease_renewed(r.ttl()),
+                    Ok(Some(_)) => {
+                        metrics.lease_renewed(0);
+                        break format!("lease {lease:x} expired");
+                    }
                     Ok(None) => break "the lease keepalive stream ended".to_string(),
                     Err(e) => break format!("lease keepalive failed: {}", brief(&e)),
                 }

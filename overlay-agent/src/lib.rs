@@ -11,6 +11,7 @@ pub mod gro;
 pub mod hash;
 pub mod inspect;
 pub mod ipam;
+pub mod metrics;
 pub mod net;
 pub mod plumbing;
 pub mod report;

@@ -69,6 +69,10 @@ enum Command {
         /// Capacity of each per-endpoint map (FDB, ARP, ENDPOINTS, PORTS, VTEPS).
         #[arg(long, env = "OVERLAY_MAX_ENTRIES", default_value_t = overlay_common::DEFAULT_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_entries: u32,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+        /// 10.0.0.1:9100 or [::]:9100 (default: off).
+        #[arg(long, env = "OVERLAY_METRICS", value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Create, list and remove overlay networks.
     #[command(subcommand)]
@@ -224,6 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
             vtep,
             lease_ttl,
             max_entries,
+            metrics,
         } => {
             agent::run(agent::Options {
                 etcd: g.etcd.clone(),
@@ -235,6 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_entries,
                 pins: pins.clone(),
                 run_dir: g.run_dir.clone(),
+                metrics,
             })
             .await?
         }

@@ -78,6 +78,30 @@ pub fn endpoints(eps: &[Endpoint]) -> Rows {
     }
 }
 
+/// The interfaces with a pinned link, by the program attached: `status` and the metrics.
+#[derive(Debug, Default)]
+pub struct Attachments {
+    pub from_underlay: Vec<String>,
+    pub from_container: Vec<String>,
+    pub gro_sink: Vec<String>,
+}
+
+/// The node's pinned links by program: the underlay's is from_underlay, a GRO helper's
+/// gro_sink, any other a port's from_container. No links (or no pin directory): none.
+pub fn attachments(pins: &PinDir, underlay: &str) -> Attachments {
+    let mut a = Attachments::default();
+    for link in pins.linked().unwrap_or_default() {
+        if link == underlay {
+            a.from_underlay.push(link);
+        } else if crate::gro::is_device(&link) {
+            a.gro_sink.push(link);
+        } else {
+            a.from_container.push(link);
+        }
+    }
+    a
+}
+
 /// `overlay-agent status`: node, agent, etcd, attachments, map sizes, problems.
 pub async fn status(
     node: &str,
@@ -100,15 +124,15 @@ pub async fn status(
         },
         Err(e) => Err(format!("{e:#}")),
     };
-    let links = pins.linked().unwrap_or_default();
     let underlay = file
         .as_ref()
         .map(|f| f.underlay.clone())
         .unwrap_or_default();
-    let (from_underlay, rest): (Vec<_>, Vec<_>) =
-        links.iter().cloned().partition(|l| *l == underlay);
-    let (gro_sink, from_container): (Vec<_>, Vec<_>) =
-        rest.into_iter().partition(|l| crate::gro::is_device(l));
+    let Attachments {
+        from_underlay,
+        from_container,
+        gro_sink,
+    } = attachments(pins, &underlay);
     let counts = Maps::open(pins).and_then(|m| m.snapshot()).ok().map(|s| {
         json!({
             "networks": s.networks.len(), "fdb": s.fdb.len(), "arp": s.arp.len(),

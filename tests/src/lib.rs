@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod runtimes;
 pub mod scale;
 pub mod topology;

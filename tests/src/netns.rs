@@ -43,18 +43,7 @@ impl Netns {
     /// Runs `f` on a thread that has entered the namespace: BPF_PROG_TEST_RUN, FIB lookups and
     /// interface names all resolve in the calling thread's namespace.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("setns {path}: {}", std::io::Error::last_os_error());
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        enter(&self.name, f)
     }
 
     pub fn ifindex(&self, iface: &str) -> Result<u32> {
@@ -80,6 +69,23 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Runs `f` on a thread that has entered namespace `name` (see [`Netns::enter`]): for threads
+/// that cannot borrow the [`Netns`].
+pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 pub fn sh(cmd: &str) -> Result<String> {

@@ -145,6 +145,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "busybox-static",
         "the runtime tests (the containers' image)",
     ),
+    req(Program("prometheus"), "prometheus", "the metrics test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -355,8 +356,12 @@ mod tests {
 
     /// etcd-client's own `proto/` directory, wherever cargo unpacked the locked version.
     fn etcd_client_protos() -> PathBuf {
+        // This platform's packages only: a build downloads no others (parking_lot's
+        // redox_syscall, say), and offline metadata would want them all.
+        let platform = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
         let out = std::process::Command::new("cargo")
             .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+            .args(["--filter-platform", &platform])
             .current_dir(util::workspace_root())
             .output()
             .expect("cargo metadata");

@@ -357,7 +357,12 @@ impl Maps {
 /// The capacity the node's pinned FDB was created with (every per-endpoint map shares it), if
 /// maps of this layout are pinned.
 pub fn pinned_max_entries(pins: &PinDir) -> Option<u32> {
-    MapData::from_pin(pins.map(names::FDB))
+    pinned_capacity(pins, names::FDB)
+}
+
+/// The capacity pinned map `name` of this layout was created with, if it is pinned.
+pub fn pinned_capacity(pins: &PinDir, name: &str) -> Option<u32> {
+    MapData::from_pin(pins.map(name))
         .ok()?
         .info()
         .ok()

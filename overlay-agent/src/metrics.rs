@@ -1,0 +1,475 @@
+//! `run --metrics ADDR`: `/metrics` in the Prometheus text format, `/healthz` and `/readyz`,
+//! served by a task of its own.
+//!
+//! One owner: everything here is read at scrape time from what already exists — the pinned
+//! maps (STATS, their contents and capacities), the pinned links, and the status the agent
+//! publishes after every change of it — so no counter lives anywhere else. The agent only
+//! records what it alone knows (how long each reconcile took, when etcd last renewed its lease)
+//! through [`Metrics`], a cheap handle. A scrape never waits for the agent: it opens the maps
+//! by their pins on a blocking thread of its own, and takes the published state under a lock
+//! held only to clone it.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+use overlay_common::{Counter, names};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::ConstCounter,
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    agent::StatusFile,
+    dataplane::{Maps, PinDir, maps::pinned_capacity},
+    report::attachments,
+};
+
+/// The maps whose entries and capacity are exported: everything the agent writes.
+const MAPS: [&str; 6] = [
+    names::FDB,
+    names::ARP,
+    names::ENDPOINTS,
+    names::PORTS,
+    names::VTEPS,
+    names::NETWORKS,
+];
+
+/// Which reconcile ran: the fast path (only other nodes' endpoints changed) or the full one.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileKind {
+    Full,
+    Fast,
+}
+
+impl ReconcileKind {
+    fn label(self) -> &'static str {
+        match self {
+            ReconcileKind::Full => "full",
+            ReconcileKind::Fast => "fast",
+        }
+    }
+}
+
+/// What the agent publishes for scrapes and readiness.
+#[derive(Clone, Debug, Default)]
+struct Published {
+    status: StatusFile,
+    /// Maps of another layout being rebuilt: the new ones do not forward yet.
+    rebuilding: bool,
+    /// When the lease etcd last renewed runs out (None: no lease, or etcd said it expired).
+    lease_expires: Option<Instant>,
+}
+
+/// The agent's side: records reconcile durations and publishes its state. Clones share it.
+#[derive(Clone)]
+pub struct Metrics {
+    published: Arc<Mutex<Published>>,
+    reconcile: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        // 100 µs (a fast-path batch) to ~26 s (a full reconcile of a very large cluster).
+        fn histogram() -> Histogram {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        }
+        Self {
+            published: Arc::default(),
+            reconcile: Family::new_with_constructor(histogram),
+        }
+    }
+
+    pub fn reconciled(&self, kind: ReconcileKind, took: Duration) {
+        self.reconcile
+            .get_or_create(&ReconcileLabels { kind: kind.label() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The status as the agent just wrote it, and whether it is rebuilding maps.
+    pub fn publish(&self, status: &StatusFile, rebuilding: bool) {
+        let mut p = self.published.lock().expect("metrics state lock");
+        p.status = status.clone();
+        p.rebuilding = rebuilding;
+    }
+
+    /// etcd answered a keepalive: the lease lives `ttl` seconds more (0 or less: it expired).
+    pub fn lease_renewed(&self, ttl: i64) {
+        let expires = (ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl as u64));
+        self.published
+            .lock()
+            .expect("metrics state lock")
+            .lease_expires = expires;
+    }
+}
+
+/// Binds `addr` now, so that a bad or taken address stops the agent before it touches anything.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: binding the metrics address"))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` from a task of its own, for as long
+/// as the process runs.
+pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, underlay: String) {
+    let mut registry = Registry::default();
+    registry.register_with_unit(
+        "overlay_reconcile_duration",
+        "How long reconciles took, by kind: fast (only other nodes' endpoints changed) or full; _count is how many ran",
+        Unit::Seconds,
+        metrics.reconcile.clone(),
+    );
+    let node = Node {
+        pins: pins.clone(),
+        underlay: underlay.clone(),
+        published: metrics.published.clone(),
+    };
+    registry.register_collector(Box::new(node.clone()));
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { scrape(registry).await }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let node = node.clone();
+                async move {
+                    match node.readiness() {
+                        Ok(why) => (StatusCode::OK, why + "\n"),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
+                    }
+                }
+            }),
+        );
+    if let Ok(addr) = listener.local_addr() {
+        log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::warn!("the metrics server stopped: {e}");
+        }
+    });
+}
+
+/// Encodes the registry on a blocking thread: the collector reads maps with one syscall per
+/// entry, which must not hold up the runtime's workers.
+async fn scrape(registry: Arc<Registry>) -> impl IntoResponse {
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).map(|()| text)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("scrape: {e}\n")).into_response(),
+    }
+}
+
+/// What a scrape reads: the node's pins and the state the agent published.
+#[derive(Clone, Debug)]
+struct Node {
+    pins: PinDir,
+    underlay: String,
+    published: Arc<Mutex<Published>>,
+}
+
+impl Node {
+    fn published(&self) -> Published {
+        self.published.lock().expect("metrics state lock").clone()
+    }
+
+    /// Ok(why) when ready, Err(why not) otherwise; see [`readiness`].
+    fn readiness(&self) -> Result<String, String> {
+        let linked = attachments(&self.pins, &self.underlay)
+            .from_underlay
+            .contains(&self.underlay);
+        readiness(&self.published(), &self.underlay, linked, Instant::now())
+    }
+}
+
+/// Ready: the maps were reconciled against etcd at least once by this process (so they hold
+/// a revision etcd really had, not only what an earlier agent left), they are the maps the
+/// programs forward with (no rebuild of another layout pending), and from_underlay is attached
+/// to the underlay. Then either etcd is connected (every change is applied as it arrives) or it
+/// is not and the dataplane keeps serving from the last state applied: ready too, because this
+/// node forwards exactly what it did, and restarting it would not bring etcd back.
+fn readiness(
+    p: &Published,
+    underlay: &str,
+    underlay_linked: bool,
+    now: Instant,
+) -> Result<String, String> {
+    let revision = p.status.revision;
+    if revision == 0 {
+        return Err("not ready: the maps have not been reconciled against etcd yet".into());
+    }
+    if p.rebuilding {
+        return Err(
+            "not ready: rebuilding maps of another layout from etcd (the old programs still forward)"
+                .into(),
+        );
+    }
+    if !underlay_linked {
+        return Err(format!(
+            "not ready: from_underlay is not attached to {underlay}"
+        ));
+    }
+    let lease = match p.lease_expires {
+        Some(t) if t > now => "lease alive",
+        _ => "no lease",
+    };
+    if p.status.connected {
+        Ok(format!(
+            "ready: revision {revision} applied, etcd connected, {lease}"
+        ))
+    } else {
+        Ok(format!(
+            "ready: serving revision {revision} from the last state applied; etcd not connected"
+        ))
+    }
+}
+
+impl Collector for Node {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let p = self.published();
+        let now = Instant::now();
+
+        // STATS, summed over CPUs at scrape time.
+        match Maps::open(&self.pins) {
+            Ok(maps) => {
+                match maps.counters() {
+                    Ok(counters) => {
+                        let mut family = encoder.encode_descriptor(
+                            "overlay_packets",
+                            "Packets by the verdict a program reached (encap, decap, local_deliver, the passes, drop_<reason>)",
+                            None,
+                            ConstCounter::new(0u64).metric_type(),
+                        )?;
+                        for (c, n) in counters.iter().filter(|(c, _)| c.is_outcome()) {
+                            ConstCounter::new(*n)
+                                .encode(family.encode_family(&[("outcome", c.name())])?)?;
+                        }
+                        let segments = counters
+                            .iter()
+                            .find(|(c, _)| *c == Counter::DecapSegments)
+                            .map_or(0, |(_, n)| *n);
+                        let counter = ConstCounter::new(segments);
+                        counter.encode(encoder.encode_descriptor(
+                            "overlay_decap_segments",
+                            "Wire packets the decapsulated skbs carried (a GRO-merged skb counts its segments): divided by decap, the average merged per skb",
+                            None,
+                            counter.metric_type(),
+                        )?)?;
+                    }
+                    Err(e) => log::warn!("metrics: {e:#}"),
+                }
+                match maps.snapshot() {
+                    Ok(s) => {
+                        let sizes = [
+                            (names::FDB, s.fdb.len()),
+                            (names::ARP, s.arp.len()),
+                            (names::ENDPOINTS, s.endpoints.len()),
+                            (names::PORTS, s.ports.len()),
+                            (names::VTEPS, s.vteps.len()),
+                            (names::NETWORKS, s.networks.len()),
+                        ];
+                        let mut family = encoder.encode_descriptor(
+                            "overlay_map_entries",
+                            "Entries in each map the agent writes, read from the kernel",
+                            None,
+                            ConstGauge::new(0i64).metric_type(),
+                        )?;
+                        for (map, n) in sizes {
+                            ConstGauge::new(n as i64)
+                                .encode(family.encode_family(&[("map", map)])?)?;
+                        }
+                    }
+                    Err(e) => log::warn!("metrics: {e:#}"),
+                }
+            }
+            Err(e) => log::warn!("metrics: {e:#}"),
+        }
+        let mut family = encoder.encode_descriptor(
+            "overlay_map_capacity_entries",
+            "Entries each map can hold (--max-entries for the per-endpoint maps)",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for map in MAPS {
+            if let Some(n) = pinned_capacity(&self.pins, map) {
+                ConstGauge::new(i64::from(n)).encode(family.encode_family(&[("map", map)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "overlay_map_write_failures",
+            "Map writes that failed (a full map, above all) since the agent started; each is retried",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for map in MAPS {
+            let n = p.status.map_write_failures.get(map).copied().unwrap_or(0);
+            ConstCounter::new(n).encode(family.encode_family(&[("map", map)])?)?;
+        }
+
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "overlay_etcd_connected",
+            "1 while the agent has a session with etcd (registered, listing or watching), else 0",
+            i64::from(p.status.connected),
+        )?;
+        gauge(
+            &mut encoder,
+            "overlay_etcd_applied_revision",
+            "The last etcd revision whose state the maps hold (0: none yet)",
+            p.status.revision,
+        )?;
+        gauge(
+            &mut encoder,
+            "overlay_lease_alive",
+            "1 while the node's lease is alive by etcd's last keepalive answer (its TTL not run out), else 0",
+            i64::from(p.lease_expires.is_some_and(|t| t > now)),
+        )?;
+        gauge(
+            &mut encoder,
+            "overlay_problems",
+            "Entries etcd holds that this node cannot serve (conflicts, bad values, ports not there)",
+            p.status.problems.len() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "overlay_ready",
+            "1 when /readyz answers 200, else 0",
+            i64::from(self.readiness().is_ok()),
+        )?;
+
+        let a = attachments(&self.pins, &self.underlay);
+        let mut family = encoder.encode_descriptor(
+            "overlay_programs_attached",
+            "Pinned links per program: from_underlay on the underlay, from_container per port, gro_sink per GRO helper",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (program, links) in [
+            ("from_underlay", &a.from_underlay),
+            ("from_container", &a.from_container),
+            ("gro_sink", &a.gro_sink),
+        ] {
+            ConstGauge::new(links.len() as i64)
+                .encode(family.encode_family(&[("program", program)])?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(revision: i64, connected: bool) -> Published {
+        Published {
+            status: StatusFile {
+                revision,
+                connected,
+                ..Default::default()
+            },
+            rebuilding: false,
+            lease_expires: Some(Instant::now() + Duration::from_secs(10)),
+        }
+    }
+
+    #[test]
+    fn readiness_follows_its_definition() {
+        let now = Instant::now();
+        let r = |p: &Published, linked| readiness(p, "eth1", linked, now);
+        assert!(
+            r(&published(0, true), true)
+                .unwrap_err()
+                .contains("not been reconciled")
+        );
+        assert!(
+            r(&published(7, true), true)
+                .unwrap()
+                .contains("revision 7 applied")
+        );
+        // etcd gone: the last state keeps serving.
+        assert!(
+            r(&published(7, false), true)
+                .unwrap()
+                .contains("last state")
+        );
+        assert!(r(&published(7, true), false).unwrap_err().contains("eth1"));
+        let mut p = published(7, true);
+        p.rebuilding = true;
+        assert!(r(&p, true).unwrap_err().contains("rebuilding"));
+    }
+
+    #[test]
+    fn reconcile_durations_are_exported_in_seconds_by_kind() {
+        let m = Metrics::new();
+        m.reconciled(ReconcileKind::Fast, Duration::from_micros(300));
+        m.reconciled(ReconcileKind::Full, Duration::from_millis(20));
+        m.reconciled(ReconcileKind::Full, Duration::from_millis(30));
+        let mut registry = Registry::default();
+        registry.register_with_unit(
+            "overlay_reconcile_duration",
+            "x",
+            Unit::Seconds,
+            m.reconcile.clone(),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("overlay_reconcile_duration_seconds_count{kind=\"full\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlay_reconcile_duration_seconds_count{kind=\"fast\"} 1"),
+            "{text}"
+        );
+    }
+}
