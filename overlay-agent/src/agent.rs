@@ -39,8 +39,7 @@ use crate::{
 };
 
 pub struct Options {
-    pub etcd: Vec<String>,
-    pub prefix: String,
+    pub etcd: crate::store::Etcd,
     pub node: String,
     pub underlay: String,
     /// This node's VTEP; default: the underlay's first IPv4 address.
@@ -83,6 +82,10 @@ pub struct StatusFile {
     /// the agent never sees.
     #[serde(default)]
     pub netns: String,
+    /// How the agent reaches etcd (certificate paths, the user and its password file; never a
+    /// password): a runtime plugin on the node reaches it the same way.
+    #[serde(default)]
+    pub access: Option<crate::store::Etcd>,
 }
 
 /// The calling process's network namespace, as `<device>:<inode>` of /proc/self/ns/net.
@@ -240,8 +243,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let status = StatusFile {
         node: opts.node.clone(),
         pid: std::process::id(),
-        etcd: opts.etcd.join(","),
-        prefix: opts.prefix.clone(),
+        etcd: opts.etcd.endpoints.join(","),
+        prefix: opts.etcd.prefix.clone(),
+        access: Some(opts.etcd.clone()),
         pins: opts.pins.dir().to_path_buf(),
         netns: netns_id(),
         underlay: underlay.clone(),
@@ -310,7 +314,7 @@ impl Agent {
         // drops our endpoints because etcd was down.
         let max_delay =
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
-        let store = Store::connect_retrying(&self.opts.etcd, &self.opts.prefix, max_delay).await;
+        let store = Store::connect_retrying(&self.opts.etcd, max_delay).await;
         let record = NodeRecord {
             vtep: self.vtep,
             mtu: self.underlay_mtu,

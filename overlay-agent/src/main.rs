@@ -51,6 +51,36 @@ struct Global {
         default_value = agent::DEFAULT_RUN_DIR
     )]
     run_dir: PathBuf,
+    /// The CA certificate (PEM) that signed etcd's (https:// endpoints).
+    #[arg(long, global = true, env = "OVERLAY_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for an etcd with --client-cert-auth.
+    #[arg(long, global = true, env = "OVERLAY_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, global = true, env = "OVERLAY_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// An etcd user; its password from --etcd-password-file or OVERLAY_ETCD_PASSWORD.
+    #[arg(long, global = true, env = "OVERLAY_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// A file holding the etcd user's password (never the password itself on the command line).
+    #[arg(long, global = true, env = "OVERLAY_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+impl Global {
+    /// How this invocation reaches etcd.
+    fn etcd(&self) -> store::Etcd {
+        store::Etcd {
+            endpoints: self.etcd.clone(),
+            prefix: self.prefix.clone(),
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -217,7 +247,7 @@ async fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(&g.pin_root, &g.node)?;
     let ctx = || async {
         Ok::<_, anyhow::Error>(Ctx {
-            store: Store::connect_patiently(&g.etcd, &g.prefix).await?,
+            store: Store::connect_patiently(&g.etcd()).await?,
             node: g.node.clone(),
             pins: pins.clone(),
         })
@@ -231,8 +261,7 @@ async fn run(cli: Cli) -> Result<()> {
             metrics,
         } => {
             agent::run(agent::Options {
-                etcd: g.etcd.clone(),
-                prefix: g.prefix.clone(),
+                etcd: g.etcd(),
                 node: g.node.clone(),
                 underlay,
                 vtep,
@@ -364,7 +393,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Teardown => {
-            let store = Store::connect_patiently(&g.etcd, &g.prefix).await;
+            let store = Store::connect_patiently(&g.etcd()).await;
             let done = commands::teardown(&g.node, &pins, &g.run_dir, store).await?;
             println!(
                 "node {}: {} endpoint(s) removed from etcd, interfaces removed: {}, pinned programs and maps removed",
@@ -383,9 +412,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::DockerPlugin { socket, state_dir } => {
-            let store =
-                Store::connect_retrying(&g.etcd, &g.prefix, std::time::Duration::from_secs(5))
-                    .await;
+            let store = Store::connect_retrying(&g.etcd(), std::time::Duration::from_secs(5)).await;
             let ctx = Ctx {
                 store,
                 node: g.node.clone(),
@@ -396,10 +423,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { json } => print!(
             "{}",
-            report::status(&g.node, &pins, &g.run_dir, &g.etcd, &g.prefix, json).await?
+            report::status(&g.node, &pins, &g.run_dir, &g.etcd(), json).await?
         ),
         Command::Doctor { cluster, json } => {
-            let store = Store::connect_patiently(&g.etcd, &g.prefix).await?;
+            let store = Store::connect_patiently(&g.etcd()).await?;
             let healthy = if cluster {
                 let report = doctor::check_cluster(&store).await?;
                 print!("{}", doctor::render_cluster(&report, json));

@@ -107,8 +107,7 @@ pub async fn status(
     node: &str,
     pins: &PinDir,
     run_dir: &Path,
-    etcd: &[String],
-    prefix: &str,
+    etcd: &crate::store::Etcd,
     as_json: bool,
 ) -> Result<String> {
     let file: Option<StatusFile> = std::fs::read(status_path(run_dir, node))
@@ -117,7 +116,7 @@ pub async fn status(
     let agent_running = file
         .as_ref()
         .is_some_and(|f| unsafe { libc::kill(f.pid as i32, 0) } == 0);
-    let etcd_state = match Store::connect(etcd, prefix).await {
+    let etcd_state = match Store::connect(etcd).await {
         Ok(store) => match store.list(&store.keys().all()).await {
             Ok((_, rev)) => Ok(rev),
             Err(e) => Err(format!("{e:#}")),
@@ -152,7 +151,7 @@ pub async fn status(
             "gro": file.as_ref().map(|f| f.gro.clone()).unwrap_or_default(),
         },
         "etcd": {
-            "endpoints": etcd.join(","),
+            "endpoints": etcd.endpoints.join(","),
             "reachable": etcd_state.is_ok(),
             "revision": etcd_state.as_ref().ok(),
             "error": etcd_state.as_ref().err(),

@@ -68,8 +68,12 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     // runtime's threads are made there, and every block_on runs there.
     let host = &d.hosts[0].ns;
     let rt = host.enter(tokio::runtime::Runtime::new)?;
-    let store =
-        host.enter(|| rt.block_on(Store::connect(std::slice::from_ref(&url), "/overlay")))?;
+    let store = host.enter(|| {
+        rt.block_on(Store::connect(&overlay_agent::store::Etcd::plain(
+            std::slice::from_ref(&url),
+            "/overlay",
+        )))
+    })?;
     let kvs: Vec<(String, String)> = (0..endpoints)
         .map(|i| {
             let (value, ip, ..) = endpoint(i, 0);

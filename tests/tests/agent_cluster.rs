@@ -300,7 +300,9 @@ fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
     let slices: Vec<Cidr> = d.hosts[0].ns.enter(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = Store::connect(&[url], "/overlay").await.unwrap();
+            let store = Store::connect(&overlay_agent::store::Etcd::plain(&[url], "/overlay"))
+                .await
+                .unwrap();
             let net = NetworkRecord {
                 vni: 42,
                 subnet: "10.10.0.0/16".into(),
@@ -739,7 +741,9 @@ fn listing_more_than_a_grpc_message_holds_reads_every_key_at_one_revision() {
     let (count, listed_at, written_at) = d.hosts[0].ns.enter(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = Store::connect(&[url], "/overlay").await.unwrap();
+            let store = Store::connect(&overlay_agent::store::Etcd::plain(&[url], "/overlay"))
+                .await
+                .unwrap();
             // 12,000 values of 500 bytes: 6 MB, past gRPC's 4 MB limit, and three pages.
             let kvs: Vec<(String, String)> = (0..12_000)
                 .map(|i| (format!("/overlay/bulk/{i:05}"), "x".repeat(500)))

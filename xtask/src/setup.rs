@@ -136,6 +136,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the runtime tests (CNI plugin)",
     ),
     req(
+        Program("openssl"),
+        "openssl",
+        "the etcd TLS test (certificates made on the spot)",
+    ),
+    req(
         File("/usr/lib/cni/loopback"),
         "containernetworking-plugins",
         "the runtime tests (ctr run --cni sets up lo with it)",

@@ -221,20 +221,25 @@ async fn node_ctx(conf: &NetConf, agent_must_run: bool) -> Result<Ctx, Error> {
     } else {
         agent::last_status(&run_dir(conf), &node).ok()
     };
-    let etcd = conf.etcd.clone().unwrap_or_else(|| match &status {
-        Some(s) if !s.etcd.is_empty() => s.etcd.split(',').map(str::to_string).collect(),
-        _ => vec![store::DEFAULT_ENDPOINT.to_string()],
-    });
-    let prefix = status
+    // The agent's own way to etcd (endpoints, prefix, certificates, user), `etcd` in the
+    // configuration overriding the endpoints.
+    let mut etcd = status
         .as_ref()
-        .map(|s| s.prefix.clone())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| schema::DEFAULT_PREFIX.to_string());
+        .and_then(|s| s.access.clone())
+        .unwrap_or_else(|| {
+            store::Etcd::plain(
+                &[store::DEFAULT_ENDPOINT.to_string()],
+                schema::DEFAULT_PREFIX,
+            )
+        });
+    if let Some(endpoints) = &conf.etcd {
+        etcd.endpoints = endpoints.clone();
+    }
     let pins = match status.as_ref().map(|s| s.pins.clone()) {
         Some(dir) if !dir.as_os_str().is_empty() => PinDir::at(dir),
         _ => PinDir::new(pins::DEFAULT_ROOT, &node).map_err(later)?,
     };
-    let store = Store::connect(&etcd, &prefix).await.map_err(later)?;
+    let store = Store::connect(&etcd).await.map_err(later)?;
     Ok(Ctx { store, node, pins })
 }
 

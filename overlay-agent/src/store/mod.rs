@@ -43,6 +43,158 @@ pub fn brief(e: &etcd_client::Error) -> String {
     }
 }
 
+/// How to reach etcd: where, under which key prefix, and as whom. The agent writes it into its
+/// status (paths, never a password), so that a runtime plugin on the node reaches etcd as the
+/// agent does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The CA that signed etcd's certificate (https:// endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate and key (etcd's --client-cert-auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// etcd's own authentication: a user, with the password read from `password_file` or the
+    /// environment (`OVERLAY_ETCD_PASSWORD`), never from the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+/// The environment variable a password may come from instead of a file.
+pub const PASSWORD_ENV: &str = "OVERLAY_ETCD_PASSWORD";
+
+impl Etcd {
+    /// Plaintext, no user: a test's or a lab's etcd.
+    pub fn plain(endpoints: &[String], prefix: &str) -> Self {
+        Self {
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The client options these settings mean; an unreadable file or a half-given pair is
+    /// one line naming the file or the flag.
+    fn options(&self) -> Result<ConnectOptions> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            // HTTP/2 pings: a watch on a dead server fails within seconds instead of hanging.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+        };
+        let tls_wanted = self.cacert.is_some() || self.cert.is_some() || self.key.is_some();
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls_wanted || https {
+            if tls_wanted && !https {
+                bail!(
+                    "etcd TLS options given but the endpoints are not https:// ({})",
+                    self.endpoints.join(",")
+                );
+            }
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.cacert {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(
+                    "the etcd CA certificate (--etcd-cacert)",
+                    ca,
+                )?));
+            }
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        read("the etcd client certificate (--etcd-cert)", cert)?,
+                        read("the etcd client key (--etcd-key)", key)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => bail!("--etcd-cert and --etcd-key go together: give both or neither"),
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some(user) = &self.user {
+            let password = match &self.password_file {
+                Some(path) => String::from_utf8(read("the etcd password file", path)?)
+                    .context("the etcd password file is not UTF-8")?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                None => std::env::var(PASSWORD_ENV).map_err(|_| {
+                    anyhow!(
+                        "etcd user {user} needs a password: --etcd-password-file or {PASSWORD_ENV}"
+                    )
+                })?,
+            };
+            options = options.with_user(user.clone(), password);
+        }
+        Ok(options)
+    }
+
+    /// What a TLS failure means, in words, from rustls' terse ones.
+    fn why_tls(&self, error: &str) -> String {
+        let cert = |c: &Option<std::path::PathBuf>| {
+            c.as_ref()
+                .map_or("(none)".to_string(), |p| p.display().to_string())
+        };
+        if error.contains("UnknownIssuer") {
+            format!(
+                " (etcd's certificate is not signed by the CA {})",
+                cert(&self.cacert)
+            )
+        } else if error.contains("Expired") {
+            " (a certificate has expired)".into()
+        } else if error.contains("NotValidForName") {
+            " (etcd's certificate does not name the address used to reach it)".into()
+        } else if self.endpoints.iter().any(|e| e.starts_with("https://"))
+            && [
+                "BadCertificate",
+                "UnknownCA",
+                "CertificateRequired",
+                "connection closed",
+                "broken pipe",
+            ]
+            .iter()
+            .any(|s| error.contains(s))
+        {
+            // TLS 1.3: the client learns of a refused certificate after its handshake, as an
+            // alert or as a closed connection, whichever arrives first.
+            match &self.cert {
+                None => " (etcd ended the TLS handshake: it wants a client certificate, --etcd-cert and --etcd-key)".into(),
+                Some(c) => format!(
+                    " (etcd refused the client certificate {}: not signed by a CA it trusts, or expired)",
+                    c.display()
+                ),
+            }
+        } else {
+            String::new()
+        }
+    }
+
+    /// What the TLS settings are, for an error that must say which certificate failed.
+    fn describe_tls(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(ca) = &self.cacert {
+            parts.push(format!("CA {}", ca.display()));
+        }
+        if let Some(cert) = &self.cert {
+            parts.push(format!("client certificate {}", cert.display()));
+        }
+        if let Some(user) = &self.user {
+            parts.push(format!("user {user}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" (with {})", parts.join(", "))
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -52,14 +204,13 @@ pub struct Store {
 
 impl Store {
     /// Connects and checks that etcd answers (the client itself connects lazily).
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+    pub async fn connect(etcd: &Etcd) -> Result<Self> {
+        let (endpoints, prefix) = (&etcd.endpoints, etcd.prefix.as_str());
         let list = endpoints.join(",");
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            // HTTP/2 pings: a watch on a dead server fails within seconds instead of hanging.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
-        let unreachable = |e: String| anyhow!("etcd unreachable at {list}: {e}");
+        let options = etcd.options()?;
+        let how = etcd.describe_tls();
+        let unreachable =
+            |e: String| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e));
         let timeout = |_| unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()));
         let mut client =
             tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
@@ -79,13 +230,15 @@ impl Store {
 
     /// For one-shot commands: a few attempts over some seconds (a busy host or a first ARP
     /// exchange can make one slow), then the last error.
-    pub async fn connect_patiently(endpoints: &[String], prefix: &str) -> Result<Self> {
+    pub async fn connect_patiently(etcd: &Etcd) -> Result<Self> {
+        // Settings that cannot work (a file missing, a half pair) need no second attempt.
+        etcd.options()?;
         let mut last = None;
         for attempt in 0..3u64 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
             }
-            match Self::connect(endpoints, prefix).await {
+            match Self::connect(etcd).await {
                 Ok(store) => return Ok(store),
                 Err(e) => last = Some(e),
             }
@@ -95,10 +248,10 @@ impl Store {
 
     /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
     /// each time.
-    pub async fn connect_retrying(endpoints: &[String], prefix: &str, max_delay: Duration) -> Self {
+    pub async fn connect_retrying(etcd: &Etcd, max_delay: Duration) -> Self {
         let mut delay = Duration::from_millis(200).min(max_delay);
         loop {
-            match Self::connect(endpoints, prefix).await {
+            match Self::connect(etcd).await {
                 Ok(store) => return store,
                 Err(e) => {
                     log::warn!("{e:#}; retrying in {:.1} s", delay.as_secs_f32());
