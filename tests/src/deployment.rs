@@ -58,20 +58,66 @@ pub struct Etcd {
     log: PathBuf,
     child: Option<Child>,
     pub url: String,
+    /// Set: etcd speaks TLS only and wants a client certificate signed by `ca`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files a client of a TLS etcd needs.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
 }
 
 impl Etcd {
     /// Starts etcd inside `wire` (which must hold ETCD_IP) and waits until it answers.
     pub fn start(wire: &Netns, dir: &Path) -> Result<Self> {
+        Self::start_as(wire, dir, None)
+    }
+
+    /// As [`Etcd::start`], speaking TLS only and requiring client certificates (made here,
+    /// with openssl: a CA, etcd's certificate, a client certificate for user `overlay`).
+    pub fn start_tls(wire: &Netns, dir: &Path) -> Result<Self> {
+        let certs = dir.join("certs");
+        crate::certs::make_ca_and_server(&certs, ETCD_IP)?;
+        let (cert, key) = crate::certs::make_client(&certs, "ca", "overlay")?;
+        let tls = EtcdTls {
+            ca: certs.join("ca.pem"),
+            cert,
+            key,
+            server_cert: certs.join("server.pem"),
+            server_key: certs.join("server.key"),
+        };
+        Self::start_as(wire, dir, Some(tls))
+    }
+
+    fn start_as(wire: &Netns, dir: &Path, tls: Option<EtcdTls>) -> Result<Self> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Self {
             wire: wire.name.clone(),
             data: dir.join("etcd"),
             log: dir.join("etcd.log"),
             child: None,
-            url: format!("http://{ETCD_IP}:2379"),
+            url: format!("{scheme}://{ETCD_IP}:2379"),
+            tls,
         };
         etcd.restart()?;
         Ok(etcd)
+    }
+
+    /// What etcdctl needs besides the endpoint: the client certificate when TLS is on.
+    pub fn ctl_flags(&self) -> Vec<String> {
+        match &self.tls {
+            None => Vec::new(),
+            Some(t) => vec![
+                format!("--cacert={}", t.ca.display()),
+                format!("--cert={}", t.cert.display()),
+                format!("--key={}", t.key.display()),
+            ],
+        }
     }
 
     /// Starts (again) on the same data directory: everything written before is still there.
@@ -90,6 +136,17 @@ impl Etcd {
             .args(["--listen-peer-urls", peer])
             .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &format!("overlay={peer}")])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -106,6 +163,7 @@ impl Etcd {
                     "--endpoints",
                     &self.url,
                 ])
+                .args(self.ctl_flags())
                 .args(["--command-timeout=1s", "endpoint", "health"])
                 .env("ETCDCTL_API", "3")
                 .output()
@@ -204,6 +262,16 @@ impl Deployment {
 
     /// As [`Deployment::new`], the hosts on an underlay that behaves as `underlay` says.
     pub fn on(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
+        Self::build(label, ours, underlay, false)
+    }
+
+    /// As [`Deployment::new`], with an etcd that speaks TLS only and wants client
+    /// certificates: agents and CLI get theirs from the environment, as a user's would.
+    pub fn with_tls(label: &str, ours: &[bool]) -> Result<Self> {
+        Self::build(label, ours, Underlay::Veth, true)
+    }
+
+    fn build(label: &str, ours: &[bool], underlay: Underlay, tls: bool) -> Result<Self> {
         crate::require_root();
         let tag = crate::unique(label);
         let dir = std::env::temp_dir().join(&tag);
@@ -215,7 +283,11 @@ impl Deployment {
              ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
              ip addr add {ETCD_IP}/24 dev etcd0 && ip link set etcd0 up"
         ))?;
-        let etcd = Etcd::start(&wire, &dir)?;
+        let etcd = if tls {
+            Etcd::start_tls(&wire, &dir)?
+        } else {
+            Etcd::start(&wire, &dir)?
+        };
         let mut d = Self {
             hosts: Vec::new(),
             etcd,
@@ -262,6 +334,13 @@ impl Deployment {
             .arg(agent_binary())
             // From the environment, as a user's shell would have it (a flag overrides it).
             .env("OVERLAY_ETCD", &self.etcd.url)
+            .envs(self.etcd.tls.iter().flat_map(|t| {
+                [
+                    ("OVERLAY_ETCD_CACERT", t.ca.clone()),
+                    ("OVERLAY_ETCD_CERT", t.cert.clone()),
+                    ("OVERLAY_ETCD_KEY", t.key.clone()),
+                ]
+            }))
             .args(["--node", h.name()])
             .args(["--pin-root", TEST_PIN_ROOT])
             .arg("--run-dir")
@@ -462,8 +541,9 @@ impl Deployment {
     /// past every check the CLI makes.
     pub fn etcd_put(&self, key: &str, value: &str) -> Result<()> {
         self.wire.run(&format!(
-            "ETCDCTL_API=3 etcdctl --endpoints {} put /overlay/{key} '{value}'",
-            self.etcd.url
+            "ETCDCTL_API=3 etcdctl --endpoints {} {} put /overlay/{key} '{value}'",
+            self.etcd.url,
+            self.etcd.ctl_flags().join(" ")
         ))?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Support for the privileged end-to-end tests: network namespaces as hosts, packets built byte
 //! by byte, and a node's dataplane loaded for a test.
 pub mod bench;
+pub mod certs;
 pub mod deployment;
 pub mod docker;
 pub mod fixture;

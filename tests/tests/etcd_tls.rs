@@ -11,33 +11,31 @@ use std::{
 use overlay_tests::{
     deployment::{Deployment, agent_binary, wait_for},
     fixture::TEST_PIN_ROOT,
-    netns::sh,
 };
 
 const TLS_URL: &str = "https://10.0.0.254:2389";
 
-/// A CA, a server certificate for etcd's address, client certificates, and another CA's
-/// client certificate, made with openssl in `dir`.
+/// A CA, a server certificate for etcd's address, client certificates, another CA's client
+/// certificate, and password files, in `dir`.
 fn make_certs(dir: &Path) {
-    let d = dir.display();
-    sh(&format!(
-        "cd {d} && \
-         openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=overlay-test-ca 2>/dev/null && \
-         openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj /CN=someone-else 2>/dev/null && \
-         printf 'subjectAltName=IP:10.0.0.254\\nextendedKeyUsage=serverAuth,clientAuth\\n' > server.ext && \
-         printf 'extendedKeyUsage=clientAuth\\n' > client.ext && \
-         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=etcd 2>/dev/null && \
-         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null && \
-         for who in overlay root; do \
-           openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who 2>/dev/null && \
-           openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile client.ext 2>/dev/null; \
-         done && \
-         openssl req -newkey rsa:2048 -nodes -keyout stranger.key -out stranger.csr -subj /CN=overlay 2>/dev/null && \
-         openssl x509 -req -in stranger.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -out stranger.pem -days 2 -extfile client.ext 2>/dev/null && \
-         printf 'overlay-secret\\n' > overlay.password && printf 'wrong\\n' > wrong.password && \
-         printf 'nobody-secret\\n' > nobody.password"
-    ))
-    .unwrap();
+    use overlay_tests::certs;
+    certs::make_ca_and_server(dir, "10.0.0.254").unwrap();
+    certs::make_other_ca(dir, "other-ca").unwrap();
+    for who in ["overlay", "root"] {
+        certs::make_client(dir, "ca", who).unwrap();
+    }
+    // Its CN is a real user's, but another CA signed it.
+    let (pem, key) = certs::make_client(dir, "other-ca", "overlay").unwrap();
+    std::fs::rename(pem, dir.join("stranger.pem")).unwrap();
+    std::fs::rename(key, dir.join("stranger.key")).unwrap();
+    certs::make_client(dir, "ca", "overlay").unwrap();
+    for (file, text) in [
+        ("overlay.password", "overlay-secret\n"),
+        ("wrong.password", "wrong\n"),
+        ("nobody.password", "nobody-secret\n"),
+    ] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
 }
 
 /// etcd requiring client certificates, on TLS_URL in the deployment's etcd namespace.

@@ -53,9 +53,12 @@ fn cli(d: &Deployment, h: usize, args: &[&str]) -> Result<String> {
 
 fn demo() -> Result<()> {
     println!(
-        "-- etcd at http://{ETCD_IP}:2379; hosts h1, h2, h3 (VTEPs 10.0.0.1-3) on a veth underlay, each running `overlay-agent run --underlay eth1`"
+        "-- etcd at https://{ETCD_IP}:2379, TLS only, client certificates required (made just now with openssl; agents and CLI get theirs from OVERLAY_ETCD_CACERT/_CERT/_KEY)"
     );
-    let mut d = Deployment::new("demo", &[true, true, true])?;
+    println!(
+        "-- hosts h1, h2, h3 (VTEPs 10.0.0.1-3) on a veth underlay, each running `overlay-agent run --underlay eth1`"
+    );
+    let mut d = Deployment::with_tls("demo", &[true, true, true])?;
     cli(
         &d,
         0,
