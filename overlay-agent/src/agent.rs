@@ -162,6 +162,13 @@ struct Agent {
     /// container's namespace died without a DEL (`ctr task kill`, a crashed runtime). Removed
     /// from etcd after VANISHED_GRACE, so their addresses do not leak.
     vanished: BTreeMap<String, (Endpoint, Instant)>,
+    /// The agent found bpffs empty: see `stranded_before`.
+    fresh: bool,
+    /// Set once, at the first listing of an agent that found bpffs empty: this node's
+    /// container endpoints created up to that revision whose ports are missing were stranded
+    /// by a reboot (their namespaces, ports and pins all gone): they are reaped like vanished
+    /// ones. Endpoints written later are judged as usual.
+    stranded_before: Option<i64>,
     /// The map digest last published under this session's lease (`state/<node>`).
     published: Option<NodeStateRecord>,
     problems: Vec<Problem>,
@@ -211,6 +218,9 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let old_layouts = opts.pins.other_layouts();
     let rebuilding = !opts.pins.maps().exists() && !old_layouts.is_empty();
+    // No maps of any layout: bpffs is empty, as after a reboot (or a teardown). Whatever this
+    // node's containers were attached to is gone with it.
+    let fresh = !opts.pins.maps().exists() && old_layouts.is_empty();
     let mut dataplane = Dataplane::load_sized(opts.pins.clone(), opts.max_entries)?;
     if rebuilding {
         log::warn!(
@@ -274,6 +284,8 @@ pub async fn run(opts: Options) -> Result<()> {
         vtep_refs: VtepRefs::default(),
         attached: BTreeSet::new(),
         vanished: BTreeMap::new(),
+        fresh,
+        stranded_before: None,
         published: None,
         problems: Vec::new(),
         status,
@@ -337,6 +349,9 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let (kvs, revision) = store.list(&store.keys().all()).await?;
+            if self.fresh && self.stranded_before.is_none() {
+                self.stranded_before = Some(revision);
+            }
             self.cluster = ClusterState::default();
             for kv in &kvs {
                 self.put(&store, kv);
@@ -598,7 +613,8 @@ impl Agent {
                     .filter(|(old, _)| old.created == ep.created)
                     .map(|(_, since)| *since);
                 let was_attached = self.attached.iter().any(|(p, _)| p == port)
-                    || self.opts.pins.link(port).exists();
+                    || self.opts.pins.link(port).exists()
+                    || self.stranded_before.is_some_and(|r| ep.created <= r);
                 if ep.kind == Kind::Container && (known.is_some() || was_attached) {
                     let since = known.unwrap_or_else(Instant::now);
                     vanished.insert(ep.name.clone(), (ep.clone(), since));

@@ -949,3 +949,27 @@ fn doctor_cluster_compares_every_nodes_published_digest_with_etcd() {
     wait_for(Duration::from_secs(5), || cluster(&d).0)
         .unwrap_or_else(|_| panic!("{:#}", cluster(&d).1));
 }
+
+#[test]
+fn after_a_reboot_the_containers_that_did_not_come_back_leave_etcd() {
+    let (mut d, c1, c2) = blue_pair("reboot");
+    // h2 reboots: its agent, c2's namespace (with its port) and bpffs are all gone. Its own
+    // reaping has nothing to go by (no pinned link says c2 was ever attached).
+    d.kill_agent(1);
+    let ns = d.container(c2.0).name.clone();
+    overlay_tests::netns::sh(&format!("ip netns del {ns}")).unwrap();
+    d.hosts[1].pins().remove().unwrap();
+    d.restart_agent(1).unwrap();
+    wait_for(Duration::from_secs(8), || {
+        !d.cli(0, &["endpoint", "ls", "--json"])
+            .unwrap_or_default()
+            .contains("\"c2\"")
+            && d.hosts[0]
+                .maps()
+                .is_ok_and(|m| !m.arp.contains_key(&(42, c2.1.octets())))
+    })
+    .unwrap_or_else(|_| panic!("c2 stranded:\n{}", d.hosts[1].log()));
+    // A container that did come back (made again after the reboot) is served.
+    let again = d.add_container(1, "c2b", "blue", None).unwrap();
+    assert!(ping(d.container(c1.0), again.1));
+}
