@@ -136,8 +136,7 @@ pub struct Testbed {
 
 /// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, forwarding on).
 fn underlay(tag: &str, underlay: Underlay) -> Result<Vec<Netns>> {
-    let wire = Netns::new(&format!("{tag}w"))?;
-    wire.run("ip link add ul type bridge && ip link set ul up")?;
+    let wire = crate::topology::switch(&format!("{tag}w"))?;
     let mut out = vec![wire];
     for n in 1..=2 {
         let host = plug_host_on(&out[0], &format!("{tag}h{n}"), n, underlay)?;

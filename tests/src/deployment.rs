@@ -277,10 +277,9 @@ impl Deployment {
         let dir = std::env::temp_dir().join(&tag);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let wire = Netns::new(&format!("{tag}w"))?;
+        let wire = crate::topology::switch(&format!("{tag}w"))?;
         wire.run(&format!(
-            "ip link add ul type bridge && ip link set ul up && \
-             ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
+            "ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
              ip addr add {ETCD_IP}/24 dev etcd0 && ip link set etcd0 up"
         ))?;
         let etcd = if tls {

@@ -107,8 +107,7 @@ impl Cluster {
     pub fn new(label: &str, ours: &[bool]) -> Result<Self> {
         crate::require_root();
         let tag = crate::unique(label);
-        let wire = Netns::new(&format!("{tag}w"))?;
-        wire.run("ip link add ul type bridge && ip link set ul up")?;
+        let wire = switch(&format!("{tag}w"))?;
         let mut hosts = Vec::new();
         for (i, &is_ours) in ours.iter().enumerate() {
             let n = i + 1;
@@ -223,6 +222,20 @@ impl Underlay {
             ),
         }
     }
+}
+
+/// The underlay's switch: a namespace `name` with bridge `ul`, hosts plugged in by
+/// [`plug_host_on`]. A switch is no firewall: bridge-netfilter (built into this kernel, on by
+/// default in every namespace) is turned off here, so that the switch costs the sending CPU
+/// no more than a switch's forwarding, and no mode pays a firewall a real wire does not have.
+pub fn switch(name: &str) -> Result<Netns> {
+    let wire = Netns::new(name)?;
+    wire.run(
+        "ip link add ul type bridge && ip link set ul up && \
+         sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+         net.bridge.bridge-nf-call-arptables=0",
+    )?;
+    Ok(wire)
 }
 
 /// A host namespace `name` plugged into the underlay bridge `ul` of `wire`: its `eth1` is
