@@ -470,6 +470,22 @@ impl Deployment {
         Ok((self.containers.len() - 1, addr))
     }
 
+    /// Waits until every host's ARP map has (`present`) or lacks each of `ips` in `vni`: the
+    /// moment every node serves (or has dropped) them. A ping before that loses its ARP
+    /// request.
+    pub fn wait_arp_everywhere(&self, vni: u32, ips: &[Ipv4Addr], present: bool) -> Result<()> {
+        wait_for(Duration::from_secs(5), || {
+            self.hosts.iter().all(|h| {
+                h.maps().is_ok_and(|m| {
+                    ips.iter()
+                        .all(|ip| m.arp.contains_key(&(vni, ip.octets())) == present)
+                })
+            })
+        })
+        .map(drop)
+        .with_context(|| format!("{ips:?} present={present} not reached on every host"))
+    }
+
     /// Where the agents write their status (`--run-dir`).
     pub fn run_dir(&self) -> PathBuf {
         self.dir.join("run")

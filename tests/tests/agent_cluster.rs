@@ -32,16 +32,7 @@ fn blue_pair(label: &str) -> (Deployment, Container, Container) {
         assert_eq!(links, 2, "{}", h.log());
     }
     // The other node follows within milliseconds; a ping before that loses its ARP request.
-    wait_for(Duration::from_secs(3), || {
-        d.hosts.iter().all(|h| {
-            h.maps().is_ok_and(|m| {
-                [c1.1, c2.1]
-                    .iter()
-                    .all(|ip| m.arp.contains_key(&(42, ip.octets())))
-            })
-        })
-    })
-    .unwrap();
+    d.wait_arp_everywhere(42, &[c1.1, c2.1], true).unwrap();
     assert!(
         ping(d.container(c1.0), c2.1),
         "{}\n{:?}\n{}\n{:?}",

@@ -156,16 +156,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     let ip2 = added_ip(&call(&d, 1, "ADD", "default-c2", &ns_path(&c2)));
     assert_ne!(ip1, ip2);
     let cli = d.add_container(1, "cli", "blue", None).unwrap();
-    wait_for(Duration::from_secs(3), || {
-        d.hosts.iter().all(|h| {
-            h.maps().is_ok_and(|m| {
-                [ip1, ip2, cli.1]
-                    .iter()
-                    .all(|ip| m.arp.contains_key(&(42, ip.octets())))
-            })
-        })
-    })
-    .unwrap();
+    d.wait_arp_everywhere(42, &[ip1, ip2, cli.1], true).unwrap();
     assert!(ping(&c1, ip2), "{}", d.hosts[0].log());
     assert!(ping(&c1, cli.1));
     assert!(ping(d.container(cli.0), ip1));
@@ -182,13 +173,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     let del = call(&d, 0, "DEL", "podman-c1", &ns_path(&c1));
     assert!(del.ok, "{del:?}");
     eprintln!("CNI DEL took {:?}", del.took);
-    wait_for(Duration::from_secs(3), || {
-        d.hosts.iter().all(|h| {
-            h.maps()
-                .is_ok_and(|m| !m.arp.contains_key(&(42, ip1.octets())))
-        })
-    })
-    .unwrap();
+    served_everywhere(&d, ip1, false);
     assert_eq!(leftovers(&d, 0, "podman-c1"), Vec::<String>::new());
     assert!(call(&d, 0, "DEL", "podman-c1", &ns_path(&c1)).ok);
     let check = call(&d, 0, "CHECK", "podman-c1", &ns_path(&c1));
@@ -322,13 +307,7 @@ fn eth0_ip(out: &str) -> Ipv4Addr {
 }
 
 fn served_everywhere(d: &Deployment, ip: Ipv4Addr, present: bool) {
-    wait_for(Duration::from_secs(5), || {
-        d.hosts.iter().all(|h| {
-            h.maps()
-                .is_ok_and(|m| m.arp.contains_key(&(42, ip.octets())) == present)
-        })
-    })
-    .unwrap_or_else(|_| panic!("{ip} present={present} not reached on every host"));
+    d.wait_arp_everywhere(42, &[ip], present).unwrap();
 }
 
 #[test]
