@@ -185,22 +185,7 @@ pub fn port_alias(network: &str, name: &str) -> String {
 /// removal that finds the bridge empty could delete it while an attachment is putting its port
 /// on it. CLI, CNI plugin and Docker driver are separate processes: a file lock.
 async fn bridge_lock(net: &Network) -> Result<std::fs::File> {
-    let dir = std::path::Path::new("/run/lock/overlay");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(net.bridge());
-    let file = std::fs::File::create(&path)
-        .with_context(|| format!("opening the lock {}", path.display()))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    tokio::task::spawn_blocking(move || {
-        // The lock goes with the file descriptor when `file` is dropped.
-        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    })
-    .await?
-    .with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
+    crate::lock::exclusive(&net.bridge()).await
 }
 
 /// An attachment whose veth pair is on the network's bridge and whose address is claimed in

@@ -10,11 +10,13 @@ use overlay_agent::{
     docker, doctor,
     inspect::{self, Table},
     ipam::Cidr,
+    monitor,
     net::Mac,
     plumbing::open_netns,
     report,
     store::{self, Store, schema},
 };
+use overlay_common::Counter;
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +146,32 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Live events from the programs: each drop with its reason, hook, VNI, VTEPs, MACs,
+    /// addresses and ports; with --type trace, what they forwarded. One monitor per node.
+    Monitor {
+        /// Which events: drops, traces (encap, decap, ARP replies, local delivery, passes) or
+        /// all.
+        #[arg(long = "type", value_enum, default_value = "drop")]
+        kind: MonitorType,
+        /// Only this VNI's.
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Only frames from or to this endpoint: NETWORK/NAME, NAME, a MAC or an address.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Only these outcomes, comma-separated counter names (e.g. drop_unknown_vni).
+        #[arg(long, value_delimiter = ',')]
+        reason: Vec<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Events each CPU may send per millisecond; beyond it they are counted as lost.
+        #[arg(long, default_value_t = overlay_common::monitor::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        burst: u32,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Print one of the node's dataplane maps.
     Maps {
         #[arg(value_enum)]
@@ -152,6 +180,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MonitorType {
+    Drop,
+    Trace,
+    All,
 }
 
 #[derive(Subcommand)]
@@ -440,9 +475,75 @@ async fn run(cli: Cli) -> Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Monitor {
+            kind,
+            vni,
+            endpoint,
+            reason,
+            json,
+            burst,
+            count,
+        } => {
+            let (drops, traces) = match kind {
+                MonitorType::Drop => (true, false),
+                MonitorType::Trace => (false, true),
+                MonitorType::All => (true, true),
+            };
+            let reasons = monitor_reasons(&reason, drops, traces)?;
+            let endpoint = match endpoint {
+                Some(spec) => Some(
+                    monitor::EndpointMatch::resolve(&spec, async || {
+                        Store::connect_patiently(&g.etcd()).await
+                    })
+                    .await?,
+                ),
+                None => None,
+            };
+            let opts = monitor::Options {
+                filter: monitor::Filter {
+                    drops,
+                    traces,
+                    vni,
+                    endpoint,
+                    reasons,
+                },
+                json,
+                burst,
+                count,
+            };
+            monitor::run(&pins, opts, &mut std::io::stdout().lock()).await?
+        }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
     }
     Ok(())
+}
+
+/// The counters `--reason` names, each of a kind `--type` shows.
+fn monitor_reasons(names: &[String], drops: bool, traces: bool) -> Result<Vec<Counter>> {
+    names
+        .iter()
+        .map(|name| {
+            let Some(c) = Counter::ALL
+                .iter()
+                .find(|c| c.is_outcome() && c.name() == name)
+            else {
+                anyhow::bail!(
+                    "unknown reason {name}: one of {}",
+                    Counter::ALL
+                        .iter()
+                        .filter(|c| c.is_outcome())
+                        .map(|c| c.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            match (c.is_drop(), drops, traces) {
+                (true, true, _) | (false, _, true) => Ok(*c),
+                (true, false, _) => anyhow::bail!("{name} is a drop: add --type drop or all"),
+                (false, _, false) => anyhow::bail!("{name} is a trace: add --type trace or all"),
+            }
+        })
+        .collect()
 }
 
 /// Says whether this node's agent has picked the change up (it is the one that programs maps).

@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod maps;
+pub mod monitor;
 pub mod stats;
 pub mod wire;
 

@@ -12,6 +12,10 @@ pub mod names {
     pub const VXLAN_PORTS: &str = "VXLAN_PORTS";
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
+    /// The monitor's switch, its events and its per-CPU losses (see `monitor`).
+    pub const MONITOR_CTL: &str = "MONITOR_CTL";
+    pub const EVENTS: &str = "EVENTS";
+    pub const MONITOR_CPU: &str = "MONITOR_CPU";
 }
 
 /// Program names (the Rust function names in overlay-ebpf).
@@ -201,6 +205,9 @@ mod tests {
             names::VXLAN_PORTS,
             names::CONFIG,
             names::STATS,
+            names::MONITOR_CTL,
+            names::EVENTS,
+            names::MONITOR_CPU,
         ] {
             assert!(name.len() < 16, "{name}");
         }

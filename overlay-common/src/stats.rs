@@ -70,6 +70,29 @@ impl Counter {
     pub const fn is_outcome(self) -> bool {
         !matches!(self, Counter::DecapSegments)
     }
+
+    /// Whether the outcome is a drop: what `monitor --type drop` reports. Every other outcome
+    /// is a trace event.
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Counter::DropTooShort
+                | Counter::DropBadVxlan
+                | Counter::DropUnknownVni
+                | Counter::DropUnknownVtep
+                | Counter::DropNoEndpoint
+                | Counter::DropSpoofedMac
+                | Counter::DropSpoofedIp
+                | Counter::DropNoRoute
+                | Counter::DropAdjustFailed
+                | Counter::DropKernelVxlan
+        )
+    }
+
+    /// The counter at `index` (as a monitor event carries it), if there is one.
+    pub fn from_index(index: u32) -> Option<Counter> {
+        Counter::ALL.get(index as usize).copied()
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +106,15 @@ mod tests {
             for other in &Counter::ALL[i + 1..] {
                 assert_ne!(c.name(), other.name());
             }
+        }
+    }
+
+    #[test]
+    fn drops_are_the_drop_counters() {
+        // is_drop is a list kept by hand: a new drop_ counter must join it.
+        for c in Counter::ALL {
+            assert_eq!(c.is_drop(), c.name().starts_with("drop_"), "{}", c.name());
+            assert_eq!(Counter::from_index(*c as u32), Some(*c));
         }
     }
 }

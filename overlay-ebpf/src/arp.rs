@@ -7,12 +7,12 @@ use overlay_common::{Counter, Endpoint, IpKey, wire};
 use crate::{
     maps::ARP,
     packet::{ifindex, linearize, ptr_at},
-    stats::{drop, pass, redirected},
+    stats::{Verdict, drop, pass, redirected},
 };
 
 const HTYPE_ETHERNET: u16 = 1;
 
-pub fn answer(ctx: &TcContext, sender: &Endpoint) -> i32 {
+pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
     if !linearize(ctx, EthHdr::LEN + ArpHdr::LEN) {
         return drop(Counter::DropTooShort);
     }

@@ -15,11 +15,11 @@ use crate::{
     arp,
     maps::{ENDPOINTS, FDB, PORTS},
     packet::{ifindex, linearize, ptr_at},
-    stats::{drop, pass, redirected},
+    stats::{Verdict, drop, pass, redirected},
     vxlan,
 };
 
-pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
+pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
     // Ethernet + IPv4 header, or Ethernet + ARP: whichever is shorter must be readable.
     if !linearize(ctx, EthHdr::LEN) {
         return drop(Counter::DropTooShort);
@@ -59,7 +59,12 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> i32 {
 
 /// Unicast to a known MAC of the sender's network: local delivery or encapsulation.
 #[inline(always)]
-fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6], ip: bool) -> i32 {
+fn forward(
+    ctx: &aya_ebpf::programs::TcContext,
+    sender: &Endpoint,
+    dst: [u8; 6],
+    ip: bool,
+) -> Verdict {
     let key = MacKey::new(sender.vni, dst);
     // Remote first: that is the path where every nanosecond shows (a MAC is never in both).
     if ip && let Some(fdb) = FDB.get_ptr_mut(key) {
@@ -78,7 +83,7 @@ fn forward(ctx: &aya_ebpf::programs::TcContext, sender: &Endpoint, dst: [u8; 6],
 
 /// Hands a frame to a local endpoint, skipping the bridge.
 #[inline(always)]
-pub fn deliver_local(to: &Endpoint) -> i32 {
+pub fn deliver_local(to: &Endpoint) -> Verdict {
     let verdict = if to.deliver == deliver::INGRESS {
         unsafe { bpf_redirect(to.ifindex, BPF_F_INGRESS as u64) }
     } else {

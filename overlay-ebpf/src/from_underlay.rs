@@ -11,13 +11,15 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
     Counter, MacKey, VtepKey, deliver,
+    monitor::hook,
     wire::{self, OUTER_HEADERS_LEN, VxlanHdr},
 };
 
 use crate::{
     maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
+    monitor,
     packet::{linearize, ptr_at},
-    stats::{add, drop, pass, redirected},
+    stats::{Verdict, add, drop, pass, redirected},
     vxlan,
 };
 
@@ -27,7 +29,7 @@ const OFF_VXLAN: usize = OFF_UDP + UdpHdr::LEN;
 const OFF_INNER: usize = OFF_VXLAN + VxlanHdr::LEN;
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
-pub fn handle(ctx: &TcContext) -> i32 {
+pub fn handle(ctx: &TcContext) -> Verdict {
     // Not even Ethernet + IPv4 + UDP: nothing we could own.
     if !linearize(ctx, OFF_VXLAN) {
         return pass(Counter::UnderlayPass);
@@ -118,6 +120,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
     // here merged: count how many this skb carries.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
 
+    // Before the outer headers go: the monitor's decap event names the VTEP and the VNI.
+    monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::Decap);
     if vxlan::decap(ctx, &inner).is_err() {
         return drop(Counter::DropAdjustFailed);
     }

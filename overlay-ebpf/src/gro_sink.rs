@@ -8,8 +8,8 @@
 use aya_ebpf::programs::TcContext;
 use overlay_common::Counter;
 
-use crate::stats::drop;
+use crate::stats::{Verdict, drop};
 
-pub fn handle(_ctx: &TcContext) -> i32 {
+pub fn handle(_ctx: &TcContext) -> Verdict {
     drop(Counter::DropKernelVxlan)
 }

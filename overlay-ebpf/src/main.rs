@@ -20,6 +20,8 @@ mod gro_sink;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod monitor;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod stats;
@@ -34,20 +36,31 @@ mod entry {
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
+    use overlay_common::monitor::hook;
+
+    use crate::stats::conclude;
 
     #[classifier]
     pub fn from_container(ctx: TcContext) -> i32 {
-        crate::from_container::handle(&ctx)
+        conclude(
+            &ctx,
+            hook::FROM_CONTAINER,
+            crate::from_container::handle(&ctx),
+        )
     }
 
     #[classifier]
     pub fn from_underlay(ctx: TcContext) -> i32 {
-        crate::from_underlay::handle(&ctx)
+        conclude(
+            &ctx,
+            hook::FROM_UNDERLAY,
+            crate::from_underlay::handle(&ctx),
+        )
     }
 
     #[classifier]
     pub fn gro_sink(ctx: TcContext) -> i32 {
-        crate::gro_sink::handle(&ctx)
+        conclude(&ctx, hook::GRO_SINK, crate::gro_sink::handle(&ctx))
     }
 
     /// The XDP decapsulation the benchmark measures against `from_underlay` (not attached by

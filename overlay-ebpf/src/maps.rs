@@ -2,11 +2,12 @@
 //! directory the loader names), so the dataplane outlives the agent.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
     ArpEntry, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig,
     VtepKey,
+    monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
 /// Remote MAC -> the VTEP it lives behind (and the cached way there).
@@ -45,3 +46,15 @@ pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 /// One slot per [`Counter`], per CPU.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// Slot 0: whether a monitor listens, and until when (written by `overlay-agent monitor`).
+#[map]
+pub static MONITOR_CTL: Array<MonitorCtl> = Array::pinned(1, 0);
+
+/// The monitor's events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(RING_BYTES, 0);
+
+/// Slot 0, per CPU: the monitor's rate-limit window and the events it could not be sent.
+#[map]
+pub static MONITOR_CPU: PerCpuArray<MonitorCpu> = PerCpuArray::pinned(1, 0);

@@ -1,9 +1,21 @@
-//! Counting outcomes. Every verdict a program returns goes through one of these, so the counters
-//! account for every packet the programs saw.
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+//! Counting outcomes. Every verdict a program reaches is a [`Verdict`] made by one of these, and
+//! the entry point concludes it in one place ([`conclude`]): counted, shown to the monitor if
+//! anyone listens, returned to the kernel. So the counters account for every packet the
+//! programs saw, and the monitor sees exactly what they count.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use overlay_common::Counter;
 
-use crate::maps::STATS;
+use crate::{maps::STATS, monitor};
+
+/// What a program decided: the action the kernel gets and the outcome that names why.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub counter: Counter,
+    pub action: i32,
+}
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -18,23 +30,38 @@ pub fn add(counter: Counter, n: u64) {
     }
 }
 
-/// Count and hand the packet on unchanged.
+/// Hand the packet on unchanged.
 #[inline(always)]
-pub fn pass(counter: Counter) -> i32 {
-    count(counter);
-    TC_ACT_OK
+pub fn pass(counter: Counter) -> Verdict {
+    Verdict {
+        counter,
+        action: TC_ACT_OK,
+    }
 }
 
-/// Count and drop.
+/// Drop it.
 #[inline(always)]
-pub fn drop(counter: Counter) -> i32 {
-    count(counter);
-    TC_ACT_SHOT
+pub fn drop(counter: Counter) -> Verdict {
+    Verdict {
+        counter,
+        action: TC_ACT_SHOT,
+    }
 }
 
-/// Count a redirect whose verdict the helper already returned.
+/// A redirect whose verdict the helper already returned.
 #[inline(always)]
-pub fn redirected(counter: Counter, verdict: i64) -> i32 {
-    count(counter);
-    verdict as i32
+pub fn redirected(counter: Counter, verdict: i64) -> Verdict {
+    Verdict {
+        counter,
+        action: verdict as i32,
+    }
+}
+
+/// The end of every TC program: count the outcome, report it to a listening monitor, return
+/// the action.
+#[inline(always)]
+pub fn conclude(ctx: &TcContext, hook: u8, verdict: Verdict) -> i32 {
+    count(verdict.counter);
+    monitor::observe(ctx, hook, verdict.counter);
+    verdict.action
 }

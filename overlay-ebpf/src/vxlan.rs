@@ -24,7 +24,7 @@ use overlay_common::{
 use crate::{
     maps::CONFIG,
     packet::{MacWords, ptr_at},
-    stats::{drop, redirected},
+    stats::{Verdict, drop, redirected},
 };
 
 const AF_INET: u8 = 2;
@@ -44,7 +44,7 @@ struct Encapsulated {
 /// Wraps the frame (an IPv4 or IPv6 packet in Ethernet) for the VTEP of FDB entry `fdb` and
 /// sends it out of the underlay. The frame must be directly readable for its Ethernet header.
 #[inline(always)]
-pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> i32 {
+pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdict {
     let Some(node) = CONFIG.get(0) else {
         return drop(Counter::DropNoRoute);
     };

@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod docker;
 pub mod fixture;
 pub mod lab;
+pub mod monitor;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, time::Duration
 
 use overlay_tests::{
     deployment::{Deployment, flood_result, ping, ping_flood},
+    monitor::{Monitor, events, lost},
     netns::Netns,
     topology::Underlay,
 };
@@ -90,6 +91,7 @@ fn hostile(label: &str, underlay: Underlay) {
             .join(":")
     };
     let underlay_args = serde_json::json!({
+        "other_vni_mac": mac(r2.1),
         // The attacker needs no interface of its own: it writes frames straight onto the
         // wire-side end of h2's underlay, from any address it likes.
         "attacker_mac": "02:00:00:00:00:66",
@@ -99,7 +101,6 @@ fn hostile(label: &str, underlay: Underlay) {
         "legit_vtep": "10.0.0.1",
         "sender_mac": mac(a1.1), "sender_ip": a1.1.to_string(),
         "victim_mac": mac(a2.1), "victim_ip": a2.1.to_string(),
-        "other_vni_mac": mac(r2.1),
     });
     let container_args = serde_json::json!({
         "my_mac": mac(a1.1), "my_ip": a1.1.to_string(),
@@ -113,17 +114,22 @@ fn hostile(label: &str, underlay: Underlay) {
         d.container(a2.0),
         &format!("not ip6 and not igmp and not (icmp and src host {})", a1.1),
     );
+    // Every drop on h2 as an event (a burst no corpus reaches); on h1 only VNI 43's, of which
+    // the container corpus (VNI 42) has none.
+    let h2_monitor = Monitor::start(&d, 1, &["--burst", "1000000"]).unwrap();
+    let h1_monitor = Monitor::start(&d, 0, &["--vni", "43"]).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let flood = ping_flood(d.container(a1.0), a2.1, 500);
     let (h1_before, h2_before) = (counters(&d, 0), counters(&d, 1));
     // Straight into the wire-side end of h2's underlay (the bridge would forward runts too,
     // but only after learning; this way every frame surely reaches h2).
-    let from_underlay = corpus(&d.wire, "underlay", "h2", underlay_args);
+    let from_underlay = corpus(&d.wire, "underlay", "h2", underlay_args.clone());
     let from_container = corpus(d.container(a1.0), "container", "eth0", container_args);
     let (sent, received) = flood_result(flood);
     std::thread::sleep(Duration::from_millis(300));
     let (h1_after, h2_after) = (counters(&d, 0), counters(&d, 1));
     let (red, blue) = (captured(red), captured(blue));
+    let (h2_events, h1_events) = (h2_monitor.stop().unwrap(), h1_monitor.stop().unwrap());
 
     eprintln!("underlay corpus: {from_underlay:?}\ncontainer corpus: {from_container:?}");
     // The counters that moved, and by how much.
@@ -180,6 +186,11 @@ fn hostile(label: &str, underlay: Underlay) {
             }
         }
     }
+    monitored(&h2_events, &from_underlay, &underlay_args);
+    assert!(
+        events(&h1_events).is_empty(),
+        "monitor --vni 43 on h1 showed another VNI's drops: {h1_events:?}"
+    );
     assert!(red.trim().is_empty(), "the red container received: {red}");
     assert!(
         blue.trim().is_empty(),
@@ -192,4 +203,71 @@ fn hostile(label: &str, underlay: Underlay) {
         assert_eq!(status["agent"]["running"], true, "{status}");
     }
     assert!(ping(d.container(a2.0), a1.1));
+}
+
+/// `monitor --type drop --json` on the host the underlay corpus hit: one event per drop the
+/// corpus caused, none lost, each with the fields its reason must show.
+fn monitored(lines: &[serde_json::Value], sent: &BTreeMap<String, u64>, a: &serde_json::Value) {
+    assert_eq!(lost(lines), (0, 0), "events were lost: {lines:?}");
+    let events = events(lines);
+    let mut by_reason = BTreeMap::<String, u64>::new();
+    for e in &events {
+        *by_reason
+            .entry(e["reason"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    let drops: BTreeMap<String, u64> = sent
+        .iter()
+        .filter(|(r, _)| r.starts_with("drop_"))
+        .map(|(r, n)| (r.clone(), *n))
+        .collect();
+    assert_eq!(by_reason, drops, "events by reason, against the corpus");
+    let (legit, attacker) = (a["legit_vtep"].as_str(), a["attacker_ip"].as_str());
+    for e in &events {
+        assert_eq!(e["type"], "drop", "{e}");
+        let reason = e["reason"].as_str().unwrap();
+        let vni = e["vni"].as_u64();
+        let inner = &e["inner"];
+        let outer = &e["outer"];
+        assert!(e["len"].as_u64().unwrap() > 0, "{e}");
+        if reason == "drop_kernel_vxlan" {
+            // Decapsulated by the kernel already: the inner frame is all there is.
+            assert_eq!(e["hook"], "gro-sink", "{e}");
+            assert_eq!(inner["src_mac"], a["sender_mac"], "{e}");
+            continue;
+        }
+        assert_eq!(e["hook"], "from-underlay", "{e}");
+        assert_eq!(e["iface"], "eth1", "{e}");
+        assert!(
+            [legit, attacker].contains(&outer["src_vtep"].as_str()),
+            "{e}"
+        );
+        assert_eq!(outer["dst_vtep"], a["host_ip"], "{e}");
+        if reason == "drop_too_short" {
+            assert_eq!(e["truncated"], true, "{e}");
+            continue;
+        }
+        assert_eq!(outer["dst_port"], 4789, "{e}");
+        assert_eq!(inner["src_mac"], a["sender_mac"], "{e}");
+        assert_eq!(inner["src_ip"], a["sender_ip"], "{e}");
+        assert_eq!(inner["proto"], "icmp", "{e}");
+        match reason {
+            "drop_unknown_vni" => assert!([Some(999), Some(0xFF_FFFF)].contains(&vni), "{e}"),
+            "drop_unknown_vtep" => assert!(
+                (vni == Some(42) && outer["src_vtep"] == a["attacker_ip"])
+                    || (vni == Some(43) && outer["src_vtep"] == a["legit_vtep"]),
+                "{e}"
+            ),
+            "drop_no_endpoint" => {
+                assert_eq!(vni, Some(42), "{e}");
+                assert!(
+                    [a["other_vni_mac"].as_str(), Some("ff:ff:ff:ff:ff:ff")]
+                        .contains(&inner["dst_mac"].as_str()),
+                    "{e}"
+                );
+            }
+            "drop_bad_vxlan" => assert_eq!(vni, Some(42), "{e}"),
+            other => panic!("unexpected reason {other}: {e}"),
+        }
+    }
 }

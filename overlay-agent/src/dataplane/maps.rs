@@ -25,7 +25,7 @@ pub struct Maps {
 }
 
 /// Opens one pinned map, with an error that names it and says where it was looked for.
-fn open<T>(pins: &PinDir, name: &str) -> Result<T>
+pub(super) fn open<T>(pins: &PinDir, name: &str) -> Result<T>
 where
     T: TryFrom<Map>,
     <T as TryFrom<Map>>::Error: std::fmt::Display,
@@ -38,8 +38,9 @@ where
         )
     })?;
     let map = match name {
-        names::VXLAN_PORTS | names::CONFIG => Map::Array(data),
-        names::STATS => Map::PerCpuArray(data),
+        names::VXLAN_PORTS | names::CONFIG | names::MONITOR_CTL => Map::Array(data),
+        names::STATS | names::MONITOR_CPU => Map::PerCpuArray(data),
+        names::EVENTS => Map::RingBuf(data),
         _ => Map::HashMap(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))

@@ -1,6 +1,7 @@
 //! The only code that touches aya: loading the programs, where they are pinned, attaching them,
 //! and typed access to the maps. Deciding *what* goes in the maps happens elsewhere.
 pub mod maps;
+pub mod monitor;
 pub mod pins;
 pub mod state;
 
