@@ -3,6 +3,7 @@
 
   hostile_corpus.py underlay IFACE JSON   # onto the underlay segment, towards a host of ours
   hostile_corpus.py container IFACE JSON  # from inside a container, out of its eth0
+  hostile_corpus.py flood IFACE JSON      # JSON["count"] unknown-VNI frames, fast, onto the underlay
 
 JSON names the addresses (see tests/tests/hostile.rs); CORPUS_ONLY=reason,reason limits what is
 sent (for narrowing a failure down). Prints one JSON object: how many frames
@@ -83,6 +84,32 @@ def underlay(iface, a):
     return sent
 
 
+def flood(iface, a):
+    """As many VXLAN frames for an unknown VNI as a raw socket can send, `a["count"]` of them:
+    drops at the highest rate this machine makes, for the monitor's rate limit."""
+    import socket
+
+    frame = bytes(
+        Ether(src=a["attacker_mac"], dst=a["host_mac"])
+        / IP(src=a["legit_vtep"], dst=a["host_ip"])
+        / UDP(sport=40000, dport=4789)
+        / VXLAN(flags=0x08, vni=999)
+        / Ether(src=a["sender_mac"], dst=a["victim_mac"])
+        / IP(src=a["sender_ip"], dst=a["victim_ip"])
+        / ICMP()
+    )
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    sent = 0
+    for _ in range(a["count"]):
+        try:
+            s.send(frame)
+            sent += 1
+        except BlockingIOError:
+            pass
+    return {"drop_unknown_vni": sent}
+
+
 def container(iface, a):
     sent = {}
 
@@ -117,4 +144,4 @@ def container(iface, a):
 
 if __name__ == "__main__":
     mode, iface, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    print(json.dumps({"underlay": underlay, "container": container}[mode](iface, args)))
+    print(json.dumps({"underlay": underlay, "container": container, "flood": flood}[mode](iface, args)))

@@ -2,6 +2,7 @@
 //! by byte, and a node's dataplane loaded for a test.
 pub mod bench;
 pub mod certs;
+pub mod corpus;
 pub mod deployment;
 pub mod docker;
 pub mod fixture;

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, time::Duration};
 
 use overlay_tests::{
+    corpus::corpus,
     deployment::{Deployment, flood_result, ping, ping_flood},
     monitor::{Monitor, events, lost},
     netns::Netns,
@@ -18,29 +19,6 @@ fn mac(ip: Ipv4Addr) -> String {
 
 fn counters(d: &Deployment, host: usize) -> BTreeMap<&'static str, u64> {
     d.hosts[host].counters().unwrap()
-}
-
-fn corpus(ns: &Netns, mode: &str, iface: &str, args: serde_json::Value) -> BTreeMap<String, u64> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/hostile_corpus.py");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "/usr/bin/python3",
-            script,
-            mode,
-            iface,
-        ])
-        .arg(args.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Captures what arrives at `ns`'s eth0 matching `filter`, until stopped.
