@@ -33,6 +33,10 @@ pub enum Mode {
     Direct,
     /// Ours with decapsulation in XDP (`xdp_decap`) instead of TC: `--xdp-decap` only.
     OverlayXdp,
+    /// Ours while `overlay-agent monitor --type trace` listens on both hosts: every packet
+    /// asks for an event (the costliest listener; a drop listener costs a forwarded packet
+    /// nothing). `--monitor` only.
+    OverlayTraced,
 }
 
 impl Mode {
@@ -45,6 +49,7 @@ impl Mode {
             Mode::Overlay => "overlay (ours)",
             Mode::Direct => "direct veth (floor)",
             Mode::OverlayXdp => "ours, XDP decap",
+            Mode::OverlayTraced => "ours, monitor tracing",
         }
     }
 
@@ -55,6 +60,7 @@ impl Mode {
             Mode::Overlay => "overlay",
             Mode::Direct => "direct",
             Mode::OverlayXdp => "overlay_xdp",
+            Mode::OverlayTraced => "overlay_traced",
         }
     }
 }
@@ -152,8 +158,7 @@ impl Testbed {
         let mut bed = match mode {
             Mode::Plain => Self::plain(tag, u)?,
             Mode::KernelVxlan => Self::kernel_vxlan(tag, u)?,
-            Mode::Overlay => Self::overlay(tag, u, false)?,
-            Mode::OverlayXdp => Self::overlay(tag, u, true)?,
+            Mode::Overlay | Mode::OverlayXdp | Mode::OverlayTraced => Self::overlay(mode, tag, u)?,
             Mode::Direct => Self::direct(tag)?,
         };
         bed.start_servers()?;
@@ -252,8 +257,13 @@ impl Testbed {
         })
     }
 
-    fn overlay(tag: &str, u: Underlay, xdp: bool) -> Result<Self> {
-        let label = if xdp { "x" } else { "o" };
+    fn overlay(mode: Mode, tag: &str, u: Underlay) -> Result<Self> {
+        let xdp = mode == Mode::OverlayXdp;
+        let label = match mode {
+            Mode::OverlayXdp => "x",
+            Mode::OverlayTraced => "t",
+            _ => "o",
+        };
         // The agent gives containers the underlay's MTU less 50 by itself.
         let mut d = Deployment::on(&format!("{tag}{label}"), &[true, true], u)?;
         d.create_network("bench", "10.10.0.0/16", 42)?;
@@ -275,13 +285,26 @@ impl Testbed {
                 d.container(c).run("ethtool -K eth0 gro on tx off")?;
             }
         }
+        let mut listeners = Vec::new();
+        if mode == Mode::OverlayTraced {
+            for h in 0..d.hosts.len() {
+                listeners.push(
+                    d.base_command(h)
+                        .args(["monitor", "--type", "trace"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting overlay-agent monitor")?,
+                );
+            }
+        }
         Ok(Self {
-            mode: if xdp { Mode::OverlayXdp } else { Mode::Overlay },
+            mode,
             _xdp: xdp_programs,
             client: d.container(client).name.clone(),
             server: d.container(server).name.clone(),
             server_ip,
-            servers: Vec::new(),
+            servers: listeners,
             _deployment: Some(d),
             _namespaces: Vec::new(),
         })
@@ -390,7 +413,7 @@ impl Testbed {
     /// Ours: (skbs decapsulated, wire packets they carried) on the server's host so far.
     fn decap_counts(&self) -> Option<(u64, u64)> {
         // xdp_decap counts decapsulations but not segments (XDP sees no GRO).
-        if self.mode != Mode::Overlay {
+        if !matches!(self.mode, Mode::Overlay | Mode::OverlayTraced) {
             return None;
         }
         let d = self._deployment.as_ref()?;

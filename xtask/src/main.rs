@@ -42,6 +42,9 @@ enum Command {
         /// Also measure decapsulation in XDP instead of TC, in a table of its own.
         #[arg(long)]
         xdp_decap: bool,
+        /// Also measure our overlay while a monitor traces every packet, in a table of its own.
+        #[arg(long)]
+        monitor: bool,
         /// Instead: the control plane at scale, with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
@@ -60,8 +63,9 @@ fn main() -> ExitCode {
             underlay,
             seconds,
             xdp_decap,
+            monitor,
             scale,
-        } => bench(rounds, &underlay, seconds, xdp_decap, scale),
+        } => bench(rounds, &underlay, seconds, [xdp_decap, monitor], scale),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +131,7 @@ fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
-    xdp_decap: bool,
+    [xdp_decap, monitor]: [bool; 2],
     scale: Option<u32>,
 ) -> Result<()> {
     prepare_release()?;
@@ -153,6 +157,9 @@ fn bench(
     ];
     if xdp_decap {
         args.push("--xdp-decap");
+    }
+    if monitor {
+        args.push("--monitor");
     }
     let endpoints = scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {

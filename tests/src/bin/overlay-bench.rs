@@ -26,6 +26,9 @@ struct Args {
     /// Also measure our overlay with decapsulation in XDP instead of TC, in its own table.
     #[arg(long)]
     xdp_decap: bool,
+    /// Also measure our overlay while a monitor traces every packet, in its own table.
+    #[arg(long)]
+    monitor: bool,
     /// Only the control-plane scale benchmark, with this many endpoints.
     #[arg(long)]
     scale: Option<u32>,
@@ -122,6 +125,9 @@ fn run(args: Args) -> Result<()> {
             if args.xdp_decap {
                 modes.push(Mode::OverlayXdp);
             }
+            if args.monitor {
+                modes.push(Mode::OverlayTraced);
+            }
         }
         let mut beds = Vec::new();
         for mode in modes {
@@ -184,7 +190,10 @@ fn run(args: Args) -> Result<()> {
     }
     table.push_str(&micro_table(&micro));
     if args.xdp_decap {
-        table.push_str(&tc_versus_xdp(&runs));
+        table.push_str(&versus(&runs, Mode::OverlayXdp, "XDP / TC"));
+    }
+    if args.monitor {
+        table.push_str(&versus(&runs, Mode::OverlayTraced, "traced / not"));
     }
     std::fs::write(args.out.join("bench.md"), &table)?;
     std::fs::write(
@@ -340,22 +349,24 @@ fn micro_table(micro: &[Micro]) -> String {
     t
 }
 
-/// Our overlay with TC decapsulation against the same with XDP decapsulation.
-fn tc_versus_xdp(runs: &Runs) -> String {
-    let mut t = String::from(
-        "\n| metric | ours, TC decap | ours, XDP decap | XDP / TC |\n|---|---|---|---|\n",
+/// Our overlay as it runs by default against a variant of it, on the veth bed.
+fn versus(runs: &Runs, variant: Mode, ratio: &str) -> String {
+    let mut t = format!(
+        "\n| metric | {} | {} | {ratio} |\n|---|---|---|---|\n",
+        Mode::Overlay.name(),
+        variant.name()
     );
     for metric in Metric::ALL {
-        if let (Some(tc), Some(xdp)) = (
+        if let (Some(base), Some(other)) = (
             med(runs, Underlay::Veth, Mode::Overlay, metric, What::Value),
-            med(runs, Underlay::Veth, Mode::OverlayXdp, metric, What::Value),
+            med(runs, Underlay::Veth, variant, metric, What::Value),
         ) {
             let _ = writeln!(
                 t,
-                "| {} ({}) | {tc:.1} | {xdp:.1} | {:.2}x |",
+                "| {} ({}) | {base:.1} | {other:.1} | {:.2}x |",
                 metric.name(),
                 metric.unit(),
-                xdp / tc
+                other / base
             );
         }
     }
