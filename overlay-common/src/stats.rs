@@ -48,7 +48,8 @@ counters! {
     DropNoEndpoint = "drop_no_endpoint",
     /// A container sent from a MAC that is not its own.
     DropSpoofedMac = "drop_spoofed_mac",
-    /// A container sent (or ARPed) from an IPv4 address that is not its own.
+    /// A container sent (or ARPed) from an IPv4 address that is not its own, or from an IPv6
+    /// address other than its MAC's link-local one (or advertised another).
     DropSpoofedIp = "drop_spoofed_ip",
     /// No underlay route or interface towards the remote VTEP.
     DropNoRoute = "drop_no_route",

@@ -1,9 +1,9 @@
 //! A frame a container sent, seen at TC ingress of the host side of its veth.
 //!
-//! Order: identify the sender (PORTS), refuse spoofed sources, answer ARP from the map, then
-//! forward unicast: straight into a local container, or VXLAN to the remote VTEP. Anything else
-//! (broadcast, unknown destination, non-IP) is left to the bridge, which only reaches local ports:
-//! no flood ever leaves the host.
+//! Order: identify the sender (PORTS), refuse spoofed sources (IPv4, ARP, IPv6 and its
+//! neighbour advertisements), answer ARP from the map, then forward unicast: straight into a
+//! local container, or VXLAN to the remote VTEP. Anything else (broadcast, unknown destination,
+//! non-IP) is left to the bridge, which only reaches local ports: no flood ever leaves the host.
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
     helpers::{bpf_redirect, bpf_redirect_peer},
@@ -12,7 +12,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 
 use crate::{
-    arp,
+    arp, ipv6,
     maps::{ENDPOINTS, FDB, PORTS},
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
@@ -51,7 +51,10 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             }
             forward(ctx, sender, eth.dst_addr, true)
         }
-        wire::ETH_P_IPV6 => forward(ctx, sender, eth.dst_addr, true),
+        wire::ETH_P_IPV6 => match ipv6::check_source(ctx, sender) {
+            Ok(()) => forward(ctx, sender, eth.dst_addr, true),
+            Err(reason) => drop(reason),
+        },
         // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
         _ => forward(ctx, sender, eth.dst_addr, false),
     }

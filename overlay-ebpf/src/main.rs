@@ -18,6 +18,8 @@ mod from_underlay;
 #[cfg(target_arch = "bpf")]
 mod gro_sink;
 #[cfg(target_arch = "bpf")]
+mod ipv6;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod monitor;

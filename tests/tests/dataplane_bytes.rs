@@ -415,6 +415,120 @@ fn container_frames_that_are_not_for_the_overlay_or_not_allowed() {
     );
 }
 
+/// The link-local address the kernel derives from a MAC (modified EUI-64).
+fn link_local(m: [u8; 6]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..].copy_from_slice(&[m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
+    a
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x60, 0, 0, 0];
+    v.extend((payload.len() as u16).to_be_bytes());
+    v.extend([next, 255]);
+    v.extend(src);
+    v.extend(dst);
+    v.extend(payload);
+    v
+}
+
+#[test]
+fn a_container_speaks_ipv6_only_from_its_own_link_local_address() {
+    let mut lab = Lab::new("c6");
+    let vc1 = lab.vc1;
+    let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+    let own = link_local(C1_MAC);
+    let to_c2 = |src| {
+        packet::eth(
+            C2_MAC,
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(src, link_local(C2_MAC), 58, &echo),
+        )
+    };
+    lab.expect(
+        "from its own link-local address",
+        Container(vc1),
+        &to_c2(own),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    lab.expect(
+        "from c3's link-local address",
+        Container(vc1),
+        &to_c2(link_local(C3_MAC)),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    let mut global = [0u8; 16];
+    global[..4].copy_from_slice(&[0xfd, 0, 0, 0x10]);
+    global[15] = 3;
+    lab.expect(
+        "from an address that is nobody's",
+        Container(vc1),
+        &to_c2(global),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    // Duplicate address detection: a solicitation from :: to the solicited-node group.
+    let mut group = [0u8; 16];
+    group[..2].copy_from_slice(&[0xff, 0x02]);
+    group[11..].copy_from_slice(&[1, 0xff, own[13], own[14], own[15]]);
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend(own);
+    let dad = packet::eth(
+        [0x33, 0x33, 0xff, own[13], own[14], own[15]],
+        C1_MAC,
+        ETH_P_IPV6,
+        &ipv6([0; 16], group, 58, &ns),
+    );
+    lab.expect(
+        "duplicate address detection",
+        Container(vc1),
+        &dad,
+        TC_ACT_OK,
+        Counter::ContainerPass,
+    );
+    // Neighbour advertisements: for its own address, and one claiming c3's.
+    let na = |target: [u8; 16]| {
+        let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+        icmp.extend(target);
+        icmp.extend([2, 1]);
+        icmp.extend(C1_MAC);
+        packet::eth(
+            C2_MAC,
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(own, link_local(C2_MAC), 58, &icmp),
+        )
+    };
+    lab.expect(
+        "advertising its own address",
+        Container(vc1),
+        &na(own),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    lab.expect(
+        "advertising c3's address",
+        Container(vc1),
+        &na(link_local(C3_MAC)),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    // Cut inside the target address: it claims nothing, and the receiver's kernel discards it.
+    // (A cut inside the IPv6 header itself cannot be run: BPF_PROG_TEST_RUN refuses it.)
+    let cut = na(link_local(C3_MAC));
+    lab.expect(
+        "advertisement cut short",
+        Container(vc1),
+        &cut[..14 + 40 + 12],
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+}
+
 #[test]
 fn underlay_packets_that_are_not_ours_or_not_valid() {
     let mut lab = Lab::new("ubad");
