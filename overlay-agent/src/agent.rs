@@ -29,6 +29,7 @@ use crate::{
     },
     delta::{Batch, VtepRefs, endpoint_delta},
     desired::{Problem, desired},
+    flood,
     gro::{self, GroDevices},
     metrics::{self, Metrics, ReconcileKind},
     plumbing::Netlink,
@@ -363,6 +364,7 @@ impl Agent {
             );
             self.reconcile(revision);
             self.sync_gro().await;
+            self.sync_flood();
             let mut watch = store.watch(revision + 1).await?;
             'watch: loop {
                 tokio::select! {
@@ -400,6 +402,7 @@ impl Agent {
                         }
                         self.reconcile_batch(&batch, revision);
                         self.sync_gro().await;
+                        self.sync_flood();
                     }
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
@@ -414,6 +417,7 @@ impl Agent {
                         self.reap_vanished(&store).await;
                         self.publish_state(&store, lease).await;
                         self.sync_gro().await;
+                        self.sync_flood();
                     }
                 }
             }
@@ -589,6 +593,33 @@ impl Agent {
         if report != self.status.gro {
             self.status.gro = report;
             self.write_status();
+        }
+    }
+
+    /// Where each network's broadcast and multicast go from here (see flood.rs): after every
+    /// reconcile and GRO sync, and every second (a bridge made since).
+    fn sync_flood(&mut self) {
+        if self.switch_over_pending {
+            return;
+        }
+        let rates = self
+            .cluster
+            .networks
+            .values()
+            .map(|n| (n.vni, n.bum_rate))
+            .collect();
+        let (wanted, overflow) = flood::wanted(&self.applied, &rates, &ifindex);
+        match flood::sync(&mut self.maps, &wanted) {
+            Ok(0) => {}
+            Ok(_) => {
+                for (vni, n) in overflow {
+                    log::warn!(
+                        "VNI {vni} has {n} remote VTEPs: its broadcast and multicast reach the first {} only",
+                        overlay_common::MAX_FLOOD_VTEPS
+                    );
+                }
+            }
+            Err(e) => log::warn!("{e:#}; will retry"),
         }
     }
 

@@ -35,6 +35,7 @@ pub struct NetworkSpec {
     pub port: u16,
     pub mtu: Option<u32>,
     pub slice_prefix: Option<u8>,
+    pub bum_rate: Option<u32>,
 }
 
 impl NetworkSpec {
@@ -46,6 +47,7 @@ impl NetworkSpec {
             port: self.port,
             mtu: self.mtu,
             slice_prefix: self.slice_prefix,
+            bum_rate: self.bum_rate,
         }
         .validate(&self.name)
     }

@@ -207,6 +207,10 @@ enum NetworkCmd {
         /// Size of each node's address slice (default /24 of a /16).
         #[arg(long)]
         slice_prefix: Option<u8>,
+        /// Broadcast and multicast frames per second each endpoint may send (storm control;
+        /// 0: unlimited).
+        #[arg(long, default_value_t = schema::DEFAULT_BUM_RATE)]
+        bum_rate: u32,
     },
     Ls {
         #[arg(long)]
@@ -318,6 +322,7 @@ async fn run(cli: Cli) -> Result<()> {
                     port,
                     mtu,
                     slice_prefix,
+                    bum_rate,
                 } => Some(
                     NetworkSpec {
                         name: name.clone(),
@@ -326,6 +331,7 @@ async fn run(cli: Cli) -> Result<()> {
                         port: *port,
                         mtu: *mtu,
                         slice_prefix: *slice_prefix,
+                        bum_rate: Some(*bum_rate),
                     }
                     .validate()?,
                 ),

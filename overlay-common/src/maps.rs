@@ -12,6 +12,8 @@ pub mod names {
     pub const VXLAN_PORTS: &str = "VXLAN_PORTS";
     pub const CONFIG: &str = "CONFIG";
     pub const STATS: &str = "STATS";
+    pub const FLOOD: &str = "FLOOD";
+    pub const BUM_RATE: &str = "BUM_RATE";
     /// The monitor's switch, its events and its per-CPU losses (see `monitor`).
     pub const MONITOR_CTL: &str = "MONITOR_CTL";
     pub const EVENTS: &str = "EVENTS";
@@ -146,6 +148,53 @@ pub struct Network {
     pub _pad: u16,
 }
 
+/// Most remote VTEPs one network's broadcast and multicast is replicated to (the programs walk
+/// the list in a bounded loop); a network on more hosts than this reaches the first ones only,
+/// and the agent says so.
+pub const MAX_FLOOD_VTEPS: usize = 64;
+
+/// FLOOD value, by VNI: where this node sends and delivers the network's broadcast and
+/// multicast (head-end replication). Node-local: the interfaces are this node's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flood {
+    /// The network's bridge here (`ovbr<vni>`): remote broadcast is delivered by sending it
+    /// out of the bridge, which floods its ports. 0: no local member.
+    pub bridge: u32,
+    /// The GRO helper device of the network's UDP port (`ovgro<port>`, a collect_md vxlan
+    /// device): each remote copy is cloned to it with its tunnel key, and the kernel writes the
+    /// outer headers and resolves the next hop. 0: none yet.
+    pub tunnel: u32,
+    /// Broadcast and multicast frames one endpoint may send per second (storm control);
+    /// 0: unlimited.
+    pub rate_pps: u32,
+    /// How many of `vteps` are used.
+    pub count: u32,
+    /// Remote VTEPs with members of the network (peers included), sorted.
+    pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
+}
+
+impl Default for Flood {
+    fn default() -> Self {
+        Self {
+            bridge: 0,
+            tunnel: 0,
+            rate_pps: 0,
+            count: 0,
+            vteps: [[0; 4]; MAX_FLOOD_VTEPS],
+        }
+    }
+}
+
+/// BUM_RATE value, by the sending port's ifindex: its broadcast and multicast in the current
+/// one-second window (`ktime >> 30`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BumWindow {
+    pub window: u64,
+    pub sent: u64,
+}
+
 /// How long a resolved next hop is reused before the FIB and neighbour table are asked again:
 /// short enough that a changed underlay neighbour costs at most this, long enough that the
 /// lookup (~70 ns) leaves the per-packet path.
@@ -173,6 +222,8 @@ mod pod {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Network {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for Flood {}
+    unsafe impl aya::Pod for BumWindow {}
 }
 
 #[cfg(test)]
@@ -191,6 +242,8 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<Network>(), 4);
         assert_eq!(size_of::<NodeConfig>(), 8);
+        assert_eq!(size_of::<Flood>(), 16 + 4 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<BumWindow>(), 16);
     }
 
     #[test]
@@ -205,6 +258,8 @@ mod tests {
             names::VXLAN_PORTS,
             names::CONFIG,
             names::STATS,
+            names::FLOOD,
+            names::BUM_RATE,
             names::MONITOR_CTL,
             names::EVENTS,
             names::MONITOR_CPU,

@@ -58,6 +58,15 @@ counters! {
     /// A packet the kernel's own vxlan socket decapsulated, seen on the idle GRO helper device
     /// (`ovgro<port>`): it never delivers anything, so our checks stay the only way in.
     DropKernelVxlan = "drop_kernel_vxlan",
+    /// A container's broadcast or multicast (or ARP for an unknown address): copies sent to
+    /// every remote VTEP of its network, and the frame left to the bridge for local members.
+    Flood = "flood",
+    /// Broadcast or multicast from a remote VTEP, delivered to the network's local bridge.
+    DecapFlood = "decap_flood",
+    /// Broadcast or multicast over the sending endpoint's rate (storm control).
+    DropStorm = "drop_storm",
+    /// Not an outcome: the remote copies `flood` sent.
+    FloodCopies = "flood_copies",
     /// Not an outcome: the wire packets that decapsulated skbs carried (a GRO'd skb counts its
     /// segments, any other 1), so `decap_segments / decap` is the average merged per skb.
     DecapSegments = "decap_segments",
@@ -69,7 +78,7 @@ impl Counter {
     /// Whether the counter counts verdicts (one per packet a program saw); the others measure
     /// something about packets already counted under a verdict.
     pub const fn is_outcome(self) -> bool {
-        !matches!(self, Counter::DecapSegments)
+        !matches!(self, Counter::DecapSegments | Counter::FloodCopies)
     }
 
     /// Whether the outcome is a drop: what `monitor --type drop` reports. Every other outcome
@@ -87,6 +96,7 @@ impl Counter {
                 | Counter::DropNoRoute
                 | Counter::DropAdjustFailed
                 | Counter::DropKernelVxlan
+                | Counter::DropStorm
         )
     }
 

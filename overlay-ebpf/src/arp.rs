@@ -5,6 +5,7 @@ use network_types::{arp::ArpHdr, eth::EthHdr};
 use overlay_common::{Counter, Endpoint, IpKey, wire};
 
 use crate::{
+    flood,
     maps::ARP,
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
@@ -46,7 +47,8 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
             ip: target_ip,
         })
     }) else {
-        return pass(Counter::ArpMiss);
+        // Nobody we know: ask the whole network, as a switch would.
+        return flood::replicate(ctx, sender, Counter::ArpMiss);
     };
 
     // Turn the request into the reply in place, and send it back out of the port it came in by.

@@ -2,8 +2,9 @@
 //!
 //! Order: identify the sender (PORTS), refuse spoofed sources (IPv4, ARP, IPv6 and its
 //! neighbour advertisements), answer ARP from the map, then forward unicast: straight into a
-//! local container, or VXLAN to the remote VTEP. Anything else (broadcast, unknown destination,
-//! non-IP) is left to the bridge, which only reaches local ports: no flood ever leaves the host.
+//! local container, or VXLAN to the remote VTEP. Broadcast and multicast are replicated to the
+//! network's other hosts (flood.rs) and left to the bridge for local members; anything else
+//! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports.
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
     helpers::{bpf_redirect, bpf_redirect_peer},
@@ -12,7 +13,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 
 use crate::{
-    arp, ipv6,
+    arp, flood, ipv6,
     maps::{ENDPOINTS, FDB, PORTS},
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
@@ -80,6 +81,11 @@ fn forward(
     }
     if let Some(local) = unsafe { ENDPOINTS.get(key) } {
         return deliver_local(local);
+    }
+    // IPv4 and IPv6 broadcast and multicast reach the network's other hosts too. Other
+    // ethertypes stay local (STP, LLDP and their like must never cross a switch).
+    if ip && flood::is_group(dst) {
+        return flood::replicate(ctx, sender, Counter::ContainerPass);
     }
     pass(Counter::ContainerPass)
 }

@@ -16,6 +16,7 @@ use overlay_common::{
 };
 
 use crate::{
+    flood,
     maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
     monitor,
     packet::{linearize, ptr_at},
@@ -113,6 +114,9 @@ pub fn handle(ctx: &TcContext) -> Verdict {
     }
     // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
     let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst())) }) else {
+        if flood::is_group(inner.dst()) {
+            return flood::deliver(ctx, vni, &inner);
+        }
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);

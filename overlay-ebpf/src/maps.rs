@@ -2,11 +2,11 @@
 //! directory the loader names), so the dataplane outlives the agent.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
-    ArpEntry, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig,
-    VtepKey,
+    ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, IpKey, MacKey,
+    Network, NodeConfig, VtepKey,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -38,6 +38,15 @@ pub static NETWORKS: HashMap<u32, Network> = HashMap::pinned(4096, 0);
 /// not a hash, so non-overlay UDP on the underlay costs one indexed load.
 #[map]
 pub static VXLAN_PORTS: Array<u32> = Array::pinned(65536, 0);
+
+/// VNI -> where its broadcast and multicast go: the remote VTEPs, the local bridge.
+#[map]
+pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(4096, 0);
+
+/// Sending port -> its broadcast and multicast this second (storm control). LRU: a port that
+/// is gone ages out.
+#[map]
+pub static BUM_RATE: LruHashMap<u32, BumWindow> = LruHashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
 
 /// Slot 0: this node's settings.
 #[map]

@@ -60,8 +60,9 @@ def underlay(iface, a):
     send("drop_unknown_vtep", [vxlan(42, src=a["attacker_ip"]), vxlan(43)], times=10)
     # Inner frame for the other network's container, in VNI 42: VNI-keyed, it reaches nobody.
     send("drop_no_endpoint", [vxlan(42, inner_dst=a["other_vni_mac"])], times=20)
-    # A broadcast storm inside the tunnel: never flooded.
-    send("drop_no_endpoint", [vxlan(42, inner_dst="ff:ff:ff:ff:ff:ff")], times=500)
+    # Broadcast inside the tunnel from a VTEP of the network: delivered to the network's bridge
+    # on the host (its members), never anywhere else.
+    send("decap_flood", [vxlan(42, inner_dst="ff:ff:ff:ff:ff:ff")], times=500)
     # Fragments and IP options: left to the host stack. There the agent's GRO helper device
     # (ovgro4789) has a VXLAN socket, so a whole packet reaches the kernel's own
     # decapsulation, whose output the helper's gro_sink drops: one drop_kernel_vxlan each.
@@ -133,9 +134,10 @@ def container(iface, a):
     send("drop_spoofed_mac", [Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / forged], times=20)
     # An Ethernet header that promises IPv4 and stops.
     send("drop_too_short", [bytes(Ether(src=me, dst=peer, type=0x0800))], times=20)
-    # A broadcast storm: stays on this host's bridge.
+    # A burst of broadcast (under the network's storm limit): to the network's other hosts, as
+    # any broadcast.
     storm = Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / IP(src=a["my_ip"], dst="255.255.255.255") / UDP(dport=9)
-    send("container_pass", [storm], times=500)
+    send("flood", [storm], times=500)
     # Straight at the other network's container: not in this VNI's FDB, so it stays local.
     other = Ether(src=me, dst=a["other_vni_mac"]) / IP(src=a["my_ip"], dst=a["peer_ip"]) / ICMP()
     send("container_pass", [other], times=20)

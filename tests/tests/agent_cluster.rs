@@ -300,6 +300,7 @@ fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
                 port: 4789,
                 mtu: None,
                 slice_prefix: None,
+                bum_rate: None,
             }
             .validate("blue")
             .unwrap();

@@ -3,7 +3,8 @@
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use overlay_common::{
-    ArpEntry, Counter, Endpoint, FdbEntry, IpKey, MacKey, Network, NodeConfig, VtepKey, names,
+    ArpEntry, Counter, Endpoint, FdbEntry, Flood, IpKey, MacKey, Network, NodeConfig, VtepKey,
+    names,
 };
 
 use super::{
@@ -22,6 +23,7 @@ pub struct Maps {
     pub vxlan_ports: Array<MapData, u32>,
     pub config: Array<MapData, NodeConfig>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub flood: HashMap<MapData, u32, Flood>,
 }
 
 /// Opens one pinned map, with an error that names it and says where it was looked for.
@@ -58,6 +60,7 @@ impl Maps {
             vxlan_ports: open(pins, names::VXLAN_PORTS)?,
             config: open(pins, names::CONFIG)?,
             stats: open(pins, names::STATS)?,
+            flood: open(pins, names::FLOOD)?,
         })
     }
 

@@ -146,6 +146,7 @@ impl Driver {
                 port: overlay_common::wire::DEFAULT_VXLAN_PORT,
                 mtu: None,
                 slice_prefix: None,
+                bum_rate: None,
             }
             .validate()?;
             match commands::network_create(store, &net).await {

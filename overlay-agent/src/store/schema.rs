@@ -2,7 +2,7 @@
 //! knows a key's shape or a value's fields lives here.
 //!
 //! ```text
-//! <prefix>/networks/<net>              {"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24}
+//! <prefix>/networks/<net>              {"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24,"bum_rate":1000}
 //! <prefix>/nodes/<node>                {"vtep":"10.0.0.1","mtu":1500}         under the node's lease
 //! <prefix>/slices/<net>/<a.b.c.d-len>  {"node":"h1"}                          created in a transaction
 //! <prefix>/endpoints/<net>/<ip>        {"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02",
@@ -156,7 +156,15 @@ pub struct NetworkRecord {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slice_prefix: Option<u8>,
+    /// Broadcast and multicast frames per second one endpoint may send (storm control); None:
+    /// [`DEFAULT_BUM_RATE`], 0: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bum_rate: Option<u32>,
 }
+
+/// Broadcast and multicast per endpoint per second, unless a network says otherwise: far more
+/// than ARP, DHCP, mDNS or VRRP send, far less than a storm.
+pub const DEFAULT_BUM_RATE: u32 = 1000;
 
 /// A network, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +175,8 @@ pub struct Network {
     pub port: u16,
     pub mtu: Option<u32>,
     pub slice_prefix: u8,
+    /// Broadcast and multicast frames per second per endpoint; 0: unlimited.
+    pub bum_rate: u32,
     /// etcd's create revision of its key (0 until read from etcd): of two networks that claim
     /// one VNI or overlapping subnets, the older is served.
     pub created: i64,
@@ -205,6 +215,7 @@ impl NetworkRecord {
             port: self.port,
             mtu: self.mtu,
             slice_prefix,
+            bum_rate: self.bum_rate.unwrap_or(DEFAULT_BUM_RATE),
             created: 0,
         })
     }
@@ -218,6 +229,7 @@ impl Network {
             port: self.port,
             mtu: self.mtu,
             slice_prefix: Some(self.slice_prefix),
+            bum_rate: Some(self.bum_rate),
         }
     }
 

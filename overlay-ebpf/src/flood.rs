@@ -1,0 +1,111 @@
+//! Broadcast and multicast across hosts (RFC 7348 section 4.2, head-end replication): one copy
+//! per remote VTEP of the network, cloned to the network port's collect_md vxlan device with
+//! that VTEP in its tunnel key (the kernel writes the outer headers and resolves the next hop,
+//! as it does for the legacy hosts we interoperate with); the frame itself is left to the
+//! bridge for the local members. Arriving copies are sent out of the local bridge, which floods
+//! its ports: every member once, never the sender, never another network.
+use aya_ebpf::{
+    bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
+    helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_skb_set_tunnel_key},
+    programs::TcContext,
+};
+use overlay_common::{BumWindow, Counter, Endpoint, MAX_FLOOD_VTEPS};
+
+use crate::{
+    maps::{BUM_RATE, CONFIG, FLOOD},
+    packet::ifindex,
+    stats::{Verdict, add, drop, pass, redirected},
+    vxlan,
+};
+
+const TTL: u8 = 64;
+
+/// Whether a destination MAC is a group address (broadcast included).
+#[inline(always)]
+pub fn is_group(mac: [u8; 6]) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// A container's broadcast or multicast: rate-limited, replicated to the network's remote
+/// VTEPs, and left to the bridge. `local`: the outcome when there is nobody remote.
+#[inline(always)]
+pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter) -> Verdict {
+    let Some(flood) = FLOOD.get_ptr(sender.vni) else {
+        return pass(local);
+    };
+    let (rate, count, tunnel) = unsafe { ((*flood).rate_pps, (*flood).count, (*flood).tunnel) };
+    if rate != 0 && over_rate(ifindex(ctx), rate) {
+        return drop(Counter::DropStorm);
+    }
+    if count == 0 || tunnel == 0 {
+        return pass(local);
+    }
+    let Some(node) = CONFIG.get(0) else {
+        return pass(local);
+    };
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = sender.vni;
+    key.tunnel_ttl = TTL;
+    key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(node.vtep);
+    let skb = ctx.skb.skb;
+    let mut sent = 0u64;
+    for i in 0..MAX_FLOOD_VTEPS {
+        if i as u32 >= count {
+            break;
+        }
+        // Host byte order, as the tunnel key wants it.
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*flood).vteps[i] });
+        let set = unsafe {
+            bpf_skb_set_tunnel_key(
+                skb,
+                &mut key,
+                core::mem::size_of::<bpf_tunnel_key>() as u32,
+                // Zero outer UDP checksum, as our own encapsulation and Linux send.
+                BPF_F_ZERO_CSUM_TX as u64,
+            )
+        };
+        if set == 0 && unsafe { bpf_clone_redirect(skb, tunnel, 0) } == 0 {
+            sent += 1;
+        }
+    }
+    add(Counter::FloodCopies, sent);
+    pass(Counter::Flood)
+}
+
+/// One more frame from `port` this second: over `rate`?
+#[inline(always)]
+fn over_rate(port: u32, rate: u32) -> bool {
+    let window = unsafe { bpf_ktime_get_ns() } >> 30;
+    match BUM_RATE.get_ptr_mut(port) {
+        Some(w) if unsafe { (*w).window } == window => {
+            // Racy across CPUs by at most a frame or two: a storm limit, not an accountant.
+            let sent = unsafe { (*w).sent };
+            if sent >= u64::from(rate) {
+                return true;
+            }
+            unsafe { (*w).sent = sent + 1 };
+            false
+        }
+        _ => {
+            let _ = BUM_RATE.insert(port, BumWindow { window, sent: 1 }, 0);
+            false
+        }
+    }
+}
+
+/// A remote broadcast or multicast frame (checks passed): decapsulated and sent out of the
+/// network's bridge here, which floods it to the local members.
+#[inline(always)]
+pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth) -> Verdict {
+    let bridge = match FLOOD.get_ptr(vni) {
+        Some(f) => unsafe { (*f).bridge },
+        None => 0,
+    };
+    if bridge == 0 {
+        return drop(Counter::DropNoEndpoint);
+    }
+    if vxlan::decap(ctx, inner).is_err() {
+        return drop(Counter::DropAdjustFailed);
+    }
+    redirected(Counter::DecapFlood, unsafe { bpf_redirect(bridge, 0) })
+}

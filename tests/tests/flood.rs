@@ -1,0 +1,274 @@
+//! Broadcast and multicast across hosts: real sockets in containers (tests/scripts/bum.py) on
+//! three hosts and two networks; every member of the sender's network gets every datagram
+//! once, the sender and the other network none; ARP for an unknown address reaches every host;
+//! a storm is limited per endpoint while unicast flows; a legacy kernel vxlan host with
+//! head-end replication (all-zeros FDB entries) exchanges broadcast with our containers.
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use overlay_tests::{
+    deployment::{Deployment, LEGACY_IP, flood_result, ping, ping_flood},
+    netns::Netns,
+    topology::Underlay,
+};
+use serde_json::Value;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bum.py");
+const GROUP: &str = "239.1.1.1";
+
+/// `bum.py recv` in `ns` for `seconds`, joined to `groups`; returns once it listens.
+fn receiver(ns: &Netns, env: &[(&str, &str)], seconds: u32, groups: &[&str]) -> Child {
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "/usr/bin/python3",
+            SCRIPT,
+            "recv",
+            "5000",
+        ])
+        .arg(seconds.to_string())
+        .args(groups)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::io::BufRead::read_line(&mut err, &mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "receiver in {} did not start",
+        ns.name
+    );
+    child
+}
+
+fn received(child: Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn send(ns: &Netns, env: &str, dest: &str, count: u32, rate: u32) -> u64 {
+    let out = ns
+        .run(&format!(
+            "{env} /usr/bin/python3 {SCRIPT} send {dest} 5000 {count} {rate}"
+        ))
+        .unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()["sent"]
+        .as_u64()
+        .unwrap()
+}
+
+fn moved(
+    before: &BTreeMap<&'static str, u64>,
+    after: &BTreeMap<&'static str, u64>,
+    counter: &str,
+) -> u64 {
+    after[counter] - before[counter]
+}
+
+/// What arrives at a container's eth0, until stopped.
+fn capture(ns: &Netns, filter: &str) -> Child {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "tcpdump", "-i", "eth0", "-Q", "in", "-n", "-l",
+        ])
+        .arg(filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn captured(mut child: Child) -> String {
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = child.kill();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_else() {
+    let mut d = Deployment::on("bum", &[true, true, true], Underlay::Veth).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    d.create_network("red", "10.20.0.0/16", 43).unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let r1 = d.add_container(0, "r1", "red", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    let b2 = d.add_container(1, "b2", "blue", None).unwrap();
+    let a3 = d.add_container(2, "a3", "blue", None).unwrap();
+    let r3 = d.add_container(2, "r3", "red", None).unwrap();
+    let c1 = d.add_container(0, "c1", "blue", None).unwrap();
+    assert!(ping(d.container(a1.0), a3.1));
+    assert!(ping(d.container(r1.0), r3.1));
+
+    let blue = [c1, a2, b2, a3];
+    let listeners: Vec<_> = blue
+        .iter()
+        .chain([&r1, &r3])
+        .map(|c| receiver(d.container(c.0), &[], 8, &[GROUP]))
+        .collect();
+    let at_sender = capture(d.container(a1.0), "udp port 5000");
+    let before: Vec<_> = (0..3).map(|h| d.hosts[h].counters().unwrap()).collect();
+    let sender = d.container(a1.0);
+    for dest in [GROUP, "10.10.255.255", "255.255.255.255"] {
+        assert_eq!(send(sender, "", dest, 20, 200), 20);
+    }
+    let after: Vec<_> = (0..3).map(|h| d.hosts[h].counters().unwrap()).collect();
+    let results: Vec<Value> = listeners.into_iter().map(received).collect();
+    let a1_ip = a1.1.to_string();
+    for (c, got) in blue.iter().zip(&results) {
+        let who = &d.container(c.0).name;
+        assert_eq!(got["count"], 60, "{who} got {got}");
+        assert_eq!(got["from"][&a1_ip], 60, "{who} got {got}");
+        for dest in [GROUP, "10.10.255.255", "255.255.255.255"] {
+            assert_eq!(got["to"][dest], 20, "{who}: to {dest}: {got}");
+        }
+    }
+    for got in &results[blue.len()..] {
+        assert_eq!(got["count"], 0, "the red network got blue's: {got}");
+    }
+    let own = captured(at_sender);
+    assert!(own.trim().is_empty(), "the sender got its own back: {own}");
+    eprintln!(
+        "h1: flood +{} copies +{}; h2 decap_flood +{}; h3 decap_flood +{}",
+        moved(&before[0], &after[0], "flood"),
+        moved(&before[0], &after[0], "flood_copies"),
+        moved(&before[1], &after[1], "decap_flood"),
+        moved(&before[2], &after[2], "decap_flood"),
+    );
+    assert!(moved(&before[0], &after[0], "flood") >= 60);
+    // Two remote hosts with blue members: two copies of each.
+    assert!(moved(&before[0], &after[0], "flood_copies") >= 120);
+    for h in 1..3 {
+        assert!(moved(&before[h], &after[h], "decap_flood") >= 60);
+        assert_eq!(moved(&before[h], &after[h], "drop_no_endpoint"), 0);
+    }
+
+    // Red's broadcast goes to h3 only: h2 has no red member, and gets no copy.
+    let r3_listens = receiver(d.container(r3.0), &[], 4, &[]);
+    let h2_before = d.hosts[1].counters().unwrap();
+    assert_eq!(send(d.container(r1.0), "", "10.20.255.255", 20, 200), 20);
+    let h2_after = d.hosts[1].counters().unwrap();
+    assert_eq!(received(r3_listens)["count"], 20);
+    for counter in ["decap_flood", "drop_no_endpoint", "drop_unknown_vtep"] {
+        assert_eq!(
+            moved(&h2_before, &h2_after, counter),
+            0,
+            "h2 (no red member) saw red's broadcast: {counter}"
+        );
+    }
+
+    // ARP for an address nobody has asks every host of the network, and only that network.
+    let asked = [a3, b2].map(|c| capture(d.container(c.0), "arp"));
+    let red_asked = capture(d.container(r3.0), "arp");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = d.container(a1.0).output("ping -c 2 -W 1 10.10.99.99");
+    for (c, cap) in [a3, b2].iter().zip(asked) {
+        let seen = captured(cap);
+        assert!(
+            seen.contains("Request who-has 10.10.99.99"),
+            "{} did not see the ARP request: {seen}",
+            d.container(c.0).name
+        );
+    }
+    let seen = captured(red_asked);
+    assert!(!seen.contains("10.10.99.99"), "red saw blue's ARP: {seen}");
+}
+
+#[test]
+fn a_broadcast_storm_is_limited_per_endpoint_while_unicast_keeps_flowing() {
+    let mut d = Deployment::on("bumstorm", &[true, true], Underlay::Veth).unwrap();
+    d.cli(
+        0,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.10.0.0/16",
+            "--vni",
+            "42",
+            "--bum-rate",
+            "100",
+        ],
+    )
+    .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let b1 = d.add_container(0, "b1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    assert!(ping(d.container(b1.0), a2.1));
+    let listens = receiver(d.container(a2.0), &[], 6, &[]);
+    let before = d.hosts[0].counters().unwrap();
+    let unicast = ping_flood(d.container(b1.0), a2.1, 500);
+    let started = std::time::Instant::now();
+    let sent = send(d.container(a1.0), "", "10.10.255.255", 20_000, 0);
+    let seconds = started.elapsed().as_secs_f64();
+    let (pings, answered) = flood_result(unicast);
+    let after = d.hosts[0].counters().unwrap();
+    let got = received(listens)["count"].as_u64().unwrap();
+    let (flooded, stormed) = (
+        moved(&before, &after, "flood"),
+        moved(&before, &after, "drop_storm"),
+    );
+    eprintln!(
+        "storm: {sent} sent in {seconds:.2} s; {flooded} flooded, {stormed} dropped as storm, {got} received on h2; pings {answered}/{pings}"
+    );
+    assert_eq!(pings, answered, "unicast lost packets to the storm");
+    assert!(stormed > 0, "nothing was limited");
+    // At most 100 per one-second window (2^30 ns) the storm touched, and a little slack for
+    // the other CPU's count racing.
+    let windows = (seconds / 1.073).ceil() as u64 + 1;
+    assert!(
+        flooded <= windows * 100 + 4,
+        "{flooded} flooded in {windows} windows"
+    );
+    assert!(
+        flooded + stormed >= sent,
+        "every frame is flooded or dropped"
+    );
+    assert!(
+        got <= flooded && got > 0,
+        "{got} received, {flooded} flooded"
+    );
+}
+
+#[test]
+fn a_legacy_vxlan_host_with_head_end_replication_exchanges_broadcast_with_our_containers() {
+    let mut d = Deployment::on("bumleg", &[true, false], Underlay::Veth).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    d.join_legacy_host(1, "blue", a1.1).unwrap();
+    // Head-end replication as the kernel does it: an all-zeros entry per remote VTEP.
+    d.hosts[1]
+        .ns
+        .run("bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 10.0.0.1")
+        .unwrap();
+    assert!(ping(d.container(a1.0), LEGACY_IP));
+    let legacy = &d.hosts[1].ns;
+
+    let at_legacy = receiver(legacy, &[("BUM_IFACE", "vxlan0")], 4, &[]);
+    assert_eq!(send(d.container(a1.0), "", "10.10.255.255", 20, 200), 20);
+    assert_eq!(
+        received(at_legacy)["count"],
+        20,
+        "our broadcast at the legacy host"
+    );
+
+    let at_a1 = receiver(d.container(a1.0), &[], 4, &[]);
+    assert_eq!(
+        send(legacy, "BUM_IFACE=vxlan0", "10.10.255.255", 20, 200),
+        20
+    );
+    let got = received(at_a1);
+    assert_eq!(got["count"], 20, "the legacy host's broadcast at a1: {got}");
+    assert_eq!(got["from"][LEGACY_IP.to_string()], 20, "{got}");
+}
