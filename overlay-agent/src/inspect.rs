@@ -32,6 +32,9 @@ pub enum Table {
     Networks,
     /// Packet counters, summed over CPUs
     Stats,
+    /// Per VNI: where broadcast and multicast go (remote VTEPs, the local bridge, the storm
+    /// limit)
+    Flood,
 }
 
 /// Column names and rows, cells already formatted; sorted so output is stable.
@@ -96,6 +99,34 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 rows.push(vec![vni.to_string(), n.port.to_string()]);
             }
             &["vni", "port"]
+        }
+        Table::Flood => {
+            let name = |ifindex: u32| match ifindex {
+                0 => "-".to_string(),
+                i => crate::net::iface_name(i).unwrap_or_else(|| i.to_string()),
+            };
+            for e in maps.flood.iter() {
+                let (vni, f) = e.context("reading FLOOD")?;
+                let vteps: Vec<String> = f.vteps[..(f.count as usize).min(f.vteps.len())]
+                    .iter()
+                    .map(|v| ip(*v).to_string())
+                    .collect();
+                rows.push(vec![
+                    vni.to_string(),
+                    if vteps.is_empty() {
+                        "-".into()
+                    } else {
+                        vteps.join(",")
+                    },
+                    name(f.bridge),
+                    name(f.tunnel),
+                    match f.rate_pps {
+                        0 => "unlimited".into(),
+                        r => r.to_string(),
+                    },
+                ]);
+            }
+            &["vni", "remote_vteps", "bridge", "sent_by", "bum_rate_pps"]
         }
         Table::Stats => {
             for (c, n) in maps.counters()? {

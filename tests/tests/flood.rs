@@ -110,6 +110,19 @@ fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_els
     assert!(ping(d.container(a1.0), a3.1));
     assert!(ping(d.container(r1.0), r3.1));
 
+    // What h1 floods to, as `maps flood` shows it.
+    let flood: Value =
+        serde_json::from_str(&d.cli(0, &["maps", "flood", "--json"]).unwrap()).unwrap();
+    let rows = flood.as_array().unwrap();
+    let row = |vni: u64| {
+        rows.iter()
+            .find(|r| r["vni"] == vni)
+            .unwrap_or_else(|| panic!("{flood}"))
+    };
+    assert_eq!(row(42)["remote_vteps"], "10.0.0.2,10.0.0.3", "{flood}");
+    assert_eq!(row(42)["bridge"], "ovbr42", "{flood}");
+    assert_eq!(row(42)["sent_by"], "ovgro4789", "{flood}");
+    assert_eq!(row(43)["remote_vteps"], "10.0.0.3", "{flood}");
     let blue = [c1, a2, b2, a3];
     let listeners: Vec<_> = blue
         .iter()

@@ -22,7 +22,7 @@ use crate::{
         Maps, PinDir,
         monitor::{Lost, MonitorMaps, monotonic_ns},
     },
-    net::Mac,
+    net::{Mac, iface_name},
     store::Store,
 };
 
@@ -307,16 +307,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(|j| j.io_error_kind())
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-fn iface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// The wall-clock time of a CLOCK_MONOTONIC instant, as HH:MM:SS.micros (UTC).
