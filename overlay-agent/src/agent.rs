@@ -29,6 +29,7 @@ use crate::{
     },
     delta::{Batch, VtepRefs, endpoint_delta},
     desired::{Problem, desired},
+    egress::{self, Egress},
     flood,
     gro::{self, GroDevices},
     metrics::{self, Metrics, ReconcileKind},
@@ -177,6 +178,8 @@ struct Agent {
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
     switch_over_pending: bool,
     gro: GroDevices,
+    /// The gateway, the routes to containers and the NAT table (egress.rs).
+    egress: Egress,
     /// What the metrics server reads: the published status, reconcile durations, the lease.
     metrics: Metrics,
 }
@@ -292,6 +295,7 @@ pub async fn run(opts: Options) -> Result<()> {
         status,
         switch_over_pending: rebuilding,
         gro: GroDevices::default(),
+        egress: Egress::default(),
         metrics,
     };
     agent.write_status();
@@ -365,6 +369,7 @@ impl Agent {
             self.reconcile(revision);
             self.sync_gro().await;
             self.sync_flood();
+            self.sync_egress().await;
             let mut watch = store.watch(revision + 1).await?;
             'watch: loop {
                 tokio::select! {
@@ -403,6 +408,7 @@ impl Agent {
                         self.reconcile_batch(&batch, revision);
                         self.sync_gro().await;
                         self.sync_flood();
+                        self.sync_egress().await;
                     }
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
@@ -418,6 +424,7 @@ impl Agent {
                         self.publish_state(&store, lease).await;
                         self.sync_gro().await;
                         self.sync_flood();
+                        self.sync_egress().await;
                     }
                 }
             }
@@ -596,19 +603,34 @@ impl Agent {
         }
     }
 
+    /// The way out for the served networks' containers (see egress.rs).
+    async fn sync_egress(&mut self) {
+        if self.switch_over_pending {
+            return;
+        }
+        let plan = egress::plan(&self.cluster, &self.applied);
+        self.egress.sync(&self.netlink, &plan).await;
+    }
+
     /// Where each network's broadcast and multicast go from here (see flood.rs): after every
     /// reconcile and GRO sync, and every second (a bridge made since).
     fn sync_flood(&mut self) {
         if self.switch_over_pending {
             return;
         }
-        let rates = self
+        let settings = self
             .cluster
             .networks
             .values()
-            .map(|n| (n.vni, n.bum_rate))
+            .map(|n| {
+                let s = flood::Settings {
+                    bum_rate: n.bum_rate,
+                    internal: n.internal,
+                };
+                (n.vni, s)
+            })
             .collect();
-        let (wanted, overflow) = flood::wanted(&self.applied, &rates, &ifindex);
+        let (wanted, overflow) = flood::wanted(&self.applied, &settings, &ifindex);
         match flood::sync(&mut self.maps, &wanted) {
             Ok(0) => {}
             Ok(_) => {

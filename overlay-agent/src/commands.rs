@@ -36,6 +36,7 @@ pub struct NetworkSpec {
     pub mtu: Option<u32>,
     pub slice_prefix: Option<u8>,
     pub bum_rate: Option<u32>,
+    pub internal: bool,
 }
 
 impl NetworkSpec {
@@ -48,6 +49,7 @@ impl NetworkSpec {
             mtu: self.mtu,
             slice_prefix: self.slice_prefix,
             bum_rate: self.bum_rate,
+            internal: self.internal,
         }
         .validate(&self.name)
     }
@@ -88,6 +90,11 @@ async fn reserve(
             net.name,
             net.subnet
         );
+        ensure!(
+            Some(ip) != net.gateway(),
+            "{ip} is network {}'s gateway",
+            net.name
+        );
         let ep = make(ip);
         if ctx.store.create_endpoint(&ep).await? {
             return Ok(ep);
@@ -101,7 +108,11 @@ async fn reserve(
     }
     let slice = ctx.store.claim_slice(net, &ctx.node).await?;
     let taken = ctx.store.taken_addresses(&net.name).await?;
-    for ip in slice.hosts().filter(|ip| !taken.contains(ip)) {
+    let gateway = net.gateway();
+    for ip in slice
+        .hosts()
+        .filter(|ip| !taken.contains(ip) && Some(*ip) != gateway)
+    {
         // Lost a race for this address: try the next.
         if ctx.store.create_endpoint(&make(ip)).await? {
             return Ok(make(ip));
@@ -197,6 +208,8 @@ pub struct Made {
     pub peer: String,
     pub mtu: u32,
     pub prefix: u8,
+    /// The network's gateway (None: internal), for the container's default route.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// The first half of an attachment, the whole of it for a runtime that moves and configures
@@ -262,6 +275,7 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
             peer,
             mtu,
             prefix: net.subnet.prefix(),
+            gateway: net.gateway(),
         }),
         Err(e) => {
             let _ = host.delete(&port).await;
@@ -272,7 +286,8 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
 
 /// Attaches a container (a network namespace) to a network: `endpoint_make`, then its side of
 /// the pair moved in and configured (name, MAC, MTU, address with the subnet's prefix, which
-/// brings the on-link route to the whole overlay). Leaves nothing half-made.
+/// brings the on-link route to the whole overlay, and a default route through the network's
+/// gateway unless it is internal). Leaves nothing half-made.
 pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> {
     let ns = open_netns(netns)?;
     let made = endpoint_make(ctx, req, Some(netns)).await?;
@@ -287,7 +302,13 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> 
         };
         inner
             .configure(&made.peer, &eth, ep.mac, made.mtu, ep.ip, made.prefix)
-            .await
+            .await?;
+        // Everything outside the overlay through this host (see egress.rs); a container that
+        // has a default route already (another network's, a runtime's) keeps it.
+        match made.gateway {
+            Some(gw) if !inner.has_default_route().await? => inner.add_default_route(gw).await,
+            _ => Ok(()),
+        }
     }
     .await;
     if let Err(e) = configured {
@@ -552,6 +573,8 @@ pub async fn teardown(
             done.interfaces.push(name);
         }
     }
+    // The routes to containers went with the bridges; the NAT table is left to remove.
+    crate::egress::remove_table()?;
     pins.remove()?;
     let _ = std::fs::remove_file(&status_file);
     Ok(done)

@@ -14,11 +14,18 @@ use crate::{
     gro,
 };
 
+/// A served network's settings FLOOD carries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Broadcast and multicast per endpoint per second.
+    pub bum_rate: u32,
+    pub internal: bool,
+}
+
 /// What FLOOD must hold, and the networks with more remote VTEPs than a flood list holds.
-/// `rates`: VNI -> broadcast and multicast per endpoint per second.
 pub fn wanted(
     applied: &MapState,
-    rates: &BTreeMap<u32, u32>,
+    settings: &BTreeMap<u32, Settings>,
     resolve: &dyn Fn(&str) -> Option<u32>,
 ) -> (BTreeMap<u32, Flood>, Vec<(u32, usize)>) {
     let mut out = BTreeMap::new();
@@ -27,7 +34,8 @@ pub fn wanted(
         let mut flood = Flood {
             bridge: resolve(&format!("ovbr{vni}")).unwrap_or(0),
             tunnel: resolve(&gro::device(port)).unwrap_or(0),
-            rate_pps: rates.get(&vni).copied().unwrap_or(0),
+            rate_pps: settings.get(&vni).map_or(0, |s| s.bum_rate),
+            internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
             ..Flood::default()
         };
         // BTreeSet order: sorted by VNI, then VTEP.
@@ -91,7 +99,15 @@ mod tests {
             "ovgro4789" => Some(5),
             _ => None,
         };
-        let (want, overflow) = wanted(&s, &BTreeMap::from([(42, 100)]), &resolve);
+        let blue = Settings {
+            bum_rate: 100,
+            internal: false,
+        };
+        let red = Settings {
+            bum_rate: 0,
+            internal: true,
+        };
+        let (want, overflow) = wanted(&s, &BTreeMap::from([(42, blue), (43, red)]), &resolve);
         assert!(overflow.is_empty());
         let blue = want[&42];
         assert_eq!(
@@ -100,7 +116,11 @@ mod tests {
         );
         assert_eq!(blue.vteps[..2], [[10, 0, 0, 2], [10, 0, 0, 3]]);
         let red = want[&43];
-        assert_eq!((red.bridge, red.tunnel, red.count), (0, 0, 1));
+        assert_eq!(
+            (red.bridge, red.tunnel, red.count, red.internal),
+            (0, 0, 1, 1)
+        );
+        assert_eq!(blue.internal, 0);
         assert_eq!(red.vteps[0], [10, 0, 0, 9]);
     }
 

@@ -33,7 +33,7 @@ pub enum Table {
     /// Packet counters, summed over CPUs
     Stats,
     /// Per VNI: where broadcast and multicast go (remote VTEPs, the local bridge, the storm
-    /// limit)
+    /// limit), and whether the network is internal
     Flood,
 }
 
@@ -124,9 +124,17 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                         0 => "unlimited".into(),
                         r => r.to_string(),
                     },
+                    (if f.internal != 0 { "yes" } else { "no" }).into(),
                 ]);
             }
-            &["vni", "remote_vteps", "bridge", "sent_by", "bum_rate_pps"]
+            &[
+                "vni",
+                "remote_vteps",
+                "bridge",
+                "sent_by",
+                "bum_rate_pps",
+                "internal",
+            ]
         }
         Table::Stats => {
             for (c, n) in maps.counters()? {

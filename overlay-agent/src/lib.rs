@@ -7,6 +7,7 @@ pub mod delta;
 pub mod desired;
 pub mod docker;
 pub mod doctor;
+pub mod egress;
 pub mod flood;
 pub mod gro;
 pub mod hash;

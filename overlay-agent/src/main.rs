@@ -211,6 +211,9 @@ enum NetworkCmd {
         /// 0: unlimited).
         #[arg(long, default_value_t = schema::DEFAULT_BUM_RATE)]
         bum_rate: u32,
+        /// No gateway and no way out of the overlay: containers reach only its members.
+        #[arg(long)]
+        internal: bool,
     },
     Ls {
         #[arg(long)]
@@ -323,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
                     mtu,
                     slice_prefix,
                     bum_rate,
+                    internal,
                 } => Some(
                     NetworkSpec {
                         name: name.clone(),
@@ -332,6 +336,7 @@ async fn run(cli: Cli) -> Result<()> {
                         mtu: *mtu,
                         slice_prefix: *slice_prefix,
                         bum_rate: Some(*bum_rate),
+                        internal: *internal,
                     }
                     .validate()?,
                 ),

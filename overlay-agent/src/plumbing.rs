@@ -7,10 +7,11 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
         link::{InfoVxlan, LinkAttribute, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
     },
 };
 
@@ -117,25 +118,7 @@ impl Netlink {
 
     /// The first IPv4 address of `name`.
     pub async fn ipv4(&self, name: &str) -> Result<Option<Ipv4Addr>> {
-        let index = self.require(name).await?;
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .with_context(|| format!("listing addresses of {name}"))?
-        {
-            for attr in &msg.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
-                    return Ok(Some(*ip));
-                }
-            }
-        }
-        Ok(None)
+        Ok(self.ipv4_all(name).await?.into_iter().next())
     }
 
     /// The bridge, created (up, with `mtu`) if missing; its ifindex.
@@ -284,6 +267,130 @@ impl Netlink {
             .await
             .with_context(|| format!("adding {addr}/{prefix} to {new_name}"))?;
         self.up(new_name).await
+    }
+
+    /// Every IPv4 address of `name`.
+    pub async fn ipv4_all(&self, name: &str) -> Result<Vec<Ipv4Addr>> {
+        let index = self.require(name).await?;
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .with_context(|| format!("listing addresses of {name}"))?
+        {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `addr/prefix` on `name`, unless it is there already.
+    pub async fn ensure_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        if self.ipv4_all(name).await?.contains(&addr) {
+            return Ok(());
+        }
+        let index = self.require(name).await?;
+        self.handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {addr}/{prefix} to {name}"))
+    }
+
+    /// Whether this socket's namespace has an IPv4 default route.
+    pub async fn has_default_route(&self) -> Result<bool> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length == 0
+                && msg.header.table == 254
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `default via gateway`, in this socket's namespace.
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("adding the default route via {gateway}"))
+    }
+
+    /// The /32 routes of protocol `protocol` in the main table: (address, output ifindex).
+    pub async fn host_routes(&self, protocol: u8) -> Result<Vec<(Ipv4Addr, u32)>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if u8::from(msg.header.protocol) != protocol
+                || msg.header.destination_prefix_length != 32
+            {
+                continue;
+            }
+            let (mut dst, mut oif) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(oif)) = (dst, oif) {
+                out.push((dst, oif));
+            }
+        }
+        Ok(out)
+    }
+
+    fn host_route(addr: Ipv4Addr, ifindex: u32, protocol: u8) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(ifindex)
+            .protocol(RouteProtocol::from(protocol))
+            .scope(RouteScope::Link)
+            .build()
+    }
+
+    /// `addr/32 dev <ifindex> proto <protocol> scope link`.
+    pub async fn add_host_route(&self, addr: Ipv4Addr, ifindex: u32, protocol: u8) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::host_route(addr, ifindex, protocol))
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the route to {addr}/32"))
+    }
+
+    pub async fn del_host_route(&self, addr: Ipv4Addr, ifindex: u32, protocol: u8) -> Result<()> {
+        self.handle
+            .route()
+            .del(Self::host_route(addr, ifindex, protocol))
+            .execute()
+            .await
+            .with_context(|| format!("removing the route to {addr}/32"))
     }
 
     pub async fn up(&self, name: &str) -> Result<()> {

@@ -153,8 +153,9 @@ pub struct Network {
 /// and the agent says so.
 pub const MAX_FLOOD_VTEPS: usize = 64;
 
-/// FLOOD value, by VNI: where this node sends and delivers the network's broadcast and
-/// multicast (head-end replication). Node-local: the interfaces are this node's.
+/// FLOOD value, by VNI: what may leave the network from this node, and how: its broadcast and
+/// multicast (head-end replication, delivery to the bridge), and for an internal network,
+/// nothing else. Node-local: the interfaces are this node's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flood {
@@ -170,6 +171,9 @@ pub struct Flood {
     pub rate_pps: u32,
     /// How many of `vteps` are used.
     pub count: u32,
+    /// 1: an internal network, with no way out: a container's unicast to anything but an
+    /// overlay endpoint (the host's gateway, a MAC it made up) is dropped (`drop_internal`).
+    pub internal: u32,
     /// Remote VTEPs with members of the network (peers included), sorted.
     pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
 }
@@ -181,6 +185,7 @@ impl Default for Flood {
             tunnel: 0,
             rate_pps: 0,
             count: 0,
+            internal: 0,
             vteps: [[0; 4]; MAX_FLOOD_VTEPS],
         }
     }
@@ -242,7 +247,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<Network>(), 4);
         assert_eq!(size_of::<NodeConfig>(), 8);
-        assert_eq!(size_of::<Flood>(), 16 + 4 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<Flood>(), 20 + 4 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<BumWindow>(), 16);
     }
 

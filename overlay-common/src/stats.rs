@@ -65,6 +65,9 @@ counters! {
     DecapFlood = "decap_flood",
     /// Broadcast or multicast over the sending endpoint's rate (storm control).
     DropStorm = "drop_storm",
+    /// From a container of an internal network, unicast for something that is not an overlay
+    /// endpoint (the way out an internal network does not have).
+    DropInternal = "drop_internal",
     /// Not an outcome: the remote copies `flood` sent.
     FloodCopies = "flood_copies",
     /// Not an outcome: the wire packets that decapsulated skbs carried (a GRO'd skb counts its
@@ -97,6 +100,7 @@ impl Counter {
                 | Counter::DropAdjustFailed
                 | Counter::DropKernelVxlan
                 | Counter::DropStorm
+                | Counter::DropInternal
         )
     }
 

@@ -72,6 +72,14 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter) -> Verdict 
     pass(Counter::Flood)
 }
 
+/// Whether `vni` is an internal network (no way out of the overlay).
+#[inline(always)]
+pub fn internal(vni: u32) -> bool {
+    FLOOD
+        .get_ptr(vni)
+        .is_some_and(|f| unsafe { (*f).internal } != 0)
+}
+
 /// One more frame from `port` this second: over `rate`?
 #[inline(always)]
 fn over_rate(port: u32, rate: u32) -> bool {

@@ -87,6 +87,10 @@ fn forward(
     if ip && flood::is_group(dst) {
         return flood::replicate(ctx, sender, Counter::ContainerPass);
     }
+    // Unicast for no endpoint: the gateway's way out, which an internal network has not.
+    if ip && flood::internal(sender.vni) {
+        return drop(Counter::DropInternal);
+    }
     pass(Counter::ContainerPass)
 }
 

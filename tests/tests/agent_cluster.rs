@@ -301,6 +301,7 @@ fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
                 mtu: None,
                 slice_prefix: None,
                 bum_rate: None,
+                internal: false,
             }
             .validate("blue")
             .unwrap();

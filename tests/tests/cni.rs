@@ -148,6 +148,10 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     );
     assert_eq!(r["ips"][0]["interface"], 1);
     assert!(r["ips"][0]["address"].as_str().unwrap().ends_with("/16"));
+    // The way out through this host: the gateway, and the default route the container got.
+    assert_eq!(r["ips"][0]["gateway"], "10.10.0.1", "{r}");
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
+    assert_eq!(r["routes"][0]["gw"], "10.10.0.1", "{r}");
     assert!(
         c1.run("ip -4 addr show eth0")
             .unwrap()

@@ -12,7 +12,7 @@ pub mod protocol;
 
 use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
-use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, VersionResult};
+use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, Route, VersionResult};
 
 use crate::{
     agent,
@@ -321,10 +321,18 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
         ips: vec![IpConfig {
             version: conf.cni_version.starts_with("0.").then_some("4"),
             address: format!("{}/{}", ep.ip, net.subnet.prefix()),
-            gateway: None,
+            gateway: made.gateway.map(|gw| gw.to_string()),
             interface: 1,
         }],
-        routes: Vec::new(),
+        // The way out through this host (egress.rs), unless the network is internal.
+        routes: made
+            .gateway
+            .map(|gw| Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(gw.to_string()),
+            })
+            .into_iter()
+            .collect(),
         dns: Default::default(),
     };
     let result = match &conf.prev_result {

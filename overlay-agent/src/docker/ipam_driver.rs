@@ -100,7 +100,10 @@ impl Driver {
         // Held until the address is in the pending set: two requests never pick together.
         let mut pending = self.pending.lock().await;
         let taken = self.ctx.store.taken_addresses(&net.name).await?;
-        let free = |ip: &Ipv4Addr| !taken.contains(ip) && !pending.contains(ip);
+        // The gateway is each node's own (egress.rs), never a container's.
+        let gateway = net.gateway();
+        let free =
+            |ip: &Ipv4Addr| !taken.contains(ip) && !pending.contains(ip) && Some(*ip) != gateway;
         let ip = match requested {
             Some(ip) => {
                 ensure!(free(&ip), "{ip} is already taken in network {}", net.name);

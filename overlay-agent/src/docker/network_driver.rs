@@ -86,7 +86,7 @@ impl Driver {
             Some(Value::Object(generic)) => driver_options(generic)?,
             _ => DriverOptions::default(),
         };
-        let net = self.overlay_network(subnet, &opts).await?;
+        let net = self.overlay_network(subnet, &opts, internal).await?;
         log::info!(
             "Docker network {} is overlay network {} (VNI {}, {}){}",
             short(&req.network_id),
@@ -110,7 +110,12 @@ impl Driver {
     /// The overlay network for `subnet`: the one named by `-o network` or else the one with
     /// that subnet, made if there is none. Another host may make it at the same moment (or
     /// take the VNI we picked): then the next round finds theirs or picks another VNI.
-    async fn overlay_network(&self, subnet: Cidr, opts: &DriverOptions) -> Result<Network> {
+    async fn overlay_network(
+        &self,
+        subnet: Cidr,
+        opts: &DriverOptions,
+        internal: bool,
+    ) -> Result<Network> {
         let store = &self.ctx.store;
         let mut last = None;
         for _ in 0..4 {
@@ -147,6 +152,9 @@ impl Driver {
                 mtu: None,
                 slice_prefix: None,
                 bum_rate: None,
+                // Docker's --internal makes an internal overlay network: no way out in the
+                // dataplane either.
+                internal,
             }
             .validate()?;
             match commands::network_create(store, &net).await {
@@ -247,7 +255,8 @@ impl Driver {
 
     /// Docker moves the peer into the container and names it eth<n>. No Gateway: on an
     /// internal network Docker adds nothing, on another it adds its own docker_gwbridge
-    /// interface with the default route.
+    /// interface with the default route and its own NAT, which Docker users know and expect
+    /// (`docker network inspect docker_gwbridge`); our gateway serves the CLI and CNI.
     pub(super) async fn join(&self, req: EndpointRef) -> Result<JoinReply> {
         let network = self.endpoint_network(&req).await?;
         Ok(JoinReply {

@@ -160,6 +160,9 @@ pub struct NetworkRecord {
     /// [`DEFAULT_BUM_RATE`], 0: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bum_rate: Option<u32>,
+    /// No gateway and no way out of the overlay (`network create --internal`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
 
 /// Broadcast and multicast per endpoint per second, unless a network says otherwise: far more
@@ -177,6 +180,8 @@ pub struct Network {
     pub slice_prefix: u8,
     /// Broadcast and multicast frames per second per endpoint; 0: unlimited.
     pub bum_rate: u32,
+    /// No gateway, no way out.
+    pub internal: bool,
     /// etcd's create revision of its key (0 until read from etcd): of two networks that claim
     /// one VNI or overlapping subnets, the older is served.
     pub created: i64,
@@ -216,6 +221,7 @@ impl NetworkRecord {
             mtu: self.mtu,
             slice_prefix,
             bum_rate: self.bum_rate.unwrap_or(DEFAULT_BUM_RATE),
+            internal: self.internal,
             created: 0,
         })
     }
@@ -230,7 +236,17 @@ impl Network {
             mtu: self.mtu,
             slice_prefix: Some(self.slice_prefix),
             bum_rate: Some(self.bum_rate),
+            internal: self.internal,
         }
+    }
+
+    /// The address containers route everything outside the overlay through: the subnet's
+    /// first host address, the same on every node, served by each node for its own containers
+    /// (on the network's bridge). None for an internal network.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        (!self.internal)
+            .then(|| self.subnet.hosts().next())
+            .flatten()
     }
 
     /// The bridge this network's endpoints hang off on every node (Docker's `ov-<vni>`).

@@ -1,0 +1,280 @@
+//! The way out of the overlay: each node is the gateway of its own containers. On every node
+//! that serves a network (unless it is internal), the network's bridge holds the gateway
+//! address (the subnet's first host, the same everywhere, so a container's default route never
+//! hairpins through another host), each local container has a /32 route to its bridge (for the
+//! replies: the host has no route to the overlay otherwise, and a host-joined interface's
+//! on-link route must not take them), and nftables masquerades what leaves for a destination
+//! outside every overlay network, with the host's own address. The one owner of the `ip
+//! overlay` table, which it writes whole through the `nft` JSON interface.
+//!
+//! Isolation stays Docker's: networks do not route into each other through their gateways
+//! (forwarding between overlay bridges is dropped), and an internal network's bridge forwards
+//! nothing (its containers have no gateway, and the dataplane drops what tries: drop_internal).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{cluster::ClusterState, dataplane::state::MapState, ipam::Cidr, plumbing::Netlink};
+
+/// nftables table (family ip) that holds every rule of ours, and nothing else.
+pub const TABLE: &str = "overlay";
+/// The routing protocol number our /32 routes carry (`ip route show proto 79`), so they can be
+/// told from anyone else's.
+pub const ROUTE_PROTOCOL: u8 = 79;
+
+/// What the node must hold for the served networks' way out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Bridge -> the gateway address it holds, with its prefix length.
+    pub gateways: BTreeMap<String, (Ipv4Addr, u8)>,
+    /// Local containers of networks with a gateway: address -> their bridge.
+    pub routes: BTreeMap<Ipv4Addr, String>,
+    /// Subnets whose traffic leaving the overlay is masqueraded.
+    pub masquerade: BTreeSet<Cidr>,
+    /// Every served subnet: traffic to them is never NATed.
+    pub overlay: BTreeSet<Cidr>,
+    /// Bridges of internal networks: nothing is forwarded from them.
+    pub internal: BTreeSet<String>,
+}
+
+/// The plan for what `applied` serves (pure).
+pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
+    let mut p = Plan::default();
+    let served: BTreeMap<u32, _> = cluster
+        .networks
+        .values()
+        .filter(|n| applied.networks.contains_key(&n.vni))
+        .map(|n| (n.vni, n))
+        .collect();
+    for net in served.values() {
+        p.overlay.insert(net.subnet);
+        match net.gateway() {
+            Some(gw) => {
+                // A /32: the host answers ARP for it on the bridge all the same, and no
+                // on-link route to the subnet competes with a host-joined interface's.
+                p.gateways.insert(net.bridge(), (gw, 32));
+                p.masquerade.insert(net.subnet);
+            }
+            None => {
+                p.internal.insert(net.bridge());
+            }
+        }
+    }
+    for ep in applied.endpoints.values() {
+        if ep.deliver != overlay_common::deliver::PEER {
+            continue;
+        }
+        if let Some(net) = served.get(&ep.vni).filter(|n| n.gateway().is_some()) {
+            p.routes.insert(Ipv4Addr::from(ep.ip), net.bridge());
+        }
+    }
+    p
+}
+
+fn prefix(c: &Cidr) -> Value {
+    json!({"prefix": {"addr": c.network().to_string(), "len": c.prefix()}})
+}
+
+fn rule(chain: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
+}
+
+fn iifname(name: &str) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": name}})
+}
+
+/// The whole table, as one `nft -j` transaction that replaces what was there (ours from an
+/// earlier run included: restarts adopt, never duplicate). Pure.
+pub fn ruleset(plan: &Plan) -> Value {
+    let table = json!({"table": {"family": "ip", "name": TABLE}});
+    let mut cmds = vec![
+        // Adding first makes the delete succeed when there is no table yet.
+        json!({"add": table}),
+        json!({"delete": table}),
+        json!({"add": table}),
+        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "postrouting",
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "forward",
+            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
+        // Networks never route into each other through their gateways.
+        rule(
+            "forward",
+            vec![
+                iifname("ovbr*"),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ovbr*"}}),
+                json!({"counter": null}),
+                json!({"drop": null}),
+            ],
+        ),
+    ];
+    for bridge in &plan.internal {
+        cmds.push(rule(
+            "forward",
+            vec![
+                iifname(bridge),
+                json!({"counter": null}),
+                json!({"drop": null}),
+            ],
+        ));
+    }
+    let overlay: Vec<Value> = plan.overlay.iter().map(prefix).collect();
+    for subnet in &plan.masquerade {
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix(subnet)}}),
+                json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": overlay}}}),
+                json!({"counter": null}),
+                json!({"masquerade": null}),
+            ],
+        ));
+    }
+    json!({"nftables": cmds})
+}
+
+/// Runs one `nft -j -f -` transaction.
+fn nft(commands: &Value) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (package nftables)")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(commands.to_string().as_bytes())
+        .context("writing to nft")?;
+    let out = child.wait_with_output().context("waiting for nft")?;
+    if !out.status.success() {
+        bail!(
+            "nft refused the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the table, if there is one (teardown).
+pub fn remove_table() -> Result<()> {
+    let table = json!({"table": {"family": "ip", "name": TABLE}});
+    nft(&json!({"nftables": [{"add": table}, {"delete": table}]}))
+}
+
+/// What this agent last made: a sync with the same plan touches nothing but cheap lookups.
+#[derive(Default)]
+pub struct Egress {
+    table: Option<Value>,
+}
+
+impl Egress {
+    /// Brings addresses, routes, the table and forwarding in line with `plan`. Each part is
+    /// tried on its own; failures are logged and retried on the next sync.
+    pub async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
+        for (bridge, (gw, len)) in &plan.gateways {
+            // A bridge exists once a container of the network is attached here.
+            if let Ok(Some(_)) = netlink.index(bridge).await
+                && let Err(e) = netlink.ensure_address(bridge, *gw, *len).await
+            {
+                log::warn!("gateway {gw} on {bridge}: {e:#}; will retry");
+            }
+        }
+        if let Err(e) = self.sync_routes(netlink, plan).await {
+            log::warn!("routes to the containers: {e:#}; will retry");
+        }
+        let table = ruleset(plan);
+        if self.table.as_ref() != Some(&table) {
+            match nft(&table) {
+                Ok(()) => {
+                    log::info!(
+                        "nftables table ip {TABLE}: masquerading {} network(s), {} internal",
+                        plan.masquerade.len(),
+                        plan.internal.len()
+                    );
+                    self.table = Some(table);
+                }
+                Err(e) => log::warn!("{e:#}; will retry"),
+            }
+        }
+        if !plan.gateways.is_empty()
+            && let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        {
+            log::warn!("enabling IPv4 forwarding: {e}; will retry");
+        }
+    }
+
+    async fn sync_routes(&self, netlink: &Netlink, plan: &Plan) -> Result<()> {
+        let mut wanted = BTreeMap::new();
+        for (ip, bridge) in &plan.routes {
+            if let Some(index) = netlink.index(bridge).await? {
+                wanted.insert(*ip, index);
+            }
+        }
+        let current: BTreeMap<Ipv4Addr, u32> = netlink
+            .host_routes(ROUTE_PROTOCOL)
+            .await?
+            .into_iter()
+            .collect();
+        for (ip, index) in &current {
+            if wanted.get(ip) != Some(index) {
+                netlink.del_host_route(*ip, *index, ROUTE_PROTOCOL).await?;
+            }
+        }
+        for (ip, index) in &wanted {
+            if current.get(ip) != Some(index) {
+                netlink.add_host_route(*ip, *index, ROUTE_PROTOCOL).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_table_masquerades_what_leaves_every_overlay_and_isolates_networks() {
+        let plan = Plan {
+            gateways: BTreeMap::from([("ovbr42".into(), ("10.10.0.1".parse().unwrap(), 32))]),
+            routes: BTreeMap::new(),
+            masquerade: BTreeSet::from([cidr("10.10.0.0/16")]),
+            overlay: BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")]),
+            internal: BTreeSet::from(["ovbr43".into()]),
+        };
+        let v = ruleset(&plan);
+        let cmds = v["nftables"].as_array().unwrap();
+        // Replace, not append: add, delete, add the table first.
+        assert_eq!(cmds[0]["add"]["table"]["name"], TABLE);
+        assert_eq!(cmds[1]["delete"]["table"]["name"], TABLE);
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        assert_eq!(rules.len(), 3);
+        let masq = rules.iter().find(|r| r["chain"] == "postrouting").unwrap();
+        let expr = masq["expr"].as_array().unwrap();
+        assert_eq!(expr[0]["match"]["right"]["prefix"]["addr"], "10.10.0.0");
+        assert_eq!(expr[1]["match"]["op"], "!=");
+        assert_eq!(
+            expr[1]["match"]["right"]["set"].as_array().unwrap().len(),
+            2
+        );
+        assert!(expr.iter().any(|e| e.get("masquerade").is_some()));
+        assert!(
+            rules
+                .iter()
+                .any(|r| r["expr"][0]["match"]["right"] == "ovbr43"),
+            "{v}"
+        );
+    }
+}
