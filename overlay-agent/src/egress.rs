@@ -89,6 +89,10 @@ fn iifname(name: &str) -> Value {
     json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": name}})
 }
 
+fn oifname(op: &str, name: &str) -> Value {
+    json!({"match": {"op": op, "left": {"meta": {"key": "oifname"}}, "right": name}})
+}
+
 /// The whole table, as one `nft -j` transaction that replaces what was there (ours from an
 /// earlier run included: restarts adopt, never duplicate). Pure.
 pub fn ruleset(plan: &Plan) -> Value {
@@ -102,22 +106,30 @@ pub fn ruleset(plan: &Plan) -> Value {
             "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
         json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "forward",
             "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
-        // Networks never route into each other through their gateways.
-        rule(
-            "forward",
-            vec![
-                iifname("ovbr*"),
-                json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ovbr*"}}),
-                json!({"counter": null}),
-                json!({"drop": null}),
-            ],
-        ),
     ];
-    for bridge in &plan.internal {
+    // With br_netfilter on (Docker loads it), frames bridged between two ports of one bridge
+    // pass this hook too, in and out by that bridge: every rule names the bridge it comes
+    // from and spares traffic that stays on it.
+    for bridge in plan.gateways.keys() {
+        // Networks never route into each other through their gateways.
         cmds.push(rule(
             "forward",
             vec![
                 iifname(bridge),
+                oifname("==", "ovbr*"),
+                oifname("!=", bridge),
+                json!({"counter": null}),
+                json!({"drop": null}),
+            ],
+        ));
+    }
+    for bridge in &plan.internal {
+        // Nothing leaves an internal network.
+        cmds.push(rule(
+            "forward",
+            vec![
+                iifname(bridge),
+                oifname("!=", bridge),
                 json!({"counter": null}),
                 json!({"drop": null}),
             ],
@@ -130,6 +142,9 @@ pub fn ruleset(plan: &Plan) -> Value {
             vec![
                 json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix(subnet)}}),
                 json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": overlay}}}),
+                // Out of the overlay only: a broadcast bridged between containers (which
+                // br_netfilter shows this hook) keeps its source.
+                oifname("!=", "ovbr*"),
                 json!({"counter": null}),
                 json!({"masquerade": null}),
             ],

@@ -25,11 +25,21 @@ pub fn make_ca_and_server(dir: &Path, ip: &str) -> Result<()> {
 
 /// A client certificate for `who` (`<who>.pem`, `<who>.key`) signed by `ca` (`<ca>.pem`).
 pub fn make_client(dir: &Path, ca: &str, who: &str) -> Result<(PathBuf, PathBuf)> {
+    make_client_valid_for(dir, ca, who, 2)
+}
+
+/// The same, valid for `days` from now; -1: it expired yesterday.
+pub fn make_client_valid_for(
+    dir: &Path,
+    ca: &str,
+    who: &str,
+    days: i32,
+) -> Result<(PathBuf, PathBuf)> {
     let d = dir.display();
     sh(&format!(
         "cd {d} && printf 'extendedKeyUsage=clientAuth\\n' > client.ext && \
          openssl req -newkey rsa:2048 -nodes -keyout {who}.key -out {who}.csr -subj /CN={who} 2>/dev/null && \
-         openssl x509 -req -in {who}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {who}.pem -days 2 -extfile client.ext 2>/dev/null"
+         openssl x509 -req -in {who}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {who}.pem -days {days} -extfile client.ext 2>/dev/null"
     ))
     .with_context(|| format!("making a client certificate for {who} (openssl)"))?;
     Ok((

@@ -432,8 +432,20 @@ impl Deployment {
 
     /// `network create` with the CLI on the first host.
     pub fn create_network(&self, name: &str, subnet: &str, vni: u32) -> Result<()> {
+        self.create_network_with(name, subnet, vni, &[])
+    }
+
+    /// The same with more flags (`--internal`, `--bum-rate N`, `--port P`, ...).
+    pub fn create_network_with(
+        &self,
+        name: &str,
+        subnet: &str,
+        vni: u32,
+        flags: &[&str],
+    ) -> Result<()> {
         let vni = vni.to_string();
-        let args = ["network", "create", name, "--subnet", subnet, "--vni", &vni];
+        let mut args = vec!["network", "create", name, "--subnet", subnet, "--vni", &vni];
+        args.extend(flags);
         self.cli(0, &args).map(drop)
     }
 

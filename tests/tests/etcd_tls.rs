@@ -29,6 +29,11 @@ fn make_certs(dir: &Path) {
     std::fs::rename(pem, dir.join("stranger.pem")).unwrap();
     std::fs::rename(key, dir.join("stranger.key")).unwrap();
     certs::make_client(dir, "ca", "overlay").unwrap();
+    // The right CA and user, but it expired yesterday.
+    let (pem, key) = certs::make_client_valid_for(dir, "ca", "overlay", -1).unwrap();
+    std::fs::rename(pem, dir.join("expired.pem")).unwrap();
+    std::fs::rename(key, dir.join("expired.key")).unwrap();
+    certs::make_client(dir, "ca", "overlay").unwrap();
     for (file, text) in [
         ("overlay.password", "overlay-secret\n"),
         ("wrong.password", "wrong\n"),
@@ -234,6 +239,16 @@ fn etcd_over_tls_with_client_certificates_and_a_role_limited_to_the_prefix() {
                 &etcd,
                 "ca.pem",
                 "stranger",
+                Some(("overlay", "overlay.password")),
+            ),
+            "refused the client certificate",
+        ),
+        (
+            "an expired client certificate",
+            flags(
+                &etcd,
+                "ca.pem",
+                "expired",
                 Some(("overlay", "overlay.password")),
             ),
             "refused the client certificate",

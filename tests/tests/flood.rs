@@ -200,21 +200,8 @@ fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_els
 #[test]
 fn a_broadcast_storm_is_limited_per_endpoint_while_unicast_keeps_flowing() {
     let mut d = Deployment::on("bumstorm", &[true, true], Underlay::Veth).unwrap();
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "blue",
-            "--subnet",
-            "10.10.0.0/16",
-            "--vni",
-            "42",
-            "--bum-rate",
-            "100",
-        ],
-    )
-    .unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--bum-rate", "100"])
+        .unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();
     let b1 = d.add_container(0, "b1", "blue", None).unwrap();
     let a2 = d.add_container(1, "a2", "blue", None).unwrap();

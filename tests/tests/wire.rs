@@ -113,21 +113,8 @@ fn the_gro_helper_is_made_again_when_deleted_and_removed_with_its_last_network()
     wait_for(Duration::from_secs(3), || exists(&d, "ovgro4789"))
         .unwrap_or_else(|_| panic!("not made again: {}", d.hosts[0].log()));
     // A second port gets a helper of its own.
-    d.cli(
-        0,
-        &[
-            "network",
-            "create",
-            "red",
-            "--subnet",
-            "10.20.0.0/16",
-            "--vni",
-            "43",
-            "--port",
-            "4790",
-        ],
-    )
-    .unwrap();
+    d.create_network_with("red", "10.20.0.0/16", 43, &["--port", "4790"])
+        .unwrap();
     wait_for(Duration::from_secs(3), || exists(&d, "ovgro4790")).unwrap();
     assert_eq!(pins(&d), ["eth1", "ovgro4789", "ovgro4790"]);
     d.cli(0, &["network", "rm", "blue"]).unwrap();
