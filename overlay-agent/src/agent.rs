@@ -33,10 +33,10 @@ use crate::{
     flood,
     gro::{self, GroDevices},
     metrics::{self, Metrics, ReconcileKind},
-    plumbing::Netlink,
+    plumbing::{self, Netlink},
     store::{
         Store, brief,
-        schema::{Endpoint, Kind, Location, NodeRecord, NodeStateRecord},
+        schema::{self, Endpoint, Kind, Location, NodeRecord, NodeStateRecord},
     },
 };
 
@@ -173,6 +173,10 @@ struct Agent {
     stranded_before: Option<i64>,
     /// The map digest last published under this session's lease (`state/<node>`).
     published: Option<NodeStateRecord>,
+    /// The multicast groups last published under this session's lease (`groups/<node>`).
+    published_groups: Option<schema::GroupsRecord>,
+    /// Bridges (by ifindex) already made IGMP queriers.
+    queriers: BTreeSet<u32>,
     problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
@@ -291,6 +295,8 @@ pub async fn run(opts: Options) -> Result<()> {
         fresh,
         stranded_before: None,
         published: None,
+        published_groups: None,
+        queriers: BTreeSet::new(),
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
@@ -344,6 +350,7 @@ impl Agent {
         let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl, self.metrics.clone());
         // A new lease: the digest is published again under it.
         self.published = None;
+        self.published_groups = None;
         log::info!(
             "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
             store.endpoints_url(),
@@ -422,6 +429,7 @@ impl Agent {
                         }
                         self.reap_vanished(&store).await;
                         self.publish_state(&store, lease).await;
+                        self.publish_groups(&store, lease).await;
                         self.sync_gro().await;
                         self.sync_flood();
                         self.sync_egress().await;
@@ -631,6 +639,22 @@ impl Agent {
             })
             .collect();
         let (wanted, overflow) = flood::wanted(&self.applied, &settings, &ifindex);
+        // The bridge asks its ports for their groups (IGMP general queries), so a container
+        // that stays a member keeps reporting and its membership does not expire.
+        for f in wanted.values().filter(|f| f.bridge != 0) {
+            if !self.queriers.contains(&f.bridge) {
+                match plumbing::set_igmp_querier(f.bridge) {
+                    Ok(()) => {
+                        self.queriers.insert(f.bridge);
+                    }
+                    Err(e) => log::warn!("{e:#}; will retry"),
+                }
+            }
+        }
+        let groups = flood::wanted_groups(&self.cluster, &self.opts.node, &self.applied);
+        if let Err(e) = flood::sync_groups(&mut self.maps, &groups) {
+            log::warn!("{e:#}; will retry");
+        }
         match flood::sync(&mut self.maps, &wanted) {
             Ok(0) => {}
             Ok(_) => {
@@ -718,6 +742,34 @@ impl Agent {
         };
         match store.put_state(&self.opts.node, &state, lease).await {
             Ok(()) => self.published = Some(state),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+    }
+
+    /// Publishes this node's multicast group memberships (IGMP snooping) when they changed;
+    /// expired ones leave GROUPS here.
+    async fn publish_groups(&mut self, store: &Store, lease: i64) {
+        let now = crate::dataplane::monitor::monotonic_ns();
+        let groups = match flood::local_groups(&mut self.maps, now) {
+            Ok((groups, capped)) => {
+                if capped {
+                    log::warn!(
+                        "more than {} multicast groups joined on this node: the rest reach every host of their network",
+                        schema::MAX_PUBLISHED_GROUPS
+                    );
+                }
+                groups
+            }
+            Err(e) => {
+                log::warn!("{e:#}; will retry");
+                return;
+            }
+        };
+        if self.published_groups.as_ref() == Some(&groups) {
+            return;
+        }
+        match store.put_groups(&self.opts.node, &groups, lease).await {
+            Ok(()) => self.published_groups = Some(groups),
             Err(e) => log::warn!("{e:#}; will retry"),
         }
     }

@@ -2,7 +2,10 @@
 //! prefix, by key. Applying a put or a delete is idempotent, so a replayed or relisted event
 //! changes nothing; a value that does not parse is treated as absent, so what the agent serves
 //! depends only on what etcd holds, never on the order events arrived in.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::Result;
 
@@ -16,6 +19,9 @@ pub struct ClusterState {
     /// Nodes whose lease is alive.
     pub nodes: BTreeMap<String, NodeRecord>,
     pub endpoints: BTreeMap<(String, Ipv4Addr), Endpoint>,
+    /// Node -> VNI -> the multicast groups its containers are members of. Followed by the
+    /// agent's flood sync (every second), not by a map reconcile.
+    pub groups: BTreeMap<String, BTreeMap<u32, BTreeSet<Ipv4Addr>>>,
     /// Keys whose value was refused, with why: shown by `status`.
     pub invalid: BTreeMap<String, String>,
 }
@@ -71,6 +77,18 @@ impl ClusterState {
                     &ep,
                 )
             }
+            Key::Groups(node) => {
+                let record: schema::GroupsRecord = schema::decode(value)?;
+                let mut groups = BTreeMap::new();
+                for (vni, set) in record {
+                    let vni: u32 = vni
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("VNI {vni:?} is not a number"))?;
+                    groups.insert(vni, set);
+                }
+                self.groups.insert(node.clone(), groups);
+                Applied::Ignored
+            }
             Key::Slice { .. } | Key::Name { .. } => Applied::Ignored,
         })
     }
@@ -98,6 +116,10 @@ impl ClusterState {
                 Ok(ip) => self.endpoints.remove(&(network.clone(), ip)).is_some(),
                 Err(_) => false,
             },
+            Key::Groups(node) => {
+                self.groups.remove(node);
+                false
+            }
             Key::Slice { .. } | Key::Name { .. } => false,
         }
     }

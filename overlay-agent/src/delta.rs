@@ -46,7 +46,8 @@ impl Batch {
                     self.before.entry(k).or_insert(old);
                 }
             }
-            Some(Key::Slice { .. } | Key::Name { .. }) | None => {}
+            // Groups are followed by the flood sync, not by the maps.
+            Some(Key::Slice { .. } | Key::Name { .. } | Key::Groups(_)) | None => {}
         }
     }
 }

@@ -4,14 +4,23 @@
 //! port's GRO helper, whose collect_md vxlan device sends the copies). Node-local interfaces,
 //! so it lives beside MapState, not in it: no other node could compute it, and `doctor
 //! --cluster` compares only what any node can.
-use std::collections::BTreeMap;
+//!
+//! Multicast to a group of its own goes only to hosts with a member: this node's memberships
+//! come from IGMP snooping (GROUPS, expired here) and are published in etcd; MCAST holds, per
+//! (VNI, group), the VTEPs of the other nodes that published it.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, Result};
-use overlay_common::{Flood, MAX_FLOOD_VTEPS};
+use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS};
 
 use crate::{
-    dataplane::{Maps, state::MapState},
+    cluster::ClusterState,
+    dataplane::{Maps, maps::sync_table, state::MapState},
     gro,
+    store::schema::{GroupsRecord, MAX_PUBLISHED_GROUPS},
 };
 
 /// A served network's settings FLOOD carries.
@@ -59,27 +68,84 @@ pub fn wanted(
 
 /// Makes FLOOD equal to `wanted`; how many entries it wrote or removed.
 pub fn sync(maps: &mut Maps, wanted: &BTreeMap<u32, Flood>) -> Result<usize> {
-    let current: BTreeMap<u32, Flood> = maps
-        .flood
+    sync_table(&mut maps.flood, wanted, "FLOOD")
+}
+
+/// Makes MCAST equal to `wanted`.
+pub fn sync_groups(maps: &mut Maps, wanted: &BTreeMap<IpKey, GroupVteps>) -> Result<usize> {
+    sync_table(&mut maps.mcast, wanted, "MCAST")
+}
+
+/// How long a membership lasts without a report: IGMP's group membership interval (RFC 3376
+/// 8.4: robustness 2 x query interval 125 s + response time 10 s). The network's bridge is the
+/// querier that asks the containers again (see the agent).
+pub const MEMBERSHIP_NS: u64 = 260_000_000_000;
+
+/// This node's memberships from GROUPS, per VNI, expired ones removed from the map; and
+/// whether there were more groups than a node publishes.
+pub fn local_groups(maps: &mut Maps, now_ns: u64) -> Result<(GroupsRecord, bool)> {
+    let entries: Vec<(GroupKey, u64)> = maps
+        .groups
         .iter()
         .collect::<Result<_, _>>()
-        .context("reading FLOOD")?;
-    let mut changes = 0;
-    for (vni, flood) in wanted {
-        if current.get(vni) != Some(flood) {
-            maps.flood
-                .insert(vni, flood, 0)
-                .with_context(|| format!("FLOOD: writing VNI {vni}"))?;
-            changes += 1;
+        .context("reading GROUPS")?;
+    let mut out = GroupsRecord::new();
+    let (mut count, mut capped) = (0, false);
+    for (key, seen) in entries {
+        if now_ns.saturating_sub(seen) > MEMBERSHIP_NS {
+            let _ = maps.groups.remove(&key);
+            continue;
+        }
+        let set = out.entry(key.vni.to_string()).or_default();
+        if set.contains(&Ipv4Addr::from(key.group)) {
+            continue;
+        }
+        if count == MAX_PUBLISHED_GROUPS {
+            capped = true;
+            continue;
+        }
+        set.insert(Ipv4Addr::from(key.group));
+        count += 1;
+    }
+    Ok((out, capped))
+}
+
+/// MCAST from the groups other live nodes published: (VNI, group) -> their VTEPs, for the
+/// networks this node serves.
+pub fn wanted_groups(
+    cluster: &ClusterState,
+    me: &str,
+    applied: &MapState,
+) -> BTreeMap<IpKey, GroupVteps> {
+    let mut lists: BTreeMap<IpKey, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    for (node, groups) in &cluster.groups {
+        let Some(record) = cluster.nodes.get(node).filter(|_| node != me) else {
+            continue;
+        };
+        for (vni, set) in groups
+            .iter()
+            .filter(|(v, _)| applied.networks.contains_key(v))
+        {
+            for group in set {
+                let key = IpKey {
+                    vni: *vni,
+                    ip: group.octets(),
+                };
+                lists.entry(key).or_default().insert(record.vtep.octets());
+            }
         }
     }
-    for vni in current.keys().filter(|v| !wanted.contains_key(v)) {
-        maps.flood
-            .remove(vni)
-            .with_context(|| format!("FLOOD: removing VNI {vni}"))?;
-        changes += 1;
-    }
-    Ok(changes)
+    lists
+        .into_iter()
+        .map(|(key, vteps)| {
+            let mut v = GroupVteps::default();
+            for (slot, vtep) in v.vteps.iter_mut().zip(&vteps) {
+                *slot = *vtep;
+            }
+            v.count = vteps.len().min(MAX_FLOOD_VTEPS) as u32;
+            (key, v)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub enum Table {
     Networks,
     /// Packet counters, summed over CPUs
     Stats,
+    /// Multicast groups per VNI: local member ports (IGMP snooping) and remote member VTEPs
+    Groups,
     /// Per VNI: where broadcast and multicast go (remote VTEPs, the local bridge, the storm
     /// limit), and whether the network is internal
     Flood,
@@ -135,6 +137,32 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 "bum_rate_pps",
                 "internal",
             ]
+        }
+        Table::Groups => {
+            for e in maps.groups.iter() {
+                let (k, _) = e.context("reading GROUPS")?;
+                let port = crate::net::iface_name(k.port).unwrap_or_else(|| k.port.to_string());
+                rows.push(vec![
+                    k.vni.to_string(),
+                    ip(k.group).to_string(),
+                    "local".into(),
+                    port,
+                ]);
+            }
+            for e in maps.mcast.iter() {
+                let (k, v) = e.context("reading MCAST")?;
+                let vteps: Vec<String> = v.vteps[..(v.count as usize).min(v.vteps.len())]
+                    .iter()
+                    .map(|t| ip(*t).to_string())
+                    .collect();
+                rows.push(vec![
+                    k.vni.to_string(),
+                    ip(k.ip).to_string(),
+                    "remote".into(),
+                    vteps.join(","),
+                ]);
+            }
+            &["vni", "group", "where", "members"]
         }
         Table::Stats => {
             for (c, n) in maps.counters()? {

@@ -454,3 +454,31 @@ impl Netlink {
             .count())
     }
 }
+
+/// Makes the bridge `ifindex` an IGMP querier (`mcast_querier 1`), in this process's network
+/// namespace: the containers on it answer its general queries with reports, which keeps their
+/// snooped memberships alive.
+pub fn set_igmp_querier(ifindex: u32) -> Result<()> {
+    let name = crate::net::iface_name(ifindex)
+        .ok_or_else(|| anyhow!("no interface with index {ifindex}"))?;
+    let out = std::process::Command::new("ip")
+        .args([
+            "link",
+            "set",
+            "dev",
+            &name,
+            "type",
+            "bridge",
+            "mcast_querier",
+            "1",
+        ])
+        .output()
+        .context("running ip link set (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "making {name} an IGMP querier: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

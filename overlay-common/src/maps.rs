@@ -14,6 +14,8 @@ pub mod names {
     pub const STATS: &str = "STATS";
     pub const FLOOD: &str = "FLOOD";
     pub const BUM_RATE: &str = "BUM_RATE";
+    pub const GROUPS: &str = "GROUPS";
+    pub const MCAST: &str = "MCAST";
     /// The monitor's switch, its events and its per-CPU losses (see `monitor`).
     pub const MONITOR_CTL: &str = "MONITOR_CTL";
     pub const EVENTS: &str = "EVENTS";
@@ -191,6 +193,37 @@ impl Default for Flood {
     }
 }
 
+/// GROUPS key: a local port that reported membership of an IPv4 multicast group in a network
+/// (IGMP snooping). The value is when it last did (`bpf_ktime_get_ns`); the agent expires it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub vni: u32,
+    pub group: [u8; 4],
+    pub port: u32,
+}
+
+/// Most group memberships one node tracks (an LRU map: a flood of reports evicts the oldest).
+pub const MAX_GROUP_MEMBERSHIPS: u32 = 16384;
+
+/// MCAST value, by (VNI, group) as an [`IpKey`]: the remote VTEPs with members of the group.
+/// A group without an entry has no remote member: its traffic stays on this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupVteps {
+    pub count: u32,
+    pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
+}
+
+impl Default for GroupVteps {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            vteps: [[0; 4]; MAX_FLOOD_VTEPS],
+        }
+    }
+}
+
 /// BUM_RATE value, by the sending port's ifindex: its broadcast and multicast in the current
 /// one-second window (`ktime >> 30`).
 #[repr(C)]
@@ -229,6 +262,8 @@ mod pod {
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for Flood {}
     unsafe impl aya::Pod for BumWindow {}
+    unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for GroupVteps {}
 }
 
 #[cfg(test)]
@@ -249,6 +284,8 @@ mod tests {
         assert_eq!(size_of::<NodeConfig>(), 8);
         assert_eq!(size_of::<Flood>(), 20 + 4 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<BumWindow>(), 16);
+        assert_eq!(size_of::<GroupKey>(), 12);
+        assert_eq!(size_of::<GroupVteps>(), 4 + 4 * MAX_FLOOD_VTEPS);
     }
 
     #[test]
@@ -265,6 +302,8 @@ mod tests {
             names::STATS,
             names::FLOOD,
             names::BUM_RATE,
+            names::GROUPS,
+            names::MCAST,
             names::MONITOR_CTL,
             names::EVENTS,
             names::MONITOR_CPU,

@@ -70,6 +70,10 @@ counters! {
     DropInternal = "drop_internal",
     /// Not an outcome: the remote copies `flood` sent.
     FloodCopies = "flood_copies",
+    /// Not an outcome: IGMP reports from containers joining a group (snooped, then passed on).
+    GroupJoins = "group_joins",
+    /// Not an outcome: IGMP leaves (or reports leaving a group).
+    GroupLeaves = "group_leaves",
     /// Not an outcome: the wire packets that decapsulated skbs carried (a GRO'd skb counts its
     /// segments, any other 1), so `decap_segments / decap` is the average merged per skb.
     DecapSegments = "decap_segments",
@@ -81,7 +85,13 @@ impl Counter {
     /// Whether the counter counts verdicts (one per packet a program saw); the others measure
     /// something about packets already counted under a verdict.
     pub const fn is_outcome(self) -> bool {
-        !matches!(self, Counter::DecapSegments | Counter::FloodCopies)
+        !matches!(
+            self,
+            Counter::DecapSegments
+                | Counter::FloodCopies
+                | Counter::GroupJoins
+                | Counter::GroupLeaves
+        )
     }
 
     /// Whether the outcome is a drop: what `monitor --type drop` reports. Every other outcome

@@ -48,7 +48,7 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
         })
     }) else {
         // Nobody we know: ask the whole network, as a switch would.
-        return flood::replicate(ctx, sender, Counter::ArpMiss);
+        return flood::replicate(ctx, sender, Counter::ArpMiss, [0; 4]);
     };
 
     // Turn the request into the reply in place, and send it back out of the port it came in by.

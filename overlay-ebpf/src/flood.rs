@@ -9,10 +9,11 @@ use aya_ebpf::{
     helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use overlay_common::{BumWindow, Counter, Endpoint, MAX_FLOOD_VTEPS};
+use overlay_common::{BumWindow, Counter, Endpoint, IpKey, MAX_FLOOD_VTEPS};
 
 use crate::{
-    maps::{BUM_RATE, CONFIG, FLOOD},
+    igmp,
+    maps::{BUM_RATE, CONFIG, FLOOD, MCAST},
     packet::ifindex,
     stats::{Verdict, add, drop, pass, redirected},
     vxlan,
@@ -27,9 +28,10 @@ pub fn is_group(mac: [u8; 6]) -> bool {
 }
 
 /// A container's broadcast or multicast: rate-limited, replicated to the network's remote
-/// VTEPs, and left to the bridge. `local`: the outcome when there is nobody remote.
+/// VTEPs (for an IPv4 group of its own, `ip_dst`, only those with members: IGMP snooping), and
+/// left to the bridge. `local`: the outcome when there is nobody remote.
 #[inline(always)]
-pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter) -> Verdict {
+pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8; 4]) -> Verdict {
     let Some(flood) = FLOOD.get_ptr(sender.vni) else {
         return pass(local);
     };
@@ -37,6 +39,20 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter) -> Verdict 
     if rate != 0 && over_rate(ifindex(ctx), rate) {
         return drop(Counter::DropStorm);
     }
+    // Broadcast and link-local groups: every host of the network. Any other group: the
+    // hosts with a member, none if nobody remote reported one.
+    let (list, count): (*const [[u8; 4]; MAX_FLOOD_VTEPS], u32) = if igmp::tracked(ip_dst) {
+        let key = IpKey {
+            vni: sender.vni,
+            ip: ip_dst,
+        };
+        match MCAST.get_ptr(key) {
+            Some(g) => unsafe { (&raw const (*g).vteps, (*g).count) },
+            None => return pass(local),
+        }
+    } else {
+        (unsafe { &raw const (*flood).vteps }, count)
+    };
     if count == 0 || tunnel == 0 {
         return pass(local);
     }
@@ -54,7 +70,7 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter) -> Verdict 
             break;
         }
         // Host byte order, as the tunnel key wants it.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*flood).vteps[i] });
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*list)[i] });
         let set = unsafe {
             bpf_skb_set_tunnel_key(
                 skb,

@@ -13,7 +13,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 
 use crate::{
-    arp, flood, ipv6,
+    arp, flood, igmp, ipv6,
     maps::{ENDPOINTS, FDB, PORTS},
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
@@ -45,29 +45,40 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
                 return drop(Counter::DropTooShort);
             };
-            let src = unsafe { (*ip).src_addr };
+            let (src, dst, proto, vihl) =
+                unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).proto, (*ip).vihl) };
             // 0.0.0.0 is what a DHCP client sends from before it has an address.
             if src != sender.ip && src != [0; 4] {
                 return drop(Counter::DropSpoofedIp);
             }
-            forward(ctx, sender, eth.dst_addr, true)
+            if proto == IPPROTO_IGMP {
+                igmp::snoop(ctx, sender, igmp::offset(vihl));
+            }
+            forward(ctx, sender, eth.dst_addr, true, dst)
         }
         wire::ETH_P_IPV6 => match ipv6::check_source(ctx, sender) {
-            Ok(()) => forward(ctx, sender, eth.dst_addr, true),
+            Ok(()) => forward(ctx, sender, eth.dst_addr, true, NO_GROUP),
             Err(reason) => drop(reason),
         },
         // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
-        _ => forward(ctx, sender, eth.dst_addr, false),
+        _ => forward(ctx, sender, eth.dst_addr, false, NO_GROUP),
     }
 }
 
-/// Unicast to a known MAC of the sender's network: local delivery or encapsulation.
+/// IPv4 protocol number of IGMP.
+const IPPROTO_IGMP: u8 = 2;
+/// The IPv4 destination of a frame that has none worth snooping (IPv6, other ethertypes).
+const NO_GROUP: [u8; 4] = [0; 4];
+
+/// Unicast to a known MAC of the sender's network: local delivery or encapsulation; group
+/// traffic (`ip_dst`: its IPv4 destination) to the network's hosts.
 #[inline(always)]
 fn forward(
     ctx: &aya_ebpf::programs::TcContext,
     sender: &Endpoint,
     dst: [u8; 6],
     ip: bool,
+    ip_dst: [u8; 4],
 ) -> Verdict {
     let key = MacKey::new(sender.vni, dst);
     // Remote first: that is the path where every nanosecond shows (a MAC is never in both).
@@ -85,7 +96,7 @@ fn forward(
     // IPv4 and IPv6 broadcast and multicast reach the network's other hosts too. Other
     // ethertypes stay local (STP, LLDP and their like must never cross a switch).
     if ip && flood::is_group(dst) {
-        return flood::replicate(ctx, sender, Counter::ContainerPass);
+        return flood::replicate(ctx, sender, Counter::ContainerPass, ip_dst);
     }
     // Unicast for no endpoint: the gateway's way out, which an internal network has not.
     if ip && flood::internal(sender.vni) {

@@ -20,6 +20,8 @@ mod from_underlay;
 #[cfg(target_arch = "bpf")]
 mod gro_sink;
 #[cfg(target_arch = "bpf")]
+mod igmp;
+#[cfg(target_arch = "bpf")]
 mod ipv6;
 #[cfg(target_arch = "bpf")]
 mod maps;

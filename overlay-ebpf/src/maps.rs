@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use overlay_common::{
-    ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, IpKey, MacKey,
-    Network, NodeConfig, VtepKey,
+    ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, GroupKey,
+    GroupVteps, IpKey, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig, VtepKey,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -47,6 +47,14 @@ pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(4096, 0);
 /// is gone ages out.
 #[map]
 pub static BUM_RATE: LruHashMap<u32, BumWindow> = LruHashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// (VNI, group, local port) -> when the port last reported membership (IGMP snooping).
+#[map]
+pub static GROUPS: LruHashMap<GroupKey, u64> = LruHashMap::pinned(MAX_GROUP_MEMBERSHIPS, 0);
+
+/// (VNI, group) -> the remote VTEPs with members of the group (the agent, from etcd).
+#[map]
+pub static MCAST: HashMap<IpKey, GroupVteps> = HashMap::pinned(MAX_GROUP_MEMBERSHIPS, 0);
 
 /// Slot 0: this node's settings.
 #[map]

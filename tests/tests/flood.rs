@@ -10,7 +10,7 @@ use std::{
 };
 
 use overlay_tests::{
-    deployment::{Deployment, LEGACY_IP, flood_result, ping, ping_flood},
+    deployment::{Deployment, LEGACY_IP, flood_result, ping, ping_flood, wait_for},
     netns::Netns,
     topology::Underlay,
 };
@@ -271,4 +271,113 @@ fn a_legacy_vxlan_host_with_head_end_replication_exchanges_broadcast_with_our_co
     let got = received(at_a1);
     assert_eq!(got["count"], 20, "the legacy host's broadcast at a1: {got}");
     assert_eq!(got["from"][LEGACY_IP.to_string()], 20, "{got}");
+}
+
+/// `maps groups --json` of `host`: (vni, group, where, members) rows.
+fn groups(d: &Deployment, host: usize) -> Vec<Value> {
+    let out = d.cli(host, &["maps", "groups", "--json"]).unwrap();
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn remote_members(d: &Deployment, host: usize, group: &str) -> Option<String> {
+    groups(d, host)
+        .into_iter()
+        .find(|r| r["group"] == group && r["where"] == "remote")
+        .map(|r| r["members"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn multicast_goes_only_to_hosts_with_a_member_and_stops_after_the_member_leaves() {
+    let mut d = Deployment::on("bumgrp", &[true, true, true], Underlay::Veth).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    let a3 = d.add_container(2, "a3", "blue", None).unwrap();
+    assert!(ping(d.container(a1.0), a2.1) && ping(d.container(a1.0), a3.1));
+    const G: &str = "239.2.2.2";
+
+    // a2 joins G: its report is snooped on h2, published, and h1 learns h2 has a member.
+    let member = receiver(d.container(a2.0), &[], 30, &[G]);
+    wait_for(Duration::from_secs(5), || {
+        remote_members(&d, 0, G).as_deref() == Some("10.0.0.2")
+    })
+    .unwrap_or_else(|_| panic!("h1 never learnt of h2's member: {:?}", groups(&d, 0)));
+    let local = groups(&d, 1);
+    assert!(
+        local
+            .iter()
+            .any(|r| r["group"] == G && r["where"] == "local"),
+        "h2: {local:?}"
+    );
+    let count = |h: usize, c: &str| d.hosts[h].counters().unwrap()[c];
+    let (h2_before, h3_before) = (count(1, "decap_flood"), count(2, "decap_flood"));
+    assert_eq!(send(d.container(a1.0), "", G, 20, 200), 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let (h2_after, h3_after) = (count(1, "decap_flood"), count(2, "decap_flood"));
+    assert!(
+        h2_after - h2_before >= 20,
+        "h2 got {} copies",
+        h2_after - h2_before
+    );
+    assert_eq!(
+        h3_after, h3_before,
+        "h3 has no member of {G} and got copies"
+    );
+
+    // A link-local group goes to every host of the network, members or not.
+    assert_eq!(send(d.container(a1.0), "", "224.0.0.251", 5, 200), 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        count(2, "decap_flood") - h3_after >= 5,
+        "224.0.0.251 did not reach h3"
+    );
+
+    // a2 leaves (its socket closes): h1 stops sending it copies within a few seconds.
+    let mut member = member;
+    member.kill().unwrap();
+    let _ = member.wait();
+    wait_for(Duration::from_secs(5), || {
+        remote_members(&d, 0, G).is_none()
+    })
+    .unwrap_or_else(|_| panic!("h1 still sends {G} to h2: {:?}", groups(&d, 0)));
+    let h2_before = count(1, "decap_flood");
+    assert_eq!(send(d.container(a1.0), "", G, 20, 200), 20);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(1, "decap_flood"), h2_before, "copies after the leave");
+
+    // Bad input: reports for 20,000 groups and malformed ones. Nothing crashes, the node
+    // publishes at most MAX_PUBLISHED_GROUPS, and a real member still works.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/igmp_flood.py");
+    let out = d
+        .container(a3.0)
+        .run(&format!("/usr/bin/python3 {script} 20000"))
+        .unwrap();
+    assert!(out.contains("\"sent\": 20004"), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    let published = groups(&d, 0)
+        .into_iter()
+        .filter(|r| r["where"] == "remote" && r["members"] == "10.0.0.3")
+        .count();
+    eprintln!("h3's groups as h1 sees them after the report flood: {published}");
+    assert!(
+        published > 0 && published <= overlay_agent::store::schema::MAX_PUBLISHED_GROUPS,
+        "{published}"
+    );
+    assert!(d.hosts[2].log().contains("more than 1024 multicast groups"));
+    for h in 0..3 {
+        let status: Value =
+            serde_json::from_str(&d.cli(h, &["status", "--json"]).unwrap()).unwrap();
+        assert_eq!(status["agent"]["running"], true, "{status}");
+    }
+    let member = receiver(d.container(a2.0), &[], 4, &[G]);
+    wait_for(Duration::from_secs(5), || {
+        remote_members(&d, 0, G).is_some()
+    })
+    .unwrap();
+    assert_eq!(send(d.container(a1.0), "", G, 10, 200), 10);
+    assert_eq!(received(member)["count"], 10);
 }

@@ -1,10 +1,15 @@
 //! Typed access to a node's pinned maps. Opening them from their pins (rather than through the
 //! loader) serves the running agent and the CLI alike, in another process or after a restart.
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use std::collections::BTreeMap;
+
+use aya::{
+    Pod,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+};
 use overlay_common::{
-    ArpEntry, Counter, Endpoint, FdbEntry, Flood, IpKey, MacKey, Network, NodeConfig, VtepKey,
-    names,
+    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, Network,
+    NodeConfig, VtepKey, names,
 };
 
 use super::{
@@ -24,6 +29,8 @@ pub struct Maps {
     pub config: Array<MapData, NodeConfig>,
     pub stats: PerCpuArray<MapData, u64>,
     pub flood: HashMap<MapData, u32, Flood>,
+    pub groups: HashMap<MapData, GroupKey, u64>,
+    pub mcast: HashMap<MapData, IpKey, GroupVteps>,
 }
 
 /// Opens one pinned map, with an error that names it and says where it was looked for.
@@ -43,6 +50,7 @@ where
         names::VXLAN_PORTS | names::CONFIG | names::MONITOR_CTL => Map::Array(data),
         names::STATS | names::MONITOR_CPU => Map::PerCpuArray(data),
         names::EVENTS => Map::RingBuf(data),
+        names::GROUPS | names::BUM_RATE => Map::LruHashMap(data),
         _ => Map::HashMap(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
@@ -61,6 +69,8 @@ impl Maps {
             config: open(pins, names::CONFIG)?,
             stats: open(pins, names::STATS)?,
             flood: open(pins, names::FLOOD)?,
+            groups: open(pins, names::GROUPS)?,
+            mcast: open(pins, names::MCAST)?,
         })
     }
 
@@ -399,4 +409,35 @@ fn remove<K: aya::Pod, V: aya::Pod>(
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(e) => Err(anyhow!("{name}: remove: {e}")),
     }
+}
+
+/// Makes a hash map equal to `wanted`, writing only what differs; how many entries it wrote
+/// or removed. For the small node-local maps rewritten whole on every sync.
+pub fn sync_table<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: &BTreeMap<K, V>,
+    name: &str,
+) -> Result<usize>
+where
+    K: Pod + Ord + std::fmt::Debug,
+    V: Pod + PartialEq,
+{
+    let current: BTreeMap<K, V> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading {name}"))?;
+    let mut changes = 0;
+    for (key, value) in wanted {
+        if current.get(key) != Some(value) {
+            map.insert(key, value, 0)
+                .with_context(|| format!("{name}: writing {key:?}"))?;
+            changes += 1;
+        }
+    }
+    for key in current.keys().filter(|k| !wanted.contains_key(k)) {
+        map.remove(key)
+            .with_context(|| format!("{name}: removing {key:?}"))?;
+        changes += 1;
+    }
+    Ok(changes)
 }

@@ -486,6 +486,26 @@ impl Store {
         Ok(())
     }
 
+    /// Publishes this node's multicast group memberships under its lease.
+    pub async fn put_groups(
+        &self,
+        node: &str,
+        groups: &schema::GroupsRecord,
+        lease: i64,
+    ) -> Result<()> {
+        let mut c = self.client.clone();
+        self.timed(
+            "publishing the node's multicast groups",
+            c.put(
+                self.keys.groups(node),
+                schema::encode(groups),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Every node's published map digest; a bad value is logged and skipped.
     pub async fn node_states(&self) -> Result<std::collections::BTreeMap<String, NodeStateRecord>> {
         let (kvs, _) = self.list(&self.keys.states()).await?;

@@ -8,8 +8,12 @@
 //! <prefix>/endpoints/<net>/<ip>        {"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02",
 //!                                       "node":"h1","port":"ove1a2b3c4d","netns":"c1"}
 //! <prefix>/names/<node>/<name>         {"network":"blue","ip":"10.10.1.2"}   endpoint names per node
+//! <prefix>/groups/<node>                {"42":["239.1.1.1"]}                   under the node's lease
 //! ```
-use std::net::Ipv4Addr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -34,9 +38,20 @@ pub struct Keys {
 pub enum Key {
     Network(String),
     Node(String),
-    Slice { network: String, slice: String },
-    Endpoint { network: String, ip: String },
-    Name { node: String, name: String },
+    Slice {
+        network: String,
+        slice: String,
+    },
+    Endpoint {
+        network: String,
+        ip: String,
+    },
+    Name {
+        node: String,
+        name: String,
+    },
+    /// `groups/<node>`: the IPv4 multicast groups a node's containers are members of.
+    Groups(String),
 }
 
 impl Keys {
@@ -62,6 +77,9 @@ impl Keys {
     /// `state/<node>`: what a node's maps hold, as a digest (for `doctor --cluster`).
     pub fn states(&self) -> String {
         format!("{}/state/", self.prefix)
+    }
+    pub fn groups(&self, node: &str) -> String {
+        format!("{}/groups/{node}", self.prefix)
     }
     pub fn state(&self, node: &str) -> String {
         format!("{}/state/{node}", self.prefix)
@@ -108,6 +126,7 @@ impl Keys {
                 network: s(1),
                 ip: s(2),
             },
+            ["groups", _] => Key::Groups(s(1)),
             ["names", _, _] => Key::Name {
                 node: s(1),
                 name: s(2),
@@ -435,6 +454,14 @@ pub struct NodeStateRecord {
     pub digest: String,
     pub entries: usize,
 }
+
+/// `groups/<node>` (leased): per VNI, the IPv4 multicast groups the node's containers reported
+/// membership of (IGMP snooping), so other nodes send a group's traffic only where it is
+/// wanted. `{"42":["239.1.1.1"]}`.
+pub type GroupsRecord = BTreeMap<String, BTreeSet<Ipv4Addr>>;
+
+/// Most groups a node publishes; beyond, its groups fall back to reaching every host.
+pub const MAX_PUBLISHED_GROUPS: usize = 1024;
 
 /// `names/<node>/<name>`: which endpoint a node's endpoint name refers to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
