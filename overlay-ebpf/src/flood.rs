@@ -9,11 +9,12 @@ use aya_ebpf::{
     helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use overlay_common::{BumWindow, Counter, Endpoint, IpKey, MAX_FLOOD_VTEPS};
+use overlay_common::{BumWindow, Counter, Endpoint, IpKey, MAX_FLOOD_VTEPS, monitor::hook};
 
 use crate::{
     igmp,
     maps::{BUM_RATE, CONFIG, FLOOD, MCAST},
+    monitor,
     packet::ifindex,
     stats::{Verdict, add, drop, pass, redirected},
     vxlan,
@@ -128,6 +129,8 @@ pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth) -> Verdict {
     if bridge == 0 {
         return drop(Counter::DropNoEndpoint);
     }
+    // Before the outer headers go: the monitor's event names the VTEP and the VNI.
+    monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::DecapFlood);
     if vxlan::decap(ctx, inner).is_err() {
         return drop(Counter::DropAdjustFailed);
     }

@@ -18,9 +18,12 @@ use crate::maps::{EVENTS, MONITOR_CPU, MONITOR_CTL};
 /// Reports `counter`, the outcome a program concluded with, if a monitor listens for its kind.
 #[inline(always)]
 pub fn observe(ctx: &TcContext, hook: u8, counter: Counter) {
-    // Decapsulation reports itself before it strips the outer headers (see `trace`), and
+    // Decapsulations report themselves before they strip the outer headers (see `trace`), and
     // UnderlayPass is the host's own traffic, not the overlay's.
-    if matches!(counter, Counter::Decap | Counter::UnderlayPass) {
+    if matches!(
+        counter,
+        Counter::Decap | Counter::DecapFlood | Counter::UnderlayPass
+    ) {
         return;
     }
     let Some(ctl) = MONITOR_CTL.get(0) else {

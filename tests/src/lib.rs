@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;
+pub mod replication;
 pub mod runtimes;
 pub mod scale;
 pub mod topology;

@@ -231,7 +231,10 @@ impl Underlay {
 pub fn switch(name: &str) -> Result<Netns> {
     let wire = Netns::new(name)?;
     wire.run(
-        "ip link add ul type bridge && ip link set ul up && \
+        // A MAC of its own: a bridge otherwise takes its lowest port's, and a host plugged in
+        // later (a "world") would change the address etcd (on this bridge) answers ARP with,
+        // leaving every host's ARP entry for it stale for seconds.
+        "ip link add ul address 02:00:00:00:00:fe type bridge && ip link set ul up && \
          sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
          net.bridge.bridge-nf-call-arptables=0",
     )?;

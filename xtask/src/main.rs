@@ -45,6 +45,10 @@ enum Command {
         /// Also measure our overlay while a monitor traces every packet, in a table of its own.
         #[arg(long)]
         monitor: bool,
+        /// Instead: the cost of multicast replication (five hosts; ours to 1, 2, 4 members
+        /// and unicast; kernel vxlan with head-end replication).
+        #[arg(long)]
+        replication: bool,
         /// Instead: the control plane at scale, with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
@@ -64,8 +68,15 @@ fn main() -> ExitCode {
             seconds,
             xdp_decap,
             monitor,
+            replication,
             scale,
-        } => bench(rounds, &underlay, seconds, [xdp_decap, monitor], scale),
+        } => bench(
+            rounds,
+            &underlay,
+            seconds,
+            [xdp_decap, monitor, replication],
+            scale,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,7 +142,7 @@ fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
-    [xdp_decap, monitor]: [bool; 2],
+    [xdp_decap, monitor, replication]: [bool; 3],
     scale: Option<u32>,
 ) -> Result<()> {
     prepare_release()?;
@@ -160,6 +171,9 @@ fn bench(
     }
     if monitor {
         args.push("--monitor");
+    }
+    if replication {
+        args.push("--replication");
     }
     let endpoints = scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {

@@ -90,6 +90,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
     ),
     req(Program("sockperf"), "sockperf", "the bench (latency)"),
     req(
+        Program("iperf"),
+        "iperf",
+        "the bench (multicast replication: iperf 2 has multicast, iperf3 not)",
+    ),
+    req(
         Program("ethtool"),
         "ethtool",
         "the bench (wire-like underlay, XDP mode) and wire tests",

@@ -72,7 +72,8 @@ pub struct Inner {
 }
 
 /// Whether the captured bytes start with the underlay's headers: everything `from_underlay`
-/// reports is seen before decapsulation, and an encapsulation is reported after it.
+/// reports is seen before decapsulation (decap and decap_flood report themselves before they
+/// strip the outer headers), and an encapsulation is reported after it.
 fn starts_outer(hook: u8, counter: Option<Counter>) -> bool {
     hook == hook::FROM_UNDERLAY || counter == Some(Counter::Encap)
 }

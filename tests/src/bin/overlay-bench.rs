@@ -38,6 +38,10 @@ struct Args {
     /// Seconds of churn.
     #[arg(long, default_value_t = 30)]
     churn_seconds: u32,
+    /// Only the multicast replication benchmark (five hosts: ours to 1, 2 and 4 members and
+    /// unicast, kernel vxlan with head-end replication to the same).
+    #[arg(long)]
+    replication: bool,
     /// Only the per-program microbenchmark (no namespaces, a few seconds).
     #[arg(long)]
     micro_only: bool,
@@ -102,6 +106,18 @@ fn run(args: Args) -> Result<()> {
             r.full_max_ms
         );
         std::fs::write(args.out.join("scale.md"), &table)?;
+        println!("{table}");
+        return Ok(());
+    }
+    if args.replication {
+        eprintln!("-- multicast replication: ours (five hosts with agents)");
+        let mut rows = overlay_tests::replication::ours(args.seconds)?;
+        // Let the kernel finish tearing the first bed down.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        eprintln!("-- multicast replication: kernel vxlan with head-end replication");
+        rows.extend(overlay_tests::replication::kernel_vxlan(args.seconds)?);
+        let table = overlay_tests::replication::markdown(&rows);
+        std::fs::write(args.out.join("replication.md"), &table)?;
         println!("{table}");
         return Ok(());
     }
