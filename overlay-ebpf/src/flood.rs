@@ -37,7 +37,10 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
         return pass(local);
     };
     let (rate, count, tunnel) = unsafe { ((*flood).rate_pps, (*flood).count, (*flood).tunnel) };
-    if rate != 0 && over_rate(ifindex(ctx), rate) {
+    // Storm control is for what floods every host of the network (broadcast, link-local
+    // groups, IPv6 multicast): a group's own traffic goes only where members asked for it,
+    // and a market data or media stream must not be cut to the storm limit.
+    if rate != 0 && !igmp::tracked(ip_dst) && over_rate(ifindex(ctx), rate) {
         return drop(Counter::DropStorm);
     }
     // Broadcast and link-local groups: every host of the network. Any other group: the
