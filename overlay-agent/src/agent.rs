@@ -638,7 +638,8 @@ impl Agent {
                 (n.vni, s)
             })
             .collect();
-        let (wanted, overflow) = flood::wanted(&self.applied, &settings, &ifindex);
+        let peers = flood::peer_vteps(&self.cluster);
+        let (wanted, overflow) = flood::wanted(&self.applied, &settings, &peers, &ifindex);
         // The bridge asks its ports for their groups (IGMP general queries), so a container
         // that stays a member keeps reporting and its membership does not expire.
         for f in wanted.values().filter(|f| f.bridge != 0) {

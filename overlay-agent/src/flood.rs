@@ -20,7 +20,7 @@ use crate::{
     cluster::ClusterState,
     dataplane::{Maps, maps::sync_table, state::MapState},
     gro,
-    store::schema::{GroupsRecord, MAX_PUBLISHED_GROUPS},
+    store::schema::{GroupsRecord, Location, MAX_PUBLISHED_GROUPS},
 };
 
 /// A served network's settings FLOOD carries.
@@ -32,9 +32,11 @@ pub struct Settings {
 }
 
 /// What FLOOD must hold, and the networks with more remote VTEPs than a flood list holds.
+/// `peers`: per VNI, the VTEPs of legacy hosts (`peer add`).
 pub fn wanted(
     applied: &MapState,
     settings: &BTreeMap<u32, Settings>,
+    peers: &BTreeMap<u32, BTreeSet<[u8; 4]>>,
     resolve: &dyn Fn(&str) -> Option<u32>,
 ) -> (BTreeMap<u32, Flood>, Vec<(u32, usize)>) {
     let mut out = BTreeMap::new();
@@ -47,13 +49,17 @@ pub fn wanted(
             internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
             ..Flood::default()
         };
-        // BTreeSet order: sorted by VNI, then VTEP.
-        let vteps: Vec<[u8; 4]> = applied
-            .vteps
-            .iter()
-            .filter(|(v, _)| *v == vni)
-            .map(|(_, vtep)| *vtep)
-            .collect();
+        // Legacy hosts first (every group goes to them), then the others, each sorted.
+        let legacy = peers.get(&vni).cloned().unwrap_or_default();
+        let mut vteps: Vec<[u8; 4]> = legacy.iter().copied().collect();
+        vteps.extend(
+            applied
+                .vteps
+                .iter()
+                .filter(|(v, vtep)| *v == vni && !legacy.contains(vtep))
+                .map(|(_, vtep)| *vtep),
+        );
+        flood.peers = legacy.len().min(MAX_FLOOD_VTEPS) as u32;
         if vteps.len() > MAX_FLOOD_VTEPS {
             overflow.push((vni, vteps.len()));
         }
@@ -108,6 +114,19 @@ pub fn local_groups(maps: &mut Maps, now_ns: u64) -> Result<(GroupsRecord, bool)
         count += 1;
     }
     Ok((out, capped))
+}
+
+/// Per VNI, the VTEPs of the legacy hosts (`peer add`) of the networks in `cluster`.
+pub fn peer_vteps(cluster: &ClusterState) -> BTreeMap<u32, BTreeSet<[u8; 4]>> {
+    let mut out: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    for ep in cluster.endpoints.values() {
+        if let (Location::Peer { vtep }, Some(net)) =
+            (&ep.location, cluster.networks.get(&ep.network))
+        {
+            out.entry(net.vni).or_default().insert(vtep.octets());
+        }
+    }
+    out
 }
 
 /// MCAST from the groups other live nodes published: (VNI, group) -> their VTEPs, for the
@@ -173,7 +192,13 @@ mod tests {
             bum_rate: 0,
             internal: true,
         };
-        let (want, overflow) = wanted(&s, &BTreeMap::from([(42, blue), (43, red)]), &resolve);
+        let peers = BTreeMap::from([(43, BTreeSet::from([[10, 0, 0, 9]]))]);
+        let (want, overflow) = wanted(
+            &s,
+            &BTreeMap::from([(42, blue), (43, red)]),
+            &peers,
+            &resolve,
+        );
         assert!(overflow.is_empty());
         let blue = want[&42];
         assert_eq!(
@@ -188,6 +213,7 @@ mod tests {
         );
         assert_eq!(blue.internal, 0);
         assert_eq!(red.vteps[0], [10, 0, 0, 9]);
+        assert_eq!((blue.peers, red.peers), (0, 1));
     }
 
     #[test]
@@ -197,7 +223,7 @@ mod tests {
         for i in 0..(MAX_FLOOD_VTEPS as u8 + 3) {
             s.vteps.insert((42, [10, 0, 1, i]));
         }
-        let (want, overflow) = wanted(&s, &BTreeMap::new(), &|_| None);
+        let (want, overflow) = wanted(&s, &BTreeMap::new(), &BTreeMap::new(), &|_| None);
         assert_eq!(overflow, vec![(42, MAX_FLOOD_VTEPS + 3)]);
         assert_eq!(want[&42].count as usize, MAX_FLOOD_VTEPS);
     }

@@ -176,7 +176,11 @@ pub struct Flood {
     /// 1: an internal network, with no way out: a container's unicast to anything but an
     /// overlay endpoint (the host's gateway, a MAC it made up) is dropped (`drop_internal`).
     pub internal: u32,
-    /// Remote VTEPs with members of the network (peers included), sorted.
+    /// The first `peers` of `vteps` are legacy hosts (`peer add`): they cannot tell us their
+    /// groups, so every group's traffic goes to them too, as their head-end replication sends
+    /// us all of theirs.
+    pub peers: u32,
+    /// Remote VTEPs with members of the network: peers first, then the others, each sorted.
     pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
 }
 
@@ -188,6 +192,7 @@ impl Default for Flood {
             rate_pps: 0,
             count: 0,
             internal: 0,
+            peers: 0,
             vteps: [[0; 4]; MAX_FLOOD_VTEPS],
         }
     }
@@ -282,7 +287,7 @@ mod tests {
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<Network>(), 4);
         assert_eq!(size_of::<NodeConfig>(), 8);
-        assert_eq!(size_of::<Flood>(), 20 + 4 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<Flood>(), 24 + 4 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<BumWindow>(), 16);
         assert_eq!(size_of::<GroupKey>(), 12);
         assert_eq!(size_of::<GroupVteps>(), 4 + 4 * MAX_FLOOD_VTEPS);

@@ -5,7 +5,7 @@
 //! bridge for the local members. Arriving copies are sent out of the local bridge, which floods
 //! its ports: every member once, never the sender, never another network.
 use aya_ebpf::{
-    bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
+    bindings::{__sk_buff, BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
     helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
@@ -43,51 +43,45 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
     if rate != 0 && !igmp::tracked(ip_dst) && over_rate(ifindex(ctx), rate) {
         return drop(Counter::DropStorm);
     }
-    // Broadcast and link-local groups: every host of the network. Any other group: the
-    // hosts with a member, none if nobody remote reported one.
-    let (list, count): (*const [[u8; 4]; MAX_FLOOD_VTEPS], u32) = if igmp::tracked(ip_dst) {
-        let key = IpKey {
-            vni: sender.vni,
-            ip: ip_dst,
-        };
-        match MCAST.get_ptr(key) {
-            Some(g) => unsafe { (&raw const (*g).vteps, (*g).count) },
-            None => return pass(local),
-        }
-    } else {
-        (unsafe { &raw const (*flood).vteps }, count)
-    };
-    if count == 0 || tunnel == 0 {
-        return pass(local);
-    }
     let Some(node) = CONFIG.get(0) else {
         return pass(local);
     };
+    if tunnel == 0 {
+        return pass(local);
+    }
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = sender.vni;
     key.tunnel_ttl = TTL;
     key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(node.vtep);
     let skb = ctx.skb.skb;
-    let mut sent = 0u64;
-    for i in 0..MAX_FLOOD_VTEPS {
-        if i as u32 >= count {
-            break;
-        }
-        // Host byte order, as the tunnel key wants it.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*list)[i] });
-        let set = unsafe {
-            bpf_skb_set_tunnel_key(
-                skb,
-                &mut key,
-                core::mem::size_of::<bpf_tunnel_key>() as u32,
-                // Zero outer UDP checksum, as our own encapsulation and Linux send.
-                BPF_F_ZERO_CSUM_TX as u64,
-            )
+    let every_host = unsafe { &raw const (*flood).vteps };
+    let sent = if igmp::tracked(ip_dst) {
+        // A group of its own: the hosts with a member, and the legacy hosts (which cannot
+        // say), none of them if nobody remote reported one.
+        let key_group = IpKey {
+            vni: sender.vni,
+            ip: ip_dst,
         };
-        if set == 0 && unsafe { bpf_clone_redirect(skb, tunnel, 0) } == 0 {
-            sent += 1;
+        let peers = unsafe { (*flood).peers };
+        let group = MCAST.get_ptr(key_group);
+        if group.is_none() && peers == 0 {
+            return pass(local);
         }
-    }
+        let members = match group {
+            Some(g) => {
+                let (list, n) = unsafe { (&raw const (*g).vteps, (*g).count) };
+                copies(skb, &mut key, tunnel, list, n)
+            }
+            None => 0,
+        };
+        members + copies(skb, &mut key, tunnel, every_host, peers)
+    } else {
+        // Broadcast, link-local groups, IPv6 multicast: every host of the network.
+        if count == 0 {
+            return pass(local);
+        }
+        copies(skb, &mut key, tunnel, every_host, count)
+    };
     add(Counter::FloodCopies, sent);
     pass(Counter::Flood)
 }
@@ -98,6 +92,39 @@ pub fn internal(vni: u32) -> bool {
     FLOOD
         .get_ptr(vni)
         .is_some_and(|f| unsafe { (*f).internal } != 0)
+}
+
+/// One copy to each of the first `count` VTEPs of `list`, through the collect_md device
+/// `tunnel`; how many went.
+#[inline(always)]
+fn copies(
+    skb: *mut __sk_buff,
+    key: &mut bpf_tunnel_key,
+    tunnel: u32,
+    list: *const [[u8; 4]; MAX_FLOOD_VTEPS],
+    count: u32,
+) -> u64 {
+    let mut sent = 0u64;
+    for i in 0..MAX_FLOOD_VTEPS {
+        if i as u32 >= count {
+            break;
+        }
+        // Host byte order, as the tunnel key wants it.
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*list)[i] });
+        let set = unsafe {
+            bpf_skb_set_tunnel_key(
+                skb,
+                key,
+                core::mem::size_of::<bpf_tunnel_key>() as u32,
+                // Zero outer UDP checksum, as our own encapsulation and Linux send.
+                BPF_F_ZERO_CSUM_TX as u64,
+            )
+        };
+        if set == 0 && unsafe { bpf_clone_redirect(skb, tunnel, 0) } == 0 {
+            sent += 1;
+        }
+    }
+    sent
 }
 
 /// One more frame from `port` this second: over `rate`?

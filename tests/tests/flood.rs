@@ -278,6 +278,16 @@ fn a_legacy_vxlan_host_with_head_end_replication_exchanges_broadcast_with_our_co
     let got = received(at_a1);
     assert_eq!(got["count"], 20, "the legacy host's broadcast at a1: {got}");
     assert_eq!(got["from"][LEGACY_IP.to_string()], 20, "{got}");
+
+    // Multicast both ways: a legacy host cannot tell us its groups, so every group goes to it;
+    // its head-end replication sends us all of its own.
+    let at_legacy = receiver(legacy, &[("BUM_IFACE", "vxlan0")], 4, &[GROUP]);
+    assert_eq!(send(d.container(a1.0), "", GROUP, 20, 200), 20);
+    assert_eq!(received(at_legacy)["count"], 20, "our multicast at the legacy host");
+    let at_a1 = receiver(d.container(a1.0), &[], 4, &[GROUP]);
+    assert_eq!(send(legacy, "BUM_IFACE=vxlan0", GROUP, 20, 200), 20);
+    let got = received(at_a1);
+    assert_eq!(got["to"][GROUP], 20, "the legacy host's multicast at a1: {got}");
 }
 
 /// `maps groups --json` of `host`: (vni, group, where, members) rows.
