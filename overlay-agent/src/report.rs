@@ -138,6 +138,7 @@ pub async fn status(
             "vteps": s.vteps.len(), "endpoints": s.endpoints.len(), "ports": s.ports.len(),
         })
     });
+    let flood = Maps::open(pins).ok().map(|m| flood_summary(&m));
     let value = json!({
         "node": node,
         "agent": {
@@ -162,12 +163,43 @@ pub async fn status(
             "gro_sink": gro_sink,
         },
         "maps": counts,
+        "flood": flood,
         "problems": file.as_ref().map(|f| f.problems.clone()).unwrap_or_default(),
     });
     if as_json {
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
     }
     Ok(status_text(&value))
+}
+
+/// Per VNI: where its broadcast goes, its groups with members here and elsewhere.
+fn flood_summary(m: &Maps) -> Value {
+    let mut out = serde_json::Map::new();
+    for (vni, f) in m.flood.iter().flatten() {
+        let vteps: Vec<String> = f.vteps[..(f.count as usize).min(f.vteps.len())]
+            .iter()
+            .map(|v| crate::net::ip(*v).to_string())
+            .collect();
+        let local: std::collections::BTreeSet<[u8; 4]> = m
+            .groups
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.vni == vni)
+            .map(|(k, _)| k.group)
+            .collect();
+        let remote = m
+            .mcast
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.vni == vni)
+            .count();
+        out.insert(
+            vni.to_string(),
+            json!({"remote_vteps": vteps, "legacy": f.peers, "groups_here": local.len(),
+                   "groups_elsewhere": remote, "internal": f.internal != 0}),
+        );
+    }
+    Value::Object(out)
 }
 
 fn status_text(v: &Value) -> String {
@@ -246,8 +278,27 @@ fn status_text(v: &Value) -> String {
             .collect::<String>(),
         _ => "none".into(),
     };
+    let flood = match v["flood"].as_object() {
+        Some(f) if !f.is_empty() => f
+            .iter()
+            .map(|(vni, n)| {
+                format!(
+                    "\n  VNI {vni}: broadcast to {}; groups: {} here, {} elsewhere{}",
+                    list(&n["remote_vteps"]),
+                    s(&n["groups_here"]),
+                    s(&n["groups_elsewhere"]),
+                    if n["internal"] == true {
+                        "; internal"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<String>(),
+        _ => "none".into(),
+    };
     format!(
-        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nmaps            {maps}\nfailed writes   {failures}\nproblems        {problems}\n",
+        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nmaps            {maps}\nflood           {flood}\nfailed writes   {failures}\nproblems        {problems}\n",
         s(&v["node"]),
         list(&v["programs"]["from_underlay"]),
         list(&v["programs"]["from_container"]),

@@ -283,11 +283,18 @@ fn a_legacy_vxlan_host_with_head_end_replication_exchanges_broadcast_with_our_co
     // its head-end replication sends us all of its own.
     let at_legacy = receiver(legacy, &[("BUM_IFACE", "vxlan0")], 4, &[GROUP]);
     assert_eq!(send(d.container(a1.0), "", GROUP, 20, 200), 20);
-    assert_eq!(received(at_legacy)["count"], 20, "our multicast at the legacy host");
+    assert_eq!(
+        received(at_legacy)["count"],
+        20,
+        "our multicast at the legacy host"
+    );
     let at_a1 = receiver(d.container(a1.0), &[], 4, &[GROUP]);
     assert_eq!(send(legacy, "BUM_IFACE=vxlan0", GROUP, 20, 200), 20);
     let got = received(at_a1);
-    assert_eq!(got["to"][GROUP], 20, "the legacy host's multicast at a1: {got}");
+    assert_eq!(
+        got["to"][GROUP], 20,
+        "the legacy host's multicast at a1: {got}"
+    );
 }
 
 /// `maps groups --json` of `host`: (vni, group, where, members) rows.
@@ -323,6 +330,19 @@ fn multicast_goes_only_to_hosts_with_a_member_and_stops_after_the_member_leaves(
         remote_members(&d, 0, G).as_deref() == Some("10.0.0.2")
     })
     .unwrap_or_else(|_| panic!("h1 never learnt of h2's member: {:?}", groups(&d, 0)));
+    // `status` says it too.
+    let status: Value = serde_json::from_str(&d.cli(0, &["status", "--json"]).unwrap()).unwrap();
+    assert_eq!(status["flood"]["42"]["groups_elsewhere"], 1, "{status}");
+    assert_eq!(
+        status["flood"]["42"]["remote_vteps"],
+        serde_json::json!(["10.0.0.2", "10.0.0.3"]),
+        "{status}"
+    );
+    let text = d.cli(0, &["status"]).unwrap();
+    assert!(
+        text.contains("VNI 42: broadcast to 10.0.0.2, 10.0.0.3; groups: 0 here, 1 elsewhere"),
+        "{text}"
+    );
     // h2's bridge asks its ports for their groups, so a member keeps reporting.
     let bridge = d.hosts[1].ns.run("ip -d link show ovbr42").unwrap();
     assert!(bridge.contains("mcast_querier 1"), "{bridge}");
