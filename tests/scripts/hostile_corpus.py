@@ -132,6 +132,13 @@ def container(iface, a):
     send("drop_spoofed_ip", [Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / claim], times=20)
     forged = ARP(op=1, hwsrc=peer, psrc=a["my_ip"], pdst=a["peer_ip"])
     send("drop_spoofed_mac", [Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / forged], times=20)
+    # An IGMP report from the peer's address: dropped before it is snooped, so it never makes
+    # this host a member of anything.
+    igmp = bytes([0x16, 0, 0xFA, 0xF4, 239, 10, 0, 1])
+    spoofed_report = Ether(src=me, dst="01:00:5e:0a:00:01") / IP(
+        src=a["peer_ip"], dst="239.10.0.1", ttl=1, proto=2
+    ) / Raw(igmp)
+    send("drop_spoofed_ip", [spoofed_report], times=20)
     # An Ethernet header that promises IPv4 and stops.
     send("drop_too_short", [bytes(Ether(src=me, dst=peer, type=0x0800))], times=20)
     # A burst of broadcast (under the network's storm limit): to the network's other hosts, as
