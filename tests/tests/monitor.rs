@@ -95,9 +95,13 @@ fn trace_events_show_one_endpoints_frames_encapsulated_on_one_host_and_decapsula
     }
     for e in events(&h1) {
         let inner = &e["inner"];
-        let a2_ip = a2.1.to_string();
+        let (a2_ip, a2_mac) = (a2.1.to_string(), mac(a2.1));
+        // Its address, or its MAC (its own IPv6 multicast, from :: or its link-local one).
         assert!(
-            inner["src_ip"] == a2_ip.as_str() || inner["dst_ip"] == a2_ip.as_str(),
+            inner["src_ip"] == a2_ip.as_str()
+                || inner["dst_ip"] == a2_ip.as_str()
+                || inner["src_mac"] == a2_mac.as_str()
+                || inner["dst_mac"] == a2_mac.as_str(),
             "--endpoint blue/a2 showed another's frame: {e}"
         );
     }
