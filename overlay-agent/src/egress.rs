@@ -28,11 +28,15 @@ pub const TABLE: &str = "overlay";
 /// told from anyone else's.
 pub const ROUTE_PROTOCOL: u8 = 79;
 
+/// The gateway is a /32 on the bridge: the host answers ARP for it there all the same, and no
+/// on-link route to the subnet competes with a host-joined interface's.
+const GATEWAY_PREFIX: u8 = 32;
+
 /// What the node must hold for the served networks' way out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Bridge -> the gateway address it holds, with its prefix length.
-    pub gateways: BTreeMap<String, (Ipv4Addr, u8)>,
+    /// Bridge -> the gateway address it holds (as a /32: see [`GATEWAY_PREFIX`]).
+    pub gateways: BTreeMap<String, Ipv4Addr>,
     /// Local containers of networks with a gateway: address -> their bridge.
     pub routes: BTreeMap<Ipv4Addr, String>,
     /// Subnets whose traffic leaving the overlay is masqueraded.
@@ -56,9 +60,7 @@ pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
         p.overlay.insert(net.subnet);
         match net.gateway() {
             Some(gw) => {
-                // A /32: the host answers ARP for it on the bridge all the same, and no
-                // on-link route to the subnet competes with a host-joined interface's.
-                p.gateways.insert(net.bridge(), (gw, 32));
+                p.gateways.insert(net.bridge(), gw);
                 p.masquerade.insert(net.subnet);
             }
             None => {
@@ -86,11 +88,16 @@ fn rule(chain: &str, expr: Vec<Value>) -> Value {
 }
 
 fn iifname(name: &str) -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": name}})
+    ifname("iifname", "==", name)
 }
 
 fn oifname(op: &str, name: &str) -> Value {
-    json!({"match": {"op": op, "left": {"meta": {"key": "oifname"}}, "right": name}})
+    ifname("oifname", op, name)
+}
+
+/// `meta iifname|oifname <op> name` (a trailing `*` is a wildcard, as in nft's own syntax).
+fn ifname(key: &str, op: &str, name: &str) -> Value {
+    json!({"match": {"op": op, "left": {"meta": {"key": key}}, "right": name}})
 }
 
 /// The whole table, as one `nft -j` transaction that replaces what was there (ours from an
@@ -194,10 +201,10 @@ impl Egress {
     /// Brings addresses, routes, the table and forwarding in line with `plan`. Each part is
     /// tried on its own; failures are logged and retried on the next sync.
     pub async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
-        for (bridge, (gw, len)) in &plan.gateways {
+        for (bridge, gw) in &plan.gateways {
             // A bridge exists once a container of the network is attached here.
             if let Ok(Some(_)) = netlink.index(bridge).await
-                && let Err(e) = netlink.ensure_address(bridge, *gw, *len).await
+                && let Err(e) = netlink.ensure_address(bridge, *gw, GATEWAY_PREFIX).await
             {
                 log::warn!("gateway {gw} on {bridge}: {e:#}; will retry");
             }
@@ -263,7 +270,7 @@ mod tests {
     #[test]
     fn the_table_masquerades_what_leaves_every_overlay_and_isolates_networks() {
         let plan = Plan {
-            gateways: BTreeMap::from([("ovbr42".into(), ("10.10.0.1".parse().unwrap(), 32))]),
+            gateways: BTreeMap::from([("ovbr42".into(), "10.10.0.1".parse().unwrap())]),
             routes: BTreeMap::new(),
             masquerade: BTreeSet::from([cidr("10.10.0.0/16")]),
             overlay: BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")]),

@@ -109,7 +109,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             };
             for e in maps.flood.iter() {
                 let (vni, f) = e.context("reading FLOOD")?;
-                let vteps: Vec<String> = f.vteps[..(f.count as usize).min(f.vteps.len())]
+                let vteps: Vec<String> = f
+                    .remote_vteps()
                     .iter()
                     .map(|v| ip(*v).to_string())
                     .collect();
@@ -151,10 +152,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             }
             for e in maps.mcast.iter() {
                 let (k, v) = e.context("reading MCAST")?;
-                let vteps: Vec<String> = v.vteps[..(v.count as usize).min(v.vteps.len())]
-                    .iter()
-                    .map(|t| ip(*t).to_string())
-                    .collect();
+                let vteps: Vec<String> = v.members().iter().map(|t| ip(*t).to_string()).collect();
                 rows.push(vec![
                     k.vni.to_string(),
                     ip(k.ip).to_string(),

@@ -132,13 +132,14 @@ pub async fn status(
         from_container,
         gro_sink,
     } = attachments(pins, &underlay);
-    let counts = Maps::open(pins).and_then(|m| m.snapshot()).ok().map(|s| {
+    let maps = Maps::open(pins).ok();
+    let counts = maps.as_ref().and_then(|m| m.snapshot().ok()).map(|s| {
         json!({
             "networks": s.networks.len(), "fdb": s.fdb.len(), "arp": s.arp.len(),
             "vteps": s.vteps.len(), "endpoints": s.endpoints.len(), "ports": s.ports.len(),
         })
     });
-    let flood = Maps::open(pins).ok().map(|m| flood_summary(&m));
+    let flood = maps.as_ref().map(flood_summary);
     let value = json!({
         "node": node,
         "agent": {
@@ -176,7 +177,8 @@ pub async fn status(
 fn flood_summary(m: &Maps) -> Value {
     let mut out = serde_json::Map::new();
     for (vni, f) in m.flood.iter().flatten() {
-        let vteps: Vec<String> = f.vteps[..(f.count as usize).min(f.vteps.len())]
+        let vteps: Vec<String> = f
+            .remote_vteps()
             .iter()
             .map(|v| crate::net::ip(*v).to_string())
             .collect();

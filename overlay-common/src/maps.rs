@@ -184,6 +184,13 @@ pub struct Flood {
     pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
 }
 
+impl Flood {
+    /// The remote VTEPs in use, peers first.
+    pub fn remote_vteps(&self) -> &[[u8; 4]] {
+        &self.vteps[..(self.count as usize).min(MAX_FLOOD_VTEPS)]
+    }
+}
+
 impl Default for Flood {
     fn default() -> Self {
         Self {
@@ -218,6 +225,13 @@ pub const MAX_GROUP_MEMBERSHIPS: u32 = 16384;
 pub struct GroupVteps {
     pub count: u32,
     pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
+}
+
+impl GroupVteps {
+    /// The VTEPs in use.
+    pub fn members(&self) -> &[[u8; 4]] {
+        &self.vteps[..(self.count as usize).min(MAX_FLOOD_VTEPS)]
+    }
 }
 
 impl Default for GroupVteps {

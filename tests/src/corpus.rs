@@ -1,5 +1,5 @@
 //! The hostile corpus (tests/scripts/hostile_corpus.py, scapy), sent from a namespace.
-use std::{collections::BTreeMap, process::Command};
+use std::collections::BTreeMap;
 
 use crate::netns::Netns;
 
@@ -12,16 +12,9 @@ pub fn corpus(
     args: serde_json::Value,
 ) -> BTreeMap<String, u64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/hostile_corpus.py");
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "/usr/bin/python3",
-            script,
-            mode,
-            iface,
-        ])
+    let out = ns
+        .command("/usr/bin/python3")
+        .args([script, mode, iface])
         .arg(args.to_string())
         .output()
         .unwrap();

@@ -2,7 +2,8 @@
 use std::{
     fs::File,
     os::fd::AsRawFd,
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -30,6 +31,25 @@ impl Netns {
             self.name,
             cmd.replace('\'', r"'\''")
         ))
+    }
+
+    /// `program` to be run inside the namespace (`ip netns exec`), for the caller to add
+    /// arguments and spawn.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// tcpdump of what arrives at the namespace's eth0 matching `filter`, until
+    /// [`captured`] stops it.
+    pub fn capture(&self, filter: &str) -> Result<Child> {
+        self.command("tcpdump")
+            .args(["-i", "eth0", "-Q", "in", "-n", "-l", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting tcpdump in {}", self.name))
     }
 
     /// Runs a shell command inside the namespace and returns its raw output, success or not.
@@ -102,4 +122,12 @@ pub fn sh(cmd: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Stops a [`Netns::capture`] (SIGINT, so tcpdump flushes) and returns what it printed.
+pub fn captured(mut child: Child) -> String {
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = child.kill();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }

@@ -6,7 +6,7 @@
 //! underlay, one container each. Counted from each namespace's own UDP counters
 //! (/proc/net/snmp), so nothing depends on iperf's reports.
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -52,8 +52,8 @@ fn udp_counts(ns: &Netns) -> Result<(u64, u64)> {
 }
 
 fn spawn(ns: &Netns, cmd: &str) -> Result<Child> {
-    Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
+    ns.command("sh")
+        .args(["-c", cmd])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -4,7 +4,7 @@
 //! out and its attempt is counted; networks do not route into each other; restarts adopt the
 //! NAT table and teardown removes it.
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -29,17 +29,9 @@ impl Drop for Server {
 }
 
 fn server(ns: &Netns, addr: &str) -> Server {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "/usr/bin/python3",
-            SCRIPT,
-            "serve",
-            addr,
-            "7000",
-        ])
+    let mut child = ns
+        .command("/usr/bin/python3")
+        .args([SCRIPT, "serve", addr, "7000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

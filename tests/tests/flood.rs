@@ -5,14 +5,14 @@
 //! head-end replication (all-zeros FDB entries) exchanges broadcast with our containers.
 use std::{
     collections::BTreeMap,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
 use overlay_tests::{
     deployment::{Deployment, LEGACY_IP, flood_result, ping, ping_flood, wait_for},
     monitor::{Monitor, events},
-    netns::Netns,
+    netns::{Netns, captured},
     topology::Underlay,
 };
 use serde_json::Value;
@@ -22,16 +22,9 @@ const GROUP: &str = "239.1.1.1";
 
 /// `bum.py recv` in `ns` for `seconds`, joined to `groups`; returns once it listens.
 fn receiver(ns: &Netns, env: &[(&str, &str)], seconds: u32, groups: &[&str]) -> Child {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "/usr/bin/python3",
-            SCRIPT,
-            "recv",
-            "5000",
-        ])
+    let mut child = ns
+        .command("/usr/bin/python3")
+        .args([SCRIPT, "recv", "5000"])
         .arg(seconds.to_string())
         .args(groups)
         .envs(env.iter().copied())
@@ -76,26 +69,6 @@ fn moved(
     after[counter] - before[counter]
 }
 
-/// What arrives at a container's eth0, until stopped.
-fn capture(ns: &Netns, filter: &str) -> Child {
-    Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "tcpdump", "-i", "eth0", "-Q", "in", "-n", "-l",
-        ])
-        .arg(filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn captured(mut child: Child) -> String {
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = child.kill();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-}
-
 #[test]
 fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_else() {
     let mut d = Deployment::on("bum", &[true, true, true], Underlay::Veth).unwrap();
@@ -136,7 +109,7 @@ fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_els
         remote_members(&d, 0, GROUP).as_deref() == Some("10.0.0.2,10.0.0.3")
     })
     .unwrap_or_else(|_| panic!("h1 never learnt the members: {:?}", groups(&d, 0)));
-    let at_sender = capture(d.container(a1.0), "udp port 5000");
+    let at_sender = d.container(a1.0).capture("udp port 5000").unwrap();
     let before: Vec<_> = (0..3).map(|h| d.hosts[h].counters().unwrap()).collect();
     let sender = d.container(a1.0);
     for dest in [GROUP, "10.10.255.255", "255.255.255.255"] {
@@ -188,8 +161,8 @@ fn broadcast_and_multicast_reach_every_member_of_the_network_once_and_nobody_els
     }
 
     // ARP for an address nobody has asks every host of the network, and only that network.
-    let asked = [a3, b2].map(|c| capture(d.container(c.0), "arp"));
-    let red_asked = capture(d.container(r3.0), "arp");
+    let asked = [a3, b2].map(|c| d.container(c.0).capture("arp").unwrap());
+    let red_asked = d.container(r3.0).capture("arp").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let _ = d.container(a1.0).output("ping -c 2 -W 1 10.10.99.99");
     for (c, cap) in [a3, b2].iter().zip(asked) {

@@ -2,13 +2,13 @@
 //! and from inside a container while legitimate traffic runs beside it: nothing crashes,
 //! nothing is delivered where it does not belong, every drop is counted under its reason, and
 //! the legitimate flow loses nothing.
-use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use overlay_tests::{
     corpus::corpus,
     deployment::{Deployment, flood_result, ping, ping_flood},
     monitor::{Monitor, events, lost},
-    netns::Netns,
+    netns::captured,
     topology::Underlay,
 };
 
@@ -19,28 +19,6 @@ fn mac(ip: Ipv4Addr) -> String {
 
 fn counters(d: &Deployment, host: usize) -> BTreeMap<&'static str, u64> {
     d.hosts[host].counters().unwrap()
-}
-
-/// Captures what arrives at `ns`'s eth0 matching `filter`, until stopped.
-fn capture(ns: &Netns, filter: &str) -> std::process::Child {
-    Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "tcpdump", "-i", "eth0", "-Q", "in", "-n", "-l",
-        ])
-        .arg(filter)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn captured(mut child: std::process::Child) -> String {
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = child.kill();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
 }
 
 #[test]
@@ -87,15 +65,15 @@ fn hostile(label: &str, underlay: Underlay) {
     });
 
     // IPv6 is left out: the hosts' own bridges announce themselves (DAD, MLD) locally.
-    let red = capture(d.container(r2.0), "not ip6 and not igmp");
-    let blue = capture(
-        d.container(a2.0),
-        // The corpus's broadcast (UDP to port 9) reaches every member of the network, by design.
-        &format!(
+    let red = d.container(r2.0).capture("not ip6 and not igmp").unwrap();
+    // The corpus's broadcast (UDP to port 9) reaches every member of the network, by design.
+    let blue = d
+        .container(a2.0)
+        .capture(&format!(
             "not ip6 and not igmp and not (icmp and src host {0}) and not (udp port 9 and src host {0})",
             a1.1
-        ),
-    );
+        ))
+        .unwrap();
     // Every drop on h2 as an event (a burst no corpus reaches); on h1 only VNI 43's, of which
     // the container corpus (VNI 42) has none.
     let h2_monitor = Monitor::start(&d, 1, &["--burst", "1000000"]).unwrap();

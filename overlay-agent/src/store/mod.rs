@@ -473,17 +473,9 @@ impl Store {
 
     /// Publishes what the node's maps hold, under its lease (it goes with the agent).
     pub async fn put_state(&self, node: &str, state: &NodeStateRecord, lease: i64) -> Result<()> {
-        let mut c = self.client.clone();
-        self.timed(
-            "publishing the node's map digest",
-            c.put(
-                self.keys.state(node),
-                schema::encode(state),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
-        .await?;
-        Ok(())
+        let key = self.keys.state(node);
+        self.put_leased("publishing the node's map digest", key, state, lease)
+            .await
     }
 
     /// Publishes this node's multicast group memberships under its lease.
@@ -493,14 +485,24 @@ impl Store {
         groups: &schema::GroupsRecord,
         lease: i64,
     ) -> Result<()> {
+        let key = self.keys.groups(node);
+        self.put_leased("publishing the node's multicast groups", key, groups, lease)
+            .await
+    }
+
+    /// A record under `lease`: it goes with the agent that keeps the lease alive.
+    async fn put_leased(
+        &self,
+        what: &str,
+        key: String,
+        record: &impl serde::Serialize,
+        lease: i64,
+    ) -> Result<()> {
         let mut c = self.client.clone();
+        let value = schema::encode(record);
         self.timed(
-            "publishing the node's multicast groups",
-            c.put(
-                self.keys.groups(node),
-                schema::encode(groups),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
+            what,
+            c.put(key, value, Some(PutOptions::new().with_lease(lease))),
         )
         .await?;
         Ok(())
