@@ -86,7 +86,9 @@ pub struct FdbEntry {
     pub smac: [u8; 6],
     /// Outer UDP destination port (the network's), host byte order; 0: network not served.
     pub port: u16,
-    pub _pad: [u8; 2],
+    /// The underlay path MTU towards the VTEP (route, device or learned), cached with the next
+    /// hop; 0 until known.
+    pub mtu: u16,
     /// bpf_ktime_get_coarse_ns() until which the fields above may be used without the FIB.
     pub valid_until_ns: u64,
 }
@@ -99,7 +101,7 @@ impl FdbEntry {
             dmac: [0; 6],
             smac: [0; 6],
             port,
-            _pad: [0; 2],
+            mtu: 0,
             valid_until_ns: 0,
         }
     }

@@ -68,6 +68,13 @@ counters! {
     /// From a container of an internal network, unicast for something that is not an overlay
     /// endpoint (the way out an internal network does not have).
     DropInternal = "drop_internal",
+    /// A container's IP packet too big for the tunnel (the underlay's path MTU less 50 bytes):
+    /// dropped, and an ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big"
+    /// carrying the MTU sent back to the sender in its place, so its stack lowers the path MTU.
+    DropFragNeeded = "drop_frag_needed",
+    /// Too big for the tunnel, and no ICMP may answer it (IPv4 without DF or a fragment, an
+    /// ICMP error, a path MTU below 576 / 1280, or the reply could not be built).
+    DropTooBig = "drop_too_big",
     /// Not an outcome: the remote copies `flood` sent.
     FloodCopies = "flood_copies",
     /// Not an outcome: IGMP reports from containers joining a group (snooped, then passed on).
@@ -111,6 +118,8 @@ impl Counter {
                 | Counter::DropKernelVxlan
                 | Counter::DropStorm
                 | Counter::DropInternal
+                | Counter::DropFragNeeded
+                | Counter::DropTooBig
         )
     }
 

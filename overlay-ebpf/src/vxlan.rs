@@ -24,6 +24,7 @@ use overlay_common::{
 use crate::{
     maps::CONFIG,
     packet::{MacWords, ptr_at},
+    pmtu,
     stats::{Verdict, drop, redirected},
 };
 
@@ -63,6 +64,14 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
             (*eth).ether_type,
         )
     };
+    // Too big to cross once wrapped: answered with an ICMP error instead (pmtu.rs).
+    if route.mtu != 0 {
+        let mtu = u32::from(route.mtu).saturating_sub(pmtu::TUNNEL_OVERHEAD);
+        let ether_type = u16::from_be(inner_type);
+        if pmtu::too_big(ctx, ether_type, mtu) {
+            return pmtu::reply(ctx, ether_type, mtu);
+        }
+    }
     let inner_tos = inner_traffic_class(ctx, inner_type);
     let inner_len = ctx.len();
     let hash = flow_hash(ctx, inner_type);
@@ -166,6 +175,8 @@ struct Route {
     hop: Hop,
     /// The next hop's address when Unresolved.
     next_hop: u32,
+    /// The path MTU towards the VTEP; 0 when not known (the kernel routes or resolves).
+    mtu: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -189,6 +200,7 @@ impl Route {
                 ifindex,
             },
             next_hop,
+            mtu: 0,
         }
     }
 }
@@ -232,6 +244,7 @@ fn route(ctx: &TcContext, src: [u8; 4], underlay: u32, fdb: *mut FdbEntry) -> Op
                 ifindex: unsafe { (*e).ifindex },
             },
             next_hop: 0,
+            mtu: unsafe { (*e).mtu },
         });
     }
     lookup(ctx, src, underlay, fdb, now)
@@ -252,6 +265,9 @@ fn lookup(
     fib.ifindex = underlay;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(unsafe { (*e).vtep });
+    // Any length asks the FIB to check the MTU, and then it answers the route's (a route's
+    // `mtu`, a learned PMTU exception, or the device's) in mtu_result on success.
+    fib.__bindgen_anon_1.tot_len = 1;
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb.cast(),
@@ -267,16 +283,19 @@ fn lookup(
                 smac: MacWords::read(&raw const fib.smac),
                 ifindex: fib.ifindex,
             };
+            let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
             unsafe {
                 hop.dmac.write(&raw mut (*e).dmac);
                 hop.smac.write(&raw mut (*e).smac);
                 (*e).ifindex = hop.ifindex;
+                (*e).mtu = mtu;
                 (*e).valid_until_ns = now + NEXT_HOP_TTL_NS;
             }
             Some(Route {
                 how: How::Resolved,
                 hop,
                 next_hop: 0,
+                mtu,
             })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route::via(How::Unresolved, fib.ifindex, unsafe {

@@ -757,3 +757,183 @@ fn a_frame_never_crosses_from_one_vni_to_another() {
     );
     assert_eq!(v.frame, inner);
 }
+
+/// An IPv4 packet of `len` bytes in all from c1 to c2 (UDP), with DF set or not.
+fn c1_to_c2_sized(len: usize, df: bool, proto: u8) -> Vec<u8> {
+    let mut ip = packet::ipv4(C1_IP, C2_IP, proto, 0, &vec![0xab; len - 20]);
+    if df {
+        ip[6] = 0x40;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = packet::checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    packet::eth(C2_MAC, C1_MAC, ETH_P_IP, &ip)
+}
+
+/// The ICMP "fragmentation needed" the kernel's bridged vxlan device would send c1 for `frame`
+/// (net/ipv4/ip_tunnel_core.c, iptunnel_pmtud_build_icmp): from c2 to c1, DF, id 0, the
+/// original TTL, and the first 548 bytes of the packet quoted.
+fn frag_needed(frame: &[u8], mtu: u16) -> Vec<u8> {
+    let quote = &frame[14..14 + 548];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend(mtu.to_be_bytes());
+    icmp.extend(quote);
+    let c = packet::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0x02, 0x40, 0, 0, 0x40, 0, frame[22], 1, 0, 0];
+    ip.extend(C2_IP);
+    ip.extend(C1_IP);
+    let c = packet::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend(icmp);
+    packet::eth(C1_MAC, C2_MAC, ETH_P_IP, &ip)
+}
+
+#[test]
+fn a_packet_too_big_for_the_tunnel_is_answered_with_the_mtu_never_lost() {
+    let mut lab = Lab::new("pmtu");
+    let vc1 = lab.vc1;
+    // ul0 has MTU 1500: the tunnel carries IP packets of up to 1450 bytes.
+    lab.expect(
+        "exactly the tunnel's MTU",
+        Container(vc1),
+        &c1_to_c2_sized(1450, true, 17),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    let big = c1_to_c2_sized(1500, true, 17);
+    let v = lab.expect(
+        "1500 bytes with DF",
+        Container(vc1),
+        &big,
+        TC_ACT_REDIRECT,
+        Counter::DropFragNeeded,
+    );
+    assert_eq!(
+        v.frame,
+        frag_needed(&big, 1450),
+        "the ICMP error, byte for byte"
+    );
+    assert_eq!(
+        packet::checksum(&v.frame[34..]),
+        0,
+        "ICMP checksum verifies"
+    );
+    lab.expect(
+        "1451 bytes without DF: nobody asked for an answer",
+        Container(vc1),
+        &c1_to_c2_sized(1451, false, 17),
+        TC_ACT_SHOT,
+        Counter::DropTooBig,
+    );
+    // An ICMP error is never answered with another.
+    let mut unreachable = c1_to_c2_sized(1500, true, 1);
+    unreachable[34] = 3;
+    lab.expect(
+        "an ICMP error too big",
+        Container(vc1),
+        &unreachable,
+        TC_ACT_SHOT,
+        Counter::DropTooBig,
+    );
+    let mut echo = c1_to_c2_sized(1500, true, 1);
+    echo[34] = 8;
+    lab.expect(
+        "an ICMP echo too big",
+        Container(vc1),
+        &echo,
+        TC_ACT_REDIRECT,
+        Counter::DropFragNeeded,
+    );
+
+    // A lowered underlay MTU and a route MTU towards the VTEP count too, once the cached next
+    // hop is refreshed (100 ms). The FIB answers a route's MTU when it is locked, as for any
+    // forwarded packet (ip_mtu_from_fib_result); learned PMTU exceptions always.
+    for (change, path_mtu) in [
+        ("ip link set ul0 mtu 1400", 1400u16),
+        (
+            "ip link set ul0 mtu 1500 && ip route add 10.0.0.2/32 dev ul0 mtu lock 1300",
+            1300,
+        ),
+    ] {
+        lab.ns.run(change).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let tunnel = path_mtu - 50;
+        let v = lab.expect(
+            &format!("{} bytes after {change}", tunnel + 1),
+            Container(vc1),
+            &c1_to_c2_sized(tunnel as usize + 1, true, 6),
+            TC_ACT_REDIRECT,
+            Counter::DropFragNeeded,
+        );
+        assert_eq!(v.frame[40..42], tunnel.to_be_bytes(), "after {change}");
+        lab.expect(
+            &format!("{tunnel} bytes after {change}"),
+            Container(vc1),
+            &c1_to_c2_sized(tunnel as usize, true, 6),
+            TC_ACT_REDIRECT,
+            Counter::Encap,
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_packet_too_big_for_the_tunnel_is_answered_with_packet_too_big() {
+    let mut lab = Lab::new("pmtu6");
+    let vc1 = lab.vc1;
+    let (c1, c2) = (link_local(C1_MAC), link_local(C2_MAC));
+    let to_c2 = |len: usize, next: u8, first: u8| {
+        let mut payload = vec![0xcd; len - 40];
+        payload[0] = first;
+        packet::eth(C2_MAC, C1_MAC, ETH_P_IPV6, &ipv6(c1, c2, next, &payload))
+    };
+    lab.expect(
+        "exactly the tunnel's MTU",
+        Container(vc1),
+        &to_c2(1450, 17, 0),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    let big = to_c2(1500, 17, 0);
+    let v = lab.expect(
+        "1500 bytes",
+        Container(vc1),
+        &big,
+        TC_ACT_REDIRECT,
+        Counter::DropFragNeeded,
+    );
+    // What iptunnel_pmtud_build_icmpv6 builds: from c2 to c1, the original hop limit, the
+    // first 1232 bytes of the packet quoted, the checksum over the pseudo-header.
+    let mut icmp = vec![2, 0, 0, 0];
+    icmp.extend(1450u32.to_be_bytes());
+    icmp.extend(&big[14..14 + 1232]);
+    let mut pseudo = Vec::new();
+    pseudo.extend(c2);
+    pseudo.extend(c1);
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    pseudo.extend(&icmp);
+    let c = packet::checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut want_ip = ipv6(c2, c1, 58, &icmp);
+    want_ip[7] = big[14 + 7];
+    assert_eq!(
+        v.frame,
+        packet::eth(C1_MAC, C2_MAC, ETH_P_IPV6, &want_ip),
+        "the ICMPv6 error, byte for byte"
+    );
+    lab.expect(
+        "an ICMPv6 error too big",
+        Container(vc1),
+        &to_c2(1500, 58, 1),
+        TC_ACT_SHOT,
+        Counter::DropTooBig,
+    );
+    lab.expect(
+        "an echo request too big",
+        Container(vc1),
+        &to_c2(1500, 58, 128),
+        TC_ACT_REDIRECT,
+        Counter::DropFragNeeded,
+    );
+}

@@ -56,6 +56,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the kernel vxlan legacy host and bench",
     ),
     req(Program("ping"), "iputils-ping", "the demo and the tests"),
+    req(
+        Program("tracepath"),
+        "iputils-tracepath",
+        "the path MTU tests",
+    ),
     req(Program("nsenter"), "util-linux", "agents in test hosts"),
     req(Program("pkill"), "procps", "cleaning up after a killed run"),
     req(
