@@ -1,0 +1,116 @@
+//! Path MTU through the tunnel, on an underlay that behaves like a wire (a frame larger than the
+//! MTU never crosses it): containers whose interface MTU is larger than the tunnel's learn the
+//! tunnel's MTU from the ICMP errors the dataplane sends them, and their TCP completes.
+//! Without those errors, every full-sized segment would vanish and the connection would hang.
+use std::{collections::BTreeMap, time::Duration};
+
+use overlay_common::Counter;
+use overlay_tests::{
+    deployment::{Deployment, ping, wait_for},
+    topology::Underlay,
+    transfer,
+};
+
+const WIRE: Underlay = Underlay::Wire { mtu: 1500 };
+
+fn frag_needed(d: &Deployment, host: usize) -> u64 {
+    let c: BTreeMap<_, _> = d.hosts[host].counters().unwrap();
+    c[Counter::DropFragNeeded.name()]
+}
+
+#[test]
+fn containers_with_an_mtu_larger_than_the_tunnel_learn_it_and_tcp_completes() {
+    let mut d = Deployment::on("pmtu", &[true, true], WIRE).unwrap();
+    // The trap Docker users fall into: the network's interface MTU set to the underlay's,
+    // 50 bytes more than the tunnel carries.
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--mtu", "1500"])
+        .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    wait_for(Duration::from_secs(3), || ping(d.container(a1.0), a2.1)).unwrap();
+    let (c1, c2) = (d.container(a1.0), d.container(a2.0));
+    assert!(
+        c1.run("ip -o link show eth0").unwrap().contains("mtu 1500"),
+        "the container has the network's MTU"
+    );
+
+    // tracepath starts at the interface's 1500 and reports what the path allows.
+    let trace = c1.run(&format!("tracepath -n -m 3 {}", a2.1)).unwrap();
+    assert!(trace.contains("pmtu 1450"), "tracepath:\n{trace}");
+
+    let before = frag_needed(&d, 0);
+    c1.run("ip route flush cache").unwrap();
+    let out = c1
+        .output(&format!("ping -M do -s 1472 -c 2 -i 0.3 -W 1 {}", a2.1))
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("mtu = 1450") || text.contains("mtu=1450"),
+        "ping with DF at 1500 bytes:\n{text}"
+    );
+    assert!(frag_needed(&d, 0) > before, "drop_frag_needed moved");
+
+    // Both ends advertise an MSS for 1500 bytes, so only path MTU discovery can make TCP fit.
+    for ((from, to), (to_ip, port)) in [((c1, c2), (a2.1, 5001)), ((c2, c1), (a1.1, 5002))] {
+        // Forget what the last run taught: a learned path MTU also lowers the MSS a
+        // receiver advertises.
+        for c in [from, to] {
+            c.run("ip route flush cache").unwrap();
+        }
+        transfer::exact(from, to, to_ip, port, 16)
+            .unwrap_or_else(|e| panic!("TCP to {to_ip} through a 1450 tunnel: {e:#}"));
+    }
+    assert!(frag_needed(&d, 1) > 0, "h2 answered a2's segments too");
+}
+
+#[test]
+fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
+    let mut d = Deployment::on("pmtu6", &[true, true], WIRE).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--mtu", "1500"])
+        .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    let (c1, c2) = (d.container(a1.0), d.container(a2.0));
+    // a2's link-local address, once duplicate address detection is done with it.
+    let mut target = String::new();
+    wait_for(Duration::from_secs(5), || {
+        let addr = c2
+            .run("ip -6 -o addr show dev eth0 scope link")
+            .unwrap_or_default();
+        if addr.contains("tentative") {
+            return false;
+        }
+        target = addr
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        !target.is_empty()
+    })
+    .unwrap();
+    let target = format!("{target}%eth0");
+    wait_for(Duration::from_secs(5), || {
+        c1.run(&format!("ping -6 -c 1 -W 1 {target}")).is_ok()
+    })
+    .expect("a1 reaches a2 over IPv6");
+
+    let trace = c1.run(&format!("tracepath -6 -n -m 3 {target}")).unwrap();
+    assert!(trace.contains("pmtu 1450"), "tracepath -6:\n{trace}");
+
+    let before = frag_needed(&d, 0);
+    c1.run("ip -6 route flush cache").unwrap();
+    let out = c1
+        .output(&format!("ping -6 -M do -s 1452 -c 2 -i 0.3 -W 1 {target}"))
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("mtu=1450") || text.contains("mtu = 1450") || text.contains("mtu: 1450"),
+        "ping -6 with 1500 bytes:\n{text}"
+    );
+    assert!(frag_needed(&d, 0) > before, "drop_frag_needed moved");
+}
