@@ -33,6 +33,7 @@ use crate::{
     flood,
     gro::{self, GroDevices},
     metrics::{self, Metrics, ReconcileKind},
+    mtu,
     plumbing::{self, Netlink},
     store::{
         Store, brief,
@@ -428,6 +429,7 @@ impl Agent {
                             self.reconcile(self.status.revision);
                         }
                         self.reap_vanished(&store).await;
+                        self.follow_underlay_mtu(&store, lease).await;
                         self.publish_state(&store, lease).await;
                         self.publish_groups(&store, lease).await;
                         self.sync_gro().await;
@@ -609,6 +611,31 @@ impl Agent {
             self.status.gro = report;
             self.write_status();
         }
+    }
+
+    /// When the underlay's MTU changed: the node's record says so (new endpoints take it from
+    /// there) and this node's interfaces follow (see mtu.rs).
+    async fn follow_underlay_mtu(&mut self, store: &Store, lease: i64) {
+        let Ok(Some(now)) = self.netlink.mtu(&self.opts.underlay).await else {
+            return;
+        };
+        if self.underlay_mtu == Some(now) {
+            return;
+        }
+        log::info!(
+            "underlay {} MTU changed from {:?} to {now}: the overlay's interfaces follow",
+            self.opts.underlay,
+            self.underlay_mtu
+        );
+        self.underlay_mtu = Some(now);
+        let record = NodeRecord {
+            vtep: self.vtep,
+            mtu: self.underlay_mtu,
+        };
+        if let Err(e) = store.put_node(&self.opts.node, &record, lease).await {
+            log::warn!("{e:#}");
+        }
+        mtu::follow(&self.netlink, &self.cluster, &self.opts.node, now).await;
     }
 
     /// The way out for the served networks' containers (see egress.rs).

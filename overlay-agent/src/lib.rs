@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
+pub mod mtu;
 pub mod net;
 pub mod plumbing;
 pub mod report;

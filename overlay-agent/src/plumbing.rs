@@ -403,6 +403,30 @@ impl Netlink {
             .with_context(|| format!("bringing {name} up"))
     }
 
+    /// Sets `name`'s MTU; Ok(false): there is no such interface.
+    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<bool> {
+        let Some(index) = self.index(name).await? else {
+            return Ok(false);
+        };
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting {name}'s MTU to {mtu}"))?;
+        Ok(true)
+    }
+
+    /// The interface whose address is `mac`, if one is.
+    pub async fn name_with_mac(&self, mac: Mac) -> Result<Option<String>> {
+        for name in self.names().await? {
+            if self.mac(&name).await? == Some(mac) {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
     /// Deletes `name` (a veth takes its peer with it). Ok(false): it was not there.
     pub async fn delete(&self, name: &str) -> Result<bool> {
         let Some(index) = self.index(name).await? else {

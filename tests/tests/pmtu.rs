@@ -114,3 +114,40 @@ fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
     );
     assert!(frag_needed(&d, 0) > before, "drop_frag_needed moved");
 }
+
+#[test]
+fn interfaces_follow_a_change_of_the_underlay_mtu() {
+    let mut d = Deployment::on("pmtuf", &[true, true], WIRE).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    let eth0_mtu = |d: &Deployment, c: usize| {
+        d.container(c)
+            .run("cat /sys/class/net/eth0/mtu")
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(eth0_mtu(&d, a1.0), 1450);
+    let h1 = &d.hosts[0].ns;
+    for (underlay, want) in [(1400, 1350), (1500, 1450)] {
+        h1.run(&format!("ip link set eth1 mtu {underlay}")).unwrap();
+        wait_for(Duration::from_secs(5), || eth0_mtu(&d, a1.0) == want)
+            .unwrap_or_else(|_| panic!("a1's eth0 did not follow the underlay to {want}"));
+        assert_eq!(eth0_mtu(&d, a2.0), 1450, "h2's underlay did not change");
+        let ports = h1.run("ip -o link show master ovbr42").unwrap();
+        assert!(
+            ports.lines().all(|l| l.contains(&format!("mtu {want} "))),
+            "host-side ports:\n{ports}"
+        );
+        transfer::exact(d.container(a2.0), d.container(a1.0), a1.1, 5003, 8)
+            .unwrap_or_else(|e| panic!("TCP after the underlay went to {underlay}: {e:#}"));
+    }
+    // A container made after the change takes the new MTU from the node's record.
+    h1.run("ip link set eth1 mtu 1400").unwrap();
+    wait_for(Duration::from_secs(5), || eth0_mtu(&d, a1.0) == 1350).unwrap();
+    let a3 = d.add_container(0, "a3", "blue", None).unwrap();
+    assert_eq!(eth0_mtu(&d, a3.0), 1350);
+}

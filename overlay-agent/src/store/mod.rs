@@ -471,6 +471,13 @@ impl Store {
         Ok((lease, keeper, stream))
     }
 
+    /// Puts `nodes/<node>` again under its lease, when what it says changed (the underlay MTU).
+    pub async fn put_node(&self, node: &str, record: &NodeRecord, lease: i64) -> Result<()> {
+        let key = self.keys.node(node);
+        self.put_leased("updating the node's record", key, record, lease)
+            .await
+    }
+
     /// Publishes what the node's maps hold, under its lease (it goes with the agent).
     pub async fn put_state(&self, node: &str, state: &NodeStateRecord, lease: i64) -> Result<()> {
         let key = self.keys.state(node);
