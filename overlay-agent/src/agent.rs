@@ -602,7 +602,7 @@ impl Agent {
         if self.switch_over_pending {
             return;
         }
-        let wanted = self.applied.networks.values().copied().collect();
+        let wanted = self.applied.networks.values().map(|n| n.port).collect();
         self.gro
             .sync(&self.netlink, &mut self.dataplane, &wanted)
             .await;

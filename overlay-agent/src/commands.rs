@@ -35,6 +35,7 @@ pub struct NetworkSpec {
     pub port: u16,
     pub mtu: Option<u32>,
     pub slice_prefix: Option<u8>,
+    pub subnet6: Option<String>,
     pub bum_rate: Option<u32>,
     pub internal: bool,
 }
@@ -48,6 +49,7 @@ impl NetworkSpec {
             port: self.port,
             mtu: self.mtu,
             slice_prefix: self.slice_prefix,
+            subnet6: self.subnet6,
             bum_rate: self.bum_rate,
             internal: self.internal,
         }

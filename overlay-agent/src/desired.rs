@@ -55,7 +55,7 @@ pub fn desired(
             problem(true, key(), why);
         } else {
             served.push(net);
-            s.networks.insert(net.vni, net.port);
+            s.networks.insert(net.vni, net.entry());
         }
     }
     let served: BTreeSet<&str> = served.iter().map(|n| n.name.as_str()).collect();
@@ -234,7 +234,7 @@ mod tests {
         };
         let (s, problems) = desired(&c, "h1", &resolve);
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(s.networks.get(&42), Some(&4789));
+        assert_eq!(s.networks.get(&42).map(|n| n.port), Some(4789));
         let local = s.endpoints[&(42, [2, 0x42, 10, 10, 1, 2])];
         assert_eq!((local.ifindex, local.deliver), (7, deliver::PEER));
         assert_eq!(s.ports[&7], local);

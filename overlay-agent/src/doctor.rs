@@ -59,8 +59,8 @@ pub fn map_findings(diff: &Diff) -> Vec<Finding> {
     };
     const MISSING: &str = "missing or different: etcd says the map must hold it";
     const STALE: &str = "stale: the map holds it, etcd does not";
-    for (vni, port) in &diff.networks.set {
-        f("NETWORKS", format!("vni {vni} port {port}"), MISSING);
+    for (vni, net) in &diff.networks.set {
+        f("NETWORKS", format!("vni {vni} port {}", net.port), MISSING);
     }
     for vni in &diff.networks.remove {
         f("NETWORKS", format!("vni {vni}"), STALE);

@@ -41,7 +41,8 @@ pub fn wanted(
 ) -> (BTreeMap<u32, Flood>, Vec<(u32, usize)>) {
     let mut out = BTreeMap::new();
     let mut overflow = Vec::new();
-    for (&vni, &port) in &applied.networks {
+    for (&vni, &network) in &applied.networks {
+        let port = network.port;
         let mut flood = Flood {
             bridge: resolve(&format!("ovbr{vni}")).unwrap_or(0),
             tunnel: resolve(&gro::device(port)).unwrap_or(0),
@@ -170,12 +171,13 @@ pub fn wanted_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use overlay_common::Network;
 
     #[test]
     fn a_network_floods_to_its_remote_vteps_through_its_ports_helper() {
         let mut s = MapState::default();
-        s.networks.insert(42, 4789);
-        s.networks.insert(43, 8472);
+        s.networks.insert(42, Network::new(4789, [0; 12]));
+        s.networks.insert(43, Network::new(8472, [0; 12]));
         s.vteps.insert((42, [10, 0, 0, 3]));
         s.vteps.insert((42, [10, 0, 0, 2]));
         s.vteps.insert((43, [10, 0, 0, 9]));
@@ -219,7 +221,7 @@ mod tests {
     #[test]
     fn more_vteps_than_a_list_holds_are_reported() {
         let mut s = MapState::default();
-        s.networks.insert(42, 4789);
+        s.networks.insert(42, Network::new(4789, [0; 12]));
         for i in 0..(MAX_FLOOD_VTEPS as u8 + 3) {
             s.vteps.insert((42, [10, 0, 1, i]));
         }

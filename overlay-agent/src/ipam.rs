@@ -1,6 +1,11 @@
-//! IPv4 address management: a network's subnet, the per-node slices it is cut into, and the
-//! addresses a slice hands out. Pure arithmetic; who owns which slice is decided in etcd.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+//! Address management: a network's subnet, the per-node slices it is cut into, and the
+//! addresses a slice hands out; and a network's IPv6 prefix, which derives each endpoint's IPv6
+//! address from its IPv4 one. Pure arithmetic; who owns which slice is decided in etcd.
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{Result, anyhow, bail};
 
@@ -112,6 +117,76 @@ impl FromStr for Cidr {
     }
 }
 
+/// A network's IPv6 prefix such as `fd00:10::/64`, at most /96, host bits zero. An endpoint's
+/// IPv6 address is the prefix's first 96 bits followed by its IPv4 address: every IPv4 address,
+/// claimed from its node's slice, brings a unique IPv6 one with it, so IPv6 needs no slices or
+/// claims of its own, and the dataplane derives an endpoint's address without another map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subnet6 {
+    addr: Ipv6Addr,
+    prefix: u8,
+}
+
+/// The longest IPv6 prefix a network may have: 32 bits are left for the IPv4 address.
+pub const MAX_SUBNET6_PREFIX: u8 = 96;
+
+impl Subnet6 {
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Result<Self> {
+        if prefix > MAX_SUBNET6_PREFIX {
+            bail!(
+                "prefix /{prefix} is longer than /{MAX_SUBNET6_PREFIX}: 32 bits must stay for the IPv4 address"
+            );
+        }
+        let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+        let network = Ipv6Addr::from(u128::from(addr) & mask);
+        if network != addr {
+            bail!("{addr}/{prefix} has host bits set; did you mean {network}/{prefix}?");
+        }
+        if addr.is_multicast() || addr.is_loopback() || addr.is_unspecified() {
+            bail!("{addr}/{prefix} is not a unicast prefix");
+        }
+        let link_local = 0xfe80u128 << 112;
+        if u128::from(addr) >> 118 == link_local >> 118 || link_local & mask == u128::from(addr) {
+            bail!("{addr}/{prefix} overlaps fe80::/10 (link-local)");
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The first 96 bits, as the dataplane's NETWORKS map holds them.
+    pub fn first96(&self) -> [u8; 12] {
+        self.addr.octets()[..12].try_into().expect("12 of 16 bytes")
+    }
+
+    /// The IPv6 address of the endpoint whose IPv4 address is `ip`.
+    pub fn address_of(&self, ip: Ipv4Addr) -> Ipv6Addr {
+        let mut a = self.addr.octets();
+        a[12..].copy_from_slice(&ip.octets());
+        Ipv6Addr::from(a)
+    }
+}
+
+impl fmt::Display for Subnet6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Subnet6 {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let err = || anyhow!("{s:?} is not an IPv6 prefix: expected one like fd00:10::/64");
+        let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| err())?;
+        let prefix: u8 = prefix.parse().map_err(|_| err())?;
+        Self::new(addr, prefix).map_err(|e| anyhow!("{s:?} is not a valid IPv6 prefix: {e}"))
+    }
+}
+
 /// The smallest subnet a network may have: a /30 still leaves two addresses.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 
@@ -149,6 +224,29 @@ mod tests {
         }
         let err = "10.10.1.5/16".parse::<Cidr>().unwrap_err().to_string();
         assert!(err.contains("did you mean 10.10.0.0/16"), "{err}");
+    }
+
+    #[test]
+    fn an_ipv6_prefix_derives_each_endpoints_address() {
+        let s: Subnet6 = "fd00:10::/64".parse().unwrap();
+        assert_eq!(s.to_string(), "fd00:10::/64");
+        assert_eq!(
+            s.address_of(Ipv4Addr::new(10, 10, 1, 2)).to_string(),
+            "fd00:10::a0a:102"
+        );
+        assert_eq!(s.first96(), [0xfd, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for (bad, why) in [
+            ("fd00:10::/97", "longer than /96"),
+            ("fd00:10::1/64", "did you mean fd00:10::/64"),
+            ("fe80::/64", "link-local"),
+            ("fe00::/7", "link-local"),
+            ("ff02::/16", "not a unicast"),
+            ("10.10.0.0/16", "not an IPv6 prefix"),
+            ("fd00::", "not an IPv6 prefix"),
+        ] {
+            let err = bad.parse::<Subnet6>().unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -207,6 +207,10 @@ enum NetworkCmd {
         /// Size of each node's address slice (default /24 of a /16).
         #[arg(long)]
         slice_prefix: Option<u8>,
+        /// IPv6 prefix for a dual-stack network (at most /96, e.g. fd00:10::/64): each
+        /// endpoint's IPv6 address is the prefix followed by its IPv4 address.
+        #[arg(long)]
+        subnet6: Option<String>,
         /// Broadcast and multicast frames per second each endpoint may send (storm control;
         /// 0: unlimited).
         #[arg(long, default_value_t = schema::DEFAULT_BUM_RATE)]
@@ -325,6 +329,7 @@ async fn run(cli: Cli) -> Result<()> {
                     port,
                     mtu,
                     slice_prefix,
+                    subnet6,
                     bum_rate,
                     internal,
                 } => Some(
@@ -335,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
                         port: *port,
                         mtu: *mtu,
                         slice_prefix: *slice_prefix,
+                        subnet6: subnet6.clone(),
                         bum_rate: Some(*bum_rate),
                         internal: *internal,
                     }
@@ -347,8 +353,9 @@ async fn run(cli: Cli) -> Result<()> {
                 NetworkCmd::Create { .. } => {
                     let net = spec.expect("validated above");
                     commands::network_create(&ctx.store, &net).await?;
+                    let v6 = net.subnet6.map(|s| format!(" and {s}")).unwrap_or_default();
                     println!(
-                        "network {} created: VNI {}, subnet {}, UDP port {}, /{} per node",
+                        "network {} created: VNI {}, subnet {}{v6}, UDP port {}, /{} per node",
                         net.name, net.vni, net.subnet, net.port, net.slice_prefix
                     );
                 }

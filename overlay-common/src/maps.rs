@@ -150,6 +150,30 @@ pub struct Network {
     /// Outer UDP destination port, host byte order.
     pub port: u16,
     pub _pad: u16,
+    /// The first 96 bits of the network's IPv6 subnet: each endpoint's IPv6 address is these
+    /// followed by its IPv4 address. All zero: the network is IPv4 only.
+    pub prefix6: [u8; 12],
+}
+
+impl Network {
+    pub const fn new(port: u16, prefix6: [u8; 12]) -> Self {
+        Self {
+            port,
+            _pad: 0,
+            prefix6,
+        }
+    }
+
+    /// The IPv6 address of the endpoint whose IPv4 address is `ip`, if the network has IPv6.
+    pub fn ipv6_of(&self, ip: [u8; 4]) -> Option<[u8; 16]> {
+        if self.prefix6 == [0; 12] {
+            return None;
+        }
+        let mut a = [0; 16];
+        a[..12].copy_from_slice(&self.prefix6);
+        a[12..].copy_from_slice(&ip);
+        Some(a)
+    }
 }
 
 /// Most remote VTEPs one network's broadcast and multicast is replicated to (the programs walk
@@ -301,7 +325,7 @@ mod tests {
         assert_eq!(size_of::<FdbEntry>(), 32);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<Endpoint>(), 20);
-        assert_eq!(size_of::<Network>(), 4);
+        assert_eq!(size_of::<Network>(), 16);
         assert_eq!(size_of::<NodeConfig>(), 8);
         assert_eq!(size_of::<Flood>(), 24 + 4 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<BumWindow>(), 16);

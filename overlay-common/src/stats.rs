@@ -75,6 +75,12 @@ counters! {
     /// Too big for the tunnel, and no ICMP may answer it (IPv4 without DF or a fragment, an
     /// ICMP error, a path MTU below 576 / 1280, or the reply could not be built).
     DropTooBig = "drop_too_big",
+    /// A neighbour solicitation from a container for an overlay IPv6 address, answered from
+    /// the maps with the advertisement the owner would send (RFC 4861).
+    NdpReply = "ndp_reply",
+    /// A neighbour discovery message RFC 4861 says to discard (hop limit not 255, code not
+    /// 0, a bad checksum, an option of length 0, a multicast target).
+    DropBadNdp = "drop_bad_ndp",
     /// Not an outcome: the remote copies `flood` sent.
     FloodCopies = "flood_copies",
     /// Not an outcome: IGMP reports from containers joining a group (snooped, then passed on).
@@ -120,6 +126,7 @@ impl Counter {
                 | Counter::DropInternal
                 | Counter::DropFragNeeded
                 | Counter::DropTooBig
+                | Counter::DropBadNdp
         )
     }
 

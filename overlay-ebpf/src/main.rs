@@ -12,6 +12,8 @@
 #[cfg(target_arch = "bpf")]
 mod arp;
 #[cfg(target_arch = "bpf")]
+mod checksum;
+#[cfg(target_arch = "bpf")]
 mod flood;
 #[cfg(target_arch = "bpf")]
 mod from_container;

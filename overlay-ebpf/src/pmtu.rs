@@ -8,13 +8,14 @@
 //! MTU for that destination and TCP resends smaller segments.
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{Counter, wire};
 
 use crate::{
+    checksum,
     packet::{MacWords, ifindex, ptr_at},
     stats::{Verdict, drop, redirected},
 };
@@ -159,13 +160,13 @@ fn build_v4(ctx: &TcContext, mtu: u32) -> Result<(), ()> {
     }
     // Over the ICMP header and the quote: 556 bytes, in helper-sized pieces.
     let at = EthHdr::LEN + Ipv4Hdr::LEN;
-    let sum = csum::<512>(ctx, at, 0)?;
-    let sum = csum::<{ ICMP_LEN + QUOTE_V4 - 512 }>(ctx, at + 512, sum)?;
+    let sum = checksum::over::<512>(ctx, at, 0)?;
+    let sum = checksum::over::<{ ICMP_LEN + QUOTE_V4 - 512 }>(ctx, at + 512, sum)?;
     let h = ptr_at::<Icmp4Error>(ctx, EthHdr::LEN).ok_or(())?;
     unsafe {
         (&raw mut (*h).icmp[2])
             .cast::<u16>()
-            .write_unaligned(fold(sum as u64))
+            .write_unaligned(checksum::finish(sum))
     };
     Ok(())
 }
@@ -219,28 +220,17 @@ fn build_v6(ctx: &TcContext, mtu: u32) -> Result<(), ()> {
             .write_unaligned(words);
         (&raw mut (*h).icmp).write_unaligned([2, 0, 0, 0, m0, m1, m2, m3]);
     }
-    // The pseudo-header (RFC 8200 8.1): both addresses, the upper-layer length and next header,
-    // summed as the helper sums memory, then the ICMPv6 message: 1240 bytes in three pieces.
-    // Spelled out: an iterator over the two arrays compiles to a loop the verifier refuses.
-    let pseudo = u32::from(payload_len).to_be() as u64
-        + u32::from(IPPROTO_ICMPV6).to_be() as u64
-        + src[0] as u64
-        + src[1] as u64
-        + src[2] as u64
-        + src[3] as u64
-        + dst[0] as u64
-        + dst[1] as u64
-        + dst[2] as u64
-        + dst[3] as u64;
+    // The pseudo-header (the reply's addresses), then the message: 1240 bytes in three pieces.
+    let pseudo = checksum::ipv6_pseudo(&dst, &src, payload_len.into(), IPPROTO_ICMPV6);
     let at = EthHdr::LEN + IPV6_LEN;
-    let sum = csum::<512>(ctx, at, fold32(pseudo))?;
-    let sum = csum::<512>(ctx, at + 512, sum)?;
-    let sum = csum::<{ ICMP_LEN + QUOTE_V6 - 1024 }>(ctx, at + 1024, sum)?;
+    let sum = checksum::over::<512>(ctx, at, pseudo)?;
+    let sum = checksum::over::<512>(ctx, at + 512, sum)?;
+    let sum = checksum::over::<{ ICMP_LEN + QUOTE_V6 - 1024 }>(ctx, at + 1024, sum)?;
     let h = ptr_at::<Icmp6Error>(ctx, EthHdr::LEN).ok_or(())?;
     unsafe {
         (&raw mut (*h).icmp[2])
             .cast::<u16>()
-            .write_unaligned(fold(sum as u64))
+            .write_unaligned(checksum::finish(sum))
     };
     Ok(())
 }
@@ -259,29 +249,4 @@ fn make_room(ctx: &TcContext, quote: usize, headers: usize) -> Result<(), ()> {
     }
     ctx.adjust_room(headers as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| ())
-}
-
-/// The ones' complement sum of `N` packet bytes at `offset` (N a multiple of 4, at most 512:
-/// the helper's limit), added to `seed`.
-#[inline(always)]
-fn csum<const N: usize>(ctx: &TcContext, offset: usize, seed: u32) -> Result<u32, ()> {
-    let p = ptr_at::<[u8; N]>(ctx, offset).ok_or(())?;
-    let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p.cast(), N as u32, seed) };
-    if s < 0 { Err(()) } else { Ok(s as u32) }
-}
-
-#[inline(always)]
-fn fold32(mut s: u64) -> u32 {
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s as u32
-}
-
-/// The checksum field's value, in memory order, for a sum of words loaded from memory.
-#[inline(always)]
-fn fold(mut s: u64) -> u16 {
-    s = fold32(s) as u64;
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
 }

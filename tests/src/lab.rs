@@ -15,6 +15,8 @@ pub const OTHER_VNI: u32 = 43;
 pub const PORT: u16 = 4789;
 pub const LOCAL_VTEP: [u8; 4] = [10, 0, 0, 1];
 pub const REMOTE_VTEP: [u8; 4] = [10, 0, 0, 2];
+/// VNI 42's IPv6 prefix, fd00:10::/64: an endpoint's IPv6 address is this and its IPv4 one.
+pub const PREFIX6: [u8; 12] = [0xfd, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
 pub const UNDERLAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
@@ -67,15 +69,9 @@ impl Lab {
             underlay_ifindex: underlay,
         })
         .unwrap();
-        for vni in [VNI, OTHER_VNI] {
-            maps.set_network(
-                vni,
-                Network {
-                    port: PORT,
-                    _pad: 0,
-                },
-            )
-            .unwrap();
+        // VNI 42 is dual-stack, VNI 43 IPv4 only.
+        for (vni, prefix6) in [(VNI, PREFIX6), (OTHER_VNI, [0; 12])] {
+            maps.set_network(vni, Network::new(PORT, prefix6)).unwrap();
         }
         for (ifindex, vni, mac, ip) in [
             (vc1, VNI, C1_MAC, C1_IP),

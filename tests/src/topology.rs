@@ -127,13 +127,7 @@ impl Cluster {
                     vtep,
                     underlay_ifindex: underlay,
                 })?;
-                maps.set_network(
-                    VNI,
-                    Network {
-                        port: PORT,
-                        _pad: 0,
-                    },
-                )?;
+                maps.set_network(VNI, Network::new(PORT, [0; 12]))?;
                 Some(node)
             } else {
                 None

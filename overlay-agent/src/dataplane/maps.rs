@@ -244,7 +244,7 @@ impl Maps {
         let mut s = MapState::default();
         for e in self.networks.iter() {
             let (vni, net) = e.context("reading NETWORKS")?;
-            s.networks.insert(vni, net.port);
+            s.networks.insert(vni, net);
         }
         for e in self.fdb.iter() {
             let (k, v) = e.context("reading FDB")?;
@@ -286,9 +286,9 @@ impl Maps {
             }
         };
         let ep = |e: &Endpoint| format!("{} {} ifindex {}", ip(e.ip), Mac(e.mac), e.ifindex);
-        for &(vni, port) in &diff.networks.set {
-            let r = self.set_network(vni, Network { port, _pad: 0 });
-            done("NETWORKS", '+', format!("vni {vni} port {port}"), r);
+        for &(vni, net) in &diff.networks.set {
+            let r = self.set_network(vni, net);
+            done("NETWORKS", '+', format!("vni {vni} port {}", net.port), r);
         }
         for &((vni, ip_), mac) in &diff.arp.set {
             let r = self.set_arp(vni, ip_, mac);

@@ -12,7 +12,8 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// v1: unversioned `maps/`. v2: FDB values carry the next-hop cache and the UDP port, VTEPS
 /// values the UDP port. v3: two more counters in STATS (drop_kernel_vxlan, decap_segments).
 /// v4: the monitor's maps (MONITOR_CTL, EVENTS, MONITOR_CPU). v5: FDB values cache the path
-/// MTU; two more counters (drop_frag_needed, drop_too_big).
+/// MTU, NETWORKS values the IPv6 prefix; four more counters (drop_frag_needed, drop_too_big,
+/// ndp_reply, drop_bad_ndp).
 pub const LAYOUT_VERSION: u32 = 5;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 

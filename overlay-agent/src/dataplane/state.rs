@@ -4,12 +4,12 @@
 //! `NETWORKS` by [`super::Maps`], and `CONFIG` is set once at start, so neither appears here.
 use std::collections::{BTreeMap, BTreeSet};
 
-use overlay_common::Endpoint;
+use overlay_common::{Endpoint, Network};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapState {
-    /// VNI -> outer UDP port.
-    pub networks: BTreeMap<u32, u16>,
+    /// VNI -> outer UDP port and IPv6 prefix.
+    pub networks: BTreeMap<u32, Network>,
     /// (VNI, MAC) -> VTEP of a remote endpoint.
     pub fdb: BTreeMap<(u32, [u8; 6]), [u8; 4]>,
     /// (VNI, IP) -> MAC, local and remote.
@@ -28,10 +28,14 @@ impl MapState {
     /// two nodes' views of one node compare by it.
     pub fn digest(&self) -> (String, usize) {
         let mut h = crate::hash::Fnv64::default();
-        for (vni, port) in &self.networks {
+        for (vni, net) in &self.networks {
             h.write(b"n")
                 .write(&vni.to_le_bytes())
-                .write(&port.to_le_bytes());
+                .write(&net.port.to_le_bytes());
+            // IPv4-only networks hash as before IPv6 existed.
+            if net.prefix6 != [0; 12] {
+                h.write(&net.prefix6);
+            }
         }
         for ((vni, mac), vtep) in &self.fdb {
             h.write(b"f")
@@ -134,7 +138,7 @@ fn diff_set<K: Ord + Clone>(actual: &BTreeSet<K>, desired: &BTreeSet<K>) -> Tabl
 /// Every write needed, table by table.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Diff {
-    pub networks: TableDiff<u32, u16>,
+    pub networks: TableDiff<u32, Network>,
     pub fdb: TableDiff<(u32, [u8; 6]), [u8; 4]>,
     pub arp: TableDiff<(u32, [u8; 4]), [u8; 6]>,
     pub vteps: TableDiff<(u32, [u8; 4]), ()>,

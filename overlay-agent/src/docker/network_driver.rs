@@ -151,6 +151,7 @@ impl Driver {
                 port: overlay_common::wire::DEFAULT_VXLAN_PORT,
                 mtu: None,
                 slice_prefix: None,
+                subnet6: None,
                 bum_rate: None,
                 // Docker's --internal makes an internal overlay network: no way out in the
                 // dataplane either.

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ipam::{self, Cidr},
+    ipam::{self, Cidr, Subnet6},
     net::Mac,
 };
 
@@ -182,6 +182,9 @@ pub struct NetworkRecord {
     /// No gateway and no way out of the overlay (`network create --internal`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub internal: bool,
+    /// The IPv6 prefix of a dual-stack network (`--subnet6`); None: IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
 }
 
 /// Broadcast and multicast per endpoint per second, unless a network says otherwise: far more
@@ -201,6 +204,8 @@ pub struct Network {
     pub bum_rate: u32,
     /// No gateway, no way out.
     pub internal: bool,
+    /// Dual-stack: each endpoint's IPv6 address derives from its IPv4 one.
+    pub subnet6: Option<Subnet6>,
     /// etcd's create revision of its key (0 until read from etcd): of two networks that claim
     /// one VNI or overlapping subnets, the older is served.
     pub created: i64,
@@ -241,6 +246,7 @@ impl NetworkRecord {
             slice_prefix,
             bum_rate: self.bum_rate.unwrap_or(DEFAULT_BUM_RATE),
             internal: self.internal,
+            subnet6: self.subnet6.as_deref().map(str::parse).transpose()?,
             created: 0,
         })
     }
@@ -256,7 +262,18 @@ impl Network {
             slice_prefix: Some(self.slice_prefix),
             bum_rate: Some(self.bum_rate),
             internal: self.internal,
+            subnet6: self.subnet6.map(|s| s.to_string()),
         }
+    }
+
+    /// The IPv6 address of the endpoint whose IPv4 address is `ip`, on a dual-stack network.
+    pub fn ipv6_of(&self, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+        self.subnet6.map(|s| s.address_of(ip))
+    }
+
+    /// The network as the dataplane's NETWORKS map holds it.
+    pub fn entry(&self) -> overlay_common::Network {
+        overlay_common::Network::new(self.port, self.subnet6.map_or([0; 12], |s| s.first96()))
     }
 
     /// The address containers route everything outside the overlay through: the subnet's
