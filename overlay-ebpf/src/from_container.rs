@@ -1,7 +1,8 @@
 //! A frame a container sent, seen at TC ingress of the host side of its veth.
 //!
 //! Order: identify the sender (PORTS), refuse spoofed sources (IPv4, ARP, IPv6 and its
-//! neighbour advertisements), answer ARP from the map, then forward unicast: straight into a
+//! neighbour advertisements), answer ARP and neighbour solicitations from the map, then forward
+//! unicast: straight into a
 //! local container, or VXLAN to the remote VTEP. Broadcast and multicast are replicated to the
 //! network's other hosts (flood.rs) and left to the bridge for local members; anything else
 //! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports.
@@ -14,7 +15,8 @@ use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 
 use crate::{
     arp, flood, igmp, ipv6,
-    maps::{ENDPOINTS, FDB, PORTS},
+    maps::{ENDPOINTS, FDB, NETWORKS, PORTS},
+    ndp,
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
     vxlan,
@@ -56,10 +58,16 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             }
             forward(ctx, sender, eth.dst_addr, true, dst)
         }
-        wire::ETH_P_IPV6 => match ipv6::check_source(ctx, sender) {
-            Ok(()) => forward(ctx, sender, eth.dst_addr, true, NO_GROUP),
-            Err(reason) => drop(reason),
-        },
+        wire::ETH_P_IPV6 => {
+            // A dual-stack network's prefix: the sender's own address and those NDP answers.
+            let prefix6 = unsafe { NETWORKS.get(sender.vni) }.map_or([0; 12], |n| n.prefix6);
+            match ipv6::check_source(ctx, &ipv6::Own::of(sender, &prefix6)) {
+                Ok(ipv6::Allowed::Solicitation) => ndp::answer(ctx, sender, &prefix6)
+                    .unwrap_or_else(|| forward(ctx, sender, eth.dst_addr, true, NO_GROUP)),
+                Ok(ipv6::Allowed::Other) => forward(ctx, sender, eth.dst_addr, true, NO_GROUP),
+                Err(reason) => drop(reason),
+            }
+        }
         // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
         _ => forward(ctx, sender, eth.dst_addr, false, NO_GROUP),
     }

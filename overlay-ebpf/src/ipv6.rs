@@ -1,51 +1,91 @@
-//! What a container may send over IPv6 (RFC 4291, 4861). Containers have no IPv6 address of
-//! ours yet, only the link-local one the kernel derives from their MAC (modified EUI-64), so
-//! that and the unspecified address (duplicate address detection) are the only sources a
-//! container may use; a neighbour advertisement may only speak for that same address. Without
-//! this, a container could send as any other over the tunnel.
+//! What a container may send over IPv6 (RFC 4291, 4861): from its own addresses only. Those are
+//! the link-local address the kernel derives from its MAC (modified EUI-64), its address on a
+//! dual-stack network (the network's prefix followed by its IPv4 address), and the unspecified
+//! address (duplicate address detection). A neighbour advertisement may only speak for one of
+//! its own addresses. Without this, a container could send as any other over the tunnel.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use overlay_common::{Counter, Endpoint};
 
 use crate::packet::{linearize, ptr_at};
 
-const IPV6_LEN: usize = 40;
-const NEXT_HEADER_ICMPV6: u8 = 58;
-const NEIGHBOR_ADVERTISEMENT: u8 = 136;
-/// ICMPv6 type, code, checksum, flags: the target address follows.
-const NA_TARGET_AT: usize = 8;
+pub const IPV6_LEN: usize = 40;
+pub const NEXT_HEADER_ICMPV6: u8 = 58;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
+pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+/// ICMPv6 type, code, checksum, flags / reserved: the target address follows.
+pub const ND_TARGET_AT: usize = 8;
 
-/// The refusal's reason, or Ok if the frame may go on.
+/// What a frame that may go on is, for the caller.
+pub enum Allowed {
+    /// A neighbour solicitation (ndp.rs may answer it).
+    Solicitation,
+    Other,
+}
+
+/// A container's own addresses, as words in memory order.
+pub struct Own {
+    link_local: [u32; 4],
+    /// All zero when the network is IPv4 only.
+    global: [u32; 4],
+}
+
+impl Own {
+    #[inline(always)]
+    pub fn of(sender: &Endpoint, prefix6: &[u8; 12]) -> Self {
+        let p = |i: usize| {
+            u32::from_ne_bytes([prefix6[i], prefix6[i + 1], prefix6[i + 2], prefix6[i + 3]])
+        };
+        let global = if *prefix6 == [0; 12] {
+            [0; 4]
+        } else {
+            [p(0), p(4), p(8), u32::from_ne_bytes(sender.ip)]
+        };
+        Self {
+            link_local: link_local(sender.mac),
+            global,
+        }
+    }
+
+    #[inline(always)]
+    fn has(&self, a: [u32; 4]) -> bool {
+        a == self.link_local || (a == self.global && self.global != [0; 4])
+    }
+}
+
+/// The refusal's reason, or what the frame is if it may go on.
 #[inline(always)]
-pub fn check_source(ctx: &TcContext, sender: &Endpoint) -> Result<(), Counter> {
+pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
     if !linearize(ctx, EthHdr::LEN + IPV6_LEN) {
         return Err(Counter::DropTooShort);
     }
     let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(ctx, EthHdr::LEN) else {
         return Err(Counter::DropTooShort);
     };
-    let own = link_local(sender.mac);
     let src = words(unsafe { (&raw const (*ip)[8]).cast() });
-    if src != own && src != [0; 4] {
+    if !own.has(src) && src != [0; 4] {
         return Err(Counter::DropSpoofedIp);
     }
     if unsafe { (*ip)[6] } != NEXT_HEADER_ICMPV6 {
-        return Ok(());
+        return Ok(Allowed::Other);
     }
     let at = EthHdr::LEN + IPV6_LEN;
-    if !linearize(ctx, at + NA_TARGET_AT + 16) {
-        // Too short to be an advertisement: whatever it is, it claims no address.
-        return Ok(());
+    if !linearize(ctx, at + ND_TARGET_AT + 16) {
+        // Too short to be a neighbour message: whatever it is, it claims no address.
+        return Ok(Allowed::Other);
     }
-    let Some(icmp) = ptr_at::<[u8; NA_TARGET_AT + 16]>(ctx, at) else {
-        return Ok(());
+    let Some(icmp) = ptr_at::<[u8; ND_TARGET_AT + 16]>(ctx, at) else {
+        return Ok(Allowed::Other);
     };
-    if unsafe { (*icmp)[0] } == NEIGHBOR_ADVERTISEMENT
-        && words(unsafe { (&raw const (*icmp)[NA_TARGET_AT]).cast() }) != own
-    {
-        return Err(Counter::DropSpoofedIp);
+    match unsafe { (*icmp)[0] } {
+        NEIGHBOR_ADVERTISEMENT
+            if !own.has(words(unsafe { (&raw const (*icmp)[ND_TARGET_AT]).cast() })) =>
+        {
+            Err(Counter::DropSpoofedIp)
+        }
+        NEIGHBOR_SOLICITATION => Ok(Allowed::Solicitation),
+        _ => Ok(Allowed::Other),
     }
-    Ok(())
 }
 
 /// fe80::/64 with the interface identifier from the MAC (U/L bit flipped, ff:fe in the middle),
@@ -62,7 +102,7 @@ fn link_local(m: [u8; 6]) -> [u32; 4] {
 
 /// An address as four word loads: comparing byte arrays would call memcmp, which BPF lacks.
 #[inline(always)]
-fn words(p: *const u32) -> [u32; 4] {
+pub fn words(p: *const u32) -> [u32; 4] {
     unsafe {
         [
             p.read_unaligned(),

@@ -30,6 +30,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod monitor;
 #[cfg(target_arch = "bpf")]
+mod ndp;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pmtu;

@@ -937,3 +937,203 @@ fn an_ipv6_packet_too_big_for_the_tunnel_is_answered_with_packet_too_big() {
         Counter::DropFragNeeded,
     );
 }
+
+/// An endpoint's address on dual-stack VNI 42: fd00:10::/64 followed by its IPv4 address.
+fn global(ip: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(&PREFIX6);
+    a[12..].copy_from_slice(&ip);
+    a
+}
+
+/// ICMPv6 checksum over the pseudo-header (RFC 8200 8.1) and `msg`.
+fn icmpv6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> [u8; 2] {
+    let mut p = Vec::new();
+    p.extend(src);
+    p.extend(dst);
+    p.extend((msg.len() as u32).to_be_bytes());
+    p.extend([0, 0, 0, 58]);
+    p.extend(msg);
+    packet::checksum(&p).to_be_bytes()
+}
+
+/// A neighbour solicitation from `src` for `target`, to the target's solicited-node group, as
+/// Linux sends it (hop limit 255, with the source link-layer option unless `bare`).
+fn solicitation(from_mac: [u8; 6], src: [u8; 16], target: [u8; 16], bare: bool) -> Vec<u8> {
+    let mut dst = [0u8; 16];
+    dst[..2].copy_from_slice(&[0xff, 0x02]);
+    dst[11..13].copy_from_slice(&[1, 0xff]);
+    dst[13..].copy_from_slice(&target[13..]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend(target);
+    if !bare {
+        icmp.extend([1, 1]);
+        icmp.extend(from_mac);
+    }
+    let c = icmpv6_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&c);
+    let group_mac = [0x33, 0x33, 0xff, target[13], target[14], target[15]];
+    packet::eth(group_mac, from_mac, ETH_P_IPV6, &ipv6(src, dst, 58, &icmp))
+}
+
+/// The advertisement c2's own kernel would send to `to` (ndisc_send_na for a multicast
+/// solicitation): from its address, Solicited and Override, its MAC in the option.
+fn advertisement_from_c2(to: [u8; 16]) -> Vec<u8> {
+    let target = global(C2_IP);
+    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend(target);
+    icmp.extend([2, 1]);
+    icmp.extend(C2_MAC);
+    let c = icmpv6_checksum(target, to, &icmp);
+    icmp[2..4].copy_from_slice(&c);
+    packet::eth(C1_MAC, C2_MAC, ETH_P_IPV6, &ipv6(target, to, 58, &icmp))
+}
+
+#[test]
+fn neighbour_solicitations_for_overlay_addresses_are_answered_from_the_map() {
+    let mut lab = Lab::new("ndp");
+    let vc1 = lab.vc1;
+    let (own, c2) = (global(C1_IP), global(C2_IP));
+    for (what, src, bare) in [
+        ("from its global address", own, false),
+        ("without the source link-layer option", own, true),
+        ("from its link-local address", link_local(C1_MAC), false),
+    ] {
+        let v = lab.expect(
+            what,
+            Container(vc1),
+            &solicitation(C1_MAC, src, c2, bare),
+            TC_ACT_REDIRECT,
+            Counter::NdpReply,
+        );
+        assert_eq!(v.frame, advertisement_from_c2(src), "{what}: byte for byte");
+    }
+
+    // Left to the network: the owner (or nobody) answers, as without us.
+    let unknown = global([10, 10, 9, 9]);
+    for (what, frame) in [
+        (
+            "an address nobody has",
+            solicitation(C1_MAC, own, unknown, false),
+        ),
+        (
+            "duplicate address detection",
+            solicitation(C1_MAC, [0; 16], own, true),
+        ),
+        ("its own address", solicitation(C1_MAC, own, own, false)),
+    ] {
+        lab.expect(
+            what,
+            Container(vc1),
+            &frame,
+            TC_ACT_OK,
+            Counter::ContainerPass,
+        );
+    }
+
+    // What RFC 4861 7.1.1 discards, discarded and counted.
+    let good = solicitation(C1_MAC, own, c2, false);
+    let mut hop = good.clone();
+    hop[14 + 7] = 64;
+    let mut sum = good.clone();
+    sum[14 + 40 + 2] ^= 0xff;
+    let mut code = good.clone();
+    code[14 + 40 + 1] = 1;
+    let mut zero_option = good.clone();
+    zero_option[14 + 40 + 24 + 1] = 0;
+    let mut multicast_target = solicitation(C1_MAC, own, c2, false);
+    multicast_target[14 + 40 + 8] = 0xff;
+    for (what, frame, counter) in [
+        ("hop limit 64", hop, Counter::DropBadNdp),
+        ("a bad checksum", sum, Counter::DropBadNdp),
+        ("code 1", code, Counter::DropBadNdp),
+        ("an option of length 0", zero_option, Counter::DropBadNdp),
+        ("a multicast target", multicast_target, Counter::DropBadNdp),
+        (
+            "another's MAC in the source link-layer option",
+            solicitation(C1_MAC, own, c2, false)
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == 14 + 40 + 24 + 7 { b ^ 1 } else { *b })
+                .collect(),
+            Counter::DropSpoofedMac,
+        ),
+    ] {
+        lab.expect(what, Container(vc1), &frame, TC_ACT_SHOT, counter);
+    }
+}
+
+#[test]
+fn a_container_speaks_only_from_its_own_address_on_a_dual_stack_network() {
+    let mut lab = Lab::new("ds6");
+    let (vc1, vc4) = (lab.vc1, lab.vc4);
+    let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+    let to_c2 = |src| {
+        packet::eth(
+            C2_MAC,
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(src, global(C2_IP), 58, &echo),
+        )
+    };
+    lab.expect(
+        "from its own address",
+        Container(vc1),
+        &to_c2(global(C1_IP)),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    lab.expect(
+        "from c3's address",
+        Container(vc1),
+        &to_c2(global(C3_IP)),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    let na = |target: [u8; 16]| {
+        let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        icmp.extend(target);
+        packet::eth(
+            C2_MAC,
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(global(C1_IP), global(C2_IP), 58, &icmp),
+        )
+    };
+    lab.expect(
+        "advertising its own address",
+        Container(vc1),
+        &na(global(C1_IP)),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    lab.expect(
+        "advertising c2's address",
+        Container(vc1),
+        &na(global(C2_IP)),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    // c4 has c1's IPv4 address in VNI 43, which is IPv4 only: no IPv6 address is its own but
+    // its link-local one, and nobody answers for fd00:10::.
+    let from_c4 = packet::eth(
+        C2_MAC,
+        C4_MAC,
+        ETH_P_IPV6,
+        &ipv6(global(C1_IP), global(C2_IP), 58, &echo),
+    );
+    lab.expect(
+        "c4 from the address c1 has in VNI 42",
+        Container(vc4),
+        &from_c4,
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    lab.expect(
+        "c4 soliciting in an IPv4-only network",
+        Container(vc4),
+        &solicitation(C4_MAC, link_local(C4_MAC), global(C2_IP), false),
+        TC_ACT_OK,
+        Counter::ContainerPass,
+    );
+}
