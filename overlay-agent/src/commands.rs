@@ -2,7 +2,10 @@
 //! address. Each checks its input before it writes anything, writes etcd through the store's
 //! transactions, and does the node-local plumbing over netlink; the running agent picks the
 //! change up from etcd and programs the maps.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use overlay_common::MacKey;
@@ -136,6 +139,11 @@ fn describe(ep: &Endpoint) -> String {
     }
 }
 
+/// An endpoint's IPv6 address with its prefix length, on a dual-stack network.
+fn ipv6_of(net: &Network, ip: Ipv4Addr) -> Option<(Ipv6Addr, u8)> {
+    Some((net.ipv6_of(ip)?, net.subnet6?.prefix()))
+}
+
 /// The MTU for a network's interfaces on this node.
 async fn mtu_here(ctx: &Ctx, net: &Network) -> Result<u32> {
     let underlay = ctx
@@ -212,6 +220,8 @@ pub struct Made {
     pub prefix: u8,
     /// The network's gateway (None: internal), for the container's default route.
     pub gateway: Option<Ipv4Addr>,
+    /// On a dual-stack network, the endpoint's IPv6 address and the prefix's length.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
 }
 
 /// The first half of an attachment, the whole of it for a runtime that moves and configures
@@ -273,6 +283,7 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
     .await;
     match reserved {
         Ok(endpoint) => Ok(Made {
+            ipv6: ipv6_of(&net, endpoint.ip),
             endpoint,
             peer,
             mtu,
@@ -305,6 +316,9 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> 
         inner
             .configure(&made.peer, &eth, ep.mac, made.mtu, ep.ip, made.prefix)
             .await?;
+        if let Some((addr, prefix)) = made.ipv6 {
+            inner.add_ipv6(&eth, addr, prefix).await?;
+        }
         // Everything outside the overlay through this host (see egress.rs); a container that
         // has a default route already (another network's, a runtime's) keeps it.
         match made.gateway {
@@ -446,10 +460,16 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             return Err(e);
         }
     };
-    if let Err(e) = host
-        .configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
-        .await
-    {
+    let configured = async {
+        host.configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
+            .await?;
+        match ipv6_of(&net, ep.ip) {
+            Some((addr, prefix)) => host.add_ipv6(&iface, addr, prefix).await,
+            None => Ok(()),
+        }
+    }
+    .await;
+    if let Err(e) = configured {
         let _ = ctx.store.delete_endpoint(&ep).await;
         let _ = host.delete(&iface).await;
         return Err(e.context(format!("joining network {network}")));

@@ -389,16 +389,22 @@ async fn run(cli: Cli) -> Result<()> {
                         ip,
                         ..Default::default()
                     };
-                    let ep = commands::endpoint_add(&ctx, &req, &netns).await?.endpoint;
+                    let made = commands::endpoint_add(&ctx, &req, &netns).await?;
+                    let ep = made.endpoint;
+                    let v6 = made
+                        .ipv6
+                        .map(|(a, _)| format!(" and {a}"))
+                        .unwrap_or_default();
                     println!(
-                        "endpoint {name}: {} {} on network {network}, node {}",
+                        "endpoint {name}: {} {} on network {network}, node {}{v6}",
                         ep.ip, ep.mac, ctx.node
                     );
                     served(&ctx, &ep, true).await?;
                 }
                 EndpointCmd::Ls { network, json } => {
                     let eps = ctx.store.endpoints(network.as_deref()).await?;
-                    print!("{}", report::render(&report::endpoints(&eps), json));
+                    let nets = ctx.store.networks().await?;
+                    print!("{}", report::render(&report::endpoints(&eps, &nets), json));
                 }
                 EndpointCmd::Rm { name } => {
                     let ep = commands::endpoint_rm(&ctx, &name).await?;

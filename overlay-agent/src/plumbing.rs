@@ -2,14 +2,19 @@
 //! container's namespace as `eth0`, MACs, MTUs and addresses. A netlink socket acts in the
 //! namespace it was opened in, so [`Netlink::in_netns`] opens one from a thread that entered
 //! the target namespace first.
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         link::{InfoVxlan, LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
     },
@@ -267,6 +272,20 @@ impl Netlink {
             .await
             .with_context(|| format!("adding {addr}/{prefix} to {new_name}"))?;
         self.up(new_name).await
+    }
+
+    /// Adds a dual-stack network's IPv6 address to `name`, usable at once: the address is
+    /// derived from an IPv4 address the cluster already made unique, so duplicate address
+    /// detection has nothing to find (and would hold the address back for a second).
+    pub async fn add_ipv6(&self, name: &str, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+        let index = self.require(name).await?;
+        let mut req = self.handle.address().add(index, addr.into(), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
+            .await
+            .with_context(|| format!("adding {addr}/{prefix} to {name}"))
     }
 
     /// Every IPv4 address of `name`.

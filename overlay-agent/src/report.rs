@@ -25,7 +25,16 @@ pub fn render(rows: &Rows, json: bool) -> String {
 
 pub fn networks(nets: &[Network], endpoints: &[Endpoint]) -> Rows {
     Rows {
-        columns: &["name", "vni", "subnet", "port", "mtu", "slice", "endpoints"],
+        columns: &[
+            "name",
+            "vni",
+            "subnet",
+            "subnet6",
+            "port",
+            "mtu",
+            "slice",
+            "endpoints",
+        ],
         rows: nets
             .iter()
             .map(|n| {
@@ -33,6 +42,7 @@ pub fn networks(nets: &[Network], endpoints: &[Endpoint]) -> Rows {
                     n.name.clone(),
                     n.vni.to_string(),
                     n.subnet.to_string(),
+                    n.subnet6.map_or("-".into(), |s| s.to_string()),
                     n.port.to_string(),
                     n.mtu.map_or("auto".into(), |m| m.to_string()),
                     format!("/{}", n.slice_prefix),
@@ -47,10 +57,17 @@ pub fn networks(nets: &[Network], endpoints: &[Endpoint]) -> Rows {
     }
 }
 
-pub fn endpoints(eps: &[Endpoint]) -> Rows {
+/// Endpoints, with their IPv6 address where their network (one of `nets`) is dual-stack.
+pub fn endpoints(eps: &[Endpoint], nets: &[Network]) -> Rows {
+    let ip6 = |e: &Endpoint| {
+        nets.iter()
+            .find(|n| n.name == e.network)
+            .and_then(|n| n.ipv6_of(e.ip))
+            .map_or("-".into(), |a| a.to_string())
+    };
     Rows {
         columns: &[
-            "network", "ip", "mac", "kind", "name", "node", "vtep", "port",
+            "network", "ip", "ip6", "mac", "kind", "name", "node", "vtep", "port",
         ],
         rows: eps
             .iter()
@@ -62,6 +79,7 @@ pub fn endpoints(eps: &[Endpoint]) -> Rows {
                 vec![
                     e.network.clone(),
                     e.ip.to_string(),
+                    ip6(e),
                     e.mac.to_string(),
                     e.kind.name().to_string(),
                     if e.name.is_empty() {

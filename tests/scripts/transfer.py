@@ -13,10 +13,14 @@ import sys
 
 
 def recv(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(1)
+    # IPv4 and IPv6 on one socket; a namespace without IPv6 falls back to IPv4 alone.
+    if socket.has_dualstack_ipv6():
+        try:
+            s = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1)
+        except OSError:
+            s = socket.create_server(("0.0.0.0", port), backlog=1)
+    else:
+        s = socket.create_server(("0.0.0.0", port), backlog=1)
     print("listening", flush=True)
     c, _ = s.accept()
     h, n = hashlib.sha256(), 0

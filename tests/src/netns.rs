@@ -44,8 +44,13 @@ impl Netns {
     /// tcpdump of what arrives at the namespace's eth0 matching `filter`, until
     /// [`captured`] stops it.
     pub fn capture(&self, filter: &str) -> Result<Child> {
+        self.capture_on("eth0", filter)
+    }
+
+    /// The same on interface `iface`.
+    pub fn capture_on(&self, iface: &str, filter: &str) -> Result<Child> {
         self.command("tcpdump")
-            .args(["-i", "eth0", "-Q", "in", "-n", "-l", filter])
+            .args(["-i", iface, "-Q", "in", "-n", "-l", filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

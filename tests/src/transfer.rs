@@ -2,7 +2,7 @@
 //! byte for byte what was sent, whatever the path merged, re-segmented or rewrote on the way.
 use std::{
     io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
+    net::IpAddr,
     process::{Command, Stdio},
 };
 
@@ -14,7 +14,14 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/transfer.py")
 
 /// Sends `mib` MiB from `from` to `to_ip`:`port` (a listener started in `to`); Ok if the
 /// receiver got exactly the sender's bytes. Bounded: 60 s at most.
-pub fn exact(from: &Netns, to: &Netns, to_ip: Ipv4Addr, port: u16, mib: u32) -> Result<()> {
+pub fn exact(
+    from: &Netns,
+    to: &Netns,
+    to_ip: impl Into<IpAddr>,
+    port: u16,
+    mib: u32,
+) -> Result<()> {
+    let to_ip: IpAddr = to_ip.into();
     let mut receiver = Command::new("ip")
         .args([
             "netns",

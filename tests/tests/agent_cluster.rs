@@ -302,6 +302,7 @@ fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
                 slice_prefix: None,
                 bum_rate: None,
                 internal: false,
+                subnet6: None,
             }
             .validate("blue")
             .unwrap();

@@ -14,14 +14,7 @@ fn maps_print_as_tables_and_json() {
     require_root();
     let node = Node::load(&unique("cli")).unwrap();
     let mut maps = node.maps();
-    maps.set_network(
-        42,
-        Network {
-            port: 4789,
-            _pad: 0,
-        },
-    )
-    .unwrap();
+    maps.set_network(42, Network::new(4789, [0; 12])).unwrap();
     maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
         .unwrap();
     maps.set_arp(42, [10, 10, 2, 2], [2, 0x42, 10, 10, 2, 2])
@@ -97,7 +90,7 @@ fn a_networks_port_follows_into_the_fdb_and_vtep_values() {
     require_root();
     let node = Node::load(&unique("port")).unwrap();
     let mut maps = node.maps();
-    let net = |port| Network { port, _pad: 0 };
+    let net = |port| Network::new(port, [0; 12]);
     // Learned before the network exists: port 0, which the programs treat as "not served".
     maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
         .unwrap();

@@ -318,12 +318,20 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
                 sandbox: Some(inv.netns.clone()),
             },
         ],
-        ips: vec![IpConfig {
+        ips: std::iter::once(IpConfig {
             version: conf.cni_version.starts_with("0.").then_some("4"),
             address: format!("{}/{}", ep.ip, net.subnet.prefix()),
             gateway: made.gateway.map(|gw| gw.to_string()),
             interface: 1,
-        }],
+        })
+        // A dual-stack network's address: on-link, no gateway (there is no IPv6 way out).
+        .chain(made.ipv6.map(|(addr, prefix)| IpConfig {
+            version: conf.cni_version.starts_with("0.").then_some("6"),
+            address: format!("{addr}/{prefix}"),
+            gateway: None,
+            interface: 1,
+        }))
+        .collect(),
         // The way out through this host (egress.rs), unless the network is internal.
         routes: made
             .gateway

@@ -1,0 +1,109 @@
+//! Dual-stack networks through the agents: containers get an IPv6 address next to their IPv4
+//! one, reach each other over IPv6 on one host and across hosts, and their neighbour
+//! solicitations for each other are answered on their own host, so none crosses the underlay.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use overlay_common::Counter;
+use overlay_tests::{
+    deployment::{Deployment, wait_for},
+    netns::captured,
+    transfer,
+};
+
+/// What the agent derives: fd00:10::/64 followed by the IPv4 address.
+fn v6(ip: Ipv4Addr) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0xfd, 0, 0, 0x10]);
+    a[12..].copy_from_slice(&ip.octets());
+    Ipv6Addr::from(a)
+}
+
+fn counter(d: &Deployment, host: usize, c: Counter) -> u64 {
+    d.hosts[host].counters().unwrap()[c.name()]
+}
+
+#[test]
+fn dual_stack_containers_reach_each_other_over_ipv6_and_ndp_stays_on_the_host() {
+    let mut d = Deployment::new("ds", &[true, true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a3 = d.add_container(0, "a3", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1, a3.1], true)
+        .unwrap();
+    let c1 = d.container(a1.0);
+    let addrs = c1.run("ip -6 -o addr show dev eth0 scope global").unwrap();
+    assert!(
+        addrs.contains(&format!("{}/64", v6(a1.1))),
+        "a1's IPv6 address: {addrs}"
+    );
+    let ls = d.cli(0, &["endpoint", "ls"]).unwrap();
+    assert!(ls.contains(&v6(a2.1).to_string()), "endpoint ls:\n{ls}");
+
+    // No solicitation for a known address may leave h1 (the first ping of each resolves): h2's
+    // underlay sees no VXLAN carrying one (inner IPv6 at UDP offset 28, ICMPv6 type at 70).
+    // Other IPv6 multicast (router solicitations, MLD) may flood meanwhile, as it should.
+    let solicitations = d.hosts[1]
+        .ns
+        .capture_on(
+            "eth1",
+            "udp port 4789 and udp[28:2] = 0x86dd and udp[70] = 135",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = counter(&d, 0, Counter::NdpReply);
+    for (to, what) in [(a2.1, "across hosts"), (a3.1, "on one host")] {
+        wait_for(Duration::from_secs(5), || {
+            c1.run(&format!("ping -6 -c 1 -W 1 {}", v6(to))).is_ok()
+        })
+        .unwrap_or_else(|_| panic!("a1 pings {} {what}", v6(to)));
+    }
+    let seen = captured(solicitations);
+    assert!(
+        seen.trim().is_empty(),
+        "solicitations crossed to h2:\n{seen}"
+    );
+    assert!(
+        counter(&d, 0, Counter::NdpReply) >= answers + 2,
+        "a1's solicitations for a2 and a3 answered on h1"
+    );
+    let neigh = c1.run("ip -6 neigh show dev eth0").unwrap();
+    assert!(
+        neigh.contains(&format!("{} lladdr {}", v6(a2.1), mac_of(&d, a2.0))),
+        "a1's neighbour table:\n{neigh}"
+    );
+
+    // TCP over IPv6, exact bytes, both ways across hosts and on one host.
+    for (from, to, to_ip, port) in [
+        (a1.0, a2.0, a2.1, 5001),
+        (a2.0, a1.0, a1.1, 5002),
+        (a1.0, a3.0, a3.1, 5003),
+    ] {
+        transfer::exact(d.container(from), d.container(to), v6(to_ip), port, 16)
+            .unwrap_or_else(|e| panic!("TCP to {}: {e:#}", v6(to_ip)));
+    }
+
+    // A container sending as another's IPv6 address is refused and counted.
+    let before = counter(&d, 0, Counter::DropSpoofedIp);
+    c1.run(&format!(
+        "ip -6 addr add {}/128 dev eth0 nodad && ping -6 -c 1 -W 1 -I {} {} || true",
+        v6(a3.1),
+        v6(a3.1),
+        v6(a2.1)
+    ))
+    .unwrap();
+    assert!(counter(&d, 0, Counter::DropSpoofedIp) > before);
+}
+
+/// The MAC of container `c`, as its interface has it.
+fn mac_of(d: &Deployment, c: usize) -> String {
+    d.container(c)
+        .run("cat /sys/class/net/eth0/address")
+        .unwrap()
+        .trim()
+        .to_string()
+}
