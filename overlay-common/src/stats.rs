@@ -49,7 +49,8 @@ counters! {
     /// A container sent from a MAC that is not its own.
     DropSpoofedMac = "drop_spoofed_mac",
     /// A container sent (or ARPed) from an IPv4 address that is not its own, or from an IPv6
-    /// address other than its MAC's link-local one (or advertised another).
+    /// address that is not its own (or advertised another's, or hid its ICMPv6 behind more
+    /// extension headers than the check reads).
     DropSpoofedIp = "drop_spoofed_ip",
     /// No underlay route or interface towards the remote VTEP.
     DropNoRoute = "drop_no_route",

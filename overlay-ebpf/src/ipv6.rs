@@ -66,10 +66,12 @@ pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
     if !own.has(src) && src != [0; 4] {
         return Err(Counter::DropSpoofedIp);
     }
-    if unsafe { (*ip)[6] } != NEXT_HEADER_ICMPV6 {
+    let Some(at) = icmpv6_at(ctx, unsafe { (*ip)[6] }) else {
         return Ok(Allowed::Other);
+    };
+    if at == usize::MAX {
+        return Err(Counter::DropSpoofedIp);
     }
-    let at = EthHdr::LEN + IPV6_LEN;
     if !linearize(ctx, at + ND_TARGET_AT + 16) {
         // Too short to be a neighbour message: whatever it is, it claims no address.
         return Ok(Allowed::Other);
@@ -85,6 +87,39 @@ pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
         }
         NEIGHBOR_SOLICITATION => Ok(Allowed::Solicitation),
         _ => Ok(Allowed::Other),
+    }
+}
+
+/// Extension headers read before giving up (a real chain has one or two).
+const MAX_EXTENSIONS: usize = 4;
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const DESTINATION: u8 = 60;
+
+/// Where the ICMPv6 message starts, walking the extension headers in front of it (a neighbour
+/// advertisement behind a destination options header is still one): None when the packet
+/// carries no ICMPv6 (or a fragment, which NDP never is, RFC 6980); `usize::MAX` when the chain
+/// is longer than this reads, which is refused rather than let through unread.
+#[inline(always)]
+fn icmpv6_at(ctx: &TcContext, first: u8) -> Option<usize> {
+    let mut next = first;
+    let mut at = EthHdr::LEN + IPV6_LEN;
+    for _ in 0..MAX_EXTENSIONS {
+        match next {
+            NEXT_HEADER_ICMPV6 => return Some(at),
+            HOP_BY_HOP | ROUTING | DESTINATION => {
+                let [n, len] = ctx.load::<[u8; 2]>(at).ok()?;
+                next = n;
+                at += (len as usize + 1) * 8;
+            }
+            // A fragment header (44) or another upper layer: no NDP here.
+            _ => return None,
+        }
+    }
+    match next {
+        NEXT_HEADER_ICMPV6 => Some(at),
+        HOP_BY_HOP | ROUTING | DESTINATION => Some(usize::MAX),
+        _ => None,
     }
 }
 

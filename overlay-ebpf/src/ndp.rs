@@ -62,7 +62,11 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint, prefix6: &[u8; 12]) -> Option<
             words(n.target.as_ptr()),
         )
     };
-    let [l0, l1, _, hop_limit] = head;
+    let [l0, l1, next, hop_limit] = head;
+    // Behind extension headers (ipv6.rs let it through): left to the owner.
+    if next != NEXT_HEADER_ICMPV6 {
+        return None;
+    }
     let len = u16::from_be_bytes([l0, l1]) as usize;
     // RFC 4861 7.1.1: what a node must silently discard.
     if hop_limit != HOP_LIMIT || icmp[1] != 0 || len < NS_LEN {

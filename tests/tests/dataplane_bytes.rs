@@ -1137,3 +1137,98 @@ fn a_container_speaks_only_from_its_own_address_on_a_dual_stack_network() {
         Counter::ContainerPass,
     );
 }
+
+/// `payload` behind a destination options header (8 bytes of padding) carrying `next`.
+fn behind_destination_options(next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![next, 0, 1, 4, 0, 0, 0, 0];
+    v.extend(payload);
+    v
+}
+
+#[test]
+fn ipv6_that_is_malformed_or_hides_behind_extension_headers() {
+    let mut lab = Lab::new("bad6");
+    let vc1 = lab.vc1;
+    let own = global(C1_IP);
+    let na_for = |target: [u8; 16]| {
+        let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        icmp.extend(target);
+        icmp
+    };
+    let to_c2 = |next: u8, payload: &[u8]| {
+        packet::eth(
+            C2_MAC,
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(own, global(C2_IP), next, payload),
+        )
+    };
+    // An advertisement for c2's address behind a destination options header is still one.
+    lab.expect(
+        "NA for c2 behind destination options",
+        Container(vc1),
+        &to_c2(60, &behind_destination_options(58, &na_for(global(C2_IP)))),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    lab.expect(
+        "NA for itself behind destination options",
+        Container(vc1),
+        &to_c2(60, &behind_destination_options(58, &na_for(own))),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    // Five extension headers: more than the check reads, refused rather than let through.
+    let mut chain = na_for(global(C2_IP));
+    for _ in 0..5 {
+        chain = behind_destination_options(if chain[0] == 136 { 58 } else { 60 }, &chain);
+    }
+    lab.expect(
+        "a chain of five extension headers",
+        Container(vc1),
+        &to_c2(60, &chain),
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+    // A chain whose header length runs past the end, a fragment, UDP behind hop-by-hop: they
+    // claim no address and go on (the receiver's stack judges them).
+    let mut runaway = behind_destination_options(58, &na_for(global(C2_IP)));
+    runaway[1] = 200;
+    for (what, frame) in [
+        (
+            "an extension header running past the end",
+            to_c2(60, &runaway),
+        ),
+        (
+            "a fragment header",
+            to_c2(44, &[58, 0, 0, 1, 0, 0, 0, 1, 136, 0, 0, 0]),
+        ),
+        (
+            "UDP behind hop-by-hop",
+            to_c2(0, &behind_destination_options(17, &[0; 12])),
+        ),
+        ("ICMPv6 cut after its type", to_c2(58, &[136])),
+    ] {
+        lab.expect(
+            what,
+            Container(vc1),
+            &frame,
+            TC_ACT_REDIRECT,
+            Counter::Encap,
+        );
+    }
+    // A solicitation behind extension headers is not answered: left to the network.
+    let mut ns = solicitation(C1_MAC, own, global(C2_IP), false);
+    let icmp = ns.split_off(14 + 40);
+    ns[14 + 6] = 60;
+    let len = (icmp.len() + 8) as u16;
+    ns[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    ns.extend(behind_destination_options(58, &icmp));
+    lab.expect(
+        "NS behind destination options",
+        Container(vc1),
+        &ns,
+        TC_ACT_OK,
+        Counter::ContainerPass,
+    );
+}
