@@ -107,3 +107,57 @@ fn mac_of(d: &Deployment, c: usize) -> String {
         .trim()
         .to_string()
 }
+
+#[test]
+fn a_flood_of_solicitations_is_answered_or_counted_and_breaks_nothing() {
+    let mut d = Deployment::new("dsf", &[true, true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    let before = d.hosts[0].counters().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ndp_flood.py");
+    let out = d
+        .container(a1.0)
+        .run(&format!(
+            "python3 {script} {} {} fd00:10::dead:beef 20000",
+            v6(a1.1),
+            v6(a2.1)
+        ))
+        .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let after = d.hosts[0].counters().unwrap();
+    let moved = |c: Counter| after[c.name()] - before[c.name()];
+    let all: Vec<_> = Counter::ALL
+        .iter()
+        .filter(|c| moved(**c) > 0)
+        .map(|c| format!("{}+{}", c.name(), moved(*c)))
+        .collect();
+    eprintln!("sent {sent}, counters moved on h1: {all:?}");
+    assert_eq!(
+        moved(Counter::NdpReply),
+        sent["known"].as_u64().unwrap(),
+        "every solicitation for a2 answered on h1"
+    );
+    assert_eq!(
+        moved(Counter::DropBadNdp),
+        sent["malformed"].as_u64().unwrap(),
+        "every malformed one dropped and counted"
+    );
+    assert!(
+        moved(Counter::Flood) + moved(Counter::DropStorm) >= sent["unknown"].as_u64().unwrap(),
+        "solicitations for an unknown address went to the network or were limited"
+    );
+    assert!(
+        moved(Counter::DropStorm) > 0,
+        "2,000 in a moment is over the default 1,000 per second"
+    );
+    wait_for(Duration::from_secs(3), || {
+        d.container(a1.0)
+            .run(&format!("ping -6 -c 1 -W 1 {}", v6(a2.1)))
+            .is_ok()
+    })
+    .expect("a1 still reaches a2 over IPv6");
+    d.cli(0, &["status"]).expect("the agent still answers");
+}

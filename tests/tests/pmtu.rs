@@ -2,7 +2,7 @@
 //! MTU never crosses it): containers whose interface MTU is larger than the tunnel's learn the
 //! tunnel's MTU from the ICMP errors the dataplane sends them, and their TCP completes.
 //! Without those errors, every full-sized segment would vanish and the connection would hang.
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use overlay_common::Counter;
 use overlay_tests::{
@@ -18,16 +18,27 @@ fn frag_needed(d: &Deployment, host: usize) -> u64 {
     c[Counter::DropFragNeeded.name()]
 }
 
-#[test]
-fn containers_with_an_mtu_larger_than_the_tunnel_learn_it_and_tcp_completes() {
-    let mut d = Deployment::on("pmtu", &[true, true], WIRE).unwrap();
-    // The trap Docker users fall into: the network's interface MTU set to the underlay's,
-    // 50 bytes more than the tunnel carries.
-    d.create_network_with("blue", "10.10.0.0/16", 42, &["--mtu", "1500"])
+type Container = (usize, Ipv4Addr);
+
+/// Two hosts on the wire bed, network blue with `flags`, container a1 on the first and a2 on
+/// the second, both served everywhere.
+fn two_hosts(label: &str, flags: &[&str]) -> (Deployment, Container, Container) {
+    let mut d = Deployment::on(label, &[true, true], WIRE).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, flags)
         .unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();
     let a2 = d.add_container(1, "a2", "blue", None).unwrap();
     d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    (d, a1, a2)
+}
+
+/// The trap Docker users fall into: the network's interface MTU set to the underlay's, 50
+/// bytes more than the tunnel carries.
+const TOO_LARGE: &[&str] = &["--mtu", "1500"];
+
+#[test]
+fn containers_with_an_mtu_larger_than_the_tunnel_learn_it_and_tcp_completes() {
+    let (d, a1, a2) = two_hosts("pmtu", TOO_LARGE);
     wait_for(Duration::from_secs(3), || ping(d.container(a1.0), a2.1)).unwrap();
     let (c1, c2) = (d.container(a1.0), d.container(a2.0));
     assert!(
@@ -67,12 +78,7 @@ fn containers_with_an_mtu_larger_than_the_tunnel_learn_it_and_tcp_completes() {
 
 #[test]
 fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
-    let mut d = Deployment::on("pmtu6", &[true, true], WIRE).unwrap();
-    d.create_network_with("blue", "10.10.0.0/16", 42, &["--mtu", "1500"])
-        .unwrap();
-    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
-    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
-    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    let (d, a1, a2) = two_hosts("pmtu6", TOO_LARGE);
     let (c1, c2) = (d.container(a1.0), d.container(a2.0));
     // a2's link-local address, once duplicate address detection is done with it.
     let mut target = String::new();
@@ -117,11 +123,7 @@ fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
 
 #[test]
 fn interfaces_follow_a_change_of_the_underlay_mtu() {
-    let mut d = Deployment::on("pmtuf", &[true, true], WIRE).unwrap();
-    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
-    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
-    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
-    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
+    let (mut d, a1, a2) = two_hosts("pmtuf", &[]);
     let eth0_mtu = |d: &Deployment, c: usize| {
         d.container(c)
             .run("cat /sys/class/net/eth0/mtu")
