@@ -45,13 +45,15 @@ fn dual_stack_containers_reach_each_other_over_ipv6_and_ndp_stays_on_the_host() 
     assert!(ls.contains(&v6(a2.1).to_string()), "endpoint ls:\n{ls}");
 
     // No solicitation for a known address may leave h1 (the first ping of each resolves): h2's
-    // underlay sees no VXLAN carrying one (inner IPv6 at UDP offset 28, ICMPv6 type at 70).
-    // Other IPv6 multicast (router solicitations, MLD) may flood meanwhile, as it should.
+    // underlay sees no VXLAN carrying one for an address in fd00:10::/64 (inner IPv6 at UDP
+    // offset 28, ICMPv6 type at 70, its target at 78). Other IPv6 multicast (router
+    // solicitations, MLD, duplicate address detection of link-local addresses) may flood
+    // meanwhile, as it should.
     let solicitations = d.hosts[1]
         .ns
         .capture_on(
             "eth1",
-            "udp port 4789 and udp[28:2] = 0x86dd and udp[70] = 135",
+            "udp port 4789 and udp[28:2] = 0x86dd and udp[70] = 135 and udp[78:4] = 0xfd000010",
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
