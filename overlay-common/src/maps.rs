@@ -20,6 +20,17 @@ pub mod names {
     pub const MONITOR_CTL: &str = "MONITOR_CTL";
     pub const EVENTS: &str = "EVENTS";
     pub const MONITOR_CPU: &str = "MONITOR_CPU";
+    /// Programs `from_container` tail-calls (see `jump`).
+    pub const JUMP: &str = "JUMP";
+}
+
+/// Slots of the JUMP program array.
+pub mod jump {
+    /// The `fragment` program (IPv4 fragmentation of packets too big for the tunnel).
+    pub const FRAGMENT: u32 = 0;
+    /// Its second half (the first piece), tail-called by `fragment`.
+    pub const FRAGMENT_FIRST: u32 = 1;
+    pub const SLOTS: u32 = 2;
 }
 
 /// Program names (the Rust function names in overlay-ebpf).
@@ -28,6 +39,10 @@ pub mod programs {
     pub const FROM_UNDERLAY: &str = "from_underlay";
     /// TC ingress of the idle vxlan device that gives our UDP ports receive-side GRO.
     pub const GRO_SINK: &str = "gro_sink";
+    /// Tail-called by `from_container` (JUMP slot `jump::FRAGMENT`), never attached.
+    pub const FRAGMENT: &str = "fragment";
+    /// Tail-called by `fragment` (slot `jump::FRAGMENT_FIRST`), never attached.
+    pub const FRAGMENT_FIRST: &str = "fragment_first";
     /// Decapsulation at XDP, for the benchmark's comparison only.
     pub const XDP_DECAP: &str = "xdp_decap";
 }

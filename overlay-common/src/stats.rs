@@ -73,8 +73,9 @@ counters! {
     /// dropped, and an ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big"
     /// carrying the MTU sent back to the sender in its place, so its stack lowers the path MTU.
     DropFragNeeded = "drop_frag_needed",
-    /// Too big for the tunnel, and no ICMP may answer it (IPv4 without DF or a fragment, an
-    /// ICMP error, a path MTU below 576 / 1280, or the reply could not be built).
+    /// Too big for the tunnel, and neither fragmenting it nor an ICMP error may answer it (IPv4
+    /// without DF that is GSO, SCTP, has options or needs more than 48 fragments; an ICMP
+    /// error; a path MTU below 576 / 1280), or the fragments or the reply could not be built.
     DropTooBig = "drop_too_big",
     /// A neighbour solicitation from a container for an overlay IPv6 address, answered from
     /// the maps with the advertisement the owner would send (RFC 4861).
@@ -91,6 +92,10 @@ counters! {
     /// Not an outcome: the wire packets that decapsulated skbs carried (a GRO'd skb counts its
     /// segments, any other 1), so `decap_segments / decap` is the average merged per skb.
     DecapSegments = "decap_segments",
+    /// A fragment cut from a container's IPv4 packet without DF too big for the tunnel, as a
+    /// router would, and sent back through the container's port (to be wrapped and counted as
+    /// `encap` there): one per fragment.
+    Fragments = "fragments",
 }
 
 impl Counter {

@@ -23,6 +23,17 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 
+/// `skb->mark` of a copy of a too-big IPv4 packet that the dataplane sent back through the
+/// container's port to become one of its fragments (overlay-ebpf's fragment.rs): this tag in the
+/// high 12 bits, the fragment's index (6 bits) and its payload size in 8-byte units (13 bits).
+pub const FRAGMENT_MARK_TAG: u32 = 0xf7a << 20;
+pub const FRAGMENT_MARK_TAG_MASK: u32 = 0xfff << 20;
+
+/// The mark of fragment `index`, of `size` payload bytes (a multiple of 8).
+pub const fn fragment_mark(index: u32, size: u32) -> u32 {
+    FRAGMENT_MARK_TAG | (index << 13) | (size / 8)
+}
+
 /// The outer UDP source port for a flow, as the kernel's `udp_flow_src_port` computes it:
 /// the flow hash scaled into [SRC_PORT_MIN, SRC_PORT_MAX), so ECMP and RSS spread flows.
 #[inline(always)]

@@ -16,6 +16,8 @@ mod checksum;
 #[cfg(target_arch = "bpf")]
 mod flood;
 #[cfg(target_arch = "bpf")]
+mod fragment;
+#[cfg(target_arch = "bpf")]
 mod from_container;
 #[cfg(target_arch = "bpf")]
 mod from_underlay;
@@ -67,6 +69,22 @@ mod entry {
             &ctx,
             hook::FROM_UNDERLAY,
             crate::from_underlay::handle(&ctx),
+        )
+    }
+
+    /// Tail-called by `from_container` for IPv4 packets to fragment (never attached).
+    #[classifier]
+    pub fn fragment(ctx: TcContext) -> i32 {
+        conclude(&ctx, hook::FROM_CONTAINER, crate::fragment::handle(&ctx))
+    }
+
+    /// Tail-called by `fragment`: the first piece of a packet it fragments.
+    #[classifier]
+    pub fn fragment_first(ctx: TcContext) -> i32 {
+        conclude(
+            &ctx,
+            hook::FROM_CONTAINER,
+            crate::fragment::handle_first(&ctx),
         )
     }
 

@@ -1,14 +1,26 @@
-//! The maps, as the agent fills them. Every map is pinned (by name, under the node's bpffs
+//! The maps, as the agent fills them. Every map but SCRATCH is pinned (by name, under the node's bpffs
 //! directory the loader names), so the dataplane outlives the agent.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use overlay_common::{
     ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, GroupKey,
-    GroupVteps, IpKey, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig, VtepKey,
+    GroupVteps, IpKey, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig, VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
+
+/// Programs tail-called from `from_container`, by `jump` slot. Pinned like the other maps: a
+/// program array is emptied when no process and no pin holds it any more, and the dataplane
+/// must outlive the agent.
+#[map]
+pub static JUMP: ProgramArray = ProgramArray::pinned(jump::SLOTS, 0);
+
+/// Per-CPU room for bytes a checksum is summed over when they are not directly readable
+/// (checksum.rs): a piece of up to 512 bytes and the padding after it. Not pinned: it holds
+/// nothing from one packet to the next.
+#[map]
+pub static SCRATCH: PerCpuArray<[u8; 516]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Remote MAC -> the VTEP it lives behind (and the cached way there).
 #[map]

@@ -22,6 +22,7 @@ use overlay_common::{
 };
 
 use crate::{
+    fragment,
     maps::CONFIG,
     packet::{MacWords, ptr_at},
     pmtu,
@@ -64,13 +65,18 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
             (*eth).ether_type,
         )
     };
-    // Too big to cross once wrapped: answered with an ICMP error instead (pmtu.rs).
-    if route.mtu != 0 {
-        let mtu = u32::from(route.mtu).saturating_sub(pmtu::TUNNEL_OVERHEAD);
-        let ether_type = u16::from_be(inner_type);
-        if pmtu::too_big(ctx, ether_type, mtu) {
-            return pmtu::reply(ctx, ether_type, mtu);
-        }
+    // Too big to cross once wrapped: cut into IPv4 fragments where IPv4 allows it
+    // (fragment.rs), else answered with an ICMP error (pmtu.rs). A copy the fragmenting
+    // program sent back through the port goes to it again, to be cut to its piece.
+    let ether_type = u16::from_be(inner_type);
+    let mtu = u32::from(route.mtu).saturating_sub(pmtu::TUNNEL_OVERHEAD);
+    let too_big = route.mtu != 0 && pmtu::too_big(ctx, ether_type, mtu);
+    if fragment::wanted(ctx, ether_type, too_big) {
+        fragment::call(ctx, mtu);
+        return drop(Counter::DropTooBig);
+    }
+    if too_big {
+        return pmtu::reply(ctx, ether_type, mtu);
     }
     let inner_tos = inner_traffic_class(ctx, inner_type);
     let inner_len = ctx.len();

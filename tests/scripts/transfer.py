@@ -1,15 +1,19 @@
 #!/usr/bin/python3
-"""A checksummed TCP transfer: what arrives must be byte for byte what was sent.
+"""A checksummed TCP transfer or UDP exchange: what arrives must be byte for byte what was sent.
 
   transfer.py recv PORT                 # accepts one connection, prints "<bytes> <sha256>"
   transfer.py send HOST PORT MB SEED    # sends MB MiB of seeded pseudo-random bytes, prints the same
+  transfer.py udp-recv PORT COUNT       # receives COUNT datagrams (3 s for each at most)
+  transfer.py udp-send HOST PORT SEED SIZE...  # one datagram per SIZE, without DF
 
-Both sides print the length and SHA-256 of the stream, so a test compares the two lines.
+Both sides print the length and SHA-256 of the stream (of the datagrams, in order), so a test
+compares the two lines.
 """
 import hashlib
 import random
 import socket
 import sys
+import time
 
 
 def recv(port):
@@ -48,8 +52,46 @@ def send(host, port, mb, seed):
     print(n, h.hexdigest(), flush=True)
 
 
+def udp_recv(port, count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(3)
+    print("listening", flush=True)
+    h, n = hashlib.sha256(), 0
+    for _ in range(count):
+        try:
+            b = s.recv(1 << 16)
+        except socket.timeout:
+            break
+        h.update(b)
+        n += len(b)
+    print(n, h.hexdigest(), flush=True)
+
+
+def udp_send(host, port, seed, sizes):
+    rng = random.Random(seed)
+    h, n = hashlib.sha256(), 0
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # IP_MTU_DISCOVER (10) = IP_PMTUDISC_DONT (0): never DF, whatever the path MTU; the kernel
+    # fragments only what is larger than the interface. (Linux's values: Python names them
+    # only on some builds.)
+    s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10), 0)
+    for size in sizes:
+        b = rng.randbytes(size)
+        s.sendto(b, (host, port))
+        h.update(b)
+        n += len(b)
+        time.sleep(0.01)
+    print(n, h.hexdigest(), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "recv":
         recv(int(sys.argv[2]))
-    else:
+    elif sys.argv[1] == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif sys.argv[1] == "udp-recv":
+        udp_recv(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        udp_send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), [int(a) for a in sys.argv[5:]])

@@ -30,7 +30,18 @@ impl Node {
     /// Runs `program` once over `frame` with BPF_PROG_TEST_RUN, as if it arrived on `ifindex`
     /// (which must exist in the calling thread's network namespace).
     pub fn run(&mut self, program: &str, ifindex: u32, frame: &[u8]) -> Result<Verdict> {
-        let (code, _, frame) = self.test_run(program, ifindex, frame, 1)?;
+        self.run_marked(program, ifindex, frame, 0)
+    }
+
+    /// As [`Node::run`], with `skb->mark` set to `mark`.
+    pub fn run_marked(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        mark: u32,
+    ) -> Result<Verdict> {
+        let (code, _, frame) = self.test_run(program, ifindex, frame, mark, 1)?;
         Ok(Verdict { code, frame })
     }
 
@@ -43,7 +54,7 @@ impl Node {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(i32, std::time::Duration)> {
-        let (code, duration, _) = self.test_run(program, ifindex, frame, repeat)?;
+        let (code, duration, _) = self.test_run(program, ifindex, frame, 0, repeat)?;
         Ok((code, duration))
     }
 
@@ -52,11 +63,14 @@ impl Node {
         program: &str,
         ifindex: u32,
         frame: &[u8],
+        mark: u32,
         repeat: u32,
     ) -> Result<(i32, std::time::Duration, Vec<u8>)> {
         let prog = self.dataplane.program(program)?;
-        // struct __sk_buff: ifindex is the u32 at byte 40; every other field stays zero.
+        // struct __sk_buff: mark is the u32 at byte 8, ifindex the one at byte 40; every other
+        // field stays zero.
         let mut ctx = [0u8; 192];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 256];
         let result = prog

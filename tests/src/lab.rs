@@ -101,13 +101,18 @@ impl Lab {
 
     /// Runs `frame` through the program at `hook`.
     pub fn send(&mut self, hook: Hook, frame: &[u8]) -> Verdict {
+        self.send_marked(hook, frame, 0)
+    }
+
+    /// The same, with `skb->mark` set to `mark`.
+    pub fn send_marked(&mut self, hook: Hook, frame: &[u8], mark: u32) -> Verdict {
         let (program, ifindex) = match hook {
             Hook::Container(ifindex) => (programs::FROM_CONTAINER, ifindex),
             Hook::Underlay => (programs::FROM_UNDERLAY, self.underlay),
         };
         let node = &mut self.node;
         self.ns
-            .enter(|| node.run(program, ifindex, frame))
+            .enter(|| node.run_marked(program, ifindex, frame, mark))
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 

@@ -21,17 +21,50 @@ pub fn exact(
     port: u16,
     mib: u32,
 ) -> Result<()> {
-    let to_ip: IpAddr = to_ip.into();
-    let mut receiver = Command::new("ip")
-        .args([
+    let (to_ip, port) = (to_ip.into().to_string(), port.to_string());
+    compare(
+        from,
+        to,
+        &["recv", &port],
+        &["send", &to_ip, &port, &mib.to_string(), "7"],
+    )
+}
+
+/// Sends one UDP datagram of each of `sizes` bytes from `from` to `to_ip`:`port`, without DF
+/// (IP_PMTUDISC_DONT); Ok if all arrived, byte for byte, in order.
+pub fn datagrams(
+    from: &Netns,
+    to: &Netns,
+    to_ip: impl Into<IpAddr>,
+    port: u16,
+    sizes: &[usize],
+) -> Result<()> {
+    let (to_ip, port) = (to_ip.into().to_string(), port.to_string());
+    let count = sizes.len().to_string();
+    let mut send = vec!["udp-send", &to_ip, &port, "7"];
+    let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+    send.extend(sizes.iter().map(String::as_str));
+    compare(from, to, &["udp-recv", &port, &count], &send)
+}
+
+/// Runs transfer.py with `recv` in `to` until it listens, then with `send` in `from`; Ok if both
+/// printed the same length and digest.
+fn compare(from: &Netns, to: &Netns, recv: &[&str], send: &[&str]) -> Result<()> {
+    let script = |ns: &Netns| {
+        let mut c = Command::new("ip");
+        c.args([
             "netns",
             "exec",
-            &to.name,
+            &ns.name,
             "timeout",
             "60",
             "/usr/bin/python3",
-        ])
-        .args([SCRIPT, "recv", &port.to_string()])
+            SCRIPT,
+        ]);
+        c
+    };
+    let mut receiver = script(to)
+        .args(recv)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the receiver")?;
@@ -43,19 +76,7 @@ pub fn exact(
             bail!("the receiver did not start: {other:?}");
         }
     }
-    let sender = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.name,
-            "timeout",
-            "60",
-            "/usr/bin/python3",
-        ])
-        .args([SCRIPT, "send", &to_ip.to_string(), &port.to_string()])
-        .args([&mib.to_string(), "7"])
-        .output();
-    let sender = match sender {
+    let sender = match script(from).args(send).output() {
         Ok(out) => out,
         Err(e) => {
             stop(&mut receiver);

@@ -13,9 +13,13 @@ use overlay_tests::{
 
 const WIRE: Underlay = Underlay::Wire { mtu: 1500 };
 
-fn frag_needed(d: &Deployment, host: usize) -> u64 {
+fn counter(d: &Deployment, host: usize, which: Counter) -> u64 {
     let c: BTreeMap<_, _> = d.hosts[host].counters().unwrap();
-    c[Counter::DropFragNeeded.name()]
+    c[which.name()]
+}
+
+fn frag_needed(d: &Deployment, host: usize) -> u64 {
+    counter(d, host, Counter::DropFragNeeded)
 }
 
 type Container = (usize, Ipv4Addr);
@@ -119,6 +123,60 @@ fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
         "ping -6 with 1500 bytes:\n{text}"
     );
     assert!(frag_needed(&d, 0) > before, "drop_frag_needed moved");
+}
+
+/// What a router does with an IPv4 packet without DF too big for its next hop, and what the
+/// kernel does on a routed overlay (flannel): the dataplane fragments it, the receiving
+/// container reassembles. ICMP echo (replies never set DF), packets the sender already
+/// fragmented, and UDP datagrams whose checksum the sender left to offload all arrive whole.
+#[test]
+fn ipv4_without_df_too_big_for_the_tunnel_is_fragmented_and_arrives_whole() {
+    let (d, a1, a2) = two_hosts("pmtunodf", TOO_LARGE);
+    let (c1, c2) = (d.container(a1.0), d.container(a2.0));
+    wait_for(Duration::from_secs(3), || ping(c1, a2.1)).unwrap();
+    let before = [0, 1].map(|h| counter(&d, h, Counter::Fragments));
+    let too_big = [0, 1].map(|h| counter(&d, h, Counter::DropTooBig));
+
+    // 1500 bytes: sent whole by a1 (its MTU), cut in two on h1; the reply, no DF either, on h2.
+    // 5000 bytes: fragmented by a1 into 1500-byte pieces, each of them cut again.
+    for size in [1472, 5000] {
+        let out = c1
+            .output(&format!("ping -M dont -s {size} -c 3 -i 0.2 -W 2 {}", a2.1))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(" 0% packet loss"),
+            "ping -M dont -s {size} through a 1450 tunnel:\n{text}"
+        );
+    }
+    // Three 1500-byte requests, and three of the four pieces of each 5000-byte one, each cut in
+    // two; the same of the replies.
+    let after = [0, 1].map(|h| counter(&d, h, Counter::Fragments));
+    for (host, what) in [(0, "a1's requests"), (1, "a2's replies")] {
+        assert!(
+            after[host] >= before[host] + 2 * (3 + 3 * 3),
+            "h{} cut {what}: {before:?} -> {after:?}",
+            host + 1
+        );
+    }
+
+    // UDP both ways, checksums completed by the dataplane before it cuts (the veth offloads
+    // them): a wrong checksum would make the receiving kernel drop the datagram. The underlay
+    // completes offloaded checksums in software, as a NIC does in hardware: a first fragment
+    // left in CHECKSUM_PARTIAL would have its checksum "completed" a second time, wrongly.
+    for h in &d.hosts {
+        h.ns.run("ethtool -K eth1 tx off").unwrap();
+    }
+    let sizes = [1472, 1473, 3000, 8000, 100, 1422, 65000];
+    transfer::datagrams(c1, c2, a2.1, 5004, &sizes)
+        .unwrap_or_else(|e| panic!("UDP without DF from a1 to a2: {e:#}"));
+    transfer::datagrams(c2, c1, a1.1, 5005, &sizes)
+        .unwrap_or_else(|e| panic!("UDP without DF from a2 to a1: {e:#}"));
+    assert_eq!(
+        [0, 1].map(|h| counter(&d, h, Counter::DropTooBig)),
+        too_big,
+        "nothing dropped as too big"
+    );
 }
 
 #[test]

@@ -10,12 +10,13 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
-use overlay_common::programs;
+use overlay_common::{jump, names, programs};
 
 pub use maps::Maps;
 pub use pins::PinDir;
@@ -67,10 +68,31 @@ impl Dataplane {
             programs::FROM_CONTAINER,
             programs::FROM_UNDERLAY,
             programs::GRO_SINK,
+            programs::FRAGMENT,
+            programs::FRAGMENT_FIRST,
         ] {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
+        }
+        // The tail-called programs: a restarted agent's replace the old ones in the pinned
+        // array, which the old from_container then calls too until it is replaced.
+        for (slot, name) in [
+            (jump::FRAGMENT, programs::FRAGMENT),
+            (jump::FRAGMENT_FIRST, programs::FRAGMENT_FIRST),
+        ] {
+            let fd = classifier(&mut ebpf, name)?
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .with_context(|| format!("the {name} program's fd"))?;
+            let mut table: ProgramArray<_> = ebpf
+                .map_mut(names::JUMP)
+                .ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::JUMP))?
+                .try_into()
+                .context("JUMP is not a program array")?;
+            table
+                .set(slot, &fd, 0)
+                .with_context(|| format!("setting {name} in JUMP"))?;
         }
         Ok(Self { ebpf, pins })
     }
