@@ -20,6 +20,10 @@ pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_TCP: u8 = 6;
+/// IPv4's flags and fragment offset field (host order): don't fragment, more fragments, offset.
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET: u16 = 0x1fff;
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 

@@ -33,14 +33,12 @@ use crate::{
     checksum,
     maps::JUMP,
     packet::{ifindex, linearize, ptr_at},
+    pmtu,
     stats::{Verdict, drop, redirected},
 };
 
 /// More fragments than a 64 KB packet needs at a 1450-byte tunnel MTU (46).
 const MAX_FRAGS: u32 = 48;
-const IP_DF: u16 = 0x4000;
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
 const IPPROTO_SCTP: u8 = 132;
 /// `adjust_room` moves at most 0xfff bytes per call; a multiple of 8 below that.
 const SHRINK_STEP: u32 = 4088;
@@ -83,7 +81,7 @@ pub fn wanted(ctx: &TcContext, ether_type: u16, too_big: bool) -> bool {
         && ether_type == wire::ETH_P_IP
         && ctx
             .load::<u8>(EthHdr::LEN + 6)
-            .is_ok_and(|flags| flags & (IP_DF >> 8) as u8 == 0)
+            .is_ok_and(|flags| flags & (wire::IP_DF >> 8) as u8 == 0)
 }
 
 /// Tail-calls the `fragment` program with the tunnel's MTU in `cb[0]`. Returns only if the
@@ -165,7 +163,12 @@ fn split(ctx: &TcContext, mtu: u32, port: u32) -> Option<u32> {
         )
     };
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    if vihl != 0x45 || frags & IP_DF != 0 || gso || proto == IPPROTO_SCTP || mtu < 576 {
+    if vihl != 0x45
+        || frags & wire::IP_DF != 0
+        || gso
+        || proto == IPPROTO_SCTP
+        || mtu < pmtu::IPV4_MIN_MTU
+    {
         return None;
     }
     let payload = tot_len.saturating_sub(Ipv4Hdr::LEN as u32);
@@ -206,7 +209,7 @@ fn cut(ctx: &TcContext, piece: Piece) -> Result<(), ()> {
     };
     let payload = tot_len.saturating_sub(Ipv4Hdr::LEN as u32);
     let offset = piece.index * piece.size;
-    if vihl != 0x45 || frags & IP_DF != 0 || piece.size == 0 || offset >= payload {
+    if vihl != 0x45 || frags & wire::IP_DF != 0 || piece.size == 0 || offset >= payload {
         return Err(());
     }
     let len = (payload - offset).min(piece.size);
@@ -227,8 +230,9 @@ fn cut(ctx: &TcContext, piece: Piece) -> Result<(), ()> {
         return Err(());
     }
     // A fragment of a fragment: offsets add up, and the last piece keeps the original's MF.
-    let more = offset + len < payload || frags & IP_MF != 0;
-    let field = ((frags & IP_OFFSET) + (offset / 8) as u16) | if more { IP_MF } else { 0 };
+    let more = offset + len < payload || frags & wire::IP_MF != 0;
+    let field =
+        ((frags & wire::IP_OFFSET) + (offset / 8) as u16) | if more { wire::IP_MF } else { 0 };
     let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(())?;
     unsafe {
         (*ip).tot_len = ((Ipv4Hdr::LEN as u32 + len) as u16).to_be_bytes();

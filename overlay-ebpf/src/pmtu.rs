@@ -28,12 +28,11 @@ const ICMP_LEN: usize = 8;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 /// IPv4's minimum reassembly size; no smaller path MTU is believed (RFC 1191).
-const IPV4_MIN_MTU: u32 = 576;
+pub const IPV4_MIN_MTU: u32 = 576;
 const IPV6_MIN_MTU: u32 = 1280;
 /// What is quoted of the packet: the rest of 576 / 1280 bytes after the new headers.
 const QUOTE_V4: usize = IPV4_MIN_MTU as usize - Ipv4Hdr::LEN - ICMP_LEN;
 const QUOTE_V6: usize = IPV6_MIN_MTU as usize - IPV6_LEN - ICMP_LEN;
-const IP_DF: u16 = 0x4000;
 
 /// Whether the frame (Ethernet, then the IPv4 or IPv6 packet `ether_type` names, in host
 /// order) is too big for a tunnel of MTU `mtu`. A GSO packet is judged by the segments it will
@@ -125,7 +124,7 @@ fn build_v4(ctx: &TcContext, mtu: u32) -> Result<(), ()> {
         )
     };
     // Without DF (or a fragment) the sender never asked for this; 0.0.0.0 cannot be answered.
-    if mtu < IPV4_MIN_MTU || frags != IP_DF || src == [0; 4] {
+    if mtu < IPV4_MIN_MTU || frags != wire::IP_DF || src == [0; 4] {
         return Err(());
     }
     if proto == IPPROTO_ICMP {
@@ -144,7 +143,7 @@ fn build_v4(ctx: &TcContext, mtu: u32) -> Result<(), ()> {
         tos: 0,
         tot_len: (IPV4_MIN_MTU as u16).to_be_bytes(),
         id: [0; 2],
-        frags: IP_DF.to_be_bytes(),
+        frags: wire::IP_DF.to_be_bytes(),
         ttl,
         proto: IPPROTO_ICMP,
         check: [0; 2],

@@ -27,11 +27,13 @@ def recv(port):
         s = socket.create_server(("0.0.0.0", port), backlog=1)
     print("listening", flush=True)
     c, _ = s.accept()
+    report(iter(lambda: c.recv(1 << 20), b""))
+
+
+def report(blocks):
+    """Prints the length and SHA-256 of `blocks`, taken in order."""
     h, n = hashlib.sha256(), 0
-    while True:
-        b = c.recv(1 << 20)
-        if not b:
-            break
+    for b in blocks:
         h.update(b)
         n += len(b)
     print(n, h.hexdigest(), flush=True)
@@ -39,17 +41,18 @@ def recv(port):
 
 def send(host, port, mb, seed):
     rng = random.Random(seed)
-    h, n = hashlib.sha256(), 0
     c = socket.create_connection((host, port), timeout=30)
-    for _ in range(mb):
-        b = rng.randbytes(1 << 20)
-        c.sendall(b)
-        h.update(b)
-        n += len(b)
+
+    def blocks():
+        for _ in range(mb):
+            b = rng.randbytes(1 << 20)
+            c.sendall(b)
+            yield b
+
+    report(blocks())
     c.shutdown(socket.SHUT_WR)
     c.recv(1)
     c.close()
-    print(n, h.hexdigest(), flush=True)
 
 
 def udp_recv(port, count):
@@ -58,32 +61,33 @@ def udp_recv(port, count):
     s.bind(("0.0.0.0", port))
     s.settimeout(3)
     print("listening", flush=True)
-    h, n = hashlib.sha256(), 0
-    for _ in range(count):
-        try:
-            b = s.recv(1 << 16)
-        except socket.timeout:
-            break
-        h.update(b)
-        n += len(b)
-    print(n, h.hexdigest(), flush=True)
+
+    def datagrams():
+        for _ in range(count):
+            try:
+                yield s.recv(1 << 16)
+            except socket.timeout:
+                return
+
+    report(datagrams())
 
 
 def udp_send(host, port, seed, sizes):
     rng = random.Random(seed)
-    h, n = hashlib.sha256(), 0
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     # IP_MTU_DISCOVER (10) = IP_PMTUDISC_DONT (0): never DF, whatever the path MTU; the kernel
     # fragments only what is larger than the interface. (Linux's values: Python names them
     # only on some builds.)
     s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10), 0)
-    for size in sizes:
-        b = rng.randbytes(size)
-        s.sendto(b, (host, port))
-        h.update(b)
-        n += len(b)
-        time.sleep(0.01)
-    print(n, h.hexdigest(), flush=True)
+
+    def datagrams():
+        for size in sizes:
+            b = rng.randbytes(size)
+            s.sendto(b, (host, port))
+            time.sleep(0.01)
+            yield b
+
+    report(datagrams())
 
 
 if __name__ == "__main__":
