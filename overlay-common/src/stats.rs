@@ -96,6 +96,9 @@ counters! {
     /// router would, and sent back through the container's port (to be wrapped and counted as
     /// `encap` there): one per fragment.
     Fragments = "fragments",
+    /// A container sent an ICMPv6 router advertisement or redirect: containers are hosts, and
+    /// a rogue advertisement would make it its neighbours' router (Docker's CVE-2020-13401).
+    DropRouterMessage = "drop_router_message",
 }
 
 impl Counter {
@@ -133,6 +136,7 @@ impl Counter {
                 | Counter::DropFragNeeded
                 | Counter::DropTooBig
                 | Counter::DropBadNdp
+                | Counter::DropRouterMessage
         )
     }
 

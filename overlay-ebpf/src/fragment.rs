@@ -180,13 +180,15 @@ fn split(ctx: &TcContext, mtu: u32, port: u32) -> Option<u32> {
     // Hidden from the optimiser: knowing count <= MAX_FRAGS, it would drop the loop's own
     // bound, which is what the verifier needs to see (it lost count's range on the way).
     let count = core::hint::black_box(count);
+    // A host-joined port's packet may carry a mark of the host's: the first piece keeps it.
+    let mark = unsafe { (*ctx.skb.skb).mark };
     for index in 1..MAX_FRAGS {
         if index >= count {
             break;
         }
         ctx.set_mark(wire::fragment_mark(index, size));
         let cloned = unsafe { bpf_clone_redirect(ctx.skb.skb, port, BPF_F_INGRESS as u64) };
-        ctx.set_mark(0);
+        ctx.set_mark(mark);
         // The copies already sent cannot be called back; the receiver's reassembly times out.
         if cloned != 0 {
             return None;

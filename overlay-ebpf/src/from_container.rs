@@ -1,10 +1,10 @@
 //! A frame a container sent, seen at TC ingress of the host side of its veth.
 //!
 //! Order: identify the sender (PORTS), refuse spoofed sources (IPv4, ARP, IPv6 and its
-//! neighbour advertisements), answer ARP and neighbour solicitations from the map, then forward
-//! unicast: straight into a
-//! local container, or VXLAN to the remote VTEP. Broadcast and multicast are replicated to the
-//! network's other hosts (flood.rs) and left to the bridge for local members; anything else
+//! neighbour advertisements) and router messages, answer ARP and neighbour solicitations from
+//! the map, then forward unicast: straight into a local container, or VXLAN to the remote
+//! VTEP. Broadcast and multicast are replicated to the network's other hosts (flood.rs) and
+//! left to the bridge for local members (router solicitations to the bridge alone); anything else
 //! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports.
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
@@ -64,6 +64,8 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             match ipv6::check_source(ctx, &ipv6::Own::of(sender, &prefix6)) {
                 Ok(ipv6::Allowed::Solicitation) => ndp::answer(ctx, sender, &prefix6)
                     .unwrap_or_else(|| forward(ctx, sender, eth.dst_addr, true, NO_GROUP)),
+                // Left to the bridge: never replicated to the network's other hosts.
+                Ok(ipv6::Allowed::RouterSolicitation) => pass(Counter::ContainerPass),
                 Ok(ipv6::Allowed::Other) => forward(ctx, sender, eth.dst_addr, true, NO_GROUP),
                 Err(reason) => drop(reason),
             }

@@ -3,6 +3,11 @@
 //! dual-stack network (the network's prefix followed by its IPv4 address), and the unspecified
 //! address (duplicate address detection). A neighbour advertisement may only speak for one of
 //! its own addresses. Without this, a container could send as any other over the tunnel.
+//!
+//! A container is a host, never a router (RFC 4861 6.2, 8): its router advertisements and
+//! redirects are refused, or one container could become every neighbour's default router and
+//! see their traffic (Docker's CVE-2020-13401). Its router solicitations stay on its own host:
+//! each node is the gateway of its own containers, so no router elsewhere has to hear them.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use overlay_common::{Counter, Endpoint};
@@ -11,8 +16,11 @@ use crate::packet::{linearize, ptr_at};
 
 pub const IPV6_LEN: usize = 40;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
+pub const ROUTER_SOLICITATION: u8 = 133;
+pub const ROUTER_ADVERTISEMENT: u8 = 134;
 pub const NEIGHBOR_SOLICITATION: u8 = 135;
 pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+pub const REDIRECT: u8 = 137;
 /// ICMPv6 type, code, checksum, flags / reserved: the target address follows.
 pub const ND_TARGET_AT: usize = 8;
 
@@ -20,6 +28,8 @@ pub const ND_TARGET_AT: usize = 8;
 pub enum Allowed {
     /// A neighbour solicitation (ndp.rs may answer it).
     Solicitation,
+    /// A router solicitation: for this host only.
+    RouterSolicitation,
     Other,
 }
 
@@ -71,6 +81,14 @@ pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
     };
     if at == usize::MAX {
         return Err(Counter::DropSpoofedIp);
+    }
+    // The type first: a router advertisement without options is shorter than any neighbour
+    // message, and must not pass as too short to matter.
+    match ctx.load::<u8>(at) {
+        Ok(ROUTER_ADVERTISEMENT | REDIRECT) => return Err(Counter::DropRouterMessage),
+        Ok(ROUTER_SOLICITATION) => return Ok(Allowed::RouterSolicitation),
+        Ok(NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT) => {}
+        _ => return Ok(Allowed::Other),
     }
     if !linearize(ctx, at + ND_TARGET_AT + 16) {
         // Too short to be a neighbour message: whatever it is, it claims no address.

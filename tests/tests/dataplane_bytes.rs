@@ -439,14 +439,15 @@ fn a_container_speaks_ipv6_only_from_its_own_link_local_address() {
     let vc1 = lab.vc1;
     let echo = [128, 0, 0, 0, 0, 1, 0, 1];
     let own = link_local(C1_MAC);
-    let to_c2 = |src| {
+    let to_c2_icmp = |src, icmp: &[u8]| {
         packet::eth(
             C2_MAC,
             C1_MAC,
             ETH_P_IPV6,
-            &ipv6(src, link_local(C2_MAC), 58, &echo),
+            &ipv6(src, link_local(C2_MAC), 58, icmp),
         )
     };
+    let to_c2 = |src| to_c2_icmp(src, &echo);
     lab.expect(
         "from its own link-local address",
         Container(vc1),
@@ -517,6 +518,47 @@ fn a_container_speaks_ipv6_only_from_its_own_link_local_address() {
         TC_ACT_SHOT,
         Counter::DropSpoofedIp,
     );
+    // A container is a host: no router advertisement (even bare, shorter than any neighbour
+    // message) and no redirect; its router solicitations go to the bridge only.
+    let mut all_nodes = [0u8; 16];
+    all_nodes[..2].copy_from_slice(&[0xff, 0x02]);
+    all_nodes[15] = 1;
+    let mut all_routers = all_nodes;
+    all_routers[15] = 2;
+    let to_group = |group: [u8; 16], icmp: &[u8]| {
+        packet::eth(
+            [0x33, 0x33, 0, 0, 0, group[15]],
+            C1_MAC,
+            ETH_P_IPV6,
+            &ipv6(own, group, 58, icmp),
+        )
+    };
+    let advertisement = [134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut redirect = vec![137, 0, 0, 0, 0, 0, 0, 0];
+    redirect.extend(link_local(C3_MAC));
+    redirect.extend(link_local(C2_MAC));
+    for (what, frame, code, counter) in [
+        (
+            "a router advertisement",
+            to_group(all_nodes, &advertisement),
+            TC_ACT_SHOT,
+            Counter::DropRouterMessage,
+        ),
+        (
+            "a redirect",
+            to_c2_icmp(own, &redirect),
+            TC_ACT_SHOT,
+            Counter::DropRouterMessage,
+        ),
+        (
+            "a router solicitation",
+            to_group(all_routers, &[133, 0, 0, 0, 0, 0, 0, 0]),
+            TC_ACT_OK,
+            Counter::ContainerPass,
+        ),
+    ] {
+        lab.expect(what, Container(vc1), &frame, code, counter);
+    }
     // Cut inside the target address: it claims nothing, and the receiver's kernel discards it.
     // (A cut inside the IPv6 header itself cannot be run: BPF_PROG_TEST_RUN refuses it.)
     let cut = na(link_local(C3_MAC));

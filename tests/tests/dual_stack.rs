@@ -163,3 +163,106 @@ fn a_flood_of_solicitations_is_answered_or_counted_and_breaks_nothing() {
     .expect("a1 still reaches a2 over IPv6");
     d.cli(0, &["status"]).expect("the agent still answers");
 }
+
+/// A container's link-local address (once duplicate address detection is done with it).
+fn link_local_of(d: &Deployment, c: usize) -> String {
+    let mut found = String::new();
+    wait_for(Duration::from_secs(5), || {
+        let addr = d
+            .container(c)
+            .run("ip -6 -o addr show dev eth0 scope link")
+            .unwrap_or_default();
+        found = addr
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        !addr.contains("tentative") && !found.is_empty()
+    })
+    .unwrap();
+    found
+}
+
+/// A container is a host, never a router: its router advertisements and redirects reach no
+/// other container, on its host or another, and are counted (one could otherwise become its
+/// neighbours' default router: Docker's CVE-2020-13401); its router solicitations stay on its
+/// own host, whose node is its gateway.
+#[test]
+fn a_container_cannot_act_as_a_router_and_its_solicitations_stay_home() {
+    let mut d = Deployment::new("dsra", &[true, true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a3 = d.add_container(0, "a3", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    d.wait_arp_everywhere(42, &[a1.1, a2.1, a3.1], true)
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/router_messages.py");
+    let [from, on_h1, on_h2] = [a1.0, a3.0, a2.0].map(|c| link_local_of(&d, c));
+    for to in [&on_h1, &on_h2] {
+        wait_for(Duration::from_secs(5), || {
+            d.container(a1.0)
+                .run(&format!("ping -6 -c 1 -W 1 {to}%eth0"))
+                .is_ok()
+        })
+        .unwrap_or_else(|_| panic!("a1 reaches {to}"));
+    }
+    let listen = |c: usize| {
+        let mut child = d
+            .container(c)
+            .command("/usr/bin/python3")
+            .args([script, "listen", "eth0", "3", &from])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        (child, lines)
+    };
+    let (mut same_host, mut same_lines) = listen(a3.0);
+    let (mut other_host, mut other_lines) = listen(a2.0);
+    // Router solicitations inside VXLAN on h2's underlay (ICMPv6 type at UDP offset 70).
+    let crossing = d.hosts[1]
+        .ns
+        .capture_on(
+            "eth1",
+            "udp port 4789 and udp[28:2] = 0x86dd and udp[70] = 133",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = counter(&d, 0, Counter::DropRouterMessage);
+    d.container(a1.0)
+        .run(&format!(
+            "/usr/bin/python3 {script} send eth0 {on_h1} {on_h2}"
+        ))
+        .unwrap();
+    let heard = |lines: &mut std::io::Lines<_>, child: &mut std::process::Child| {
+        let line: String = lines.next().unwrap().unwrap();
+        child.wait().unwrap();
+        line
+    };
+    let on_a3 = heard(&mut same_lines, &mut same_host);
+    let on_a2 = heard(&mut other_lines, &mut other_host);
+    let crossed = captured(crossing);
+    assert!(
+        on_a3.starts_with("ra=0 redirect=0 "),
+        "a3, on a1's host: {on_a3}"
+    );
+    assert_eq!(on_a2, "ra=0 redirect=0 rs=0", "a2, on the other host");
+    assert_eq!(
+        counter(&d, 0, Counter::DropRouterMessage) - before,
+        12,
+        "three advertisements and three redirects to each refused"
+    );
+    assert!(
+        crossed.trim().is_empty(),
+        "router solicitations crossed to h2:\n{crossed}"
+    );
+    let routes = d.container(a2.0).run("ip -6 route show default").unwrap();
+    assert!(
+        routes.trim().is_empty(),
+        "a2 took no default route: {routes}"
+    );
+}

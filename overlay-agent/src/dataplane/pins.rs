@@ -13,8 +13,8 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// values the UDP port. v3: two more counters in STATS (drop_kernel_vxlan, decap_segments).
 /// v4: the monitor's maps (MONITOR_CTL, EVENTS, MONITOR_CPU). v5: FDB values cache the path
 /// MTU, NETWORKS values the IPv6 prefix; four more counters (drop_frag_needed, drop_too_big,
-/// ndp_reply, drop_bad_ndp). v6: one more counter (fragments),
-/// the JUMP program array.
+/// ndp_reply, drop_bad_ndp). v6: two more counters (fragments, drop_router_message), the JUMP
+/// program array.
 pub const LAYOUT_VERSION: u32 = 6;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
