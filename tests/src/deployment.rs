@@ -512,6 +512,26 @@ impl Deployment {
         &self.containers[index]
     }
 
+    /// Container `index`'s IPv6 link-local address, once duplicate address detection is done
+    /// with it.
+    pub fn link_local(&self, index: usize) -> Result<String> {
+        let mut found = String::new();
+        wait_for(Duration::from_secs(5), || {
+            let addr = self.containers[index]
+                .run("ip -6 -o addr show dev eth0 scope link")
+                .unwrap_or_default();
+            found = addr
+                .split_whitespace()
+                .nth(3)
+                .and_then(|a| a.split('/').next())
+                .unwrap_or_default()
+                .to_string();
+            !addr.contains("tentative") && !found.is_empty()
+        })
+        .context("no link-local address")?;
+        Ok(found)
+    }
+
     /// Host `legacy` (not ours) joins network `network` (VNI 42, `10.10.0.0/16`) as the seed
     /// recipe does by hand, with the host itself on the overlay at [`LEGACY_IP`] behind a kernel
     /// vxlan device, knowing our endpoint `ours` on host 0; then `peer add` makes every node of

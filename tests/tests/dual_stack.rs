@@ -25,9 +25,12 @@ fn counter(d: &Deployment, host: usize, c: Counter) -> u64 {
     d.hosts[host].counters().unwrap()[c.name()]
 }
 
-#[test]
-fn dual_stack_containers_reach_each_other_over_ipv6_and_ndp_stays_on_the_host() {
-    let mut d = Deployment::new("ds", &[true, true]).unwrap();
+type Container = (usize, Ipv4Addr);
+
+/// Two hosts on a dual-stack network blue (VNI 42, fd00:10::/64): a1 and a3 on the first, a2
+/// on the second, known everywhere.
+fn three_containers(label: &str) -> (Deployment, Container, Container, Container) {
+    let mut d = Deployment::new(label, &[true, true]).unwrap();
     d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
         .unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();
@@ -35,6 +38,12 @@ fn dual_stack_containers_reach_each_other_over_ipv6_and_ndp_stays_on_the_host() 
     let a2 = d.add_container(1, "a2", "blue", None).unwrap();
     d.wait_arp_everywhere(42, &[a1.1, a2.1, a3.1], true)
         .unwrap();
+    (d, a1, a3, a2)
+}
+
+#[test]
+fn dual_stack_containers_reach_each_other_over_ipv6_and_ndp_stays_on_the_host() {
+    let (d, a1, a3, a2) = three_containers("ds");
     let c1 = d.container(a1.0);
     let addrs = c1.run("ip -6 -o addr show dev eth0 scope global").unwrap();
     assert!(
@@ -164,42 +173,15 @@ fn a_flood_of_solicitations_is_answered_or_counted_and_breaks_nothing() {
     d.cli(0, &["status"]).expect("the agent still answers");
 }
 
-/// A container's link-local address (once duplicate address detection is done with it).
-fn link_local_of(d: &Deployment, c: usize) -> String {
-    let mut found = String::new();
-    wait_for(Duration::from_secs(5), || {
-        let addr = d
-            .container(c)
-            .run("ip -6 -o addr show dev eth0 scope link")
-            .unwrap_or_default();
-        found = addr
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        !addr.contains("tentative") && !found.is_empty()
-    })
-    .unwrap();
-    found
-}
-
 /// A container is a host, never a router: its router advertisements and redirects reach no
 /// other container, on its host or another, and are counted (one could otherwise become its
 /// neighbours' default router: Docker's CVE-2020-13401); its router solicitations stay on its
 /// own host, whose node is its gateway.
 #[test]
 fn a_container_cannot_act_as_a_router_and_its_solicitations_stay_home() {
-    let mut d = Deployment::new("dsra", &[true, true]).unwrap();
-    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
-        .unwrap();
-    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
-    let a3 = d.add_container(0, "a3", "blue", None).unwrap();
-    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
-    d.wait_arp_everywhere(42, &[a1.1, a2.1, a3.1], true)
-        .unwrap();
+    let (d, a1, a3, a2) = three_containers("dsra");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/router_messages.py");
-    let [from, on_h1, on_h2] = [a1.0, a3.0, a2.0].map(|c| link_local_of(&d, c));
+    let [from, on_h1, on_h2] = [a1.0, a3.0, a2.0].map(|c| d.link_local(c).unwrap());
     for to in [&on_h1, &on_h2] {
         wait_for(Duration::from_secs(5), || {
             d.container(a1.0)

@@ -83,25 +83,8 @@ fn containers_with_an_mtu_larger_than_the_tunnel_learn_it_and_tcp_completes() {
 #[test]
 fn an_ipv6_container_learns_the_tunnel_mtu_from_packet_too_big() {
     let (d, a1, a2) = two_hosts("pmtu6", TOO_LARGE);
-    let (c1, c2) = (d.container(a1.0), d.container(a2.0));
-    // a2's link-local address, once duplicate address detection is done with it.
-    let mut target = String::new();
-    wait_for(Duration::from_secs(5), || {
-        let addr = c2
-            .run("ip -6 -o addr show dev eth0 scope link")
-            .unwrap_or_default();
-        if addr.contains("tentative") {
-            return false;
-        }
-        target = addr
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-        !target.is_empty()
-    })
-    .unwrap();
+    let c1 = d.container(a1.0);
+    let target = d.link_local(a2.0).unwrap();
     let target = format!("{target}%eth0");
     wait_for(Duration::from_secs(5), || {
         c1.run(&format!("ping -6 -c 1 -W 1 {target}")).is_ok()
