@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{EventType, WatchResponse};
 use futures::FutureExt as _;
-use overlay_common::NodeConfig;
+use overlay_common::{NodeConfig, vtep};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,16 +37,29 @@ use crate::{
     plumbing::{self, Netlink},
     store::{
         Store, brief,
-        schema::{self, Endpoint, Kind, Location, NodeRecord, NodeStateRecord},
+        schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
 };
+
+/// This node's VTEP is of the other family than the cluster's: fatal, not retried.
+#[derive(Debug)]
+struct OtherFamily(String);
+
+impl std::fmt::Display for OtherFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OtherFamily {}
 
 pub struct Options {
     pub etcd: crate::store::Etcd,
     pub node: String,
     pub underlay: String,
-    /// This node's VTEP; default: the underlay's first IPv4 address.
-    pub vtep: Option<Ipv4Addr>,
+    /// This node's VTEP, IPv4 or IPv6 (then the underlay is IPv6); default: the underlay's first
+    /// IPv4 address.
+    pub vtep: Option<IpAddr>,
     pub lease_ttl: i64,
     /// Capacity of each per-endpoint map.
     pub max_entries: u32,
@@ -149,7 +162,7 @@ struct Agent {
     netlink: Netlink,
     dataplane: Dataplane,
     maps: Maps,
-    vtep: Ipv4Addr,
+    vtep: IpAddr,
     underlay_mtu: Option<u32>,
     cluster: ClusterState,
     /// What the maps hold, as far as this process wrote or read them.
@@ -202,10 +215,13 @@ pub async fn run(opts: Options) -> Result<()> {
     })?;
     let vtep = match opts.vtep {
         Some(v) => v,
-        None => netlink.ipv4(underlay).await?.ok_or_else(|| {
-            anyhow!("underlay interface {underlay} has no IPv4 address; give --vtep")
-        })?,
+        None => IpAddr::V4(netlink.ipv4(underlay).await?.ok_or_else(|| {
+            anyhow!("underlay interface {underlay} has no IPv4 address; give --vtep (IPv4 or IPv6)")
+        })?),
     };
+    if vtep.is_ipv6() {
+        plumbing::ipv6_forwarding(underlay)?;
+    }
     let underlay_mtu = netlink.mtu(underlay).await?;
 
     // Maps of another layout: build ours from etcd first, and only then move the attachments
@@ -246,8 +262,9 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let mut maps = dataplane.maps()?;
     maps.set_config(NodeConfig {
-        vtep: vtep.octets(),
+        vtep: vtep::from_ip(vtep),
         underlay_ifindex,
+        ipv6: vtep.is_ipv6().into(),
     })?;
     let applied = maps.snapshot()?;
     log::info!(
@@ -312,8 +329,10 @@ pub async fn run(opts: Options) -> Result<()> {
     loop {
         tokio::select! {
             r = agent.session() => {
-                if let Err(e) = r {
-                    log::warn!("{e:#}; reconnecting");
+                match r {
+                    Err(e) if e.is::<OtherFamily>() => return Err(e),
+                    Err(e) => log::warn!("{e:#}; reconnecting"),
+                    Ok(()) => {}
                 }
             }
             _ = term.recv() => break,
@@ -339,6 +358,7 @@ impl Agent {
         let max_delay =
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
         let store = Store::connect_retrying(&self.opts.etcd, max_delay).await;
+        self.same_family(&store).await?;
         let record = NodeRecord {
             vtep: self.vtep,
             mtu: self.underlay_mtu,
@@ -635,7 +655,33 @@ impl Agent {
         if let Err(e) = store.put_node(&self.opts.node, &record, lease).await {
             log::warn!("{e:#}");
         }
-        mtu::follow(&self.netlink, &self.cluster, &self.opts.node, now).await;
+        let ipv6 = self.vtep.is_ipv6();
+        mtu::follow(&self.netlink, &self.cluster, &self.opts.node, now, ipv6).await;
+    }
+
+    /// A cluster's VTEPs are of one family: a node of the other is refused before it registers
+    /// (its packets could not reach theirs, nor theirs its).
+    async fn same_family(&self, store: &Store) -> Result<()> {
+        let (kvs, _) = store.list(&store.keys().nodes()).await?;
+        for kv in &kvs {
+            let Some(Key::Node(node)) = store.keys().parse(kv.key()) else {
+                continue;
+            };
+            if node == self.opts.node {
+                continue;
+            }
+            // A bad record is the reconcile's to report, with its key.
+            if let Ok(other) = schema::decode::<NodeRecord>(kv.value())
+                && other.vtep.is_ipv6() != self.vtep.is_ipv6()
+            {
+                return Err(OtherFamily(format!(
+                    "node {}'s VTEP {} and node {node}'s VTEP {} are not of one family: a cluster's underlay is IPv4 or IPv6, not both",
+                    self.opts.node, self.vtep, other.vtep
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// The way out for the served networks' containers (see egress.rs).

@@ -3,7 +3,7 @@
 //! transactions, and does the node-local plumbing over netlink; the running agent picks the
 //! change up from etcd and programs the maps.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
@@ -146,14 +146,11 @@ fn ipv6_of(net: &Network, ip: Ipv4Addr) -> Option<(Ipv6Addr, u8)> {
 
 /// The MTU for a network's interfaces on this node.
 async fn mtu_here(ctx: &Ctx, net: &Network) -> Result<u32> {
-    let underlay = ctx
-        .store
-        .node(&ctx.node)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|n| n.mtu);
-    Ok(net.mtu_on(underlay))
+    let node = ctx.store.node(&ctx.node).await.ok().flatten();
+    Ok(net.mtu_on(
+        node.as_ref().and_then(|n| n.mtu),
+        node.is_some_and(|n| n.vtep.is_ipv6()),
+    ))
 }
 
 /// The first free `ethN` in a container (eth0 unless it is on several networks).
@@ -488,9 +485,19 @@ pub async fn peer_add(
     network: &str,
     ip: Ipv4Addr,
     mac: Mac,
-    vtep: Ipv4Addr,
+    vtep: IpAddr,
 ) -> Result<Endpoint> {
     let net = ctx.store.network(network).await?;
+    // A cluster's underlay is of one family (agent.rs refuses a node of the other).
+    if let Some(here) = ctx.store.node(&ctx.node).await?
+        && here.vtep.is_ipv6() != vtep.is_ipv6()
+    {
+        bail!(
+            "VTEP {vtep} is not of this cluster's underlay family (node {} has VTEP {})",
+            ctx.node,
+            here.vtep
+        );
+    }
     let ep = Endpoint {
         network: network.to_string(),
         ip,

@@ -12,6 +12,8 @@
 //! included.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use overlay_common::VtepAddr;
+
 use crate::{
     cluster::ClusterState,
     dataplane::state::{Diff, MapState, TableDiff},
@@ -55,7 +57,7 @@ impl Batch {
 /// How many remote endpoints of each VNI sit behind each VTEP: VXLAN from a VTEP is accepted
 /// for a VNI while its count is above zero.
 #[derive(Debug, Default, PartialEq)]
-pub struct VtepRefs(BTreeMap<(u32, [u8; 4]), u32>);
+pub struct VtepRefs(BTreeMap<(u32, VtepAddr), u32>);
 
 impl VtepRefs {
     /// Counted from a full state (every FDB entry is one remote endpoint).
@@ -83,7 +85,7 @@ impl VtepRefs {
 #[derive(Debug)]
 pub struct Delta {
     pub diff: Diff,
-    refs: Vec<((u32, [u8; 4]), u32)>,
+    refs: Vec<((u32, VtepAddr), u32)>,
 }
 
 /// The writes that bring `applied` (the maps, equal to the full reconcile's last answer, which
@@ -123,7 +125,7 @@ pub fn endpoint_delta(
     // What each touched entry must hold afterwards (None: nothing), and the VTEP count changes.
     let mut fdb = BTreeMap::new();
     let mut arp = BTreeMap::new();
-    let mut counts: BTreeMap<(u32, [u8; 4]), i64> = BTreeMap::new();
+    let mut counts: BTreeMap<(u32, VtepAddr), i64> = BTreeMap::new();
     // Every old contribution out first, so an endpoint may take a MAC another one just freed.
     for old in batch.before.values().flatten() {
         if let Some((vni, mac, ip, vtep)) = remote(old)? {

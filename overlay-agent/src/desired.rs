@@ -4,7 +4,7 @@
 //! reported, never half-applied.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use overlay_common::{Endpoint, deliver};
+use overlay_common::{Endpoint, VtepAddr, deliver, vtep};
 
 use crate::{
     cluster::ClusterState,
@@ -138,7 +138,7 @@ pub enum Placement {
     /// or it is on a node whose lease is dead (it is back with the node).
     Absent,
     /// Behind another node's VTEP, or a peer's.
-    Remote { vni: u32, vtep: [u8; 4] },
+    Remote { vni: u32, vtep: VtepAddr },
     /// On this node.
     Local { vni: u32 },
 }
@@ -166,11 +166,25 @@ pub fn placement(
     // Another node's endpoint is reachable only while that node's lease lives.
     let vtep = match &ep.location {
         Location::Node { node, .. } if node == me => return Placement::Local { vni },
-        Location::Node { node, .. } => cluster.nodes.get(node).map(|n| n.vtep.octets()),
-        Location::Peer { vtep } => Some(vtep.octets()),
+        Location::Node { node, .. } => cluster.nodes.get(node).map(|n| n.vtep),
+        Location::Peer { vtep } => Some(*vtep),
     };
     match vtep {
-        Some(vtep) => Placement::Remote { vni, vtep },
+        // Our packets cannot reach a VTEP of the other family, nor its ours.
+        Some(vtep)
+            if cluster
+                .nodes
+                .get(me)
+                .is_some_and(|mine| mine.vtep.is_ipv6() != vtep.is_ipv6()) =>
+        {
+            Placement::LeftOut(format!(
+                "its VTEP {vtep} is not of this node's underlay family"
+            ))
+        }
+        Some(vtep) => Placement::Remote {
+            vni,
+            vtep: vtep::from_ip(vtep),
+        },
         None => Placement::Absent,
     }
 }
@@ -241,12 +255,21 @@ mod tests {
         let host = s.endpoints[&(42, [2, 0x42, 10, 10, 1, 1])];
         assert_eq!((host.ifindex, host.deliver), (9, deliver::INGRESS));
         assert_eq!(s.ports[&8], host, "the host sends through its bridge port");
-        assert_eq!(s.fdb[&(42, [2, 0x42, 10, 10, 2, 2])], [10, 0, 0, 2]);
-        assert_eq!(s.fdb[&(42, [2, 0x42, 10, 10, 9, 2])], [10, 0, 0, 9]);
+        assert_eq!(
+            s.fdb[&(42, [2, 0x42, 10, 10, 2, 2])],
+            vtep::from_v4([10, 0, 0, 2])
+        );
+        assert_eq!(
+            s.fdb[&(42, [2, 0x42, 10, 10, 9, 2])],
+            vtep::from_v4([10, 0, 0, 9])
+        );
         assert_eq!(s.arp.len(), 4);
         assert_eq!(
             s.vteps.iter().copied().collect::<Vec<_>>(),
-            [(42, [10, 0, 0, 2]), (42, [10, 0, 0, 9])],
+            [
+                (42, vtep::from_v4([10, 0, 0, 2])),
+                (42, vtep::from_v4([10, 0, 0, 9]))
+            ],
             "only VTEPs with endpoints in the VNI, never our own"
         );
     }

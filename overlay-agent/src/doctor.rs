@@ -3,7 +3,14 @@
 //! names every entry that differs; then it checks what the maps cannot show: the agent
 //! running, programs attached where they must be, the GRO helpers, the ports' MTUs, and
 //! whether every remote VTEP answers on the underlay.
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    time::Duration,
+};
+
+use overlay_common::vtep::to_ip;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -68,7 +75,7 @@ pub fn map_findings(diff: &Diff) -> Vec<Finding> {
     for ((vni, mac), vtep) in &diff.fdb.set {
         f(
             "FDB",
-            format!("vni {vni} {} -> {}", Mac(*mac), ip(*vtep)),
+            format!("vni {vni} {} -> {}", Mac(*mac), to_ip(*vtep)),
             MISSING,
         );
     }
@@ -86,10 +93,10 @@ pub fn map_findings(diff: &Diff) -> Vec<Finding> {
         f("ARP", format!("vni {vni} {}", ip(*a)), STALE);
     }
     for ((vni, vtep), ()) in &diff.vteps.set {
-        f("VTEPS", format!("vni {vni} {}", ip(*vtep)), MISSING);
+        f("VTEPS", format!("vni {vni} {}", to_ip(*vtep)), MISSING);
     }
     for (vni, vtep) in &diff.vteps.remove {
-        f("VTEPS", format!("vni {vni} {}", ip(*vtep)), STALE);
+        f("VTEPS", format!("vni {vni} {}", to_ip(*vtep)), STALE);
     }
     for ((vni, mac), e) in &diff.endpoints.set {
         let what = format!(
@@ -180,6 +187,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
     }
     let netlink = Netlink::new()?;
     let node_mtu = cluster.nodes.get(node).and_then(|n| n.mtu);
+    let ipv6_underlay = cluster.nodes.get(node).is_some_and(|n| n.vtep.is_ipv6());
     for ep in cluster.endpoints.values() {
         let Location::Node { node: n, port, .. } = &ep.location else {
             continue;
@@ -204,7 +212,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
             ));
         }
         if let Some(net) = cluster.networks.get(&ep.network) {
-            let most = net.mtu_on(node_mtu);
+            let most = net.mtu_on(node_mtu, ipv6_underlay);
             if mtu > most {
                 findings.push(Finding {
                     check: "mtu".into(),
@@ -243,7 +251,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
 
     // Every remote VTEP this node sends to answers on the underlay.
     let (want, _) = desired(&cluster, node, &agent::ifindex);
-    let vteps: BTreeSet<Ipv4Addr> = want.fdb.values().map(|v| ip(*v)).collect();
+    let vteps: BTreeSet<IpAddr> = want.fdb.values().map(|v| to_ip(*v)).collect();
     let probes: Vec<_> = vteps
         .into_iter()
         .map(|vtep| {
@@ -436,7 +444,12 @@ mod tests {
     #[test]
     fn every_difference_is_named_with_its_map_and_direction() {
         let mut want = MapState::default();
-        want.add_remote(42, [2, 0x42, 10, 10, 1, 1], [10, 10, 1, 1], [10, 0, 0, 2]);
+        want.add_remote(
+            42,
+            [2, 0x42, 10, 10, 1, 1],
+            [10, 10, 1, 1],
+            overlay_common::vtep::from_v4([10, 0, 0, 2]),
+        );
         let mut have = want.clone();
         have.fdb.clear();
         have.arp

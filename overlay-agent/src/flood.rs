@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS};
+use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS, VtepAddr, vtep};
 
 use crate::{
     cluster::ClusterState,
@@ -36,7 +36,7 @@ pub struct Settings {
 pub fn wanted(
     applied: &MapState,
     settings: &BTreeMap<u32, Settings>,
-    peers: &BTreeMap<u32, BTreeSet<[u8; 4]>>,
+    peers: &BTreeMap<u32, BTreeSet<VtepAddr>>,
     resolve: &dyn Fn(&str) -> Option<u32>,
 ) -> (BTreeMap<u32, Flood>, Vec<(u32, usize)>) {
     let mut out = BTreeMap::new();
@@ -50,9 +50,11 @@ pub fn wanted(
             internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
             ..Flood::default()
         };
-        // Legacy hosts first (every group goes to them), then the others, each sorted.
-        let legacy = peers.get(&vni).cloned().unwrap_or_default();
-        let mut vteps: Vec<[u8; 4]> = legacy.iter().copied().collect();
+        // Legacy hosts first (every group goes to them), then the others, each sorted. Only
+        // those the maps serve: a peer the reconcile left out (of the other family) is not one.
+        let mut legacy = peers.get(&vni).cloned().unwrap_or_default();
+        legacy.retain(|v| applied.vteps.contains(&(vni, *v)));
+        let mut vteps: Vec<VtepAddr> = legacy.iter().copied().collect();
         vteps.extend(
             applied
                 .vteps
@@ -118,13 +120,13 @@ pub fn local_groups(maps: &mut Maps, now_ns: u64) -> Result<(GroupsRecord, bool)
 }
 
 /// Per VNI, the VTEPs of the legacy hosts (`peer add`) of the networks in `cluster`.
-pub fn peer_vteps(cluster: &ClusterState) -> BTreeMap<u32, BTreeSet<[u8; 4]>> {
-    let mut out: BTreeMap<u32, BTreeSet<[u8; 4]>> = BTreeMap::new();
+pub fn peer_vteps(cluster: &ClusterState) -> BTreeMap<u32, BTreeSet<VtepAddr>> {
+    let mut out: BTreeMap<u32, BTreeSet<VtepAddr>> = BTreeMap::new();
     for ep in cluster.endpoints.values() {
         if let (Location::Peer { vtep }, Some(net)) =
             (&ep.location, cluster.networks.get(&ep.network))
         {
-            out.entry(net.vni).or_default().insert(vtep.octets());
+            out.entry(net.vni).or_default().insert(vtep::from_ip(*vtep));
         }
     }
     out
@@ -137,7 +139,7 @@ pub fn wanted_groups(
     me: &str,
     applied: &MapState,
 ) -> BTreeMap<IpKey, GroupVteps> {
-    let mut lists: BTreeMap<IpKey, BTreeSet<[u8; 4]>> = BTreeMap::new();
+    let mut lists: BTreeMap<IpKey, BTreeSet<VtepAddr>> = BTreeMap::new();
     for (node, groups) in &cluster.groups {
         let Some(record) = cluster.nodes.get(node).filter(|_| node != me) else {
             continue;
@@ -151,7 +153,10 @@ pub fn wanted_groups(
                     vni: *vni,
                     ip: group.octets(),
                 };
-                lists.entry(key).or_default().insert(record.vtep.octets());
+                lists
+                    .entry(key)
+                    .or_default()
+                    .insert(vtep::from_ip(record.vtep));
             }
         }
     }
@@ -173,14 +178,18 @@ mod tests {
     use super::*;
     use overlay_common::Network;
 
+    fn v4(c: u8, d: u8) -> VtepAddr {
+        vtep::from_v4([10, 0, c, d])
+    }
+
     #[test]
     fn a_network_floods_to_its_remote_vteps_through_its_ports_helper() {
         let mut s = MapState::default();
         s.networks.insert(42, Network::new(4789, [0; 12]));
         s.networks.insert(43, Network::new(8472, [0; 12]));
-        s.vteps.insert((42, [10, 0, 0, 3]));
-        s.vteps.insert((42, [10, 0, 0, 2]));
-        s.vteps.insert((43, [10, 0, 0, 9]));
+        s.vteps.insert((42, v4(0, 3)));
+        s.vteps.insert((42, v4(0, 2)));
+        s.vteps.insert((43, v4(0, 9)));
         let resolve = |name: &str| match name {
             "ovbr42" => Some(7),
             "ovgro4789" => Some(5),
@@ -194,7 +203,7 @@ mod tests {
             bum_rate: 0,
             internal: true,
         };
-        let peers = BTreeMap::from([(43, BTreeSet::from([[10, 0, 0, 9]]))]);
+        let peers = BTreeMap::from([(43, BTreeSet::from([v4(0, 9)]))]);
         let (want, overflow) = wanted(
             &s,
             &BTreeMap::from([(42, blue), (43, red)]),
@@ -207,14 +216,14 @@ mod tests {
             (blue.bridge, blue.tunnel, blue.rate_pps, blue.count),
             (7, 5, 100, 2)
         );
-        assert_eq!(blue.vteps[..2], [[10, 0, 0, 2], [10, 0, 0, 3]]);
+        assert_eq!(blue.vteps[..2], [v4(0, 2), v4(0, 3)]);
         let red = want[&43];
         assert_eq!(
             (red.bridge, red.tunnel, red.count, red.internal),
             (0, 0, 1, 1)
         );
         assert_eq!(blue.internal, 0);
-        assert_eq!(red.vteps[0], [10, 0, 0, 9]);
+        assert_eq!(red.vteps[0], v4(0, 9));
         assert_eq!((blue.peers, red.peers), (0, 1));
     }
 
@@ -223,7 +232,7 @@ mod tests {
         let mut s = MapState::default();
         s.networks.insert(42, Network::new(4789, [0; 12]));
         for i in 0..(MAX_FLOOD_VTEPS as u8 + 3) {
-            s.vteps.insert((42, [10, 0, 1, i]));
+            s.vteps.insert((42, v4(1, i)));
         }
         let (want, overflow) = wanted(&s, &BTreeMap::new(), &BTreeMap::new(), &|_| None);
         assert_eq!(overflow, vec![(42, MAX_FLOOD_VTEPS + 3)]);

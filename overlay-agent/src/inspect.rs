@@ -1,6 +1,7 @@
 //! What `overlay-agent maps ...` prints: every map as rows, rendered as an aligned table for
 //! people or as JSON for machines (the bar is `cilium-dbg bpf tunnel list -o json`).
 use anyhow::{Context as _, Result};
+use overlay_common::vtep::to_ip;
 use serde_json::{Map as JsonObject, Value};
 
 use crate::{
@@ -54,7 +55,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 rows.push(vec![
                     k.vni.to_string(),
                     Mac(k.mac).to_string(),
-                    ip(v.vtep).to_string(),
+                    to_ip(v.vtep).to_string(),
                 ]);
             }
             &["vni", "mac", "vtep"]
@@ -91,7 +92,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
         Table::Vteps => {
             for e in maps.vteps.iter() {
                 let (k, _) = e.context("reading VTEPS")?;
-                rows.push(vec![k.vni.to_string(), ip(k.ip).to_string()]);
+                rows.push(vec![k.vni.to_string(), to_ip(k.ip).to_string()]);
             }
             &["vni", "vtep"]
         }
@@ -112,7 +113,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 let vteps: Vec<String> = f
                     .remote_vteps()
                     .iter()
-                    .map(|v| ip(*v).to_string())
+                    .map(|v| to_ip(*v).to_string())
                     .collect();
                 rows.push(vec![
                     vni.to_string(),
@@ -152,7 +153,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             }
             for e in maps.mcast.iter() {
                 let (k, v) = e.context("reading MCAST")?;
-                let vteps: Vec<String> = v.members().iter().map(|t| ip(*t).to_string()).collect();
+                let vteps: Vec<String> =
+                    v.members().iter().map(|t| to_ip(*t).to_string()).collect();
                 rows.push(vec![
                     k.vni.to_string(),
                     ip(k.ip).to_string(),

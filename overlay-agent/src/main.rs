@@ -1,5 +1,9 @@
 //! CLI dispatch only: each subcommand's work lives in the library modules.
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -92,9 +96,10 @@ enum Command {
         /// The underlay interface VXLAN leaves and arrives by.
         #[arg(long, env = "OVERLAY_UNDERLAY")]
         underlay: String,
-        /// This node's VTEP address (default: the underlay's first IPv4 address).
+        /// This node's VTEP address, IPv4 or IPv6 (an IPv6 underlay: every node's must be)
+        /// (default: the underlay's first IPv4 address).
         #[arg(long, env = "OVERLAY_VTEP")]
-        vtep: Option<Ipv4Addr>,
+        vtep: Option<IpAddr>,
         /// Seconds without keepalive after which other nodes drop this node's endpoints.
         #[arg(long, env = "OVERLAY_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=86400))]
         lease_ttl: i64,
@@ -261,9 +266,9 @@ enum PeerCmd {
         ip: Ipv4Addr,
         #[arg(long)]
         mac: Mac,
-        /// The peer host's underlay address (its VTEP).
+        /// The peer host's underlay address (its VTEP), of the cluster's family.
         #[arg(long)]
-        vtep: Ipv4Addr,
+        vtep: IpAddr,
     },
     Rm {
         #[arg(long)]

@@ -1,5 +1,5 @@
 //! The overlay's interface MTUs follow the underlay's. A network without an MTU of its own gives
-//! its interfaces the underlay's less the tunnel's 50 bytes; when the underlay's changes (jumbo
+//! its interfaces the underlay's less the tunnel's 50 bytes (70 over IPv6); when the underlay's changes (jumbo
 //! frames turned on, a link moved to a smaller one), the agent sets this node's interfaces of
 //! those networks to the new value: the bridge, each endpoint's host-side port and its
 //! interface inside the container. Until then, and for any interface it cannot reach, the
@@ -12,14 +12,20 @@ use crate::{
 };
 
 /// Sets every interface of this node (`node`) in networks without an MTU of their own to what
-/// an underlay of `underlay_mtu` allows. Each failure is logged with its interface; the rest
-/// goes on.
-pub async fn follow(netlink: &Netlink, cluster: &ClusterState, node: &str, underlay_mtu: u32) {
+/// an underlay of `underlay_mtu` (IPv6 if `ipv6`) allows. Each failure is logged with its
+/// interface; the rest goes on.
+pub async fn follow(
+    netlink: &Netlink,
+    cluster: &ClusterState,
+    node: &str,
+    underlay_mtu: u32,
+    ipv6: bool,
+) {
     for (name, net) in &cluster.networks {
         if net.mtu.is_some() {
             continue;
         }
-        let mtu = net.mtu_on(Some(underlay_mtu));
+        let mtu = net.mtu_on(Some(underlay_mtu), ipv6);
         let local = cluster.endpoints.values().filter(|ep| {
             &ep.network == name
                 && matches!(&ep.location, Location::Node { node: n, .. } if n == node)

@@ -157,6 +157,9 @@ impl Netlink {
             .append_info_data(InfoVxlan::CollectMetadata(true))
             .append_info_data(InfoVxlan::Port(port))
             .append_info_data(InfoVxlan::Learning(false))
+            // Over an IPv6 underlay VXLAN comes with a zero UDP checksum (ours, and a legacy
+            // host's with udp6zerocsumtx): the socket must not refuse what GRO merged.
+            .append_info_data(InfoVxlan::UDPZeroCsumRX(true))
             .build();
         match self.handle.link().add(device).execute().await {
             Ok(()) => {}
@@ -523,5 +526,35 @@ pub fn set_igmp_querier(ifindex: u32) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(())
+}
+
+/// Turns IPv6 forwarding on for the underlay `dev` of an IPv6 VTEP: `bpf_fib_lookup`, which
+/// gives encapsulation its next hop and path MTU, answers only for a device that forwards (the
+/// kernel's IPv4 side is the same, and every Docker or Kubernetes node has it on). A forwarding
+/// interface ignores router advertisements unless `accept_ra` is 2, so one that accepted them
+/// (1) is moved to 2 first: the node keeps its addresses and default route from the network.
+pub fn ipv6_forwarding(dev: &str) -> Result<()> {
+    let conf = format!("/proc/sys/net/ipv6/conf/{dev}");
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("{conf}/{key}"))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("reading {conf}/{key}"))
+    };
+    let write = |key: &str, value: &str| {
+        std::fs::write(format!("{conf}/{key}"), value)
+            .with_context(|| format!("writing {conf}/{key}"))
+    };
+    if read("forwarding")? == "1" {
+        return Ok(());
+    }
+    if read("accept_ra")? == "1" {
+        write("accept_ra", "2")?;
+        log::info!(
+            "{dev}: accept_ra 1 -> 2, so router advertisements still count once it forwards"
+        );
+    }
+    write("forwarding", "1")?;
+    log::info!("{dev}: IPv6 forwarding on, for the FIB lookups of an IPv6 underlay");
     Ok(())
 }

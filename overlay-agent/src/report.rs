@@ -198,7 +198,7 @@ fn flood_summary(m: &Maps) -> Value {
         let vteps: Vec<String> = f
             .remote_vteps()
             .iter()
-            .map(|v| crate::net::ip(*v).to_string())
+            .map(|v| overlay_common::vtep::to_ip(*v).to_string())
             .collect();
         let local: std::collections::BTreeSet<[u8; 4]> = m
             .groups

@@ -6,7 +6,9 @@
 pub mod maps;
 pub mod monitor;
 pub mod stats;
+pub mod vtep;
 pub mod wire;
 
 pub use maps::*;
 pub use stats::Counter;
+pub use vtep::VtepAddr;

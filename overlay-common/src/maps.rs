@@ -1,5 +1,8 @@
 //! Map names, keys and values. All multi-byte addresses are kept in network byte order as byte
-//! arrays: what the packet carries is what the map holds, and no field needs alignment.
+//! arrays: what the packet carries is what the map holds, and no field needs alignment. VTEPs
+//! are 16 bytes of either family (`vtep`).
+
+use crate::vtep::VtepAddr;
 
 /// Map names as the eBPF object declares them and bpffs pins them (at most 15 bytes).
 pub mod names {
@@ -83,7 +86,7 @@ pub struct IpKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VtepKey {
     pub vni: u32,
-    pub ip: [u8; 4],
+    pub ip: VtepAddr,
 }
 
 /// FDB value: the VTEP (outer destination) behind a remote MAC, the UDP port of its network,
@@ -94,7 +97,7 @@ pub struct VtepKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
-    pub vtep: [u8; 4],
+    pub vtep: VtepAddr,
     /// Underlay device the next hop is on.
     pub ifindex: u32,
     pub dmac: [u8; 6],
@@ -104,12 +107,13 @@ pub struct FdbEntry {
     /// The underlay path MTU towards the VTEP (route, device or learned), cached with the next
     /// hop; 0 until known.
     pub mtu: u16,
+    pub _pad: u32,
     /// bpf_ktime_get_coarse_ns() until which the fields above may be used without the FIB.
     pub valid_until_ns: u64,
 }
 
 impl FdbEntry {
-    pub const fn new(vtep: [u8; 4], port: u16) -> Self {
+    pub const fn new(vtep: VtepAddr, port: u16) -> Self {
         Self {
             vtep,
             ifindex: 0,
@@ -117,6 +121,7 @@ impl FdbEntry {
             smac: [0; 6],
             port,
             mtu: 0,
+            _pad: 0,
             valid_until_ns: 0,
         }
     }
@@ -222,12 +227,12 @@ pub struct Flood {
     /// us all of theirs.
     pub peers: u32,
     /// Remote VTEPs with members of the network: peers first, then the others, each sorted.
-    pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
+    pub vteps: [VtepAddr; MAX_FLOOD_VTEPS],
 }
 
 impl Flood {
     /// The remote VTEPs in use, peers first.
-    pub fn remote_vteps(&self) -> &[[u8; 4]] {
+    pub fn remote_vteps(&self) -> &[VtepAddr] {
         &self.vteps[..(self.count as usize).min(MAX_FLOOD_VTEPS)]
     }
 }
@@ -241,7 +246,7 @@ impl Default for Flood {
             count: 0,
             internal: 0,
             peers: 0,
-            vteps: [[0; 4]; MAX_FLOOD_VTEPS],
+            vteps: [[0; 16]; MAX_FLOOD_VTEPS],
         }
     }
 }
@@ -265,12 +270,12 @@ pub const MAX_GROUP_MEMBERSHIPS: u32 = 16384;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupVteps {
     pub count: u32,
-    pub vteps: [[u8; 4]; MAX_FLOOD_VTEPS],
+    pub vteps: [VtepAddr; MAX_FLOOD_VTEPS],
 }
 
 impl GroupVteps {
     /// The VTEPs in use.
-    pub fn members(&self) -> &[[u8; 4]] {
+    pub fn members(&self) -> &[VtepAddr] {
         &self.vteps[..(self.count as usize).min(MAX_FLOOD_VTEPS)]
     }
 }
@@ -279,7 +284,7 @@ impl Default for GroupVteps {
     fn default() -> Self {
         Self {
             count: 0,
-            vteps: [[0; 4]; MAX_FLOOD_VTEPS],
+            vteps: [[0; 16]; MAX_FLOOD_VTEPS],
         }
     }
 }
@@ -303,9 +308,11 @@ pub const NEXT_HOP_TTL_NS: u64 = 100_000_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     /// This node's VTEP address: the outer source of everything it encapsulates.
-    pub vtep: [u8; 4],
+    pub vtep: VtepAddr,
     /// The underlay interface encapsulated packets leave by.
     pub underlay_ifindex: u32,
+    /// 1: the underlay is IPv6 (outer IPv6/UDP), 0: IPv4. Every VTEP in the maps is of it.
+    pub ipv6: u32,
 }
 
 #[cfg(feature = "user")]
@@ -336,16 +343,16 @@ mod tests {
         // The kernel hashes keys byte by byte: implicit padding would make equal keys differ.
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<IpKey>(), 8);
-        assert_eq!(size_of::<VtepKey>(), 8);
-        assert_eq!(size_of::<FdbEntry>(), 32);
+        assert_eq!(size_of::<VtepKey>(), 20);
+        assert_eq!(size_of::<FdbEntry>(), 48);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<Endpoint>(), 20);
         assert_eq!(size_of::<Network>(), 16);
-        assert_eq!(size_of::<NodeConfig>(), 8);
-        assert_eq!(size_of::<Flood>(), 24 + 4 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<NodeConfig>(), 24);
+        assert_eq!(size_of::<Flood>(), 24 + 16 * MAX_FLOOD_VTEPS);
         assert_eq!(size_of::<BumWindow>(), 16);
         assert_eq!(size_of::<GroupKey>(), 12);
-        assert_eq!(size_of::<GroupVteps>(), 4 + 4 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<GroupVteps>(), 4 + 16 * MAX_FLOOD_VTEPS);
     }
 
     #[test]

@@ -6,6 +6,19 @@ pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 pub const OUTER_HEADERS_LEN: usize = 14 + 20 + 8 + 8;
 /// What encapsulation adds in front of the inner Ethernet frame; also the MTU cost on the underlay.
 pub const ENCAP_OVERHEAD: usize = 20 + 8 + 8 + 14;
+/// The same over an IPv6 underlay: the outer IPv6 header is 40 bytes, without extension headers.
+pub const OUTER_HEADERS_LEN_V6: usize = 14 + 40 + 8 + 8;
+pub const ENCAP_OVERHEAD_V6: usize = 40 + 8 + 8 + 14;
+
+/// The MTU cost of the tunnel over an underlay of one family or the other.
+#[inline(always)]
+pub const fn encap_overhead(ipv6: bool) -> usize {
+    if ipv6 {
+        ENCAP_OVERHEAD_V6
+    } else {
+        ENCAP_OVERHEAD
+    }
+}
 /// The I flag: "a valid VNI is present". Every other bit of the 8-byte header is reserved and zero.
 pub const VXLAN_FLAG_VNI: u8 = 0x08;
 /// VNIs are 24 bits.

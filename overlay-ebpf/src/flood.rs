@@ -5,11 +5,13 @@
 //! bridge for the local members. Arriving copies are sent out of the local bridge, which floods
 //! its ports: every member once, never the sender, never another network.
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
+    bindings::{__sk_buff, BPF_F_TUNINFO_IPV6, BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
     helpers::{bpf_clone_redirect, bpf_ktime_get_ns, bpf_redirect, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
-use overlay_common::{BumWindow, Counter, Endpoint, IpKey, MAX_FLOOD_VTEPS, monitor::hook};
+use overlay_common::{
+    BumWindow, Counter, Endpoint, IpKey, MAX_FLOOD_VTEPS, VtepAddr, monitor::hook, vtep,
+};
 
 use crate::{
     igmp,
@@ -17,7 +19,7 @@ use crate::{
     monitor,
     packet::ifindex,
     stats::{Verdict, add, drop, pass, redirected},
-    vxlan,
+    vxlan::{self, words},
 };
 
 const TTL: u8 = 64;
@@ -52,7 +54,13 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = sender.vni;
     key.tunnel_ttl = TTL;
-    key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(node.vtep);
+    let ipv6 = node.ipv6 != 0;
+    if ipv6 {
+        // Addresses as they are on the wire (IPv4 ones are in host order).
+        key.__bindgen_anon_3.local_ipv6 = words(&node.vtep);
+    } else {
+        key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(vtep::v4(&node.vtep));
+    }
     let skb = ctx.skb.skb;
     let every_host = unsafe { &raw const (*flood).vteps };
     let sent = if igmp::tracked(ip_dst) {
@@ -70,17 +78,17 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
         let members = match group {
             Some(g) => {
                 let (list, n) = unsafe { (&raw const (*g).vteps, (*g).count) };
-                copies(skb, &mut key, tunnel, list, n)
+                copies(skb, &mut key, ipv6, tunnel, list, n)
             }
             None => 0,
         };
-        members + copies(skb, &mut key, tunnel, every_host, peers)
+        members + copies(skb, &mut key, ipv6, tunnel, every_host, peers)
     } else {
         // Broadcast, link-local groups, IPv6 multicast: every host of the network.
         if count == 0 {
             return pass(local);
         }
-        copies(skb, &mut key, tunnel, every_host, count)
+        copies(skb, &mut key, ipv6, tunnel, every_host, count)
     };
     add(Counter::FloodCopies, sent);
     pass(Counter::Flood)
@@ -100,24 +108,34 @@ pub fn internal(vni: u32) -> bool {
 fn copies(
     skb: *mut __sk_buff,
     key: &mut bpf_tunnel_key,
+    ipv6: bool,
     tunnel: u32,
-    list: *const [[u8; 4]; MAX_FLOOD_VTEPS],
+    list: *const [VtepAddr; MAX_FLOOD_VTEPS],
     count: u32,
 ) -> u64 {
+    // Zero outer UDP checksum, as our own encapsulation sends.
+    let flags = if ipv6 {
+        BPF_F_ZERO_CSUM_TX | BPF_F_TUNINFO_IPV6
+    } else {
+        BPF_F_ZERO_CSUM_TX
+    } as u64;
     let mut sent = 0u64;
     for i in 0..MAX_FLOOD_VTEPS {
         if i as u32 >= count {
             break;
         }
-        // Host byte order, as the tunnel key wants it.
-        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(unsafe { (*list)[i] });
+        let remote = unsafe { &(*list)[i] };
+        if ipv6 {
+            key.__bindgen_anon_1.remote_ipv6 = words(remote);
+        } else {
+            key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(vtep::v4(remote));
+        }
         let set = unsafe {
             bpf_skb_set_tunnel_key(
                 skb,
                 key,
                 core::mem::size_of::<bpf_tunnel_key>() as u32,
-                // Zero outer UDP checksum, as our own encapsulation and Linux send.
-                BPF_F_ZERO_CSUM_TX as u64,
+                flags,
             )
         };
         if set == 0 && unsafe { bpf_clone_redirect(skb, tunnel, 0) } == 0 {
@@ -151,7 +169,7 @@ fn over_rate(port: u32, rate: u32) -> bool {
 /// A remote broadcast or multicast frame (checks passed): decapsulated and sent out of the
 /// network's bridge here, which floods it to the local members.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth) -> Verdict {
+pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth, ipv6: bool) -> Verdict {
     let bridge = match FLOOD.get_ptr(vni) {
         Some(f) => unsafe { (*f).bridge },
         None => 0,
@@ -161,7 +179,7 @@ pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth) -> Verdict {
     }
     // Before the outer headers go: the monitor's event names the VTEP and the VNI.
     monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::DecapFlood);
-    if vxlan::decap(ctx, inner).is_err() {
+    if vxlan::decap(ctx, inner, ipv6).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
     redirected(Counter::DecapFlood, unsafe { bpf_redirect(bridge, 0) })

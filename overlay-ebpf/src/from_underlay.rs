@@ -10,13 +10,15 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    Counter, MacKey, VtepKey, deliver,
+    Counter, MacKey, VtepAddr, VtepKey, deliver,
     monitor::hook,
-    wire::{self, OUTER_HEADERS_LEN, VxlanHdr},
+    vtep,
+    wire::{self, VxlanHdr},
 };
 
 use crate::{
     flood,
+    ipv6::IPV6_LEN,
     maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
     monitor,
     packet::{linearize, ptr_at},
@@ -25,21 +27,35 @@ use crate::{
 };
 
 const OFF_IP: usize = EthHdr::LEN;
+/// Where UDP starts behind an outer IPv4 header without options, and an outer IPv6 header
+/// without extension headers.
 const OFF_UDP: usize = OFF_IP + Ipv4Hdr::LEN;
-const OFF_VXLAN: usize = OFF_UDP + UdpHdr::LEN;
-const OFF_INNER: usize = OFF_VXLAN + VxlanHdr::LEN;
+const OFF_UDP6: usize = OFF_IP + IPV6_LEN;
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
 pub fn handle(ctx: &TcContext) -> Verdict {
     // Not even Ethernet + IPv4 + UDP: nothing we could own.
-    if !linearize(ctx, OFF_VXLAN) {
+    if !linearize(ctx, OFF_UDP + UdpHdr::LEN) {
         return pass(Counter::UnderlayPass);
     }
-    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, OFF_IP)) else {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return pass(Counter::UnderlayPass);
     };
-    let (eth, ip) = unsafe { (&*eth, &*ip) };
-    if u16::from_be(eth.ether_type) != wire::ETH_P_IP || ip.proto != wire::IPPROTO_UDP {
+    match u16::from_be(unsafe { (*eth).ether_type }) {
+        wire::ETH_P_IP => from_ipv4(ctx),
+        wire::ETH_P_IPV6 => from_ipv6(ctx),
+        _ => pass(Counter::UnderlayPass),
+    }
+}
+
+/// An IPv4 underlay's packet: VXLAN to one of our ports is ours.
+#[inline(always)]
+fn from_ipv4(ctx: &TcContext) -> Verdict {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, OFF_IP) else {
+        return pass(Counter::UnderlayPass);
+    };
+    let ip = unsafe { &*ip };
+    if ip.proto != wire::IPPROTO_UDP {
         return pass(Counter::UnderlayPass);
     }
     let ihl = (ip.vihl & 0x0f) as usize * 4;
@@ -61,9 +77,8 @@ pub fn handle(ctx: &TcContext) -> Verdict {
             Err(_) => return pass(Counter::UnderlayPass),
         }
     };
-    match VXLAN_PORTS.get(dport as u32) {
-        Some(networks) if *networks != 0 => {}
-        _ => return pass(Counter::UnderlayPass),
+    if !ours(dport) {
+        return pass(Counter::UnderlayPass);
     }
 
     // VXLAN to our port from here on. Linux VTEPs never send options or fragments; leave those
@@ -74,33 +89,81 @@ pub fn handle(ctx: &TcContext) -> Verdict {
     if frags & IP_MF_OFFSET_MASK != 0 {
         return pass(Counter::UnderlayFragment);
     }
-    if !linearize(ctx, OUTER_HEADERS_LEN + EthHdr::LEN) {
+    let (source, claimed) = (vtep::from_v4(ip.src_addr), u16::from_be_bytes(ip.tot_len));
+    // What the IP header claims to carry, from UDP on.
+    let carried = (claimed as usize).saturating_sub(Ipv4Hdr::LEN);
+    accept::<OFF_UDP>(ctx, dport, source, carried)
+}
+
+/// An IPv6 underlay's packet: VXLAN to one of our ports, right behind the IPv6 header, is ours.
+/// Linux VTEPs send no extension headers; a packet with any (a fragment too) is left to the host
+/// stack, whose only socket on our port is the GRO helper's, which drops and counts it.
+#[inline(always)]
+fn from_ipv6(ctx: &TcContext) -> Verdict {
+    if !linearize(ctx, OFF_UDP6 + UdpHdr::LEN) {
+        return pass(Counter::UnderlayPass);
+    }
+    let (Some(ip), Some(udp)) = (
+        ptr_at::<[u8; IPV6_LEN]>(ctx, OFF_IP),
+        ptr_at::<UdpHdr>(ctx, OFF_UDP6),
+    ) else {
+        return pass(Counter::UnderlayPass);
+    };
+    let ip = unsafe { &*ip };
+    if ip[6] != wire::IPPROTO_UDP {
+        return pass(Counter::UnderlayPass);
+    }
+    let dport = u16::from_be_bytes(unsafe { (*udp).dst });
+    if !ours(dport) {
+        return pass(Counter::UnderlayPass);
+    }
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&ip[8..24]);
+    let carried = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    accept::<OFF_UDP6>(ctx, dport, source, carried)
+}
+
+/// Whether `dport` is the UDP port of a network this node serves.
+#[inline(always)]
+fn ours(dport: u16) -> bool {
+    matches!(VXLAN_PORTS.get(dport as u32), Some(networks) if *networks != 0)
+}
+
+/// VXLAN to our port `dport` from `source`, its UDP header at `OFF_UDP_AT`, its IP header
+/// claiming `carried` bytes from UDP on: delivered or dropped with a reason. One copy per
+/// underlay family, so every offset is a constant to the verifier.
+#[inline(always)]
+fn accept<const OFF_UDP_AT: usize>(
+    ctx: &TcContext,
+    dport: u16,
+    source: VtepAddr,
+    carried: usize,
+) -> Verdict {
+    let off_vxlan = OFF_UDP_AT + UdpHdr::LEN;
+    let off_inner = off_vxlan + VxlanHdr::LEN;
+    let ipv6 = OFF_UDP_AT == OFF_UDP6;
+    if !linearize(ctx, off_inner + EthHdr::LEN) {
         return drop(Counter::DropTooShort);
     }
-    let (Some(ip), Some(udp), Some(vxlan), Some(inner)) = (
-        ptr_at::<Ipv4Hdr>(ctx, OFF_IP),
-        ptr_at::<UdpHdr>(ctx, OFF_UDP),
-        ptr_at::<VxlanHdr>(ctx, OFF_VXLAN),
-        ptr_at::<EthHdr>(ctx, OFF_INNER),
+    let (Some(udp), Some(vxlan), Some(inner)) = (
+        ptr_at::<UdpHdr>(ctx, OFF_UDP_AT),
+        ptr_at::<VxlanHdr>(ctx, off_vxlan),
+        ptr_at::<EthHdr>(ctx, off_inner),
     ) else {
         return drop(Counter::DropTooShort);
     };
-    let (ip, udp, vxlan) = unsafe { (&*ip, &*udp, &*vxlan) };
+    let (udp, vxlan) = unsafe { (&*udp, &*vxlan) };
     let inner = vxlan::InnerEth::read(inner);
     // Headers that claim less than they carry: a truncated or forged packet.
-    if (u16::from_be_bytes(udp.len) as usize) < UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN
-        || (u16::from_be_bytes(ip.tot_len) as usize) < OFF_INNER + EthHdr::LEN - OFF_IP
-    {
+    let least = UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN;
+    if (u16::from_be_bytes(udp.len) as usize) < least || carried < least {
         return drop(Counter::DropTooShort);
     }
     if !vxlan.is_valid() {
         return drop(Counter::DropBadVxlan);
     }
     let vni = vxlan.vni();
-    let source = VtepKey {
-        vni,
-        ip: ip.src_addr,
-    };
+    let source = VtepKey { vni, ip: source };
     // One lookup on the way in: a VTEP of this VNI, sending to this VNI's port. Only a refusal
     // asks NETWORKS, to name the reason.
     match unsafe { VTEPS.get(source) } {
@@ -115,7 +178,7 @@ pub fn handle(ctx: &TcContext) -> Verdict {
     // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
     let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst())) }) else {
         if flood::is_group(inner.dst()) {
-            return flood::deliver(ctx, vni, &inner);
+            return flood::deliver(ctx, vni, &inner, ipv6);
         }
         return drop(Counter::DropNoEndpoint);
     };
@@ -126,7 +189,7 @@ pub fn handle(ctx: &TcContext) -> Verdict {
 
     // Before the outer headers go: the monitor's decap event names the VTEP and the VNI.
     monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::Decap);
-    if vxlan::decap(ctx, &inner).is_err() {
+    if vxlan::decap(ctx, &inner, ipv6).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
     add(Counter::DecapSegments, u64::from(segments));

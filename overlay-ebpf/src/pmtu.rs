@@ -20,9 +20,6 @@ use crate::{
     stats::{Verdict, drop, redirected},
 };
 
-/// What the tunnel adds to an inner L3 packet: inner Ethernet, VXLAN, outer UDP and IPv4.
-pub const TUNNEL_OVERHEAD: u32 = (wire::ENCAP_OVERHEAD) as u32;
-
 const IPV6_LEN: usize = 40;
 const ICMP_LEN: usize = 8;
 const IPPROTO_ICMP: u8 = 1;

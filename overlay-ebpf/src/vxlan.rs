@@ -1,13 +1,17 @@
 //! VXLAN encapsulation and decapsulation (RFC 7348), byte for byte what a Linux vxlan device puts
-//! on the wire: outer IPv4 without options, DF clear, TTL 64, DSCP 0 and the inner ECN
-//! (RFC 6040), UDP checksum zero, source port from the flow hash, I flag and 24-bit VNI.
+//! on the wire. Over an IPv4 underlay: outer IPv4 without options, DF clear, TTL 64, DSCP 0 and
+//! the inner ECN (RFC 6040), UDP checksum zero. Over an IPv6 underlay: outer IPv6 without
+//! extension headers, flow label 0, hop limit 64, the same traffic class, and a zero UDP
+//! checksum, as a vxlan device with `udp6zerocsumtx` sends (RFC 6935/6936 allow it for tunnels;
+//! the receiver needs `udp6zerocsumrx`, our decapsulation takes both). Both: source port from the
+//! flow hash, I flag and 24-bit VNI.
 use aya_ebpf::{
     bindings::{
-        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
-        bpf_redir_neigh,
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6,
+        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
@@ -17,12 +21,13 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    Counter, FdbEntry, NEXT_HOP_TTL_NS,
-    wire::{self, ENCAP_OVERHEAD, VxlanHdr},
+    Counter, FdbEntry, NEXT_HOP_TTL_NS, NodeConfig,
+    wire::{self, VxlanHdr},
 };
 
 use crate::{
     fragment,
+    ipv6::IPV6_LEN,
     maps::CONFIG,
     packet::{MacWords, ptr_at},
     pmtu,
@@ -30,17 +35,34 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const EALREADY: i32 = 114;
 const TTL: u8 = 64;
 
-/// Everything in front of the inner frame's payload once encapsulated: what one store writes.
+/// What follows the outer IP header once encapsulated, in either family.
+#[repr(C)]
+struct Tail {
+    udp: UdpHdr,
+    vxlan: VxlanHdr,
+    inner_eth: EthHdr,
+}
+
+/// Everything in front of the inner frame's payload over an IPv4 underlay: what one store
+/// writes.
 #[repr(C)]
 struct Encapsulated {
     outer_eth: EthHdr,
     ip: Ipv4Hdr,
-    udp: UdpHdr,
-    vxlan: VxlanHdr,
-    inner_eth: EthHdr,
+    tail: Tail,
+}
+
+/// The same over an IPv6 underlay. The header is bytes, written as words: an array of u32 would
+/// pad the struct after the 14-byte Ethernet header.
+#[repr(C)]
+struct Encapsulated6 {
+    outer_eth: EthHdr,
+    ip: [u8; IPV6_LEN],
+    tail: Tail,
 }
 
 /// Wraps the frame (an IPv4 or IPv6 packet in Ethernet) for the VTEP of FDB entry `fdb` and
@@ -50,26 +72,21 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
     let Some(node) = CONFIG.get(0) else {
         return drop(Counter::DropNoRoute);
     };
-    let vtep = unsafe { (*fdb).vtep };
-    let Some(route) = route(ctx, node.vtep, node.underlay_ifindex, fdb) else {
+    let ipv6 = node.ipv6 != 0;
+    let Some(route) = route(ctx, node, fdb) else {
         return drop(Counter::DropNoRoute);
     };
 
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(Counter::DropTooShort);
     };
-    let (inner_dst, inner_src, inner_type) = unsafe {
-        (
-            MacWords::read(&raw const (*eth).dst_addr),
-            MacWords::read(&raw const (*eth).src_addr),
-            (*eth).ether_type,
-        )
-    };
+    let inner = InnerEth::read(eth);
     // Too big to cross once wrapped: cut into IPv4 fragments where IPv4 allows it
     // (fragment.rs), else answered with an ICMP error (pmtu.rs). A copy the fragmenting
     // program sent back through the port goes to it again, to be cut to its piece.
-    let ether_type = u16::from_be(inner_type);
-    let mtu = u32::from(route.mtu).saturating_sub(pmtu::TUNNEL_OVERHEAD);
+    let ether_type = u16::from_be(inner.ether_type);
+    let overhead = wire::encap_overhead(ipv6);
+    let mtu = u32::from(route.mtu).saturating_sub(overhead as u32);
     let too_big = route.mtu != 0 && pmtu::too_big(ctx, ether_type, mtu);
     if fragment::wanted(ctx, ether_type, too_big) {
         fragment::call(ctx, mtu);
@@ -78,65 +95,77 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
     if too_big {
         return pmtu::reply(ctx, ether_type, mtu);
     }
-    let inner_tos = inner_traffic_class(ctx, inner_type);
+    let inner_tos = inner_traffic_class(ctx, inner.ether_type);
     let inner_len = ctx.len();
-    let hash = flow_hash(ctx, inner_type);
+    let hash = flow_hash(ctx, inner.ether_type);
 
     // ENCAP flags set the inner header offsets and SKB_GSO_UDP_TUNNEL, so a 64 KB TSO packet
     // stays one skb and is segmented (or not at all, veth to veth) after us. FIXED_GSO keeps the
-    // MSS: the container MTU already leaves room for the 50 bytes.
-    let flags = (BPF_F_ADJ_ROOM_FIXED_GSO
-        | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
-        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
-        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
-        | ((EthHdr::LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
-    if let Err(e) = ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
-        && !regrow(ctx, e, inner_type)
+    // MSS: the container MTU already leaves room for the outer headers.
+    let l3 = if ipv6 {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV6
+    } else {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    };
+    let flags =
+        (BPF_F_ADJ_ROOM_FIXED_GSO | l3 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH)
+            as u64
+            | ((EthHdr::LEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
+    if let Err(e) = ctx.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, flags)
+        && !regrow(ctx, e, inner.ether_type, ipv6)
     {
         return drop(Counter::DropAdjustFailed);
     }
 
     let udp_len = (inner_len as usize + UdpHdr::LEN + VxlanHdr::LEN) as u16;
-    let mut ip = Ipv4Hdr {
-        vihl: 0x45,
-        tos: wire::outer_ecn(inner_tos),
-        tot_len: (udp_len + Ipv4Hdr::LEN as u16).to_be_bytes(),
-        // DF clear, as Linux sends by default; the ID must then be unpredictable-ish per packet.
-        id: (unsafe { bpf_get_prandom_u32() } as u16).to_be_bytes(),
-        frags: [0; 2],
-        ttl: TTL,
-        proto: wire::IPPROTO_UDP,
-        check: [0; 2],
-        src_addr: node.vtep,
-        dst_addr: vtep,
-    };
-    let ip_bytes = unsafe { &*(&ip as *const Ipv4Hdr as *const [u8; 20]) };
-    ip.check = wire::ipv4_header_checksum(ip_bytes).to_be_bytes();
     let udp = UdpHdr {
         src: wire::flow_src_port(hash).to_be_bytes(),
         dst: port.to_be_bytes(),
         len: udp_len.to_be_bytes(),
-        // Zero is allowed over IPv4 and is what Linux, Cilium and Calico send.
+        // Zero: allowed over IPv4 and what Linux, Cilium and Calico send; over IPv6 what
+        // `udp6zerocsumtx` sends (a GSO packet's segments could not carry a checksum of their
+        // own: BPF cannot ask for SKB_GSO_UDP_TUNNEL_CSUM).
         check: [0; 2],
     };
+    let tos = wire::outer_ecn(inner_tos);
     // Written in place, field by field: the grown head is linear and private after
     // adjust_room. The inner Ethernet header moves from the front to behind VXLAN.
-    let Some(h) = ptr_at::<Encapsulated>(ctx, 0) else {
-        return drop(Counter::DropAdjustFailed);
+    let (outer_eth, tail) = if ipv6 {
+        let Some(h) = ptr_at::<Encapsulated6>(ctx, 0) else {
+            return drop(Counter::DropAdjustFailed);
+        };
+        write_ipv6_header(
+            unsafe { &raw mut (*h).ip },
+            tos,
+            udp_len,
+            &node.vtep,
+            unsafe { &(*fdb).vtep },
+        );
+        unsafe { (&raw mut (*h).outer_eth, &raw mut (*h).tail) }
+    } else {
+        let Some(h) = ptr_at::<Encapsulated>(ctx, 0) else {
+            return drop(Counter::DropAdjustFailed);
+        };
+        let ip = ipv4_header(tos, udp_len, node, unsafe { &(*fdb).vtep });
+        unsafe {
+            (&raw mut (*h).ip).write_unaligned(ip);
+            (&raw mut (*h).outer_eth, &raw mut (*h).tail)
+        }
     };
     // Zero unless resolved: the neighbour subsystem writes the outer MACs on redirect then.
-    let (dmac, smac) = (route.hop.dmac, route.hop.smac);
+    let outer_type = if ipv6 {
+        wire::ETH_P_IPV6
+    } else {
+        wire::ETH_P_IP
+    };
     unsafe {
-        inner_dst.write(&raw mut (*h).inner_eth.dst_addr);
-        inner_src.write(&raw mut (*h).inner_eth.src_addr);
-        (&raw mut (*h).inner_eth.ether_type).write_unaligned(inner_type);
-        dmac.write(&raw mut (*h).outer_eth.dst_addr);
-        smac.write(&raw mut (*h).outer_eth.src_addr);
-        (&raw mut (*h).outer_eth.ether_type).write_unaligned(wire::ETH_P_IP.to_be());
-        (&raw mut (*h).ip).write_unaligned(ip);
-        (&raw mut (*h).udp).write_unaligned(udp);
+        inner.write(&raw mut (*tail).inner_eth);
+        route.hop.dmac.write(&raw mut (*outer_eth).dst_addr);
+        route.hop.smac.write(&raw mut (*outer_eth).src_addr);
+        (&raw mut (*outer_eth).ether_type).write_unaligned(outer_type.to_be());
+        (&raw mut (*tail).udp).write_unaligned(udp);
         let [w0, w1] = VxlanHdr::words(vni);
-        let v = (&raw mut (*h).vxlan).cast::<u32>();
+        let v = (&raw mut (*tail).vxlan).cast::<u32>();
         v.write_unaligned(w0);
         v.add(1).write_unaligned(w1);
     }
@@ -144,23 +173,59 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
     let ifindex = route.hop.ifindex;
     let verdict = match route.how {
         How::Resolved => unsafe { bpf_redirect(ifindex, 0) },
-        How::Unresolved => {
-            // Let the neighbour subsystem resolve the next hop the FIB named and fill in L2.
-            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-            nh.nh_family = AF_INET as u32;
-            nh.__bindgen_anon_1.ipv4_nh = route.next_hop;
-            unsafe {
-                bpf_redirect_neigh(
-                    ifindex,
-                    &mut nh,
-                    core::mem::size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                )
-            }
-        }
+        // The kernel routes the outer header we wrote and resolves the next hop's MAC. (Handing
+        // it the next hop the FIB named would save that route lookup for the few packets before
+        // the neighbour is known, at the cost of 36 bytes of stack the ICMP reply needs.)
         How::KernelRoutes => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) },
     };
     redirected(Counter::Encap, verdict)
+}
+
+/// The outer IPv4 header towards `vtep` (an IPv4 VTEP in the maps' mapped form).
+#[inline(always)]
+fn ipv4_header(tos: u8, udp_len: u16, node: &NodeConfig, vtep: &[u8; 16]) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        vihl: 0x45,
+        tos,
+        tot_len: (udp_len + Ipv4Hdr::LEN as u16).to_be_bytes(),
+        // DF clear, as Linux sends by default; the ID must then be unpredictable-ish per packet.
+        id: (unsafe { bpf_get_prandom_u32() } as u16).to_be_bytes(),
+        frags: [0; 2],
+        ttl: TTL,
+        proto: wire::IPPROTO_UDP,
+        check: [0; 2],
+        src_addr: overlay_common::vtep::v4(&node.vtep),
+        dst_addr: overlay_common::vtep::v4(vtep),
+    };
+    let ip_bytes = unsafe { &*(&ip as *const Ipv4Hdr as *const [u8; 20]) };
+    ip.check = wire::ipv4_header_checksum(ip_bytes).to_be_bytes();
+    ip
+}
+
+/// Writes the outer IPv6 header at `p`, word by word (a whole header built first would cost the
+/// stack 40 bytes the verifier's 512 cannot spare): version 6, the traffic class, flow label 0
+/// (a vxlan device's default), the UDP payload, hop limit 64, our VTEP to theirs.
+#[inline(always)]
+fn write_ipv6_header(
+    p: *mut [u8; IPV6_LEN],
+    tos: u8,
+    udp_len: u16,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) {
+    let [l0, l1] = udp_len.to_be_bytes();
+    let w = p.cast::<u32>();
+    unsafe {
+        w.write_unaligned(u32::from_ne_bytes([0x60 | (tos >> 4), tos << 4, 0, 0]));
+        w.add(1)
+            .write_unaligned(u32::from_ne_bytes([l0, l1, wire::IPPROTO_UDP, TTL]));
+        // One word at a time, straight from the map values.
+        let (s, d) = (src.as_ptr().cast::<u32>(), dst.as_ptr().cast::<u32>());
+        for i in 0..4 {
+            w.add(2 + i).write_unaligned(s.add(i).read());
+            w.add(6 + i).write_unaligned(d.add(i).read());
+        }
+    }
 }
 
 /// The outer Ethernet addresses and the device towards a VTEP.
@@ -179,8 +244,6 @@ struct Route {
     how: How,
     /// MACs valid when Resolved; the device in every case.
     hop: Hop,
-    /// The next hop's address when Unresolved.
-    next_hop: u32,
     /// The path MTU towards the VTEP; 0 when not known (the kernel routes or resolves).
     mtu: u16,
 }
@@ -189,15 +252,14 @@ struct Route {
 enum How {
     /// Route and neighbour known: the outer MACs are written here, plain redirect.
     Resolved,
-    /// Route known, neighbour not resolved yet: the neighbour subsystem fills in L2.
-    Unresolved,
-    /// The FIB would not answer (forwarding off); the kernel routes on redirect.
+    /// The neighbour is not resolved yet, or the FIB would not answer (forwarding off): the
+    /// kernel routes on redirect and the neighbour subsystem fills in L2.
     KernelRoutes,
 }
 
 impl Route {
     #[inline(always)]
-    fn via(how: How, ifindex: u32, next_hop: u32) -> Self {
+    fn via(how: How, ifindex: u32) -> Self {
         Self {
             how,
             hop: Hop {
@@ -205,7 +267,6 @@ impl Route {
                 smac: MacWords::ZERO,
                 ifindex,
             },
-            next_hop,
             mtu: 0,
         }
     }
@@ -215,17 +276,23 @@ impl Route {
 /// forwards with NAT, say) still carries the tunnel state GRO gave it: `skb->encapsulation`
 /// and SKB_GSO_UDP_TUNNEL, which no 6.18 helper clears (BPF_F_ADJ_ROOM_DECAP_L4_UDP is a 2026
 /// bpf-next series), and the ENCAP flags refuse it with -EALREADY. That stale state already
-/// describes the packet being built: decapsulation and encapsulation both move 50 bytes at the
-/// same offset, so the inner header offsets GRO set point at the inner headers again, and the
-/// gso type is VXLAN's. So grow without the ENCAP flags; true if that worked. IPv4 inside only:
-/// the ENCAP flags are also what turns an IPv6 skb's protocol into the outer IPv4.
+/// describes the packet being built: decapsulation and encapsulation both move the same bytes
+/// at the same offset, so the inner header offsets GRO set point at the inner headers again,
+/// and the gso type is VXLAN's. So grow without the ENCAP flags; true if that worked. Only with
+/// the inner family the same as the underlay's: the ENCAP flags are also what turns the skb's
+/// protocol into the outer family.
 #[inline(always)]
-fn regrow(ctx: &TcContext, error: i64, inner_type: u16) -> bool {
+fn regrow(ctx: &TcContext, error: i64, inner_type: u16, ipv6: bool) -> bool {
+    let outer = if ipv6 {
+        wire::ETH_P_IPV6
+    } else {
+        wire::ETH_P_IP
+    };
     error == -(EALREADY as i64)
-        && u16::from_be(inner_type) == wire::ETH_P_IP
+        && u16::from_be(inner_type) == outer
         && ctx
             .adjust_room(
-                ENCAP_OVERHEAD as i32,
+                wire::encap_overhead(ipv6) as i32,
                 BPF_ADJ_ROOM_MAC,
                 BPF_F_ADJ_ROOM_FIXED_GSO as u64,
             )
@@ -238,7 +305,7 @@ fn regrow(ctx: &TcContext, error: i64, inner_type: u16) -> bool {
 /// Two CPUs refreshing one entry write the same values; a reader racing a change of the
 /// underlay neighbour may send one packet to a stale MAC, as the kernel's own caches can.
 #[inline(always)]
-fn route(ctx: &TcContext, src: [u8; 4], underlay: u32, fdb: *mut FdbEntry) -> Option<Route> {
+fn route(ctx: &TcContext, node: &NodeConfig, fdb: *mut FdbEntry) -> Option<Route> {
     let e = fdb;
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if unsafe { (*e).valid_until_ns } > now {
@@ -249,28 +316,35 @@ fn route(ctx: &TcContext, src: [u8; 4], underlay: u32, fdb: *mut FdbEntry) -> Op
                 smac: MacWords::read(unsafe { &raw const (*e).smac }),
                 ifindex: unsafe { (*e).ifindex },
             },
-            next_hop: 0,
             mtu: unsafe { (*e).mtu },
         });
     }
-    lookup(ctx, src, underlay, fdb, now)
+    let mut route = Route::via(How::KernelRoutes, 0);
+    lookup(ctx, node, fdb, now, &mut route).then_some(route)
 }
 
-/// The FIB lookup behind [`route`], refreshing the entry's cache when it resolves.
-#[inline(always)]
-fn lookup(
-    ctx: &TcContext,
-    src: [u8; 4],
-    underlay: u32,
-    e: *mut FdbEntry,
-    now: u64,
-) -> Option<Route> {
+/// The FIB lookup behind [`route`], refreshing the entry's cache when it resolves; false when
+/// there is no way. A function of its own, called once per entry per NEXT_HOP_TTL_NS: its
+/// lookup struct (64 bytes) stays off the frame of the program that encapsulates, whose stack
+/// the ICMP reply (pmtu.rs) needs too.
+#[inline(never)]
+fn lookup(ctx: &TcContext, node: &NodeConfig, e: *mut FdbEntry, now: u64, out: &mut Route) -> bool {
+    let ipv6 = node.ipv6 != 0;
+    let underlay = node.underlay_ifindex;
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
     fib.l4_protocol = wire::IPPROTO_UDP;
     fib.ifindex = underlay;
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(unsafe { (*e).vtep });
+    let (src, dst) = (words(&node.vtep), words(unsafe { &(*e).vtep }));
+    if ipv6 {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_3.ipv6_src = src;
+        fib.__bindgen_anon_4.ipv6_dst = dst;
+    } else {
+        // The last word of an IPv4 VTEP's mapped form is its address.
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = src[3];
+        fib.__bindgen_anon_4.ipv4_dst = dst[3];
+    }
     // Any length asks the FIB to check the MTU, and then it answers the route's (a route's
     // `mtu`, a learned PMTU exception, or the device's) in mtu_result on success.
     fib.__bindgen_anon_1.tot_len = 1;
@@ -297,21 +371,34 @@ fn lookup(
                 (*e).mtu = mtu;
                 (*e).valid_until_ns = now + NEXT_HOP_TTL_NS;
             }
-            Some(Route {
+            *out = Route {
                 how: How::Resolved,
                 hop,
-                next_hop: 0,
                 mtu,
-            })
+            };
+            true
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route::via(How::Unresolved, fib.ifindex, unsafe {
-            fib.__bindgen_anon_4.ipv4_dst
-        })),
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            *out = Route::via(How::KernelRoutes, fib.ifindex);
+            true
+        }
         // bpf_fib_lookup answers only for devices with forwarding on (as on every Docker or
         // Kubernetes node). Without it, the kernel routes the packet itself on redirect.
-        BPF_FIB_LKUP_RET_FWD_DISABLED => Some(Route::via(How::KernelRoutes, underlay, 0)),
-        _ => None,
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            *out = Route::via(How::KernelRoutes, underlay);
+            true
+        }
+        _ => false,
     }
+}
+
+/// A VTEP address as the FIB and the tunnel key want it: four words in network byte order.
+/// Four loads: every VTEP field of the maps' values is 4-byte aligned (built byte by byte, the
+/// words cost the stack more than the verifier's 512 bytes allow).
+#[inline(always)]
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: 16 readable bytes; the maps place every VtepAddr at a multiple of 4.
+    unsafe { a.as_ptr().cast::<[u32; 4]>().read() }
 }
 
 /// The packet's own hash when the stack gave it one (locally generated traffic has it from its
@@ -389,20 +476,24 @@ impl InnerEth {
     }
 }
 
-/// Strips the outer Ethernet/IPv4/UDP/VXLAN headers, leaving `inner` at the front.
-/// The caller has checked that all of them, and the inner Ethernet header, are there.
+/// Strips the outer Ethernet/IP/UDP/VXLAN headers (outer IPv6 if `ipv6`), leaving `inner` at
+/// the front. The caller has checked that all of them, and the inner Ethernet header, are there.
 #[inline(always)]
-pub fn decap(ctx: &TcContext, inner: &InnerEth) -> Result<(), ()> {
+pub fn decap(ctx: &TcContext, inner: &InnerEth, ipv6: bool) -> Result<(), ()> {
     // FIXED_GSO goes in the flags, not the mode (Calico #11160): a GRO'd packet keeps its MSS.
     let mut flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
-    if u16::from_be(inner.ether_type) == wire::ETH_P_IPV6 {
-        // skb->protocol must name the inner L3 for the stack that receives it.
-        flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6 as u64;
+    // skb->protocol must name the inner L3 for the stack that receives it. (Anything else is
+    // sent through a veth, whose peer parses it afresh.)
+    match u16::from_be(inner.ether_type) {
+        wire::ETH_P_IPV6 if !ipv6 => flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6 as u64,
+        wire::ETH_P_IP if ipv6 => flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV4 as u64,
+        _ => {}
     }
-    ctx.adjust_room(-(ENCAP_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, flags)
+    let overhead = wire::encap_overhead(ipv6) as i32;
+    ctx.adjust_room(-overhead, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| ())?;
-    // The shrink removed bytes 14..64 (outer IPv4..inner Ethernet); the outer Ethernet header is
-    // still in front, so the inner one is written over it, in place.
+    // The shrink removed the bytes from the outer IP header to the inner Ethernet header; the
+    // outer Ethernet header is still in front, so the inner one is written over it, in place.
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     inner.write(eth);
     Ok(())

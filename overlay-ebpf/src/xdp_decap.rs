@@ -2,7 +2,8 @@
 //! `overlay-bench --xdp-decap` measures before anything depends on it. Only the fast path is
 //! here: valid VXLAN from a VTEP of the VNI, on its port, for a local container, is stripped and
 //! redirected to the container's veth; everything else is XDP_PASS, so the TC program still
-//! sees it, decides, and counts the reason.
+//! sees it, decides, and counts the reason. IPv4 underlays only: an IPv6 one's packets pass to
+//! the TC program.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_PASS},
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use overlay_common::{
-    Counter, MacKey, VtepKey, deliver,
+    Counter, MacKey, VtepKey, deliver, vtep,
     wire::{self, ENCAP_OVERHEAD, OUTER_HEADERS_LEN, VxlanHdr},
 };
 
@@ -54,7 +55,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     match unsafe {
         VTEPS.get(VtepKey {
             vni,
-            ip: ip.src_addr,
+            ip: vtep::from_v4(ip.src_addr),
         })
     } {
         Some(&port) if port == u32::from(dport) => {}

@@ -575,7 +575,7 @@ impl Deployment {
         let ip = LEGACY_IP.to_string();
         self.cli(0, &["peer", "rm", "--network", network, "--ip", &ip])?;
         let mac = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
-        let vtep = (42, self.hosts[legacy].vtep);
+        let vtep = (42, overlay_common::vtep::from_v4(self.hosts[legacy].vtep));
         wait_for(Duration::from_secs(2), || {
             self.hosts[0]
                 .maps()

@@ -1,12 +1,12 @@
 //! One host's dataplane in a namespace, with fixed endpoints and a remote VTEP, for running
 //! frames through the programs with BPF_PROG_TEST_RUN: the byte-exact tests and the
 //! microbenchmark share it.
-use overlay_common::{Counter, Endpoint, Network, NodeConfig, deliver, programs};
+use overlay_common::{Counter, Endpoint, Network, NodeConfig, deliver, programs, vtep};
 
 use crate::{
     fixture::{Node, TC_ACT_REDIRECT, Verdict},
     netns::Netns,
-    packet::{self, ETH_P_IP},
+    packet::{self, ETH_P_IP, ETH_P_IPV6},
     require_root, unique,
 };
 
@@ -15,6 +15,9 @@ pub const OTHER_VNI: u32 = 43;
 pub const PORT: u16 = 4789;
 pub const LOCAL_VTEP: [u8; 4] = [10, 0, 0, 1];
 pub const REMOTE_VTEP: [u8; 4] = [10, 0, 0, 2];
+/// The same two VTEPs on an IPv6 underlay (`Lab::new_ipv6_underlay`): fd00::1 and fd00::2.
+pub const LOCAL_VTEP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const REMOTE_VTEP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 /// VNI 42's IPv6 prefix, fd00:10::/64: an endpoint's IPv6 address is this and its IPv4 one.
 pub const PREFIX6: [u8; 12] = [0xfd, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
 pub const UNDERLAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -31,7 +34,8 @@ pub const C4_MAC: [u8; 6] = [0x02, 0x42, 10, 11, 1, 2];
 
 /// One host in a namespace: underlay `ul0` (10.0.0.1, next hop 10.0.0.2 resolved statically,
 /// forwarding on as on any Docker or Kubernetes node, so the FIB answers with the MACs),
-/// container ports vc1 and vc3 (VNI 42) and vc4 (VNI 43); c2 lives behind 10.0.0.2.
+/// container ports vc1 and vc3 (VNI 42) and vc4 (VNI 43); c2 lives behind 10.0.0.2. On an IPv6
+/// underlay the same with fd00::1 and fd00::2.
 pub struct Lab {
     pub ns: Netns,
     pub node: Node,
@@ -42,20 +46,41 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(label: &str) -> Lab {
+        Self::build(label, false)
+    }
+
+    /// The same host with IPv6 VTEPs.
+    pub fn new_ipv6_underlay(label: &str) -> Lab {
+        Self::build(label, true)
+    }
+
+    fn build(label: &str, ipv6: bool) -> Lab {
         require_root();
         let name = unique(label);
         let ns = Netns::new(&name).unwrap();
+        let underlay = if ipv6 {
+            "ip addr add fd00::1/64 dev ul0 nodad && \
+             sysctl -qw net.ipv6.conf.all.forwarding=1 && \
+             ip -6 neigh add fd00::2"
+        } else {
+            "ip addr add 10.0.0.1/24 dev ul0 && \
+             sysctl -qw net.ipv4.conf.all.forwarding=1 && \
+             ip neigh add 10.0.0.2"
+        };
         ns.run(&format!(
             "ip link add ul0 address {} type veth peer name ul0p && \
              ip link set ul0 up && ip link set ul0p up && \
-             ip addr add 10.0.0.1/24 dev ul0 && \
-             sysctl -qw net.ipv4.conf.all.forwarding=1 && \
-             ip neigh add 10.0.0.2 lladdr {} dev ul0 nud permanent && \
+             {underlay} lladdr {} dev ul0 nud permanent && \
              for c in 1 3 4; do ip link add vc$c type veth peer name c$c && ip link set vc$c up && ip link set c$c up; done",
             mac_str(UNDERLAY_MAC),
             mac_str(NEXT_HOP_MAC)
         ))
         .unwrap();
+        let (local, remote) = if ipv6 {
+            (LOCAL_VTEP6, REMOTE_VTEP6)
+        } else {
+            (vtep::from_v4(LOCAL_VTEP), vtep::from_v4(REMOTE_VTEP))
+        };
         let node = Node::load(&name).unwrap();
         let (underlay, vc1, vc3, vc4) = (
             ns.ifindex("ul0").unwrap(),
@@ -65,8 +90,9 @@ impl Lab {
         );
         let mut maps = node.maps();
         maps.set_config(NodeConfig {
-            vtep: LOCAL_VTEP,
+            vtep: local,
             underlay_ifindex: underlay,
+            ipv6: ipv6.into(),
         })
         .unwrap();
         // VNI 42 is dual-stack, VNI 43 IPv4 only.
@@ -87,9 +113,9 @@ impl Lab {
             })
             .unwrap();
         }
-        maps.set_fdb(VNI, C2_MAC, REMOTE_VTEP).unwrap();
+        maps.set_fdb(VNI, C2_MAC, remote).unwrap();
         maps.set_arp(VNI, C2_IP, C2_MAC).unwrap();
-        maps.set_vtep(VNI, REMOTE_VTEP).unwrap();
+        maps.set_vtep(VNI, remote).unwrap();
         Lab {
             ns,
             node,
@@ -202,6 +228,17 @@ pub fn vxlan_from_remote(vni: u32, src_vtep: [u8; 4], dport: u16, inner: &[u8]) 
         NEXT_HOP_MAC,
         ETH_P_IP,
         &packet::ipv4(src_vtep, LOCAL_VTEP, 17, 0, &udp),
+    )
+}
+
+/// What a Linux vxlan device on fd00::2 sends to us for `inner` (udp6zerocsumtx: checksum 0).
+pub fn vxlan_from_remote6(vni: u32, src_vtep: [u8; 16], dport: u16, inner: &[u8]) -> Vec<u8> {
+    let udp = packet::udp(54321, dport, &packet::vxlan(vni, inner));
+    packet::eth(
+        UNDERLAY_MAC,
+        NEXT_HOP_MAC,
+        ETH_P_IPV6,
+        &packet::ipv6(src_vtep, LOCAL_VTEP6, 17, 64, &udp),
     )
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use overlay_agent::{dataplane::Maps, net::Mac, store::Store};
-use overlay_common::MacKey;
+use overlay_common::{MacKey, vtep};
 
 use crate::{bench::median, deployment::Deployment};
 
@@ -30,7 +30,7 @@ pub struct ScaleReport {
 const VNI: u32 = 42;
 
 /// A change being followed: the FDB key, the VTEP it must come to show, when etcd was written.
-type Sample = (MacKey, [u8; 4], Instant);
+type Sample = (MacKey, overlay_common::VtepAddr, Instant);
 const VTEPS: u32 = 100;
 /// How many changes that need the full reconcile are timed after the churn.
 const STRUCTURAL: usize = 5;
@@ -153,10 +153,11 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
                     let at = Instant::now();
                     store.put_raw(&key(ip), &value).await?;
                     if sample {
-                        pending
-                            .lock()
-                            .unwrap()
-                            .push((MacKey::new(VNI, mac.0), vtep.octets(), at));
+                        pending.lock().unwrap().push((
+                            MacKey::new(VNI, mac.0),
+                            vtep::from_v4(vtep.octets()),
+                            at,
+                        ));
                     }
                     anyhow::Ok(())
                 }));
@@ -208,7 +209,7 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
         while !maps
             .fdb
             .get(&want, 0)
-            .is_ok_and(|e| e.vtep == vtep.octets())
+            .is_ok_and(|e| e.vtep == vtep::from_v4(vtep.octets()))
         {
             if at.elapsed() > Duration::from_secs(10) {
                 bail!("a node's change did not reach the maps in 10 s");

@@ -2,7 +2,7 @@
 //! underlay interface `eth1`, a bridge per network, and per container a veth pair whose host
 //! side sits on the bridge and whose other side is the container's `eth0`.
 use anyhow::{Context as _, Result};
-use overlay_common::{Endpoint, Network, NodeConfig, deliver};
+use overlay_common::{Endpoint, Network, NodeConfig, deliver, vtep};
 
 use crate::{fixture::Node, netns::Netns};
 
@@ -87,6 +87,7 @@ impl Host {
     /// Makes `mac`/`ip` behind `vtep` reachable from this host's containers.
     pub fn learn_remote(&self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: [u8; 4]) -> Result<()> {
         let mut maps = self.node().maps();
+        let vtep = vtep::from_v4(vtep);
         maps.set_fdb(vni, mac, vtep)?;
         maps.set_arp(vni, ip, mac)?;
         maps.set_vtep(vni, vtep)
@@ -124,8 +125,9 @@ impl Cluster {
                 ns.enter(|| dp.attach_underlay("eth1"))?;
                 let mut maps = node.maps();
                 maps.set_config(NodeConfig {
-                    vtep,
+                    vtep: vtep::from_v4(vtep),
                     underlay_ifindex: underlay,
+                    ipv6: 0,
                 })?;
                 maps.set_network(VNI, Network::new(PORT, [0; 12]))?;
                 Some(node)

@@ -162,7 +162,10 @@ fn a_killed_agents_entries_expire_with_its_lease_and_come_back_whole_on_restart(
         );
         let m = d.hosts[other].maps().unwrap();
         assert!(!m.arp.contains_key(&(42, c2.1.octets())));
-        assert!(!m.vteps.contains(&(42, [10, 0, 0, 2])));
+        assert!(
+            !m.vteps
+                .contains(&(42, overlay_common::vtep::from_v4([10, 0, 0, 2])))
+        );
     }
     assert!(ping(d.container(c1.0), c3.1), "h1 <-> h3 unaffected");
 

@@ -3,7 +3,7 @@ use overlay_agent::{
     dataplane::PinDir,
     inspect::{Table, render},
 };
-use overlay_common::{Endpoint, Network, deliver};
+use overlay_common::{Endpoint, Network, deliver, vtep};
 use overlay_tests::{
     fixture::{Node, TEST_PIN_ROOT},
     require_root, unique,
@@ -15,11 +15,11 @@ fn maps_print_as_tables_and_json() {
     let node = Node::load(&unique("cli")).unwrap();
     let mut maps = node.maps();
     maps.set_network(42, Network::new(4789, [0; 12])).unwrap();
-    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
+    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], vtep::from_v4([10, 0, 0, 2]))
         .unwrap();
     maps.set_arp(42, [10, 10, 2, 2], [2, 0x42, 10, 10, 2, 2])
         .unwrap();
-    maps.set_vtep(42, [10, 0, 0, 2]).unwrap();
+    maps.set_vtep(42, vtep::from_v4([10, 0, 0, 2])).unwrap();
     maps.set_local_endpoint(Endpoint {
         ifindex: 7,
         vni: 42,
@@ -92,9 +92,9 @@ fn a_networks_port_follows_into_the_fdb_and_vtep_values() {
     let mut maps = node.maps();
     let net = |port| Network::new(port, [0; 12]);
     // Learned before the network exists: port 0, which the programs treat as "not served".
-    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], [10, 0, 0, 2])
+    maps.set_fdb(42, [2, 0x42, 10, 10, 2, 2], vtep::from_v4([10, 0, 0, 2]))
         .unwrap();
-    maps.set_vtep(42, [10, 0, 0, 2]).unwrap();
+    maps.set_vtep(42, vtep::from_v4([10, 0, 0, 2])).unwrap();
     let port = |maps: &overlay_agent::dataplane::Maps| {
         let (_, fdb) = maps.fdb.iter().next().unwrap().unwrap();
         let (_, vtep) = maps.vteps.iter().next().unwrap().unwrap();

@@ -423,14 +423,9 @@ fn link_local(m: [u8; 6]) -> [u8; 16] {
     a
 }
 
+/// An IPv6 packet of a container's, with the hop limit NDP requires (255).
 fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x60, 0, 0, 0];
-    v.extend((payload.len() as u16).to_be_bytes());
-    v.extend([next, 255]);
-    v.extend(src);
-    v.extend(dst);
-    v.extend(payload);
-    v
+    packet::ipv6(src, dst, next, 255, payload)
 }
 
 #[test]
@@ -771,7 +766,10 @@ fn underlay_packets_that_are_not_ours_or_not_valid() {
 #[test]
 fn a_frame_never_crosses_from_one_vni_to_another() {
     let mut lab = Lab::new("xvni");
-    lab.node.maps().set_vtep(OTHER_VNI, REMOTE_VTEP).unwrap();
+    lab.node
+        .maps()
+        .set_vtep(OTHER_VNI, overlay_common::vtep::from_v4(REMOTE_VTEP))
+        .unwrap();
     // c1's MAC sent in VNI 43: c1 is only an endpoint of VNI 42.
     let inner = c2_to_c1_ping();
     let pkt = vxlan_from_remote(OTHER_VNI, REMOTE_VTEP, PORT, &inner);
@@ -1424,5 +1422,189 @@ fn ipv6_that_is_malformed_or_hides_behind_extension_headers() {
         &ns,
         TC_ACT_OK,
         Counter::ContainerPass,
+    );
+}
+
+// --- An IPv6 underlay: the VTEPs are fd00::1 (ours) and fd00::2 (c2's) ---
+
+#[test]
+fn encap_over_an_ipv6_underlay_is_what_a_vxlan_device_sends() {
+    let mut lab = Lab::new_ipv6_underlay("enc6");
+    let inner = c1_to_c2_ping(0xb9); // DSCP 46, ECN ECT(1)
+    let vc1 = lab.vc1;
+    let v = lab.expect(
+        "c1 -> c2",
+        Container(vc1),
+        &inner,
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    let out = &v.frame;
+    assert_eq!(out.len(), inner.len() + 70);
+    assert_eq!(out[0..6], NEXT_HOP_MAC, "outer destination MAC");
+    assert_eq!(out[6..12], UNDERLAY_MAC, "outer source MAC");
+    assert_eq!(out[12..14], ETH_P_IPV6.to_be_bytes(), "outer ethertype");
+    // Outer IPv6, as a vxlan device sends it (udp_tunnel6_xmit_skb): no extension headers.
+    let ip = &out[14..54];
+    assert_eq!(
+        ip[0..4],
+        [0x60, 0x10, 0, 0],
+        "version 6; traffic class DSCP 0 with the inner ECN; flow label 0"
+    );
+    assert_eq!(
+        u16::from_be_bytes([ip[4], ip[5]]) as usize,
+        inner.len() + 16,
+        "payload length"
+    );
+    assert_eq!(ip[6..8], [17, 64], "UDP, hop limit 64");
+    assert_eq!(ip[8..24], LOCAL_VTEP6, "outer source: our VTEP");
+    assert_eq!(ip[24..40], REMOTE_VTEP6, "outer destination: c2's VTEP");
+    let udp = &out[54..62];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!((32768..61000).contains(&sport), "source port {sport}");
+    assert_eq!(
+        u16::from_be_bytes([udp[2], udp[3]]),
+        PORT,
+        "destination port"
+    );
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        inner.len() + 16,
+        "UDP length"
+    );
+    assert_eq!(
+        udp[6..8],
+        [0, 0],
+        "UDP checksum zero, as with udp6zerocsumtx"
+    );
+    assert_eq!(out[62..70], [0x08, 0, 0, 0, 0, 0, 42, 0], "VXLAN");
+    assert_eq!(&out[70..], &inner[..], "the inner frame, untouched");
+}
+
+#[test]
+fn the_tunnel_mtu_over_an_ipv6_underlay_leaves_room_for_70_bytes() {
+    let mut lab = Lab::new_ipv6_underlay("pmtu6");
+    let vc1 = lab.vc1;
+    lab.expect(
+        "exactly 1500 - 70",
+        Container(vc1),
+        &c1_to_c2_sized(1430, true, 17),
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    let big = c1_to_c2_sized(1431, true, 17);
+    let v = lab.expect(
+        "one byte more, with DF",
+        Container(vc1),
+        &big,
+        TC_ACT_REDIRECT,
+        Counter::DropFragNeeded,
+    );
+    assert_eq!(
+        v.frame,
+        frag_needed(&big, 1430),
+        "the ICMP error, byte for byte"
+    );
+}
+
+#[test]
+fn decap_from_an_ipv6_underlay_delivers_exactly_the_inner_frame() {
+    let mut lab = Lab::new_ipv6_underlay("dec6");
+    let inner = c2_to_c1_ping();
+    let v = lab.expect(
+        "c2 -> c1 over IPv6",
+        Underlay,
+        &vxlan_from_remote6(VNI, REMOTE_VTEP6, PORT, &inner),
+        TC_ACT_REDIRECT,
+        Counter::Decap,
+    );
+    assert_eq!(v.frame, inner);
+}
+
+#[test]
+fn ipv6_underlay_packets_that_are_not_ours_or_not_valid() {
+    let mut lab = Lab::new_ipv6_underlay("hostile6");
+    let inner = c2_to_c1_ping();
+    let mut stranger = REMOTE_VTEP6;
+    stranger[15] = 9;
+    lab.expect(
+        "from a VTEP that is not one of the VNI's",
+        Underlay,
+        &vxlan_from_remote6(VNI, stranger, PORT, &inner),
+        TC_ACT_SHOT,
+        Counter::DropUnknownVtep,
+    );
+    lab.expect(
+        "for a VNI this node does not serve",
+        Underlay,
+        &vxlan_from_remote6(99, REMOTE_VTEP6, PORT, &inner),
+        TC_ACT_SHOT,
+        Counter::DropUnknownVni,
+    );
+    // The same VTEP's IPv4-mapped twin is another address: VTEPs are of one family.
+    lab.expect(
+        "IPv4 VXLAN on an IPv6 underlay",
+        Underlay,
+        &vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &inner),
+        TC_ACT_SHOT,
+        Counter::DropUnknownVtep,
+    );
+    lab.expect(
+        "UDP to another port",
+        Underlay,
+        &vxlan_from_remote6(VNI, REMOTE_VTEP6, 4790, &inner),
+        TC_ACT_OK,
+        Counter::UnderlayPass,
+    );
+    // VXLAN behind a hop-by-hop header (one PadN option): no Linux VTEP sends it, and the
+    // host's only socket on the port (the GRO helper's) drops it.
+    let mut hbh = vec![17, 0, 1, 4, 0, 0, 0, 0];
+    hbh.extend(packet::udp(54321, PORT, &packet::vxlan(VNI, &inner)));
+    let behind = packet::eth(
+        UNDERLAY_MAC,
+        NEXT_HOP_MAC,
+        ETH_P_IPV6,
+        &packet::ipv6(REMOTE_VTEP6, LOCAL_VTEP6, 0, 64, &hbh),
+    );
+    lab.expect(
+        "behind an extension header",
+        Underlay,
+        &behind,
+        TC_ACT_OK,
+        Counter::UnderlayPass,
+    );
+    let good = vxlan_from_remote6(VNI, REMOTE_VTEP6, PORT, &inner);
+    let mut claims_less = good.clone();
+    claims_less[18..20].copy_from_slice(&20u16.to_be_bytes());
+    lab.expect(
+        "a payload length shorter than VXLAN and a frame",
+        Underlay,
+        &claims_less,
+        TC_ACT_SHOT,
+        Counter::DropTooShort,
+    );
+    lab.expect(
+        "cut after the VXLAN header",
+        Underlay,
+        &good[..14 + 40 + 16],
+        TC_ACT_SHOT,
+        Counter::DropTooShort,
+    );
+    // (A cut inside the IPv6 header itself cannot be run: the test-run refuses it.)
+    lab.expect(
+        "cut inside the UDP header",
+        Underlay,
+        &good[..14 + 40 + 4],
+        TC_ACT_OK,
+        Counter::UnderlayPass,
+    );
+    let mut flags = good.clone();
+    flags[62] = 0x0c;
+    lab.expect(
+        "a reserved VXLAN flag set",
+        Underlay,
+        &flags,
+        TC_ACT_SHOT,
+        Counter::DropBadVxlan,
     );
 }

@@ -9,7 +9,7 @@ use aya::{
 };
 use overlay_common::{
     ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, Network,
-    NodeConfig, VtepKey, names,
+    NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
 };
 
 use super::{
@@ -176,7 +176,7 @@ impl Maps {
     }
 
     /// A MAC on another host, behind `vtep`.
-    pub fn set_fdb(&mut self, vni: u32, mac: [u8; 6], vtep: [u8; 4]) -> Result<()> {
+    pub fn set_fdb(&mut self, vni: u32, mac: [u8; 6], vtep: VtepAddr) -> Result<()> {
         self.fdb
             .insert(
                 MacKey::new(vni, mac),
@@ -201,14 +201,14 @@ impl Maps {
     }
 
     /// Accept VXLAN for `vni` from `vtep` (on the VNI's port).
-    pub fn set_vtep(&mut self, vni: u32, vtep: [u8; 4]) -> Result<()> {
+    pub fn set_vtep(&mut self, vni: u32, vtep: VtepAddr) -> Result<()> {
         let port = u32::from(self.port_of(vni));
         self.vteps
             .insert(VtepKey { vni, ip: vtep }, port, 0)
             .context("VTEPS: insert")
     }
 
-    pub fn remove_vtep(&mut self, vni: u32, vtep: [u8; 4]) -> Result<()> {
+    pub fn remove_vtep(&mut self, vni: u32, vtep: VtepAddr) -> Result<()> {
         remove(&mut self.vteps, &VtepKey { vni, ip: vtep }, names::VTEPS)
     }
 
@@ -301,14 +301,14 @@ impl Maps {
         }
         for &((vni, vtep), ()) in &diff.vteps.set {
             let r = self.set_vtep(vni, vtep);
-            done("VTEPS", '+', format!("vni {vni} {}", ip(vtep)), r);
+            done("VTEPS", '+', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &((vni, mac), vtep) in &diff.fdb.set {
             let r = self.set_fdb(vni, mac, vtep);
             done(
                 "FDB",
                 '+',
-                format!("vni {vni} {} -> {}", Mac(mac), ip(vtep)),
+                format!("vni {vni} {} -> {}", Mac(mac), to_ip(vtep)),
                 r,
             );
         }
@@ -341,7 +341,7 @@ impl Maps {
         }
         for &(vni, vtep) in &diff.vteps.remove {
             let r = self.remove_vtep(vni, vtep);
-            done("VTEPS", '-', format!("vni {vni} {}", ip(vtep)), r);
+            done("VTEPS", '-', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &(vni, ip_) in &diff.arp.remove {
             let r = self.remove_arp(vni, ip_);

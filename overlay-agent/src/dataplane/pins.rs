@@ -15,7 +15,7 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// MTU, NETWORKS values the IPv6 prefix; four more counters (drop_frag_needed, drop_too_big,
 /// ndp_reply, drop_bad_ndp). v6: two more counters (fragments, drop_router_message), the JUMP
 /// program array.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]

@@ -4,18 +4,24 @@
 //! `NETWORKS` by [`super::Maps`], and `CONFIG` is set once at start, so neither appears here.
 use std::collections::{BTreeMap, BTreeSet};
 
-use overlay_common::{Endpoint, Network};
+use overlay_common::{Endpoint, Network, VtepAddr, vtep};
+
+/// A VTEP as the digest hashes it: an IPv4 one by its four bytes, as before VTEPs could be
+/// IPv6, so the digests of agents on either side of that change agree.
+fn digested(v: &VtepAddr) -> &[u8] {
+    if vtep::is_v4(v) { &v[12..] } else { v }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapState {
     /// VNI -> outer UDP port and IPv6 prefix.
     pub networks: BTreeMap<u32, Network>,
     /// (VNI, MAC) -> VTEP of a remote endpoint.
-    pub fdb: BTreeMap<(u32, [u8; 6]), [u8; 4]>,
+    pub fdb: BTreeMap<(u32, [u8; 6]), VtepAddr>,
     /// (VNI, IP) -> MAC, local and remote.
     pub arp: BTreeMap<(u32, [u8; 4]), [u8; 6]>,
     /// (VNI, VTEP) accepted as a source of VXLAN.
-    pub vteps: BTreeSet<(u32, [u8; 4])>,
+    pub vteps: BTreeSet<(u32, VtepAddr)>,
     /// (VNI, MAC) -> local endpoint, for delivery.
     pub endpoints: BTreeMap<(u32, [u8; 6]), Endpoint>,
     /// Host-side ifindex -> local endpoint, for what a port may send.
@@ -41,20 +47,22 @@ impl MapState {
             h.write(b"f")
                 .write(&vni.to_le_bytes())
                 .write(mac)
-                .write(vtep);
+                .write(digested(vtep));
         }
         for ((vni, ip), mac) in &self.arp {
             h.write(b"a").write(&vni.to_le_bytes()).write(ip).write(mac);
         }
         for (vni, vtep) in &self.vteps {
-            h.write(b"v").write(&vni.to_le_bytes()).write(vtep);
+            h.write(b"v")
+                .write(&vni.to_le_bytes())
+                .write(digested(vtep));
         }
         let entries = self.networks.len() + self.fdb.len() + self.arp.len() + self.vteps.len();
         (format!("{:016x}", h.finish()), entries)
     }
 
     /// A remote endpoint: its MAC behind `vtep`, its address, and VXLAN accepted from `vtep`.
-    pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: [u8; 4]) {
+    pub fn add_remote(&mut self, vni: u32, mac: [u8; 6], ip: [u8; 4], vtep: VtepAddr) {
         self.fdb.insert((vni, mac), vtep);
         self.arp.insert((vni, ip), mac);
         self.vteps.insert((vni, vtep));
@@ -139,9 +147,9 @@ fn diff_set<K: Ord + Clone>(actual: &BTreeSet<K>, desired: &BTreeSet<K>) -> Tabl
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Diff {
     pub networks: TableDiff<u32, Network>,
-    pub fdb: TableDiff<(u32, [u8; 6]), [u8; 4]>,
+    pub fdb: TableDiff<(u32, [u8; 6]), VtepAddr>,
     pub arp: TableDiff<(u32, [u8; 4]), [u8; 6]>,
-    pub vteps: TableDiff<(u32, [u8; 4]), ()>,
+    pub vteps: TableDiff<(u32, VtepAddr), ()>,
     pub endpoints: TableDiff<(u32, [u8; 6]), Endpoint>,
     pub ports: TableDiff<u32, Endpoint>,
 }
@@ -188,18 +196,29 @@ mod tests {
     #[test]
     fn diff_sets_what_differs_and_removes_what_is_stale() {
         let mut actual = MapState::default();
-        actual.fdb.insert((42, [2; 6]), [10, 0, 0, 2]);
-        actual.fdb.insert((42, [3; 6]), [10, 0, 0, 3]);
-        actual.vteps.insert((42, [10, 0, 0, 3]));
+        actual
+            .fdb
+            .insert((42, [2; 6]), vtep::from_v4([10, 0, 0, 2]));
+        actual
+            .fdb
+            .insert((42, [3; 6]), vtep::from_v4([10, 0, 0, 3]));
+        actual.vteps.insert((42, vtep::from_v4([10, 0, 0, 3])));
         let mut desired = MapState::default();
-        desired.fdb.insert((42, [2; 6]), [10, 0, 0, 2]); // unchanged
-        desired.fdb.insert((42, [4; 6]), [10, 0, 0, 4]); // new
-        desired.vteps.insert((42, [10, 0, 0, 4]));
+        desired
+            .fdb
+            .insert((42, [2; 6]), vtep::from_v4([10, 0, 0, 2])); // unchanged
+        desired
+            .fdb
+            .insert((42, [4; 6]), vtep::from_v4([10, 0, 0, 4])); // new
+        desired.vteps.insert((42, vtep::from_v4([10, 0, 0, 4])));
         let d = Diff::between(&actual, &desired);
-        assert_eq!(d.fdb.set, vec![((42, [4; 6]), [10, 0, 0, 4])]);
+        assert_eq!(
+            d.fdb.set,
+            vec![((42, [4; 6]), vtep::from_v4([10, 0, 0, 4]))]
+        );
         assert_eq!(d.fdb.remove, vec![(42, [3; 6])]);
-        assert_eq!(d.vteps.set, vec![((42, [10, 0, 0, 4]), ())]);
-        assert_eq!(d.vteps.remove, vec![(42, [10, 0, 0, 3])]);
+        assert_eq!(d.vteps.set, vec![((42, vtep::from_v4([10, 0, 0, 4])), ())]);
+        assert_eq!(d.vteps.remove, vec![(42, vtep::from_v4([10, 0, 0, 3]))]);
         assert_eq!(d.len(), 4);
         assert!(Diff::between(&desired, &desired).is_empty());
     }
@@ -207,9 +226,13 @@ mod tests {
     #[test]
     fn a_changed_value_is_one_set_not_a_remove() {
         let mut actual = MapState::default();
-        actual.fdb.insert((42, [2; 6]), [10, 0, 0, 2]);
+        actual
+            .fdb
+            .insert((42, [2; 6]), vtep::from_v4([10, 0, 0, 2]));
         let mut desired = MapState::default();
-        desired.fdb.insert((42, [2; 6]), [10, 0, 0, 9]); // moved to another VTEP
+        desired
+            .fdb
+            .insert((42, [2; 6]), vtep::from_v4([10, 0, 0, 9])); // moved to another VTEP
         let d = Diff::between(&actual, &desired);
         assert_eq!(d.fdb.set.len(), 1);
         assert!(d.fdb.remove.is_empty());

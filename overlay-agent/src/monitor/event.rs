@@ -44,8 +44,8 @@ pub struct Event {
 /// The underlay headers of a VXLAN packet.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Outer {
-    pub src_vtep: Ipv4Addr,
-    pub dst_vtep: Ipv4Addr,
+    pub src_vtep: IpAddr,
+    pub dst_vtep: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,24 +130,38 @@ pub fn decode(raw: &MonitorEvent, mut vni_of_port: impl FnMut(u32) -> Option<u32
     event
 }
 
-/// Outer Ethernet, IPv4, UDP and VXLAN: the VTEPs, the VNI and where the inner frame starts
-/// (None when the packet is not UDP past the IPv4 header; the end of the capture when it is cut
-/// short before the inner frame). None: not even Ethernet + IPv4.
+/// Outer Ethernet, IPv4 or IPv6, UDP and VXLAN: the VTEPs, the VNI and where the inner frame
+/// starts (None when the packet is not UDP right past the IP header; the end of the capture when
+/// it is cut short before the inner frame). None: not even Ethernet + an IP header.
 fn outer(d: &[u8]) -> Option<(Outer, Option<u32>, Option<usize>)> {
-    if d.len() < 14 + 20 || be16(d, 12) != wire::ETH_P_IP {
-        return None;
-    }
-    let ip = &d[14..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let ip = d.get(14..)?;
+    let (src, dst, udp, is_udp) = match be16(d, 12) {
+        wire::ETH_P_IP if ip.len() >= 20 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let later_fragment = be16(ip, 6) & 0x1fff != 0;
+            let udp = ip[9] == wire::IPPROTO_UDP && ihl >= 20 && !later_fragment;
+            let a = |i: usize| Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]);
+            (IpAddr::V4(a(12)), IpAddr::V4(a(16)), 14 + ihl, udp)
+        }
+        // Extension headers are not followed: our VTEPs and Linux's send none.
+        wire::ETH_P_IPV6 if ip.len() >= 40 => {
+            let a = |i: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[i..i + 16]).unwrap());
+            (
+                IpAddr::V6(a(8)),
+                IpAddr::V6(a(24)),
+                14 + 40,
+                ip[6] == wire::IPPROTO_UDP,
+            )
+        }
+        _ => return None,
+    };
     let mut outer = Outer {
-        src_vtep: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst_vtep: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        src_vtep: src,
+        dst_vtep: dst,
         src_port: None,
         dst_port: None,
     };
-    let udp = 14 + ihl;
-    let later_fragment = be16(ip, 6) & 0x1fff != 0;
-    if ip[9] != wire::IPPROTO_UDP || ihl < 20 || later_fragment {
+    if !is_udp {
         return Some((outer, None, None));
     }
     if d.len() < udp + 8 {
@@ -369,7 +383,7 @@ mod tests {
             ("drop", "drop_unknown_vni", Some(99))
         );
         let o = e.outer.clone().unwrap();
-        assert_eq!(o.src_vtep, Ipv4Addr::new(10, 0, 0, 66));
+        assert_eq!(o.src_vtep, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66)));
         assert_eq!(o.dst_port, Some(4789));
         let i = e.inner.clone().unwrap();
         assert_eq!(i.src_mac, "02:00:00:00:00:0a");
@@ -380,6 +394,32 @@ mod tests {
         let line = e.line("t");
         assert!(line.contains("vni 99 vtep 10.0.0.66 -> 10.0.0.2"), "{line}");
         assert!(line.contains("10.1.0.2:5353 -> 10.1.0.3:53 udp"), "{line}");
+    }
+
+    #[test]
+    fn an_ipv6_underlay_packet_names_its_vteps_and_vni() {
+        let mut inner = eth(0x0b, 0x0a, wire::ETH_P_IP);
+        inner.extend(ipv4_udp([10, 1, 0, 2], [10, 1, 0, 3], 5353, 53));
+        let mut v = eth(1, 2, wire::ETH_P_IPV6);
+        let len = (8 + 8 + inner.len()) as u16;
+        v.extend([0x60, 0, 0, 0]);
+        v.extend(len.to_be_bytes());
+        v.extend([wire::IPPROTO_UDP, 64]);
+        v.extend("fd00::66".parse::<Ipv6Addr>().unwrap().octets());
+        v.extend("fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        v.extend(40000u16.to_be_bytes());
+        v.extend(4789u16.to_be_bytes());
+        v.extend(len.to_be_bytes());
+        v.extend([0, 0]);
+        v.extend([0x08, 0, 0, 0, 0, 0, 0x2a, 0]);
+        v.extend(&inner);
+        let e = decode(&raw(hook::FROM_UNDERLAY, Counter::Decap, &v), |_| None);
+        assert_eq!(e.vni, Some(42));
+        let o = e.outer.clone().unwrap();
+        assert_eq!(o.src_vtep, "fd00::66".parse::<IpAddr>().unwrap());
+        assert_eq!((o.src_port, o.dst_port), (Some(40000), Some(4789)));
+        assert_eq!(e.inner.unwrap().dst_ip, Some("10.1.0.3".parse().unwrap()));
+        assert!(!e.truncated);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! ```
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -290,9 +290,10 @@ impl Network {
         format!("ovbr{}", self.vni)
     }
 
-    /// The MTU of the network's interfaces on a node whose underlay has `underlay_mtu`.
-    pub fn mtu_on(&self, underlay_mtu: Option<u32>) -> u32 {
-        let encap = overlay_common::wire::ENCAP_OVERHEAD as u32;
+    /// The MTU of the network's interfaces on a node whose underlay has `underlay_mtu` and is
+    /// IPv6 if `ipv6` (the outer header is 20 bytes longer).
+    pub fn mtu_on(&self, underlay_mtu: Option<u32>, ipv6: bool) -> u32 {
+        let encap = overlay_common::wire::encap_overhead(ipv6) as u32;
         self.mtu
             .unwrap_or_else(|| underlay_mtu.unwrap_or(1500).saturating_sub(encap))
     }
@@ -301,7 +302,7 @@ impl Network {
 /// `nodes/<node>`: a live agent, present only while its lease is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
-    pub vtep: Ipv4Addr,
+    pub vtep: IpAddr,
     /// The underlay MTU, from which endpoint MTUs follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -350,7 +351,7 @@ pub struct EndpointRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vtep: Option<Ipv4Addr>,
+    pub vtep: Option<IpAddr>,
     /// Who made it, when not a person with the CLI: `cni:<network config name>`,
     /// `docker`. A runtime's garbage collection only ever touches its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,7 +369,7 @@ pub enum Location {
         iface: Option<String>,
     },
     Peer {
-        vtep: Ipv4Addr,
+        vtep: IpAddr,
     },
 }
 
@@ -535,7 +536,8 @@ mod tests {
             .validate("blue")
             .unwrap();
         assert_eq!((net.port, net.slice_prefix, net.mtu), (4789, 24, None));
-        assert_eq!(net.mtu_on(Some(1500)), 1450);
+        assert_eq!(net.mtu_on(Some(1500), false), 1450);
+        assert_eq!(net.mtu_on(Some(1500), true), 1430);
         assert_eq!(net.bridge(), "ovbr42");
         for (json, want) in [
             (r#"{"vni":16777216,"subnet":"10.10.0.0/16"}"#, "24 bits"),
@@ -572,7 +574,7 @@ mod tests {
         assert_eq!(
             peer.location,
             Location::Peer {
-                vtep: Ipv4Addr::new(10, 0, 0, 9)
+                vtep: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9))
             }
         );
         for (json, ip, want) in [
