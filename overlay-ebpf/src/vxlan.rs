@@ -15,7 +15,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32,
-        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
     },
     programs::TcContext,
 };
@@ -476,6 +476,24 @@ impl InnerEth {
     }
 }
 
+/// `bpf_skb_adjust_room` judges a shrink by the protocol before it (an outer IPv6 one): it
+/// refuses to leave less than an IPv6 header's 40 bytes behind the Ethernet header. An inner
+/// frame shorter than 54 bytes (an ARP, a bare ICMP echo) is therefore padded with zeros to
+/// Ethernet's minimum of 60 first, as a NIC pads it on the wire; the receiving stack trims an
+/// IP packet to its own length.
+#[inline(always)]
+fn pad_short_frame(ctx: &TcContext) -> Result<(), ()> {
+    const PADDED: u32 = (wire::ENCAP_OVERHEAD_V6 + 60) as u32;
+    let len = ctx.len();
+    if len >= (wire::ENCAP_OVERHEAD_V6 + EthHdr::LEN + IPV6_LEN) as u32 {
+        return Ok(());
+    }
+    match unsafe { bpf_skb_change_tail(ctx.skb.skb, PADDED, 0) } {
+        0 => Ok(()),
+        _ => Err(()),
+    }
+}
+
 /// Strips the outer Ethernet/IP/UDP/VXLAN headers (outer IPv6 if `ipv6`), leaving `inner` at
 /// the front. The caller has checked that all of them, and the inner Ethernet header, are there.
 #[inline(always)]
@@ -490,6 +508,9 @@ pub fn decap(ctx: &TcContext, inner: &InnerEth, ipv6: bool) -> Result<(), ()> {
         _ => {}
     }
     let overhead = wire::encap_overhead(ipv6) as i32;
+    if ipv6 {
+        pad_short_frame(ctx)?;
+    }
     ctx.adjust_room(-overhead, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| ())?;
     // The shrink removed the bytes from the outer IP header to the inner Ethernet header; the
