@@ -1,6 +1,7 @@
 //! Support for the privileged end-to-end tests: network namespaces as hosts, packets built byte
 //! by byte, and a node's dataplane loaded for a test.
 pub mod bench;
+pub mod capture;
 pub mod certs;
 pub mod corpus;
 pub mod deployment;

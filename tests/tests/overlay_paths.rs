@@ -1,7 +1,10 @@
 //! Whole paths through real namespaces: containers on two hosts talking over our dataplane, and
 //! a legacy host running the kernel's own vxlan device talking to ours.
 use overlay_common::Counter;
-use overlay_tests::topology::{Cluster, Container, VNI, ip_str, mac_str};
+use overlay_tests::{
+    capture::Capture,
+    topology::{Cluster, Container, VNI, ip_str, mac_str},
+};
 
 fn ping(from: &Container, to: &str) {
     let out = from
@@ -138,31 +141,7 @@ fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
     h1.learn_remote(VNI, vxlan0_mac, [10, 10, 0, 255], legacy.vtep)
         .unwrap();
 
-    let pcap = format!("/tmp/overlay-interop-{}.pcap", std::process::id());
-    let mut capture = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &h1.ns.name,
-            "tcpdump",
-            "-i",
-            "eth1",
-            "-U",
-            "-w",
-            &pcap,
-            "udp port 4789",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Start sending only once tcpdump says it is listening.
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(capture.stderr.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert!(first.contains("listening"), "tcpdump: {first}");
+    let capture = Capture::start(&h1.ns, "eth1", "udp port 4789").unwrap();
     ping(c1, legacy_ip);
     let out = legacy
         .ns
@@ -173,48 +152,21 @@ fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
         "legacy host -> c1: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
-    capture.wait().unwrap();
 
     // Decode the capture independently of our code: tshark's own VXLAN dissector.
-    let decoded = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            &pcap,
-            "-d",
-            "udp.port==4789,vxlan",
-            "-T",
-            "fields",
-            "-E",
-            "separator=,",
-            "-E",
-            "occurrence=f",
-        ])
-        .args([
-            "-e",
+    let rows = capture
+        .decode(&[
             "ip.src",
-            "-e",
             "ip.dst",
-            "-e",
             "udp.dstport",
-            "-e",
             "vxlan.flags",
-            "-e",
             "vxlan.vni",
-            "-e",
             "icmp.type",
         ])
-        .output()
         .unwrap();
-    let _ = std::fs::remove_file(&pcap);
-    let text = String::from_utf8_lossy(&decoded.stdout);
-    assert!(
-        decoded.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&decoded.stderr)
-    );
-    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let lines: Vec<String> = rows.iter().map(|r| r.join(",")).collect();
+    let text = lines.join("\n");
+
     assert!(
         lines.len() >= 12,
         "expected 3+3 pings each way in VXLAN, saw:\n{text}"
