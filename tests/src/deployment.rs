@@ -195,7 +195,10 @@ impl Drop for Etcd {
 
 pub struct AgentHost {
     pub ns: Netns,
+    /// Its underlay IPv4 address, 10.0.0.<i> (its VTEP unless `vtep6`).
     pub vtep: [u8; 4],
+    /// On an IPv6 underlay ([`Deployment::ipv6_underlay`]), its VTEP fd00::<i>.
+    pub vtep6: Option<std::net::Ipv6Addr>,
     /// Our agent runs here (false: a legacy host with a kernel vxlan device).
     pub ours: bool,
     agent: Option<Child>,
@@ -208,6 +211,12 @@ pub struct AgentHost {
 impl AgentHost {
     pub fn name(&self) -> &str {
         &self.ns.name
+    }
+
+    /// Its VTEP, of either family.
+    pub fn vtep_addr(&self) -> std::net::IpAddr {
+        self.vtep6
+            .map_or(Ipv4Addr::from(self.vtep).into(), Into::into)
     }
 
     pub fn pins(&self) -> PinDir {
@@ -262,16 +271,28 @@ impl Deployment {
 
     /// As [`Deployment::new`], the hosts on an underlay that behaves as `underlay` says.
     pub fn on(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
-        Self::build(label, ours, underlay, false)
+        Self::build(label, ours, underlay, false, false)
+    }
+
+    /// As [`Deployment::on`], the VTEPs on an IPv6 underlay: host i's eth1 also has
+    /// fd00::<i>/64, and its agent runs with `--vtep fd00::<i>` (etcd stays on IPv4).
+    pub fn ipv6_underlay(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
+        Self::build(label, ours, underlay, false, true)
     }
 
     /// As [`Deployment::new`], with an etcd that speaks TLS only and wants client
     /// certificates: agents and CLI get theirs from the environment, as a user's would.
     pub fn with_tls(label: &str, ours: &[bool]) -> Result<Self> {
-        Self::build(label, ours, Underlay::Veth, true)
+        Self::build(label, ours, Underlay::Veth, true, false)
     }
 
-    fn build(label: &str, ours: &[bool], underlay: Underlay, tls: bool) -> Result<Self> {
+    fn build(
+        label: &str,
+        ours: &[bool],
+        underlay: Underlay,
+        tls: bool,
+        ipv6: bool,
+    ) -> Result<Self> {
         crate::require_root();
         let tag = crate::unique(label);
         let dir = std::env::temp_dir().join(&tag);
@@ -300,6 +321,10 @@ impl Deployment {
             let name = format!("{tag}h{n}");
             let ns = plug_host_on(&d.wire, &name, n, underlay)?;
             let vtep = [10, 0, 0, n as u8];
+            let vtep6 = ipv6.then(|| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16));
+            if let Some(v6) = vtep6 {
+                ns.run(&format!("ip addr add {v6}/64 dev eth1 nodad"))?;
+            }
             // Resolve etcd's address before anything has to reach it in a hurry.
             let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));
             PinDir::new(TEST_PIN_ROOT, &name)?.remove()?;
@@ -307,9 +332,12 @@ impl Deployment {
                 log: d.dir.join(format!("agent-h{n}.log")),
                 ns,
                 vtep,
+                vtep6,
                 ours: is_ours,
                 agent: None,
-                run_args: Vec::new(),
+                run_args: vtep6
+                    .map(|v| vec!["--vtep".to_string(), v.to_string()])
+                    .unwrap_or_default(),
                 status_file: d.dir.join("run").join(format!("{name}.json")),
             });
             if is_ours {
@@ -536,15 +564,22 @@ impl Deployment {
     /// recipe does by hand, with the host itself on the overlay at [`LEGACY_IP`] behind a kernel
     /// vxlan device, knowing our endpoint `ours` on host 0; then `peer add` makes every node of
     /// ours know it. Returns once host 0's FDB has it.
+    /// On an IPv6 underlay its device is as the README says to make one there: `local` its
+    /// VTEP, zero UDP checksums sent and accepted (`udp6zerocsumtx udp6zerocsumrx`).
     pub fn join_legacy_host(&self, legacy: usize, network: &str, ours: Ipv4Addr) -> Result<()> {
         let mac = overlay_agent::net::Mac::from_ip(ours);
-        let vtep = crate::topology::ip_str(self.hosts[legacy].vtep);
+        let vtep = self.hosts[legacy].vtep_addr().to_string();
+        let (device, mtu) = match self.hosts[legacy].vtep6 {
+            Some(v6) => (format!("local {v6} udp6zerocsumtx udp6zerocsumrx"), 1430),
+            None => (String::new(), 1450),
+        };
+        let first = self.hosts[0].vtep_addr();
         self.hosts[legacy].ns.run(&format!(
-            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 && \
-             ip link set vxlan0 address {LEGACY_MAC} mtu 1450 && \
+            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 {device} && \
+             ip link set vxlan0 address {LEGACY_MAC} mtu {mtu} && \
              ip addr add {LEGACY_IP}/16 dev vxlan0 && ip link set vxlan0 up && \
              ip neigh add {ours} lladdr {mac} dev vxlan0 nud permanent && \
-             bridge fdb add to {mac} dst 10.0.0.1 dev vxlan0"
+             bridge fdb add to {mac} dst {first} dev vxlan0"
         ))?;
         let ip = LEGACY_IP.to_string();
         self.cli(
@@ -575,7 +610,10 @@ impl Deployment {
         let ip = LEGACY_IP.to_string();
         self.cli(0, &["peer", "rm", "--network", network, "--ip", &ip])?;
         let mac = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
-        let vtep = (42, overlay_common::vtep::from_v4(self.hosts[legacy].vtep));
+        let vtep = (
+            42,
+            overlay_common::vtep::from_ip(self.hosts[legacy].vtep_addr()),
+        );
         wait_for(Duration::from_secs(2), || {
             self.hosts[0]
                 .maps()
@@ -587,12 +625,21 @@ impl Deployment {
     /// Writes `value` at `/overlay/<key>` straight into etcd, as a hand (or a bug) would,
     /// past every check the CLI makes.
     pub fn etcd_put(&self, key: &str, value: &str) -> Result<()> {
+        self.etcdctl(&format!("put /overlay/{key} '{value}'"))
+            .map(drop)
+    }
+
+    /// Every key and value under `/overlay/<prefix>`, as etcdctl prints them.
+    pub fn etcd_get_prefix(&self, prefix: &str) -> Result<String> {
+        self.etcdctl(&format!("get --prefix /overlay/{prefix}"))
+    }
+
+    fn etcdctl(&self, args: &str) -> Result<String> {
         self.wire.run(&format!(
-            "ETCDCTL_API=3 etcdctl --endpoints {} {} put /overlay/{key} '{value}'",
+            "ETCDCTL_API=3 etcdctl --endpoints {} {} {args}",
             self.etcd.url,
             self.etcd.ctl_flags().join(" ")
-        ))?;
-        Ok(())
+        ))
     }
 }
 
