@@ -14,7 +14,8 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// v4: the monitor's maps (MONITOR_CTL, EVENTS, MONITOR_CPU). v5: FDB values cache the path
 /// MTU, NETWORKS values the IPv6 prefix; four more counters (drop_frag_needed, drop_too_big,
 /// ndp_reply, drop_bad_ndp). v6: two more counters (fragments, drop_router_message), the JUMP
-/// program array.
+/// program array. v7: VTEPs are 16 bytes in every map (IPv4 ones mapped), NODE_CONFIG says
+/// whether the underlay is IPv6.
 pub const LAYOUT_VERSION: u32 = 7;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
