@@ -24,10 +24,16 @@ pub fn count(counter: Counter) {
 
 #[inline(always)]
 pub fn add(counter: Counter, n: u64) {
-    if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
+    if let Some(slot) = slot(counter) {
         // Per-CPU slot: no other writer can race us.
         unsafe { *slot += n };
     }
+}
+
+/// This CPU's slot of `counter`, for counting as a loop goes.
+#[inline(always)]
+pub fn slot(counter: Counter) -> Option<*mut u64> {
+    STATS.get_ptr_mut(counter as u32)
 }
 
 /// Hand the packet on unchanged.

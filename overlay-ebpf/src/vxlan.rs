@@ -65,6 +65,12 @@ struct Encapsulated6 {
     tail: Tail,
 }
 
+/// Whether the node's underlay is IPv6.
+#[inline(always)]
+pub fn underlay_is_ipv6(node: &NodeConfig) -> bool {
+    node.ipv6 != 0
+}
+
 /// Wraps the frame (an IPv4 or IPv6 packet in Ethernet) for the VTEP of FDB entry `fdb` and
 /// sends it out of the underlay. The frame must be directly readable for its Ethernet header.
 #[inline(always)]
@@ -72,7 +78,7 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
     let Some(node) = CONFIG.get(0) else {
         return drop(Counter::DropNoRoute);
     };
-    let ipv6 = node.ipv6 != 0;
+    let ipv6 = underlay_is_ipv6(node);
     let Some(route) = route(ctx, node, fdb) else {
         return drop(Counter::DropNoRoute);
     };
@@ -329,7 +335,7 @@ fn route(ctx: &TcContext, node: &NodeConfig, fdb: *mut FdbEntry) -> Option<Route
 /// the ICMP reply (pmtu.rs) needs too.
 #[inline(never)]
 fn lookup(ctx: &TcContext, node: &NodeConfig, e: *mut FdbEntry, now: u64, out: &mut Route) -> bool {
-    let ipv6 = node.ipv6 != 0;
+    let ipv6 = underlay_is_ipv6(node);
     let underlay = node.underlay_ifindex;
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.l4_protocol = wire::IPPROTO_UDP;

@@ -1,8 +1,8 @@
 //! BPF_PROG_TEST_RUN through the real compiled programs: exact bytes in, exact bytes out,
 //! the verdict and the counter for every outcome.
-use overlay_common::Counter;
+use overlay_common::{Counter, programs};
 use overlay_tests::{
-    fixture::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Verdict},
+    fixture::{Node, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, Verdict},
     lab::*,
     packet::{self, BROADCAST, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
 };
@@ -1613,4 +1613,36 @@ fn ipv6_underlay_packets_that_are_not_ours_or_not_valid() {
         TC_ACT_SHOT,
         Counter::DropBadVxlan,
     );
+}
+
+/// The verifier walks every path of a program once per state it cannot merge with one already
+/// seen. A change that multiplies the states (a flag it knows, carried through a loop; a
+/// running count) costs every agent start and creeps towards the kernel's limit of 1,000,000
+/// instructions: from_container went from 108,000 to 617,000 that way, and an agent restarted
+/// on a loaded machine then took longer than its lease (packets lost). On 6.18 it takes
+/// 168,000 now; the budgets leave room to grow, not to multiply.
+#[test]
+fn every_program_verifies_well_within_the_kernels_limit() {
+    let mut node = Node::load(&overlay_tests::unique("vcost")).unwrap();
+    for (name, budget) in [
+        (programs::FROM_CONTAINER, 250_000),
+        (programs::FROM_UNDERLAY, 20_000),
+        (programs::GRO_SINK, 1_000),
+        (programs::FRAGMENT, 20_000),
+        (programs::FRAGMENT_FIRST, 40_000),
+    ] {
+        let verified = node
+            .dataplane
+            .program(name)
+            .unwrap()
+            .info()
+            .unwrap()
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions (5.16+)");
+        eprintln!("{name}: {verified} instructions verified (budget {budget})");
+        assert!(
+            verified <= budget,
+            "{name}: {verified} instructions verified, over its budget of {budget}"
+        );
+    }
 }
