@@ -12,13 +12,32 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use overlay_agent::dataplane::{Dataplane, Maps};
-use overlay_common::{Counter, wire::ENCAP_OVERHEAD};
+use overlay_common::{Counter, wire::encap_overhead};
 
 use crate::{
     deployment::Deployment,
     netns::Netns,
-    topology::{Underlay, plug_host_on},
+    topology::{Underlay, add_vtep6, plug_host_on, vtep6},
 };
+
+/// The family of the hosts' underlay addresses: VTEPs, and plain routing's next hops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    /// `fd00::<n>` beside `10.0.0.<n>`; VTEPs are these, plain routing goes through them too
+    /// (IPv4 routes with an IPv6 next hop, RFC 5549).
+    Ipv6,
+}
+
+impl Family {
+    /// Host `n`'s underlay address of this family.
+    fn host(self, n: u8) -> String {
+        match self {
+            Family::Ipv4 => format!("10.0.0.{n}"),
+            Family::Ipv6 => vtep6(n as usize).to_string(),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
@@ -140,12 +159,16 @@ pub struct Testbed {
     _namespaces: Vec<Netns>,
 }
 
-/// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, forwarding on).
-fn underlay(tag: &str, underlay: Underlay) -> Result<Vec<Netns>> {
+/// A wire namespace with bridge `ul` and two hosts h1, h2 (eth1 10.0.0.<i>/24, and fd00::<i>
+/// over IPv6; forwarding on).
+fn underlay(tag: &str, underlay: Underlay, family: Family) -> Result<Vec<Netns>> {
     let wire = crate::topology::switch(&format!("{tag}w"))?;
     let mut out = vec![wire];
     for n in 1..=2 {
         let host = plug_host_on(&out[0], &format!("{tag}h{n}"), n, underlay)?;
+        if family == Family::Ipv6 {
+            add_vtep6(&host, n)?;
+        }
         out.push(host);
     }
     Ok(out)
@@ -153,20 +176,26 @@ fn underlay(tag: &str, underlay: Underlay) -> Result<Vec<Netns>> {
 
 impl Testbed {
     /// `tag` names this bed's namespaces; `u` is the underlay between the two hosts (the
-    /// direct veth pair has none).
-    pub fn new(mode: Mode, tag: &str, u: Underlay) -> Result<Self> {
+    /// direct veth pair has none), `family` that of its addresses.
+    pub fn new(mode: Mode, tag: &str, u: Underlay, family: Family) -> Result<Self> {
         let mut bed = match mode {
-            Mode::Plain => Self::plain(tag, u)?,
-            Mode::KernelVxlan => Self::kernel_vxlan(tag, u)?,
-            Mode::Overlay | Mode::OverlayXdp | Mode::OverlayTraced => Self::overlay(mode, tag, u)?,
+            Mode::Plain => Self::plain(tag, u, family)?,
+            Mode::KernelVxlan => Self::kernel_vxlan(tag, u, family)?,
+            Mode::Overlay | Mode::OverlayXdp | Mode::OverlayTraced => {
+                Self::overlay(mode, tag, u, family)?
+            }
             Mode::Direct => Self::direct(tag)?,
         };
         bed.start_servers()?;
         Ok(bed)
     }
 
-    fn plain(tag: &str, u: Underlay) -> Result<Self> {
-        let mut ns = underlay(&format!("{tag}p"), u)?;
+    fn plain(tag: &str, u: Underlay, family: Family) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}p"), u, family)?;
+        let via = match family {
+            Family::Ipv4 => "via",
+            Family::Ipv6 => "via inet6",
+        };
         // Containers at the underlay's MTU: nothing to encapsulate.
         let mtu = u.mtu();
         for n in 1..=2u8 {
@@ -175,8 +204,9 @@ impl Testbed {
             ns[n as usize].run(&format!(
                 "ip link add vc mtu {mtu} type veth peer name eth0 mtu {mtu} netns {c} && \
                  ip addr add 10.{n}.{n}.1/24 dev vc && ip link set vc up && \
-                 ip route add 10.{other}.{other}.0/24 via 10.0.0.{other}",
-                c = c.name
+                 ip route add 10.{other}.{other}.0/24 {via} {hop}",
+                c = c.name,
+                hop = family.host(other),
             ))?;
             c.run(&format!(
                 "ip addr add 10.{n}.{n}.2/24 dev eth0 && ip link set eth0 up && \
@@ -217,21 +247,29 @@ impl Testbed {
         })
     }
 
-    fn kernel_vxlan(tag: &str, u: Underlay) -> Result<Self> {
-        let mut ns = underlay(&format!("{tag}k"), u)?;
-        let overlay_mtu = u.mtu() - ENCAP_OVERHEAD as u32;
+    fn kernel_vxlan(tag: &str, u: Underlay, family: Family) -> Result<Self> {
+        let mut ns = underlay(&format!("{tag}k"), u, family)?;
+        let ipv6 = family == Family::Ipv6;
+        let overlay_mtu = u.mtu() - encap_overhead(ipv6) as u32;
+        // Over IPv6 as the kernel's own docs set it up beside us: zero UDP checksums both ways.
+        let local = |n: u8| match family {
+            Family::Ipv4 => String::new(),
+            Family::Ipv6 => format!(" local {} udp6zerocsumtx udp6zerocsumrx", family.host(n)),
+        };
         let mac = |n: u8| format!("02:42:0a:0a:0{}:01", n - 1);
         for n in 1..=2u8 {
             let c = Netns::new(&format!("{tag}kc{n}"))?;
             let other = 3 - n;
             ns[n as usize].run(&format!(
                 "ip link add br0 type bridge && ip link set br0 up && \
-                 ip link add vxlan0 mtu {overlay_mtu} type vxlan id 42 dev eth1 dstport 4789 nolearning && \
+                 ip link add vxlan0 mtu {overlay_mtu} type vxlan id 42 dev eth1 dstport 4789 nolearning{local} && \
                  ip link set vxlan0 master br0 up && \
-                 bridge fdb add {peer_mac} dev vxlan0 dst 10.0.0.{other} && \
+                 bridge fdb add {peer_mac} dev vxlan0 dst {remote} && \
                  ip link add vc mtu {overlay_mtu} type veth peer name eth0 netns {c} && \
                  ip link set vc master br0 up",
                 peer_mac = mac(other),
+                local = local(n),
+                remote = family.host(other),
                 c = c.name
             ))?;
             c.run(&format!(
@@ -257,15 +295,19 @@ impl Testbed {
         })
     }
 
-    fn overlay(mode: Mode, tag: &str, u: Underlay) -> Result<Self> {
+    fn overlay(mode: Mode, tag: &str, u: Underlay, family: Family) -> Result<Self> {
         let xdp = mode == Mode::OverlayXdp;
         let label = match mode {
             Mode::OverlayXdp => "x",
             Mode::OverlayTraced => "t",
             _ => "o",
         };
-        // The agent gives containers the underlay's MTU less 50 by itself.
-        let mut d = Deployment::on(&format!("{tag}{label}"), &[true, true], u)?;
+        // The agent gives containers the underlay's MTU less the tunnel's by itself.
+        let label = format!("{tag}{label}");
+        let mut d = match family {
+            Family::Ipv4 => Deployment::on(&label, &[true, true], u)?,
+            Family::Ipv6 => Deployment::ipv6_underlay(&label, &[true, true], u)?,
+        };
         d.create_network("bench", "10.10.0.0/16", 42)?;
         let (client, _) = d.add_container(0, "c1", "bench", None)?;
         let (server, server_ip) = d.add_container(1, "c2", "bench", None)?;

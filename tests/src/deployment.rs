@@ -321,9 +321,9 @@ impl Deployment {
             let name = format!("{tag}h{n}");
             let ns = plug_host_on(&d.wire, &name, n, underlay)?;
             let vtep = [10, 0, 0, n as u8];
-            let vtep6 = ipv6.then(|| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16));
-            if let Some(v6) = vtep6 {
-                ns.run(&format!("ip addr add {v6}/64 dev eth1 nodad"))?;
+            let vtep6 = ipv6.then(|| crate::topology::vtep6(n));
+            if ipv6 {
+                crate::topology::add_vtep6(&ns, n)?;
             }
             // Resolve etcd's address before anything has to reach it in a hurry.
             let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));

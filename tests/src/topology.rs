@@ -259,6 +259,17 @@ pub fn plug_host_on(wire: &Netns, name: &str, n: usize, underlay: Underlay) -> R
     Ok(ns)
 }
 
+/// Host `n`'s IPv6 underlay address, `fd00::<n>` (beside its 10.0.0.<n>).
+pub fn vtep6(n: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16)
+}
+
+/// Gives host `n` (plugged with [`plug_host_on`]) its IPv6 underlay address, usable at once.
+pub fn add_vtep6(host: &Netns, n: usize) -> Result<()> {
+    host.run(&format!("ip addr add {}/64 dev eth1 nodad", vtep6(n)))?;
+    Ok(())
+}
+
 pub fn ip_str(ip: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(ip).to_string()
 }

@@ -45,6 +45,9 @@ enum Command {
         /// Also measure our overlay while a monitor traces every packet, in a table of its own.
         #[arg(long)]
         monitor: bool,
+        /// The same over an IPv6 underlay (VTEPs fd00::<n>); writes bench6.md, bench6.json.
+        #[arg(long)]
+        ipv6_underlay: bool,
         /// Instead: the cost of multicast replication (five hosts; ours to 1, 2, 4 members
         /// and unicast; kernel vxlan with head-end replication).
         #[arg(long)]
@@ -68,13 +71,14 @@ fn main() -> ExitCode {
             seconds,
             xdp_decap,
             monitor,
+            ipv6_underlay,
             replication,
             scale,
         } => bench(
             rounds,
             &underlay,
             seconds,
-            [xdp_decap, monitor, replication],
+            [xdp_decap, monitor, ipv6_underlay, replication],
             scale,
         ),
     };
@@ -142,7 +146,7 @@ fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
-    [xdp_decap, monitor, replication]: [bool; 3],
+    [xdp_decap, monitor, ipv6_underlay, replication]: [bool; 4],
     scale: Option<u32>,
 ) -> Result<()> {
     prepare_release()?;
@@ -171,6 +175,9 @@ fn bench(
     }
     if monitor {
         args.push("--monitor");
+    }
+    if ipv6_underlay {
+        args.push("--ipv6-underlay");
     }
     if replication {
         args.push("--replication");

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use overlay_tests::{
-    bench::{Metric, Micro, Mode, Sample, Testbed, median, microbench},
+    bench::{Family, Metric, Micro, Mode, Sample, Testbed, median, microbench},
     topology::Underlay,
 };
 use serde_json::json;
@@ -29,6 +29,10 @@ struct Args {
     /// Also measure our overlay while a monitor traces every packet, in its own table.
     #[arg(long)]
     monitor: bool,
+    /// The hosts' underlay is IPv6: VTEPs (ours and kernel vxlan's) and plain routing's next
+    /// hops are fd00::<n>. Results go to bench6.md and bench6.json.
+    #[arg(long, conflicts_with = "xdp_decap")]
+    ipv6_underlay: bool,
     /// Only the control-plane scale benchmark, with this many endpoints.
     #[arg(long)]
     scale: Option<u32>,
@@ -128,6 +132,10 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let underlays = args.underlay.beds();
+    let (family, suffix) = match args.ipv6_underlay {
+        false => (Family::Ipv4, ""),
+        true => (Family::Ipv6, "6"),
+    };
     let mut runs: Runs = BTreeMap::new();
     let mut raw = Vec::new();
     for (b, &underlay) in underlays.iter().enumerate() {
@@ -148,7 +156,7 @@ fn run(args: Args) -> Result<()> {
         let mut beds = Vec::new();
         for mode in modes {
             eprintln!("-- setting up {} on the {}", mode.name(), underlay.name());
-            beds.push(Testbed::new(mode, &tag, underlay)?);
+            beds.push(Testbed::new(mode, &tag, underlay, family)?);
         }
         let total = args.rounds as usize * Metric::ALL.len() * beds.len();
         let mut done = 0;
@@ -194,13 +202,19 @@ fn run(args: Args) -> Result<()> {
     let micro = microbench(10_000, 5_000_000)?;
 
     let mut table = format!(
-        "Medians of {} rounds, {} s each, modes alternating; two hosts in network namespaces, one container each; client on CPU 0, server on CPU 1.\n",
-        args.rounds, args.seconds
+        "Medians of {} rounds, {} s each, modes alternating; two hosts in network namespaces, one container each; client on CPU 0, server on CPU 1{}.\n",
+        args.rounds,
+        args.seconds,
+        match family {
+            Family::Ipv4 => "",
+            Family::Ipv6 => "; IPv6 underlay (VTEPs and next hops fd00::<n>, tunnels of 70 bytes)",
+        }
     );
     for &underlay in &underlays {
         table.push_str(&markdown(&runs, underlay));
         std::fs::write(
-            args.out.join(format!("bench-{}.svg", underlay.key())),
+            args.out
+                .join(format!("bench{suffix}-{}.svg", underlay.key())),
             chart(&runs, underlay),
         )?;
     }
@@ -211,9 +225,9 @@ fn run(args: Args) -> Result<()> {
     if args.monitor {
         table.push_str(&versus(&runs, Mode::OverlayTraced, "traced / not"));
     }
-    std::fs::write(args.out.join("bench.md"), &table)?;
+    std::fs::write(args.out.join(format!("bench{suffix}.md")), &table)?;
     std::fs::write(
-        args.out.join("bench.json"),
+        args.out.join(format!("bench{suffix}.json")),
         serde_json::to_string_pretty(&json!({
             "rounds": args.rounds, "seconds": args.seconds, "runs": raw,
             "micro": micro.iter().map(|m| json!({"program": m.name, "ns": m.ns, "how": m.how})).collect::<Vec<_>>(),
@@ -221,7 +235,7 @@ fn run(args: Args) -> Result<()> {
     )?;
     println!("{table}");
     println!(
-        "(written: {0}/bench.md, bench.json, bench-<underlay>.svg)",
+        "(written: {0}/bench{suffix}.md, bench{suffix}.json, bench{suffix}-<underlay>.svg)",
         args.out.display()
     );
     Ok(())
