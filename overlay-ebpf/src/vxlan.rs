@@ -482,16 +482,18 @@ impl InnerEth {
     }
 }
 
-/// `bpf_skb_adjust_room` judges a shrink by the protocol of the packet (the outer one): it
-/// refuses to leave less than an IPv6 header's 40 bytes behind the Ethernet header, so an
-/// inner frame shorter than 54 bytes (an ARP, a small UDP datagram such as iperf3's opening
-/// one) cannot be unwrapped from outer IPv6 by it alone. For those, `bpf_skb_change_proto`
-/// first takes 20 bytes from behind the Ethernet header and calls the packet IPv4: what is
-/// left is an IPv4 underlay's 50 bytes of headers, which the usual shrink removes whatever the
-/// inner frame's length (34 bytes at least). True if it did. (Padding the frame to 60 bytes
-/// with `bpf_skb_change_tail` instead passed the BPF_PROG_TEST_RUN test but failed on a real
-/// skb that crossed a veth from an encapsulation in the same kernel, likely for the
-/// `skb->encapsulation` it keeps, which change_tail refuses: iperf3's datagram was dropped.)
+/// `bpf_skb_adjust_room` judges a shrink by the protocol of the packet (the outer one, unless
+/// a DECAP_L3 flag names the inner one): it refuses to leave less than an IPv6 header's 40
+/// bytes behind the Ethernet header, so an inner frame of another kind shorter than 54 bytes
+/// (an ARP) cannot be unwrapped from outer IPv6 by it alone. For every frame that short,
+/// `bpf_skb_change_proto` first takes 20 bytes from behind the Ethernet header and calls the
+/// packet IPv4: what is left is an IPv4 underlay's 50 bytes of headers, which the usual shrink
+/// removes as over an IPv4 underlay (where an inner frame under 34 bytes fails too, and is
+/// dropped as drop_adjust_failed). True if it did. (Padding the frame to 60 bytes with
+/// `bpf_skb_change_tail` instead passed the BPF_PROG_TEST_RUN test but fails on a real skb
+/// that crossed a veth from an encapsulation in the same kernel: change_tail refuses the
+/// `skb->encapsulation` it keeps (-ENOTSUPP), and iperf3's 4-byte opening datagram was
+/// dropped.)
 #[inline(always)]
 fn short_from_ipv6(ctx: &TcContext) -> Result<bool, ()> {
     if ctx.len() >= (wire::ENCAP_OVERHEAD_V6 + EthHdr::LEN + IPV6_LEN) as u32 {
