@@ -17,7 +17,7 @@ use overlay_common::{Counter, wire::encap_overhead};
 use crate::{
     deployment::Deployment,
     netns::Netns,
-    topology::{Underlay, add_vtep6, plug_host_on, vtep6},
+    topology::{Underlay, add_vtep6, kernel_vxlan_over_ipv6, plug_host_on, vtep6},
 };
 
 /// The family of the hosts' underlay addresses: VTEPs, and plain routing's next hops.
@@ -263,10 +263,9 @@ impl Testbed {
         let mut ns = underlay(&format!("{tag}k"), u, family)?;
         let ipv6 = family == Family::Ipv6;
         let overlay_mtu = u.mtu() - encap_overhead(ipv6) as u32;
-        // Over IPv6 as the kernel's own docs set it up beside us: zero UDP checksums both ways.
         let local = |n: u8| match family {
             Family::Ipv4 => String::new(),
-            Family::Ipv6 => format!(" local {} udp6zerocsumtx udp6zerocsumrx", family.host(n)),
+            Family::Ipv6 => format!(" {}", kernel_vxlan_over_ipv6(vtep6(n as usize))),
         };
         let mac = |n: u8| format!("02:42:0a:0a:0{}:01", n - 1);
         for n in 1..=2u8 {

@@ -23,10 +23,9 @@ impl Capture {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pcap =
             std::env::temp_dir().join(format!("overlay-capture-{}-{n}.pcap", std::process::id()));
-        let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", &ns.name, "tcpdump", "-i", iface, "-U", "-w",
-            ])
+        let mut child = ns
+            .command("tcpdump")
+            .args(["-i", iface, "-U", "-w"])
             .arg(&pcap)
             .arg(filter)
             .stderr(Stdio::piped())

@@ -569,10 +569,11 @@ impl Deployment {
     pub fn join_legacy_host(&self, legacy: usize, network: &str, ours: Ipv4Addr) -> Result<()> {
         let mac = overlay_agent::net::Mac::from_ip(ours);
         let vtep = self.hosts[legacy].vtep_addr().to_string();
-        let (device, mtu) = match self.hosts[legacy].vtep6 {
-            Some(v6) => (format!("local {v6} udp6zerocsumtx udp6zerocsumrx"), 1430),
-            None => (String::new(), 1450),
-        };
+        let v6 = self.hosts[legacy].vtep6;
+        let device = v6
+            .map(crate::topology::kernel_vxlan_over_ipv6)
+            .unwrap_or_default();
+        let mtu = 1500 - overlay_common::wire::encap_overhead(v6.is_some());
         let first = self.hosts[0].vtep_addr();
         self.hosts[legacy].ns.run(&format!(
             "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 {device} && \

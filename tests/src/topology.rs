@@ -270,6 +270,12 @@ pub fn add_vtep6(host: &Netns, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The options a kernel vxlan device needs over an IPv6 underlay to talk to ours: its own
+/// address, and zero UDP checksums sent (as ours are) and accepted (as ours come).
+pub fn kernel_vxlan_over_ipv6(local: std::net::Ipv6Addr) -> String {
+    format!("local {local} udp6zerocsumtx udp6zerocsumrx")
+}
+
 pub fn ip_str(ip: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(ip).to_string()
 }
