@@ -57,13 +57,14 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
     // took 473,000 verified instructions rather than 166,000 (the kernel's limit is 1M, and
     // each costs an agent's start time).
     if vxlan::underlay_is_ipv6(node) {
-        to_hosts::<true>(ctx, sender, local, ip_dst, flood, node)
+        to_hosts::<true>(ctx, sender, local, ip_dst, flood, tunnel, node)
     } else {
-        to_hosts::<false>(ctx, sender, local, ip_dst, flood, node)
+        to_hosts::<false>(ctx, sender, local, ip_dst, flood, tunnel, node)
     }
 }
 
-/// [`replicate`]'s copies, over an underlay of one family (`V6`).
+/// [`replicate`]'s copies through the collect_md device `tunnel`, over an underlay of one
+/// family (`V6`).
 #[inline(always)]
 fn to_hosts<const V6: bool>(
     ctx: &TcContext,
@@ -71,9 +72,10 @@ fn to_hosts<const V6: bool>(
     local: Counter,
     ip_dst: [u8; 4],
     flood: *const Flood,
+    tunnel: u32,
     node: &NodeConfig,
 ) -> Verdict {
-    let (count, tunnel) = unsafe { ((*flood).count, (*flood).tunnel) };
+    let count = unsafe { (*flood).count };
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = sender.vni;
     key.tunnel_ttl = TTL;
