@@ -115,8 +115,12 @@ fn the_gro_helper_is_made_again_when_deleted_and_removed_with_its_last_network()
     // A second port gets a helper of its own.
     d.create_network_with("red", "10.20.0.0/16", 43, &["--port", "4790"])
         .unwrap();
-    wait_for(Duration::from_secs(3), || exists(&d, "ovgro4790")).unwrap();
-    assert_eq!(pins(&d), ["eth1", "ovgro4789", "ovgro4790"]);
+    // The device exists a moment before its sink is attached and pinned (make() in gro.rs):
+    // wait for both.
+    wait_for(Duration::from_secs(3), || {
+        exists(&d, "ovgro4790") && pins(&d) == ["eth1", "ovgro4789", "ovgro4790"]
+    })
+    .unwrap_or_else(|_| panic!("pinned: {:?}", pins(&d)));
     d.cli(0, &["network", "rm", "blue"]).unwrap();
     // The device goes first (no moment with a socket and no sink), then the sink's pin.
     wait_for(Duration::from_secs(3), || {
