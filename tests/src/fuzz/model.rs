@@ -1,0 +1,866 @@
+//! What `from_container` and `from_underlay` must do with a frame, given the maps of the lab
+//! (`lab.rs`): the TC verdict, the one outcome counter that moves (and the side counters:
+//! IGMP joins and leaves, decapsulated segments), and the output frame. Written from the
+//! README and the RFCs (826 ARP, 4861 NDP, 2236/3376 IGMP, 7348 VXLAN, 6040 ECN), byte by byte,
+//! without the programs' code: where it and the programs disagree, the fuzzer says so.
+//!
+//! What the lab makes deterministic, so that everything here is exact:
+//! - No FLOOD entry: broadcast and multicast have no remote VTEP to be copied to, so there is
+//!   no storm control (time-based) and no replication; they are left to the bridge.
+//! - The FIB answers (forwarding on, the next hop's neighbour permanent) with the underlay's
+//!   MTU of 1500: the generator keeps frames small enough for the tunnel, so path MTU answers
+//!   and fragmentation (tail calls) never happen here; `dataplane_bytes.rs` tests those.
+//! - Encapsulation's outer IPv4 ID and UDP source port are random or a flow hash: compared as
+//!   "in range" and "checksum verifies", everything else exactly.
+use overlay_common::{Counter, vtep, wire};
+
+use crate::{
+    fixture::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    lab::{self, Hook, Lab},
+    packet,
+};
+
+/// A local endpoint: the container behind a port of this host.
+#[derive(Clone, Copy, Debug)]
+pub struct Port {
+    pub name: &'static str,
+    pub ifindex: u32,
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+}
+
+/// The lab's maps, as values: what the model reads where the programs read maps.
+pub struct World {
+    pub ipv6_underlay: bool,
+    /// The underlay interface: also an ifindex PORTS does not know.
+    pub underlay: u32,
+    pub ports: Vec<Port>,
+}
+
+/// What the program must leave in the frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Passed or dropped: exactly as it came.
+    Untouched,
+    /// Redirected as these bytes.
+    Exact(Vec<u8>),
+    /// Encapsulated: these bytes, but for the outer IPv4 ID and header checksum and the UDP
+    /// source port, which must be a valid checksum and a port in Linux's range.
+    Encapsulated(Vec<u8>),
+}
+
+/// The model's answer for one frame.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub code: i32,
+    /// None when the program never ran ([`REFUSED`]).
+    pub counter: Option<Counter>,
+    pub joins: u64,
+    pub leaves: u64,
+    pub output: Output,
+}
+
+impl Outcome {
+    fn pass(counter: Counter) -> Self {
+        Self::of(TC_ACT_OK, counter, Output::Untouched)
+    }
+
+    fn drop(counter: Counter) -> Self {
+        Self::of(TC_ACT_SHOT, counter, Output::Untouched)
+    }
+
+    fn redirect(counter: Counter, output: Output) -> Self {
+        Self::of(TC_ACT_REDIRECT, counter, output)
+    }
+
+    fn of(code: i32, counter: Counter, output: Output) -> Self {
+        Self {
+            code,
+            counter: Some(counter),
+            joins: 0,
+            leaves: 0,
+            output,
+        }
+    }
+
+    /// BPF_PROG_TEST_RUN refuses to run a frame shorter than the network header its
+    /// ethertype names (it reads the addresses off it first): such frames do reach TC on a real
+    /// interface, but cannot be tried here.
+    fn refused() -> Self {
+        Self {
+            code: REFUSED,
+            counter: None,
+            joins: 0,
+            leaves: 0,
+            output: Output::Untouched,
+        }
+    }
+
+    /// Every counter this frame moves, and by how much.
+    pub fn counts(&self) -> impl Iterator<Item = (Counter, u64)> {
+        let Some(counter) = self.counter else {
+            return Vec::new().into_iter();
+        };
+        [
+            (counter, 1),
+            (Counter::GroupJoins, self.joins),
+            (Counter::GroupLeaves, self.leaves),
+            (Counter::DecapSegments, u64::from(counter == Counter::Decap)),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .collect::<Vec<_>>()
+        .into_iter()
+    }
+
+    /// Whether the program's answer (`code`, `out` for input `input`) is this one; if not,
+    /// what differs.
+    pub fn check(&self, input: &[u8], code: i32, out: &[u8]) -> Result<(), String> {
+        if code != self.code {
+            return Err(format!(
+                "verdict {} where the model says {}",
+                code_name(code),
+                code_name(self.code)
+            ));
+        }
+        match &self.output {
+            Output::Untouched if out != input => Err("the frame was changed".into()),
+            Output::Exact(want) if out != want.as_slice() => {
+                Err(format!("output differs from the model's {}", hex(want)))
+            }
+            Output::Encapsulated(want) => check_encapsulated(want, out),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            code_name(self.code),
+            self.counter.map_or("(no counter)", Counter::name)
+        )?;
+        if self.joins + self.leaves != 0 {
+            write!(f, " (joins {}, leaves {})", self.joins, self.leaves)?;
+        }
+        match &self.output {
+            Output::Untouched => write!(f, ", frame untouched"),
+            Output::Exact(b) => write!(f, ", frame {}", hex(b)),
+            Output::Encapsulated(b) => write!(f, ", encapsulated (ID, sport 0) {}", hex(b)),
+        }
+    }
+}
+
+pub fn code_name(code: i32) -> String {
+    match code {
+        TC_ACT_OK => "OK".into(),
+        TC_ACT_SHOT => "SHOT".into(),
+        TC_ACT_REDIRECT => "REDIRECT".into(),
+        REFUSED => "refused by BPF_PROG_TEST_RUN (EINVAL)".into(),
+        other => format!("action {other}"),
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The outer IPv4 ID and checksum and the UDP source port vary; the rest is exact.
+fn check_encapsulated(want: &[u8], got: &[u8]) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "encapsulated to {} bytes, the model {}: {}",
+            got.len(),
+            want.len(),
+            hex(want)
+        ));
+    }
+    let ipv6 = want[12..14] == wire::ETH_P_IPV6.to_be_bytes();
+    let sport_at = if ipv6 { 54 } else { 34 };
+    let varies = |i: usize| {
+        (i >= sport_at && i < sport_at + 2)
+            || (!ipv6 && ((18..20).contains(&i) || (24..26).contains(&i)))
+    };
+    if let Some(i) = (0..want.len()).find(|&i| !varies(i) && got[i] != want[i]) {
+        return Err(format!(
+            "encapsulated frame differs at byte {i}; the model's (ID, checksum, sport zero): {}",
+            hex(want)
+        ));
+    }
+    if !ipv6 && packet::checksum(&got[14..34]) != 0 {
+        return Err("outer IPv4 header checksum does not verify".into());
+    }
+    let sport = u16::from_be_bytes([got[sport_at], got[sport_at + 1]]);
+    if !(wire::SRC_PORT_MIN..=wire::SRC_PORT_MAX).contains(&sport) {
+        return Err(format!("outer UDP source port {sport} out of range"));
+    }
+    Ok(())
+}
+
+/// The "verdict" of a frame BPF_PROG_TEST_RUN refuses to run.
+pub const REFUSED: i32 = -libc::EINVAL;
+
+const ETH: usize = 14;
+const IPV6_LEN: usize = 40;
+const ICMPV6: u8 = 58;
+const IPPROTO_IGMP: u8 = 2;
+/// The underlay's MTU in the lab (a veth's default).
+const UNDERLAY_MTU: usize = 1500;
+
+fn be16(f: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(f.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn arr<const N: usize>(f: &[u8], at: usize) -> Option<[u8; N]> {
+    f.get(at..at + N)?.try_into().ok()
+}
+
+/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A).
+pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    let m = mac;
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ]
+}
+
+/// A dual-stack network's address of an endpoint: the prefix, then its IPv4 address.
+pub fn global(prefix6: [u8; 12], ip: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(&prefix6);
+    a[12..].copy_from_slice(&ip);
+    a
+}
+
+/// RFC 1071 sum of `bytes` folded to 16 bits, not complemented.
+fn sum16(mut acc: u32, bytes: &[u8]) -> u32 {
+    for c in bytes.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// The ICMPv6 checksum's sum over the pseudo-header (RFC 8200 8.1) and `msg`.
+pub fn icmpv6_sum(src: &[u8], dst: &[u8], msg: &[u8]) -> u32 {
+    let mut acc = sum16(0, src);
+    acc = sum16(acc, dst);
+    acc = sum16(acc, &(msg.len() as u32).to_be_bytes());
+    acc = sum16(acc, &[0, 0, 0, ICMPV6]);
+    sum16(acc, msg)
+}
+
+/// Whether an IPv4 destination is a group IGMP snooping decides (not 224.0.0.0/24).
+pub fn tracked_group(g: [u8; 4]) -> bool {
+    (224..=239).contains(&g[0]) && g[..3] != [224, 0, 0]
+}
+
+/// Why a container may send from an IPv6 address: it is one of its own.
+struct Own {
+    link_local: [u8; 16],
+    global: Option<[u8; 16]>,
+}
+
+impl Own {
+    fn has(&self, a: &[u8]) -> bool {
+        a == self.link_local || self.global.is_some_and(|g| a == g)
+    }
+}
+
+/// What the IPv6 source check lets through.
+enum Ipv6Kind {
+    Solicitation,
+    RouterSolicitation,
+    Other,
+}
+
+impl World {
+    /// The maps `Lab::new` / `Lab::new_ipv6_underlay` wrote.
+    pub fn of(lab: &Lab) -> World {
+        World {
+            ipv6_underlay: lab.ipv6_underlay,
+            underlay: lab.underlay,
+            ports: vec![
+                Port {
+                    name: "vc1",
+                    ifindex: lab.vc1,
+                    vni: lab::VNI,
+                    mac: lab::C1_MAC,
+                    ip: lab::C1_IP,
+                },
+                Port {
+                    name: "vc3",
+                    ifindex: lab.vc3,
+                    vni: lab::VNI,
+                    mac: lab::C3_MAC,
+                    ip: lab::C3_IP,
+                },
+                Port {
+                    name: "vc4",
+                    ifindex: lab.vc4,
+                    vni: lab::OTHER_VNI,
+                    mac: lab::C4_MAC,
+                    ip: lab::C1_IP,
+                },
+            ],
+        }
+    }
+
+    pub fn hook_name(&self, hook: Hook) -> String {
+        match hook {
+            Hook::Underlay => "from_underlay (ul0)".into(),
+            Hook::Container(i) => match self.ports.iter().find(|p| p.ifindex == i) {
+                Some(p) => format!("from_container ({})", p.name),
+                None => format!("from_container (ifindex {i}, not a port)"),
+            },
+        }
+    }
+
+    fn port(&self, ifindex: u32) -> Option<&Port> {
+        self.ports.iter().find(|p| p.ifindex == ifindex)
+    }
+
+    /// ENDPOINTS: a local endpoint of `vni` with `mac`.
+    fn endpoint(&self, vni: u32, mac: [u8; 6]) -> Option<&Port> {
+        self.ports.iter().find(|p| p.vni == vni && p.mac == mac)
+    }
+
+    /// FDB: c2, behind the remote VTEP.
+    fn remote(&self, vni: u32, mac: [u8; 6]) -> bool {
+        vni == lab::VNI && mac == lab::C2_MAC
+    }
+
+    /// ARP: every endpoint's IPv4 address, local or remote.
+    fn arp(&self, vni: u32, ip: [u8; 4]) -> Option<[u8; 6]> {
+        if vni == lab::VNI && ip == lab::C2_IP {
+            return Some(lab::C2_MAC);
+        }
+        self.ports
+            .iter()
+            .find(|p| p.vni == vni && p.ip == ip)
+            .map(|p| p.mac)
+    }
+
+    /// NETWORKS: the port of a VNI this node serves.
+    fn network_port(&self, vni: u32) -> Option<u16> {
+        (vni == lab::VNI || vni == lab::OTHER_VNI).then_some(lab::PORT)
+    }
+
+    /// NETWORKS: VNI 42 is dual-stack, 43 (and any VNI not served) IPv4 only.
+    fn prefix6(&self, vni: u32) -> Option<[u8; 12]> {
+        (vni == lab::VNI).then_some(lab::PREFIX6)
+    }
+
+    fn local_vtep(&self) -> [u8; 16] {
+        if self.ipv6_underlay {
+            lab::LOCAL_VTEP6
+        } else {
+            vtep::from_v4(lab::LOCAL_VTEP)
+        }
+    }
+
+    fn remote_vtep(&self) -> [u8; 16] {
+        if self.ipv6_underlay {
+            lab::REMOTE_VTEP6
+        } else {
+            vtep::from_v4(lab::REMOTE_VTEP)
+        }
+    }
+
+    /// VTEPS: the port VXLAN of `vni` from `source` is accepted on.
+    fn vtep_port(&self, vni: u32, source: [u8; 16]) -> Option<u16> {
+        (vni == lab::VNI && source == self.remote_vtep()).then_some(lab::PORT)
+    }
+
+    /// VXLAN_PORTS: a UDP port some network uses.
+    fn ours(&self, dport: u16) -> bool {
+        dport == lab::PORT
+    }
+
+    pub fn predict(&self, hook: Hook, f: &[u8]) -> Outcome {
+        let network_header = match be16(f, 12) {
+            Some(wire::ETH_P_IP) => 20,
+            Some(wire::ETH_P_IPV6) => IPV6_LEN,
+            _ => 0,
+        };
+        if f.len() < ETH + network_header {
+            return Outcome::refused();
+        }
+        match hook {
+            Hook::Container(ifindex) => self.container_frame(ifindex, f),
+            Hook::Underlay => self.underlay_frame(f),
+        }
+    }
+
+    // ---- from_container -----------------------------------------------------------------
+
+    fn container_frame(&self, ifindex: u32, f: &[u8]) -> Outcome {
+        if f.len() < ETH {
+            return Outcome::drop(Counter::DropTooShort);
+        }
+        let Some(sender) = self.port(ifindex) else {
+            // Not a port the agent registered: none of our business.
+            return Outcome::pass(Counter::ContainerPass);
+        };
+        // Every frame speaks for its sender (anti-spoofing, README "From a container").
+        if f[6..12] != sender.mac {
+            return Outcome::drop(Counter::DropSpoofedMac);
+        }
+        let dst: [u8; 6] = arr(f, 0).unwrap();
+        match be16(f, 12).unwrap() {
+            wire::ETH_P_ARP => self.arp_request(sender, f),
+            wire::ETH_P_IP => {
+                if f.len() < ETH + 20 {
+                    return Outcome::drop(Counter::DropTooShort);
+                }
+                let src: [u8; 4] = arr(f, 26).unwrap();
+                // 0.0.0.0: a DHCP client before it has an address.
+                if src != sender.ip && src != [0; 4] {
+                    return Outcome::drop(Counter::DropSpoofedIp);
+                }
+                let (joins, leaves) = if f[23] == IPPROTO_IGMP {
+                    snoop(f, ETH + usize::from(f[14] & 0x0f) * 4)
+                } else {
+                    (0, 0)
+                };
+                let mut o = self.forward(sender, f, dst, true);
+                o.joins = joins;
+                o.leaves = leaves;
+                o
+            }
+            wire::ETH_P_IPV6 => {
+                let prefix6 = self.prefix6(sender.vni);
+                match self.ipv6_source(sender, prefix6, f) {
+                    Err(counter) => Outcome::drop(counter),
+                    Ok(Ipv6Kind::Solicitation) => self
+                        .ndp_answer(sender, prefix6, f)
+                        .unwrap_or_else(|| self.forward(sender, f, dst, true)),
+                    // For its own host only, never replicated.
+                    Ok(Ipv6Kind::RouterSolicitation) => Outcome::pass(Counter::ContainerPass),
+                    Ok(Ipv6Kind::Other) => self.forward(sender, f, dst, true),
+                }
+            }
+            _ => self.forward(sender, f, dst, false),
+        }
+    }
+
+    /// Unicast to a remote MAC is wrapped (IP only: other ethertypes cannot be encapsulated by
+    /// the kernel's helper), to a local one delivered; the rest goes to the bridge. Group
+    /// frames would be replicated to the network's remote VTEPs, but the lab's networks have
+    /// no FLOOD entry (no remote VTEP list, no storm limit, not internal): left to the bridge.
+    fn forward(&self, sender: &Port, f: &[u8], dst: [u8; 6], ip: bool) -> Outcome {
+        if ip && self.remote(sender.vni, dst) {
+            return self.encap(sender.vni, f);
+        }
+        if self.endpoint(sender.vni, dst).is_some() {
+            return Outcome::redirect(Counter::LocalDeliver, Output::Untouched);
+        }
+        Outcome::pass(Counter::ContainerPass)
+    }
+
+    /// RFC 826, answered in place for an address in ARP; only for IPv4 over Ethernet.
+    fn arp_request(&self, sender: &Port, f: &[u8]) -> Outcome {
+        if f.len() < ETH + 28 {
+            return Outcome::drop(Counter::DropTooShort);
+        }
+        let a = &f[ETH..ETH + 28];
+        let (htype, ptype, hlen, plen) = (be16(a, 0).unwrap(), be16(a, 2).unwrap(), a[4], a[5]);
+        if htype != 1 || ptype != wire::ETH_P_IP || hlen != 6 || plen != 4 {
+            return Outcome::pass(Counter::ContainerPass);
+        }
+        let (oper, sha, spa, tpa): (u16, [u8; 6], [u8; 4], [u8; 4]) = (
+            be16(a, 6).unwrap(),
+            arr(a, 8).unwrap(),
+            arr(a, 14).unwrap(),
+            arr(a, 24).unwrap(),
+        );
+        if sha != sender.mac {
+            return Outcome::drop(Counter::DropSpoofedMac);
+        }
+        // 0.0.0.0: an address probe (RFC 5227).
+        if spa != sender.ip && spa != [0; 4] {
+            return Outcome::drop(Counter::DropSpoofedIp);
+        }
+        // Replies and gratuitous announcements stay local.
+        if oper != wire::ARP_OP_REQUEST || tpa == spa {
+            return Outcome::pass(Counter::ContainerPass);
+        }
+        let Some(owner) = self.arp(sender.vni, tpa) else {
+            // Would be asked of the whole network; nobody remote in the lab's FLOOD.
+            return Outcome::pass(Counter::ArpMiss);
+        };
+        let mut out = f.to_vec();
+        out[0..6].copy_from_slice(&sender.mac);
+        out[6..12].copy_from_slice(&owner);
+        let reply = packet::arp(wire::ARP_OP_REPLY, owner, tpa, sha, spa);
+        out[ETH..ETH + 28].copy_from_slice(&reply);
+        Outcome::redirect(Counter::ArpReply, Output::Exact(out))
+    }
+
+    /// RFC 4291/4861 source rules: the container's own addresses, `::`, and no router messages.
+    fn ipv6_source(
+        &self,
+        sender: &Port,
+        prefix6: Option<[u8; 12]>,
+        f: &[u8],
+    ) -> Result<Ipv6Kind, Counter> {
+        if f.len() < ETH + IPV6_LEN {
+            return Err(Counter::DropTooShort);
+        }
+        let own = Own {
+            link_local: link_local(sender.mac),
+            global: prefix6.map(|p| global(p, sender.ip)),
+        };
+        let src = &f[22..38];
+        if !own.has(src) && src != [0; 16] {
+            return Err(Counter::DropSpoofedIp);
+        }
+        let at = match icmpv6_at(f) {
+            Chain::Icmpv6(at) => at,
+            Chain::None => return Ok(Ipv6Kind::Other),
+            Chain::TooLong => return Err(Counter::DropSpoofedIp),
+        };
+        match f.get(at) {
+            Some(134 | 137) => return Err(Counter::DropRouterMessage),
+            Some(133) => return Ok(Ipv6Kind::RouterSolicitation),
+            Some(135 | 136) => {}
+            _ => return Ok(Ipv6Kind::Other),
+        }
+        // Too short to be a neighbour message: claims no address.
+        if f.len() < at + 24 {
+            return Ok(Ipv6Kind::Other);
+        }
+        match f[at] {
+            136 if !own.has(&f[at + 8..at + 24]) => Err(Counter::DropSpoofedIp),
+            135 => Ok(Ipv6Kind::Solicitation),
+            _ => Ok(Ipv6Kind::Other),
+        }
+    }
+
+    /// A multicast neighbour solicitation for an address of the sender's dual-stack network,
+    /// answered with the advertisement the owner's kernel would send; None leaves it to go on.
+    fn ndp_answer(&self, sender: &Port, prefix6: Option<[u8; 12]>, f: &[u8]) -> Option<Outcome> {
+        let prefix6 = prefix6?;
+        if f[0] & 1 == 0 {
+            return None;
+        }
+        if f.len() < ETH + IPV6_LEN + 24 {
+            return Some(Outcome::drop(Counter::DropTooShort));
+        }
+        if f[20] != ICMPV6 {
+            return None;
+        }
+        let (len, hop_limit, code) = (usize::from(be16(f, 18).unwrap()), f[21], f[55]);
+        // RFC 4861 7.1.1: silently discarded.
+        if hop_limit != 255 || code != 0 || len < 24 || f[62] == 0xff {
+            return Some(Outcome::drop(Counter::DropBadNdp));
+        }
+        let (src, dst, target) = (&f[22..38], &f[38..54], &f[62..78]);
+        // Duplicate address detection: for the whole network to hear.
+        if src == [0; 16] {
+            return None;
+        }
+        match len {
+            24 => {}
+            32 => {
+                if f.len() < 86 {
+                    return Some(Outcome::drop(Counter::DropTooShort));
+                }
+                let opt = &f[78..86];
+                if opt[1] == 0 {
+                    return Some(Outcome::drop(Counter::DropBadNdp));
+                }
+                if opt[0] != 1 || opt[1] != 1 {
+                    return None;
+                }
+                if opt[2..8] != sender.mac {
+                    return Some(Outcome::drop(Counter::DropSpoofedMac));
+                }
+            }
+            // Options Linux does not send: the owner reads them itself.
+            _ => return None,
+        }
+        if icmpv6_sum(src, dst, &f[54..54 + len]) != 0xffff {
+            return Some(Outcome::drop(Counter::DropBadNdp));
+        }
+        if target[..12] != prefix6 {
+            return None;
+        }
+        let owner = self.arp(sender.vni, arr(target, 12).unwrap())?;
+        if owner == sender.mac {
+            return None;
+        }
+        // Solicited and Override, the target link-layer address option; hop limit 255.
+        let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+        na.extend_from_slice(target);
+        na.extend_from_slice(&[2, 1]);
+        na.extend_from_slice(&owner);
+        let c = !(icmpv6_sum(target, src, &na) as u16);
+        na[2..4].copy_from_slice(&c.to_be_bytes());
+        let ip = packet::ipv6(
+            target.try_into().unwrap(),
+            src.try_into().unwrap(),
+            ICMPV6,
+            255,
+            &na,
+        );
+        let out = packet::eth(sender.mac, owner, wire::ETH_P_IPV6, &ip);
+        Some(Outcome::redirect(Counter::NdpReply, Output::Exact(out)))
+    }
+
+    /// RFC 7348 encapsulation to c2's VTEP as a Linux vxlan device sends it, through the next
+    /// hop the FIB resolved; RFC 6040 ECN into the outer header.
+    fn encap(&self, vni: u32, f: &[u8]) -> Outcome {
+        let overhead = wire::encap_overhead(self.ipv6_underlay);
+        assert!(
+            f.len() - ETH <= UNDERLAY_MTU - overhead,
+            "the generator made a frame too big for the tunnel ({} bytes)",
+            f.len()
+        );
+        let tos = match be16(f, 12).unwrap() {
+            wire::ETH_P_IP => f[15],
+            _ => (f[14] << 4) | (f[15] >> 4),
+        };
+        let ecn = wire::outer_ecn(tos);
+        let udp = packet::udp(0, lab::PORT, &packet::vxlan(vni, f));
+        let (ethertype, mut ip) = if self.ipv6_underlay {
+            let mut ip = packet::ipv6(self.local_vtep(), self.remote_vtep(), 17, 64, &udp);
+            ip[1] = ecn << 4;
+            (wire::ETH_P_IPV6, ip)
+        } else {
+            let ip = packet::ipv4(lab::LOCAL_VTEP, lab::REMOTE_VTEP, 17, ecn, &udp);
+            (wire::ETH_P_IP, ip)
+        };
+        if !self.ipv6_underlay {
+            // Varies: ID and checksum (checked apart).
+            ip[4..6].fill(0);
+            ip[10..12].fill(0);
+        }
+        let out = packet::eth(lab::NEXT_HOP_MAC, lab::UNDERLAY_MAC, ethertype, &ip);
+        Outcome::redirect(Counter::Encap, Output::Encapsulated(out))
+    }
+
+    // ---- from_underlay ------------------------------------------------------------------
+
+    /// Everything that is not VXLAN to our port passes untouched (the host's own traffic);
+    /// VXLAN to our port is delivered or dropped with its reason.
+    fn underlay_frame(&self, f: &[u8]) -> Outcome {
+        if f.len() < ETH + 20 + 8 {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        match be16(f, 12).unwrap() {
+            wire::ETH_P_IP => self.outer_ipv4(f),
+            wire::ETH_P_IPV6 => self.outer_ipv6(f),
+            _ => Outcome::pass(Counter::UnderlayPass),
+        }
+    }
+
+    fn outer_ipv4(&self, f: &[u8]) -> Outcome {
+        if f[23] != wire::IPPROTO_UDP {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let frags = be16(f, 20).unwrap();
+        let (mf_or_offset, offset) = (frags & 0x3fff != 0, frags & wire::IP_OFFSET != 0);
+        // A later fragment has no UDP header to say whose it is.
+        if mf_or_offset && offset {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        let Some(dport) = be16(f, ETH + ihl + 2) else {
+            return Outcome::pass(Counter::UnderlayPass);
+        };
+        if !self.ours(dport) {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        // Linux VTEPs send neither: left to the host, which has no socket there.
+        if ihl != 20 {
+            return Outcome::pass(Counter::UnderlayIpOptions);
+        }
+        if mf_or_offset {
+            return Outcome::pass(Counter::UnderlayFragment);
+        }
+        let source = vtep::from_v4(arr(f, 26).unwrap());
+        let carried = usize::from(be16(f, 16).unwrap()).saturating_sub(20);
+        self.accept(f, ETH + 20, dport, source, carried, false)
+    }
+
+    fn outer_ipv6(&self, f: &[u8]) -> Outcome {
+        if f.len() < ETH + IPV6_LEN + 8 || f[20] != wire::IPPROTO_UDP {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        let dport = be16(f, ETH + IPV6_LEN + 2).unwrap();
+        if !self.ours(dport) {
+            return Outcome::pass(Counter::UnderlayPass);
+        }
+        let carried = usize::from(be16(f, 18).unwrap());
+        self.accept(f, ETH + IPV6_LEN, dport, arr(f, 22).unwrap(), carried, true)
+    }
+
+    /// VXLAN at `udp_at` to our port: valid header, a VNI served, a VTEP of that VNI, a local
+    /// endpoint of that VNI; then exactly the inner frame comes out.
+    fn accept(
+        &self,
+        f: &[u8],
+        udp_at: usize,
+        dport: u16,
+        source: [u8; 16],
+        carried: usize,
+        outer_ipv6: bool,
+    ) -> Outcome {
+        let inner_at = udp_at + 16;
+        if f.len() < inner_at + ETH {
+            return Outcome::drop(Counter::DropTooShort);
+        }
+        // Headers that claim less than they carry: truncated or forged.
+        let least = 8 + 8 + ETH;
+        if usize::from(be16(f, udp_at + 4).unwrap()) < least || carried < least {
+            return Outcome::drop(Counter::DropTooShort);
+        }
+        let vx = &f[udp_at + 8..inner_at];
+        if vx[0] != wire::VXLAN_FLAG_VNI || vx[1..4] != [0; 3] || vx[7] != 0 {
+            return Outcome::drop(Counter::DropBadVxlan);
+        }
+        let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+        if self.vtep_port(vni, source) != Some(dport) {
+            return Outcome::drop(if self.network_port(vni) == Some(dport) {
+                Counter::DropUnknownVtep
+            } else {
+                Counter::DropUnknownVni
+            });
+        }
+        let inner = &f[inner_at..];
+        // Group frames would go to the network's bridge: the lab's networks have none.
+        if self.endpoint(vni, arr(inner, 0).unwrap()).is_none() {
+            return Outcome::drop(Counter::DropNoEndpoint);
+        }
+        if !decapsulable(inner, outer_ipv6) {
+            if outer_ipv6 && inner.len() < ETH + IPV6_LEN {
+                // Dropped after the outer IPv6 header was already cut to IPv4's size (20
+                // bytes less behind the Ethernet header): harmless, nobody sees a dropped frame.
+                let cut = [&f[..ETH], &f[ETH + 20..]].concat();
+                return Outcome::of(TC_ACT_SHOT, Counter::DropAdjustFailed, Output::Exact(cut));
+            }
+            return Outcome::drop(Counter::DropAdjustFailed);
+        }
+        Outcome::redirect(Counter::Decap, Output::Exact(inner.to_vec()))
+    }
+}
+
+/// Whether the kernel's `bpf_skb_adjust_room` can take the outer headers off: it refuses to
+/// leave less than an IP header of the family the packet then claims behind the Ethernet
+/// header (inner IPv4 20, inner IPv6 40, anything else the outer family's). An outer IPv6
+/// packet whose inner frame is shorter than 54 bytes is first turned into outer IPv4 (see
+/// vxlan.rs, `short_from_ipv6`), so such a frame is judged as over IPv4.
+fn decapsulable(inner: &[u8], outer_ipv6: bool) -> bool {
+    let outer_ipv6 = outer_ipv6 && inner.len() >= ETH + IPV6_LEN;
+    let least = match be16(inner, 12).unwrap() {
+        wire::ETH_P_IP => 20,
+        wire::ETH_P_IPV6 => IPV6_LEN,
+        _ if outer_ipv6 => IPV6_LEN,
+        _ => 20,
+    };
+    inner.len() - ETH >= least
+}
+
+/// Where ICMPv6 starts behind up to four hop-by-hop, routing or destination options headers.
+enum Chain {
+    Icmpv6(usize),
+    /// Another upper layer, a fragment header, or a chain cut short.
+    None,
+    /// More extension headers than are read: refused, not let through unread.
+    TooLong,
+}
+
+fn icmpv6_at(f: &[u8]) -> Chain {
+    let (mut next, mut at) = (f[20], ETH + IPV6_LEN);
+    for _ in 0..4 {
+        match next {
+            ICMPV6 => return Chain::Icmpv6(at),
+            0 | 43 | 60 => {
+                let Some([n, len]) = arr::<2>(f, at) else {
+                    return Chain::None;
+                };
+                next = n;
+                at += (usize::from(len) + 1) * 8;
+            }
+            _ => return Chain::None,
+        }
+    }
+    match next {
+        ICMPV6 => Chain::Icmpv6(at),
+        0 | 43 | 60 => Chain::TooLong,
+        _ => Chain::None,
+    }
+}
+
+/// IGMP snooping (RFC 4541): the joins and leaves the report at `l4` tells. v1/v2 reports
+/// and v2 leaves name one group; a v3 report's first eight records are read.
+fn snoop(f: &[u8], l4: usize) -> (u64, u64) {
+    let (mut joins, mut leaves) = (0, 0);
+    let mut note = |group: [u8; 4], join: bool| {
+        if tracked_group(group) {
+            if join {
+                joins += 1;
+            } else {
+                leaves += 1;
+            }
+        }
+    };
+    match f.get(l4) {
+        Some(0x12 | 0x16) => {
+            if let Some(g) = arr(f, l4 + 4) {
+                note(g, true);
+            }
+        }
+        Some(0x17) => {
+            if let Some(g) = arr(f, l4 + 4) {
+                note(g, false);
+            }
+        }
+        Some(0x22) => {
+            let Some(n) = be16(f, l4 + 6) else {
+                return (0, 0);
+            };
+            let mut at = l4 + 8;
+            for _ in 0..usize::from(n).min(8) {
+                let Some(head) = arr::<8>(f, at) else {
+                    break;
+                };
+                let sources = u16::from_be_bytes([head[2], head[3]]);
+                let group = [head[4], head[5], head[6], head[7]];
+                match (head[0], sources) {
+                    // EXCLUDE: every source, a join; INCLUDE nothing: a leave.
+                    (2 | 4, _) => note(group, true),
+                    (1 | 3, 0) => note(group, false),
+                    (1 | 3 | 5, _) => note(group, true),
+                    _ => {}
+                }
+                at += 8 + 4 * usize::from(sources) + 4 * usize::from(head[1]);
+                if at > 0xffff {
+                    break;
+                }
+            }
+        }
+        _ => {}
+    }
+    (joins, leaves)
+}
