@@ -119,6 +119,13 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
     }
     let mut source = [0u8; 16];
     source.copy_from_slice(&ip[8..24]);
+    // ::ffff:0:0/96 is how the maps write an IPv4 VTEP, never an IPv6 packet's source (RFC 4291
+    // 2.5.5.2; Linux's ip6_rcv_core drops it): without this, an IPv4 node took IPv6 VXLAN from
+    // ::ffff:<a VTEP's IPv4 address> as from that VTEP. No VTEP is the unspecified address.
+    let word = |i: usize| u32::from_ne_bytes([ip[i], ip[i + 1], ip[i + 2], ip[i + 3]]);
+    if word(8) == 0 && word(12) == 0 && word(16) == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        source = [0; 16];
+    }
     let carried = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     accept::<OFF_UDP6>(ctx, dport, source, carried)
 }

@@ -1644,3 +1644,28 @@ fn every_program_verifies_well_within_the_kernels_limit() {
         );
     }
 }
+
+#[test]
+fn an_ipv4_mapped_ipv6_source_is_no_vtep() {
+    // Found by the fuzzer: an IPv4 node took IPv6 VXLAN from ::ffff:10.0.0.2 as from its peer
+    // 10.0.0.2 (the maps keep IPv4 VTEPs in that form) and decapsulated it.
+    let mut lab = Lab::new("mapped");
+    let mapped = overlay_common::vtep::from_v4(REMOTE_VTEP);
+    let frame = vxlan_from_remote6(VNI, mapped, PORT, &c2_to_c1_ping());
+    lab.expect(
+        "IPv6 VXLAN from ::ffff:10.0.0.2",
+        Underlay,
+        &frame,
+        TC_ACT_SHOT,
+        Counter::DropUnknownVtep,
+    );
+    // Over an IPv6 underlay too, whatever the maps hold.
+    let mut lab6 = Lab::new_ipv6_underlay("mapped6");
+    lab6.expect(
+        "IPv6 VXLAN from ::ffff:10.0.0.2",
+        Underlay,
+        &frame,
+        TC_ACT_SHOT,
+        Counter::DropUnknownVtep,
+    );
+}

@@ -712,7 +712,15 @@ impl World {
             return Outcome::pass(Counter::UnderlayPass);
         }
         let carried = usize::from(be16(f, 18).unwrap());
-        self.accept(f, ETH + IPV6_LEN, dport, arr(f, 22).unwrap(), carried, true)
+        // An IPv4-mapped address never appears on the wire (RFC 4291 2.5.5.2): not a VTEP,
+        // even where the maps keep IPv4 VTEPs in that form.
+        let source: [u8; 16] = arr(f, 22).unwrap();
+        let source = if vtep::is_v4(&source) {
+            [0; 16]
+        } else {
+            source
+        };
+        self.accept(f, ETH + IPV6_LEN, dport, source, carried, true)
     }
 
     /// VXLAN at `udp_at` to our port: valid header, a VNI served, a VTEP of that VNI, a local
