@@ -1669,3 +1669,26 @@ fn an_ipv4_mapped_ipv6_source_is_no_vtep() {
         Counter::DropUnknownVtep,
     );
 }
+
+#[test]
+fn a_frame_hidden_behind_a_second_vlan_tag_is_refused() {
+    // Found with the fuzzer: from_container left VLAN-tagged frames to the bridge or delivered
+    // them unread. The kernel strips a frame's first tag before TC, so a tag still in the frame
+    // is a second one, and the receiving kernel unwraps an outer 802.1p priority tag (VLAN 0)
+    // and takes what is behind it: here an ARP reply from c1 claiming c2's address, for c3.
+    let mut lab = Lab::new("qinq");
+    let vc1 = lab.vc1;
+    let spoof = packet::arp(2, C1_MAC, C2_IP, C3_MAC, C3_IP);
+    for tpid in [ETH_P_8021Q, 0x88a8] {
+        let mut frame = packet::eth(C3_MAC, C1_MAC, tpid, &[0, 0]);
+        frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        frame.extend_from_slice(&spoof);
+        lab.expect(
+            &format!("ARP behind a {tpid:#06x} tag, VLAN 0"),
+            Container(vc1),
+            &frame,
+            TC_ACT_SHOT,
+            Counter::DropSpoofedIp,
+        );
+    }
+}

@@ -459,6 +459,10 @@ impl World {
                     Ok(Ipv6Kind::Other) => self.forward(sender, f, dst, true),
                 }
             }
+            // The kernel strips a frame's first VLAN tag before TC: one still there is a
+            // second, hiding an ARP or IP packet that a priority tag (VLAN 0) lets the
+            // receiving kernel take as untagged. Refused unread.
+            wire::ETH_P_8021Q | wire::ETH_P_8021AD => Outcome::drop(Counter::DropSpoofedIp),
             _ => self.forward(sender, f, dst, false),
         }
     }
