@@ -90,33 +90,84 @@ pub fn sync_groups(maps: &mut Maps, wanted: &BTreeMap<IpKey, GroupVteps>) -> Res
 /// querier that asks the containers again (see the agent).
 pub const MEMBERSHIP_NS: u64 = 260_000_000_000;
 
-/// This node's memberships from GROUPS, per VNI, expired ones removed from the map; and
-/// whether there were more groups than a node publishes.
+/// This node's memberships from GROUPS, per VNI, expired ones removed from the map (and
+/// each port's count in GROUP_COUNT made exact again); and whether there were more groups than
+/// a node publishes.
 pub fn local_groups(maps: &mut Maps, now_ns: u64) -> Result<(GroupsRecord, bool)> {
     let entries: Vec<(GroupKey, u64)> = maps
         .groups
         .iter()
         .collect::<Result<_, _>>()
         .context("reading GROUPS")?;
-    let mut out = GroupsRecord::new();
-    let (mut count, mut capped) = (0, false);
+    let mut live = Vec::with_capacity(entries.len());
     for (key, seen) in entries {
         if now_ns.saturating_sub(seen) > MEMBERSHIP_NS {
             let _ = maps.groups.remove(&key);
-            continue;
+        } else {
+            live.push(key);
         }
-        let set = out.entry(key.vni.to_string()).or_default();
-        if set.contains(&Ipv4Addr::from(key.group)) {
-            continue;
-        }
-        if count == MAX_PUBLISHED_GROUPS {
-            capped = true;
-            continue;
-        }
-        set.insert(Ipv4Addr::from(key.group));
-        count += 1;
     }
-    Ok((out, capped))
+    recount(maps, &live)?;
+    Ok(publishable(&live))
+}
+
+/// GROUP_COUNT from the memberships GROUPS holds: the dataplane counts as reports pass, two
+/// CPUs may race on one port, and an expiry here must give the port its room back.
+fn recount(maps: &mut Maps, live: &[GroupKey]) -> Result<()> {
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for key in live {
+        *counts.entry(key.port).or_default() += 1;
+    }
+    let stale: Vec<u32> = maps
+        .group_count
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|port| !counts.contains_key(port))
+        .collect();
+    for port in stale {
+        let _ = maps.group_count.remove(&port);
+    }
+    for (port, n) in counts {
+        maps.group_count
+            .insert(port, n, 0)
+            .with_context(|| format!("GROUP_COUNT: port {port}"))?;
+    }
+    Ok(())
+}
+
+/// What a node publishes of its ports' memberships, at most MAX_PUBLISHED_GROUPS groups:
+/// taken in turns, each port's first group, then each port's second, ..., so a container with
+/// many groups cannot crowd out another's one (each port holds at most MAX_GROUPS_PER_PORT).
+fn publishable(live: &[GroupKey]) -> (GroupsRecord, bool) {
+    let mut per_port: BTreeMap<u32, Vec<(u32, [u8; 4])>> = BTreeMap::new();
+    for key in live {
+        per_port
+            .entry(key.port)
+            .or_default()
+            .push((key.vni, key.group));
+    }
+    for groups in per_port.values_mut() {
+        groups.sort_unstable();
+    }
+    let mut out = GroupsRecord::new();
+    let (mut count, mut capped) = (0, false);
+    let rounds = per_port.values().map(Vec::len).max().unwrap_or(0);
+    for round in 0..rounds {
+        for (vni, group) in per_port.values().filter_map(|g| g.get(round)) {
+            let set = out.entry(vni.to_string()).or_default();
+            if set.contains(&Ipv4Addr::from(*group)) {
+                continue;
+            }
+            if count == MAX_PUBLISHED_GROUPS {
+                capped = true;
+                continue;
+            }
+            set.insert(Ipv4Addr::from(*group));
+            count += 1;
+        }
+    }
+    out.retain(|_, set| !set.is_empty());
+    (out, capped)
 }
 
 /// Per VNI, the VTEPs of the legacy hosts (`peer add`) of the networks in `cluster`.
@@ -237,5 +288,31 @@ mod tests {
         let (want, overflow) = wanted(&s, &BTreeMap::new(), &BTreeMap::new(), &|_| None);
         assert_eq!(overflow, vec![(42, MAX_FLOOD_VTEPS + 3)]);
         assert_eq!(want[&42].count as usize, MAX_FLOOD_VTEPS);
+    }
+
+    #[test]
+    fn published_groups_are_shared_fairly_between_ports() {
+        let key = |port: u32, n: u32| GroupKey {
+            vni: 42,
+            group: [239, (n >> 16) as u8, (n >> 8) as u8, n as u8],
+            port,
+        };
+        // Port 1 holds far more groups than a node publishes; port 2 holds one.
+        let mut live: Vec<GroupKey> = (0..MAX_PUBLISHED_GROUPS as u32 + 10)
+            .map(|n| key(1, n + 1000))
+            .collect();
+        live.push(key(2, 7));
+        let (out, capped) = publishable(&live);
+        assert!(capped);
+        let set = &out["42"];
+        assert_eq!(set.len(), MAX_PUBLISHED_GROUPS);
+        assert!(
+            set.contains(&Ipv4Addr::new(239, 0, 0, 7)),
+            "port 2's only group is published despite port 1's many"
+        );
+        // One group two ports hold counts once.
+        let (out, capped) = publishable(&[key(1, 5), key(2, 5)]);
+        assert!(!capped);
+        assert_eq!(out["42"].len(), 1);
     }
 }

@@ -19,6 +19,7 @@ pub mod names {
     pub const BUM_RATE: &str = "BUM_RATE";
     pub const GROUPS: &str = "GROUPS";
     pub const MCAST: &str = "MCAST";
+    pub const GROUP_COUNT: &str = "GROUP_COUNT";
     /// The monitor's switch, its events and its per-CPU losses (see `monitor`).
     pub const MONITOR_CTL: &str = "MONITOR_CTL";
     pub const EVENTS: &str = "EVENTS";
@@ -261,8 +262,14 @@ pub struct GroupKey {
     pub port: u32,
 }
 
-/// Most group memberships one node tracks (an LRU map: a flood of reports evicts the oldest).
+/// Most group memberships one node tracks. A plain hash, not an LRU: a container's flood of
+/// reports must never evict another container's memberships; a full map records no more.
 pub const MAX_GROUP_MEMBERSHIPS: u32 = 16384;
+
+/// Most group memberships one local port (container) holds in GROUPS: beyond it a join is not
+/// recorded (`group_limit`), so no container can churn or fill the node's share for the
+/// others. Linux itself lets one socket join 20 (`igmp_max_memberships`).
+pub const MAX_GROUPS_PER_PORT: u32 = 64;
 
 /// MCAST value, by (VNI, group) as an [`IpKey`]: the remote VTEPs with members of the group.
 /// A group without an entry has no remote member: its traffic stays on this host.
@@ -371,6 +378,7 @@ mod tests {
             names::BUM_RATE,
             names::GROUPS,
             names::MCAST,
+            names::GROUP_COUNT,
             names::MONITOR_CTL,
             names::EVENTS,
             names::MONITOR_CPU,

@@ -99,6 +99,13 @@ counters! {
     /// A container sent an ICMPv6 router advertisement or redirect: containers are hosts, and
     /// a rogue advertisement would make it its neighbours' router (Docker's CVE-2020-13401).
     DropRouterMessage = "drop_router_message",
+    /// A container's UDP to a port VXLAN uses on this node (any VTEP's, any network's): through
+    /// its gateway, masqueraded to this node's VTEP, it would be decapsulated by another node
+    /// into a network the container is not on.
+    DropTunnelPort = "drop_tunnel_port",
+    /// Not an outcome: an IGMP join not recorded because its port already holds
+    /// `MAX_GROUPS_PER_PORT` memberships (or the node's GROUPS map is full).
+    GroupLimit = "group_limit",
 }
 
 impl Counter {
@@ -113,6 +120,7 @@ impl Counter {
                 | Counter::FloodCopies
                 | Counter::GroupJoins
                 | Counter::GroupLeaves
+                | Counter::GroupLimit
         )
     }
 
@@ -137,6 +145,7 @@ impl Counter {
                 | Counter::DropTooBig
                 | Counter::DropBadNdp
                 | Counter::DropRouterMessage
+                | Counter::DropTunnelPort
         )
     }
 

@@ -12,6 +12,9 @@ use crate::{
 };
 
 const HTYPE_ETHERNET: u16 = 1;
+/// IEEE 802 networks: Linux takes it on an Ethernet device as it takes type 1 (`arp_process`),
+/// so it must be checked as type 1 is, or it would carry another container's address past us.
+const HTYPE_IEEE802: u16 = 6;
 
 pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
     if !linearize(ctx, EthHdr::LEN + ArpHdr::LEN) {
@@ -22,7 +25,10 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
         return drop(Counter::DropTooShort);
     };
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
-    if u16::from_be_bytes(arp.htype) != HTYPE_ETHERNET
+    let htype = u16::from_be_bytes(arp.htype);
+    // Any other shape, Linux ignores (and so does every container's neighbour): left to the
+    // bridge, which reaches only this host's ports.
+    if (htype != HTYPE_ETHERNET && htype != HTYPE_IEEE802)
         || u16::from_be_bytes(arp.ptype) != wire::ETH_P_IP
         || arp.hlen != 6
         || arp.plen != 4
@@ -54,6 +60,8 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
     // Turn the request into the reply in place, and send it back out of the port it came in by.
     eth.dst_addr = eth.src_addr;
     eth.src_addr = owner.mac;
+    // What the owner's kernel would answer from an Ethernet device, whatever the request said.
+    arp.htype = HTYPE_ETHERNET.to_be_bytes();
     arp.oper = wire::ARP_OP_REPLY.to_be_bytes();
     arp.tha = arp.sha;
     arp.tpa = arp.spa;

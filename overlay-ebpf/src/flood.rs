@@ -39,13 +39,11 @@ pub fn replicate(ctx: &TcContext, sender: &Endpoint, local: Counter, ip_dst: [u8
     let Some(flood) = FLOOD.get_ptr(sender.vni) else {
         return pass(local);
     };
-    let (rate, tunnel) = unsafe { ((*flood).rate_pps, (*flood).tunnel) };
-    // Storm control is for what floods every host of the network (broadcast, link-local
-    // groups, IPv6 multicast): a group's own traffic goes only where members asked for it,
-    // and a market data or media stream must not be cut to the storm limit.
-    if rate != 0 && !igmp::tracked(ip_dst) && over_rate(ifindex(ctx), rate) {
+    let rate = unsafe { (*flood).rate_pps };
+    if limited(rate, ip_dst) && over_rate(ifindex(ctx), rate) {
         return drop(Counter::DropStorm);
     }
+    let tunnel = unsafe { (*flood).tunnel };
     let Some(node) = CONFIG.get(0) else {
         return pass(local);
     };
@@ -168,6 +166,33 @@ fn copies<const V6: bool>(
             // Per-CPU slot: no other writer can race us.
             unsafe { *sent += 1 };
         }
+    }
+}
+
+/// Whether storm control (at `rate` per second) applies to a frame for group `ip_dst`: to what
+/// floods every host of the network (broadcast, link-local groups, IPv6 multicast). A group's
+/// own traffic goes only where members asked for it, and a market data or media stream must not
+/// be cut to the storm limit.
+#[inline(always)]
+fn limited(rate: u32, ip_dst: [u8; 4]) -> bool {
+    rate != 0 && !igmp::tracked(ip_dst)
+}
+
+/// Whether `sender`'s next frame for group `ip_dst` would be dropped by storm control, without
+/// counting it (replicate counts it as it goes).
+#[inline(always)]
+pub fn storm_limited(ctx: &TcContext, sender: &Endpoint, ip_dst: [u8; 4]) -> bool {
+    let Some(flood) = FLOOD.get_ptr(sender.vni) else {
+        return false;
+    };
+    let rate = unsafe { (*flood).rate_pps };
+    if !limited(rate, ip_dst) {
+        return false;
+    }
+    let window = unsafe { bpf_ktime_get_ns() } >> 30;
+    match unsafe { BUM_RATE.get(ifindex(ctx)) } {
+        Some(w) => w.window == window && w.sent >= u64::from(rate),
+        None => false,
     }
 }
 

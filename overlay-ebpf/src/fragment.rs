@@ -84,14 +84,33 @@ pub fn wanted(ctx: &TcContext, ether_type: u16, too_big: bool) -> bool {
             .is_ok_and(|flags| flags & (wire::IP_DF >> 8) as u8 == 0)
 }
 
-/// Tail-calls the `fragment` program with the tunnel's MTU in `cb[0]`. Returns only if the
-/// program is not there (the caller drops the packet).
+/// A verdict's action that is no TC action: the entry point is to tail-call the `fragment`
+/// program ([`follow`]).
+const TAIL_CALL_FRAGMENT: i32 = -1000;
+
+/// Asks for the `fragment` program, with the tunnel's MTU in `cb[0]`. The tail call itself is
+/// made by the entry point ([`follow`]): the verifier allows tail calls only in functions that
+/// return `int`, and from_container's steps return a [`Verdict`].
 #[inline(always)]
-pub fn call(ctx: &TcContext, mtu: u32) {
+pub fn request(ctx: &TcContext, mtu: u32) -> Verdict {
+    unsafe { (*ctx.skb.skb).cb[0] = mtu };
+    Verdict {
+        counter: Counter::DropTooBig,
+        action: TAIL_CALL_FRAGMENT,
+    }
+}
+
+/// In the entry point: the tail call a verdict asked for ([`request`]), which returns only if
+/// the program is not there (the packet is then dropped); any other verdict as it is.
+#[inline(always)]
+pub fn follow(ctx: &TcContext, verdict: Verdict) -> Verdict {
+    if verdict.action != TAIL_CALL_FRAGMENT {
+        return verdict;
+    }
     unsafe {
-        (*ctx.skb.skb).cb[0] = mtu;
         JUMP.tail_call(ctx, jump::FRAGMENT);
     }
+    drop(Counter::DropTooBig)
 }
 
 /// The `fragment` program: a copy is cut to its piece and sent back into its port; an original

@@ -3,7 +3,8 @@
 //! Order: identify the sender (PORTS), refuse spoofed sources (IPv4, ARP, IPv6 and its
 //! neighbour advertisements) and router messages, answer ARP and neighbour solicitations from
 //! the map, then forward unicast: straight into a local container, or VXLAN to the remote
-//! VTEP. Broadcast and multicast are replicated to the network's other hosts (flood.rs) and
+//! VTEP. A container's UDP to a port VXLAN uses is refused wherever it goes (vxlan.rs says
+//! why). Broadcast and multicast are replicated to the network's other hosts (flood.rs) and
 //! left to the bridge for local members (router solicitations to the bridge alone); anything else
 //! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports.
 use aya_ebpf::{
@@ -47,22 +48,45 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
                 return drop(Counter::DropTooShort);
             };
-            let (src, dst, proto, vihl) =
-                unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).proto, (*ip).vihl) };
+            let (src, dst, proto, vihl, frags) = unsafe {
+                (
+                    (*ip).src_addr,
+                    (*ip).dst_addr,
+                    (*ip).proto,
+                    (*ip).vihl,
+                    (*ip).frags,
+                )
+            };
             // 0.0.0.0 is what a DHCP client sends from before it has an address.
             if src != sender.ip && src != [0; 4] {
                 return drop(Counter::DropSpoofedIp);
             }
-            if proto == IPPROTO_IGMP {
-                igmp::snoop(ctx, sender, igmp::offset(vihl));
+            let l4 = igmp::offset(vihl);
+            // Only a first fragment (or a whole datagram) carries the UDP header; a later one
+            // cannot be reassembled without it.
+            if proto == wire::IPPROTO_UDP
+                && u16::from_be_bytes(frags) & IP_OFFSET_MASK == 0
+                && let Err(reason) = vxlan::not_to_tunnel_port(ctx, l4)
+            {
+                return drop(reason);
             }
-            forward(ctx, sender, eth.dst_addr, true, dst)
+            let group = igmp::group_of(eth.dst_addr, dst);
+            // Snooped only what storm control will let through: a port over its limit is not
+            // heard, and cannot churn GROUPS faster than its limit. Only reports to a group
+            // address: no host sends them elsewhere.
+            if proto == IPPROTO_IGMP
+                && flood::is_group(eth.dst_addr)
+                && !flood::storm_limited(ctx, sender, group)
+            {
+                igmp::snoop(ctx, sender, l4);
+            }
+            forward(ctx, sender, eth.dst_addr, true, group)
         }
         wire::ETH_P_IPV6 => {
             // A dual-stack network's prefix: the sender's own address and those NDP answers.
             let prefix6 = unsafe { NETWORKS.get(sender.vni) }.map_or([0; 12], |n| n.prefix6);
             match ipv6::check_source(ctx, &ipv6::Own::of(sender, &prefix6)) {
-                Ok(ipv6::Allowed::Solicitation) => ndp::answer(ctx, sender, &prefix6)
+                Ok(ipv6::Allowed::Solicitation) => ndp::answer(ctx, sender, &prefix6, eth.dst_addr)
                     .unwrap_or_else(|| forward(ctx, sender, eth.dst_addr, true, NO_GROUP)),
                 // Left to the bridge: never replicated to the network's other hosts.
                 Ok(ipv6::Allowed::RouterSolicitation) => pass(Counter::ContainerPass),
@@ -83,18 +107,21 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
 
 /// IPv4 protocol number of IGMP.
 const IPPROTO_IGMP: u8 = 2;
-/// The IPv4 destination of a frame that has none worth snooping (IPv6, other ethertypes).
+/// An IPv4 header's fragment offset (in 8-byte units) within its flags and offset field.
+const IP_OFFSET_MASK: u16 = 0x1fff;
+/// The IPv4 group of a frame that has none (IPv6, other ethertypes).
 const NO_GROUP: [u8; 4] = [0; 4];
 
 /// Unicast to a known MAC of the sender's network: local delivery or encapsulation; group
-/// traffic (`ip_dst`: its IPv4 destination) to the network's hosts.
+/// traffic (`group`: the IPv4 group whose members alone get it, `igmp::group_of`) to the
+/// network's hosts.
 #[inline(always)]
 fn forward(
     ctx: &aya_ebpf::programs::TcContext,
     sender: &Endpoint,
     dst: [u8; 6],
     ip: bool,
-    ip_dst: [u8; 4],
+    group: [u8; 4],
 ) -> Verdict {
     let key = MacKey::new(sender.vni, dst);
     // Remote first: that is the path where every nanosecond shows (a MAC is never in both).
@@ -112,7 +139,7 @@ fn forward(
     // IPv4 and IPv6 broadcast and multicast reach the network's other hosts too. Other
     // ethertypes stay local (STP, LLDP and their like must never cross a switch).
     if ip && flood::is_group(dst) {
-        return flood::replicate(ctx, sender, Counter::ContainerPass, ip_dst);
+        return flood::replicate(ctx, sender, Counter::ContainerPass, group);
     }
     // Unicast for no endpoint: the gateway's way out, which an internal network has not.
     if ip && flood::internal(sender.vni) {

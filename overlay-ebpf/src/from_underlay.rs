@@ -19,7 +19,7 @@ use overlay_common::{
 use crate::{
     flood,
     ipv6::IPV6_LEN,
-    maps::{ENDPOINTS, NETWORKS, VTEPS, VXLAN_PORTS},
+    maps::{ENDPOINTS, NETWORKS, VTEPS},
     monitor,
     packet::{linearize, ptr_at},
     stats::{Verdict, add, drop, pass, redirected},
@@ -77,7 +77,7 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
             Err(_) => return pass(Counter::UnderlayPass),
         }
     };
-    if !ours(dport) {
+    if !vxlan::is_tunnel_port(dport) {
         return pass(Counter::UnderlayPass);
     }
 
@@ -114,7 +114,7 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
         return pass(Counter::UnderlayPass);
     }
     let dport = u16::from_be_bytes(unsafe { (*udp).dst });
-    if !ours(dport) {
+    if !vxlan::is_tunnel_port(dport) {
         return pass(Counter::UnderlayPass);
     }
     let mut source = [0u8; 16];
@@ -128,12 +128,6 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
     }
     let carried = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     accept::<OFF_UDP6>(ctx, dport, source, carried)
-}
-
-/// Whether `dport` is the UDP port of a network this node serves.
-#[inline(always)]
-fn ours(dport: u16) -> bool {
-    matches!(VXLAN_PORTS.get(dport as u32), Some(networks) if *networks != 0)
 }
 
 /// VXLAN to our port `dport` from `source`, its UDP header at `OFF_UDP_AT`, its IP header

@@ -2,12 +2,17 @@
 //! the containers' own reports and leaves (IGMPv1/v2 RFC 2236, v3 RFC 3376) as they pass. The
 //! agent reads GROUPS, expires what stopped reporting, and tells the other nodes through etcd,
 //! so a group's traffic is sent only to hosts with a member. Snooping never drops: the report
-//! goes on as any multicast does.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+//! goes on as any multicast does. It hears only what storm control let through (from_container
+//! snoops after forwarding), and each port holds at most `MAX_GROUPS_PER_PORT` memberships, so
+//! one container can neither churn nor fill what the node tracks and publishes for the others.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::TcContext};
 use network_types::eth::EthHdr;
-use overlay_common::{Counter, Endpoint, GroupKey};
+use overlay_common::{Counter, Endpoint, GroupKey, MAX_GROUPS_PER_PORT};
 
-use crate::{maps::GROUPS, stats::add};
+use crate::{
+    maps::{GROUP_COUNT, GROUPS},
+    stats::add,
+};
 
 const V1_REPORT: u8 = 0x12;
 const V2_REPORT: u8 = 0x16;
@@ -92,13 +97,47 @@ fn key(ctx: &TcContext, sender: &Endpoint, group: [u8; 4]) -> GroupKey {
     }
 }
 
+/// The group whose members alone get a frame for MAC `mac` carrying IPv4 destination `dst`:
+/// `dst` when the frame goes to that group's own multicast MAC (RFC 1112: 01:00:5e and the
+/// group's low 23 bits) and membership decides (`tracked`); else zeros, for what every host of
+/// the network gets and storm control limits. Decided by the Ethernet destination, as a switch
+/// does: a broadcast frame carrying 239.1.1.1 is a broadcast, not that group's traffic.
+#[inline(always)]
+pub fn group_of(mac: [u8; 6], dst: [u8; 4]) -> [u8; 4] {
+    let own_mac = mac[0] == 0x01
+        && mac[1] == 0x00
+        && mac[2] == 0x5e
+        && mac[3] == dst[1] & 0x7f
+        && mac[4] == dst[2]
+        && mac[5] == dst[3];
+    if own_mac && tracked(dst) { dst } else { [0; 4] }
+}
+
 #[inline(always)]
 fn join(ctx: &TcContext, sender: &Endpoint, group: [u8; 4]) {
     if !tracked(group) {
         return;
     }
+    let key = key(ctx, sender, group);
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = GROUPS.insert(key(ctx, sender, group), now, 0);
+    if let Some(seen) = GROUPS.get_ptr_mut(key) {
+        // Already a member: the report keeps the membership alive.
+        unsafe { *seen = now };
+        add(Counter::GroupJoins, 1);
+        return;
+    }
+    let count = GROUP_COUNT.get_ptr_mut(key.port);
+    let held = count.map_or(0, |c| unsafe { *c });
+    if held >= MAX_GROUPS_PER_PORT || GROUPS.insert(key, now, BPF_NOEXIST as u64).is_err() {
+        add(Counter::GroupLimit, 1);
+        return;
+    }
+    match count {
+        Some(c) => unsafe { *c = held + 1 },
+        None => {
+            let _ = GROUP_COUNT.insert(key.port, 1, 0);
+        }
+    }
     add(Counter::GroupJoins, 1);
 }
 
@@ -107,7 +146,12 @@ fn leave(ctx: &TcContext, sender: &Endpoint, group: [u8; 4]) {
     if !tracked(group) {
         return;
     }
-    let _ = GROUPS.remove(key(ctx, sender, group));
+    let key = key(ctx, sender, group);
+    if GROUPS.remove(key).is_ok()
+        && let Some(c) = GROUP_COUNT.get_ptr_mut(key.port)
+    {
+        unsafe { *c = (*c).saturating_sub(1) };
+    }
     add(Counter::GroupLeaves, 1);
 }
 

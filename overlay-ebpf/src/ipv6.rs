@@ -10,9 +10,12 @@
 //! each node is the gateway of its own containers, so no router elsewhere has to hear them.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
-use overlay_common::{Counter, Endpoint};
+use overlay_common::{Counter, Endpoint, wire};
 
-use crate::packet::{linearize, ptr_at};
+use crate::{
+    packet::{linearize, ptr_at},
+    vxlan,
+};
 
 pub const IPV6_LEN: usize = 40;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
@@ -76,12 +79,24 @@ pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
     if !own.has(src) && src != [0; 4] {
         return Err(Counter::DropSpoofedIp);
     }
-    let Some(at) = icmpv6_at(ctx, unsafe { (*ip)[6] }) else {
-        return Ok(Allowed::Other);
+    let at = match upper_layer(ctx, unsafe { (*ip)[6] }) {
+        Upper::At {
+            proto: NEXT_HEADER_ICMPV6,
+            at,
+            fragmented: false,
+        } => at,
+        // The same guard as over IPv4 (vxlan.rs says why).
+        Upper::At {
+            proto: wire::IPPROTO_UDP,
+            at,
+            ..
+        } => return vxlan::not_to_tunnel_port(ctx, at).map(|()| Allowed::Other),
+        // NDP is never fragmented (RFC 6980; Linux drops it), a later fragment has no header.
+        Upper::At { .. } | Upper::LaterFragment => return Ok(Allowed::Other),
+        // Whatever hides behind it is refused unread.
+        Upper::TooLong => return Err(Counter::DropSpoofedIp),
+        Upper::Truncated => return Err(Counter::DropTooShort),
     };
-    if at == usize::MAX {
-        return Err(Counter::DropSpoofedIp);
-    }
     // The type first: a router advertisement without options is shorter than any neighbour
     // message, and must not pass as too short to matter.
     match ctx.load::<u8>(at) {
@@ -112,32 +127,64 @@ pub fn check_source(ctx: &TcContext, own: &Own) -> Result<Allowed, Counter> {
 const MAX_EXTENSIONS: usize = 4;
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
 const DESTINATION: u8 = 60;
+/// A fragment header's offset (in 8-byte units, shifted by 3) within its offset and flags.
+const FRAGMENT_OFFSET_MASK: u16 = 0xfff8;
 
-/// Where the ICMPv6 message starts, walking the extension headers in front of it (a neighbour
-/// advertisement behind a destination options header is still one): None when the packet
-/// carries no ICMPv6 (or a fragment, which NDP never is, RFC 6980); `usize::MAX` when the chain
-/// is longer than this reads, which is refused rather than let through unread.
+/// What follows an IPv6 header's extension headers.
+pub enum Upper {
+    /// The upper-layer header `proto` at `at`, behind a fragment header of a first fragment
+    /// when `fragmented`.
+    At {
+        proto: u8,
+        at: usize,
+        fragmented: bool,
+    },
+    /// A fragment other than the first: no upper-layer header in it.
+    LaterFragment,
+    /// More extension headers than this reads: nothing it hides was read.
+    TooLong,
+    /// An extension header cut short by the end of the packet.
+    Truncated,
+}
+
+/// Walks the extension headers after the IPv6 header, whose next header is `first`.
 #[inline(always)]
-fn icmpv6_at(ctx: &TcContext, first: u8) -> Option<usize> {
+pub fn upper_layer(ctx: &TcContext, first: u8) -> Upper {
     let mut next = first;
     let mut at = EthHdr::LEN + IPV6_LEN;
+    let mut fragmented = false;
     for _ in 0..MAX_EXTENSIONS {
         match next {
-            NEXT_HEADER_ICMPV6 => return Some(at),
             HOP_BY_HOP | ROUTING | DESTINATION => {
-                let [n, len] = ctx.load::<[u8; 2]>(at).ok()?;
+                let Ok([n, len]) = ctx.load::<[u8; 2]>(at) else {
+                    return Upper::Truncated;
+                };
                 next = n;
                 at += (len as usize + 1) * 8;
             }
-            // A fragment header (44) or another upper layer: no NDP here.
-            _ => return None,
+            FRAGMENT => {
+                let Ok([n, _, o0, o1]) = ctx.load::<[u8; 4]>(at) else {
+                    return Upper::Truncated;
+                };
+                if u16::from_be_bytes([o0, o1]) & FRAGMENT_OFFSET_MASK != 0 {
+                    return Upper::LaterFragment;
+                }
+                next = n;
+                at += 8;
+                fragmented = true;
+            }
+            _ => break,
         }
     }
     match next {
-        NEXT_HEADER_ICMPV6 => Some(at),
-        HOP_BY_HOP | ROUTING | DESTINATION => Some(usize::MAX),
-        _ => None,
+        HOP_BY_HOP | ROUTING | DESTINATION | FRAGMENT => Upper::TooLong,
+        proto => Upper::At {
+            proto,
+            at,
+            fragmented,
+        },
     }
 }
 

@@ -56,10 +56,11 @@ mod entry {
 
     #[classifier]
     pub fn from_container(ctx: TcContext) -> i32 {
+        let verdict = crate::from_container::handle(&ctx);
         conclude(
             &ctx,
             hook::FROM_CONTAINER,
-            crate::from_container::handle(&ctx),
+            crate::fragment::follow(&ctx, verdict),
         )
     }
 

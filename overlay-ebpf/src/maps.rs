@@ -60,9 +60,16 @@ pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(4096, 0);
 #[map]
 pub static BUM_RATE: LruHashMap<u32, BumWindow> = LruHashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
 
-/// (VNI, group, local port) -> when the port last reported membership (IGMP snooping).
+/// (VNI, group, local port) -> when the port last reported membership (IGMP snooping). Not an
+/// LRU: one container's reports must never evict another's memberships.
 #[map]
-pub static GROUPS: LruHashMap<GroupKey, u64> = LruHashMap::pinned(MAX_GROUP_MEMBERSHIPS, 0);
+pub static GROUPS: HashMap<GroupKey, u64> = HashMap::pinned(MAX_GROUP_MEMBERSHIPS, 0);
+
+/// Local port -> how many memberships it holds in GROUPS (at most `MAX_GROUPS_PER_PORT`).
+/// Counted here as joins and leaves pass, recounted from GROUPS by the agent as it expires
+/// memberships, which also corrects what two CPUs racing on one port may have miscounted.
+#[map]
+pub static GROUP_COUNT: HashMap<u32, u32> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
 
 /// (VNI, group) -> the remote VTEPs with members of the group (the agent, from etcd).
 #[map]

@@ -42,10 +42,17 @@ struct Solicitation {
 /// The answer to the solicitation `ctx` holds (ipv6.rs checked its source), if it is one to
 /// answer; None leaves it to the network.
 #[inline(always)]
-pub fn answer(ctx: &TcContext, sender: &Endpoint, prefix6: &[u8; 12]) -> Option<Verdict> {
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+pub fn answer(
+    ctx: &TcContext,
+    sender: &Endpoint,
+    prefix6: &[u8; 12],
+    dst_mac: [u8; 6],
+) -> Option<Verdict> {
     // Address resolution goes to the solicited-node group; a unicast probe goes to its owner.
-    if unsafe { (*eth).dst_addr[0] } & 1 == 0 || *prefix6 == [0; 12] {
+    // (The caller's copy of the MAC: a bounds check of the Ethernet header here would be
+    // folded by LLVM into ipv6.rs's check at a variable offset, which the verifier cannot
+    // follow.)
+    if dst_mac[0] & 1 == 0 || *prefix6 == [0; 12] {
         return None;
     }
     if !linearize(ctx, EthHdr::LEN + IPV6_LEN + NS_LEN) {

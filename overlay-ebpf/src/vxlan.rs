@@ -28,7 +28,7 @@ use overlay_common::{
 use crate::{
     fragment,
     ipv6::IPV6_LEN,
-    maps::CONFIG,
+    maps::{CONFIG, VXLAN_PORTS},
     packet::{MacWords, ptr_at},
     pmtu,
     stats::{Verdict, drop, redirected},
@@ -65,6 +65,29 @@ struct Encapsulated6 {
     tail: Tail,
 }
 
+/// Whether `dport` is the UDP port of a network this node serves.
+#[inline(always)]
+pub fn is_tunnel_port(dport: u16) -> bool {
+    matches!(VXLAN_PORTS.get(dport as u32), Some(networks) if *networks != 0)
+}
+
+/// Refuses a container's UDP datagram (its header at `l4`) to a port VXLAN uses here. Sent to
+/// another node's VTEP, it would leave through the container's gateway masqueraded to this
+/// node's VTEP, which every other node accepts VXLAN from for the networks this node serves:
+/// a container of one network could write frames into another (through any NAT, Docker's
+/// `docker_gwbridge` too, so no firewall rule of ours can be the only guard). The ports are
+/// those of the networks this node serves, which suffice among our nodes: a receiving node
+/// decapsulates only from a VTEP of that VNI, and a node is one only for networks it serves.
+/// A datagram too short to name its port is no UDP any stack would take: refused too.
+#[inline(always)]
+pub fn not_to_tunnel_port(ctx: &TcContext, l4: usize) -> Result<(), Counter> {
+    match ctx.load::<[u8; 2]>(l4 + 2) {
+        Ok(dport) if is_tunnel_port(u16::from_be_bytes(dport)) => Err(Counter::DropTunnelPort),
+        Ok(_) => Ok(()),
+        Err(_) => Err(Counter::DropTooShort),
+    }
+}
+
 /// Whether the node's underlay is IPv6.
 #[inline(always)]
 pub fn underlay_is_ipv6(node: &NodeConfig) -> bool {
@@ -95,8 +118,7 @@ pub fn encap(ctx: &TcContext, vni: u32, port: u16, fdb: *mut FdbEntry) -> Verdic
     let mtu = u32::from(route.mtu).saturating_sub(overhead as u32);
     let too_big = route.mtu != 0 && pmtu::too_big(ctx, ether_type, mtu);
     if fragment::wanted(ctx, ether_type, too_big) {
-        fragment::call(ctx, mtu);
-        return drop(Counter::DropTooBig);
+        return fragment::request(ctx, mtu);
     }
     if too_big {
         return pmtu::reply(ctx, ether_type, mtu);

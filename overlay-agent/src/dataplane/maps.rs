@@ -30,6 +30,7 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub flood: HashMap<MapData, u32, Flood>,
     pub groups: HashMap<MapData, GroupKey, u64>,
+    pub group_count: HashMap<MapData, u32, u32>,
     pub mcast: HashMap<MapData, IpKey, GroupVteps>,
 }
 
@@ -50,7 +51,7 @@ where
         names::VXLAN_PORTS | names::CONFIG | names::MONITOR_CTL => Map::Array(data),
         names::STATS | names::MONITOR_CPU => Map::PerCpuArray(data),
         names::EVENTS => Map::RingBuf(data),
-        names::GROUPS | names::BUM_RATE => Map::LruHashMap(data),
+        names::BUM_RATE => Map::LruHashMap(data),
         _ => Map::HashMap(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
@@ -70,6 +71,7 @@ impl Maps {
             stats: open(pins, names::STATS)?,
             flood: open(pins, names::FLOOD)?,
             groups: open(pins, names::GROUPS)?,
+            group_count: open(pins, names::GROUP_COUNT)?,
             mcast: open(pins, names::MCAST)?,
         })
     }
