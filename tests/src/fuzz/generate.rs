@@ -131,12 +131,17 @@ fn container_frame(rng: &mut Rng, mac: [u8; 6], ip: [u8; 4], dual: bool) -> Vec<
                 1 => some_ip4(rng),
                 _ => ip,
             };
-            let dst_mac = if rng.chance(20) && dst_ip[0] >= 224 && dst_ip[0] < 240 {
-                [0x01, 0, 0x5e, dst_ip[1] & 0x7f, dst_ip[2], dst_ip[3]]
+            let packet = ipv4(rng, src_ip, dst_ip);
+            let group_mac = [0x01, 0, 0x5e, dst_ip[1] & 0x7f, dst_ip[2], dst_ip[3]];
+            let dst_mac = if packet[9] == 2 && rng.chance(85) {
+                // IGMP, as hosts send it: to a group MAC (snooping reads nothing else).
+                rng.pick(&[group_mac, [0x01, 0, 0x5e, 0, 0, 0x16]])
+            } else if rng.chance(20) && (224..240).contains(&dst_ip[0]) {
+                group_mac
             } else {
                 some_mac(rng)
             };
-            packet::eth(dst_mac, src_mac, wire::ETH_P_IP, &ipv4(rng, src_ip, dst_ip))
+            packet::eth(dst_mac, src_mac, wire::ETH_P_IP, &packet)
         }
         11..=16 => {
             let own = [
@@ -312,10 +317,13 @@ fn ipv4(rng: &mut Rng, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 
 /// IGMPv1/v2 reports and leaves, v3 reports with any records.
 fn igmp(rng: &mut Rng) -> Vec<u8> {
-    let group = |rng: &mut Rng| match rng.below(4) {
+    // Mostly from 256 groups: ports join, rejoin and leave the same ones, and reach their
+    // limit of memberships.
+    let group = |rng: &mut Rng| match rng.below(8) {
         0 => [224, 0, 0, rng.byte()],
         1 => [rng.byte(), rng.byte(), rng.byte(), rng.byte()],
-        _ => [239, rng.byte(), rng.byte(), rng.byte()],
+        2 => [239, rng.byte(), rng.byte(), rng.byte()],
+        _ => [239, 1, rng.below(4) as u8, rng.below(64) as u8],
     };
     let mut m = match rng.below(5) {
         0..=3 => {

@@ -1,18 +1,23 @@
 //! What `from_container` and `from_underlay` must do with a frame, given the maps of the lab
 //! (`lab.rs`): the TC verdict, the one outcome counter that moves (and the side counters:
-//! IGMP joins and leaves, decapsulated segments), and the output frame. Written from the
+//! IGMP joins, leaves and joins over a port's limit, decapsulated segments), and the output
+//! frame. Written from the
 //! README and the RFCs (826 ARP, 4861 NDP, 2236/3376 IGMP, 7348 VXLAN, 6040 ECN), byte by byte,
 //! without the programs' code: where it and the programs disagree, the fuzzer says so.
 //!
 //! What the lab makes deterministic, so that everything here is exact:
 //! - No FLOOD entry: broadcast and multicast have no remote VTEP to be copied to, so there is
 //!   no storm control (time-based) and no replication; they are left to the bridge.
+//! - IGMP snooping is state: the model keeps each port's memberships as GROUPS does (nothing
+//!   expires them in the lab: no agent runs), so it knows when a port's limit refuses a join.
 //! - The FIB answers (forwarding on, the next hop's neighbour permanent) with the underlay's
 //!   MTU of 1500: the generator keeps frames small enough for the tunnel, so path MTU answers
 //!   and fragmentation (tail calls) never happen here; `dataplane_bytes.rs` tests those.
 //! - Encapsulation's outer IPv4 ID and UDP source port are random or a flow hash: compared as
 //!   "in range" and "checksum verifies", everything else exactly.
-use overlay_common::{Counter, vtep, wire};
+use std::collections::BTreeSet;
+
+use overlay_common::{Counter, MAX_GROUPS_PER_PORT, vtep, wire};
 
 use crate::{
     fixture::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -36,6 +41,8 @@ pub struct World {
     /// The underlay interface: also an ifindex PORTS does not know.
     pub underlay: u32,
     pub ports: Vec<Port>,
+    /// IGMP snooping's state, as the frames so far left it.
+    pub memberships: Memberships,
 }
 
 /// What the program must leave in the frame.
@@ -56,9 +63,17 @@ pub struct Outcome {
     pub code: i32,
     /// None when the program never ran ([`REFUSED`]).
     pub counter: Option<Counter>,
+    pub snooped: Snooped,
+    pub output: Output,
+}
+
+/// What IGMP snooping counted for one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snooped {
     pub joins: u64,
     pub leaves: u64,
-    pub output: Output,
+    /// Joins not recorded: the port already holds its most memberships.
+    pub limited: u64,
 }
 
 impl Outcome {
@@ -78,8 +93,7 @@ impl Outcome {
         Self {
             code,
             counter: Some(counter),
-            joins: 0,
-            leaves: 0,
+            snooped: Snooped::default(),
             output,
         }
     }
@@ -91,8 +105,7 @@ impl Outcome {
         Self {
             code: REFUSED,
             counter: None,
-            joins: 0,
-            leaves: 0,
+            snooped: Snooped::default(),
             output: Output::Untouched,
         }
     }
@@ -104,8 +117,9 @@ impl Outcome {
         };
         [
             (counter, 1),
-            (Counter::GroupJoins, self.joins),
-            (Counter::GroupLeaves, self.leaves),
+            (Counter::GroupJoins, self.snooped.joins),
+            (Counter::GroupLeaves, self.snooped.leaves),
+            (Counter::GroupLimit, self.snooped.limited),
             (Counter::DecapSegments, u64::from(counter == Counter::Decap)),
         ]
         .into_iter()
@@ -143,8 +157,13 @@ impl std::fmt::Display for Outcome {
             code_name(self.code),
             self.counter.map_or("(no counter)", Counter::name)
         )?;
-        if self.joins + self.leaves != 0 {
-            write!(f, " (joins {}, leaves {})", self.joins, self.leaves)?;
+        let g = self.snooped;
+        if g != Snooped::default() {
+            write!(
+                f,
+                " (IGMP joins {}, leaves {}, over the limit {})",
+                g.joins, g.leaves, g.limited
+            )?;
         }
         match &self.output {
             Output::Untouched => write!(f, ", frame untouched"),
@@ -322,6 +341,7 @@ impl World {
                     ip: lab::C1_IP,
                 },
             ],
+            memberships: Memberships::default(),
         }
     }
 
@@ -396,7 +416,19 @@ impl World {
         dport == lab::PORT
     }
 
-    pub fn predict(&self, hook: Hook, f: &[u8]) -> Outcome {
+    /// A container's UDP (its header at `l4`) to a port VXLAN uses here is refused wherever it
+    /// goes: through its gateway's NAT it would arrive at another node as VXLAN from this
+    /// node's VTEP, into a network the container is not on. Too short to name a port: no UDP.
+    fn not_to_tunnel_port(&self, f: &[u8], l4: usize) -> Result<(), Counter> {
+        match be16(f, l4 + 2) {
+            Some(dport) if self.ours(dport) => Err(Counter::DropTunnelPort),
+            Some(_) => Ok(()),
+            None => Err(Counter::DropTooShort),
+        }
+    }
+
+    /// The outcome of frame `f` at `hook`, after the frames predicted before it.
+    pub fn predict(&mut self, hook: Hook, f: &[u8]) -> Outcome {
         let network_header = match be16(f, 12) {
             Some(wire::ETH_P_IP) => 20,
             Some(wire::ETH_P_IPV6) => IPV6_LEN,
@@ -413,14 +445,15 @@ impl World {
 
     // ---- from_container -----------------------------------------------------------------
 
-    fn container_frame(&self, ifindex: u32, f: &[u8]) -> Outcome {
+    fn container_frame(&mut self, ifindex: u32, f: &[u8]) -> Outcome {
         if f.len() < ETH {
             return Outcome::drop(Counter::DropTooShort);
         }
-        let Some(sender) = self.port(ifindex) else {
+        let Some(&port) = self.port(ifindex) else {
             // Not a port the agent registered: none of our business.
             return Outcome::pass(Counter::ContainerPass);
         };
+        let sender = &port;
         // Every frame speaks for its sender (anti-spoofing, README "From a container").
         if f[6..12] != sender.mac {
             return Outcome::drop(Counter::DropSpoofedMac);
@@ -437,14 +470,25 @@ impl World {
                 if src != sender.ip && src != [0; 4] {
                     return Outcome::drop(Counter::DropSpoofedIp);
                 }
-                let (joins, leaves) = if f[23] == IPPROTO_IGMP {
-                    snoop(f, ETH + usize::from(f[14] & 0x0f) * 4)
+                let l4 = ETH + usize::from(f[14] & 0x0f) * 4;
+                let first_fragment = be16(f, 20).unwrap() & wire::IP_OFFSET == 0;
+                if f[23] == wire::IPPROTO_UDP
+                    && first_fragment
+                    && let Err(counter) = self.not_to_tunnel_port(f, l4)
+                {
+                    return Outcome::drop(counter);
+                }
+                // Reports to a group address only (the lab has no storm limit to stop them).
+                let snooped = if f[23] == IPPROTO_IGMP && dst[0] & 1 != 0 {
+                    let port = (sender.ifindex, sender.vni);
+                    snoop(f, l4, |group, join| {
+                        self.memberships.note(port, group, join)
+                    })
                 } else {
-                    (0, 0)
+                    Snooped::default()
                 };
                 let mut o = self.forward(sender, f, dst, true);
-                o.joins = joins;
-                o.leaves = leaves;
+                o.snooped = snooped;
                 o
             }
             wire::ETH_P_IPV6 => {
@@ -488,7 +532,8 @@ impl World {
         }
         let a = &f[ETH..ETH + 28];
         let (htype, ptype, hlen, plen) = (be16(a, 0).unwrap(), be16(a, 2).unwrap(), a[4], a[5]);
-        if htype != 1 || ptype != wire::ETH_P_IP || hlen != 6 || plen != 4 {
+        // Ethernet (1) and IEEE 802 (6): Linux takes both on an Ethernet device.
+        if (htype != 1 && htype != 6) || ptype != wire::ETH_P_IP || hlen != 6 || plen != 4 {
             return Outcome::pass(Counter::ContainerPass);
         }
         let (oper, sha, spa, tpa): (u16, [u8; 6], [u8; 4], [u8; 4]) = (
@@ -515,6 +560,7 @@ impl World {
         let mut out = f.to_vec();
         out[0..6].copy_from_slice(&sender.mac);
         out[6..12].copy_from_slice(&owner);
+        // The reply the owner's kernel sends from an Ethernet device (type 1, whatever was asked).
         let reply = packet::arp(wire::ARP_OP_REPLY, owner, tpa, sha, spa);
         out[ETH..ETH + 28].copy_from_slice(&reply);
         Outcome::redirect(Counter::ArpReply, Output::Exact(out))
@@ -538,10 +584,21 @@ impl World {
         if !own.has(src) && src != [0; 16] {
             return Err(Counter::DropSpoofedIp);
         }
-        let at = match icmpv6_at(f) {
-            Chain::Icmpv6(at) => at,
-            Chain::None => return Ok(Ipv6Kind::Other),
-            Chain::TooLong => return Err(Counter::DropSpoofedIp),
+        let at = match upper_layer(f) {
+            Upper::At {
+                proto: ICMPV6,
+                at,
+                fragmented: false,
+            } => at,
+            Upper::At {
+                proto: wire::IPPROTO_UDP,
+                at,
+                ..
+            } => return self.not_to_tunnel_port(f, at).map(|()| Ipv6Kind::Other),
+            // NDP is never fragmented (RFC 6980); a later fragment carries no header.
+            Upper::At { .. } | Upper::LaterFragment => return Ok(Ipv6Kind::Other),
+            Upper::TooLong => return Err(Counter::DropSpoofedIp),
+            Upper::Truncated => return Err(Counter::DropTooShort),
         };
         match f.get(at) {
             Some(134 | 137) => return Err(Counter::DropRouterMessage),
@@ -793,64 +850,83 @@ fn decapsulable(inner: &[u8], outer_ipv6: bool) -> bool {
     inner.len() - ETH >= least
 }
 
-/// Where ICMPv6 starts behind up to four hop-by-hop, routing or destination options headers.
-enum Chain {
-    Icmpv6(usize),
-    /// Another upper layer, a fragment header, or a chain cut short.
-    None,
+/// What follows an IPv6 header's extension headers (at most four are read).
+enum Upper {
+    /// Upper-layer protocol `proto` at `at`, behind a first fragment's header if `fragmented`.
+    At {
+        proto: u8,
+        at: usize,
+        fragmented: bool,
+    },
+    /// A fragment but the first: no upper-layer header in it.
+    LaterFragment,
     /// More extension headers than are read: refused, not let through unread.
     TooLong,
+    /// An extension header cut off by the end of the frame.
+    Truncated,
 }
 
-fn icmpv6_at(f: &[u8]) -> Chain {
-    let (mut next, mut at) = (f[20], ETH + IPV6_LEN);
+const FRAGMENT: u8 = 44;
+
+fn upper_layer(f: &[u8]) -> Upper {
+    let (mut next, mut at, mut fragmented) = (f[20], ETH + IPV6_LEN, false);
     for _ in 0..4 {
         match next {
-            ICMPV6 => return Chain::Icmpv6(at),
             0 | 43 | 60 => {
                 let Some([n, len]) = arr::<2>(f, at) else {
-                    return Chain::None;
+                    return Upper::Truncated;
                 };
                 next = n;
                 at += (usize::from(len) + 1) * 8;
             }
-            _ => return Chain::None,
+            FRAGMENT => {
+                let Some([n, _, o0, o1]) = arr::<4>(f, at) else {
+                    return Upper::Truncated;
+                };
+                // The offset, in 8-byte units above the three flag bits.
+                if u16::from_be_bytes([o0, o1]) >> 3 != 0 {
+                    return Upper::LaterFragment;
+                }
+                (next, at, fragmented) = (n, at + 8, true);
+            }
+            _ => break,
         }
     }
     match next {
-        ICMPV6 => Chain::Icmpv6(at),
-        0 | 43 | 60 => Chain::TooLong,
-        _ => Chain::None,
+        0 | 43 | 60 | FRAGMENT => Upper::TooLong,
+        proto => Upper::At {
+            proto,
+            at,
+            fragmented,
+        },
     }
 }
 
-/// IGMP snooping (RFC 4541): the joins and leaves the report at `l4` tells. v1/v2 reports
-/// and v2 leaves name one group; a v3 report's first eight records are read.
-fn snoop(f: &[u8], l4: usize) -> (u64, u64) {
-    let (mut joins, mut leaves) = (0, 0);
-    let mut note = |group: [u8; 4], join: bool| {
-        if tracked_group(group) {
-            if join {
-                joins += 1;
-            } else {
-                leaves += 1;
-            }
-        }
+/// IGMP snooping (RFC 4541): what the report at `l4` tells, each group's join (true) or leave
+/// told to `note`, which says how it was counted. v1/v2 reports and v2 leaves name one group;
+/// a v3 report's first eight records are read.
+fn snoop(f: &[u8], l4: usize, mut note: impl FnMut([u8; 4], bool) -> Snooped) -> Snooped {
+    let mut total = Snooped::default();
+    let mut tell = |group: [u8; 4], join: bool| {
+        let n = note(group, join);
+        total.joins += n.joins;
+        total.leaves += n.leaves;
+        total.limited += n.limited;
     };
     match f.get(l4) {
         Some(0x12 | 0x16) => {
             if let Some(g) = arr(f, l4 + 4) {
-                note(g, true);
+                tell(g, true);
             }
         }
         Some(0x17) => {
             if let Some(g) = arr(f, l4 + 4) {
-                note(g, false);
+                tell(g, false);
             }
         }
         Some(0x22) => {
             let Some(n) = be16(f, l4 + 6) else {
-                return (0, 0);
+                return total;
             };
             let mut at = l4 + 8;
             for _ in 0..usize::from(n).min(8) {
@@ -861,9 +937,9 @@ fn snoop(f: &[u8], l4: usize) -> (u64, u64) {
                 let group = [head[4], head[5], head[6], head[7]];
                 match (head[0], sources) {
                     // EXCLUDE: every source, a join; INCLUDE nothing: a leave.
-                    (2 | 4, _) => note(group, true),
-                    (1 | 3, 0) => note(group, false),
-                    (1 | 3 | 5, _) => note(group, true),
+                    (2 | 4, _) => tell(group, true),
+                    (1 | 3, 0) => tell(group, false),
+                    (1 | 3 | 5, _) => tell(group, true),
                     _ => {}
                 }
                 at += 8 + 4 * usize::from(sources) + 4 * usize::from(head[1]);
@@ -874,5 +950,43 @@ fn snoop(f: &[u8], l4: usize) -> (u64, u64) {
         }
         _ => {}
     }
-    (joins, leaves)
+    total
+}
+
+/// The group memberships GROUPS holds, per local port: at most `MAX_GROUPS_PER_PORT` each, so
+/// one container can neither churn nor fill what the node publishes for the others.
+#[derive(Default)]
+pub struct Memberships {
+    /// (port's ifindex, VNI, group).
+    held: BTreeSet<(u32, u32, [u8; 4])>,
+}
+
+impl Memberships {
+    /// A join (or leave) of `group` by the port `(ifindex, vni)`, as counted.
+    fn note(&mut self, (port, vni): (u32, u32), group: [u8; 4], join: bool) -> Snooped {
+        let mut n = Snooped::default();
+        // 224.0.0.0/24 and non-groups go to every host: nothing to track.
+        if !tracked_group(group) {
+            return n;
+        }
+        let key = (port, vni, group);
+        if !join {
+            self.held.remove(&key);
+            n.leaves = 1;
+        } else if self.held.contains(&key) {
+            // A member already: the report keeps it alive.
+            n.joins = 1;
+        } else if self
+            .held
+            .range((port, 0, [0; 4])..=(port, u32::MAX, [255; 4]))
+            .count()
+            >= MAX_GROUPS_PER_PORT as usize
+        {
+            n.limited = 1;
+        } else {
+            self.held.insert(key);
+            n.joins = 1;
+        }
+        n
+    }
 }

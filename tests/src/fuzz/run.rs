@@ -66,6 +66,8 @@ pub struct Summary {
     pub outcomes: Vec<u64>,
     /// Frames BPF_PROG_TEST_RUN refused to run (see model.rs).
     pub refused: u64,
+    /// What the counters that are not outcomes moved by (IGMP joins, ...), by counter index.
+    pub side: Vec<u64>,
     pub disagreements: Vec<Disagreement>,
     /// Disagreements beyond those kept.
     pub more: u64,
@@ -92,7 +94,11 @@ impl Summary {
         self.frames += other.frames;
         self.refused += other.refused;
         self.outcomes.resize(Counter::ALL.len(), 0);
+        self.side.resize(Counter::ALL.len(), 0);
         for (a, b) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *a += b;
+        }
+        for (a, b) in self.side.iter_mut().zip(&other.side) {
             *a += b;
         }
         for d in &other.disagreements {
@@ -116,7 +122,13 @@ impl Summary {
             .map(|(c, n)| format!("  {:<22} {n:>10}\n", c.name()))
             .collect();
         t += &format!("  {:<22} {:>10}\n", "(refused by test_run)", self.refused);
-        t
+        t += "  and, not outcomes:";
+        for (c, n) in Counter::ALL.iter().zip(&self.side) {
+            if !c.is_outcome() {
+                t += &format!(" {} {n}", c.name());
+            }
+        }
+        t + "\n"
     }
 }
 
@@ -133,12 +145,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Summary) + Send) -> Result<
     let Lab { ns, node, .. } = &mut lab;
     ns.enter(|| {
         let mut fuzz = Fuzz {
-            world: &world,
+            world,
             node,
             maps: &maps,
             opts,
             summary: Summary {
                 outcomes: vec![0; Counter::ALL.len()],
+                side: vec![0; Counter::ALL.len()],
                 ..Summary::default()
             },
         };
@@ -156,36 +169,66 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Summary) + Send) -> Result<
     })
 }
 
-/// Builds frame `index` of the run, and says what the model and the program make of it.
+/// Builds frame `index` of the run, and says what the model and the program make of it. The
+/// frames before it in its lab's run go through both first: IGMP snooping's state depends on
+/// them.
 pub fn show(opts: &Options, index: u64) -> Result<String> {
     let mut lab = if opts.ipv6_underlay {
         Lab::new_ipv6_underlay("fzs")
     } else {
         Lab::new("fzs")
     };
-    let world = World::of(&lab);
-    let (hook, frame) = generate::frame(&world, opts.seed, index);
-    let want = world.predict(hook, &frame);
-    let before = lab.node.maps().counters()?;
-    let got = lab.send(hook, &frame);
-    let moved = moved(&before, &lab.node.maps().counters()?);
-    let verdict = want.check(&frame, got.code, &got.frame);
-    Ok(format!(
-        "frame {index} of seed {:#x}, {}:\n  frame   {}\n  model   {want}\n  program {}, counters {moved}, frame {}\n  {}",
-        opts.seed,
-        world.hook_name(hook),
-        hex(&frame),
-        super::model::code_name(got.code),
-        hex(&got.frame),
-        match verdict {
-            Ok(()) => "they agree".to_string(),
-            Err(e) => format!("they disagree: {e}"),
+    let mut world = World::of(&lab);
+    let maps = lab.node.maps();
+    let Lab { ns, node, .. } = &mut lab;
+    ns.enter(|| {
+        let mut run = |i: u64| {
+            let (hook, frame) = generate::frame(&world, opts.seed, i);
+            let want = world.predict(hook, &frame);
+            let before = maps.counters()?;
+            let got = send(node, &world, hook, &frame)?;
+            let moved = moved(&before, &maps.counters()?);
+            anyhow::Ok((hook, frame, want, got, moved))
+        };
+        for i in opts.first..index {
+            run(i)?;
         }
-    ))
+        let (hook, frame, want, got, moved) = run(index)?;
+        let verdict = want.check(&frame, got.code, &got.frame);
+        Ok(format!(
+            "frame {index} of seed {:#x}, {}:\n  frame   {}\n  model   {want}\n  program {}, counters {moved}, frame {}\n  {}",
+            opts.seed,
+            world.hook_name(hook),
+            hex(&frame),
+            super::model::code_name(got.code),
+            hex(&got.frame),
+            match verdict {
+                Ok(()) => "they agree".to_string(),
+                Err(e) => format!("they disagree: {e}"),
+            }
+        ))
+    })
+}
+
+/// Runs `frame` through the program at `hook`; a frame BPF_PROG_TEST_RUN refuses comes back
+/// as [`REFUSED`].
+fn send(node: &mut Node, world: &World, hook: Hook, frame: &[u8]) -> Result<Verdict> {
+    let (program, ifindex) = match hook {
+        Hook::Container(i) => (programs::FROM_CONTAINER, i),
+        Hook::Underlay => (programs::FROM_UNDERLAY, world.underlay),
+    };
+    match node.run(program, ifindex, frame) {
+        Ok(v) => Ok(v),
+        Err(e) if refused(&e) => Ok(Verdict {
+            code: REFUSED,
+            frame: frame.to_vec(),
+        }),
+        Err(e) => Err(e.context(format!("running {}", hex(frame)))),
+    }
 }
 
 struct Fuzz<'a> {
-    world: &'a World,
+    world: World,
     node: &'a mut Node,
     maps: &'a Maps,
     opts: &'a Options,
@@ -200,6 +243,7 @@ impl Fuzz<'_> {
             let (_, _, outcome) = self.one(index, true)?;
             for (c, k) in outcome.counts() {
                 want[c as usize] += k;
+                self.summary.side[c as usize] += k;
             }
             if let Some(c) = outcome.counter {
                 self.summary.outcomes[c as usize] += 1;
@@ -223,20 +267,9 @@ impl Fuzz<'_> {
     /// Runs frame `index`, checks verdict and bytes (if `check`: a replay has checked them
     /// already); the model's outcome.
     fn one(&mut self, index: u64, check: bool) -> Result<(Hook, Vec<u8>, Outcome)> {
-        let (hook, frame) = generate::frame(self.world, self.opts.seed, index);
+        let (hook, frame) = generate::frame(&self.world, self.opts.seed, index);
         let outcome = self.world.predict(hook, &frame);
-        let (program, ifindex) = match hook {
-            Hook::Container(i) => (programs::FROM_CONTAINER, i),
-            Hook::Underlay => (programs::FROM_UNDERLAY, self.world.underlay),
-        };
-        let got = match self.node.run(program, ifindex, &frame) {
-            Ok(v) => v,
-            Err(e) if refused(&e) => Verdict {
-                code: REFUSED,
-                frame: frame.clone(),
-            },
-            Err(e) => return Err(e.context(format!("frame {index}: {}", hex(&frame)))),
-        };
+        let got = send(self.node, &self.world, hook, &frame)?;
         if !check {
             return Ok((hook, frame, outcome));
         }
