@@ -29,7 +29,16 @@ fn fuzz(ipv6_underlay: bool) {
         shown.join("\n")
     );
     // The frames reach the deep paths, not only the first checks.
-    for deep in ["encap", "decap", "arp_reply", "ndp_reply", "local_deliver"] {
+    for deep in [
+        "encap",
+        "decap",
+        "decap_flood",
+        "arp_reply",
+        "ndp_reply",
+        "local_deliver",
+        "drop_internal",
+        "drop_tunnel_port",
+    ] {
         let n = overlay_common::Counter::ALL
             .iter()
             .position(|c| c.name() == deep)

@@ -6,8 +6,10 @@
 //! without the programs' code: where it and the programs disagree, the fuzzer says so.
 //!
 //! What the lab makes deterministic, so that everything here is exact:
-//! - No FLOOD entry: broadcast and multicast have no remote VTEP to be copied to, so there is
-//!   no storm control (time-based) and no replication; they are left to the bridge.
+//! - FLOOD (`Flooding`, written by run.rs): VNI 42 has a bridge (group frames from the
+//!   underlay are delivered to it), VNI 43 is internal (unicast to nothing of the overlay is
+//!   dropped); neither has a remote VTEP to copy to or a storm limit (which is time-based), so
+//!   a container's broadcast and multicast are left to the bridge.
 //! - IGMP snooping is state: the model keeps each port's memberships as GROUPS does (nothing
 //!   expires them in the lab: no agent runs), so it knows when a port's limit refuses a join.
 //! - The FIB answers (forwarding on, the next hop's neighbour permanent) with the underlay's
@@ -43,6 +45,14 @@ pub struct World {
     pub ports: Vec<Port>,
     /// IGMP snooping's state, as the frames so far left it.
     pub memberships: Memberships,
+    pub flooding: Flooding,
+}
+
+/// What FLOOD holds in the fuzzer's lab: the bridge of VNI 42 (remote broadcast and multicast
+/// go out of it), and that VNI 43 is internal. No remote VTEPs, no storm limit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flooding {
+    pub bridge42: u32,
 }
 
 /// What the program must leave in the frame.
@@ -313,8 +323,8 @@ enum Ipv6Kind {
 }
 
 impl World {
-    /// The maps `Lab::new` / `Lab::new_ipv6_underlay` wrote.
-    pub fn of(lab: &Lab) -> World {
+    /// The maps `Lab::new` / `Lab::new_ipv6_underlay` wrote, and `flooding`.
+    pub fn of(lab: &Lab, flooding: Flooding) -> World {
         World {
             ipv6_underlay: lab.ipv6_underlay,
             underlay: lab.underlay,
@@ -342,6 +352,7 @@ impl World {
                 },
             ],
             memberships: Memberships::default(),
+            flooding,
         }
     }
 
@@ -513,14 +524,18 @@ impl World {
 
     /// Unicast to a remote MAC is wrapped (IP only: other ethertypes cannot be encapsulated by
     /// the kernel's helper), to a local one delivered; the rest goes to the bridge. Group
-    /// frames would be replicated to the network's remote VTEPs, but the lab's networks have
-    /// no FLOOD entry (no remote VTEP list, no storm limit, not internal): left to the bridge.
+    /// frames would be replicated to the network's remote VTEPs, but the lab's have none (and
+    /// no storm limit): left to the bridge. An internal network's IP unicast for nothing of
+    /// the overlay would leave by the gateway, which it has not: dropped.
     fn forward(&self, sender: &Port, f: &[u8], dst: [u8; 6], ip: bool) -> Outcome {
         if ip && self.remote(sender.vni, dst) {
             return self.encap(sender.vni, f);
         }
         if self.endpoint(sender.vni, dst).is_some() {
             return Outcome::redirect(Counter::LocalDeliver, Output::Untouched);
+        }
+        if ip && dst[0] & 1 == 0 && sender.vni == lab::OTHER_VNI {
+            return Outcome::drop(Counter::DropInternal);
         }
         Outcome::pass(Counter::ContainerPass)
     }
@@ -817,10 +832,14 @@ impl World {
             });
         }
         let inner = &f[inner_at..];
-        // Group frames would go to the network's bridge: the lab's networks have none.
-        if self.endpoint(vni, arr(inner, 0).unwrap()).is_none() {
+        let delivered = if self.endpoint(vni, arr(inner, 0).unwrap()).is_some() {
+            Counter::Decap
+        } else if inner[0] & 1 != 0 && vni == lab::VNI && self.flooding.bridge42 != 0 {
+            // Broadcast and multicast: out of the network's bridge, to its local members.
+            Counter::DecapFlood
+        } else {
             return Outcome::drop(Counter::DropNoEndpoint);
-        }
+        };
         if !decapsulable(inner, outer_ipv6) {
             if outer_ipv6 && inner.len() < ETH + IPV6_LEN {
                 // Dropped after the outer IPv6 header was already cut to IPv4's size (20
@@ -830,7 +849,7 @@ impl World {
             }
             return Outcome::drop(Counter::DropAdjustFailed);
         }
-        Outcome::redirect(Counter::Decap, Output::Exact(inner.to_vec()))
+        Outcome::redirect(delivered, Output::Exact(inner.to_vec()))
     }
 }
 

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use overlay_agent::dataplane::Maps;
-use overlay_common::{Counter, programs};
+use overlay_common::{Counter, Flood, MAX_FLOOD_VTEPS, programs};
 
 use super::{
     generate,
-    model::{Outcome, REFUSED, World, hex},
+    model::{Flooding, Outcome, REFUSED, World, hex},
 };
 use crate::{
     fixture::{Node, Verdict},
-    lab::{Hook, Lab},
+    lab::{Hook, Lab, OTHER_VNI, VNI},
 };
 
 /// A run of one lab.
@@ -135,12 +135,7 @@ impl Summary {
 /// Runs `opts.frames` frames through a fresh lab; `progress` is called after every batch.
 pub fn run(opts: &Options, mut progress: impl FnMut(&Summary) + Send) -> Result<Summary> {
     let label = if opts.ipv6_underlay { "fz6" } else { "fz4" };
-    let mut lab = if opts.ipv6_underlay {
-        Lab::new_ipv6_underlay(label)
-    } else {
-        Lab::new(label)
-    };
-    let world = World::of(&lab);
+    let (mut lab, world) = lab(label, opts.ipv6_underlay)?;
     let maps = lab.node.maps();
     let Lab { ns, node, .. } = &mut lab;
     ns.enter(|| {
@@ -173,12 +168,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&Summary) + Send) -> Result<
 /// frames before it in its lab's run go through both first: IGMP snooping's state depends on
 /// them.
 pub fn show(opts: &Options, index: u64) -> Result<String> {
-    let mut lab = if opts.ipv6_underlay {
-        Lab::new_ipv6_underlay("fzs")
-    } else {
-        Lab::new("fzs")
-    };
-    let mut world = World::of(&lab);
+    let (mut lab, mut world) = lab("fzs", opts.ipv6_underlay)?;
     let maps = lab.node.maps();
     let Lab { ns, node, .. } = &mut lab;
     ns.enter(|| {
@@ -208,6 +198,51 @@ pub fn show(opts: &Options, index: u64) -> Result<String> {
             }
         ))
     })
+}
+
+/// The lab over an IPv4 or IPv6 underlay, with the FLOOD entries the model knows
+/// ([`Flooding`]), and the model of its maps.
+fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
+    let lab = if ipv6_underlay {
+        Lab::new_ipv6_underlay(label)
+    } else {
+        Lab::new(label)
+    };
+    lab.ns.run("ip link add ovbr42 type bridge")?;
+    let flooding = Flooding {
+        bridge42: lab.ns.ifindex("ovbr42")?,
+    };
+    let mut maps = lab.node.maps();
+    let none = Flood {
+        bridge: 0,
+        tunnel: 0,
+        rate_pps: 0,
+        count: 0,
+        internal: 0,
+        peers: 0,
+        vteps: [[0; 16]; MAX_FLOOD_VTEPS],
+    };
+    let entries = [
+        (
+            VNI,
+            Flood {
+                bridge: flooding.bridge42,
+                ..none
+            },
+        ),
+        (
+            OTHER_VNI,
+            Flood {
+                internal: 1,
+                ..none
+            },
+        ),
+    ];
+    for (vni, flood) in entries {
+        maps.flood.insert(vni, flood, 0)?;
+    }
+    let world = World::of(&lab, flooding);
+    Ok((lab, world))
 }
 
 /// Runs `frame` through the program at `hook`; a frame BPF_PROG_TEST_RUN refuses comes back
