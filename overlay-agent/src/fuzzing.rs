@@ -154,3 +154,11 @@ pub fn one_line(refusal: &impl std::fmt::Display) -> Result<(), TestCaseError> {
     );
     Ok(())
 }
+
+/// [`one_line`] for a result's refusal, if it is one.
+pub fn refused<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<(), TestCaseError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => one_line(&e),
+    }
+}

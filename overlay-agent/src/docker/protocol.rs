@@ -172,7 +172,7 @@ mod fuzz {
     use super::*;
     use crate::{
         docker::{ipam_driver, parse},
-        fuzzing::{CASES, input, one_line},
+        fuzzing::{CASES, input, one_line, refused},
     };
 
     const FIELDS: &[&str] = &[
@@ -198,13 +198,6 @@ mod fuzz {
     const A_CREATE_NETWORK: &str = r#"{"NetworkID":"abc","Options":{"com.docker.network.generic":{"vni":"42","network":"blue"},"com.docker.network.internal":true},"IPv4Data":[{"Pool":"10.20.0.0/16"}],"IPv6Data":[]}"#;
     const A_CREATE_ENDPOINT: &str = r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"10.20.1.2/16","AddressIPv6":"","MacAddress":"02:42:0a:14:01:02"}}"#;
     const A_REQUEST: &str = r#"{"Pool":"10.20.0.0/16","SubPool":"","V6":false,"PoolID":"10.20.0.0/16","Address":"10.20.1.2","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#;
-
-    fn refused<T>(r: anyhow::Result<T>) -> Result<(), TestCaseError> {
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => one_line(&e),
-        }
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(CASES))]

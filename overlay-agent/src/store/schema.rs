@@ -631,7 +631,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzzing::{CASES, input, one_line, plausible_string};
+    use crate::fuzzing::{CASES, input, one_line, plausible_string, refused};
 
     const A_NETWORK: &str = r#"{"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24,"bum_rate":1000,"internal":true,"subnet6":"fd00:10::/64"}"#;
     const A_NODE: &str = r#"{"vtep":"10.0.0.1","mtu":1500}"#;
@@ -654,13 +654,6 @@ mod fuzz {
     const OTHERS: &[&str] = &[
         "node", "network", "ip", "revision", "digest", "entries", "42", "43", "0",
     ];
-
-    fn refused<T>(r: Result<T>) -> Result<(), TestCaseError> {
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => one_line(&e),
-        }
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(CASES))]

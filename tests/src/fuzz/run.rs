@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use overlay_agent::dataplane::Maps;
-use overlay_common::{Counter, Flood, MAX_FLOOD_VTEPS, programs};
+use overlay_common::{Counter, Flood, programs};
 
 use super::{
     generate,
@@ -213,15 +213,7 @@ fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
         bridge42: lab.ns.ifindex("ovbr42")?,
     };
     let mut maps = lab.node.maps();
-    let none = Flood {
-        bridge: 0,
-        tunnel: 0,
-        rate_pps: 0,
-        count: 0,
-        internal: 0,
-        peers: 0,
-        vteps: [[0; 16]; MAX_FLOOD_VTEPS],
-    };
+    let none = Flood::default();
     let entries = [
         (
             VNI,
@@ -287,13 +279,7 @@ impl Fuzz<'_> {
             }
             self.summary.frames += 1;
         }
-        let after = self.maps.counters()?;
-        let delta: Vec<u64> = before
-            .iter()
-            .zip(&after)
-            .map(|((_, b), (_, a))| a - b)
-            .collect();
-        if delta != want {
+        if delta(&before, &self.maps.counters()?) != want {
             self.replay(first, n)?;
         }
         Ok(())
@@ -330,12 +316,7 @@ impl Fuzz<'_> {
             for (c, k) in outcome.counts() {
                 want[c as usize] += k;
             }
-            let got: Vec<u64> = before
-                .iter()
-                .zip(&after)
-                .map(|((_, b), (_, a))| a - b)
-                .collect();
-            if got != want {
+            if delta(&before, &after) != want {
                 found = true;
                 let program = format!("counters moved: {}", moved(&before, &after));
                 self.disagree(index, hook, &frame, &outcome, program);
@@ -375,6 +356,15 @@ fn refused(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<std::io::Error>())
         .any(|io| io.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// How much each counter moved between two reads.
+fn delta(before: &[(Counter, u64)], after: &[(Counter, u64)]) -> Vec<u64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((_, b), (_, a))| a - b)
+        .collect()
 }
 
 /// The counters that moved between two reads, as `name+n`.
