@@ -539,7 +539,13 @@ fn underlay_frame(rng: &mut Rng, world: &World) -> Vec<u8> {
             _ => lab::REMOTE_VTEP6,
         };
         let next = if rng.chance(95) { 17 } else { rng.byte() };
-        let mut p = packet::ipv6(src, lab::LOCAL_VTEP6, next, 64, &udp);
+        let dst = match rng.below(12) {
+            0 => lab::REMOTE_VTEP6,
+            1 => vtep::from_v4(lab::LOCAL_VTEP),
+            2 => rng.array(),
+            _ => lab::LOCAL_VTEP6,
+        };
+        let mut p = packet::ipv6(src, dst, next, 64, &udp);
         if rng.chance(5) {
             p[4..6].copy_from_slice(&rng.u16().to_be_bytes());
         }
@@ -551,10 +557,16 @@ fn underlay_frame(rng: &mut Rng, world: &World) -> Vec<u8> {
             2 => rng.array(),
             _ => lab::REMOTE_VTEP,
         };
+        // Mostly to us; else in transit through this node to another VTEP, or anywhere.
+        let dst = match rng.below(12) {
+            0 => [10, 0, 0, 3],
+            1 => rng.array(),
+            _ => lab::LOCAL_VTEP,
+        };
         let mut p = if rng.chance(96) {
-            packet::ipv4(src, lab::LOCAL_VTEP, 17, 0, &udp)
+            packet::ipv4(src, dst, 17, 0, &udp)
         } else {
-            ipv4(rng, src, lab::LOCAL_VTEP)
+            ipv4(rng, src, dst)
         };
         if rng.chance(4) {
             p[6..8].copy_from_slice(

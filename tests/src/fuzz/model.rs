@@ -764,7 +764,9 @@ impl World {
         let Some(dport) = be16(f, ETH + ihl + 2) else {
             return Outcome::pass(Counter::UnderlayPass);
         };
-        if !self.ours(dport) {
+        // VXLAN for another address (transit through this node, the other family) is the
+        // host's, as it is a kernel vxlan device's.
+        if !self.ours(dport) || self.ipv6_underlay || f[30..34] != lab::LOCAL_VTEP {
             return Outcome::pass(Counter::UnderlayPass);
         }
         // Linux VTEPs send neither: left to the host, which has no socket there.
@@ -784,19 +786,11 @@ impl World {
             return Outcome::pass(Counter::UnderlayPass);
         }
         let dport = be16(f, ETH + IPV6_LEN + 2).unwrap();
-        if !self.ours(dport) {
+        if !self.ours(dport) || !self.ipv6_underlay || f[38..54] != lab::LOCAL_VTEP6 {
             return Outcome::pass(Counter::UnderlayPass);
         }
         let carried = usize::from(be16(f, 18).unwrap());
-        // An IPv4-mapped address never appears on the wire (RFC 4291 2.5.5.2): not a VTEP,
-        // even where the maps keep IPv4 VTEPs in that form.
-        let source: [u8; 16] = arr(f, 22).unwrap();
-        let source = if vtep::is_v4(&source) {
-            [0; 16]
-        } else {
-            source
-        };
-        self.accept(f, ETH + IPV6_LEN, dport, source, carried, true)
+        self.accept(f, ETH + IPV6_LEN, dport, arr(f, 22).unwrap(), carried, true)
     }
 
     /// VXLAN at `udp_at` to our port: valid header, a VNI served, a VTEP of that VNI, a local
