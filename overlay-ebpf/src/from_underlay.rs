@@ -122,7 +122,7 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
         return pass(Counter::UnderlayPass);
     }
     let dport = u16::from_be_bytes(unsafe { (*udp).dst });
-    let dst = ipv6::words(unsafe { (&raw const ip[24]).cast() });
+    let dst = ipv6::words((&raw const ip[24]).cast());
     // (On an IPv4 node this also keeps out IPv6 "from" ::ffff:<a VTEP's IPv4 address>, which
     // the maps' mapped form of IPv4 VTEPs would otherwise have taken as that VTEP.)
     if !vxlan::is_tunnel_port(dport) || !to_our_vtep(dst, true) {
