@@ -125,3 +125,111 @@ fn a_symlink_planted_under_run_lock_by_a_user_never_truncates_what_it_names() {
     assert_eq!(lock.permissions().mode() & 0o7777, 0o600);
     drop(planted);
 }
+
+/// What inotify said happened to entries of a watched directory: (mask, name).
+fn inotify_events(fd: i32) -> Vec<(u32, String)> {
+    let mut events = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return events;
+        }
+        let mut at = 0;
+        while at + 16 <= n as usize {
+            let word = |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+            let (mask, len) = (word(4), word(12) as usize);
+            let name = &buf[at + 16..at + 16 + len];
+            let name = String::from_utf8_lossy(name)
+                .trim_end_matches('\0')
+                .to_string();
+            events.push((mask, name));
+            at += 16 + len;
+        }
+    }
+}
+
+#[test]
+fn the_docker_plugin_socket_never_appears_wider_than_0660_even_under_umask_000() {
+    use std::os::unix::process::CommandExt as _;
+    let d = Deployment::new("lks", &[false]).unwrap();
+    let plugins = d.dir().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let socket = plugins.join("overlay-ebpf.sock");
+    let name = socket.file_name().unwrap().to_str().unwrap().to_string();
+
+    // Every change to the directory's entries, in order: a mode changed at the socket's path
+    // shows as IN_ATTRIB, however short the window was.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0);
+    let dir = std::ffi::CString::new(plugins.to_str().unwrap()).unwrap();
+    let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ATTRIB;
+    assert!(unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) } >= 0);
+    // And a fast poll of the path's mode, as a client racing the plugin would see it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(m) = std::fs::symlink_metadata(&socket) {
+                    seen.insert(m.permissions().mode() & 0o7777);
+                }
+            }
+            seen
+        })
+    };
+
+    let log = std::fs::File::create(d.dir().join("plugin.log")).unwrap();
+    let mut cmd = d.base_command(0);
+    cmd.arg("docker-plugin")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(d.dir().join("state"))
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // The most permissive umask there is: bind() alone would make the socket 0777.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    };
+    let mut plugin = cmd.spawn().unwrap();
+    let started = overlay_tests::deployment::wait_for(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(d.dir().join("plugin.log"))
+            .is_ok_and(|l| l.contains("Docker network and IPAM driver overlay-ebpf"))
+    });
+    // Long enough for a chmod after the bind to have come and gone.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = poller.join().unwrap();
+    let mode = std::fs::symlink_metadata(&socket).map(|m| m.permissions().mode() & 0o7777);
+    let events: Vec<u32> = inotify_events(fd)
+        .into_iter()
+        .filter(|(_, n)| *n == name)
+        .map(|(m, _)| m)
+        .collect();
+    unsafe { libc::close(fd) };
+    let _ = plugin.kill();
+    let _ = plugin.wait();
+    let log = std::fs::read_to_string(d.dir().join("plugin.log")).unwrap();
+    started.unwrap_or_else(|e| panic!("the plugin did not start: {e}\n{log}"));
+
+    assert_eq!(mode.unwrap(), 0o660, "{log}");
+    let seen: Vec<String> = seen.iter().map(|m| format!("{m:o}")).collect();
+    assert_eq!(seen, ["660"], "modes the socket's path was seen with");
+    assert!(
+        events.iter().all(|m| m & libc::IN_ATTRIB == 0),
+        "the socket's mode changed after it appeared at its path: {events:x?}"
+    );
+    assert_eq!(events, [libc::IN_MOVED_TO], "it arrives whole, by rename");
+    // Nothing left beside it (the directory it was bound in is gone).
+    let left: Vec<_> = std::fs::read_dir(&plugins)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from(&name)]);
+}
