@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 /// Where every process of a node takes its locks.
 pub const DIR: &str = "/run/overlay-lock";
@@ -31,6 +31,14 @@ fn check_name(name: &str) -> Result<()> {
         bail!("{name:?} is not a lock name (one path component, not . or ..)");
     }
     Ok(())
+}
+
+/// The descriptor a libc open returned, or its error.
+fn owned(fd: libc::c_int) -> std::io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
@@ -51,23 +59,19 @@ fn open_dir(dir: &Path) -> Result<OwnedFd> {
     }
     let c = CString::new(dir.as_os_str().as_bytes())
         .with_context(|| format!("{} is not a path", dir.display()))?;
-    let fd = unsafe {
+    let fd = owned(unsafe {
         libc::open(
             c.as_ptr(),
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
-            bail!(
-                "lock directory {} is a symbolic link or not a directory: refused (remove it)",
-                dir.display()
-            );
-        }
-        return Err(e).with_context(|| format!("opening the lock directory {}", dir.display()));
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    })
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => anyhow!(
+            "lock directory {} is a symbolic link or not a directory: refused (remove it)",
+            dir.display()
+        ),
+        _ => anyhow!("opening the lock directory {}: {e}", dir.display()),
+    })?;
     let st = fstat(&fd).with_context(|| format!("fstat {}", dir.display()))?;
     let euid = unsafe { libc::geteuid() };
     if st.st_uid != euid {
@@ -93,25 +97,21 @@ fn open_in(dir: &Path, name: &str) -> Result<(File, PathBuf)> {
     let dirfd = open_dir(dir)?;
     let path = dir.join(name);
     let c = CString::new(name)?;
-    let fd = unsafe {
+    let fd = owned(unsafe {
         libc::openat(
             dirfd.as_raw_fd(),
             c.as_ptr(),
             libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             0o600 as libc::c_uint,
         )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            bail!(
-                "lock {} is a symbolic link: refused (a lock is never followed)",
-                path.display()
-            );
-        }
-        return Err(e).with_context(|| format!("opening the lock {}", path.display()));
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    })
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => anyhow!(
+            "lock {} is a symbolic link: refused (a lock is never followed)",
+            path.display()
+        ),
+        _ => anyhow!("opening the lock {}: {e}", path.display()),
+    })?;
     let st = fstat(&fd).with_context(|| format!("fstat {}", path.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         bail!("lock {} is not a regular file: refused", path.display());
