@@ -560,4 +560,61 @@ mod tests {
             "{text}"
         );
     }
+
+    /// A collector that holds every walk until the gate opens, counting how many are inside.
+    #[derive(Debug, Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        inside: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct Gated(Arc<Gate>);
+
+    impl Collector for Gated {
+        fn encode(&self, _: DescriptorEncoder) -> std::fmt::Result {
+            use std::sync::atomic::Ordering::SeqCst;
+            let gate = &self.0;
+            let now = gate.inside.fetch_add(1, SeqCst) + 1;
+            gate.most.fetch_max(now, SeqCst);
+            let mut open = gate.open.lock().unwrap();
+            while !*open {
+                open = gate.opened.wait(open).unwrap();
+            }
+            gate.inside.fetch_sub(1, SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_walks_at_once_and_the_rest_are_told_busy() {
+        let gate = Arc::new(Gate::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Gated(gate.clone())));
+        let walkers = Walkers::start(Arc::new(registry));
+        let walks: Vec<_> = (0..5)
+            .map(|_| {
+                let w = walkers.clone();
+                tokio::spawn(async move { w.walk().await })
+            })
+            .collect();
+        // Three wait WALK_WAIT for a turn that never comes, and are told why.
+        tokio::time::sleep(WALK_WAIT + Duration::from_millis(500)).await;
+        let (done, waiting): (Vec<_>, Vec<_>) = walks.into_iter().partition(|w| w.is_finished());
+        assert_eq!((done.len(), waiting.len()), (3, 2));
+        for w in done {
+            let why = w.await.unwrap().unwrap_err();
+            assert_eq!(why, "busy: 2 scrapes are reading the maps; try again");
+        }
+        *gate.open.lock().unwrap() = true;
+        gate.opened.notify_all();
+        for w in waiting {
+            assert!(w.await.unwrap().unwrap().is_ok());
+        }
+        assert_eq!(gate.most.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The turns came back: the next walk goes at once.
+        assert!(walkers.walk().await.unwrap().is_ok());
+    }
 }
