@@ -32,7 +32,7 @@ use crate::{
     egress::{self, Egress},
     flood,
     gro::{self, GroDevices},
-    metrics::{self, Metrics, ReconcileKind},
+    metrics::{self, Metrics, OverlaySubnets, ReconcileKind},
     mtu,
     plumbing::{self, Netlink},
     store::{
@@ -65,7 +65,7 @@ pub struct Options {
     pub max_entries: u32,
     pub pins: PinDir,
     pub run_dir: PathBuf,
-    /// Serve /metrics, /healthz and /readyz here (see metrics.rs).
+    /// Serve /metrics, /healthz and /readyz here (see metrics/).
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -902,6 +902,8 @@ impl Agent {
             log::warn!("writing {}: {e}", path.display());
         }
         self.metrics.publish(&self.status, self.switch_over_pending);
+        self.metrics
+            .overlay_networks(OverlaySubnets::of(self.cluster.networks.values()));
     }
 }
 
