@@ -21,3 +21,4 @@ pub mod net;
 pub mod plumbing;
 pub mod report;
 pub mod store;
+pub mod tunnel_guard;
