@@ -32,13 +32,14 @@ use crate::{
     egress::{self, Egress},
     flood,
     gro::{self, GroDevices},
-    metrics::{self, Metrics, ReconcileKind},
+    metrics::{self, Metrics, OverlaySubnets, ReconcileKind},
     mtu,
     plumbing::{self, Netlink},
     store::{
         Store, brief,
         schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
+    tunnel_guard,
 };
 
 /// This node's VTEP is of the other family than the cluster's: fatal, not retried.
@@ -65,7 +66,7 @@ pub struct Options {
     pub max_entries: u32,
     pub pins: PinDir,
     pub run_dir: PathBuf,
-    /// Serve /metrics, /healthz and /readyz here (see metrics.rs).
+    /// Serve /metrics, /healthz and /readyz here (see metrics/).
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -693,8 +694,9 @@ impl Agent {
         self.egress.sync(&self.netlink, &plan).await;
     }
 
-    /// Where each network's broadcast and multicast go from here (see flood.rs): after every
-    /// reconcile and GRO sync, and every second (a bridge made since).
+    /// Where each network's broadcast and multicast go from here (see flood.rs), and the ports
+    /// no container may send to (tunnel_guard.rs): after every reconcile and GRO sync, and
+    /// every second (a bridge made since).
     fn sync_flood(&mut self) {
         if self.switch_over_pending {
             return;
@@ -724,6 +726,9 @@ impl Agent {
                     Err(e) => log::warn!("{e:#}; will retry"),
                 }
             }
+        }
+        if let Err(e) = tunnel_guard::sync(&mut self.maps, &tunnel_guard::wanted(&self.cluster)) {
+            log::warn!("{e:#}; will retry");
         }
         let groups = flood::wanted_groups(&self.cluster, &self.opts.node, &self.applied);
         if let Err(e) = flood::sync_groups(&mut self.maps, &groups) {
@@ -902,6 +907,8 @@ impl Agent {
             log::warn!("writing {}: {e}", path.display());
         }
         self.metrics.publish(&self.status, self.switch_over_pending);
+        self.metrics
+            .overlay_networks(OverlaySubnets::of(self.cluster.networks.values()));
     }
 }
 

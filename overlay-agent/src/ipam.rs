@@ -156,6 +156,13 @@ impl Subnet6 {
         self.prefix
     }
 
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u128::from(ip) & mask == u128::from(self.addr)
+    }
+
     /// The first 96 bits, as the dataplane's NETWORKS map holds them.
     pub fn first96(&self) -> [u8; 12] {
         self.addr.octets()[..12].try_into().expect("12 of 16 bytes")

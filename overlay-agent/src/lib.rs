@@ -24,3 +24,4 @@ pub mod plumbing;
 pub mod report;
 pub mod store;
 pub mod text;
+pub mod tunnel_guard;

@@ -20,6 +20,7 @@ pub mod names {
     pub const GROUPS: &str = "GROUPS";
     pub const MCAST: &str = "MCAST";
     pub const GROUP_COUNT: &str = "GROUP_COUNT";
+    pub const CLUSTER_PORTS: &str = "CLUSTER_PORTS";
     /// The monitor's switch, its events and its per-CPU losses (see `monitor`).
     pub const MONITOR_CTL: &str = "MONITOR_CTL";
     pub const EVENTS: &str = "EVENTS";
@@ -262,6 +263,9 @@ pub struct GroupKey {
     pub port: u32,
 }
 
+/// Most UDP ports the networks of a cluster use between them (CLUSTER_PORTS).
+pub const MAX_CLUSTER_PORTS: u32 = 1024;
+
 /// Most group memberships one node tracks. A plain hash, not an LRU: a container's flood of
 /// reports must never evict another container's memberships; a full map records no more.
 pub const MAX_GROUP_MEMBERSHIPS: u32 = 16384;
@@ -379,6 +383,7 @@ mod tests {
             names::GROUPS,
             names::MCAST,
             names::GROUP_COUNT,
+            names::CLUSTER_PORTS,
             names::MONITOR_CTL,
             names::EVENTS,
             names::MONITOR_CPU,

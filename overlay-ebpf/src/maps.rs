@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use overlay_common::{
     ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, GroupKey,
-    GroupVteps, IpKey, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig, VtepKey, jump,
+    GroupVteps, IpKey, MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig,
+    VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -50,6 +51,12 @@ pub static NETWORKS: HashMap<u32, Network> = HashMap::pinned(4096, 0);
 /// not a hash, so non-overlay UDP on the underlay costs one indexed load.
 #[map]
 pub static VXLAN_PORTS: Array<u32> = Array::pinned(65536, 0);
+
+/// UDP port -> 1, for the port of every network of the cluster, served here or not: a
+/// container's UDP to one is dropped (vxlan.rs, `not_to_tunnel_port`). Beside VXLAN_PORTS,
+/// which says what this node decapsulates.
+#[map]
+pub static CLUSTER_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_CLUSTER_PORTS, 0);
 
 /// VNI -> where its broadcast and multicast go: the remote VTEPs, the local bridge.
 #[map]

@@ -28,7 +28,7 @@ use overlay_common::{
 use crate::{
     fragment,
     ipv6::IPV6_LEN,
-    maps::{CONFIG, VXLAN_PORTS},
+    maps::{CLUSTER_PORTS, CONFIG, VXLAN_PORTS},
     packet::{MacWords, ptr_at},
     pmtu,
     stats::{Verdict, drop, redirected},
@@ -76,16 +76,19 @@ pub fn is_tunnel_port(dport: u16) -> bool {
 /// node's VTEP, which every other node accepts VXLAN from for the networks this node serves:
 /// a container of one network could write frames into another (through any NAT, Docker's
 /// `docker_gwbridge` too, so no firewall rule of ours can be the only guard). The ports are
-/// those of the networks this node serves, which suffice among our nodes: a receiving node
-/// decapsulates only from a VTEP of that VNI, and a node is one only for networks it serves.
-/// A datagram too short to name its port is no UDP any stack would take: refused too.
+/// those of every network of the cluster (CLUSTER_PORTS, from etcd), served here or not: a
+/// legacy host's kernel vxlan device takes VXLAN from any source. A datagram too short to name
+/// its port is no UDP any stack would take: refused too.
 #[inline(always)]
 pub fn not_to_tunnel_port(ctx: &TcContext, l4: usize) -> Result<(), Counter> {
-    match ctx.load::<[u8; 2]>(l4 + 2) {
-        Ok(dport) if is_tunnel_port(u16::from_be_bytes(dport)) => Err(Counter::DropTunnelPort),
-        Ok(_) => Ok(()),
-        Err(_) => Err(Counter::DropTooShort),
+    let Ok(dport) = ctx.load::<[u8; 2]>(l4 + 2) else {
+        return Err(Counter::DropTooShort);
+    };
+    let dport = u16::from_be_bytes(dport);
+    if is_tunnel_port(dport) || unsafe { CLUSTER_PORTS.get(u32::from(dport)) }.is_some() {
+        return Err(Counter::DropTunnelPort);
     }
+    Ok(())
 }
 
 /// Whether the node's underlay is IPv6.

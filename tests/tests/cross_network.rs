@@ -94,6 +94,21 @@ fn a_container_cannot_inject_into_another_network_through_its_gateway() {
         u64::from(SENT),
         "each was dropped at r1's port on h1"
     );
+    // The port of a network this node does not serve is guarded too (a legacy host of it
+    // would decapsulate from anyone): the agent keeps every network's port in CLUSTER_PORTS.
+    d.create_network_with("green", "10.30.0.0/16", 44, &["--port", "8472"])
+        .unwrap();
+    let guarded = |d: &Deployment| {
+        let before = d.hosts[0].counters().unwrap()["drop_tunnel_port"];
+        d.container(r1.0)
+            .run(&format!(
+                "/usr/bin/python3 {SCRIPT} send 10.0.0.2 8472 44 {} {} 9999 1",
+                b2.1, b1.1
+            ))
+            .unwrap();
+        d.hosts[0].counters().unwrap()["drop_tunnel_port"] > before
+    };
+    wait_for(h2, || guarded(&d)).expect("UDP to green's port 8472 dropped on h1");
     // Blue itself is unharmed.
     assert!(ping(d.container(b1.0), b2.1));
 }

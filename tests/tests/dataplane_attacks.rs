@@ -112,6 +112,20 @@ fn a_container_cannot_send_vxlan_to_any_vtep_through_its_gateway() {
         TC_ACT_REDIRECT,
         Counter::Encap,
     );
+    // The port of a network of the cluster this node does not serve: a legacy host's kernel
+    // vxlan device would take it from anyone.
+    lab.node
+        .maps()
+        .cluster_ports
+        .insert(8472u32, 1u32, 0)
+        .unwrap();
+    lab.expect(
+        "to a port another network of the cluster uses",
+        Container(vc1),
+        &injection(GATEWAY_MAC, [10, 0, 0, 9], 8472),
+        TC_ACT_SHOT,
+        Counter::DropTunnelPort,
+    );
     // A first fragment too short to hold the ports is no UDP any stack takes.
     let mut runt = packet::eth(
         GATEWAY_MAC,

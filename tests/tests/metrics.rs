@@ -308,3 +308,110 @@ fn bad_paths_slow_clients_and_concurrent_scrapes_never_hold_up_the_agent() {
     assert!(ping(d.container(c3.0), c2.1));
     drop(slow);
 }
+
+/// Host 1 alone, its agent serving metrics on every address ([::]:9100, the gateways'
+/// included), network blue and a container on it; the container's address.
+fn metrics_everywhere(label: &str) -> (Deployment, Container) {
+    let mut d = Deployment::new(label, &[true]).unwrap();
+    d.hosts[0].run_args = vec!["--metrics".into(), "[::]:9100".into()];
+    d.kill_agent(0);
+    d.restart_agent(0).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    let c1 = d.add_container(0, "c1", "blue", None).unwrap();
+    (d, c1)
+}
+
+/// The agent's threads now (a scrape used to walk the maps on a thread of tokio's blocking
+/// pool, which grows by one per walk running at once and keeps idle threads for 10 s).
+fn threads(d: &Deployment) -> u32 {
+    let pid = d.hosts[0].agent_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_container_is_refused_the_metrics_through_its_gateway_and_the_host_is_not() {
+    let (d, c1) = metrics_everywhere("mg");
+    let gateway = "10.10.0.1";
+    // The agent makes the gateway within a second of the endpoint; the container reaches it.
+    wait_for(Duration::from_secs(5), || {
+        ping(d.container(c1.0), gateway.parse().unwrap())
+    })
+    .unwrap();
+    let (code, body) = get(&d, 0, "/metrics");
+    assert_eq!(code, 200, "the host's own scrape: {body}");
+    // Through its gateway, to the gateway's address and to the host's underlay address: it
+    // connects (the kernel answers the handshake), and the agent closes without a word.
+    for addr in [format!("{gateway}:9100"), metrics_addr(&d, 0)] {
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let got = http_get(d.container(c1.0), &addr, path);
+            let e = format!(
+                "{:#}",
+                got.as_ref().err().unwrap_or_else(|| panic!(
+                    "GET {path} from the container to {addr} was answered: HTTP {:?}",
+                    got.as_ref().map(|(code, _)| code)
+                ))
+            );
+            assert!(
+                !e.contains("connecting to"),
+                "refused by routing, not by the agent: {e}"
+            );
+        }
+    }
+    // Still serving its host afterwards.
+    assert_eq!(get(&d, 0, "/healthz"), (200, "ok\n".into()));
+}
+
+#[test]
+fn fifty_scrapes_at_once_walk_the_maps_two_at_a_time() {
+    let (d, _c1) = metrics_everywhere("mc");
+    assert_eq!(get(&d, 0, "/metrics").0, 200);
+    let before = threads(&d);
+    let addr: std::net::SocketAddr = metrics_addr(&d, 0).parse().unwrap();
+    // 50 connections opened first, then every request sent before any answer is read.
+    let answers: Vec<(u16, String)> = d.wire.enter(|| {
+        let mut conns: Vec<std::net::TcpStream> = (0..50)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        for c in &mut conns {
+            c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            std::io::Write::write_all(
+                c,
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        }
+        conns
+            .into_iter()
+            .map(|mut c| {
+                let mut raw = String::new();
+                std::io::Read::read_to_string(&mut c, &mut raw).unwrap();
+                let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+                (code, raw)
+            })
+            .collect()
+    });
+    let after = threads(&d);
+    // Each got an answer: the scrape, or 503 saying it is busy (none here, on a quiet node
+    // whose walks take milliseconds, but the server may say so).
+    for (code, raw) in &answers {
+        match code {
+            200 => assert!(raw.contains("overlay_packets_total") && raw.ends_with("# EOF\n")),
+            503 => assert!(raw.contains("busy"), "{raw}"),
+            _ => panic!("{raw}"),
+        }
+    }
+    assert!(answers.iter().any(|(c, _)| *c == 200));
+    // The walks ran on the agent's two walker threads: no thread was made for them (one for
+    // anything else of the agent's meanwhile).
+    assert!(
+        after <= before + 1,
+        "the agent went from {before} to {after} threads for 50 scrapes at once"
+    );
+}

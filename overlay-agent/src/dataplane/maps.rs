@@ -31,6 +31,7 @@ pub struct Maps {
     pub flood: HashMap<MapData, u32, Flood>,
     pub groups: HashMap<MapData, GroupKey, u64>,
     pub group_count: HashMap<MapData, u32, u32>,
+    pub cluster_ports: HashMap<MapData, u32, u32>,
     pub mcast: HashMap<MapData, IpKey, GroupVteps>,
 }
 
@@ -72,6 +73,7 @@ impl Maps {
             flood: open(pins, names::FLOOD)?,
             groups: open(pins, names::GROUPS)?,
             group_count: open(pins, names::GROUP_COUNT)?,
+            cluster_ports: open(pins, names::CLUSTER_PORTS)?,
             mcast: open(pins, names::MCAST)?,
         })
     }

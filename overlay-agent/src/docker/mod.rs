@@ -15,7 +15,7 @@ pub mod state;
 use std::{
     collections::HashSet,
     net::Ipv4Addr,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -181,23 +181,20 @@ async fn handle(
         .into_response()
 }
 
-/// Binds the socket (a stale file from an earlier run removed first, 0660) and serves until
-/// SIGTERM or SIGINT, then removes the socket.
+/// Binds the socket (replacing a stale file from an earlier run, 0660: see [`bind_socket`])
+/// and serves until SIGTERM or SIGINT, then removes the socket.
 pub async fn serve(ctx: Ctx, opts: Options) -> Result<()> {
     let driver = Arc::new(Driver::new(ctx, &opts.state_dir)?);
     let socket = &opts.socket;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    match std::fs::remove_file(socket) {
-        Ok(()) => log::info!("removed a stale socket {}", socket.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(socket)
+    let listener = bind_socket(socket, SOCKET_MODE)?;
+    listener
+        .set_nonblocking(true)
         .with_context(|| format!("listening on {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .with_context(|| format!("listening on {}", socket.display()))?;
     log::info!(
         "Docker network and IPAM driver overlay-ebpf of node {} on {}, state in {}",
         driver.ctx.node,
@@ -214,6 +211,48 @@ pub async fn serve(ctx: Ctx, opts: Options) -> Result<()> {
     served.map_err(|e| anyhow!("serving {}: {e}", socket.display()))
 }
 
+/// Who may talk to the plugin: root, and the group dockerd runs with.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Binds a unix socket that appears at `path` with `mode` already set, never wider. bind()
+/// makes the file with the umask's mode (0777 under `umask 000`) and only then can it be
+/// chmod'ed: bound at `path` itself, anyone could connect in between. So it is bound in a
+/// fresh 0700 directory beside `path` (on the same filesystem, so rename() is atomic, and
+/// reachable by nobody else meanwhile), chmod'ed there, and renamed over `path`, which also
+/// replaces a stale socket a killed plugin left.
+pub fn bind_socket(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.{}.binding",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    // Our own pid's: a leftover of a process that had it before us.
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let bound = (|| {
+        let inner = staging.join(name);
+        let listener = std::os::unix::net::UnixListener::bind(&inner)
+            .with_context(|| format!("listening on {}", inner.display()))?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", inner.display()))?;
+        if std::fs::symlink_metadata(path).is_ok() {
+            log::info!("replacing a stale socket {}", path.display());
+        }
+        std::fs::rename(&inner, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -225,5 +264,46 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         _ = int.recv() => log::info!("SIGINT: stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_socket_arrives_with_its_mode_replacing_a_stale_one_and_leaves_nothing_beside_it() {
+        let dir = std::env::temp_dir().join(format!("overlay-bind-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("overlay-ebpf.sock");
+        // What a killed plugin leaves: a socket nobody listens on.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind_socket(&path, 0o660).unwrap();
+        assert_eq!(mode(&path), 0o660);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["overlay-ebpf.sock"],
+            "the staging directory is gone"
+        );
+        // The listener moved with its file: a client of the path reaches it.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        // Nothing to bind in: one line saying where.
+        let e = format!(
+            "{:#}",
+            bind_socket(&dir.join("none/x.sock"), 0o660).unwrap_err()
+        );
+        assert!(e.contains("none/.x.sock."), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

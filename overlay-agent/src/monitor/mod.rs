@@ -136,8 +136,9 @@ pub fn open(pins: &PinDir) -> Result<(MonitorMaps, std::fs::File)> {
     );
     let Some(lock) = crate::lock::try_exclusive(&name)? else {
         bail!(
-            "another monitor is reading this node's events ({} holds /run/lock/overlay/{name}); a ring buffer has one reader",
-            pins.dir().display()
+            "another monitor is reading this node's events ({} holds {}/{name}); a ring buffer has one reader",
+            pins.dir().display(),
+            crate::lock::DIR
         );
     };
     Ok((MonitorMaps::open(pins)?, lock))

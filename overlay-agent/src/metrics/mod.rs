@@ -1,5 +1,6 @@
 //! `run --metrics ADDR`: `/metrics` in the Prometheus text format, `/healthz` and `/readyz`,
-//! served by a task of its own.
+//! served by a task of its own, to the host and never to the overlay ([`admission`]); at most
+//! [`WALKS_AT_ONCE`] scrapes walk the maps at once.
 //!
 //! One owner: everything here is read at scrape time from what already exists — the pinned
 //! maps (STATS, their contents and capacities), the pinned links, and the status the agent
@@ -8,6 +9,8 @@
 //! through [`Metrics`], a cheap handle. A scrape never waits for the agent: it opens the maps
 //! by their pins on a blocking thread of its own, and takes the published state under a lock
 //! held only to clone it.
+mod admission;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -29,11 +32,20 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+pub use self::admission::OverlaySubnets;
 use crate::{
     agent::StatusFile,
     dataplane::{Maps, PinDir, maps::pinned_capacity},
     report::attachments,
 };
+
+/// Scrapes that may walk the maps at once ([`Walkers`]). Each walk reads every entry with a
+/// syscall; unbounded, a burst of requests was a burst of threads and memory (50 at once made
+/// 50 threads). A scraper is one Prometheus or two; more wait their turn.
+const WALKS_AT_ONCE: usize = 2;
+/// How long a scrape waits for its turn before it is answered 503 (Prometheus' own scrape
+/// timeout is 10 s by default).
+const WALK_WAIT: Duration = Duration::from_secs(2);
 
 /// The maps whose entries and capacity are exported: everything the agent writes.
 const MAPS: [&str; 6] = [
@@ -80,6 +92,8 @@ struct Published {
 #[derive(Clone)]
 pub struct Metrics {
     published: Arc<Mutex<Published>>,
+    /// Whose connections are refused: see [`admission`].
+    overlay: Arc<Mutex<OverlaySubnets>>,
     reconcile: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -97,6 +111,7 @@ impl Metrics {
         }
         Self {
             published: Arc::default(),
+            overlay: Arc::default(),
             reconcile: Family::new_with_constructor(histogram),
         }
     }
@@ -112,6 +127,11 @@ impl Metrics {
         let mut p = self.published.lock().expect("metrics state lock");
         p.status = status.clone();
         p.rebuilding = rebuilding;
+    }
+
+    /// The cluster's networks as they are now: connections from their subnets are refused.
+    pub fn overlay_networks(&self, subnets: OverlaySubnets) {
+        *self.overlay.lock().expect("overlay subnets lock") = subnets;
     }
 
     /// etcd answered a keepalive: the lease lives `ttl` seconds more (0 or less: it expired).
@@ -147,13 +167,13 @@ pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, 
         published: metrics.published.clone(),
     };
     registry.register_collector(Box::new(node.clone()));
-    let registry = Arc::new(registry);
+    let walkers = Walkers::start(Arc::new(registry));
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let registry = registry.clone();
-                async move { scrape(registry).await }
+                let walkers = walkers.clone();
+                async move { scrape(walkers).await }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -172,6 +192,10 @@ pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, 
     if let Ok(addr) = listener.local_addr() {
         log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
     }
+    let listener = admission::Guarded {
+        listener,
+        overlay: metrics.overlay.clone(),
+    };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             log::warn!("the metrics server stopped: {e}");
@@ -179,15 +203,74 @@ pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, 
     });
 }
 
-/// Encodes the registry on a blocking thread: the collector reads maps with one syscall per
-/// entry, which must not hold up the runtime's workers.
-async fn scrape(registry: Arc<Registry>) -> impl IntoResponse {
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).map(|()| text)
-    })
-    .await;
-    match encoded {
+/// The threads that walk the maps for scrapes: [`WALKS_AT_ONCE`] of them, made once. The
+/// collector reads maps with one syscall per entry, which must not hold up the runtime's
+/// workers, and a fixed set of threads bounds the walks by construction (a blocking pool grows
+/// a thread per request waiting). A scrape waits [`WALK_WAIT`] at most for its turn, else it is
+/// answered 503; its turn goes with the walk, so a client that hangs up frees it only once its
+/// walk is done or skipped.
+#[derive(Clone)]
+struct Walkers {
+    jobs: std::sync::mpsc::Sender<Walk>,
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+struct Walk {
+    _turn: tokio::sync::OwnedSemaphorePermit,
+    reply: tokio::sync::oneshot::Sender<Result<String, std::fmt::Error>>,
+}
+
+impl Walkers {
+    fn start(registry: Arc<Registry>) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Walk>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..WALKS_AT_ONCE {
+            let (queue, registry) = (queue.clone(), registry.clone());
+            let walker = move || {
+                loop {
+                    let Ok(walk) = queue.lock().expect("metrics walk queue").recv() else {
+                        return;
+                    };
+                    if walk.reply.is_closed() {
+                        continue; // its client hung up while it waited
+                    }
+                    let mut text = String::new();
+                    let encoded = prometheus_client::encoding::text::encode(&mut text, &registry)
+                        .map(|()| text);
+                    let _ = walk.reply.send(encoded);
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name(format!("metrics-walk{i}"))
+                .spawn(walker)
+            {
+                log::warn!("metrics: starting a walker thread: {e}");
+            }
+        }
+        Self {
+            jobs,
+            turns: Arc::new(tokio::sync::Semaphore::new(WALKS_AT_ONCE)),
+        }
+    }
+
+    /// The registry encoded by a walker; Err(why not) when none was free in time.
+    async fn walk(&self) -> Result<Result<String, std::fmt::Error>, String> {
+        let busy = || format!("busy: {WALKS_AT_ONCE} scrapes are reading the maps; try again");
+        let turn = tokio::time::timeout(WALK_WAIT, self.turns.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || "the metrics walkers are gone".to_string();
+        self.jobs
+            .send(Walk { _turn: turn, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+}
+
+async fn scrape(walkers: Walkers) -> impl IntoResponse {
+    match walkers.walk().await {
         Ok(Ok(text)) => (
             StatusCode::OK,
             [(
@@ -202,7 +285,12 @@ async fn scrape(registry: Arc<Registry>) -> impl IntoResponse {
             format!("encoding: {e}\n"),
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("scrape: {e}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            why + "\n",
+        )
+            .into_response(),
     }
 }
 
@@ -471,5 +559,62 @@ mod tests {
             text.contains("overlay_reconcile_duration_seconds_count{kind=\"fast\"} 1"),
             "{text}"
         );
+    }
+
+    /// A collector that holds every walk until the gate opens, counting how many are inside.
+    #[derive(Debug, Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        inside: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct Gated(Arc<Gate>);
+
+    impl Collector for Gated {
+        fn encode(&self, _: DescriptorEncoder) -> std::fmt::Result {
+            use std::sync::atomic::Ordering::SeqCst;
+            let gate = &self.0;
+            let now = gate.inside.fetch_add(1, SeqCst) + 1;
+            gate.most.fetch_max(now, SeqCst);
+            let mut open = gate.open.lock().unwrap();
+            while !*open {
+                open = gate.opened.wait(open).unwrap();
+            }
+            gate.inside.fetch_sub(1, SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_walks_at_once_and_the_rest_are_told_busy() {
+        let gate = Arc::new(Gate::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Gated(gate.clone())));
+        let walkers = Walkers::start(Arc::new(registry));
+        let walks: Vec<_> = (0..5)
+            .map(|_| {
+                let w = walkers.clone();
+                tokio::spawn(async move { w.walk().await })
+            })
+            .collect();
+        // Three wait WALK_WAIT for a turn that never comes, and are told why.
+        tokio::time::sleep(WALK_WAIT + Duration::from_millis(500)).await;
+        let (done, waiting): (Vec<_>, Vec<_>) = walks.into_iter().partition(|w| w.is_finished());
+        assert_eq!((done.len(), waiting.len()), (3, 2));
+        for w in done {
+            let why = w.await.unwrap().unwrap_err();
+            assert_eq!(why, "busy: 2 scrapes are reading the maps; try again");
+        }
+        *gate.open.lock().unwrap() = true;
+        gate.opened.notify_all();
+        for w in waiting {
+            assert!(w.await.unwrap().unwrap().is_ok());
+        }
+        assert_eq!(gate.most.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // The turns came back: the next walk goes at once.
+        assert!(walkers.walk().await.unwrap().is_ok());
     }
 }

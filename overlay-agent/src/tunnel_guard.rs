@@ -1,0 +1,33 @@
+//! CLUSTER_PORTS: the UDP port of every network in the cluster, which no container may send to
+//! (the dataplane drops it as `drop_tunnel_port`). A container's VXLAN packet for another
+//! network, sent through its gateway to any VTEP, would be masqueraded to its node's VTEP and
+//! decapsulated there; a legacy host's kernel vxlan device takes it from any source. So the
+//! guard covers every network's port, not only those this node serves (VXLAN_PORTS).
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use overlay_common::MAX_CLUSTER_PORTS;
+
+use crate::{
+    cluster::ClusterState,
+    dataplane::{Maps, maps::sync_table},
+};
+
+/// What CLUSTER_PORTS must hold: every valid network's port (etcd's records were validated on
+/// the way in, so a record cannot make a container lose DNS by naming port 53), at most
+/// MAX_CLUSTER_PORTS of them, lowest first.
+pub fn wanted(cluster: &ClusterState) -> BTreeMap<u32, u32> {
+    cluster
+        .networks
+        .values()
+        .map(|n| (u32::from(n.port), 1))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .take(MAX_CLUSTER_PORTS as usize)
+        .collect()
+}
+
+/// Makes CLUSTER_PORTS equal to `wanted`; how many entries it wrote or removed.
+pub fn sync(maps: &mut Maps, wanted: &BTreeMap<u32, u32>) -> Result<usize> {
+    sync_table(&mut maps.cluster_ports, wanted, "CLUSTER_PORTS")
+}
