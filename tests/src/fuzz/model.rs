@@ -6,6 +6,7 @@
 //! without the programs' code: where it and the programs disagree, the fuzzer says so.
 //!
 //! What the lab makes deterministic, so that everything here is exact:
+//! - CLUSTER_PORTS holds 8472 besides the served 4789 (a network of the cluster not served here).
 //! - FLOOD (`Flooding`, written by run.rs): VNI 42 has a bridge (group frames from the
 //!   underlay are delivered to it), VNI 43 is internal (unicast to nothing of the overlay is
 //!   dropped); neither has a remote VTEP to copy to or a storm limit (which is time-based), so
@@ -229,6 +230,10 @@ fn check_encapsulated(want: &[u8], got: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A port another network of the cluster uses, not served here (CLUSTER_PORTS, run.rs):
+/// Linux's default VXLAN port.
+pub const CLUSTER_ONLY_PORT: u16 = 8472;
+
 /// The "verdict" of a frame BPF_PROG_TEST_RUN refuses to run.
 pub const REFUSED: i32 = -libc::EINVAL;
 
@@ -430,9 +435,12 @@ impl World {
     /// A container's UDP (its header at `l4`) to a port VXLAN uses here is refused wherever it
     /// goes: through its gateway's NAT it would arrive at another node as VXLAN from this
     /// node's VTEP, into a network the container is not on. Too short to name a port: no UDP.
+    /// The ports are the cluster's (CLUSTER_PORTS), served here or not.
     fn not_to_tunnel_port(&self, f: &[u8], l4: usize) -> Result<(), Counter> {
         match be16(f, l4 + 2) {
-            Some(dport) if self.ours(dport) => Err(Counter::DropTunnelPort),
+            Some(dport) if self.ours(dport) || dport == CLUSTER_ONLY_PORT => {
+                Err(Counter::DropTunnelPort)
+            }
             Some(_) => Ok(()),
             None => Err(Counter::DropTooShort),
         }

@@ -11,7 +11,7 @@ use overlay_common::{Counter, Flood, programs};
 
 use super::{
     generate,
-    model::{Flooding, Outcome, REFUSED, World, hex},
+    model::{CLUSTER_ONLY_PORT, Flooding, Outcome, REFUSED, World, hex},
 };
 use crate::{
     fixture::{Node, Verdict},
@@ -233,6 +233,9 @@ fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
     for (vni, flood) in entries {
         maps.flood.insert(vni, flood, 0)?;
     }
+    // A port of the cluster this node serves no network on.
+    maps.cluster_ports
+        .insert(u32::from(CLUSTER_ONLY_PORT), 1, 0)?;
     let world = World::of(&lab, flooding);
     Ok((lab, world))
 }
