@@ -26,8 +26,9 @@ struct Args {
     /// Frames between two reads of the counters.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
-    /// Instead: build frame N of the seed (over --underlay, default ipv4) and show what the
-    /// model and the program make of it.
+    /// Instead: build frame N of the run of this seed and --frames (in the lab of the run it
+    /// belongs to, after the frames before it there) and show what the model and the program
+    /// make of it.
     #[arg(long)]
     show: Option<u64>,
 }
@@ -62,15 +63,17 @@ fn fuzz(args: Args) -> Result<bool> {
     let families: Vec<bool> = match args.underlay.as_deref() {
         Some("ipv6") => vec![true],
         Some(_) => vec![false],
-        None if args.show.is_some() => vec![false],
         None => vec![false, true],
     };
+    let per = args.frames / families.len() as u64;
     if let Some(index) = args.show {
+        // Which lab's run the frame was in, and where that run began.
+        let lab = ((index / per.max(1)) as usize).min(families.len() - 1);
         let opts = Options {
             seed,
-            first: 0,
+            first: lab as u64 * per,
             frames: 0,
-            ipv6_underlay: families[0],
+            ipv6_underlay: families[lab],
             batch: 1,
         };
         println!("{}", run::show(&opts, index)?);
@@ -78,7 +81,6 @@ fn fuzz(args: Args) -> Result<bool> {
     }
     println!("seed {seed:#x}: {} frames", args.frames);
     let mut total = Summary::default();
-    let per = args.frames / families.len() as u64;
     for (i, &ipv6_underlay) in families.iter().enumerate() {
         let opts = Options {
             seed,
@@ -117,6 +119,15 @@ fn fuzz(args: Args) -> Result<bool> {
     }
     if total.more > 0 {
         println!("... and {} more disagreements", total.more);
+    }
+    if total.disagreed() > 0 {
+        println!(
+            "to see one again: target/release/overlay-fuzz --seed {seed:#x} --frames {}{} --show <frame>",
+            args.frames,
+            args.underlay
+                .as_deref()
+                .map_or(String::new(), |u| format!(" --underlay {u}"))
+        );
     }
     println!(
         "seed {seed:#x}: {} frames in {:.0} s ({:.0} frames/s), {} disagreements with the model",
