@@ -1646,59 +1646,52 @@ fn every_program_verifies_well_within_the_kernels_limit() {
     }
 }
 
+/// `frame` (outer IPv4 or IPv6 from `vxlan_from_remote`/`6`) sent to `dst` instead.
+fn readdressed(mut frame: Vec<u8>, dst: &[u8]) -> Vec<u8> {
+    if frame[12..14] == ETH_P_IP.to_be_bytes() {
+        frame[30..34].copy_from_slice(dst);
+        frame[24..26].fill(0);
+        let c = packet::checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+    } else {
+        frame[38..54].copy_from_slice(dst);
+    }
+    frame
+}
+
 #[test]
 fn vxlan_for_another_vtep_is_left_to_the_host() {
-    // Found by the fuzzer: from_underlay took any VXLAN to its port as its own, whatever the
-    // outer destination. A node that routes the underlay (forwarding is on on every node)
-    // decapsulated a tunnel packet between two other nodes: here 10.0.0.2's to 10.0.0.3,
-    // delivered to c1 instead of forwarded (and had c1 been on 10.0.0.3, dropped as
-    // drop_no_endpoint; a broadcast, flooded on this node's bridge too).
+    // Found writing the fuzzer's model: from_underlay took any VXLAN to its port as its own,
+    // whatever the outer destination. A node that routes the underlay (forwarding is on on
+    // every node) decapsulated a tunnel packet between two other nodes: here 10.0.0.2's to
+    // 10.0.0.3, delivered to c1 instead of forwarded (had the MAC been 10.0.0.3's container's,
+    // dropped as drop_no_endpoint; a broadcast, flooded on this node's bridge too).
     let mut lab = Lab::new("transit");
     let inner = c2_to_c1_ping();
-    let udp = packet::udp(54321, PORT, &packet::vxlan(VNI, &inner));
-    let transit = packet::eth(
-        UNDERLAY_MAC,
-        NEXT_HOP_MAC,
-        ETH_P_IP,
-        &packet::ipv4(REMOTE_VTEP, [10, 0, 0, 3], 17, 0, &udp),
-    );
-    lab.expect(
-        "VXLAN from 10.0.0.2 to 10.0.0.3, through us",
-        Underlay,
-        &transit,
-        TC_ACT_OK,
-        Counter::UnderlayPass,
+    let transit = readdressed(
+        vxlan_from_remote(VNI, REMOTE_VTEP, PORT, &inner),
+        &[10, 0, 0, 3],
     );
     // The other family is never for our VTEP either: IPv6 "from" ::ffff:10.0.0.2 to
     // ::ffff:10.0.0.1, the maps' own form of the two IPv4 VTEPs, was decapsulated too.
-    let mapped = |a| overlay_common::vtep::from_v4(a);
-    let udp6 = packet::udp(54321, PORT, &packet::vxlan(VNI, &inner));
-    let mapped6 = packet::eth(
-        UNDERLAY_MAC,
-        NEXT_HOP_MAC,
-        ETH_P_IPV6,
-        &packet::ipv6(mapped(REMOTE_VTEP), mapped(LOCAL_VTEP), 17, 64, &udp6),
+    let mapped = overlay_common::vtep::from_v4;
+    let mapped6 = readdressed(
+        vxlan_from_remote6(VNI, mapped(REMOTE_VTEP), PORT, &inner),
+        &mapped(LOCAL_VTEP),
     );
-    lab.expect(
-        "IPv6 VXLAN between IPv4-mapped VTEPs",
-        Underlay,
-        &mapped6,
-        TC_ACT_OK,
-        Counter::UnderlayPass,
-    );
+    for (what, frame) in [
+        ("VXLAN from 10.0.0.2 to 10.0.0.3, through us", &transit),
+        ("IPv6 VXLAN between IPv4-mapped VTEPs", &mapped6),
+    ] {
+        lab.expect(what, Underlay, frame, TC_ACT_OK, Counter::UnderlayPass);
+    }
     let mut lab6 = Lab::new_ipv6_underlay("transit6");
     let mut fd00_3 = REMOTE_VTEP6;
     fd00_3[15] = 3;
-    let transit6 = packet::eth(
-        UNDERLAY_MAC,
-        NEXT_HOP_MAC,
-        ETH_P_IPV6,
-        &packet::ipv6(REMOTE_VTEP6, fd00_3, 17, 64, &udp6),
-    );
     lab6.expect(
         "VXLAN from fd00::2 to fd00::3, through us",
         Underlay,
-        &transit6,
+        &readdressed(vxlan_from_remote6(VNI, REMOTE_VTEP6, PORT, &inner), &fd00_3),
         TC_ACT_OK,
         Counter::UnderlayPass,
     );
@@ -1706,8 +1699,8 @@ fn vxlan_for_another_vtep_is_left_to_the_host() {
 
 #[test]
 fn a_frame_hidden_behind_a_second_vlan_tag_is_refused() {
-    // Found with the fuzzer: from_container left VLAN-tagged frames to the bridge or delivered
-    // them unread. The kernel strips a frame's first tag before TC, so a tag still in the frame
+    // Found writing the fuzzer's model: from_container left VLAN-tagged frames to the bridge
+    // or delivered them unread. The kernel strips a frame's first tag before TC, so a tag still in the frame
     // is a second one, and the receiving kernel unwraps an outer 802.1p priority tag (VLAN 0)
     // and takes what is behind it: here an ARP reply from c1 claiming c2's address, for c3.
     let mut lab = Lab::new("qinq");
