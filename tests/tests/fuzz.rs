@@ -33,6 +33,7 @@ fn fuzz(ipv6_underlay: bool) {
         "encap",
         "decap",
         "decap_flood",
+        "flood",
         "arp_reply",
         "ndp_reply",
         "local_deliver",

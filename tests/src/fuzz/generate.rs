@@ -90,7 +90,12 @@ fn some_ip4(rng: &mut Rng) -> [u8; 4] {
         4 => [0; 4],
         5 => [255; 4],
         6 => [224, 0, 0, rng.byte()],
-        7 => [239, rng.byte(), rng.byte(), rng.byte()],
+        7 => match rng.below(3) {
+            // The group with a remote member (model.rs), the snooped ones, any.
+            0 => [239, 1, 1, 1],
+            1 => [239, 1, 0, rng.byte() & 63],
+            _ => [239, rng.byte(), rng.byte(), rng.byte()],
+        },
         8 => [10, 10, rng.byte() & 3, rng.byte()],
         _ => rng.array(),
     }

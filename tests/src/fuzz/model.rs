@@ -7,10 +7,13 @@
 //!
 //! What the lab makes deterministic, so that everything here is exact:
 //! - CLUSTER_PORTS holds 8472 besides the served 4789 (a network of the cluster not served here).
-//! - FLOOD (`Flooding`, written by run.rs): VNI 42 has a bridge (group frames from the
-//!   underlay are delivered to it), VNI 43 is internal (unicast to nothing of the overlay is
-//!   dropped); neither has a remote VTEP to copy to or a storm limit (which is time-based), so
-//!   a container's broadcast and multicast are left to the bridge.
+//! - FLOOD and MCAST (`Flooding`, written by run.rs): VNI 42 has a bridge (group frames from
+//!   the underlay are delivered to it) and a sending device with three remote VTEPs, a legacy
+//!   peer and two nodes, one a member of group 239.1.1.1 (so a container's broadcast and
+//!   multicast are copied to a known number of VTEPs, `flood_copies`: 3 for a broadcast, 2
+//!   for that group, 1 for another); VNI 43 is internal
+//!   (unicast to nothing of the overlay is dropped) and has no sending device. Neither has a
+//!   storm limit, which is time-based: `dataplane_bytes.rs` and `flood.rs` test it.
 //! - IGMP snooping is state: the model keeps each port's memberships as GROUPS does (nothing
 //!   expires them in the lab: no agent runs), so it knows when a port's limit refuses a join.
 //! - The FIB answers (forwarding on, the next hop's neighbour permanent) with the underlay's
@@ -49,12 +52,23 @@ pub struct World {
     pub flooding: Flooding,
 }
 
-/// What FLOOD holds in the fuzzer's lab: the bridge of VNI 42 (remote broadcast and multicast
-/// go out of it), and that VNI 43 is internal. No remote VTEPs, no storm limit.
+/// What FLOOD and MCAST hold in the fuzzer's lab: VNI 42's bridge (remote broadcast and
+/// multicast go out of it) and sending device (a collect_md vxlan device) with
+/// [`FLOOD_VTEPS`] remote VTEPs, the first [`FLOOD_PEERS`] legacy peers; VNI 43 internal,
+/// without either. No storm limit.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Flooding {
     pub bridge42: u32,
+    pub tunnel42: u32,
 }
+
+/// VNI 42's remote VTEPs in FLOOD, and how many of them (first) are legacy peers, which get
+/// every group's traffic.
+pub const FLOOD_VTEPS: u64 = 3;
+pub const FLOOD_PEERS: u64 = 1;
+/// The group of VNI 42 with a remote member (MCAST), and how many VTEPs have one.
+pub const GROUP_WITH_MEMBER: [u8; 4] = [239, 1, 1, 1];
+pub const GROUP_MEMBERS: u64 = 1;
 
 /// What the program must leave in the frame.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +89,8 @@ pub struct Outcome {
     /// None when the program never ran ([`REFUSED`]).
     pub counter: Option<Counter>,
     pub snooped: Snooped,
+    /// Copies sent to remote VTEPs (head-end replication).
+    pub copies: u64,
     pub output: Output,
 }
 
@@ -105,6 +121,7 @@ impl Outcome {
             code,
             counter: Some(counter),
             snooped: Snooped::default(),
+            copies: 0,
             output,
         }
     }
@@ -117,6 +134,7 @@ impl Outcome {
             code: REFUSED,
             counter: None,
             snooped: Snooped::default(),
+            copies: 0,
             output: Output::Untouched,
         }
     }
@@ -131,6 +149,7 @@ impl Outcome {
             (Counter::GroupJoins, self.snooped.joins),
             (Counter::GroupLeaves, self.snooped.leaves),
             (Counter::GroupLimit, self.snooped.limited),
+            (Counter::FloodCopies, self.copies),
             (Counter::DecapSegments, u64::from(counter == Counter::Decap)),
         ]
         .into_iter()
@@ -168,6 +187,9 @@ impl std::fmt::Display for Outcome {
             code_name(self.code),
             self.counter.map_or("(no counter)", Counter::name)
         )?;
+        if self.copies != 0 {
+            write!(f, " ({} copies)", self.copies)?;
+        }
         let g = self.snooped;
         if g != Snooped::default() {
             write!(
@@ -542,10 +564,53 @@ impl World {
         if self.endpoint(sender.vni, dst).is_some() {
             return Outcome::redirect(Counter::LocalDeliver, Output::Untouched);
         }
+        // IPv4 and IPv6 broadcast and multicast reach the network's other hosts too (other
+        // ethertypes, STP and the like, stay local). An IPv4 group's own traffic, to its own
+        // MAC (RFC 1112), goes only where members are; a broadcast carrying it is a broadcast.
+        if ip && dst[0] & 1 != 0 {
+            let group = if be16(f, 12) == Some(wire::ETH_P_IP) {
+                let ip_dst: [u8; 4] = arr(f, 30).unwrap();
+                let own_mac = dst[..3] == [0x01, 0, 0x5e]
+                    && dst[3..] == [ip_dst[1] & 0x7f, ip_dst[2], ip_dst[3]];
+                if own_mac && tracked_group(ip_dst) {
+                    ip_dst
+                } else {
+                    [0; 4]
+                }
+            } else {
+                [0; 4]
+            };
+            return self.replicate(sender, Counter::ContainerPass, group);
+        }
         if ip && dst[0] & 1 == 0 && sender.vni == lab::OTHER_VNI {
             return Outcome::drop(Counter::DropInternal);
         }
         Outcome::pass(Counter::ContainerPass)
+    }
+
+    /// RFC 7348 head-end replication: a copy to each remote VTEP of the network (to those with
+    /// a member, and the legacy peers, for an IPv4 group of its own, IGMP snooping), the frame
+    /// itself left to the bridge; `local` when no copy goes.
+    fn replicate(&self, sender: &Port, local: Counter, group: [u8; 4]) -> Outcome {
+        if sender.vni != lab::VNI || self.flooding.tunnel42 == 0 {
+            return Outcome::pass(local);
+        }
+        let copies = if tracked_group(group) {
+            let members = if group == GROUP_WITH_MEMBER {
+                GROUP_MEMBERS
+            } else {
+                0
+            };
+            members + FLOOD_PEERS
+        } else {
+            FLOOD_VTEPS
+        };
+        if copies == 0 {
+            return Outcome::pass(local);
+        }
+        let mut o = Outcome::pass(Counter::Flood);
+        o.copies = copies;
+        o
     }
 
     /// RFC 826, answered in place for an address in ARP; only for IPv4 over Ethernet.
@@ -577,8 +642,8 @@ impl World {
             return Outcome::pass(Counter::ContainerPass);
         }
         let Some(owner) = self.arp(sender.vni, tpa) else {
-            // Would be asked of the whole network; nobody remote in the lab's FLOOD.
-            return Outcome::pass(Counter::ArpMiss);
+            // Nobody we know: asked of the whole network, as a switch would.
+            return self.replicate(sender, Counter::ArpMiss, [0; 4]);
         };
         let mut out = f.to_vec();
         out[0..6].copy_from_slice(&sender.mac);

@@ -7,15 +7,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use overlay_agent::dataplane::Maps;
-use overlay_common::{Counter, Flood, programs};
+use overlay_common::{Counter, Flood, GroupVteps, IpKey, programs, vtep};
 
 use super::{
     generate,
-    model::{CLUSTER_ONLY_PORT, Flooding, Outcome, REFUSED, World, hex},
+    model::{
+        CLUSTER_ONLY_PORT, FLOOD_PEERS, FLOOD_VTEPS, Flooding, GROUP_MEMBERS, GROUP_WITH_MEMBER,
+        Outcome, REFUSED, World, hex,
+    },
 };
 use crate::{
     fixture::{Node, Verdict},
-    lab::{Hook, Lab, OTHER_VNI, VNI},
+    lab::{Hook, Lab, NEXT_HOP_MAC, OTHER_VNI, PORT, REMOTE_VTEP, REMOTE_VTEP6, VNI, mac_str},
 };
 
 /// A run of one lab.
@@ -208,17 +211,74 @@ fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
     } else {
         Lab::new(label)
     };
-    lab.ns.run("ip link add ovbr42 type bridge")?;
+    // VNI 42's bridge, its sending device (as the agent's GRO helper: collect_md), and two
+    // more VTEPs (x.3, a legacy peer, and x.4) whose neighbours are known, so every copy is
+    // sent.
+    let others: Vec<[u8; 16]> = [3u8, 4]
+        .iter()
+        .map(|&n| {
+            if ipv6_underlay {
+                let mut a = REMOTE_VTEP6;
+                a[15] = n;
+                a
+            } else {
+                vtep::from_v4([10, 0, 0, n])
+            }
+        })
+        .collect();
+    let remote = if ipv6_underlay {
+        REMOTE_VTEP6
+    } else {
+        vtep::from_v4(REMOTE_VTEP)
+    };
+    let neighbours: String = others
+        .iter()
+        .map(|a| {
+            let ip = if ipv6_underlay {
+                std::net::IpAddr::from(*a)
+            } else {
+                std::net::IpAddr::from(vtep::v4(a))
+            };
+            format!(
+                " && ip neigh add {ip} lladdr {} dev ul0 nud permanent",
+                mac_str(NEXT_HOP_MAC)
+            )
+        })
+        .collect();
+    lab.ns.run(&format!(
+        "ip link add ovbr42 type bridge && \
+         ip link add ovgro type vxlan dstport {PORT} external && ip link set ovgro up\
+         {neighbours}"
+    ))?;
     let flooding = Flooding {
         bridge42: lab.ns.ifindex("ovbr42")?,
+        tunnel42: lab.ns.ifindex("ovgro")?,
     };
     let mut maps = lab.node.maps();
     let none = Flood::default();
+    let mut vteps = none.vteps;
+    // The legacy peer first.
+    (vteps[0], vteps[1], vteps[2]) = (others[0], remote, others[1]);
+    let mut members = GroupVteps::default();
+    members.vteps[0] = remote;
+    members.count = GROUP_MEMBERS as u32;
+    maps.mcast.insert(
+        IpKey {
+            vni: VNI,
+            ip: GROUP_WITH_MEMBER,
+        },
+        members,
+        0,
+    )?;
     let entries = [
         (
             VNI,
             Flood {
                 bridge: flooding.bridge42,
+                tunnel: flooding.tunnel42,
+                count: FLOOD_VTEPS as u32,
+                peers: FLOOD_PEERS as u32,
+                vteps,
                 ..none
             },
         ),
