@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
     programs::{
-        SchedClassifier, TcAttachType,
+        ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
@@ -71,8 +71,7 @@ impl Dataplane {
             programs::FRAGMENT,
             programs::FRAGMENT_FIRST,
         ] {
-            classifier(&mut ebpf, name)?
-                .load()
+            verify(classifier(&mut ebpf, name)?)
                 .with_context(|| format!("verifying program {name}"))?;
         }
         // The tail-called programs: a restarted agent's replace the old ones in the pinned
@@ -182,6 +181,24 @@ impl Dataplane {
                 .with_context(|| format!("unpinning {}", pin.display())),
             Err(_) if !Path::new(&pin).exists() => Ok(()),
             Err(e) => Err(anyhow!("{}: {e}", pin.display())),
+        }
+    }
+}
+
+/// Loads a program, once more when the kernel's verifier gave up with EAGAIN: it does when a
+/// signal is pending for the loading thread (as libbpf, which retries it too), and a test
+/// process that spawns children while it loads saw it (2 runs in 8 of dataplane_bytes).
+fn verify(program: &mut SchedClassifier) -> Result<(), ProgramError> {
+    const TRIES: u32 = 5;
+    let mut tried = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tried < TRIES =>
+            {
+                tried += 1;
+            }
+            other => return other,
         }
     }
 }
