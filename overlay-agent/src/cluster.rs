@@ -66,7 +66,8 @@ impl ClusterState {
             }
             Key::Node(name) => {
                 schema::check_name("node", name)?;
-                let node: NodeRecord = schema::decode(value)?;
+                let mut node = schema::decode::<NodeRecord>(value)?.validate()?;
+                node.created = created;
                 changed(self.nodes.insert(name.clone(), node.clone()), &node)
             }
             Key::Endpoint { network, ip } => {
@@ -138,8 +139,8 @@ mod tests {
     use super::*;
 
     const NET: &[u8] = br#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
-    const EP: &[u8] =
-        br#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1"}"#;
+    /// c1 of blue, with the port derived from its network and name (ifnames::port_name).
+    const EP: &[u8] = br#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1a77fa8a"}"#;
 
     #[test]
     fn puts_and_deletes_are_idempotent() {

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod flood;
 pub mod gro;
 pub mod hash;
+pub mod ifnames;
 pub mod inspect;
 pub mod ipam;
 pub mod lock;

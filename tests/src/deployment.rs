@@ -630,6 +630,11 @@ impl Deployment {
             .map(drop)
     }
 
+    /// Deletes `/overlay/<key>` straight from etcd.
+    pub fn etcd_del(&self, key: &str) -> Result<()> {
+        self.etcdctl(&format!("del /overlay/{key}")).map(drop)
+    }
+
     /// Every key and value under `/overlay/<prefix>`, as etcdctl prints them.
     pub fn etcd_get_prefix(&self, prefix: &str) -> Result<String> {
         self.etcdctl(&format!("get --prefix /overlay/{prefix}"))

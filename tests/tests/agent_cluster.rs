@@ -773,7 +773,8 @@ fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
     d.etcd_put(
         &format!("endpoints/blue/{stray_ip}"),
         &format!(
-            r#"{{"kind":"container","name":"stray","mac":"02:42:0a:0a:00:c8","node":"{host1}","port":"ove00c0ffee"}}"#
+            r#"{{"kind":"container","name":"stray","mac":"02:42:0a:0a:00:c8","node":"{host1}","port":"{}"}}"#,
+            overlay_agent::ifnames::port_name("blue", "stray")
         ),
     )
     .unwrap();

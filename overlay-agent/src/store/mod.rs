@@ -444,6 +444,24 @@ impl Store {
         }
     }
 
+    /// Every registered node (its lease alive) with a valid record; a bad one is logged with
+    /// its key and skipped.
+    pub async fn nodes(&self) -> Result<Vec<(String, NodeRecord)>> {
+        let (kvs, _) = self.list(&self.keys.nodes()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let name = key.strip_prefix(&self.keys.nodes())?;
+                schema::decode::<NodeRecord>(kv.value())
+                    .and_then(NodeRecord::validate)
+                    .map(|rec| (name.to_string(), rec))
+                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
+                    .ok()
+            })
+            .collect())
+    }
+
     /// Puts `nodes/<node>` under a new lease of `ttl` seconds and starts keeping it alive.
     pub async fn register_node(
         &self,
