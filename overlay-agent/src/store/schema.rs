@@ -88,6 +88,9 @@ impl Keys {
     pub fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
     }
+    pub fn all_slices(&self) -> String {
+        format!("{}/slices/", self.prefix)
+    }
     pub fn slices(&self, net: &str) -> String {
         format!("{}/slices/{net}/", self.prefix)
     }
