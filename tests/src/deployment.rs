@@ -474,24 +474,19 @@ impl Deployment {
 
     /// Runs the CLI on `host`; Err with its stderr if it fails.
     pub fn cli(&self, host: usize, args: &[&str]) -> Result<String> {
-        let out = self.cli_output(host, args)?;
-        if !out.status.success() {
-            bail!(
-                "overlay-agent {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, self.cli_output(host, args)?)
     }
 
     pub fn cli_output(&self, host: usize, args: &[&str]) -> Result<Output> {
-        self.base_command(host)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        self.cli_command(host, args)
             .output()
             .context("running overlay-agent")
+    }
+
+    fn cli_command(&self, host: usize, args: &[&str]) -> Command {
+        let mut cmd = self.base_command(host);
+        cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null());
+        cmd
     }
 
     /// `network create` with the CLI on the first host.
@@ -573,21 +568,11 @@ impl Deployment {
     /// The CLI on the first host as etcd's [`ADMIN_USER`] (with [`Deployment::with_roles`]).
     pub fn admin_cli(&self, args: &[&str]) -> Result<String> {
         let out = self
-            .base_command(0)
+            .cli_command(0, args)
             .envs(self.credentials(ADMIN_USER))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .output()
             .context("running overlay-agent")?;
-        if !out.status.success() {
-            bail!(
-                "overlay-agent {} (as {ADMIN_USER}) failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, out)
     }
 
     /// etcdctl as etcd user `user` (its password from its file): what that user may do.
@@ -789,6 +774,18 @@ impl Drop for Deployment {
         self.containers.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CLI command's stdout; Err with its stderr if it failed.
+fn stdout_of(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "overlay-agent {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `f` every 20 ms until it holds; Err after `timeout`.

@@ -806,6 +806,8 @@ fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
         .add_container(1, "c2b", "blue", Some(&c2.1.to_string()))
         .unwrap();
     assert_eq!(again.1, c2.1);
+    // `endpoint add` waits for its own node only; h1 follows within milliseconds.
+    d.wait_arp_everywhere(42, &[c2.1], true).unwrap();
     assert!(ping(d.container(c1.0), c2.1));
 
     // Within the grace, the vanished container is removed by hand and its address taken by a

@@ -45,21 +45,7 @@ fn each_node_writes_only_what_it_needs() {
     assert!(ping(d.container(c2.0), c1.1), "{}", d.hosts[1].log());
     // The CNI plugin acts as its node (the agent's credentials, from its status).
     let c3 = overlay_tests::netns::Netns::new("ovt-rolesc3").unwrap();
-    let netns = format!("/run/netns/{}", c3.name);
-    let reply = overlay_tests::runtimes::cni(
-        &d,
-        0,
-        "ADD",
-        &[
-            ("CNI_CONTAINERID", "roles-c3"),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "eth0"),
-        ],
-        overlay_tests::runtimes::plugin_entry(&d, 0, "blue")
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
+    let reply = overlay_tests::runtimes::cni_add(&d, 0, "roles-c3", &c3.name, "blue").unwrap();
     assert!(reply.ok, "{reply:?}");
     // A host joins; a legacy peer is added and removed; an endpoint is removed.
     d.cli(1, &["host", "join", "--network", "blue"]).unwrap();
