@@ -3,7 +3,7 @@
 //! endpoint outside its network, a MAC used twice, a port that is not there or not its own)
 //! is left out and reported, never half-applied.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -22,7 +22,7 @@ use crate::{
 pub struct Problem {
     pub key: String,
     pub why: String,
-    /// Refused because another entry holds the same VNI, MAC, port or VTEP: which of the two
+    /// Refused because another entry holds the same VNI, MAC or VTEP: which of the two
     /// is served depends on the other one, so only a full reconcile can follow changes to
     /// either.
     pub conflict: bool,
@@ -74,10 +74,9 @@ pub fn desired(
         }
     }
 
-    // Endpoints, oldest first: of two that claim one MAC, or one port, the older is served.
+    // Endpoints, oldest first: of two that claim one MAC, the older is served.
     let mut endpoints: Vec<_> = cluster.endpoints.values().collect();
     endpoints.sort_by_key(|ep| ep.created); // stable: by key among equals
-    let mut ports: BTreeMap<&str, &schema::Endpoint> = BTreeMap::new();
     for ep in endpoints {
         let key = || endpoint_key(&ep.network, ep.ip);
         let (vni, vtep) = match placement(cluster, me, ep, |n| served.contains(n)) {
@@ -103,12 +102,19 @@ pub fn desired(
         let Location::Node { port, iface, .. } = &ep.location else {
             continue;
         };
-        if let Some(first) = ports.get(port.as_str()) {
+        // This node names each endpoint it made (`names/<node>/<name>`, in the transaction that
+        // made it): a record it did not make, even one whose port is rightly derived, is not
+        // served, so nobody can claim a port of ours ahead of the endpoint it is for.
+        let named = cluster
+            .names
+            .get(&(me.to_string(), ep.name.clone()))
+            .is_some_and(|n| n.network == ep.network && n.ip == ep.ip);
+        if !named {
             let why = format!(
-                "port {port} is already endpoint {} ({} in {})'s",
-                first.name, first.ip, first.network
+                "this node did not make it (names/{me}/{} does not name {} in {})",
+                ep.name, ep.ip, ep.network
             );
-            problem(true, key(), why);
+            problem(false, key(), why);
             continue;
         }
         let Some(link) = links(port) else {
@@ -131,7 +137,6 @@ pub fn desired(
             problem(false, key(), why);
             continue;
         }
-        ports.insert(port, ep);
         let (ifindex, how) = match (ep.kind, iface) {
             (Kind::Host, Some(iface)) => match links(iface) {
                 Some(i) => (i.ifindex, deliver::INGRESS),
@@ -274,6 +279,8 @@ pub fn placement(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::{ifnames::port_name, store::schema::Keys};
 
@@ -331,6 +338,11 @@ mod tests {
             (
                 "endpoints/blue/10.10.1.1",
                 r#"{"kind":"host","name":"host.blue","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+            ),
+            ("names/h1/c1", r#"{"network":"blue","ip":"10.10.1.2"}"#),
+            (
+                "names/h1/host.blue",
+                r#"{"network":"blue","ip":"10.10.1.1"}"#,
             ),
         ]);
         let c1_port = port_name("blue", "c1");
@@ -407,6 +419,7 @@ mod tests {
                 "endpoints/blue/10.10.1.2",
                 &container("blue", "gone", "h1", "02:42:0a:0a:01:02"),
             ),
+            ("names/h1/gone", r#"{"network":"blue","ip":"10.10.1.2"}"#),
             (
                 "endpoints/red/10.10.1.2",
                 &container("red", "x", "h2", "02:42:0a:0a:01:07"),
@@ -451,14 +464,21 @@ mod tests {
         let c = cluster(&[
             ("networks/blue", BLUE),
             ("nodes/h1", r#"{"vtep":"10.0.0.1"}"#),
+            // c1's name at another address, planted before c1 was made (so older): this node
+            // did not make it, so c1's port is c1's all the same.
+            (
+                "endpoints/blue/10.10.0.250",
+                &container("blue", "c1", "h1", "02:42:0a:0a:00:fa"),
+            ),
             (
                 "endpoints/blue/10.10.1.2",
                 &container("blue", "c1", "h1", "02:42:0a:0a:01:02"),
             ),
-            // The same name at another address, newer: c1's port stays c1's.
+            ("names/h1/c1", r#"{"network":"blue","ip":"10.10.1.2"}"#),
+            ("names/h1/stray", r#"{"network":"blue","ip":"10.10.0.251"}"#),
             (
-                "endpoints/blue/10.10.0.250",
-                &container("blue", "c1", "h1", "02:42:0a:0a:00:fa"),
+                "names/h1/host.blue",
+                r#"{"network":"blue","ip":"10.10.1.1"}"#,
             ),
             (
                 "endpoints/blue/10.10.0.251",
@@ -490,7 +510,7 @@ mod tests {
             .map(|p| (p.key.as_str(), p.why.as_str()))
             .collect();
         assert_eq!(whys.len(), 4, "{whys:#?}");
-        assert!(whys["endpoints/blue/10.10.0.250"].contains("is already endpoint c1"));
+        assert!(whys["endpoints/blue/10.10.0.250"].contains("this node did not make it"));
         assert!(whys["endpoints/blue/10.10.0.251"].contains("not this endpoint's port"));
         assert!(whys["endpoints/blue/10.10.1.1"].contains("not this endpoint's port"));
         assert!(whys["endpoints/blue/10.10.1.3"].contains("not network blue's host port"));

@@ -86,7 +86,7 @@ fn log_lines_naming(d: &Deployment, host: usize, key: &str) -> usize {
 /// deleted everything still works and nothing is listed.
 #[test]
 fn a_record_naming_a_port_that_is_not_its_own_takes_no_node_off_the_network() {
-    let (d, c1, c2) = pair("isolport");
+    let (mut d, c1, c2) = pair("isolport");
     let h1 = d.hosts[0].name().to_string();
     let key = "endpoints/blue/10.71.0.250";
     let record = |name: &str, port: &str| {
@@ -118,11 +118,12 @@ fn a_record_naming_a_port_that_is_not_its_own_takes_no_node_off_the_network() {
             "is not endpoint evil's own port",
         ),
         ("h1's bridge", record("evil", "ovbr71"), "is not endpoint"),
-        // A second record for c1, its port rightly derived: the older one keeps the port.
+        // A second record for c1, its port rightly derived: h1 did not make it (its
+        // `names/<h1>/c1` names c1's own address), so c1 keeps its port.
         (
             "c1's port, under c1's name",
             record("c1", &c1_port),
-            "is already endpoint c1",
+            "did not make it",
         ),
     ] {
         let logged = log_lines_naming(&d, 0, key);
@@ -152,6 +153,29 @@ fn a_record_naming_a_port_that_is_not_its_own_takes_no_node_off_the_network() {
     // h2 refused each as well (a record is invalid for every node), and listed none after.
     assert!(problems(&d, 1).is_empty(), "{:?}", problems(&d, 1));
     assert!(problems(&d, 0).is_empty(), "{:?}", problems(&d, 0));
+
+    // A record planted under the name of a container not made yet, its port rightly derived
+    // (and so older than the container's own): the container, once made, is served all the
+    // same, and the planted record is not.
+    let planted = "endpoints/blue/10.71.0.251";
+    d.etcd_put(
+        planted,
+        &format!(
+            r#"{{"kind":"container","name":"c3","mac":"02:42:0a:47:00:fb","node":"{h1}","port":"{}"}}"#,
+            port_name("blue", "c3")
+        ),
+    )
+    .unwrap();
+    let c3 = d.add_container(0, "c3", "blue", None).unwrap();
+    d.wait_arp_everywhere(71, &[c3.1], true).unwrap();
+    assert_pings(&d, c3, c2, "a record planted for c3");
+    let line = wait_problem(&d, 0, planted, true);
+    assert!(line.contains("did not make it"), "{line}");
+    let maps = d.hosts[0].maps().unwrap();
+    assert!(
+        !maps.arp.contains_key(&(71, [10, 71, 0, 251])),
+        "the planted record is not served: {maps:?}"
+    );
 }
 
 fn stderr_line(out: &std::process::Output) -> String {
