@@ -107,4 +107,22 @@ mod tests {
             "role grant-permission overlay-node-h1 --prefix=true read /overlay/"
         );
     }
+
+    /// README shows the layout as commands to type: they are these.
+    #[test]
+    fn the_readme_shows_these_grants() {
+        let readme = include_str!("../../../README.md");
+        let keys = Keys::new("/overlay");
+        for grant in admin_grants(&keys).iter().chain(&node_grants(&keys, "h1")) {
+            let line = format!("etcdctl {}", grant.etcdctl_args().join(" "));
+            assert!(readme.contains(&line), "README lacks {line:?}");
+        }
+        let shown = readme
+            .matches("etcdctl role grant-permission overlay-")
+            .count();
+        assert_eq!(
+            shown,
+            admin_grants(&keys).len() + node_grants(&keys, "h1").len()
+        );
+    }
 }
