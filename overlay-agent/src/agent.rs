@@ -28,10 +28,11 @@ use crate::{
         state::{Diff, MapState},
     },
     delta::{Batch, VtepRefs, endpoint_delta},
-    desired::{Problem, desired},
+    desired::{Problem, desired, endpoint_key},
     egress::{self, Egress},
     flood,
-    gro::{self, GroDevices},
+    gro::GroDevices,
+    ifnames,
     metrics::{self, Metrics, OverlaySubnets, ReconcileKind},
     mtu,
     plumbing::{self, Netlink},
@@ -192,6 +193,8 @@ struct Agent {
     published_groups: Option<schema::GroupsRecord>,
     /// Bridges (by ifindex) already made IGMP queriers.
     queriers: BTreeSet<u32>,
+    /// The last reconcile could not list the node's interfaces: the next tick tries again.
+    links_unread: bool,
     problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
@@ -211,6 +214,13 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let netlink = Netlink::new()?;
     let underlay = &opts.underlay;
+    // Link pins are named after interfaces, and only ports of our shapes get from_container:
+    // an underlay of one of those shapes could be mistaken for a port and lose its program.
+    if ifnames::is_our_interface(underlay) {
+        bail!(
+            "underlay {underlay} has the name of an interface the overlay makes; the underlay must be another interface"
+        );
+    }
     let underlay_ifindex = netlink.index(underlay).await?.ok_or_else(|| {
         anyhow!("underlay interface {underlay} does not exist in this network namespace")
     })?;
@@ -220,6 +230,7 @@ pub async fn run(opts: Options) -> Result<()> {
             anyhow!("underlay interface {underlay} has no IPv4 address; give --vtep (IPv4 or IPv6)")
         })?),
     };
+    schema::check_vtep(vtep)?;
     if vtep.is_ipv6() {
         plumbing::ipv6_forwarding(underlay)?;
     }
@@ -316,6 +327,7 @@ pub async fn run(opts: Options) -> Result<()> {
         published: None,
         published_groups: None,
         queriers: BTreeSet::new(),
+        links_unread: false,
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
@@ -360,10 +372,7 @@ impl Agent {
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
         let store = Store::connect_retrying(&self.opts.etcd, max_delay).await;
         self.same_family(&store).await?;
-        let record = NodeRecord {
-            vtep: self.vtep,
-            mtu: self.underlay_mtu,
-        };
+        let record = NodeRecord::new(self.vtep, self.underlay_mtu);
         let ttl = self.opts.lease_ttl;
         let (lease, keeper, keepalive) = store.register_node(&self.opts.node, &record, ttl).await?;
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
@@ -395,7 +404,7 @@ impl Agent {
                 kvs.len(),
                 revision + 1
             );
-            self.reconcile(revision);
+            self.reconcile(revision).await;
             self.sync_gro().await;
             self.sync_flood();
             self.sync_egress().await;
@@ -434,7 +443,7 @@ impl Agent {
                             self.status.revision = revision;
                             continue;
                         }
-                        self.reconcile_batch(&batch, revision);
+                        self.reconcile_batch(&batch, revision).await;
                         self.sync_gro().await;
                         self.sync_flood();
                         self.sync_egress().await;
@@ -446,8 +455,8 @@ impl Agent {
                         // A port that did not exist yet may have appeared, or an attached
                         // one vanished with its container.
                         let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
-                        if !self.problems.is_empty() || port_gone {
-                            self.reconcile(self.status.revision);
+                        if !self.problems.is_empty() || port_gone || self.links_unread {
+                            self.reconcile(self.status.revision).await;
                         }
                         self.reap_vanished(&store).await;
                         self.follow_underlay_mtu(&store, lease).await;
@@ -504,7 +513,7 @@ impl Agent {
 
     /// After a batch of events: the fast path when only remote endpoints changed and the maps
     /// are known to be right, else the full reconcile.
-    fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
+    async fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
         let started = Instant::now();
         if self.in_sync && !self.switch_over_pending {
             match endpoint_delta(
@@ -529,14 +538,27 @@ impl Agent {
                 Err(why) => log::debug!("full reconcile: {why}"),
             }
         }
-        self.reconcile(revision);
+        self.reconcile(revision).await;
     }
 
     /// Brings maps and attachments in line with the cluster. Failures are logged and retried
     /// on the next reconcile; they never stop the agent.
-    fn reconcile(&mut self, revision: i64) {
+    async fn reconcile(&mut self, revision: i64) {
         let started = Instant::now();
-        let (want, problems) = desired(&self.cluster, &self.opts.node, &ifindex);
+        // The node's interfaces with their aliases: a port is served only if it says it is
+        // its endpoint's.
+        let links = match self.netlink.links_by_name().await {
+            Ok(links) => links,
+            Err(e) => {
+                log::warn!("{e:#}; will retry");
+                self.links_unread = true;
+                return;
+            }
+        };
+        self.links_unread = false;
+        let (want, problems) = desired(&self.cluster, &self.opts.node, &|name: &str| {
+            links.get(name).cloned()
+        });
         for p in problems.iter().filter(|p| !self.problems.contains(p)) {
             log::warn!("not serving {}: {}", p.key, p.why);
         }
@@ -649,10 +671,7 @@ impl Agent {
             self.underlay_mtu
         );
         self.underlay_mtu = Some(now);
-        let record = NodeRecord {
-            vtep: self.vtep,
-            mtu: self.underlay_mtu,
-        };
+        let record = NodeRecord::new(self.vtep, self.underlay_mtu);
         if let Err(e) = store.put_node(&self.opts.node, &record, lease).await {
             log::warn!("{e:#}");
         }
@@ -752,6 +771,7 @@ impl Agent {
     fn attach_ports(&mut self) -> Result<()> {
         let mut wanted = BTreeSet::new();
         let mut vanished = BTreeMap::new();
+        let refused: BTreeSet<&str> = self.problems.iter().map(|p| p.key.as_str()).collect();
         for ep in self.cluster.endpoints.values() {
             let Location::Node { node, port, .. } = &ep.location else {
                 continue;
@@ -777,6 +797,15 @@ impl Agent {
                 }
                 continue;
             };
+            // Only a port desired() serves: its record names the port its node made for it,
+            // the port's alias says it is that endpoint's, and no older endpoint claims it.
+            // Never the underlay, `lo`, or another endpoint's port, whatever a record says.
+            if refused.contains(endpoint_key(&ep.network, ep.ip).as_str())
+                || !ifnames::is_port(port)
+                || *port == self.opts.underlay
+            {
+                continue;
+            }
             wanted.insert(port.clone());
             if self.attached.insert((port.clone(), index)) {
                 if let Err(e) = self.dataplane.attach_container(port) {
@@ -794,8 +823,10 @@ impl Agent {
         // Entries gone from etcd (or whose port came back) are no longer candidates.
         self.vanished = vanished;
         self.attached.retain(|(port, _)| wanted.contains(port));
+        // Ports' links only: the underlay's and the GRO helpers' are never of a port's shape
+        // (run refuses an underlay named like one of ours).
         for name in self.opts.pins.linked()? {
-            if name != self.opts.underlay && !wanted.contains(&name) && !gro::is_device(&name) {
+            if ifnames::is_port(&name) && !wanted.contains(&name) {
                 Dataplane::detach(&self.opts.pins, &name)?;
                 log::info!("from_container link of {name} removed (its endpoint is gone)");
             }

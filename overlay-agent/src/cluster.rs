@@ -10,7 +10,7 @@ use std::{
 use anyhow::Result;
 
 use crate::store::schema::{
-    self, Endpoint, EndpointRecord, Key, Keys, Network, NetworkRecord, NodeRecord,
+    self, Endpoint, EndpointRecord, Key, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -22,6 +22,10 @@ pub struct ClusterState {
     /// Node -> VNI -> the multicast groups its containers are members of. Followed by the
     /// agent's flood sync (every second), not by a map reconcile.
     pub groups: BTreeMap<String, BTreeMap<u32, BTreeSet<Ipv4Addr>>>,
+    /// (node, endpoint name) -> the endpoint a node's name refers to (`names/<node>/<name>`,
+    /// written by that node with the endpoint, in one transaction): what says which of two
+    /// records claiming one of its ports is the one it made.
+    pub names: BTreeMap<(String, String), NameRecord>,
     /// Keys whose value was refused, with why: shown by `status`.
     pub invalid: BTreeMap<String, String>,
 }
@@ -66,7 +70,8 @@ impl ClusterState {
             }
             Key::Node(name) => {
                 schema::check_name("node", name)?;
-                let node: NodeRecord = schema::decode(value)?;
+                let mut node = schema::decode::<NodeRecord>(value)?.validate()?;
+                node.created = created;
                 changed(self.nodes.insert(name.clone(), node.clone()), &node)
             }
             Key::Endpoint { network, ip } => {
@@ -89,7 +94,14 @@ impl ClusterState {
                 self.groups.insert(node.clone(), groups);
                 Applied::Ignored
             }
-            Key::Slice { .. } | Key::Name { .. } => Applied::Ignored,
+            Key::Name { node, name } => {
+                let record: NameRecord = schema::decode(value)?;
+                self.names.insert((node.clone(), name.clone()), record);
+                // Written with its endpoint, in one transaction: the endpoint's event is what
+                // changes the maps.
+                Applied::Ignored
+            }
+            Key::Slice { .. } => Applied::Ignored,
         })
     }
 
@@ -120,7 +132,11 @@ impl ClusterState {
                 self.groups.remove(node);
                 false
             }
-            Key::Slice { .. } | Key::Name { .. } => false,
+            Key::Name { node, name } => {
+                self.names.remove(&(node.clone(), name.clone()));
+                false
+            }
+            Key::Slice { .. } => false,
         }
     }
 }
@@ -138,8 +154,8 @@ mod tests {
     use super::*;
 
     const NET: &[u8] = br#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
-    const EP: &[u8] =
-        br#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1"}"#;
+    /// c1 of blue, with the port derived from its network and name (ifnames::port_name).
+    const EP: &[u8] = br#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1a77fa8a"}"#;
 
     #[test]
     fn puts_and_deletes_are_idempotent() {

@@ -12,6 +12,7 @@ use overlay_common::MacKey;
 
 use crate::{
     dataplane::{Maps, PinDir},
+    ifnames::{self, host_endpoint_name, port_alias, port_name},
     ipam::Cidr,
     net::Mac,
     plumbing::{Netlink, open_netns},
@@ -69,16 +70,6 @@ pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
 }
 
 // ---- endpoints ----
-
-/// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
-/// FNV-1a in 32 bits, as since the first release: ports made before an upgrade keep the names
-/// derived here.
-fn short_hash(s: &str) -> String {
-    let h = s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    format!("{h:08x}")
-}
 
 /// Reserves an address for the endpoint `make` builds: `requested` if free, else the first
 /// free one in this node's slice (claimed on first use).
@@ -180,27 +171,6 @@ pub struct Attach {
     pub owner: Option<String>,
 }
 
-const PORT_PREFIX: &str = "ove";
-const PEER_PREFIX: &str = "ovt";
-
-/// The host-side veth of endpoint `name` of `network`: derived, so that a half-made
-/// attachment can be found and removed with nothing but its names. 32 bits of hash can
-/// collide: the port's alias ([`port_alias`]) says whose it is.
-pub fn port_name(network: &str, name: &str) -> String {
-    format!("{PORT_PREFIX}{}", short_hash(&format!("{network}/{name}")))
-}
-
-/// The container side of the pair while it is still in the host.
-pub fn peer_name(network: &str, name: &str) -> String {
-    format!("{PEER_PREFIX}{}", short_hash(&format!("{network}/{name}")))
-}
-
-/// The alias a port carries (`ip link` shows it): which endpoint it belongs to, so that a port
-/// found by its derived name is removed only if it is that endpoint's.
-pub fn port_alias(network: &str, name: &str) -> String {
-    format!("overlay endpoint {network}/{name}")
-}
-
 /// Serializes, per network and host, what makes or removes ports and the bridge: without it a
 /// removal that finds the bridge empty could delete it while an attachment is putting its port
 /// on it. CLI, CNI plugin and Docker driver are separate processes: a file lock.
@@ -231,7 +201,7 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
     let host = Netlink::new()?;
     let (port, peer) = (
         port_name(&req.network, &req.name),
-        peer_name(&req.network, &req.name),
+        ifnames::peer_name(&req.network, &req.name),
     );
     if host.index(&port).await?.is_some() {
         bail!(
@@ -407,15 +377,11 @@ async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> 
 
 // ---- the host's own address ----
 
-fn host_endpoint_name(network: &str) -> String {
-    format!("host.{network}")
-}
-
 /// Gives the node an address on the network: a veth pair whose one end holds the address and
 /// whose other end is a bridge port like a container's.
 pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result<Endpoint> {
     let net = ctx.store.network(network).await?;
-    let (iface, port) = (format!("ovh{}", net.vni), format!("ovhp{}", net.vni));
+    let (iface, port) = (ifnames::host_iface(net.vni), ifnames::host_port(net.vni));
     let host = Netlink::new()?;
     if host.index(&iface).await?.is_some() {
         bail!(
@@ -427,6 +393,9 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
     let made = async {
         let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
         host.add_veth(&iface, &port, mtu).await?;
+        // As a container's port says whose it is: the agent attaches to no port that does not.
+        host.set_alias(&port, &port_alias(network, &host_endpoint_name(network)))
+            .await?;
         host.attach_to_bridge(&port, bridge).await
     }
     .await;
@@ -487,17 +456,6 @@ pub async fn peer_add(
     mac: Mac,
     vtep: IpAddr,
 ) -> Result<Endpoint> {
-    let net = ctx.store.network(network).await?;
-    // A cluster's underlay is of one family (agent.rs refuses a node of the other).
-    if let Some(here) = ctx.store.node(&ctx.node).await?
-        && here.vtep.is_ipv6() != vtep.is_ipv6()
-    {
-        bail!(
-            "VTEP {vtep} is not of this cluster's underlay family (node {} has VTEP {})",
-            ctx.node,
-            here.vtep
-        );
-    }
     let ep = Endpoint {
         network: network.to_string(),
         ip,
@@ -509,8 +467,25 @@ pub async fn peer_add(
         owner: None,
         created: 0,
     };
-    // Validates the MAC as a stored record would be.
+    // The MAC and the VTEP as a stored record's are checked (a VTEP must be one host's unicast
+    // address), before anything else.
     ep.record().validate(network, &ip.to_string())?;
+    let net = ctx.store.network(network).await?;
+    for (node, record) in ctx.store.nodes().await? {
+        // A cluster's underlay is of one family (agent.rs refuses a node of the other).
+        if node == ctx.node && record.vtep.is_ipv6() != vtep.is_ipv6() {
+            bail!(
+                "VTEP {vtep} is not of this cluster's underlay family (node {} has VTEP {})",
+                ctx.node,
+                record.vtep
+            );
+        }
+        // A peer is a host that is not ours: every node would send it what is meant for one
+        // of its containers, and take its traffic for the peer's.
+        if record.vtep == vtep {
+            bail!("VTEP {vtep} is node {node}'s: a peer is a host that is not one of our nodes");
+        }
+    }
     reserve(ctx, &net, Some(ip), |_| ep.clone()).await
 }
 
@@ -531,29 +506,6 @@ pub async fn peer_rm(ctx: &Ctx, network: &str, ip: Ipv4Addr) -> Result<Endpoint>
 }
 
 // ---- teardown ----
-
-/// Whether an interface name is one the agent's commands make: `ovbr<vni>` bridges,
-/// `ove<8 hex>` container ports, `ovh<vni>`/`ovhp<vni>` host legs, `ovgro<port>` GRO helper
-/// devices. Exact shapes, so a user's `overlay0` is never taken for ours.
-pub fn is_our_interface(name: &str) -> bool {
-    if crate::gro::is_device(name) {
-        return true;
-    }
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = name
-        .strip_prefix("ovbr")
-        .or_else(|| name.strip_prefix("ovhp"))
-    {
-        return digits(rest);
-    }
-    if let Some(rest) = name
-        .strip_prefix(PORT_PREFIX)
-        .or_else(|| name.strip_prefix(PEER_PREFIX))
-    {
-        return rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_hexdigit());
-    }
-    name.strip_prefix("ovh").is_some_and(digits)
-}
 
 /// What `teardown` removed.
 #[derive(Debug, Default)]
@@ -598,7 +550,7 @@ pub async fn teardown(
     }
     let host = Netlink::new()?;
     for name in host.names().await? {
-        if is_our_interface(&name) && host.delete(&name).await? {
+        if ifnames::is_our_interface(&name) && host.delete(&name).await? {
             done.interfaces.push(name);
         }
     }
@@ -647,43 +599,5 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_our_interface_names_are_ours() {
-        for ours in [
-            "ovbr42",
-            "ove1a77fa8a",
-            "ovt1a77fa8a",
-            "ovh42",
-            "ovhp42",
-            "ovgro4789",
-        ] {
-            assert!(is_our_interface(ours), "{ours}");
-        }
-        for theirs in [
-            "overlay0",
-            "ovbr",
-            "ove1a77fa8",
-            "ovhx",
-            "eth0",
-            "ovh",
-            "ovbr4x",
-        ] {
-            assert!(!is_our_interface(theirs), "{theirs}");
-        }
-    }
-
-    #[test]
-    fn port_names_fit_and_are_stable() {
-        let port = format!("ove{}", short_hash("blue/a-rather-long-container-name-1"));
-        assert_eq!(port.len(), 11);
-        assert_eq!(short_hash("blue/c1"), short_hash("blue/c1"));
-        assert_ne!(short_hash("blue/c1"), short_hash("blue/c2"));
     }
 }

@@ -225,7 +225,7 @@ mod tests {
         let mac_host = if rng.below(300) == 0 { host ^ 1 } else { host };
         let mac = format!("02:42:0a:0a:01:{mac_host:02x}");
         let node = match rng.below(100) {
-            0 => "h1", // this node: its port "p" does not exist
+            0 => "h1", // this node: its port does not exist
             n => ["h2", "h3", "h4"][n as usize % 3],
         };
         let value = match rng.below(4) {
@@ -234,7 +234,8 @@ mod tests {
                 7 + host % 3
             ),
             _ => format!(
-                r#"{{"kind":"container","name":"c","mac":"{mac}","node":"{node}","port":"p"}}"#
+                r#"{{"kind":"container","name":"c","mac":"{mac}","node":"{node}","port":"{}"}}"#,
+                crate::ifnames::port_name(net, "c")
             ),
         };
         (format!("/overlay/endpoints/{net}/{ip}"), value)
@@ -329,12 +330,11 @@ mod tests {
         let mut batch = Batch::default();
         let key = b"/overlay/endpoints/blue/10.10.1.2";
         batch.note(&cluster, &keys, key);
-        cluster
-            .put(
-                &keys,
-                key,
-                br#"{"kind":"container","name":"c","mac":"02:42:0a:0a:01:02","node":"h1","port":"p"}"#, 0)
-            .unwrap();
+        let value = format!(
+            r#"{{"kind":"container","name":"c","mac":"02:42:0a:0a:01:02","node":"h1","port":"{}"}}"#,
+            crate::ifnames::port_name("blue", "c")
+        );
+        cluster.put(&keys, key, value.as_bytes(), 0).unwrap();
         assert_eq!(
             endpoint_delta(&cluster, "h1", &batch, &empty, &[], &refs).unwrap_err(),
             "one of this node's endpoints changed"

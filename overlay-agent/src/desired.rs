@@ -1,14 +1,19 @@
 //! What one node's maps should hold, given the cluster: a pure function of etcd's contents,
 //! the node's name, and which of its interfaces exist. Everything that cannot be served (an
-//! endpoint outside its network, a MAC used twice, a port that is not there) is left out and
-//! reported, never half-applied.
-use std::{collections::BTreeSet, net::Ipv4Addr};
+//! endpoint outside its network, a MAC used twice, a port that is not there or not its own)
+//! is left out and reported, never half-applied.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use overlay_common::{Endpoint, VtepAddr, deliver, vtep};
 
 use crate::{
     cluster::ClusterState,
     dataplane::state::MapState,
+    ifnames,
+    plumbing::Link,
     store::schema::{self, Kind, Location, Network},
 };
 
@@ -17,16 +22,17 @@ use crate::{
 pub struct Problem {
     pub key: String,
     pub why: String,
-    /// Refused because another entry holds the same VNI or MAC: which of the two is served
-    /// depends on the other one, so only a full reconcile can follow changes to either.
+    /// Refused because another entry holds the same VNI, MAC or VTEP: which of the two
+    /// is served depends on the other one, so only a full reconcile can follow changes to
+    /// either.
     pub conflict: bool,
 }
 
-/// `resolve` maps a local interface name to its ifindex (None: not there, yet or any more).
+/// `links` gives a local interface by name (None: not there, yet or any more).
 pub fn desired(
     cluster: &ClusterState,
     me: &str,
-    resolve: &dyn Fn(&str) -> Option<u32>,
+    links: &dyn Fn(&str) -> Option<Link>,
 ) -> (MapState, Vec<Problem>) {
     let mut s = MapState::default();
     let mut problems = Vec::new();
@@ -60,6 +66,14 @@ pub fn desired(
     }
     let served: BTreeSet<&str> = served.iter().map(|n| n.name.as_str()).collect();
 
+    // Nodes whose VTEP is ours or an older node's: their endpoints are not served (the node
+    // record is the problem).
+    for node in cluster.nodes.keys() {
+        if let Some(why) = node_refused(cluster, me, node) {
+            problem(true, format!("nodes/{node}"), why);
+        }
+    }
+
     // Endpoints, oldest first: of two that claim one MAC, the older is served.
     let mut endpoints: Vec<_> = cluster.endpoints.values().collect();
     endpoints.sort_by_key(|ep| ep.created); // stable: by key among equals
@@ -88,7 +102,22 @@ pub fn desired(
         let Location::Node { port, iface, .. } = &ep.location else {
             continue;
         };
-        let Some(port_ifindex) = resolve(port) else {
+        // This node names each endpoint it made (`names/<node>/<name>`, in the transaction that
+        // made it): a record it did not make, even one whose port is rightly derived, is not
+        // served, so nobody can claim a port of ours ahead of the endpoint it is for.
+        let named = cluster
+            .names
+            .get(&(me.to_string(), ep.name.clone()))
+            .is_some_and(|n| n.network == ep.network && n.ip == ep.ip);
+        if !named {
+            let why = format!(
+                "this node did not make it (names/{me}/{} does not name {} in {})",
+                ep.name, ep.ip, ep.network
+            );
+            problem(false, key(), why);
+            continue;
+        }
+        let Some(link) = links(port) else {
             problem(
                 false,
                 key(),
@@ -96,9 +125,21 @@ pub fn desired(
             );
             continue;
         };
+        // The name is derived from the record (validated), the alias from the port's maker:
+        // a port someone else made under that name, or a hash collision, is not this
+        // endpoint's.
+        let alias = ifnames::port_alias(&ep.network, &ep.name);
+        if link.alias.as_deref() != Some(alias.as_str()) {
+            let why = format!(
+                "interface {port} is not this endpoint's port (its alias is {:?}, not {alias:?})",
+                link.alias.as_deref().unwrap_or_default()
+            );
+            problem(false, key(), why);
+            continue;
+        }
         let (ifindex, how) = match (ep.kind, iface) {
-            (Kind::Host, Some(iface)) => match resolve(iface) {
-                Some(i) => (i, deliver::INGRESS),
+            (Kind::Host, Some(iface)) => match links(iface) {
+                Some(i) => (i.ifindex, deliver::INGRESS),
                 None => {
                     problem(
                         false,
@@ -108,7 +149,7 @@ pub fn desired(
                     continue;
                 }
             },
-            _ => (port_ifindex, deliver::PEER),
+            _ => (link.ifindex, deliver::PEER),
         };
         let local = Endpoint {
             ifindex,
@@ -118,10 +159,43 @@ pub fn desired(
             ip,
         };
         s.endpoints.insert((vni, mac), local);
-        s.ports.insert(port_ifindex, local);
+        s.ports.insert(link.ifindex, local);
         s.arp.insert((vni, ip), mac);
     }
     (s, problems)
+}
+
+/// Why the VTEP of node `node` cannot be used from node `me`: it is `me`'s own (we would send
+/// to ourselves what is meant for it), or an older node's (it would receive another node's
+/// traffic). None: it can (or `node` is `me`, or not registered).
+pub fn node_refused(cluster: &ClusterState, me: &str, node: &str) -> Option<String> {
+    let record = cluster.nodes.get(node).filter(|_| node != me)?;
+    if cluster.nodes.get(me).is_some_and(|m| m.vtep == record.vtep) {
+        return Some(format!(
+            "its VTEP {} is this node's own; ignored",
+            record.vtep
+        ));
+    }
+    let older = cluster.nodes.iter().find(|(other, r)| {
+        *other != node
+            && r.vtep == record.vtep
+            && (r.created, other.as_str()) < (record.created, node)
+    });
+    older.map(|(other, _)| {
+        format!(
+            "its VTEP {} is already node {other}'s; ignored",
+            record.vtep
+        )
+    })
+}
+
+/// Why a peer (a host that is not ours) cannot be behind `vtep`: a registered node has it, so
+/// a peer there would be one of our nodes, or this node itself.
+pub fn peer_refused(cluster: &ClusterState, vtep: IpAddr) -> Option<String> {
+    let (node, _) = cluster.nodes.iter().find(|(_, n)| n.vtep == vtep)?;
+    Some(format!(
+        "its VTEP {vtep} is node {node}'s: a peer cannot be one of our nodes"
+    ))
 }
 
 /// How a problem names an endpoint.
@@ -163,11 +237,25 @@ pub fn placement(
         ));
     }
     let vni = net.vni;
-    // Another node's endpoint is reachable only while that node's lease lives.
+    if let (Kind::Host, Location::Node { port, .. }) = (ep.kind, &ep.location)
+        && *port != ifnames::host_port(vni)
+    {
+        return Placement::LeftOut(format!(
+            "port {port} is not network {}'s host port ({})",
+            ep.network,
+            ifnames::host_port(vni)
+        ));
+    }
+    // Another node's endpoint is reachable only while that node's lease lives, and its VTEP
+    // is its own.
     let vtep = match &ep.location {
         Location::Node { node, .. } if node == me => return Placement::Local { vni },
+        Location::Node { node, .. } if node_refused(cluster, me, node).is_some() => None,
         Location::Node { node, .. } => cluster.nodes.get(node).map(|n| n.vtep),
-        Location::Peer { vtep } => Some(*vtep),
+        Location::Peer { vtep } => match peer_refused(cluster, *vtep) {
+            Some(why) => return Placement::LeftOut(why),
+            None => Some(*vtep),
+        },
     };
     match vtep {
         // Our packets cannot reach a VTEP of the other family, nor its ours.
@@ -191,8 +279,10 @@ pub fn placement(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::store::schema::Keys;
+    use crate::{ifnames::port_name, store::schema::Keys};
 
     fn cluster(kvs: &[(&str, &str)]) -> ClusterState {
         let keys = Keys::new("/overlay");
@@ -209,10 +299,20 @@ mod tests {
         c
     }
 
-    fn container(node: &str, port: &str, mac: &str) -> String {
+    /// Container `name` of `net` on `node`, its port the one its node makes for it.
+    fn container(net: &str, name: &str, node: &str, mac: &str) -> String {
         format!(
-            r#"{{"kind":"container","name":"c","mac":"{mac}","node":"{node}","port":"{port}"}}"#
+            r#"{{"kind":"container","name":"{name}","mac":"{mac}","node":"{node}","port":"{}"}}"#,
+            port_name(net, name)
         )
+    }
+
+    /// A port as `endpoint add` leaves it: its alias names its endpoint.
+    fn port_of(ifindex: u32, net: &str, name: &str) -> Option<Link> {
+        Some(Link {
+            ifindex,
+            alias: Some(ifnames::port_alias(net, name)),
+        })
     }
 
     const BLUE: &str = r#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
@@ -225,11 +325,11 @@ mod tests {
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             (
                 "endpoints/blue/10.10.1.2",
-                &container("h1", "ove1", "02:42:0a:0a:01:02"),
+                &container("blue", "c1", "h1", "02:42:0a:0a:01:02"),
             ),
             (
                 "endpoints/blue/10.10.2.2",
-                &container("h2", "ove2", "02:42:0a:0a:02:02"),
+                &container("blue", "c2", "h2", "02:42:0a:0a:02:02"),
             ),
             (
                 "endpoints/blue/10.10.9.2",
@@ -237,16 +337,25 @@ mod tests {
             ),
             (
                 "endpoints/blue/10.10.1.1",
-                r#"{"kind":"host","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+                r#"{"kind":"host","name":"host.blue","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+            ),
+            ("names/h1/c1", r#"{"network":"blue","ip":"10.10.1.2"}"#),
+            (
+                "names/h1/host.blue",
+                r#"{"network":"blue","ip":"10.10.1.1"}"#,
             ),
         ]);
-        let resolve = |name: &str| match name {
-            "ove1" => Some(7),
-            "ovhp42" => Some(8),
-            "ovh42" => Some(9),
+        let c1_port = port_name("blue", "c1");
+        let links = |name: &str| match name {
+            n if n == c1_port => port_of(7, "blue", "c1"),
+            "ovhp42" => port_of(8, "blue", "host.blue"),
+            "ovh42" => Some(Link {
+                ifindex: 9,
+                alias: None,
+            }),
             _ => None,
         };
-        let (s, problems) = desired(&c, "h1", &resolve);
+        let (s, problems) = desired(&c, "h1", &links);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s.networks.get(&42).map(|n| n.port), Some(4789));
         let local = s.endpoints[&(42, [2, 0x42, 10, 10, 1, 2])];
@@ -280,7 +389,7 @@ mod tests {
             ("networks/blue", BLUE),
             (
                 "endpoints/blue/10.10.2.2",
-                &container("h2", "ove2", "02:42:0a:0a:02:02"),
+                &container("blue", "c2", "h2", "02:42:0a:0a:02:02"),
             ),
         ]);
         let (s, problems) = desired(&c, "h1", &|_| None);
@@ -296,23 +405,24 @@ mod tests {
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             (
                 "endpoints/blue/10.99.0.2",
-                &container("h2", "x", "02:42:0a:63:00:02"),
+                &container("blue", "x", "h2", "02:42:0a:63:00:02"),
             ),
             (
                 "endpoints/blue/10.10.2.2",
-                &container("h2", "x", "02:42:0a:0a:02:02"),
+                &container("blue", "x", "h2", "02:42:0a:0a:02:02"),
             ),
             (
                 "endpoints/blue/10.10.2.3",
-                &container("h2", "y", "02:42:0a:0a:02:02"),
+                &container("blue", "y", "h2", "02:42:0a:0a:02:02"),
             ),
             (
                 "endpoints/blue/10.10.1.2",
-                &container("h1", "gone", "02:42:0a:0a:01:02"),
+                &container("blue", "gone", "h1", "02:42:0a:0a:01:02"),
             ),
+            ("names/h1/gone", r#"{"network":"blue","ip":"10.10.1.2"}"#),
             (
                 "endpoints/red/10.10.1.2",
-                &container("h2", "x", "02:42:0a:0a:01:07"),
+                &container("red", "x", "h2", "02:42:0a:0a:01:07"),
             ),
         ]);
         let (s, problems) = desired(&c, "h1", &|_| None);
@@ -334,6 +444,136 @@ mod tests {
         assert_eq!(s.networks.len(), 1);
     }
 
+    /// Issue 25: a record that names a port which is not its own (the underlay, `lo`, another
+    /// endpoint's, one without its alias) serves nothing and disturbs nothing that works.
+    #[test]
+    fn a_port_that_is_not_the_endpoints_own_is_refused() {
+        let c1_port = port_name("blue", "c1");
+        let links = |name: &str| match name {
+            n if n == c1_port => port_of(7, "blue", "c1"),
+            // Made by someone else under the derived name of `stray`: no alias.
+            n if n == port_name("blue", "stray") => Some(Link {
+                ifindex: 11,
+                alias: None,
+            }),
+            "ovhp42" => port_of(8, "blue", "someone else"),
+            "ovh42" => port_of(9, "blue", "host.blue"),
+            "u1" => port_of(1, "blue", "evil"),
+            _ => None,
+        };
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("nodes/h1", r#"{"vtep":"10.0.0.1"}"#),
+            // c1's name at another address, planted before c1 was made (so older): this node
+            // did not make it, so c1's port is c1's all the same.
+            (
+                "endpoints/blue/10.10.0.250",
+                &container("blue", "c1", "h1", "02:42:0a:0a:00:fa"),
+            ),
+            (
+                "endpoints/blue/10.10.1.2",
+                &container("blue", "c1", "h1", "02:42:0a:0a:01:02"),
+            ),
+            ("names/h1/c1", r#"{"network":"blue","ip":"10.10.1.2"}"#),
+            ("names/h1/stray", r#"{"network":"blue","ip":"10.10.0.251"}"#),
+            (
+                "names/h1/host.blue",
+                r#"{"network":"blue","ip":"10.10.1.1"}"#,
+            ),
+            (
+                "endpoints/blue/10.10.0.251",
+                &container("blue", "stray", "h1", "02:42:0a:0a:00:fb"),
+            ),
+            (
+                "endpoints/blue/10.10.1.1",
+                r#"{"kind":"host","name":"host.blue","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+            ),
+            // Another network's host port.
+            (
+                "endpoints/blue/10.10.1.3",
+                r#"{"kind":"host","name":"host.blue","mac":"02:42:0a:0a:01:03","node":"h1","port":"ovhp43","iface":"ovh43"}"#,
+            ),
+            // The issue's record: refused by the schema, so it never reaches desired().
+            (
+                "endpoints/blue/10.10.0.252",
+                r#"{"kind":"container","name":"evil","mac":"02:42:0a:0a:00:fc","node":"h1","port":"u1"}"#,
+            ),
+        ]);
+        assert!(
+            c.invalid.keys().any(|k| k.ends_with("10.10.0.252")),
+            "{:?}",
+            c.invalid
+        );
+        let (s, problems) = desired(&c, "h1", &links);
+        let whys: BTreeMap<_, _> = problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.why.as_str()))
+            .collect();
+        assert_eq!(whys.len(), 4, "{whys:#?}");
+        assert!(whys["endpoints/blue/10.10.0.250"].contains("this node did not make it"));
+        assert!(whys["endpoints/blue/10.10.0.251"].contains("not this endpoint's port"));
+        assert!(whys["endpoints/blue/10.10.1.1"].contains("not this endpoint's port"));
+        assert!(whys["endpoints/blue/10.10.1.3"].contains("not network blue's host port"));
+        assert_eq!(
+            s.ports.keys().copied().collect::<Vec<_>>(),
+            [7],
+            "c1 alone is served"
+        );
+        assert_eq!(s.ports[&7].mac, [2, 0x42, 10, 10, 1, 2]);
+    }
+
+    /// Addresses that are one of our nodes' are no peer's, and a node cannot take this node's
+    /// VTEP or an older node's.
+    #[test]
+    fn a_vtep_is_one_nodes_own() {
+        let c = cluster(&[
+            ("networks/blue", BLUE),
+            ("nodes/h1", r#"{"vtep":"10.0.0.1"}"#),
+            ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
+            ("nodes/h3", r#"{"vtep":"10.0.0.1"}"#),
+            ("nodes/h4", r#"{"vtep":"10.0.0.2"}"#),
+            (
+                "endpoints/blue/10.10.2.2",
+                &container("blue", "c2", "h2", "02:42:0a:0a:02:02"),
+            ),
+            (
+                "endpoints/blue/10.10.3.2",
+                &container("blue", "c3", "h3", "02:42:0a:0a:03:02"),
+            ),
+            (
+                "endpoints/blue/10.10.4.2",
+                &container("blue", "c4", "h4", "02:42:0a:0a:04:02"),
+            ),
+            (
+                "endpoints/blue/10.10.9.1",
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:01","vtep":"10.0.0.1"}"#,
+            ),
+            (
+                "endpoints/blue/10.10.9.2",
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"10.0.0.2"}"#,
+            ),
+            (
+                "endpoints/blue/10.10.9.9",
+                r#"{"kind":"peer","mac":"02:42:0a:0a:09:09","vtep":"10.0.0.9"}"#,
+            ),
+        ]);
+        let (s, problems) = desired(&c, "h1", &|_| None);
+        let whys: BTreeMap<_, _> = problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.why.as_str()))
+            .collect();
+        assert_eq!(whys.len(), 4, "{whys:#?}");
+        assert!(whys["nodes/h3"].contains("this node's own"));
+        assert!(whys["nodes/h4"].contains("already node h2's"));
+        assert!(whys["endpoints/blue/10.10.9.1"].contains("is node h1's"));
+        assert!(whys["endpoints/blue/10.10.9.2"].contains("is node h2's"));
+        assert_eq!(
+            s.fdb.keys().map(|(_, mac)| mac[5]).collect::<Vec<_>>(),
+            [2, 9],
+            "c2 behind h2 and the real peer only"
+        );
+    }
+
     #[test]
     fn one_mac_in_two_vnis_is_two_entries() {
         let c = cluster(&[
@@ -342,11 +582,11 @@ mod tests {
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             (
                 "endpoints/blue/10.10.2.2",
-                &container("h2", "x", "02:42:0a:0a:02:02"),
+                &container("blue", "x", "h2", "02:42:0a:0a:02:02"),
             ),
             (
                 "endpoints/green/10.20.2.2",
-                &container("h2", "y", "02:42:0a:0a:02:02"),
+                &container("green", "y", "h2", "02:42:0a:0a:02:02"),
             ),
         ]);
         let (s, problems) = desired(&c, "h1", &|_| None);
@@ -365,19 +605,19 @@ mod tests {
             ("nodes/h2", r#"{"vtep":"10.0.0.2"}"#),
             (
                 "endpoints/blue/10.10.2.3",
-                &container("h2", "x", "02:42:0a:0a:02:03"),
+                &container("blue", "x", "h2", "02:42:0a:0a:02:03"),
             ),
             // Newer, and sorting first: a subnet inside blue's, a VNI that is blue's.
             ("networks/aaa", r#"{"vni":44,"subnet":"10.10.5.0/24"}"#),
             ("networks/abc", r#"{"vni":42,"subnet":"10.30.0.0/16"}"#),
             (
                 "endpoints/aaa/10.10.5.2",
-                &container("h2", "y", "02:42:0a:0a:05:02"),
+                &container("aaa", "y", "h2", "02:42:0a:0a:05:02"),
             ),
             // Newer, with a lower address: the MAC of 10.10.2.3.
             (
                 "endpoints/blue/10.10.2.2",
-                &container("h2", "z", "02:42:0a:0a:02:03"),
+                &container("blue", "z", "h2", "02:42:0a:0a:02:03"),
             ),
         ]);
         let (s, problems) = desired(&c, "h1", &|_| None);

@@ -4,7 +4,7 @@
 //! running, programs attached where they must be, the GRO helpers, the ports' MTUs, and
 //! whether every remote VTEP answers on the underlay.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     path::Path,
     time::Duration,
@@ -20,9 +20,9 @@ use crate::{
     cluster::ClusterState,
     dataplane::{Maps, PinDir, state::Diff},
     desired::desired,
-    gro,
+    gro, ifnames,
     net::Mac,
-    plumbing::Netlink,
+    plumbing::{Link, Netlink},
     store::{
         Store,
         schema::{Kind, Location},
@@ -132,8 +132,13 @@ async fn cluster_now(store: &Store) -> Result<(ClusterState, i64)> {
 }
 
 /// How many entries `cluster` says the maps must hold, and how they differ.
-fn compare(cluster: &ClusterState, node: &str, pins: &PinDir) -> Result<(usize, Vec<Finding>)> {
-    let (want, _) = desired(cluster, node, &agent::ifindex);
+fn compare(
+    cluster: &ClusterState,
+    node: &str,
+    pins: &PinDir,
+    links: &BTreeMap<String, Link>,
+) -> Result<(usize, Vec<Finding>)> {
+    let (want, _) = desired(cluster, node, &|name: &str| links.get(name).cloned());
     let have = Maps::open(pins)?.snapshot()?;
     let entries = want.fdb.len()
         + want.arp.len()
@@ -159,13 +164,16 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
             agent::last_status(run_dir, node).ok()
         }
     };
+    let netlink = Netlink::new()?;
+    let mut here = netlink.links_by_name().await?;
     let (mut cluster, mut revision) = cluster_now(store).await?;
-    let (mut entries, mut drift) = compare(&cluster, node, pins)?;
+    let (mut entries, mut drift) = compare(&cluster, node, pins, &here)?;
     if !drift.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let first: BTreeSet<Finding> = drift.into_iter().collect();
+        here = netlink.links_by_name().await?;
         (cluster, revision) = cluster_now(store).await?;
-        (entries, drift) = compare(&cluster, node, pins)?;
+        (entries, drift) = compare(&cluster, node, pins, &here)?;
         drift.retain(|f| first.contains(f));
     }
     findings.extend(drift);
@@ -185,7 +193,6 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
             "from_underlay is not attached: no VXLAN arrives".into(),
         ));
     }
-    let netlink = Netlink::new()?;
     let node_mtu = cluster.nodes.get(node).and_then(|n| n.mtu);
     let ipv6_underlay = cluster.nodes.get(node).is_some_and(|n| n.vtep.is_ipv6());
     for ep in cluster.endpoints.values() {
@@ -250,7 +257,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
     }
 
     // Every remote VTEP this node sends to answers on the underlay.
-    let (want, _) = desired(&cluster, node, &agent::ifindex);
+    let (want, _) = desired(&cluster, node, &|name: &str| here.get(name).cloned());
     let vteps: BTreeSet<IpAddr> = want.fdb.values().map(|v| to_ip(*v)).collect();
     let probes: Vec<_> = vteps
         .into_iter()
@@ -306,10 +313,28 @@ impl ClusterReport {
     }
 }
 
-/// The digest node `node`'s maps must have for `cluster` (its ports taken as present: a port
-/// that is missing shows as a difference, as it is one).
+/// The digest node `node`'s maps must have for `cluster` (its ports taken as present and
+/// their endpoints': a port that is missing or not its endpoint's shows as a difference, as it
+/// is one).
 fn expected(cluster: &ClusterState, node: &str) -> String {
-    desired(cluster, node, &|_| Some(1)).0.digest().0
+    let aliases: BTreeMap<&str, String> = cluster
+        .endpoints
+        .values()
+        .filter(|ep| ep.node() == Some(node))
+        .filter_map(|ep| match &ep.location {
+            Location::Node { port, .. } => {
+                Some((port.as_str(), ifnames::port_alias(&ep.network, &ep.name)))
+            }
+            Location::Peer { .. } => None,
+        })
+        .collect();
+    let present = |name: &str| {
+        Some(Link {
+            ifindex: 1,
+            alias: aliases.get(name).cloned(),
+        })
+    };
+    desired(cluster, node, &present).0.digest().0
 }
 
 async fn cluster_pass(store: &Store) -> Result<ClusterReport> {

@@ -44,7 +44,7 @@ pub fn wanted(
     for (&vni, &network) in &applied.networks {
         let port = network.port;
         let mut flood = Flood {
-            bridge: resolve(&format!("ovbr{vni}")).unwrap_or(0),
+            bridge: resolve(&crate::ifnames::bridge(vni)).unwrap_or(0),
             tunnel: resolve(&gro::device(port)).unwrap_or(0),
             rate_pps: settings.get(&vni).map_or(0, |s| s.bum_rate),
             internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
@@ -170,12 +170,14 @@ fn publishable(live: &[GroupKey]) -> (GroupsRecord, bool) {
     (out, capped)
 }
 
-/// Per VNI, the VTEPs of the legacy hosts (`peer add`) of the networks in `cluster`.
+/// Per VNI, the VTEPs of the legacy hosts (`peer add`) of the networks in `cluster`; never one
+/// of our nodes' (desired.rs refuses such a peer).
 pub fn peer_vteps(cluster: &ClusterState) -> BTreeMap<u32, BTreeSet<VtepAddr>> {
     let mut out: BTreeMap<u32, BTreeSet<VtepAddr>> = BTreeMap::new();
     for ep in cluster.endpoints.values() {
         if let (Location::Peer { vtep }, Some(net)) =
             (&ep.location, cluster.networks.get(&ep.network))
+            && crate::desired::peer_refused(cluster, *vtep).is_none()
         {
             out.entry(net.vni).or_default().insert(vtep::from_ip(*vtep));
         }
@@ -195,6 +197,10 @@ pub fn wanted_groups(
         let Some(record) = cluster.nodes.get(node).filter(|_| node != me) else {
             continue;
         };
+        // A node whose VTEP is ours or an older node's is not served (desired.rs).
+        if crate::desired::node_refused(cluster, me, node).is_some() {
+            continue;
+        }
         for (vni, set) in groups
             .iter()
             .filter(|(v, _)| applied.networks.contains_key(v))

@@ -13,6 +13,7 @@ pub mod flood;
 mod fuzzing;
 pub mod gro;
 pub mod hash;
+pub mod ifnames;
 pub mod inspect;
 pub mod ipam;
 pub mod lock;

@@ -3,6 +3,7 @@
 //! namespace it was opened in, so [`Netlink::in_netns`] opens one from a thread that entered
 //! the target namespace first.
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
@@ -24,6 +25,15 @@ use crate::net::Mac;
 
 pub struct Netlink {
     handle: Handle,
+}
+
+/// One interface as netlink describes it, for the code that decides what to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    /// What `ip link` shows as its alias: a port says which endpoint it is
+    /// (`ifnames::port_alias`).
+    pub alias: Option<String>,
 }
 
 /// A namespace as the user names it: `ip netns` names live in /run/netns, anything with a '/'
@@ -482,6 +492,30 @@ impl Netlink {
                     LinkAttribute::IfName(n) => Some(n.clone()),
                     _ => None,
                 })
+            })
+            .collect())
+    }
+
+    /// Every interface by name, with its ifindex and alias (one dump).
+    pub async fn links_by_name(&self) -> Result<BTreeMap<String, Link>> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .filter_map(|l| {
+                let (mut name, mut alias) = (None, None);
+                for a in &l.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n.clone()),
+                        LinkAttribute::IfAlias(a) => alias = Some(a.clone()),
+                        _ => {}
+                    }
+                }
+                let link = Link {
+                    ifindex: l.header.index,
+                    alias,
+                };
+                Some((name?, link))
             })
             .collect())
     }

@@ -260,7 +260,25 @@ pub struct Deployment {
     pub containers: Vec<Netns>,
     tag: String,
     dir: PathBuf,
+    /// etcd authenticates users with the least-privilege roles of store/roles.rs: each host
+    /// acts as its node's user, networks are made by `admin` ([`Deployment::with_roles`]).
+    roles: bool,
 }
+
+/// How clients reach the deployment's etcd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Plain,
+    /// TLS only, with client certificates.
+    Tls,
+    /// Plaintext, with users and the roles of store/roles.rs.
+    Roles,
+}
+
+/// The etcd user that makes networks when [`Deployment::with_roles`].
+pub const ADMIN_USER: &str = "admin";
+/// etcd's root, with which the tests write past every role.
+const ROOT: &str = "root:root-secret";
 
 impl Deployment {
     /// Hosts h1.. on one underlay segment (10.0.0.<i>/24, forwarding on), etcd on
@@ -271,26 +289,33 @@ impl Deployment {
 
     /// As [`Deployment::new`], the hosts on an underlay that behaves as `underlay` says.
     pub fn on(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
-        Self::build(label, ours, underlay, false, false)
+        Self::build(label, ours, underlay, Access::Plain, false)
     }
 
     /// As [`Deployment::on`], the VTEPs on an IPv6 underlay: host i's eth1 also has
     /// fd00::<i>/64, and its agent runs with `--vtep fd00::<i>` (etcd stays on IPv4).
     pub fn ipv6_underlay(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
-        Self::build(label, ours, underlay, false, true)
+        Self::build(label, ours, underlay, Access::Plain, true)
     }
 
     /// As [`Deployment::new`], with an etcd that speaks TLS only and wants client
     /// certificates: agents and CLI get theirs from the environment, as a user's would.
     pub fn with_tls(label: &str, ours: &[bool]) -> Result<Self> {
-        Self::build(label, ours, Underlay::Veth, true, false)
+        Self::build(label, ours, Underlay::Veth, Access::Tls, false)
+    }
+
+    /// As [`Deployment::new`], with etcd's authentication on and the least-privilege layout
+    /// (store/roles.rs): `admin` may make networks, each node's user (the node's name) may
+    /// write only what its node needs; every host's agent and CLI act as its node's user.
+    pub fn with_roles(label: &str, ours: &[bool]) -> Result<Self> {
+        Self::build(label, ours, Underlay::Veth, Access::Roles, false)
     }
 
     fn build(
         label: &str,
         ours: &[bool],
         underlay: Underlay,
-        tls: bool,
+        access: Access,
         ipv6: bool,
     ) -> Result<Self> {
         crate::require_root();
@@ -303,7 +328,7 @@ impl Deployment {
             "ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
              ip addr add {ETCD_IP}/24 dev etcd0 && ip link set etcd0 up"
         ))?;
-        let etcd = if tls {
+        let etcd = if access == Access::Tls {
             Etcd::start_tls(&wire, &dir)?
         } else {
             Etcd::start(&wire, &dir)?
@@ -315,7 +340,12 @@ impl Deployment {
             containers: Vec::new(),
             tag: tag.clone(),
             dir,
+            roles: false,
         };
+        if access == Access::Roles {
+            let nodes: Vec<String> = (1..=ours.len()).map(|n| format!("{tag}h{n}")).collect();
+            d.enable_roles(&nodes)?;
+        }
         for (i, &is_ours) in ours.iter().enumerate() {
             let n = i + 1;
             let name = format!("{tag}h{n}");
@@ -369,6 +399,12 @@ impl Deployment {
                 ]
             }))
             .args(["--node", h.name()])
+            .envs(
+                self.roles
+                    .then(|| self.credentials(h.name()))
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--pin-root", TEST_PIN_ROOT])
             .arg("--run-dir")
             .arg(self.run_dir());
@@ -438,24 +474,19 @@ impl Deployment {
 
     /// Runs the CLI on `host`; Err with its stderr if it fails.
     pub fn cli(&self, host: usize, args: &[&str]) -> Result<String> {
-        let out = self.cli_output(host, args)?;
-        if !out.status.success() {
-            bail!(
-                "overlay-agent {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args, self.cli_output(host, args)?)
     }
 
     pub fn cli_output(&self, host: usize, args: &[&str]) -> Result<Output> {
-        self.base_command(host)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        self.cli_command(host, args)
             .output()
             .context("running overlay-agent")
+    }
+
+    fn cli_command(&self, host: usize, args: &[&str]) -> Command {
+        let mut cmd = self.base_command(host);
+        cmd.args(args).env("RUST_LOG", "warn").stdin(Stdio::null());
+        cmd
     }
 
     /// `network create` with the CLI on the first host.
@@ -474,7 +505,85 @@ impl Deployment {
         let vni = vni.to_string();
         let mut args = vec!["network", "create", name, "--subnet", subnet, "--vni", &vni];
         args.extend(flags);
+        if self.roles {
+            return self.admin_cli(&args).map(drop);
+        }
         self.cli(0, &args).map(drop)
+    }
+
+    /// Sets up etcd's users and roles (store/roles.rs) for `nodes`, then turns authentication
+    /// on; each user's password is in `<dir>/<user>.password`.
+    fn enable_roles(&mut self, nodes: &[String]) -> Result<()> {
+        use overlay_agent::store::{roles, schema::Keys};
+        let keys = Keys::new("/overlay");
+        let mut steps: Vec<Vec<String>> = vec![vec!["user".into(), "add".into(), ROOT.into()]];
+        let mut user = |name: &str, role: &str, grants: Vec<roles::Grant>| -> Result<()> {
+            let password = format!("{name}-secret");
+            std::fs::write(self.dir.join(format!("{name}.password")), &password)?;
+            steps.push(vec!["role".into(), "add".into(), role.into()]);
+            steps.extend(grants.iter().map(roles::Grant::etcdctl_args));
+            steps.push(vec![
+                "user".into(),
+                "add".into(),
+                format!("{name}:{password}"),
+            ]);
+            steps.push(vec![
+                "user".into(),
+                "grant-role".into(),
+                name.into(),
+                role.into(),
+            ]);
+            Ok(())
+        };
+        user(ADMIN_USER, roles::ADMIN_ROLE, roles::admin_grants(&keys))?;
+        for node in nodes {
+            user(
+                node,
+                &roles::node_role(node),
+                roles::node_grants(&keys, node),
+            )?;
+        }
+        steps.push(vec!["auth".into(), "enable".into()]);
+        for step in steps {
+            self.etcdctl(&step.join(" "))?;
+        }
+        self.roles = true;
+        Ok(())
+    }
+
+    /// The environment that makes a command act as etcd user `user`.
+    fn credentials(&self, user: &str) -> [(&'static str, String); 2] {
+        [
+            ("OVERLAY_ETCD_USER", user.to_string()),
+            (
+                "OVERLAY_ETCD_PASSWORD_FILE",
+                self.dir
+                    .join(format!("{user}.password"))
+                    .display()
+                    .to_string(),
+            ),
+        ]
+    }
+
+    /// The CLI on the first host as etcd's [`ADMIN_USER`] (with [`Deployment::with_roles`]).
+    pub fn admin_cli(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .cli_command(0, args)
+            .envs(self.credentials(ADMIN_USER))
+            .output()
+            .context("running overlay-agent")?;
+        stdout_of(args, out)
+    }
+
+    /// etcdctl as etcd user `user` (its password from its file): what that user may do.
+    pub fn etcdctl_as(&self, user: &str, args: &str) -> Result<Output> {
+        let password = std::fs::read_to_string(self.dir.join(format!("{user}.password")))?;
+        self.wire
+            .output(&format!(
+                "ETCDCTL_API=3 etcdctl --endpoints {} --user {user}:{password} --command-timeout=3s {args}",
+                self.etcd.url
+            ))
+            .context("running etcdctl")
     }
 
     /// A container namespace named `<tag><name>`, attached to `network` on `host` with the
@@ -630,14 +739,25 @@ impl Deployment {
             .map(drop)
     }
 
+    /// Deletes `/overlay/<key>` straight from etcd.
+    pub fn etcd_del(&self, key: &str) -> Result<()> {
+        self.etcdctl(&format!("del /overlay/{key}")).map(drop)
+    }
+
     /// Every key and value under `/overlay/<prefix>`, as etcdctl prints them.
     pub fn etcd_get_prefix(&self, prefix: &str) -> Result<String> {
         self.etcdctl(&format!("get --prefix /overlay/{prefix}"))
     }
 
     fn etcdctl(&self, args: &str) -> Result<String> {
+        // Once authentication is on, as root: past every role, as a hand would.
+        let root = if self.roles {
+            format!("--user {ROOT}")
+        } else {
+            String::new()
+        };
         self.wire.run(&format!(
-            "ETCDCTL_API=3 etcdctl --endpoints {} {} {args}",
+            "ETCDCTL_API=3 etcdctl --endpoints {} {} {root} {args}",
             self.etcd.url,
             self.etcd.ctl_flags().join(" ")
         ))
@@ -654,6 +774,18 @@ impl Drop for Deployment {
         self.containers.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CLI command's stdout; Err with its stderr if it failed.
+fn stdout_of(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "overlay-agent {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `f` every 20 ms until it holds; Err after `timeout`.

@@ -99,6 +99,25 @@ pub fn cni(
     })
 }
 
+/// A runtime's ADD of container `id` (interface `eth0`) in the namespace named `netns` to
+/// overlay network `network`, on `host`.
+pub fn cni_add(
+    d: &Deployment,
+    host: usize,
+    id: &str,
+    netns: &str,
+    network: &str,
+) -> Result<CniReply> {
+    let netns = format!("/run/netns/{netns}");
+    let env = [
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let entry = plugin_entry(d, host, network).to_string();
+    cni(d, host, "ADD", &env, entry.as_bytes())
+}
+
 /// The plugin's command line with CNI's environment, not yet started.
 pub fn cni_command(d: &Deployment, host: usize, command: &str, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("nsenter");

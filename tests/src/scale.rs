@@ -196,7 +196,8 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
             (
                 key(ip),
                 format!(
-                    r#"{{"kind":"container","name":"c","mac":"{mac}","node":"scale-node","port":"p"}}"#
+                    r#"{{"kind":"container","name":"c","mac":"{mac}","node":"scale-node","port":"{}"}}"#,
+                    overlay_agent::ifnames::port_name("scale", "c")
                 ),
             ),
         ];

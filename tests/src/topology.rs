@@ -51,7 +51,8 @@ impl Host {
         let name = format!("{}c{n}", self.label);
         let ns = Netns::new(&name)?;
         let mac = [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]];
-        let port = format!("vc{n}");
+        // A port's shape (`ove<8 hex>`): the dataplane attaches from_container to no other.
+        let port = format!("ove{n:08x}");
         self.run(&format!(
             "ip link add {port} mtu {MTU} type veth peer name eth0 netns {name} && \
              ip link set {port} master {bridge} up"

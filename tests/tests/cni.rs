@@ -2,7 +2,7 @@
 //! real podman and containerd on two hosts.
 use std::{net::Ipv4Addr, time::Duration};
 
-use overlay_agent::{cni::endpoint_name, commands::port_name};
+use overlay_agent::{cni::endpoint_name, ifnames::port_name};
 use overlay_tests::{
     deployment::{Deployment, ping, wait_for},
     netns::Netns,

@@ -377,21 +377,7 @@ fn etcd_over_tls_with_client_certificates_and_a_role_limited_to_the_prefix() {
     assert!(maps.endpoints.keys().any(|(vni, _)| *vni == 30), "{maps:?}");
     // The CNI plugin reaches the TLS etcd as the agent does, from the agent's status alone.
     let c2 = overlay_tests::netns::Netns::new("ovt-tlsc2").unwrap();
-    let netns = format!("/run/netns/{}", c2.name);
-    let reply = overlay_tests::runtimes::cni(
-        &d,
-        0,
-        "ADD",
-        &[
-            ("CNI_CONTAINERID", "tls-c2"),
-            ("CNI_NETNS", netns.as_str()),
-            ("CNI_IFNAME", "eth0"),
-        ],
-        overlay_tests::runtimes::plugin_entry(&d, 0, "blue")
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
+    let reply = overlay_tests::runtimes::cni_add(&d, 0, "tls-c2", &c2.name, "blue").unwrap();
     assert!(reply.ok, "{reply:?}");
     // The agent's status names how it reaches etcd (paths and user, never the password).
     let status =

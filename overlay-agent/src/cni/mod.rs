@@ -291,7 +291,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             ),
         ));
     }
-    let port = commands::port_name(network, &req.name);
+    let port = crate::ifnames::port_name(network, &req.name);
     // The host port's MAC is a courtesy of the result: not worth failing an ADD that worked.
     let port_mac = match Netlink::new() {
         Ok(host) => host.mac(&port).await.ok().flatten(),

@@ -7,7 +7,7 @@ pub mod state;
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
@@ -17,6 +17,8 @@ use aya::{
     },
 };
 use overlay_common::{jump, names, programs};
+
+use crate::ifnames;
 
 pub use maps::Maps;
 pub use pins::PinDir;
@@ -125,18 +127,49 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches `from_underlay` at TC ingress of the underlay interface.
+    // Links are pinned by interface name, and each program goes only on interfaces of its own
+    // shape (ifnames.rs): a port's link can never be the underlay's or a GRO helper's, so
+    // attaching to or removing a port whatever an etcd record says never touches theirs.
+
+    /// Attaches `from_underlay` at TC ingress of the underlay interface, and takes it off an
+    /// earlier underlay (`run --underlay` changed): a node has one.
     pub fn attach_underlay(&mut self, iface: &str) -> Result<()> {
-        self.attach(programs::FROM_UNDERLAY, iface)
+        ensure!(
+            !ifnames::is_our_interface(iface),
+            "refusing to attach {} to {iface}: an interface the overlay makes is no underlay",
+            programs::FROM_UNDERLAY
+        );
+        self.attach(programs::FROM_UNDERLAY, iface)?;
+        for name in self.pins.linked()? {
+            if name != iface && !ifnames::is_our_interface(&name) {
+                Self::detach(&self.pins, &name)?;
+                log::info!(
+                    "{} taken off {name}, an earlier underlay",
+                    programs::FROM_UNDERLAY
+                );
+            }
+        }
+        Ok(())
     }
 
-    /// Attaches `from_container` at TC ingress of a container's host-side veth.
+    /// Attaches `from_container` at TC ingress of a port: a container's host-side veth or the
+    /// bridge side of the host's own leg. Nothing else, whatever asks.
     pub fn attach_container(&mut self, iface: &str) -> Result<()> {
+        ensure!(
+            ifnames::is_port(iface),
+            "refusing to attach {} to {iface}: not a port the overlay makes (ove<8 hex>, ovhp<vni>)",
+            programs::FROM_CONTAINER
+        );
         self.attach(programs::FROM_CONTAINER, iface)
     }
 
     /// Attaches `gro_sink` at TC ingress of a GRO helper device (see gro.rs).
     pub fn attach_gro_sink(&mut self, iface: &str) -> Result<()> {
+        ensure!(
+            crate::gro::is_device(iface),
+            "refusing to attach {} to {iface}: not a GRO helper device",
+            programs::GRO_SINK
+        );
         self.attach(programs::GRO_SINK, iface)
     }
 

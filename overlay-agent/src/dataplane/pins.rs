@@ -3,6 +3,11 @@
 //! node sharing a kernel (as test hosts do) needs its own directory. N is the layout version:
 //! maps pinned by an agent of another layout are never opened as ours (aya would reuse a pinned
 //! map whatever its key and value sizes).
+//!
+//! A link is pinned under its interface's name, so the names of the three kinds never meet:
+//! ports are `ove<8 hex>` / `ovhp<vni>`, GRO helpers `ovgro<port>` (ifnames.rs), and the agent
+//! refuses an underlay named like any interface of ours. Removing a port's link therefore
+//! never removes the underlay's, whatever an etcd record names.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};

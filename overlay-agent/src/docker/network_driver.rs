@@ -266,7 +266,7 @@ impl Driver {
         let network = self.endpoint_network(&req).await?;
         Ok(JoinReply {
             interface_name: InterfaceName {
-                src_name: commands::peer_name(&network, &endpoint_name(&req.endpoint_id)),
+                src_name: crate::ifnames::peer_name(&network, &endpoint_name(&req.endpoint_id)),
                 dst_prefix: "eth".to_string(),
             },
         })

@@ -59,7 +59,7 @@ pub fn refusal(
         Err(e) => Some(format!(
             "from {peer}: its arrival interface is unknown ({e})"
         )),
-        Ok(dev) if crate::commands::is_our_interface(&dev) => {
+        Ok(dev) if crate::ifnames::is_our_interface(&dev) => {
             Some(format!("from {peer}: it arrived on the overlay's {dev}"))
         }
         Ok(_) if overlay.contains(peer) => {

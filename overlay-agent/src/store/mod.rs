@@ -1,6 +1,7 @@
 //! etcd: the single source of truth. This is the only module that speaks etcd-client; the
 //! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
 //! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
+pub mod roles;
 pub mod schema;
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -442,6 +443,24 @@ impl Store {
             Some(v) => Ok(Some(schema::decode(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Every registered node (its lease alive) with a valid record; a bad one is logged with
+    /// its key and skipped.
+    pub async fn nodes(&self) -> Result<Vec<(String, NodeRecord)>> {
+        let (kvs, _) = self.list(&self.keys.nodes()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let name = key.strip_prefix(&self.keys.nodes())?;
+                schema::decode::<NodeRecord>(kv.value())
+                    .and_then(NodeRecord::validate)
+                    .map(|rec| (name.to_string(), rec))
+                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// Puts `nodes/<node>` under a new lease of `ttl` seconds and starts keeping it alive.

@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    ifnames,
     ipam::{self, Cidr, Subnet6},
     net::Mac,
 };
@@ -86,6 +87,9 @@ impl Keys {
     }
     pub fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
+    }
+    pub fn all_slices(&self) -> String {
+        format!("{}/slices/", self.prefix)
     }
     pub fn slices(&self, net: &str) -> String {
         format!("{}/slices/{net}/", self.prefix)
@@ -159,6 +163,90 @@ pub fn check_vni(vni: u32) -> Result<()> {
     Ok(())
 }
 
+/// UDP ports a network may not use although they are free here: another protocol's
+/// well-known port (IANA), which a host or a firewall on the path treats as that protocol's.
+/// VXLAN's own 4789 and Linux's default 8472 are the ports to use.
+const OTHER_PROTOCOLS_PORTS: &[(u16, &str)] = &[
+    (1194, "OpenVPN"),
+    (1701, "L2TP"),
+    (1812, "RADIUS"),
+    (1813, "RADIUS accounting"),
+    (2049, "NFS"),
+    (2152, "GTP-U"),
+    (2379, "etcd's client"),
+    (2380, "etcd's peer"),
+    (3478, "STUN/TURN"),
+    (3784, "BFD"),
+    (3785, "BFD echo"),
+    (4500, "IPsec NAT traversal (IKE)"),
+    (4784, "BFD multihop"),
+    (4791, "RoCEv2"),
+    (5060, "SIP"),
+    (5353, "mDNS"),
+    (5355, "LLMNR"),
+    (6081, "GENEVE"),
+    (8285, "flannel's UDP backend"),
+    (51820, "WireGuard"),
+];
+
+/// A network's VXLAN UDP port: not 0, not a system port (below 1024: DNS, NTP, IKE's 500, ...),
+/// not another protocol's well-known port.
+pub fn check_port(port: u16) -> Result<()> {
+    ensure!(port != 0, "UDP port 0 is not a port");
+    ensure!(
+        port >= 1024,
+        "UDP port {port} is a system port (below 1024, another protocol's); VXLAN uses 4789"
+    );
+    if let Some((_, what)) = OTHER_PROTOCOLS_PORTS.iter().find(|(p, _)| *p == port) {
+        bail!("UDP port {port} is {what}'s; VXLAN uses 4789 (or Linux's default, 8472)");
+    }
+    Ok(())
+}
+
+/// Whether `vtep` can be a tunnel endpoint: a unicast address of one host that packets can be
+/// sent to and come from. A node's or a peer's VTEP that is not would make every node send its
+/// traffic (and flood copies) to the broadcast address, a multicast group, itself, ...
+pub fn check_vtep(vtep: IpAddr) -> Result<()> {
+    let class = match vtep {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            if first == 0 {
+                "unspecified (0.0.0.0/8, \"this network\")"
+            } else if v4.is_loopback() {
+                "a loopback address"
+            } else if v4.is_broadcast() {
+                "the broadcast address"
+            } else if v4.is_multicast() {
+                "a multicast address"
+            } else if first >= 240 {
+                "reserved (240.0.0.0/4)"
+            } else if v4.is_link_local() {
+                "link-local (169.254.0.0/16)"
+            } else {
+                return Ok(());
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                "unspecified"
+            } else if v6.is_loopback() {
+                "a loopback address"
+            } else if v6.is_multicast() {
+                "a multicast address"
+            } else if v6.is_unicast_link_local() {
+                "link-local (fe80::/10)"
+            } else if v6.to_ipv4_mapped().is_some() {
+                "an IPv4-mapped IPv6 address (give the IPv4 address itself)"
+            } else if v6.segments()[..6] == [0; 6] {
+                "an IPv4-compatible IPv6 address (deprecated; give the IPv4 address itself)"
+            } else {
+                return Ok(());
+            }
+        }
+    };
+    bail!("{vtep} cannot be a VTEP: it is {class}")
+}
+
 fn default_port() -> u16 {
     overlay_common::wire::DEFAULT_VXLAN_PORT
 }
@@ -221,7 +309,7 @@ impl NetworkRecord {
             "subnet {subnet} is too small: at most /{}",
             ipam::MAX_SUBNET_PREFIX
         );
-        ensure!(self.port != 0, "UDP port 0 is not a port");
+        check_port(self.port)?;
         if let Some(mtu) = self.mtu {
             ensure!(
                 (68..=65535).contains(&mtu),
@@ -287,7 +375,7 @@ impl Network {
 
     /// The bridge this network's endpoints hang off on every node (Docker's `ov-<vni>`).
     pub fn bridge(&self) -> String {
-        format!("ovbr{}", self.vni)
+        ifnames::bridge(self.vni)
     }
 
     /// The MTU of the network's interfaces on a node whose underlay has `underlay_mtu` and is
@@ -306,6 +394,25 @@ pub struct NodeRecord {
     /// The underlay MTU, from which endpoint MTUs follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// etcd's create revision of its key (0 until read from etcd): of two nodes that claim one
+    /// VTEP, the older is served.
+    #[serde(skip)]
+    pub created: i64,
+}
+
+impl NodeRecord {
+    pub fn new(vtep: IpAddr, mtu: Option<u32>) -> Self {
+        Self {
+            vtep,
+            mtu,
+            created: 0,
+        }
+    }
+
+    pub fn validate(self) -> Result<Self> {
+        check_vtep(self.vtep)?;
+        Ok(self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,20 +508,36 @@ impl EndpointRecord {
         }
         let kind = self.kind.context("missing field `kind`")?;
         let location = match kind {
-            Kind::Peer => Location::Peer {
-                vtep: self.vtep.context("a peer needs `vtep`")?,
-            },
+            Kind::Peer => {
+                let vtep = self.vtep.context("a peer needs `vtep`")?;
+                check_vtep(vtep)?;
+                Location::Peer { vtep }
+            }
             Kind::Container | Kind::Host => {
                 let node = self.node.context("missing field `node`")?;
                 check_name("node", &node)?;
+                check_name("endpoint", &self.name)?;
                 let port = self.port.context("missing field `port`")?;
-                ensure!(
-                    !port.is_empty() && port.len() < 16,
-                    "port {port:?} is not an interface name"
-                );
+                // A record is input from any node, never a command: it may name only the port
+                // its node made for it, or it could make a node attach its programs to the
+                // underlay, `lo`, or another endpoint's port.
                 let iface = if kind == Kind::Host {
-                    Some(self.iface.context("a host endpoint needs `iface`")?)
+                    let vni = ifnames::host_port_vni(&port)
+                        .with_context(|| format!("port {port:?} is not a host port (ovhp<vni>)"))?;
+                    let iface = self.iface.context("a host endpoint needs `iface`")?;
+                    ensure!(
+                        iface == ifnames::host_iface(vni),
+                        "iface {iface:?} is not host port {port}'s other leg ({})",
+                        ifnames::host_iface(vni)
+                    );
+                    Some(iface)
                 } else {
+                    let own = ifnames::port_name(network, &self.name);
+                    ensure!(
+                        port == own,
+                        "port {port:?} is not endpoint {}'s own port ({own}, derived from its network and name)",
+                        self.name
+                    );
                     None
                 };
                 Location::Node { node, port, iface }
@@ -567,10 +690,16 @@ mod tests {
     fn endpoints_validate() {
         let rec = |json: &str| decode::<EndpointRecord>(json.as_bytes()).unwrap();
         let ep = rec(
-            r#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1"}"#,
+            r#"{"kind":"container","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1a77fa8a"}"#,
         )
         .validate("blue", "10.10.1.2")
         .unwrap();
+        let host = rec(
+            r#"{"kind":"host","name":"host.blue","mac":"02:42:0a:0a:01:01","node":"h1","port":"ovhp42","iface":"ovh42"}"#,
+        )
+        .validate("blue", "10.10.1.1")
+        .unwrap();
+        assert_eq!(host.record().validate("blue", "10.10.1.1").unwrap(), host);
         assert_eq!(ep.node(), Some("h1"));
         assert_eq!(ep.record().validate("blue", "10.10.1.2").unwrap(), ep);
         let peer = rec(r#"{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"10.0.0.9"}"#)
@@ -604,13 +733,148 @@ mod tests {
                 "IPv4",
             ),
             (
-                r#"{"kind":"container","mac":"02:42:0a:0a:09:02","node":"h1"}"#,
+                r#"{"kind":"container","name":"c9","mac":"02:42:0a:0a:09:02","node":"h1"}"#,
                 "10.10.9.2",
                 "port",
             ),
         ] {
             let err = format!("{:#}", rec(json).validate("blue", ip).unwrap_err());
             assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    /// A record may name only the port its node made for it: never the underlay, `lo`, a
+    /// bridge, or another endpoint's port (issue 25: one such record took a node off the
+    /// network).
+    #[test]
+    fn a_record_names_only_its_own_port() {
+        let container = |name: &str, port: &str| {
+            decode::<EndpointRecord>(
+                format!(
+                    r#"{{"kind":"container","name":"{name}","mac":"02:42:0a:47:00:fa","node":"h1","port":"{port}"}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+            .validate("blue", "10.71.0.250")
+        };
+        container("c1", &ifnames::port_name("blue", "c1")).unwrap();
+        for port in [
+            "u1",
+            "eth1",
+            "lo",
+            "ovbr42",
+            "ovgro4789",
+            "ovhp42",
+            &ifnames::port_name("blue", "c2"),
+            &ifnames::port_name("red", "c1"),
+            "",
+        ] {
+            let err = format!("{:#}", container("c1", port).unwrap_err());
+            assert!(
+                err.contains("is not endpoint c1's own port"),
+                "{port}: {err}"
+            );
+        }
+        let err = format!("{:#}", container("a/b", "x").unwrap_err());
+        assert!(err.contains("invalid endpoint name"), "{err}");
+        let host = |port: &str, iface: &str| {
+            decode::<EndpointRecord>(
+                format!(
+                    r#"{{"kind":"host","name":"host.blue","mac":"02:42:0a:47:00:fa","node":"h1","port":"{port}","iface":"{iface}"}}"#
+                )
+                .as_bytes(),
+            )
+            .unwrap()
+            .validate("blue", "10.71.0.250")
+        };
+        host("ovhp42", "ovh42").unwrap();
+        for (port, iface, says) in [
+            ("eth1", "ovh42", "not a host port"),
+            ("lo", "ovh42", "not a host port"),
+            ("ovhp042", "ovh42", "not a host port"),
+            (
+                &ifnames::port_name("blue", "c1"),
+                "ovh42",
+                "not a host port",
+            ),
+            ("ovhp42", "eth1", "other leg"),
+            ("ovhp42", "ovh43", "other leg"),
+        ] {
+            let err = format!("{:#}", host(port, iface).unwrap_err());
+            assert!(err.contains(says), "{port} {iface}: {err}");
+        }
+    }
+
+    #[test]
+    fn addresses_that_cannot_be_vteps_are_refused() {
+        for good in ["10.0.0.9", "192.0.2.1", "fd00::9", "2001:db8::1"] {
+            check_vtep(good.parse().unwrap()).unwrap();
+        }
+        for (bad, class) in [
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "unspecified"),
+            ("127.0.0.1", "loopback"),
+            ("127.1.2.3", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("239.1.1.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("240.0.0.1", "reserved"),
+            ("169.254.1.1", "link-local"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("fe80::1", "link-local"),
+            ("::ffff:10.0.0.9", "IPv4-mapped"),
+            ("::10.0.0.9", "IPv4-compatible"),
+        ] {
+            let err = check_vtep(bad.parse().unwrap()).unwrap_err().to_string();
+            assert!(
+                err.contains(class) && err.contains("cannot be a VTEP"),
+                "{bad}: {err}"
+            );
+            // From etcd too: a node's record and a peer's.
+            let node = decode::<NodeRecord>(format!(r#"{{"vtep":"{bad}"}}"#).as_bytes()).unwrap();
+            assert!(node.validate().is_err(), "{bad}");
+            let peer = decode::<EndpointRecord>(
+                format!(r#"{{"kind":"peer","mac":"02:42:0a:0a:09:02","vtep":"{bad}"}}"#).as_bytes(),
+            )
+            .unwrap();
+            assert!(peer.validate("blue", "10.10.9.2").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_network_port_is_no_other_protocols() {
+        for good in [4789, 8472, 4790, 1024, 10000, 65535] {
+            check_port(good).unwrap();
+        }
+        for (bad, says) in [
+            (0, "not a port"),
+            (53, "system port"),
+            (500, "system port"),
+            (1023, "system port"),
+            (4500, "IPsec"),
+            (51820, "WireGuard"),
+            (6081, "GENEVE"),
+            (2379, "etcd"),
+            (2380, "etcd"),
+            (5353, "mDNS"),
+            (5355, "LLMNR"),
+            (1701, "L2TP"),
+            (1194, "OpenVPN"),
+            (4791, "RoCEv2"),
+            (3784, "BFD"),
+            (4784, "BFD"),
+        ] {
+            let err = check_port(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+            // A record from etcd with it is refused too.
+            let rec = decode::<NetworkRecord>(
+                format!(r#"{{"vni":42,"subnet":"10.10.0.0/16","port":{bad}}}"#).as_bytes(),
+            )
+            .unwrap();
+            assert!(rec.validate("blue").is_err(), "{bad}");
         }
     }
 
