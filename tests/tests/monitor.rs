@@ -26,6 +26,8 @@ fn a_drop_flood_while_the_monitor_listens_loses_no_forwarded_packet_and_every_dr
     d.create_network("blue", "10.10.0.0/16", 42).unwrap();
     let a1 = d.add_container(0, "a1", "blue", None).unwrap();
     let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    // Both nodes serve both first: a ping before that loses its ARP request.
+    d.wait_arp_everywhere(42, &[a1.1, a2.1], true).unwrap();
     assert!(ping(d.container(a1.0), a2.1));
     // One event per CPU per millisecond: a raw-socket flood is far above that.
     let monitor = Monitor::start(&d, 1, &["--burst", "1"]).unwrap();
