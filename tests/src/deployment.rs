@@ -616,7 +616,24 @@ impl Deployment {
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("no address in {out:?}"))?;
         self.containers.push(ns);
+        self.wait_served_by_running_agents(addr);
         Ok((self.containers.len() - 1, addr))
+    }
+
+    /// Waits (a little, without failing) until every running agent has `ip` in its ARP map:
+    /// the CLI returns once its own node serves the endpoint, and a ping before the other
+    /// nodes follow loses its ARP request (tests failed so under full-suite load). A test
+    /// that wants a node not to serve it just spends the wait.
+    fn wait_served_by_running_agents(&self, ip: Ipv4Addr) {
+        let _ = wait_for(Duration::from_secs(2), || {
+            self.hosts
+                .iter()
+                .filter(|h| h.ours && h.agent_pid().is_some())
+                .all(|h| {
+                    h.maps()
+                        .is_ok_and(|m| m.arp.keys().any(|(_, a)| *a == ip.octets()))
+                })
+        });
     }
 
     /// Waits until every host's ARP map has (`present`) or lacks each of `ips` in `vni`: the
