@@ -213,6 +213,14 @@ pub fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// An endpoint's address on dual-stack VNI 42: fd00:10::/64 followed by its IPv4 address.
+pub fn global(ip: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(&PREFIX6);
+    a[12..].copy_from_slice(&ip);
+    a
+}
+
 /// c1 -> c2 ICMP echo, as c1's kernel hands it to its veth.
 pub fn c1_to_c2_ping(tos: u8) -> Vec<u8> {
     let icmp = packet::icmp_echo(7, 1);

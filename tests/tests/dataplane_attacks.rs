@@ -211,14 +211,6 @@ fn a_container_cannot_send_vxlan_over_ipv6_either() {
     );
 }
 
-/// VNI 42's prefix followed by an IPv4 address: an endpoint's address on the dual-stack network.
-fn global(ip: [u8; 4]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..12].copy_from_slice(&PREFIX6);
-    a[12..].copy_from_slice(&ip);
-    a
-}
-
 /// ARP with hardware type `htype` (the builder's is 1).
 fn arp_of_type(htype: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     let mut a = packet::arp(1, sha, spa, [0; 6], tpa);

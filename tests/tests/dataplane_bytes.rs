@@ -1138,14 +1138,6 @@ fn an_ipv6_packet_too_big_for_the_tunnel_is_answered_with_packet_too_big() {
     );
 }
 
-/// An endpoint's address on dual-stack VNI 42: fd00:10::/64 followed by its IPv4 address.
-fn global(ip: [u8; 4]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..12].copy_from_slice(&PREFIX6);
-    a[12..].copy_from_slice(&ip);
-    a
-}
-
 /// ICMPv6 checksum over the pseudo-header (RFC 8200 8.1) and `msg`.
 fn icmpv6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> [u8; 2] {
     let mut p = Vec::new();
