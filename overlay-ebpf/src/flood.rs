@@ -15,7 +15,7 @@ use overlay_common::{
 };
 
 use crate::{
-    igmp,
+    ecn, igmp,
     maps::{BUM_RATE, CONFIG, FLOOD, MCAST},
     monitor,
     packet::ifindex,
@@ -220,7 +220,13 @@ fn over_rate(port: u32, rate: u32) -> bool {
 /// A remote broadcast or multicast frame (checks passed): decapsulated and sent out of the
 /// network's bridge here, which floods it to the local members.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth, ipv6: bool) -> Verdict {
+pub fn deliver(
+    ctx: &TcContext,
+    vni: u32,
+    inner: &vxlan::InnerEth,
+    ipv6: bool,
+    ecn: ecn::Rewrite,
+) -> Verdict {
     let bridge = match FLOOD.get_ptr(vni) {
         Some(f) => unsafe { (*f).bridge },
         None => 0,
@@ -230,7 +236,7 @@ pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth, ipv6: bool) -
     }
     // Before the outer headers go: the monitor's event names the VTEP and the VNI.
     monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::DecapFlood);
-    if vxlan::decap(ctx, inner, ipv6).is_err() {
+    if vxlan::decap(ctx, inner, ipv6, ecn).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
     redirected(Counter::DecapFlood, unsafe { bpf_redirect(bridge, 0) })
