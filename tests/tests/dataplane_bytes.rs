@@ -1877,3 +1877,65 @@ fn c2_to_c1_sized(len: usize) -> Vec<u8> {
         &packet::ipv4(C2_IP, C1_IP, 17, 0, &udp),
     )
 }
+
+/// A legacy host's ARP request reaches our container flooded (its all-zeros FDB entry); the
+/// container's unicast reply is not IP, which bpf_skb_adjust_room cannot wrap, so it goes
+/// whole to the network port's collect_md device with the remote VTEP in its tunnel key (here
+/// the lab's underlay stands in for that device). Without the device it stays local, as does
+/// a gratuitous reply.
+#[test]
+fn an_arp_reply_to_a_remote_mac_goes_back_through_the_tunnel() {
+    let mut lab = Lab::new("arpt");
+    let vc1 = lab.vc1;
+    let reply = packet::eth(
+        C2_MAC,
+        C1_MAC,
+        ETH_P_ARP,
+        &packet::arp(2, C1_MAC, C1_IP, C2_MAC, C2_IP),
+    );
+    lab.expect(
+        "no GRO helper device yet",
+        Container(vc1),
+        &reply,
+        TC_ACT_OK,
+        Counter::ContainerPass,
+    );
+    let mut flood: overlay_common::Flood = unsafe { std::mem::zeroed() };
+    flood.tunnel = lab.underlay;
+    lab.node.maps().flood.insert(VNI, flood, 0).unwrap();
+    let v = lab.expect(
+        "c1 answers c2's request",
+        Container(vc1),
+        &reply,
+        TC_ACT_REDIRECT,
+        Counter::Encap,
+    );
+    // Whole: the device writes the outer headers.
+    assert_eq!(v.frame, reply);
+    let gratuitous = packet::eth(
+        C2_MAC,
+        C1_MAC,
+        ETH_P_ARP,
+        &packet::arp(2, C1_MAC, C1_IP, C2_MAC, C1_IP),
+    );
+    lab.expect(
+        "a gratuitous reply",
+        Container(vc1),
+        &gratuitous,
+        TC_ACT_OK,
+        Counter::ContainerPass,
+    );
+    let spoofed = packet::eth(
+        C2_MAC,
+        C1_MAC,
+        ETH_P_ARP,
+        &packet::arp(2, C1_MAC, C3_IP, C2_MAC, C2_IP),
+    );
+    lab.expect(
+        "a reply for another's address",
+        Container(vc1),
+        &spoofed,
+        TC_ACT_SHOT,
+        Counter::DropSpoofedIp,
+    );
+}
