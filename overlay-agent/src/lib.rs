@@ -9,6 +9,8 @@ pub mod docker;
 pub mod doctor;
 pub mod egress;
 pub mod flood;
+#[cfg(test)]
+mod fuzzing;
 pub mod gro;
 pub mod hash;
 pub mod inspect;
@@ -21,3 +23,4 @@ pub mod net;
 pub mod plumbing;
 pub mod report;
 pub mod store;
+pub mod text;

@@ -604,3 +604,111 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// What users type is outside input: any arguments parse or are refused, never a panic, and a
+/// value our parsers refuse (CIDRs, MACs, IPs, VNIs, ports, IPv6 prefixes) says so in one line
+/// (clap prints it after its own "invalid value" line).
+#[cfg(test)]
+mod fuzz {
+    use clap::{Parser, error::ErrorKind};
+    use overlay_agent::{ipam::Subnet6, store::schema};
+    use proptest::prelude::*;
+
+    use super::Cli;
+
+    const VALUES: &[&str] = &[
+        "",
+        "10.10.0.0/16",
+        "10.10.0.1/16",
+        "10.10.0.0/33",
+        "10.10.0.0/31",
+        "10.10.0.0",
+        "fd00:10::/64",
+        "fd00:10::/97",
+        "fd00::1",
+        "::ffff:10.0.0.2",
+        "10.0.0.2",
+        "02:42:0a:0a:01:02",
+        "02:42:0a:0a:01",
+        "02:42:0a:0a:01:02:03",
+        "zz:42:0a:0a:01:02",
+        "0",
+        "42",
+        "16777215",
+        "16777216",
+        "4294967296",
+        "-1",
+        "65535",
+        "65536",
+        "a\nb",
+        "--vni",
+        "blue",
+    ];
+
+    fn arg() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(VALUES).prop_map(String::from),
+            1 => any::<String>(),
+            1 => "[0-9a-f.:/\n-]{0,24}",
+        ]
+    }
+
+    /// A clap refusal caused by one of our parsers must show that parser's error in one line.
+    fn one_line_cause(e: &clap::Error) -> Result<(), TestCaseError> {
+        if e.kind() == ErrorKind::ValueValidation
+            && let Some(cause) = std::error::Error::source(e)
+        {
+            let shown = cause.to_string();
+            prop_assert!(!shown.contains('\n'), "{shown:?}");
+        }
+        Ok(())
+    }
+
+    fn one_line<T>(r: anyhow::Result<T>) -> Result<(), TestCaseError> {
+        if let Err(e) = r {
+            let shown = format!("{e:#}");
+            prop_assert!(!shown.contains('\n'), "{shown:?}");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn network_create(name in arg(), subnet in arg(), vni in arg(), port in arg(), subnet6 in arg()) {
+            let argv = [
+                "overlay-agent", "network", "create", &name, "--subnet", &subnet, "--vni", &vni,
+                "--port", &port, "--subnet6", &subnet6,
+            ];
+            if let Err(e) = Cli::try_parse_from(argv) {
+                one_line_cause(&e)?;
+            }
+            // What the command checks once clap has parsed.
+            one_line(schema::check_name("network", &name))?;
+            one_line(subnet6.parse::<Subnet6>())?;
+            if let Ok(vni) = vni.parse::<u32>() {
+                one_line(schema::check_vni(vni))?;
+            }
+        }
+
+        #[test]
+        fn peer_add(network in arg(), ip in arg(), mac in arg(), vtep in arg()) {
+            let argv = [
+                "overlay-agent", "peer", "add", "--network", &network, "--ip", &ip, "--mac", &mac,
+                "--vtep", &vtep,
+            ];
+            if let Err(e) = Cli::try_parse_from(argv) {
+                one_line_cause(&e)?;
+            }
+        }
+
+        #[test]
+        fn any_arguments(args in prop::collection::vec(arg(), 0..8)) {
+            let argv = std::iter::once("overlay-agent".to_string()).chain(args);
+            if let Err(e) = Cli::try_parse_from(argv) {
+                one_line_cause(&e)?;
+            }
+        }
+    }
+}

@@ -50,7 +50,7 @@ counters! {
     DropSpoofedMac = "drop_spoofed_mac",
     /// A container sent (or ARPed) from an IPv4 address that is not its own, or from an IPv6
     /// address that is not its own (or advertised another's, or hid its ICMPv6 behind more
-    /// extension headers than the check reads).
+    /// extension headers than the check reads, or hid its frame behind a second VLAN tag).
     DropSpoofedIp = "drop_spoofed_ip",
     /// No underlay route or interface towards the remote VTEP.
     DropNoRoute = "drop_no_route",

@@ -31,6 +31,8 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag.
+pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_TCP: u8 = 6;
 /// IPv4's flags and fragment offset field (host order): don't fragment, more fragments, offset.

@@ -94,6 +94,12 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
                 Err(reason) => drop(reason),
             }
         }
+        // A VLAN tag still in the frame is a second one: the kernel takes the first off before
+        // TC. Behind it, an ARP or IP packet no check here read, which the receiving container's
+        // kernel unwraps when the outer tag is an 802.1p priority tag (VLAN 0,
+        // __netif_receive_skb_core): a same-host neighbour's ARP cache poisoned, or IP from any
+        // source. Refused rather than let through unread, as a too-long IPv6 extension chain.
+        wire::ETH_P_8021Q | wire::ETH_P_8021AD => drop(Counter::DropSpoofedIp),
         // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
         _ => forward(ctx, sender, eth.dst_addr, false, NO_GROUP),
     }

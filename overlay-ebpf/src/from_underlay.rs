@@ -1,8 +1,9 @@
 //! A packet from the underlay, seen at TC ingress of the underlay interface.
 //!
-//! Everything that is not VXLAN to one of our ports passes untouched: the host's own traffic
-//! must never break. VXLAN to our port is ours, and is either delivered or dropped with a reason:
-//! valid header, a VNI this node serves, from a VTEP of that VNI, for a local endpoint.
+//! Everything that is not VXLAN to one of our ports and to our VTEP passes untouched: the
+//! host's own traffic (and what it routes) must never break. VXLAN to our port and VTEP is ours,
+//! and is either delivered or dropped with a reason: valid header, a VNI this node serves, from
+//! a VTEP of that VNI, for a local endpoint.
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
     helpers::{bpf_redirect, bpf_redirect_peer},
@@ -18,8 +19,8 @@ use overlay_common::{
 
 use crate::{
     ecn, flood,
-    ipv6::IPV6_LEN,
-    maps::{ENDPOINTS, NETWORKS, VTEPS},
+    ipv6::{self, IPV6_LEN},
+    maps::{CONFIG, ENDPOINTS, NETWORKS, VTEPS},
     monitor,
     packet::{linearize, ptr_at},
     rx_checksum,
@@ -78,7 +79,14 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
             Err(_) => return pass(Counter::UnderlayPass),
         }
     };
-    if !vxlan::is_tunnel_port(dport) {
+    let dst = ip.dst_addr;
+    let mapped = [
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(dst),
+    ];
+    if !vxlan::is_tunnel_port(dport) || !to_our_vtep(mapped, false) {
         return pass(Counter::UnderlayPass);
     }
 
@@ -115,13 +123,30 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
         return pass(Counter::UnderlayPass);
     }
     let dport = u16::from_be_bytes(unsafe { (*udp).dst });
-    if !vxlan::is_tunnel_port(dport) {
+    let dst = ipv6::words((&raw const ip[24]).cast());
+    // (On an IPv4 node this also keeps out IPv6 "from" ::ffff:<a VTEP's IPv4 address>, which
+    // the maps' mapped form of IPv4 VTEPs would otherwise have taken as that VTEP.)
+    if !vxlan::is_tunnel_port(dport) || !to_our_vtep(dst, true) {
         return pass(Counter::UnderlayPass);
     }
     let mut source = [0u8; 16];
     source.copy_from_slice(&ip[8..24]);
     let carried = u16::from_be_bytes([ip[4], ip[5]]) as usize;
     accept::<OFF_UDP6>(ctx, dport, source, carried)
+}
+
+/// Whether `dst` (as words of the maps' 16-byte form) is this node's VTEP, in the node's
+/// underlay family (`ipv6`: the packet's). VXLAN to another address is not ours, as a kernel
+/// vxlan device's socket never sees it: transit through a node that routes the underlay
+/// (forwarding is on on every node), another host's frames a switch floods, the other family.
+/// Taken as ours, a tunnel packet between two other nodes was dropped here (`drop_no_endpoint`,
+/// `drop_unknown_vni`...) and its broadcast delivered to this node's bridge.
+#[inline(always)]
+fn to_our_vtep(dst: [u32; 4], ipv6: bool) -> bool {
+    match CONFIG.get(0) {
+        Some(node) => vxlan::underlay_is_ipv6(node) == ipv6 && vxlan::words(&node.vtep) == dst,
+        None => false,
+    }
 }
 
 /// VXLAN to our port `dport` from `source`, its UDP header at `OFF_UDP_AT`, its IP header

@@ -41,7 +41,9 @@ pub struct Lab {
     pub node: Node,
     pub underlay: u32,
     pub vc1: u32,
+    pub vc3: u32,
     pub vc4: u32,
+    pub ipv6_underlay: bool,
 }
 
 impl Lab {
@@ -121,7 +123,9 @@ impl Lab {
             node,
             underlay,
             vc1,
+            vc3,
             vc4,
+            ipv6_underlay: ipv6,
         }
     }
 

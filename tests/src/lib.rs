@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod deployment;
 pub mod docker;
 pub mod fixture;
+pub mod fuzz;
 pub mod lab;
 pub mod monitor;
 pub mod netns;

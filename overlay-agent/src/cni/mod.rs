@@ -121,7 +121,7 @@ pub async fn handle(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, Er
         return Err(Error::new(
             Code::IncompatibleVersion,
             format!(
-                "cniVersion {} is not supported (supported: {})",
+                "cniVersion {:?} is not supported (supported: {})",
                 conf.cni_version,
                 protocol::SUPPORTED_VERSIONS.join(", ")
             ),
@@ -139,7 +139,7 @@ pub async fn handle(inv: &Invocation, stdin: &[u8]) -> Result<Option<String>, Er
         )),
         other => Err(Error::new(
             Code::InvalidEnvironment,
-            format!("unknown CNI_COMMAND {other}"),
+            format!("unknown CNI_COMMAND {other:?}"),
         )),
     }
 }
@@ -442,7 +442,7 @@ async fn gc(conf: &NetConf) -> Result<(), Error> {
     if conf.cni_version.starts_with("0.") || conf.cni_version.starts_with("1.0") {
         return Err(Error::new(
             Code::IncompatibleVersion,
-            format!("GC needs cniVersion 1.1.0, not {}", conf.cni_version),
+            format!("GC needs cniVersion 1.1.0, not {:?}", conf.cni_version),
         ));
     }
     let Some(valid) = &conf.valid_attachments else {
@@ -496,5 +496,70 @@ mod tests {
         assert_ne!(a, endpoint_name("blue", "default-c1", "eth1"));
         assert_ne!(a, endpoint_name("blue", "k8s.io-c1", "eth0"));
         assert_ne!(a, endpoint_name("green", "default-c1", "eth0"));
+    }
+}
+
+/// The environment and the configuration a runtime passes are outside input: refused in one
+/// line with the code the spec gives, never a panic, before anything touches etcd or the host.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{CASES, input, one_line, plausible_string};
+
+    /// Commands that go no further than parsing: anything but ADD, DEL, CHECK, STATUS, GC
+    /// (which read the agent's status and speak to etcd).
+    fn harmless_command() -> impl Strategy<Value = String> {
+        plausible_string().prop_filter("a command that acts", |c| {
+            !["ADD", "DEL", "CHECK", "STATUS", "GC"].contains(&c.as_str())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn invocations(
+            command in prop_oneof![Just("VERSION".to_string()), harmless_command()],
+            stdin in input(protocol::fuzz::A_CONF, protocol::fuzz::CONF),
+        ) {
+            let inv = Invocation { command, ..Invocation::default() };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            match rt.block_on(handle(&inv, &stdin)) {
+                Ok(out) => prop_assert_eq!(inv.command.as_str(), "VERSION", "{:?}", out),
+                Err(e) => one_line(&e.msg)?,
+            }
+        }
+
+        #[test]
+        fn configurations_name_a_network(stdin in input(protocol::fuzz::A_CONF, protocol::fuzz::CONF)) {
+            if let Ok(conf) = protocol::parse_conf(&stdin) {
+                match network_of(&conf) {
+                    Ok(network) => schema::check_name("network", network).unwrap(),
+                    Err(e) => {
+                        prop_assert_eq!(e.code(), Code::InvalidConfig as u32);
+                        one_line(&e.msg)?;
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn environments(
+            // require() runs for the commands that act (dispatched above it).
+            command in prop::sample::select(&["ADD", "DEL", "CHECK"][..]).prop_map(String::from),
+            what in prop::sample::select(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"][..]),
+            value in plausible_string(),
+            id in plausible_string(),
+            ifname in plausible_string(),
+        ) {
+            let inv = Invocation { command, ..Invocation::default() };
+            if let Err(e) = inv.require(what, &value) {
+                one_line(&e.msg)?;
+            }
+            // Any container ID and interface name make an endpoint name etcd takes.
+            schema::check_name("endpoint", &endpoint_name(what, &id, &ifname)).unwrap();
+        }
     }
 }

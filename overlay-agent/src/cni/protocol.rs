@@ -307,3 +307,80 @@ mod tests {
         assert_eq!(valid[0].ifname, "eth0");
     }
 }
+
+/// A runtime's configuration is outside input: any bytes parse or are refused in one line, and
+/// a previous result of any shape is chained onto or refused, never a panic.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{CASES, input, one_line, value};
+
+    pub const A_CONF: &str = r#"{"cniVersion":"1.1.0","name":"podman","type":"overlay-cni","network":"blue","node":"h1","runDir":"/run/overlay","etcd":["http://127.0.0.1:2379"],"mtu":1400,"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}],"prevResult":{"interfaces":[],"ips":[],"routes":[]}}"#;
+    pub const CONF: &[&str] = &[
+        "cniVersion",
+        "name",
+        "type",
+        "network",
+        "node",
+        "runDir",
+        "etcd",
+        "mtu",
+        "cni.dev/valid-attachments",
+        "prevResult",
+        "containerID",
+        "ifname",
+        "interfaces",
+        "ips",
+        "routes",
+        "address",
+    ];
+
+    fn ours() -> AddResult {
+        AddResult {
+            cni_version: LATEST.into(),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "02:42:0a:0a:01:02".into(),
+                mtu: Some(1450),
+                sandbox: Some("/run/netns/c1".into()),
+            }],
+            ips: vec![IpConfig {
+                version: None,
+                address: "10.10.1.2/16".into(),
+                gateway: None,
+                interface: 0,
+            }],
+            routes: vec![],
+            dns: Dns {},
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn configurations(stdin in input(A_CONF, CONF)) {
+            let _ = reply_version(&stdin);
+            if let Err(e) = parse_conf(&stdin) {
+                prop_assert_eq!(e.code(), Code::Decoding as u32);
+                one_line(&e.msg)?;
+            }
+        }
+
+        #[test]
+        fn previous_results(prev in value(CONF), ip in any::<[u8; 4]>()) {
+            let _ = has_address(&prev, ip.into());
+            match chain(&prev, ours()) {
+                Ok(out) => {
+                    // Ours appended last, pointing at our interface's new index.
+                    let n = out["interfaces"].as_array().map_or(0, Vec::len);
+                    let last = &out["ips"].as_array().unwrap().last().unwrap()["interface"];
+                    prop_assert_eq!(last.as_u64(), Some(n as u64 - 1));
+                }
+                Err(e) => one_line(&e)?,
+            }
+        }
+    }
+}

@@ -52,12 +52,16 @@ fn driver_options(options: &serde_json::Map<String, Value>) -> Result<DriverOpti
                         .ok()
                         .filter(|v| (1..=MAX_VNI).contains(v))
                         .with_context(|| {
+                            let text = crate::text::one_line(&text);
                             format!("-o vni={text}: a VNI is a number from 1 to {MAX_VNI}")
                         })?,
                 )
             }
             "network" => out.network = Some(text),
-            _ => bail!("unknown option -o {key}: overlay-ebpf knows -o vni=N and -o network=NAME"),
+            _ => bail!(
+                "unknown option -o {}: overlay-ebpf knows -o vni=N and -o network=NAME",
+                crate::text::one_line(key)
+            ),
         }
     }
     Ok(out)
@@ -338,6 +342,27 @@ mod tests {
         ] {
             let err = format!("{:#}", opts(bad).unwrap_err());
             assert!(err.contains(says), "{err}");
+        }
+    }
+}
+
+/// `docker network create -o` options arrive as any JSON: read or refused in one line.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzzing::{CASES, one_line, record};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn driver_options_are_read_or_refused_in_one_line(options in record(&["vni", "network"])) {
+            match driver_options(options.as_object().unwrap()) {
+                Ok(opts) => prop_assert!(opts.vni.is_none_or(|v| (1..=MAX_VNI).contains(&v))),
+                Err(e) => one_line(&e)?,
+            }
         }
     }
 }

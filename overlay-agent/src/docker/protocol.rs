@@ -161,3 +161,63 @@ pub struct AddressRef {
 pub fn error_reply(message: &str) -> Value {
     serde_json::json!({ "Err": message, "Error": message })
 }
+
+/// Docker's requests are outside input: every body parses or is refused in one line (the
+/// refusal is what `docker network create` prints), and the checks that need no etcd hold the
+/// same.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        docker::{ipam_driver, parse},
+        fuzzing::{CASES, input, one_line, refused},
+    };
+
+    const FIELDS: &[&str] = &[
+        "NetworkID",
+        "EndpointID",
+        "Options",
+        "IPv4Data",
+        "IPv6Data",
+        "Pool",
+        "SubPool",
+        "V6",
+        "PoolID",
+        "Address",
+        "AddressIPv6",
+        "MacAddress",
+        "Interface",
+        GENERIC_OPTIONS,
+        INTERNAL,
+        REQUEST_ADDRESS_TYPE,
+        "vni",
+        "network",
+    ];
+    const A_CREATE_NETWORK: &str = r#"{"NetworkID":"abc","Options":{"com.docker.network.generic":{"vni":"42","network":"blue"},"com.docker.network.internal":true},"IPv4Data":[{"Pool":"10.20.0.0/16"}],"IPv6Data":[]}"#;
+    const A_CREATE_ENDPOINT: &str = r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"10.20.1.2/16","AddressIPv6":"","MacAddress":"02:42:0a:14:01:02"}}"#;
+    const A_REQUEST: &str = r#"{"Pool":"10.20.0.0/16","SubPool":"","V6":false,"PoolID":"10.20.0.0/16","Address":"10.20.1.2","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn network_driver_requests(net in input(A_CREATE_NETWORK, FIELDS), ep in input(A_CREATE_ENDPOINT, FIELDS)) {
+            refused(parse::<CreateNetwork>(&net))?;
+            refused(parse::<NetworkRef>(&net))?;
+            refused(parse::<CreateEndpoint>(&ep))?;
+            refused(parse::<EndpointRef>(&ep))?;
+        }
+
+        #[test]
+        fn ipam_requests(body in input(A_REQUEST, FIELDS)) {
+            match parse::<RequestPool>(&body) {
+                Ok(req) => refused(ipam_driver::request_pool(req))?,
+                Err(e) => one_line(&e)?,
+            }
+            refused(parse::<RequestAddress>(&body))?;
+            refused(parse::<AddressRef>(&body))?;
+        }
+    }
+}
