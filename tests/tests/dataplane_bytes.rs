@@ -1656,13 +1656,7 @@ fn c2_to_c1_with_ecn(ipv6_inner: bool, ecn: u8) -> Vec<u8> {
         ip[1] |= ecn << 4;
         packet::eth(C1_MAC, C2_MAC, ETH_P_IPV6, &ip)
     } else {
-        let icmp = packet::icmp_echo(7, 1);
-        packet::eth(
-            C1_MAC,
-            C2_MAC,
-            ETH_P_IP,
-            &packet::ipv4(C2_IP, C1_IP, 1, ecn, &icmp),
-        )
+        c2_to_c1_ping_with_tos(ecn)
     }
 }
 
