@@ -106,6 +106,14 @@ counters! {
     /// Not an outcome: an IGMP join not recorded because its port already holds
     /// `MAX_GROUPS_PER_PORT` memberships (or the node's GROUPS map is full).
     GroupLimit = "group_limit",
+    /// VXLAN whose outer header says congestion was experienced (CE) over an inner packet that
+    /// is not ECN-capable: RFC 6040 section 4.2 says to drop it, as the kernel's vxlan device
+    /// does (`INET_ECN_decapsulate`, counted in its rx_errors), since its receiver could not
+    /// be told of the congestion any other way.
+    DropEcn = "drop_ecn",
+    /// VXLAN whose outer UDP checksum is not zero and wrong: damaged on the way, dropped as the
+    /// kernel's UDP receive path drops it.
+    DropBadChecksum = "drop_bad_checksum",
 }
 
 impl Counter {
@@ -146,6 +154,8 @@ impl Counter {
                 | Counter::DropBadNdp
                 | Counter::DropRouterMessage
                 | Counter::DropTunnelPort
+                | Counter::DropEcn
+                | Counter::DropBadChecksum
         )
     }
 

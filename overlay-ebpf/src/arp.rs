@@ -2,11 +2,11 @@
 //! miss needs an upcall.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use network_types::{arp::ArpHdr, eth::EthHdr};
-use overlay_common::{Counter, Endpoint, IpKey, wire};
+use overlay_common::{Counter, Endpoint, IpKey, MacKey, wire};
 
 use crate::{
     flood,
-    maps::ARP,
+    maps::{ARP, FDB},
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
 };
@@ -43,7 +43,16 @@ pub fn answer(ctx: &TcContext, sender: &Endpoint) -> Verdict {
         return drop(Counter::DropSpoofedIp);
     }
     if u16::from_be_bytes(arp.oper) != wire::ARP_OP_REQUEST || arp.tpa == arp.spa {
-        // Replies and gratuitous announcements stay on the local bridge.
+        // A reply to a remote MAC answers a legacy host's request (ours never reach a
+        // container: they are answered here); it goes back through the tunnel, or the legacy
+        // host could not reach us without a static neighbour entry. Other replies and
+        // gratuitous announcements stay on the local bridge.
+        if u16::from_be_bytes(arp.oper) == wire::ARP_OP_REPLY
+            && arp.tpa != arp.spa
+            && let Some(fdb) = FDB.get_ptr(MacKey::new(sender.vni, eth.dst_addr))
+        {
+            return flood::to_remote(ctx, sender.vni, fdb);
+        }
         return pass(Counter::ContainerPass);
     }
     let target_ip = arp.tpa;

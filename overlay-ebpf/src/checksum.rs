@@ -21,19 +21,25 @@ pub fn over<const N: usize>(ctx: &TcContext, offset: usize, seed: u32) -> Result
 }
 
 /// The ones' complement sum of the `len` packet bytes at `offset`, wherever they lie (linear or
-/// paged), added to `seed`; up to 64 KB. The bytes are copied into a per-CPU scratch buffer a
-/// piece at a time: whole pieces in a loop of constant sizes (which the verifier walks once per
-/// piece), then the rest, padded with zeros as RFC 1071 pads an odd length.
+/// paged), added to `seed`; up to `MAX` bytes (64 KB at most), Err beyond. The bytes are copied
+/// into a per-CPU scratch buffer a piece at a time: whole pieces in a loop of constant sizes
+/// (which the verifier walks once per piece: the bound is what it costs), then the rest, padded
+/// with zeros as RFC 1071 pads an odd length.
 #[inline(always)]
-pub fn over_range(ctx: &TcContext, offset: usize, len: usize, seed: u32) -> Result<u32, ()> {
+pub fn over_range<const MAX: usize>(
+    ctx: &TcContext,
+    offset: usize,
+    len: usize,
+    seed: u32,
+) -> Result<u32, ()> {
     let buf = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let skb = ctx.skb.skb.cast();
     let mut sum = seed;
     let pieces = len / PIECE;
-    if pieces > 65536 / PIECE {
+    if len > MAX || pieces > 65536 / PIECE {
         return Err(());
     }
-    for i in 0..(65536 / PIECE) {
+    for i in 0..(MAX.min(65536) / PIECE) {
         if i >= pieces {
             break;
         }
@@ -94,6 +100,23 @@ pub fn ipv6_pseudo(src: &[u32; 4], dst: &[u32; 4], len: u32, next: u8) -> u32 {
         + dst[2] as u64
         + dst[3] as u64;
     fold32(s)
+}
+
+/// The pseudo-header's words other than the addresses, for either family (its sum is the same
+/// whichever way the fields are laid out): the upper-layer length and the protocol.
+#[inline(always)]
+pub fn pseudo_tail(len: u32, proto: u8) -> u32 {
+    fold32(len.to_be() as u64 + u32::from(proto).to_be() as u64)
+}
+
+/// A checksum field (as a number) after one 16-bit word it covers changed from `old` to `new`:
+/// RFC 1624, eqn. 3, HC' = ~(~HC + ~m + m'), which never yields the -0 that eqn. 2 can.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    let mut s = u32::from(!check) + u32::from(!old) + u32::from(new);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }
 
 #[inline(always)]

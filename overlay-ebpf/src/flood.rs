@@ -10,12 +10,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    BumWindow, Counter, Endpoint, Flood, IpKey, MAX_FLOOD_VTEPS, NodeConfig, VtepAddr,
+    BumWindow, Counter, Endpoint, FdbEntry, Flood, IpKey, MAX_FLOOD_VTEPS, NodeConfig, VtepAddr,
     monitor::hook, vtep,
 };
 
 use crate::{
-    igmp,
+    ecn, igmp,
     maps::{BUM_RATE, CONFIG, FLOOD, MCAST},
     monitor,
     packet::ifindex,
@@ -74,15 +74,7 @@ fn to_hosts<const V6: bool>(
     node: &NodeConfig,
 ) -> Verdict {
     let count = unsafe { (*flood).count };
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    key.tunnel_id = sender.vni;
-    key.tunnel_ttl = TTL;
-    if V6 {
-        // Addresses as they are on the wire (IPv4 ones are in host order).
-        key.__bindgen_anon_3.local_ipv6 = words(&node.vtep);
-    } else {
-        key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(vtep::v4(&node.vtep));
-    }
+    let mut key = tunnel_key::<V6>(sender.vni, node);
     let skb = ctx.skb.skb;
     let every_host = unsafe { &raw const (*flood).vteps };
     // Copies are counted in the map as they go: a running total is a constant the verifier
@@ -127,6 +119,76 @@ pub fn internal(vni: u32) -> bool {
         .is_some_and(|f| unsafe { (*f).internal } != 0)
 }
 
+/// A container's frame that `bpf_skb_adjust_room` cannot wrap (anything but IP: an ARP reply
+/// to a legacy host's request, which reached the container flooded), for a MAC of network
+/// `vni` behind the remote VTEP of `fdb`: sent whole through the network port's collect_md
+/// device with that VTEP in its tunnel key, as a flood copy is.
+#[inline(always)]
+pub fn to_remote(ctx: &TcContext, vni: u32, fdb: *const FdbEntry) -> Verdict {
+    let tunnel = FLOOD.get_ptr(vni).map_or(0, |f| unsafe { (*f).tunnel });
+    let Some(node) = CONFIG.get(0) else {
+        return pass(Counter::ContainerPass);
+    };
+    if tunnel == 0 {
+        return pass(Counter::ContainerPass);
+    }
+    let (skb, remote) = (ctx.skb.skb, unsafe { &(*fdb).vtep });
+    let set = if vxlan::underlay_is_ipv6(node) {
+        set_tunnel_key::<true>(skb, &mut tunnel_key::<true>(vni, node), remote)
+    } else {
+        set_tunnel_key::<false>(skb, &mut tunnel_key::<false>(vni, node), remote)
+    };
+    if set != 0 {
+        return drop(Counter::DropNoRoute);
+    }
+    redirected(Counter::Encap, unsafe { bpf_redirect(tunnel, 0) })
+}
+
+/// A tunnel key for network `vni` from our VTEP, over an underlay of one family (`V6`); the
+/// remote VTEP is set per copy ([`set_tunnel_key`]).
+#[inline(always)]
+fn tunnel_key<const V6: bool>(vni: u32, node: &NodeConfig) -> bpf_tunnel_key {
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = vni;
+    key.tunnel_ttl = TTL;
+    if V6 {
+        // Addresses as they are on the wire (IPv4 ones are in host order).
+        key.__bindgen_anon_3.local_ipv6 = words(&node.vtep);
+    } else {
+        key.__bindgen_anon_3.local_ipv4 = u32::from_be_bytes(vtep::v4(&node.vtep));
+    }
+    key
+}
+
+/// `key` towards `remote`, set on the skb for the collect_md device to use; the helper's
+/// result (0: set).
+#[inline(always)]
+fn set_tunnel_key<const V6: bool>(
+    skb: *mut __sk_buff,
+    key: &mut bpf_tunnel_key,
+    remote: &VtepAddr,
+) -> i64 {
+    // Zero outer UDP checksum, as our own encapsulation sends.
+    let flags = if V6 {
+        BPF_F_ZERO_CSUM_TX | BPF_F_TUNINFO_IPV6
+    } else {
+        BPF_F_ZERO_CSUM_TX
+    } as u64;
+    if V6 {
+        key.__bindgen_anon_1.remote_ipv6 = words(remote);
+    } else {
+        key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(vtep::v4(remote));
+    }
+    unsafe {
+        bpf_skb_set_tunnel_key(
+            skb,
+            key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            flags,
+        )
+    }
+}
+
 /// One copy to each of the first `count` VTEPs of `list`, through the collect_md device
 /// `tunnel`; each that went is counted in `sent`.
 #[inline(always)]
@@ -138,30 +200,11 @@ fn copies<const V6: bool>(
     count: u32,
     sent: *mut u64,
 ) {
-    // Zero outer UDP checksum, as our own encapsulation sends.
-    let flags = if V6 {
-        BPF_F_ZERO_CSUM_TX | BPF_F_TUNINFO_IPV6
-    } else {
-        BPF_F_ZERO_CSUM_TX
-    } as u64;
     for i in 0..MAX_FLOOD_VTEPS {
         if i as u32 >= count {
             break;
         }
-        let remote = unsafe { &(*list)[i] };
-        if V6 {
-            key.__bindgen_anon_1.remote_ipv6 = words(remote);
-        } else {
-            key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(vtep::v4(remote));
-        }
-        let set = unsafe {
-            bpf_skb_set_tunnel_key(
-                skb,
-                key,
-                core::mem::size_of::<bpf_tunnel_key>() as u32,
-                flags,
-            )
-        };
+        let set = set_tunnel_key::<V6>(skb, key, unsafe { &(*list)[i] });
         if set == 0 && unsafe { bpf_clone_redirect(skb, tunnel, 0) } == 0 {
             // Per-CPU slot: no other writer can race us.
             unsafe { *sent += 1 };
@@ -220,7 +263,13 @@ fn over_rate(port: u32, rate: u32) -> bool {
 /// A remote broadcast or multicast frame (checks passed): decapsulated and sent out of the
 /// network's bridge here, which floods it to the local members.
 #[inline(always)]
-pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth, ipv6: bool) -> Verdict {
+pub fn deliver(
+    ctx: &TcContext,
+    vni: u32,
+    inner: &vxlan::InnerEth,
+    ipv6: bool,
+    ecn: ecn::Rewrite,
+) -> Verdict {
     let bridge = match FLOOD.get_ptr(vni) {
         Some(f) => unsafe { (*f).bridge },
         None => 0,
@@ -230,7 +279,7 @@ pub fn deliver(ctx: &TcContext, vni: u32, inner: &vxlan::InnerEth, ipv6: bool) -
     }
     // Before the outer headers go: the monitor's event names the VTEP and the VNI.
     monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::DecapFlood);
-    if vxlan::decap(ctx, inner, ipv6).is_err() {
+    if vxlan::decap(ctx, inner, ipv6, ecn).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
     redirected(Counter::DecapFlood, unsafe { bpf_redirect(bridge, 0) })

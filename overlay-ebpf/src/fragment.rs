@@ -287,7 +287,7 @@ fn resolve_checksum(ctx: &TcContext, proto: u8, payload: u32) -> Result<(), ()> 
         return Ok(());
     }
     unsafe { field.write_unaligned(0) };
-    let sum = checksum::over_range(ctx, L4, payload as usize, pseudo)?;
+    let sum = checksum::over_range::<65536>(ctx, L4, payload as usize, pseudo)?;
     let mut check = checksum::finish(sum);
     // UDP's zero means "no checksum"; a sum that comes to zero is sent as all ones.
     if proto == wire::IPPROTO_UDP && check == 0 {

@@ -18,11 +18,12 @@ use overlay_common::{
 };
 
 use crate::{
-    flood,
+    ecn, flood,
     ipv6::{self, IPV6_LEN},
     maps::{CONFIG, ENDPOINTS, NETWORKS, VTEPS},
     monitor,
     packet::{linearize, ptr_at},
+    rx_checksum,
     stats::{Verdict, add, drop, pass, redirected},
     vxlan,
 };
@@ -173,6 +174,7 @@ fn accept<const OFF_UDP_AT: usize>(
     };
     let (udp, vxlan) = unsafe { (&*udp, &*vxlan) };
     let inner = vxlan::InnerEth::read(inner);
+    let (udp_check, udp_len) = (udp.check, udp.len);
     // Headers that claim less than they carry: a truncated or forged packet.
     let least = UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN;
     if (u16::from_be_bytes(udp.len) as usize) < least || carried < least {
@@ -194,10 +196,26 @@ fn accept<const OFF_UDP_AT: usize>(
             };
         }
     }
+    // Only now, from a VTEP of the VNI, is the datagram worth summing.
+    if !rx_checksum::acceptable::<OFF_UDP_AT>(ctx, OFF_IP, udp_check, udp_len, ipv6) {
+        return drop(Counter::DropBadChecksum);
+    }
+    // RFC 6040: what the outer ECN field does to the inner packet, decided (and a CE that
+    // could not be passed on dropped) before anything is unwrapped. The inner IP header's
+    // first 12 bytes (an IPv4 one's checksum among them) made readable, if they are there.
+    linearize(ctx, off_inner + EthHdr::LEN + 12);
+    let Ok(ecn) = ecn::on_decap(
+        ctx,
+        off_inner + EthHdr::LEN,
+        inner.ether_type,
+        outer_ecn(ctx, ipv6),
+    ) else {
+        return drop(Counter::DropEcn);
+    };
     // Keyed by VNI: a frame can only ever reach an endpoint of the network it was sent in.
     let Some(to) = (unsafe { ENDPOINTS.get(MacKey::new(vni, inner.dst())) }) else {
         if flood::is_group(inner.dst()) {
-            return flood::deliver(ctx, vni, &inner, ipv6);
+            return flood::deliver(ctx, vni, &inner, ipv6, ecn);
         }
         return drop(Counter::DropNoEndpoint);
     };
@@ -208,7 +226,7 @@ fn accept<const OFF_UDP_AT: usize>(
 
     // Before the outer headers go: the monitor's decap event names the VTEP and the VNI.
     monitor::trace(ctx, hook::FROM_UNDERLAY, Counter::Decap);
-    if vxlan::decap(ctx, &inner, ipv6).is_err() {
+    if vxlan::decap(ctx, &inner, ipv6, ecn).is_err() {
         return drop(Counter::DropAdjustFailed);
     }
     add(Counter::DecapSegments, u64::from(segments));
@@ -223,4 +241,14 @@ fn accept<const OFF_UDP_AT: usize>(
         unsafe { bpf_redirect(ifindex, 0) }
     };
     redirected(Counter::Decap, verdict)
+}
+
+/// The outer header's ECN field (the IPv4 TOS's or the IPv6 traffic class's low bits).
+#[inline(always)]
+fn outer_ecn(ctx: &TcContext, ipv6: bool) -> u8 {
+    let Some(b) = ptr_at::<[u8; 2]>(ctx, OFF_IP) else {
+        return 0;
+    };
+    let b = unsafe { *b };
+    if ipv6 { b[1] >> 4 } else { b[1] }
 }

@@ -14,6 +14,8 @@ mod arp;
 #[cfg(target_arch = "bpf")]
 mod checksum;
 #[cfg(target_arch = "bpf")]
+mod ecn;
+#[cfg(target_arch = "bpf")]
 mod flood;
 #[cfg(target_arch = "bpf")]
 mod fragment;
@@ -37,6 +39,8 @@ mod ndp;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pmtu;
+#[cfg(target_arch = "bpf")]
+mod rx_checksum;
 #[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]

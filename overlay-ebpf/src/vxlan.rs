@@ -26,7 +26,7 @@ use overlay_common::{
 };
 
 use crate::{
-    fragment,
+    ecn, fragment,
     ipv6::IPV6_LEN,
     maps::{CLUSTER_PORTS, CONFIG, VXLAN_PORTS},
     packet::{MacWords, ptr_at},
@@ -531,9 +531,10 @@ fn short_from_ipv6(ctx: &TcContext) -> Result<bool, ()> {
 }
 
 /// Strips the outer Ethernet/IP/UDP/VXLAN headers (outer IPv6 if `ipv6`), leaving `inner` at
-/// the front. The caller has checked that all of them, and the inner Ethernet header, are there.
+/// the front, its ECN field as the outer one made it (`ecn`, RFC 6040). The caller has checked
+/// that all of them, and the inner Ethernet header, are there.
 #[inline(always)]
-pub fn decap(ctx: &TcContext, inner: &InnerEth, ipv6: bool) -> Result<(), ()> {
+pub fn decap(ctx: &TcContext, inner: &InnerEth, ipv6: bool, ecn: ecn::Rewrite) -> Result<(), ()> {
     // A short frame (never a GSO one) behind outer IPv6 is behind 50 bytes of IPv4-sized
     // headers after this.
     let ipv6 = ipv6 && !short_from_ipv6(ctx)?;
@@ -553,5 +554,6 @@ pub fn decap(ctx: &TcContext, inner: &InnerEth, ipv6: bool) -> Result<(), ()> {
     // outer Ethernet header is still in front, so the inner one is written over it, in place.
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(())?;
     inner.write(eth);
+    ecn::apply(ctx, inner.ether_type, ecn);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Decapsulation at XDP on the underlay: the alternative to `from_underlay` (TC) that
 //! `overlay-bench --xdp-decap` measures before anything depends on it. Only the fast path is
-//! here: valid VXLAN from a VTEP of the VNI, on its port, for a local container, is stripped and
-//! redirected to the container's veth; everything else is XDP_PASS, so the TC program still
+//! here: valid VXLAN from a VTEP of the VNI, on its port, for a local container, without an outer
+//! ECN mark or UDP checksum, is stripped and redirected to the container's veth; everything else is XDP_PASS, so the TC program still
 //! sees it, decides, and counts the reason. IPv4 underlays only: an IPv6 one's packets pass to
 //! the TC program.
 use aya_ebpf::{
@@ -43,6 +43,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         || ip.proto != wire::IPPROTO_UDP
         || u16::from_be_bytes(ip.frags) & 0x3fff != 0
         || !vxlan.is_valid()
+        // An outer ECN mark to pass on, or a checksum to verify: the TC program's work.
+        || ip.tos & 3 != 0
+        || udp.check != [0, 0]
     {
         return XDP_PASS;
     }

@@ -693,6 +693,19 @@ impl Deployment {
     /// On an IPv6 underlay its device is as the README says to make one there: `local` its
     /// VTEP, zero UDP checksums sent and accepted (`udp6zerocsumtx udp6zerocsumrx`).
     pub fn join_legacy_host(&self, legacy: usize, network: &str, ours: Ipv4Addr) -> Result<()> {
+        self.join_legacy_host_on(legacy, network, ours, 4789)
+    }
+
+    /// [`Deployment::join_legacy_host`] for a network on UDP port `port`. The README's recipe:
+    /// our container's MAC in the device's FDB and an all-zeros entry towards host 0 (head-end
+    /// replication, which carries its ARP requests to us), no static neighbour entry.
+    pub fn join_legacy_host_on(
+        &self,
+        legacy: usize,
+        network: &str,
+        ours: Ipv4Addr,
+        port: u16,
+    ) -> Result<()> {
         let mac = overlay_agent::net::Mac::from_ip(ours);
         let vtep = self.hosts[legacy].vtep_addr().to_string();
         let v6 = self.hosts[legacy].vtep6;
@@ -702,11 +715,11 @@ impl Deployment {
         let mtu = 1500 - overlay_common::wire::encap_overhead(v6.is_some());
         let first = self.hosts[0].vtep_addr();
         self.hosts[legacy].ns.run(&format!(
-            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport 4789 {device} && \
+            "ip link add vxlan0 type vxlan id 42 dev eth1 dstport {port} {device} && \
              ip link set vxlan0 address {LEGACY_MAC} mtu {mtu} && \
              ip addr add {LEGACY_IP}/16 dev vxlan0 && ip link set vxlan0 up && \
-             ip neigh add {ours} lladdr {mac} dev vxlan0 nud permanent && \
-             bridge fdb add to {mac} dst {first} dev vxlan0"
+             bridge fdb add to {mac} dst {first} dev vxlan0 && \
+             bridge fdb append 00:00:00:00:00:00 dst {first} dev vxlan0"
         ))?;
         let ip = LEGACY_IP.to_string();
         self.cli(

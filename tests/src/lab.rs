@@ -255,11 +255,16 @@ pub fn vxlan_from_remote6(vni: u32, src_vtep: [u8; 16], dport: u16, inner: &[u8]
 }
 
 pub fn c2_to_c1_ping() -> Vec<u8> {
+    c2_to_c1_ping_with_tos(0)
+}
+
+/// The same with TOS `tos` (its ECN field among it).
+pub fn c2_to_c1_ping_with_tos(tos: u8) -> Vec<u8> {
     let icmp = packet::icmp_echo(7, 1);
     packet::eth(
         C1_MAC,
         C2_MAC,
         ETH_P_IP,
-        &packet::ipv4(C2_IP, C1_IP, 1, 0, &icmp),
+        &packet::ipv4(C2_IP, C1_IP, 1, tos, &icmp),
     )
 }

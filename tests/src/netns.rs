@@ -65,6 +65,25 @@ impl Netns {
             .with_context(|| format!("running {cmd:?} in {}", self.name))
     }
 
+    /// Sends raw Ethernet frames out of `iface` with a packet socket, exactly as given: what a
+    /// peer (or a misbehaving one) puts on the wire, frames BPF_PROG_TEST_RUN would refuse
+    /// included.
+    pub fn inject(&self, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        let script = "import socket, sys\n\
+                      s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                      s.bind((sys.argv[1], 0))\n\
+                      for f in sys.argv[2:]: s.send(bytes.fromhex(f))";
+        let out = self.output(&format!("python3 -c '{script}' {iface} {}", hex.join(" ")))?;
+        if !out.status.success() {
+            bail!("inject: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a thread that has entered the namespace: BPF_PROG_TEST_RUN, FIB lookups and
     /// interface names all resolve in the calling thread's namespace.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

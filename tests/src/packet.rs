@@ -50,6 +50,19 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
+/// The UDP checksum (RFC 768) of datagram `udp` between `addresses` (source then destination,
+/// 4 or 16 bytes each), as a sender writes it: 0 goes on the wire as 0xffff.
+pub fn udp_checksum(addresses: &[u8], udp: &[u8]) -> u16 {
+    let mut pseudo = addresses.to_vec();
+    pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(udp);
+    match checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
     let v = vni.to_be_bytes();
     let mut p = vec![0x08, 0, 0, 0, v[1], v[2], v[3], 0];

@@ -204,27 +204,6 @@ fn a_legacy_host_with_a_kernel_vxlan_device_interoperates() {
     );
 }
 
-/// Sends raw Ethernet frames (hex) out of `iface` in `ns` with a packet socket: frames too short
-/// for BPF_PROG_TEST_RUN to accept, exactly as a misbehaving peer would put them on the wire.
-fn inject(ns: &overlay_tests::netns::Netns, iface: &str, frames: &[Vec<u8>]) {
-    let hex: Vec<String> = frames
-        .iter()
-        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
-    let script = "import socket, sys\n\
-                  s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-                  s.bind((sys.argv[1], 0))\n\
-                  for f in sys.argv[2:]: s.send(bytes.fromhex(f))";
-    let out = ns
-        .output(&format!("python3 -c '{script}' {iface} {}", hex.join(" ")))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "inject: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn truncated_frames_on_the_wire_pass_to_the_host_and_break_nothing() {
     let cluster = Cluster::overlay("trunc", &[&[[10, 10, 1, 2]], &[[10, 10, 2, 2]]]).unwrap();
@@ -243,7 +222,7 @@ fn truncated_frames_on_the_wire_pass_to_the_host_and_break_nothing() {
 
     let maps = h1.node().maps();
     let before = maps.counters().unwrap();
-    inject(&cluster.wire, "h1", &truncated);
+    cluster.wire.inject("h1", &truncated).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     let after = maps.counters().unwrap();
     let delta = |c: Counter| {

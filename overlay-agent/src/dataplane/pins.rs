@@ -22,7 +22,8 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// program array. v7: VTEPs are 16 bytes in every map (IPv4 ones mapped), NODE_CONFIG says
 /// whether the underlay is IPv6. v8: GROUPS a plain hash (no LRU eviction), GROUP_COUNT (a
 /// port's memberships), CLUSTER_PORTS, two more counters (drop_tunnel_port, group_limit).
-pub const LAYOUT_VERSION: u32 = 8;
+/// v9: two more counters (drop_ecn, drop_bad_checksum).
+pub const LAYOUT_VERSION: u32 = 9;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]

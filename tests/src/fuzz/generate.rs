@@ -244,10 +244,11 @@ fn arp(rng: &mut Rng, src_mac: [u8; 6], mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
         let n = rng.range(1, 18);
         a.extend(rng.bytes(n));
     }
-    let dst = if rng.chance(80) {
-        BROADCAST
-    } else {
-        some_mac(rng)
+    // Now and then a reply to the remote container (the way back to a legacy host).
+    let dst = match rng.below(10) {
+        0..=7 => BROADCAST,
+        8 => lab::C2_MAC,
+        _ => some_mac(rng),
     };
     packet::eth(dst, src_mac, wire::ETH_P_ARP, &a)
 }
@@ -489,6 +490,28 @@ fn ipv6(rng: &mut Rng, src: [u8; 16], mac: [u8; 6]) -> ([u8; 6], Vec<u8>) {
 
 /// A VXLAN packet (or not quite one) as a remote VTEP, an impostor or a host sends it, in
 /// either underlay family.
+/// An outer ECN field: mostly Not-ECT, else any (CE included, RFC 6040's cases).
+fn outer_ecn(rng: &mut Rng) -> u8 {
+    if rng.chance(70) {
+        0
+    } else {
+        rng.below(4) as u8
+    }
+}
+
+/// Mostly the zero checksum VXLAN senders use; else the right one, now and then damaged.
+/// `addresses` and `udp_at` are where they lie in the IP packet `p`.
+fn udp_checksum(rng: &mut Rng, p: &mut [u8], addresses: std::ops::Range<usize>, udp_at: usize) {
+    if rng.chance(75) {
+        return;
+    }
+    let mut c = packet::udp_checksum(&p[addresses], &p[udp_at..]);
+    if rng.chance(30) {
+        c ^= 1 << rng.below(16);
+    }
+    p[udp_at + 6..udp_at + 8].copy_from_slice(&c.to_be_bytes());
+}
+
 fn underlay_frame(rng: &mut Rng, world: &World) -> Vec<u8> {
     // c2's frame for this host, or anything a container might send.
     let inner = match rng.below(4) {
@@ -551,6 +574,8 @@ fn underlay_frame(rng: &mut Rng, world: &World) -> Vec<u8> {
             _ => lab::LOCAL_VTEP6,
         };
         let mut p = packet::ipv6(src, dst, next, 64, &udp);
+        p[1] |= outer_ecn(rng) << 4;
+        udp_checksum(rng, &mut p, 8..40, 40);
         if rng.chance(5) {
             p[4..6].copy_from_slice(&rng.u16().to_be_bytes());
         }
@@ -569,7 +594,9 @@ fn underlay_frame(rng: &mut Rng, world: &World) -> Vec<u8> {
             _ => lab::LOCAL_VTEP,
         };
         let mut p = if rng.chance(96) {
-            packet::ipv4(src, dst, 17, 0, &udp)
+            let mut p = packet::ipv4(src, dst, 17, outer_ecn(rng), &udp);
+            udp_checksum(rng, &mut p, 12..20, 20);
+            p
         } else {
             ipv4(rng, src, dst)
         };

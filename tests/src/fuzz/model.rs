@@ -54,8 +54,9 @@ pub struct World {
 
 /// What FLOOD and MCAST hold in the fuzzer's lab: VNI 42's bridge (remote broadcast and
 /// multicast go out of it) and sending device (a collect_md vxlan device) with
-/// [`FLOOD_VTEPS`] remote VTEPs, the first [`FLOOD_PEERS`] legacy peers; VNI 43 internal,
-/// without either. No storm limit.
+/// [`FLOOD_VTEPS`] remote VTEPs, the first [`FLOOD_PEERS`] legacy peers (a container's ARP
+/// reply to a remote MAC goes through that device too); VNI 43 internal, without either. No
+/// storm limit.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Flooding {
     pub bridge42: u32,
@@ -637,8 +638,19 @@ impl World {
         if spa != sender.ip && spa != [0; 4] {
             return Outcome::drop(Counter::DropSpoofedIp);
         }
-        // Replies and gratuitous announcements stay local.
+        // A reply to a remote MAC (a legacy host asked) goes whole through the VNI's GRO
+        // helper device, when it has one; other replies and gratuitous announcements stay
+        // local.
         if oper != wire::ARP_OP_REQUEST || tpa == spa {
+            let dst = arr(f, 0).unwrap();
+            if oper == wire::ARP_OP_REPLY
+                && tpa != spa
+                && self.remote(sender.vni, dst)
+                && sender.vni == lab::VNI
+                && self.flooding.tunnel42 != 0
+            {
+                return Outcome::redirect(Counter::Encap, Output::Exact(f.to_vec()));
+            }
             return Outcome::pass(Counter::ContainerPass);
         }
         let Some(owner) = self.arp(sender.vni, tpa) else {
@@ -898,7 +910,24 @@ impl World {
                 Counter::DropUnknownVni
             });
         }
+        // A non-zero UDP checksum, summed (a test-run skb is CHECKSUM_NONE) up to 9,216 bytes.
+        let udp_len = usize::from(be16(f, udp_at + 4).unwrap());
+        if be16(f, udp_at + 6).unwrap() != 0
+            && udp_len <= 9216
+            && !udp_checksum_right(f, udp_at, udp_len, outer_ipv6)
+        {
+            return Outcome::drop(Counter::DropBadChecksum);
+        }
         let inner = &f[inner_at..];
+        // RFC 6040: the inner ECN field after decapsulation, or a drop.
+        let outer_ecn = if outer_ipv6 {
+            f[ETH + 1] >> 4
+        } else {
+            f[ETH + 1]
+        } & 3;
+        let Ok(ecn) = rfc6040(outer_ecn, inner) else {
+            return Outcome::drop(Counter::DropEcn);
+        };
         let delivered = if self.endpoint(vni, arr(inner, 0).unwrap()).is_some() {
             Counter::Decap
         } else if inner[0] & 1 != 0 && vni == lab::VNI && self.flooding.bridge42 != 0 {
@@ -916,8 +945,69 @@ impl World {
             }
             return Outcome::drop(Counter::DropAdjustFailed);
         }
-        Outcome::redirect(delivered, Output::Exact(inner.to_vec()))
+        Outcome::redirect(delivered, Output::Exact(with_ecn(inner, ecn)))
     }
+}
+
+/// Whether the UDP datagram of `udp_len` bytes at `udp_at` (over IPv6 if `ipv6`) sums right
+/// with its pseudo-header; false if the frame ends before it does.
+fn udp_checksum_right(f: &[u8], udp_at: usize, udp_len: usize, ipv6: bool) -> bool {
+    let Some(udp) = f.get(udp_at..udp_at + udp_len) else {
+        return false;
+    };
+    let addresses = if ipv6 {
+        &f[ETH + 8..ETH + 40]
+    } else {
+        &f[ETH + 12..ETH + 20]
+    };
+    let mut acc = sum16(0, addresses);
+    acc = sum16(acc, &(udp_len as u32).to_be_bytes());
+    acc = sum16(acc, &[0, 0, 0, wire::IPPROTO_UDP]);
+    acc = sum16(acc, udp);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc == 0xffff
+}
+
+/// RFC 6040 section 4.2 for an outer ECN field and the inner frame: the inner ECN field to
+/// write, None to leave it; Err: CE over Not-ECT, dropped. Not IP (or no header): nothing.
+fn rfc6040(outer: u8, inner: &[u8]) -> Result<Option<u8>, ()> {
+    let tc = match be16(inner, 12).unwrap() {
+        wire::ETH_P_IP if inner.len() >= ETH + 2 => inner[ETH + 1],
+        wire::ETH_P_IPV6 if inner.len() >= ETH + 2 => (inner[ETH] << 4) | (inner[ETH + 1] >> 4),
+        _ => return Ok(None),
+    };
+    Ok(match (outer, tc & 3) {
+        (3, 0) => return Err(()),
+        (_, 0) => None,
+        (3, 3) => None,
+        (3, _) => Some(3),
+        (1, 2) => Some(1),
+        _ => None,
+    })
+}
+
+/// The decapsulated frame with `ecn` written into its IP header; an IPv4 header's checksum
+/// updated for the changed word as RFC 1624 (eqn. 3) does, whatever it was before.
+fn with_ecn(inner: &[u8], ecn: Option<u8>) -> Vec<u8> {
+    let mut out = inner.to_vec();
+    let Some(ecn) = ecn else {
+        return out;
+    };
+    if be16(inner, 12).unwrap() == wire::ETH_P_IP {
+        let old = be16(&out, ETH).unwrap();
+        out[ETH + 1] = (out[ETH + 1] & !3) | ecn;
+        let new = be16(&out, ETH).unwrap();
+        let check = be16(&out, ETH + 10).unwrap();
+        let mut s = u32::from(!check) + u32::from(!old) + u32::from(new);
+        s = (s & 0xffff) + (s >> 16);
+        s = (s & 0xffff) + (s >> 16);
+        out[ETH + 10..ETH + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    } else {
+        out[ETH + 1] = (out[ETH + 1] & !0x30) | (ecn << 4);
+    }
+    out
 }
 
 /// Whether the kernel's `bpf_skb_adjust_room` can take the outer headers off: it refuses to
