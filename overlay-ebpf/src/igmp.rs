@@ -2,8 +2,8 @@
 //! the containers' own reports and leaves (IGMPv1/v2 RFC 2236, v3 RFC 3376) as they pass. The
 //! agent reads GROUPS, expires what stopped reporting, and tells the other nodes through etcd,
 //! so a group's traffic is sent only to hosts with a member. Snooping never drops: the report
-//! goes on as any multicast does. It hears only what storm control let through (from_container
-//! snoops after forwarding), and each port holds at most `MAX_GROUPS_PER_PORT` memberships, so
+//! goes on as any multicast does. It hears only what storm control lets through (from_container
+//! asks `flood::storm_limited` before snooping), and each port holds at most `MAX_GROUPS_PER_PORT` memberships, so
 //! one container can neither churn nor fill what the node tracks and publishes for the others.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::TcContext};
 use network_types::eth::EthHdr;
