@@ -217,7 +217,7 @@ impl Etcd {
     }
 
     /// How many members the cluster has (1 for the single member of other tests).
-    pub fn len(&self) -> usize {
+    pub fn member_count(&self) -> usize {
         self.members.len()
     }
 
