@@ -16,6 +16,7 @@ use std::{
 use overlay_agent::{cni::endpoint_name, ifnames::port_name};
 use overlay_tests::{
     deployment::{Deployment, flood_result, wait_for},
+    docker::{DockerHost, IMAGE},
     netns::Netns,
     runtimes::{cni, plugin_entry},
 };
@@ -28,6 +29,9 @@ const WITH_HUNG_MEMBER: Duration = Duration::from_secs(5);
 const AFTER_OTHER_FAULTS: Duration = Duration::from_secs(5);
 /// How long a CLI or CNI command may take before it must have failed (it must never hang).
 const COMMAND_BOUND: Duration = Duration::from_secs(30);
+/// A command may fail only after trying the healthy members for its bound: a quorum is up
+/// during every fault here, so giving up sooner is giving up without retrying elsewhere.
+const GIVES_UP_NOT_BEFORE: Duration = Duration::from_secs(3);
 
 /// Three hosts with our agents on three etcd members, network blue, container c<i> on host i.
 struct Scene {
@@ -364,8 +368,8 @@ fn compaction_past_a_stopped_agents_watch_then_a_restore_from_an_older_snapshot(
     assert_within("restore", took, AFTER_OTHER_FAULTS);
 }
 
-/// The outcome of one command during a fault: it worked, or it failed in one line within the
-/// bound; the caller then checks that a failure left nothing.
+/// The outcome of one command during a fault: it worked, or it failed in one line after
+/// retrying (within the bound); the caller then checks that a failure left nothing.
 fn judged(what: &str, ok: bool, message: &str, took: Duration) -> bool {
     println!(
         "{what}: {} in {:.1} s{}",
@@ -385,6 +389,12 @@ fn judged(what: &str, ok: bool, message: &str, took: Duration) -> bool {
     assert!(
         ok || message.trim().lines().count() == 1,
         "{what}: not one line: {message}"
+    );
+    assert!(
+        ok || took >= GIVES_UP_NOT_BEFORE,
+        "{what}: gave up after {:.1} s without retrying on a healthy member: {}",
+        took.as_secs_f64(),
+        message.trim()
     );
     ok
 }
@@ -467,6 +477,27 @@ fn commands_during(s: &Scene, host: usize, fault: &str, tag: &str) -> Vec<Made> 
     check
 }
 
+/// Every key under `/overlay/` now.
+fn etcd_keys(s: &Scene) -> std::collections::BTreeSet<String> {
+    let out =
+        s.d.etcd
+            .ctl(
+                &s.d.etcd.url,
+                &["get", "--prefix", "/overlay/", "--keys-only"],
+            )
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Once the fault is over: a removal that failed during it works now, and nothing of `check`
 /// is left on `host` or in etcd (no endpoint, no interface).
 fn nothing_left(s: &Scene, host: usize, check: &[Made]) {
@@ -493,7 +524,7 @@ fn nothing_left(s: &Scene, host: usize, check: &[Made]) {
         };
         assert!(
             !eps.contains(&format!("\"{name}\"")),
-            "etcd still has {name}: {eps}"
+            "etcd still has endpoint {name}"
         );
         let port = port_name("blue", &name);
         assert!(
@@ -512,12 +543,16 @@ fn cli_and_cni_during_a_leader_change_and_during_a_hung_member() {
     let mut s = scene("eclx");
     let pings = s.all_pings();
 
+    // Whatever worked was undone and whatever failed made nothing: etcd's keys are as before
+    // (no endpoint, no address reservation).
+    let before = etcd_keys(&s);
     let leader = s.d.etcd.wait_leader().unwrap();
     s.d.etcd.kill(leader);
     let check = commands_during(&s, 0, "leader change", "a");
     s.d.etcd.start_member(leader).unwrap();
     s.d.etcd.wait_leader().unwrap();
     nothing_left(&s, 0, &check);
+    assert_eq!(etcd_keys(&s), before, "leader change: etcd's keys changed");
 
     let follower = s.d.etcd.follower().unwrap();
     s.d.etcd.pause(follower).unwrap();
@@ -525,8 +560,76 @@ fn cli_and_cni_during_a_leader_change_and_during_a_hung_member() {
     s.d.etcd.resume(follower).unwrap();
     s.d.etcd.wait_leader().unwrap();
     nothing_left(&s, 1, &check);
+    assert_eq!(etcd_keys(&s), before, "hung member: etcd's keys changed");
 
     s.served_everywhere(2, "e1", "after the commands");
     s.doctor_clean("after the commands");
     pings.none_lost(&s, "commands during faults");
+}
+
+/// `docker run` on `docker` while a fault lasts: it works (and the container is removed), or it
+/// fails in one line of ours leaving nothing (no endpoint, no map entry, etcd's keys as before).
+fn docker_run_during(s: &Scene, docker: &DockerHost, fault: &str, name: &str) {
+    let before = etcd_keys(s);
+    let start = Instant::now();
+    let out = docker
+        .docker_output(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "red",
+            IMAGE,
+            "sleep",
+            "1000",
+        ])
+        .unwrap();
+    let took = start.elapsed();
+    // Docker adds its own hint line ("Run 'docker run --help' for more information").
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let message: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("'docker run --help'"))
+        .collect();
+    judged(
+        &format!("{fault}: docker run"),
+        out.status.success(),
+        &message.join("\n"),
+        took,
+    );
+    // Whatever happened, the container goes; then etcd and the maps must be as before.
+    let _ = docker.docker_output(&["rm", "-f", name]);
+    wait_for(Duration::from_secs(10), || etcd_keys(s) == before).unwrap_or_else(|_| {
+        panic!(
+            "{fault}: docker run left etcd keys behind: {:?}",
+            etcd_keys(s).difference(&before).collect::<Vec<_>>()
+        )
+    });
+}
+
+#[test]
+fn docker_run_during_a_leader_change_and_during_a_hung_member() {
+    let mut s = scene("ecld");
+    let docker = DockerHost::start(&s.d, 0, "ecldk").unwrap();
+    docker
+        .create_network("red", &["--subnet", "10.30.0.0/16"])
+        .unwrap();
+    let pings = s.all_pings();
+
+    let leader = s.d.etcd.wait_leader().unwrap();
+    s.d.etcd.kill(leader);
+    docker_run_during(&s, &docker, "leader change", "d1");
+    s.d.etcd.start_member(leader).unwrap();
+
+    let follower = s.d.etcd.follower().unwrap();
+    s.d.etcd.pause(follower).unwrap();
+    docker_run_during(&s, &docker, "hung member", "d2");
+    s.d.etcd.resume(follower).unwrap();
+    s.d.etcd.wait_leader().unwrap();
+
+    s.served_everywhere(1, "e2", "after docker run");
+    s.doctor_clean("after docker run");
+    pings.none_lost(&s, "docker run during faults");
+    drop(docker);
 }
