@@ -192,6 +192,50 @@ impl Members {
         }
     }
 
+    /// `op` on every member at once; the first to answer becomes the preferred member. For a
+    /// new client's first request: a process that starts on a hung member would otherwise
+    /// pay a whole try's deadline before it moves on. Err if none answered within `per_try`
+    /// (each member's failure noted).
+    pub async fn race<T, F, Fut>(&self, per_try: Duration, op: F) -> Result<T, String>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt as _};
+        let op = &op;
+        let mut tries: FuturesUnordered<_> = (0..self.members.len())
+            .map(|i| async move {
+                let tried = tokio::time::timeout(per_try, async {
+                    let client = self.client(i).await?;
+                    op(client).await
+                })
+                .await;
+                (i, tried)
+            })
+            .collect();
+        let mut last = None;
+        while let Some((i, tried)) = tries.next().await {
+            match tried {
+                Ok(Ok(answer)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    self.answered(i);
+                    return Ok(answer);
+                }
+                Ok(Err(e)) => {
+                    let why = brief(&e);
+                    self.failed(i, &why, !cluster_wide(&why));
+                    last = Some(why);
+                }
+                Err(_) => {
+                    let why = format!("no answer within {}", secs(per_try));
+                    self.failed(i, &why, true);
+                    last = Some(why);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| "no member".into()))
+    }
+
     /// Notes that `member` failed (a request, or a stream that went silent), to be passed
     /// over for a while if `avoid`.
     pub fn failed(&self, member: usize, why: &str, avoid: bool) {

@@ -236,10 +236,17 @@ impl Store {
             bail!("no etcd endpoint given");
         }
         let members = Arc::new(Members::new(&etcd.endpoints, options));
-        members
-            .call(PER_TRY, BOUND, |mut c, _| async move { c.status().await })
-            .await
-            .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
+        // Every member at once first, so that a hung one costs nothing; then one after
+        // another, patiently, while the cluster elects or members come back.
+        let raced = members
+            .race(PER_TRY, |mut c| async move { c.status().await })
+            .await;
+        if raced.is_err() {
+            members
+                .call(PER_TRY, BOUND, |mut c, _| async move { c.status().await })
+                .await
+                .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
+        }
         Ok(Self {
             members,
             keys: Keys::new(&etcd.prefix),
