@@ -369,7 +369,11 @@ impl Agent {
         // drops our endpoints because etcd was down.
         let max_delay =
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
-        let store = Store::connect_retrying(&self.opts.etcd, max_delay).await;
+        // A request tries the members for half a lease TTL (3 to 10 s): long enough for an
+        // election and a hung member, short enough that the keepalive can tell in time.
+        let bound = Duration::from_millis(self.opts.lease_ttl as u64 * 500)
+            .clamp(Duration::from_secs(3), Duration::from_secs(10));
+        let store = Store::connect_retrying_within(&self.opts.etcd, max_delay, bound).await;
         self.same_family(&store).await?;
         let record = NodeRecord::new(self.vtep, self.underlay_mtu);
         let ttl = self.opts.lease_ttl;

@@ -207,6 +207,8 @@ impl Etcd {
 pub struct Store {
     members: Arc<Members>,
     keys: Keys,
+    /// How long one request may try, over all members.
+    bound: Duration,
 }
 
 /// Everything under a prefix, as of one revision.
@@ -228,7 +230,13 @@ pub struct LeaseStream {
 
 impl Store {
     /// Connects and checks that some member answers (the clients themselves connect lazily).
+    /// Each request tries the members for up to 10 s.
     pub async fn connect(etcd: &Etcd) -> Result<Self> {
+        Self::connect_within(etcd, BOUND).await
+    }
+
+    /// As [`Store::connect`], each request (this first one too) trying for up to `bound`.
+    pub async fn connect_within(etcd: &Etcd, bound: Duration) -> Result<Self> {
         let list = etcd.endpoints.join(",");
         let options = etcd.options()?;
         let how = etcd.describe_tls();
@@ -243,13 +251,14 @@ impl Store {
             .await;
         if raced.is_err() {
             members
-                .call(PER_TRY, BOUND, |mut c, _| async move { c.status().await })
+                .call(PER_TRY, bound, |mut c, _| async move { c.status().await })
                 .await
                 .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
         }
         Ok(Self {
             members,
             keys: Keys::new(&etcd.prefix),
+            bound,
         })
     }
 
@@ -263,9 +272,18 @@ impl Store {
     /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
     /// each time.
     pub async fn connect_retrying(etcd: &Etcd, max_delay: Duration) -> Self {
+        Self::connect_retrying_within(etcd, max_delay, BOUND).await
+    }
+
+    /// As [`Store::connect_retrying`], each request trying for up to `bound`.
+    pub async fn connect_retrying_within(
+        etcd: &Etcd,
+        max_delay: Duration,
+        bound: Duration,
+    ) -> Self {
         let mut delay = Duration::from_millis(200).min(max_delay);
         loop {
-            match Self::connect(etcd).await {
+            match Self::connect_within(etcd, bound).await {
                 Ok(store) => return store,
                 Err(e) => {
                     log::warn!("{e:#}; retrying in {:.1} s", delay.as_secs_f32());
@@ -307,7 +325,7 @@ impl Store {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         self.members
-            .call(per_try, BOUND, op)
+            .call(per_try, self.bound, op)
             .await
             .map_err(|why| anyhow!("etcd at {}: {what}: {why}", self.members.list()))
     }
