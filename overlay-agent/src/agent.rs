@@ -1028,6 +1028,9 @@ async fn keep_alive(
 ) -> String {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
     let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
+    // A member that does not answer within a quarter TTL is left at once for another: with
+    // a short TTL, a whole try's deadline would leave too little time to renew elsewhere.
+    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), store::members::PER_TRY);
     let mut renewed = Instant::now();
     let mut current = Some(stream);
     loop {
@@ -1064,7 +1067,7 @@ async fn keep_alive(
                     }
                 }
             };
-            let answer = tokio::time::timeout(store::members::PER_TRY, async {
+            let answer = tokio::time::timeout(patience, async {
                 on.keeper.keep_alive().await?;
                 on.stream.message().await
             })
@@ -1082,8 +1085,8 @@ async fn keep_alive(
                 Ok(Ok(None)) => "the lease keepalive stream ended".to_string(),
                 Ok(Err(e)) => format!("lease keepalive failed: {}", brief(&e)),
                 Err(_) => format!(
-                    "no lease keepalive answer within {} s",
-                    store::members::PER_TRY.as_secs()
+                    "no lease keepalive answer within {}",
+                    store::members::secs(patience)
                 ),
             };
             log::warn!(

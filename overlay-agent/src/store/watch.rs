@@ -26,6 +26,8 @@ pub struct Watch {
     member: usize,
     heard: Instant,
     ask: tokio::time::Interval,
+    /// How the stream ended, if [`Watch::ready`] saw it: the next [`Watch::message`] says so.
+    ended: Option<String>,
 }
 
 impl Watch {
@@ -38,6 +40,7 @@ impl Watch {
             member,
             heard: Instant::now(),
             ask,
+            ended: None,
         }
     }
 
@@ -50,6 +53,9 @@ impl Watch {
     /// naming the member, when the stream failed, ended or fell silent; the member is then
     /// passed over for a while, so watching again lands elsewhere.
     pub async fn message(&mut self) -> anyhow::Result<WatchResponse> {
+        if let Some(why) = self.ended.take() {
+            return Err(self.lost(why));
+        }
         loop {
             tokio::select! {
                 msg = self.stream.message() => {
@@ -68,8 +74,11 @@ impl Watch {
                         let why = format!("the watch was silent for {} s", SILENCE.as_secs());
                         return Err(self.lost(why));
                     }
-                    // The request channel holds 100: it fills only long after SILENCE.
-                    let _ = self.stream.request_progress().await;
+                    // Events arriving prove the member alive: ask only a quiet one (the
+                    // request channel holds 100: it fills only long after SILENCE).
+                    if self.heard.elapsed() >= ASK_EVERY {
+                        let _ = self.stream.request_progress().await;
+                    }
                 }
             }
         }
@@ -77,13 +86,15 @@ impl Watch {
 
     /// A response already received, if any, without waiting.
     pub fn ready(&mut self) -> Option<WatchResponse> {
-        match self.stream.message().now_or_never() {
-            Some(Ok(Some(resp))) => {
+        match self.stream.message().now_or_never()? {
+            Ok(Some(resp)) => {
                 self.heard = Instant::now();
-                Some(resp)
+                return Some(resp);
             }
-            _ => None,
+            Ok(None) => self.ended = Some("etcd ended the watch".into()),
+            Err(e) => self.ended = Some(brief(&e)),
         }
+        None
     }
 
     fn lost(&self, why: String) -> anyhow::Error {
