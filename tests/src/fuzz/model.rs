@@ -275,28 +275,7 @@ fn arr<const N: usize>(f: &[u8], at: usize) -> Option<[u8; N]> {
     f.get(at..at + N)?.try_into().ok()
 }
 
-/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A).
-pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
-    let m = mac;
-    [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 2,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ]
-}
+pub use crate::packet::link_local;
 
 /// A dual-stack network's address of an endpoint: the prefix, then its IPv4 address.
 pub fn global(prefix6: [u8; 12], ip: [u8; 4]) -> [u8; 16] {
