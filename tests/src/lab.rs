@@ -269,6 +269,16 @@ pub fn c2_to_c1_ping_with_tos(tos: u8) -> Vec<u8> {
     )
 }
 
+/// c2's ARP reply to c1 (who-has c2's address, asked by c1), as c2's kernel sends it.
+pub fn c2_arp_reply_to_c1() -> Vec<u8> {
+    packet::eth(
+        C1_MAC,
+        C2_MAC,
+        packet::ETH_P_ARP,
+        &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
+    )
+}
+
 /// An IPv6 packet as a container sends it on its link, with the hop limit NDP requires (255).
 pub fn container_ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
     packet::ipv6(src, dst, next, 255, payload)

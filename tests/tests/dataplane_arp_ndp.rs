@@ -26,12 +26,7 @@ fn arp_request_is_answered_from_the_map() {
         TC_ACT_REDIRECT,
         Counter::ArpReply,
     );
-    let reply = packet::eth(
-        C1_MAC,
-        C2_MAC,
-        ETH_P_ARP,
-        &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
-    );
+    let reply = c2_arp_reply_to_c1();
     assert_eq!(v.frame, reply);
 
     // A unicast re-validation probe (what a STALE neighbour entry sends) is answered too.

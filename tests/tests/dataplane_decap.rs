@@ -24,12 +24,7 @@ per_family! {
         // Not IP inside (c2's ARP reply to c1): the protocol is left for the veth to parse.
         // Over IPv6 its 42 bytes are less than adjust_room leaves behind the outer header (see
         // vxlan.rs, short_from_ipv6), and arrive whole all the same.
-        let arp = packet::eth(
-            C1_MAC,
-            C2_MAC,
-            ETH_P_ARP,
-            &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
-        );
+        let arp = c2_arp_reply_to_c1();
         let v = lab.expect(
             "an ARP reply",
             Underlay,

@@ -5,7 +5,7 @@ use overlay_common::Counter;
 use overlay_tests::{
     fixture::{TC_ACT_REDIRECT, TC_ACT_SHOT},
     lab::*,
-    packet::{self, BROADCAST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
+    packet::{self, BROADCAST, ETH_P_IP, ETH_P_IPV6},
     per_family,
 };
 
@@ -69,12 +69,7 @@ per_family! {
             }
         }
         // Not IP inside: nothing to mark, nothing to drop.
-        let arp = packet::eth(
-            C1_MAC,
-            C2_MAC,
-            ETH_P_ARP,
-            &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
-        );
+        let arp = c2_arp_reply_to_c1();
         let v = lab.expect(
             "an ARP reply under CE",
             Underlay,
