@@ -49,73 +49,50 @@ fn arp_request_is_answered_from_the_map() {
 #[test]
 fn arp_edge_cases_stay_local() {
     let mut lab = Lab::new("arpx");
-    let vc1 = lab.vc1;
-    let unknown = packet::eth(
-        BROADCAST,
-        C1_MAC,
-        ETH_P_ARP,
-        &packet::arp(1, C1_MAC, C1_IP, [0; 6], [10, 10, 9, 9]),
-    );
-    lab.expect(
-        "who-has an unknown address",
-        Container(vc1),
-        &unknown,
-        TC_ACT_OK,
-        Counter::ArpMiss,
-    );
-    let gratuitous = packet::eth(
-        BROADCAST,
-        C1_MAC,
-        ETH_P_ARP,
-        &packet::arp(1, C1_MAC, C1_IP, [0; 6], C1_IP),
-    );
-    lab.expect(
-        "gratuitous ARP",
-        Container(vc1),
-        &gratuitous,
-        TC_ACT_OK,
-        Counter::ContainerPass,
-    );
-    let probe = packet::eth(
-        BROADCAST,
-        C1_MAC,
-        ETH_P_ARP,
-        &packet::arp(1, C1_MAC, [0; 4], [0; 6], C2_IP),
-    );
-    lab.expect(
-        "RFC 5227 probe from 0.0.0.0",
-        Container(vc1),
-        &probe,
-        TC_ACT_REDIRECT,
-        Counter::ArpReply,
-    );
-    let reply = packet::eth(
-        C3_MAC,
-        C1_MAC,
-        ETH_P_ARP,
-        &packet::arp(2, C1_MAC, C1_IP, C3_MAC, C3_IP),
-    );
-    lab.expect(
-        "an ARP reply",
-        Container(vc1),
-        &reply,
-        TC_ACT_OK,
-        Counter::ContainerPass,
-    );
-    let other_vni = packet::eth(
-        BROADCAST,
-        C4_MAC,
-        ETH_P_ARP,
-        &packet::arp(1, C4_MAC, C1_IP, [0; 6], C2_IP),
-    );
-    let vc4 = lab.vc4;
-    lab.expect(
-        "c2 is not in VNI 43",
-        Container(vc4),
-        &other_vni,
-        TC_ACT_OK,
-        Counter::ArpMiss,
-    );
+    let (vc1, vc4) = (lab.vc1, lab.vc4);
+    // ARP over Ethernet from `mac` to `dst`: (op, sender address, target MAC, target address).
+    let arp = |dst, mac, (op, spa, tha, tpa)| {
+        packet::eth(dst, mac, ETH_P_ARP, &packet::arp(op, mac, spa, tha, tpa))
+    };
+    for (what, port, frame, code, counter) in [
+        (
+            "who-has an unknown address",
+            vc1,
+            arp(BROADCAST, C1_MAC, (1, C1_IP, [0; 6], [10, 10, 9, 9])),
+            TC_ACT_OK,
+            Counter::ArpMiss,
+        ),
+        (
+            "gratuitous ARP",
+            vc1,
+            arp(BROADCAST, C1_MAC, (1, C1_IP, [0; 6], C1_IP)),
+            TC_ACT_OK,
+            Counter::ContainerPass,
+        ),
+        (
+            "RFC 5227 probe from 0.0.0.0",
+            vc1,
+            arp(BROADCAST, C1_MAC, (1, [0; 4], [0; 6], C2_IP)),
+            TC_ACT_REDIRECT,
+            Counter::ArpReply,
+        ),
+        (
+            "an ARP reply",
+            vc1,
+            arp(C3_MAC, C1_MAC, (2, C1_IP, C3_MAC, C3_IP)),
+            TC_ACT_OK,
+            Counter::ContainerPass,
+        ),
+        (
+            "c2 is not in VNI 43",
+            vc4,
+            arp(BROADCAST, C4_MAC, (1, C1_IP, [0; 6], C2_IP)),
+            TC_ACT_OK,
+            Counter::ArpMiss,
+        ),
+    ] {
+        lab.expect(what, Container(port), &frame, code, counter);
+    }
 }
 
 /// A legacy host's ARP request reaches our container flooded (its all-zeros FDB entry); the
