@@ -23,7 +23,9 @@ pub fn markdown(cmd: Command) -> String {
         out,
         "# CLI reference\n\n<!-- Generated from the clap definitions by `cargo xtask docs` \
          (`overlay-agent cli-reference`); do not edit by hand: a test compares this file with \
-         the binary. -->\n"
+         the binary. -->\n\nEvery command's `--help`. The global options are shown once, under \
+         `{}`: every command takes them, before or after its name.\n",
+        cmd.get_name()
     );
     for (name, _) in &pages {
         let _ = writeln!(out, "- [`{name}`](#{})", anchor(name));

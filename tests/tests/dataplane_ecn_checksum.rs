@@ -81,39 +81,40 @@ per_family! {
     }
 }
 
-/// The same rule on the way to the bridge: remote broadcast (decap_flood).
-#[test]
-fn decap_of_a_broadcast_passes_the_outer_ecn_on_too() {
-    let mut lab = Lab::new("ecnb");
-    let flood = overlay_common::Flood {
-        bridge: lab.vc1,
-        ..Default::default()
-    };
-    lab.node.maps().flood.insert(VNI, flood, 0).unwrap();
-    let broadcast = |ecn| {
-        let udp = packet::udp(5000, 5000, b"to everyone");
-        packet::eth(
-            BROADCAST,
-            C2_MAC,
-            ETH_P_IP,
-            &packet::ipv4(C2_IP, [10, 10, 255, 255], 17, ecn, &udp),
-        )
-    };
-    let v = lab.expect(
-        "CE over ECT(0), broadcast",
-        Underlay,
-        &Family::Ipv4.vxlan_with_outer_ecn(CE, &broadcast(ECT0)),
-        TC_ACT_REDIRECT,
-        Counter::DecapFlood,
-    );
-    assert_eq!(v.frame, broadcast(CE));
-    lab.expect(
-        "CE over Not-ECT, broadcast",
-        Underlay,
-        &Family::Ipv4.vxlan_with_outer_ecn(CE, &broadcast(NOT_ECT)),
-        TC_ACT_SHOT,
-        Counter::DropEcn,
-    );
+per_family! {
+    /// The same rule on the way to the bridge: remote broadcast (decap_flood).
+    fn decap_of_a_broadcast_passes_the_outer_ecn_on_too(family) {
+        let mut lab = family.lab("ecnb");
+        let flood = overlay_common::Flood {
+            bridge: lab.vc1,
+            ..Default::default()
+        };
+        lab.node.maps().flood.insert(VNI, flood, 0).unwrap();
+        let broadcast = |ecn| {
+            let udp = packet::udp(5000, 5000, b"to everyone");
+            packet::eth(
+                BROADCAST,
+                C2_MAC,
+                ETH_P_IP,
+                &packet::ipv4(C2_IP, [10, 10, 255, 255], 17, ecn, &udp),
+            )
+        };
+        let v = lab.expect(
+            "CE over ECT(0), broadcast",
+            Underlay,
+            &family.vxlan_with_outer_ecn(CE, &broadcast(ECT0)),
+            TC_ACT_REDIRECT,
+            Counter::DecapFlood,
+        );
+        assert_eq!(v.frame, broadcast(CE));
+        lab.expect(
+            "CE over Not-ECT, broadcast",
+            Underlay,
+            &family.vxlan_with_outer_ecn(CE, &broadcast(NOT_ECT)),
+            TC_ACT_SHOT,
+            Counter::DropEcn,
+        );
+    }
 }
 
 per_family! {
