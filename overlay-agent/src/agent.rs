@@ -3,8 +3,11 @@
 //! The dataplane comes first and never waits for etcd: programs load (adopting pinned maps),
 //! attach, and forward with whatever the maps hold. Then, per etcd session: register the node
 //! under a lease, list everything with its revision, reconcile, and watch from the next
-//! revision. A lost watch, a compacted revision or a lost lease ends the session; the next one
-//! relists and reconciles, which adds what is missing and deletes what is stale.
+//! revision. A watch that fails or falls silent moves to another etcd member from the last
+//! applied revision, and the lease keepalive moves likewise: one member dying, hanging or
+//! losing the quorum costs no relist and no new lease. A compacted revision or a history gone
+//! back (a cluster restored from a snapshot) relists and reconciles, which adds what is
+//! missing and deletes what is stale; an expired lease ends the session.
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
@@ -1028,9 +1031,10 @@ async fn keep_alive(
 ) -> String {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
     let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
-    // A member that does not answer within a quarter TTL is left at once for another: with
-    // a short TTL, a whole try's deadline would leave too little time to renew elsewhere.
-    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), store::members::PER_TRY);
+    // A renewal takes milliseconds; a member that has not answered one within a second (a
+    // quarter TTL if shorter) is hung or cut off from the leader: the lease moves at once,
+    // and the watch with it (see store::watch), long before etcd itself would cancel it.
+    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
     let mut renewed = Instant::now();
     let mut current = Some(stream);
     loop {

@@ -52,6 +52,9 @@ struct Member {
 #[derive(Default)]
 struct Health {
     avoid_until: Option<Instant>,
+    /// How often it was found failing (timed out, refused, lost its leader): a stream on it
+    /// moves when this grows, even while the stream itself still gets answers.
+    strikes: u64,
     last_error: Option<String>,
     last_answer: Option<Instant>,
 }
@@ -244,9 +247,21 @@ impl Members {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         h.last_error = Some(why.to_string());
-        if avoid && self.members.len() > 1 {
-            h.avoid_until = Some(Instant::now() + AVOID);
+        if avoid {
+            h.strikes += 1;
+            if self.members.len() > 1 {
+                h.avoid_until = Some(Instant::now() + AVOID);
+            }
         }
+    }
+
+    /// How often `member` was found failing, and its last failure.
+    pub fn strikes(&self, member: usize) -> (u64, Option<String>) {
+        let h = self.members[member]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (h.strikes, h.last_error.clone())
     }
 
     fn answered(&self, member: usize) {

@@ -28,12 +28,15 @@ pub struct Watch {
     ask: tokio::time::Interval,
     /// How the stream ended, if [`Watch::ready`] saw it: the next [`Watch::message`] says so.
     ended: Option<String>,
+    /// The member's strikes when the watch began (see [`Members::strikes`]).
+    strikes: u64,
 }
 
 impl Watch {
     pub(super) fn new(stream: WatchStream, members: Arc<Members>, member: usize) -> Self {
         let mut ask = tokio::time::interval(ASK_EVERY);
         ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (strikes, _) = members.strikes(member);
         Self {
             stream,
             members,
@@ -41,6 +44,7 @@ impl Watch {
             heard: Instant::now(),
             ask,
             ended: None,
+            strikes,
         }
     }
 
@@ -70,6 +74,14 @@ impl Watch {
                     return Err(self.lost(why));
                 }
                 _ = self.ask.tick() => {
+                    // Other requests found the member failing (a member cut off from the
+                    // quorum still answers progress requests, and cancels its watches only
+                    // seconds later): move before the stream itself says so.
+                    if let (strikes, Some(why)) = self.members.strikes(self.member)
+                        && strikes > self.strikes
+                    {
+                        return Err(anyhow!("etcd member {}: {why}", self.member()));
+                    }
                     if self.heard.elapsed() >= SILENCE {
                         let why = format!("the watch was silent for {} s", SILENCE.as_secs());
                         return Err(self.lost(why));
