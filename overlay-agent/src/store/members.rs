@@ -34,6 +34,8 @@ pub const BOUND: Duration = Duration::from_secs(10);
 const AVOID: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// Less time than this left in the bound: no use trying again.
+const MIN_TRY: Duration = Duration::from_millis(100);
 
 pub struct Members {
     members: Vec<Member>,
@@ -135,13 +137,27 @@ impl Members {
         &self,
         per_try: Duration,
         bound: Duration,
+        op: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut(Client, Attempt) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_since(Instant::now(), per_try, bound, op).await
+    }
+
+    /// As [`Members::call`], for a request begun at `started` (by a [`Members::race`]).
+    pub async fn call_since<T, F, Fut>(
+        &self,
+        started: Instant,
+        per_try: Duration,
+        bound: Duration,
         mut op: F,
     ) -> Result<T, String>
     where
         F: FnMut(Client, Attempt) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut maybe_applied = false;
         let mut last: Vec<Option<String>> = vec![None; self.members.len()];
@@ -151,7 +167,9 @@ impl Members {
                 member: at,
                 maybe_applied,
             };
-            let tried = tokio::time::timeout(per_try, async {
+            // The last try gets what is left of the bound, never more.
+            let patience = per_try.min(bound.saturating_sub(started.elapsed())).max(MIN_TRY);
+            let tried = tokio::time::timeout(patience, async {
                 let client = self.client(at).await?;
                 op(client, attempt).await
             })
@@ -172,12 +190,12 @@ impl Members {
                 },
                 Err(_) => {
                     maybe_applied = true;
-                    (format!("no answer within {}", secs(per_try)), true)
+                    (format!("no answer within {}", secs(patience)), true)
                 }
             };
             self.failed(at, &why, avoid);
             last[at] = Some(why);
-            if started.elapsed() + backoff >= bound {
+            if started.elapsed() + backoff + MIN_TRY >= bound {
                 let each: Vec<String> = last
                     .iter()
                     .enumerate()

@@ -246,12 +246,15 @@ impl Store {
         let members = Arc::new(Members::new(&etcd.endpoints, options));
         // Every member at once first, so that a hung one costs nothing; then one after
         // another, patiently, while the cluster elects or members come back.
+        let started = std::time::Instant::now();
         let raced = members
-            .race(PER_TRY, |mut c| async move { c.status().await })
+            .race(PER_TRY.min(bound), |mut c| async move { c.status().await })
             .await;
         if raced.is_err() {
             members
-                .call(PER_TRY, bound, |mut c, _| async move { c.status().await })
+                .call_since(started, PER_TRY, bound, |mut c, _| async move {
+                    c.status().await
+                })
                 .await
                 .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
         }
