@@ -168,7 +168,9 @@ impl Members {
                 maybe_applied,
             };
             // The last try gets what is left of the bound, never more.
-            let patience = per_try.min(bound.saturating_sub(started.elapsed())).max(MIN_TRY);
+            let patience = per_try
+                .min(bound.saturating_sub(started.elapsed()))
+                .max(MIN_TRY);
             let tried = tokio::time::timeout(patience, async {
                 let client = self.client(at).await?;
                 op(client, attempt).await

@@ -25,6 +25,10 @@ pub struct Watch {
     members: Arc<Members>,
     member: usize,
     heard: Instant,
+    /// When the oldest progress request still unanswered was sent. Silence counts from
+    /// there, not from the last message: a caller busy for seconds between two calls (a long
+    /// reconcile) has not heard the member, but the member was never asked.
+    asked: Option<Instant>,
     ask: tokio::time::Interval,
     /// How the stream ended, if [`Watch::ready`] saw it: the next [`Watch::message`] says so.
     ended: Option<String>,
@@ -42,6 +46,7 @@ impl Watch {
             members,
             member,
             heard: Instant::now(),
+            asked: None,
             ask,
             ended: None,
             strikes,
@@ -62,10 +67,12 @@ impl Watch {
         }
         loop {
             tokio::select! {
+                // What has arrived comes first: no silence is declared over a full buffer.
+                biased;
                 msg = self.stream.message() => {
                     let why = match msg {
                         Ok(Some(resp)) => {
-                            self.heard = Instant::now();
+                            self.heard();
                             return Ok(resp);
                         }
                         Ok(None) => "etcd ended the watch".to_string(),
@@ -82,13 +89,17 @@ impl Watch {
                     {
                         return Err(anyhow!("etcd member {}: {why}", self.member()));
                     }
-                    if self.heard.elapsed() >= SILENCE {
-                        let why = format!("the watch was silent for {} s", SILENCE.as_secs());
+                    if self.asked.is_some_and(|t| t.elapsed() >= SILENCE) {
+                        let why = format!(
+                            "the watch did not answer for {} s",
+                            SILENCE.as_secs()
+                        );
                         return Err(self.lost(why));
                     }
                     // Events arriving prove the member alive: ask only a quiet one (the
                     // request channel holds 100: it fills only long after SILENCE).
                     if self.heard.elapsed() >= ASK_EVERY {
+                        self.asked.get_or_insert_with(Instant::now);
                         let _ = self.stream.request_progress().await;
                     }
                 }
@@ -100,13 +111,18 @@ impl Watch {
     pub fn ready(&mut self) -> Option<WatchResponse> {
         match self.stream.message().now_or_never()? {
             Ok(Some(resp)) => {
-                self.heard = Instant::now();
+                self.heard();
                 return Some(resp);
             }
             Ok(None) => self.ended = Some("etcd ended the watch".into()),
             Err(e) => self.ended = Some(brief(&e)),
         }
         None
+    }
+
+    fn heard(&mut self) {
+        self.heard = Instant::now();
+        self.asked = None;
     }
 
     fn lost(&self, why: String) -> anyhow::Error {
