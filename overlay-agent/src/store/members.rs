@@ -301,18 +301,22 @@ impl Members {
                 .compare_exchange(was, member, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            // Said once per move, and only when the member left had failed (not when it was
+            // merely avoided a moment longer than needed).
             let why = self.members[was]
                 .health
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .last_error
-                .clone()
-                .unwrap_or_else(|| "passed over".into());
-            log::warn!(
-                "etcd member {}: {why}; using {}",
-                self.url(was),
-                self.url(member)
-            );
+                .clone();
+            match why {
+                Some(why) => log::warn!(
+                    "etcd member {}: {why}; using {}",
+                    self.url(was),
+                    self.url(member)
+                ),
+                None => log::debug!("etcd: using member {}", self.url(member)),
+            }
         }
     }
 

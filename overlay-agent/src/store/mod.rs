@@ -1,6 +1,7 @@
 //! etcd: the single source of truth. This is the only module that speaks etcd-client; the
 //! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
 //! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
+pub mod history;
 pub mod members;
 pub mod roles;
 pub mod schema;
@@ -218,6 +219,8 @@ pub struct Listing {
     /// The cluster that answered: another one (a cluster rebuilt from a snapshot may be) has
     /// another history.
     pub cluster_id: u64,
+    /// Where its history stood (see [`history`]).
+    pub history: history::History,
 }
 
 /// A lease kept alive on one member: send on `keeper`, read the answers on `stream`.
@@ -354,7 +357,7 @@ impl Store {
             *last += 1; // every prefix of ours ends in '/', so this cannot overflow
         }
         let (mut out, mut revision, mut from) = (Vec::new(), at, prefix.as_bytes().to_vec());
-        let mut cluster_id = 0;
+        let mut first = None;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -372,7 +375,7 @@ impl Store {
                 if revision == 0 {
                     revision = h.revision();
                 }
-                cluster_id = h.cluster_id();
+                first.get_or_insert(history::History::of(h));
             }
             let more = resp.more();
             let kvs = resp.take_kvs();
@@ -382,18 +385,23 @@ impl Store {
             }
             out.extend(kvs);
             if !more {
+                let history = history::History {
+                    revision,
+                    ..first.unwrap_or_default()
+                };
                 return Ok(Listing {
                     kvs: out,
                     revision,
-                    cluster_id,
+                    cluster_id: history.cluster_id,
+                    history,
                 });
             }
         }
     }
 
-    /// The cluster's revision now, read through the leader (a member that lags waits until it
-    /// caught up), and the cluster's id.
-    pub async fn revision(&self) -> Result<(i64, u64)> {
+    /// Where the cluster's history stands now, read through the leader (a member that lags
+    /// waits until it caught up).
+    pub async fn history(&self) -> Result<history::History> {
         let key = self.keys.all();
         let resp = self
             .call("reading the revision", PER_TRY, |mut c, _| {
@@ -404,9 +412,12 @@ impl Store {
                 }
             })
             .await?;
-        Ok(resp
-            .header()
-            .map_or((0, 0), |h| (h.revision(), h.cluster_id())))
+        resp.header().map(history::History::of).ok_or_else(|| {
+            anyhow!(
+                "etcd at {}: an answer without a header",
+                self.endpoints_url()
+            )
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
