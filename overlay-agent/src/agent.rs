@@ -466,7 +466,10 @@ impl Agent {
                                 if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
                                     seen.revision = seen.revision.max(last);
                                 }
-                                revision = resp.header().map_or(revision, |h| h.revision()).max(seen.revision);
+                                // What the maps hold, never a header's revision: etcd 3.4
+                                // may send a progress header (or, catching up, an events
+                                // header) ahead of events still on their way.
+                                revision = seen.revision;
                                 next = watch.ready();
                             }
                             // Events that change nothing the maps hold (other nodes' digests, names,
