@@ -216,10 +216,8 @@ pub struct Store {
 pub struct Listing {
     pub kvs: Vec<KeyValue>,
     pub revision: i64,
-    /// The cluster that answered: another one (a cluster rebuilt from a snapshot may be) has
-    /// another history.
-    pub cluster_id: u64,
-    /// Where its history stood (see [`history`]).
+    /// Where the answering cluster's history stood: a cluster rebuilt from a snapshot has
+    /// another (see [`history`]).
     pub history: history::History,
 }
 
@@ -349,7 +347,7 @@ impl Store {
         Ok((listing.kvs, listing.revision))
     }
 
-    /// As [`Store::list_at`], with the cluster that answered.
+    /// As [`Store::list_at`], with where the answering cluster's history stood.
     pub async fn listing(&self, prefix: &str, at: i64) -> Result<Listing> {
         const LIST_PAGE: i64 = 5000;
         let mut end = prefix.as_bytes().to_vec();
@@ -392,7 +390,6 @@ impl Store {
                 return Ok(Listing {
                     kvs: out,
                     revision,
-                    cluster_id: history.cluster_id,
                     history,
                 });
             }
