@@ -425,8 +425,26 @@ impl Agent {
             self.sync_egress().await;
             // A watch that fails moves to another member from `seen.revision` on, without a
             // relist; only a compacted revision or a history gone back calls for one.
+            // Watches that fail at once (no member has a leader) are retried ever more slowly;
+            // with no member to watch on at all, for as long as the lease lives.
+            let mut pause = Duration::ZERO;
             'rewatch: loop {
-                let mut watch = store.watch(seen.revision + 1).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    why = &mut keepalive.lost => {
+                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                    }
+                }
+                let mut watch = match store.watch(seen.revision + 1).await {
+                    Ok(watch) => watch,
+                    Err(e) => {
+                        log::warn!("{e:#}; trying again");
+                        pause =
+                            (pause * 2).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                        continue 'rewatch;
+                    }
+                };
+                let opened = Instant::now();
                 'watch: loop {
                     tokio::select! {
                         msg = watch.message() => {
@@ -434,6 +452,11 @@ impl Agent {
                                 Ok(resp) => resp,
                                 Err(e) => {
                                     log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
+                                    pause = if opened.elapsed() < Duration::from_secs(2) {
+                                        (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+                                    } else {
+                                        Duration::ZERO
+                                    };
                                     continue 'rewatch;
                                 }
                             };
