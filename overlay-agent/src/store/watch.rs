@@ -5,6 +5,9 @@
 //! second and is declared dead after a few seconds without any message: the caller watches
 //! again, from the revision it applied, on another member. A member that loses the quorum
 //! cancels the stream itself ("no leader": the watch asks with require-leader).
+//!
+//! Only a quiet stream is asked (events prove the member alive): on an idle cluster that is
+//! one request per node per second, answered by the member from memory, without raft.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
