@@ -1081,7 +1081,7 @@ async fn keep_alive(
                 match store.keep_alive(lease).await {
                     Ok(Some(stream)) => {
                         // Opening it renewed the lease.
-                        log::info!(
+                        log::debug!(
                             "lease {lease:x} kept alive through {}",
                             store.member_url(stream.member)
                         );
@@ -1123,7 +1123,8 @@ async fn keep_alive(
                     store::members::secs(patience)
                 ),
             };
-            log::warn!(
+            // The move itself is said once, by the store, when a request first lands elsewhere.
+            log::info!(
                 "etcd member {}: {why}; keeping lease {lease:x} alive elsewhere",
                 store.member_url(on.member)
             );
