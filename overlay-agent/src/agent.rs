@@ -433,6 +433,8 @@ impl Agent {
             // with no member to watch on at all, for as long as the lease lives.
             let mut pause = Duration::ZERO;
             let mut first = true;
+            // When the last watch last heard from etcd.
+            let mut heard = Instant::now();
             'rewatch: loop {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -444,6 +446,17 @@ impl Agent {
                 // to a restored cluster that was already written past our revision.
                 if !first && let Some(why) = history_went_back(&store, &seen).await {
                     log::warn!("{why}; relisting");
+                    break 'rewatch;
+                }
+                // Dark for long (no member answered, or this process was stopped): a restore
+                // may have happened meanwhile that nothing can tell apart any more (a young
+                // cluster restored and written past our revision, same id, same term, a raft
+                // log as long). A member failing costs a few seconds, an outage a relist.
+                if !first && heard.elapsed() > DARK {
+                    log::warn!(
+                        "no etcd member answered this node for {:.0} s; relisting",
+                        heard.elapsed().as_secs_f32()
+                    );
                     break 'rewatch;
                 }
                 first = false;
@@ -461,7 +474,10 @@ impl Agent {
                     tokio::select! {
                         msg = watch.message() => {
                             let resp = match msg {
-                                Ok(resp) => resp,
+                                Ok(resp) => {
+                                    heard = Instant::now();
+                                    resp
+                                }
                                 Err(e) => {
                                     log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
                                     pause = if opened.elapsed() < Duration::from_secs(2) {
@@ -1013,6 +1029,11 @@ impl Agent {
             .overlay_networks(OverlaySubnets::of(self.cluster.networks.values()));
     }
 }
+
+/// How long the watch may go without hearing from etcd and still resume where it was: well
+/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
+/// under what stopping every member and restoring them takes.
+const DARK: Duration = Duration::from_secs(6);
 
 /// A watch header behind what this node has seen: a member lagging a little, or a cluster
 /// restored from an older snapshot. A read through the leader tells which; Some(why) if the
