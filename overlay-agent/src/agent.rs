@@ -1040,7 +1040,16 @@ const DARK: Duration = Duration::from_secs(6);
 /// history went back.
 async fn history_went_back(store: &Store, seen: &History) -> Option<String> {
     match store.history().await {
-        Ok(now) => now.behind(seen),
+        Ok(now) if now.behind(seen).is_some() => now.behind(seen),
+        // The same history by every count: unless it lost what this node wrote last (a
+        // young cluster restored and written past our revision looks the same otherwise).
+        Ok(_) => match store.lost_writes().await {
+            Ok(lost) => lost.map(|why| format!("{why} (a cluster restored from a snapshot?)")),
+            Err(e) => {
+                log::debug!("{e:#}");
+                None
+            }
+        },
         // Cannot tell: the watch goes on (or fails, and says why); the next response asks
         // again.
         Err(e) => {
