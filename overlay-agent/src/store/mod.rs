@@ -676,6 +676,26 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `key` was written at `revision`, as etcd's history says now: one revision, one
+    /// change, in any one history; a restored cluster written past that revision since holds
+    /// another change there. Err once the revision is compacted (nothing to tell then).
+    pub async fn written_at(&self, key: &[u8], revision: i64) -> Result<bool> {
+        let shown = String::from_utf8_lossy(key).into_owned();
+        let then = self
+            .call(&format!("reading {shown}"), PER_TRY, |mut c, _| {
+                let key = key.to_vec();
+                async move {
+                    let at = GetOptions::new().with_revision(revision);
+                    c.get(key, Some(at)).await
+                }
+            })
+            .await?;
+        Ok(then
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.mod_revision() == revision))
+    }
+
     /// Why etcd no longer has this client's last leased record where it put it (a cluster
     /// restored from an older snapshot, whatever its revision has reached since), if so.
     pub async fn lost_writes(&self) -> Result<Option<String>> {
