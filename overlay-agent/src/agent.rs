@@ -406,6 +406,12 @@ impl Agent {
             // the stream delivered). With the highest raft term met: etcd's history never
             // goes back from there unless the cluster was replaced.
             let mut seen = listing.history;
+            // The latest change this node knows of, to ask a cluster whose history may have
+            // gone back whether it still has it (see history_went_back).
+            let mut latest = kvs
+                .iter()
+                .max_by_key(|kv| kv.mod_revision())
+                .map(|kv| (kv.key().to_vec(), kv.mod_revision()));
             match store.history().await {
                 Ok(now) => seen.raft_index = now.raft_index,
                 Err(e) => log::warn!("{e:#}"),
@@ -433,6 +439,8 @@ impl Agent {
             // with no member to watch on at all, for as long as the lease lives.
             let mut pause = Duration::ZERO;
             let mut first = true;
+            // When the last watch last heard from etcd.
+            let mut heard = Instant::now();
             'rewatch: loop {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -442,8 +450,19 @@ impl Agent {
                 }
                 // A watch lost (every member restarting is one way to lose it) may come back
                 // to a restored cluster that was already written past our revision.
-                if !first && let Some(why) = history_went_back(&store, &seen).await {
+                if !first && let Some(why) = history_went_back(&store, &seen, &latest).await {
                     log::warn!("{why}; relisting");
+                    break 'rewatch;
+                }
+                // Dark for long (no member answered, or this process was stopped): a restore
+                // may have happened meanwhile that nothing can tell apart any more (a young
+                // cluster restored and written past our revision, same id, same term, a raft
+                // log as long). A member failing costs a few seconds, an outage a relist.
+                if !first && heard.elapsed() > DARK {
+                    log::warn!(
+                        "no etcd member answered this node for {:.0} s; relisting",
+                        heard.elapsed().as_secs_f32()
+                    );
                     break 'rewatch;
                 }
                 first = false;
@@ -461,7 +480,10 @@ impl Agent {
                     tokio::select! {
                         msg = watch.message() => {
                             let resp = match msg {
-                                Ok(resp) => resp,
+                                Ok(resp) => {
+                                    heard = Instant::now();
+                                    resp
+                                }
                                 Err(e) => {
                                     log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
                                     pause = if opened.elapsed() < Duration::from_secs(2) {
@@ -488,7 +510,7 @@ impl Agent {
                                 if let Some(h) = resp.header() {
                                     let now = History::of(h);
                                     if now.behind(&seen).is_some()
-                                        && let Some(why) = history_went_back(&store, &seen).await
+                                        && let Some(why) = history_went_back(&store, &seen, &latest).await
                                     {
                                         log::warn!("{why} (watching on {}); relisting", watch.member());
                                         break 'rewatch;
@@ -500,6 +522,15 @@ impl Agent {
                                 }
                                 if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
                                     seen.revision = seen.revision.max(last);
+                                }
+                                if let Some(kv) = resp
+                                    .events()
+                                    .iter()
+                                    .filter(|e| e.event_type() == EventType::Put)
+                                    .filter_map(|e| e.kv())
+                                    .max_by_key(|kv| kv.mod_revision())
+                                {
+                                    latest = Some((kv.key().to_vec(), kv.mod_revision()));
                                 }
                                 // What the maps hold, never a header's revision: etcd 3.4
                                 // may send a progress header (or, catching up, an events
@@ -1014,12 +1045,41 @@ impl Agent {
     }
 }
 
+/// How long the watch may go without hearing from etcd and still resume where it was: well
+/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
+/// under what stopping every member and restoring them takes.
+const DARK: Duration = Duration::from_secs(6);
+
 /// A watch header behind what this node has seen: a member lagging a little, or a cluster
 /// restored from an older snapshot. A read through the leader tells which; Some(why) if the
 /// history went back.
-async fn history_went_back(store: &Store, seen: &History) -> Option<String> {
+async fn history_went_back(
+    store: &Store,
+    seen: &History,
+    latest: &Option<(Vec<u8>, i64)>,
+) -> Option<String> {
     match store.history().await {
-        Ok(now) => now.behind(seen),
+        Ok(now) if now.behind(seen).is_some() => now.behind(seen),
+        // The same history by every count: unless it no longer has the latest change this
+        // node applied, or its own last write (a young cluster restored and written past
+        // our revision looks the same otherwise).
+        Ok(_) => {
+            if let Some((key, at)) = latest
+                && let Ok(false) = store.written_at(key, *at).await
+            {
+                return Some(format!(
+                    "etcd's history went back: revision {at} no longer wrote {} (a cluster restored from a snapshot?)",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+            match store.lost_writes().await {
+                Ok(lost) => lost.map(|why| format!("{why} (a cluster restored from a snapshot?)")),
+                Err(e) => {
+                    log::debug!("{e:#}");
+                    None
+                }
+            }
+        }
         // Cannot tell: the watch goes on (or fails, and says why); the next response asks
         // again.
         Err(e) => {

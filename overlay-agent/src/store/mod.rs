@@ -210,6 +210,10 @@ pub struct Store {
     keys: Keys,
     /// How long one request may try, over all members.
     bound: Duration,
+    /// The last record this client put under a lease, and the revision etcd put it at: a
+    /// cluster that no longer has it there lost this client's writes (see
+    /// [`Store::lost_writes`]).
+    last_put: Arc<std::sync::Mutex<Option<(String, i64)>>>,
 }
 
 /// Everything under a prefix, as of one revision.
@@ -263,6 +267,7 @@ impl Store {
             members,
             keys: Keys::new(&etcd.prefix),
             bound,
+            last_put: Arc::default(),
         })
     }
 
@@ -656,15 +661,66 @@ impl Store {
     ) -> Result<()> {
         // A put is the same however often it lands: retried as it is.
         let value = schema::encode(record);
-        self.call(what, PER_TRY, |mut c, _| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                let lease = PutOptions::new().with_lease(lease);
-                c.put(key, value, Some(lease)).await
-            }
-        })
-        .await?;
+        let put = self
+            .call(what, PER_TRY, |mut c, _| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    let lease = PutOptions::new().with_lease(lease);
+                    c.put(key, value, Some(lease)).await
+                }
+            })
+            .await?;
+        if let Some(h) = put.header() {
+            *self.last_put.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, h.revision()));
+        }
         Ok(())
+    }
+
+    /// Whether `key` was written at `revision`, as etcd's history says now: one revision, one
+    /// change, in any one history; a restored cluster written past that revision since holds
+    /// another change there. Err once the revision is compacted (nothing to tell then).
+    pub async fn written_at(&self, key: &[u8], revision: i64) -> Result<bool> {
+        let shown = String::from_utf8_lossy(key).into_owned();
+        let then = self
+            .call(&format!("reading {shown}"), PER_TRY, |mut c, _| {
+                let key = key.to_vec();
+                async move {
+                    let at = GetOptions::new().with_revision(revision);
+                    c.get(key, Some(at)).await
+                }
+            })
+            .await?;
+        Ok(then
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.mod_revision() == revision))
+    }
+
+    /// Why etcd no longer has this client's last leased record where it put it (a cluster
+    /// restored from an older snapshot, whatever its revision has reached since), if so.
+    pub async fn lost_writes(&self) -> Result<Option<String>> {
+        let Some((key, at)) = self
+            .last_put
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let now = self
+            .call(&format!("reading {key}"), PER_TRY, |mut c, _| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(match now.kvs().first() {
+            None => Some(format!("etcd lost {key}, written at revision {at}")),
+            Some(kv) if kv.mod_revision() < at => Some(format!(
+                "etcd has {key} as of revision {}, but it was written at {at}",
+                kv.mod_revision()
+            )),
+            Some(_) => None,
+        })
     }
 
     /// Every node's published map digest; a bad value is logged and skipped.
