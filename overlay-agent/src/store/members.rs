@@ -33,7 +33,7 @@ pub const BOUND: Duration = Duration::from_secs(10);
 /// How long a member that timed out or refused is passed over (unless all are).
 const AVOID: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_millis(800);
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
 /// Less time than this left in the bound: no use trying again.
 const MIN_TRY: Duration = Duration::from_millis(100);
 
