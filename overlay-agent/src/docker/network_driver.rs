@@ -163,7 +163,7 @@ impl Driver {
             }
             .validate()?;
             match commands::network_create(store, &net).await {
-                Ok(()) => {
+                Ok(_) => {
                     log::info!("created overlay network {} in etcd", net.name);
                     return Ok(net);
                 }
