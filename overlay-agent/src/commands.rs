@@ -238,7 +238,12 @@ const UNDO_TIMEOUT: Duration = Duration::from_secs(2);
 /// hash): two endpoints that share one merely wait for each other. Taken before the bridge
 /// lock, never after it.
 async fn endpoint_lock(port: &str) -> Result<std::fs::File> {
-    crate::lock::exclusive(&format!("endpoint-{:02x}", crate::hash::of(port) & 0xff)).await
+    crate::lock::exclusive(&endpoint_lock_name(port)).await
+}
+
+/// The lock ([`crate::lock`]) of the endpoint whose port is `port`.
+pub fn endpoint_lock_name(port: &str) -> String {
+    format!("endpoint-{:02x}", crate::hash::of(port) & 0xff)
 }
 
 /// The undo of a registration: removes `ep`'s record if etcd holds exactly what was written,

@@ -179,6 +179,12 @@ impl Etcd {
         )
     }
 
+    /// The etcd process while it runs (`ip netns exec` execs etcd in place): tests stop it
+    /// with SIGSTOP, as a hung member, and let it go on with SIGCONT.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

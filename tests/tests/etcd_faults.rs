@@ -1,0 +1,407 @@
+//! Commands and plugins when etcd fails while they work. A hung etcd (SIGSTOP: its connections
+//! stay open and never answer, as with a stalled disk or a paused VM) is caught in the middle
+//! of an `endpoint add`, a CNI ADD and a CNI DEL: each must fail in one line within its bound
+//! and leave nothing behind (no interface, no etcd key, no lock held), and the same call must
+//! just work once etcd answers again. What a failed or killed attempt may still leave (a record
+//! without its interface, an interface without its record) is replaced by the next attempt.
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use overlay_agent::{
+    cni::endpoint_name,
+    commands::endpoint_lock_name,
+    ifnames::{peer_name, port_alias, port_name},
+    lock,
+};
+use overlay_tests::{
+    deployment::{Deployment, wait_for},
+    netns::Netns,
+    runtimes::{cni_command, plugin_entry},
+};
+
+/// How long a command may take to fail against a hung etcd: its requests' deadlines and its
+/// undo's, with room for a loaded machine.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A VNI of this test process's own: a network's bridge lock is machine-wide
+/// (/run/overlay-lock/ovbr<vni>), and other tests run beside this one.
+fn own_vni() -> u32 {
+    100_000 + std::process::id() % 1_000_000
+}
+
+/// etcd stopped (SIGSTOP) until dropped (SIGCONT), so that a failed assertion never leaves it
+/// hung for what runs next.
+struct Hung(u32);
+
+impl Hung {
+    fn stop(d: &Deployment) -> Self {
+        let pid = d.etcd.pid().expect("etcd runs");
+        signal(pid, libc::SIGSTOP);
+        Self(pid)
+    }
+}
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill {sig} {pid}"
+    );
+}
+
+/// Whether process `pid` has the lock file `name` open: it is about to wait for it.
+fn has_open(pid: u32, name: &str) -> bool {
+    let lock = std::path::Path::new(lock::DIR).join(name);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == lock))
+}
+
+/// Runs `cmd` (with `stdin`) caught midway: this test holds the network's bridge lock, and once
+/// the process waits for it (past everything it asks etcd before it makes interfaces), etcd is
+/// stopped and the lock let go. The process then makes its interfaces and registers them with
+/// an etcd that never answers. Its output, how long it took from there, and the hung etcd.
+fn caught_midway(
+    d: &Deployment,
+    bridge: &str,
+    mut cmd: Command,
+    stdin: &[u8],
+) -> (Output, Duration, Hung) {
+    use std::io::Write as _;
+    let held = lock::try_exclusive(bridge)
+        .unwrap()
+        .expect("the bridge lock is free");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let pid = child.id();
+    wait_for(Duration::from_secs(20), || has_open(pid, bridge))
+        .expect("the command reached the bridge lock");
+    let hung = Hung::stop(d);
+    let started = Instant::now();
+    drop(held);
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > BOUND * 2 {
+            let _ = child.kill();
+            panic!("still running {:?} after etcd hung", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out, started.elapsed(), hung)
+}
+
+/// What host `host` still has of endpoint `name` of network `network`: its interfaces there,
+/// its keys in etcd, a lock someone holds. Empty: nothing.
+fn leftovers(d: &Deployment, host: usize, network: &str, name: &str, bridge: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let ns = &d.hosts[host].ns;
+    for iface in [
+        port_name(network, name),
+        peer_name(network, name),
+        bridge.to_string(),
+    ] {
+        if ns.run(&format!("ip link show {iface}")).is_ok() {
+            left.push(format!("interface {iface}"));
+        }
+    }
+    let keys = d.etcd_get_prefix("").unwrap();
+    if keys.contains(name) {
+        left.push(format!("etcd still names {name}: {keys}"));
+    }
+    for l in [
+        endpoint_lock_name(&port_name(network, name)),
+        bridge.to_string(),
+    ] {
+        if lock::try_exclusive(&l).unwrap().is_none() {
+            left.push(format!("lock {l} is held"));
+        }
+    }
+    left
+}
+
+fn one_line(text: &str) {
+    assert_eq!(text.trim().lines().count(), 1, "not one line: {text:?}");
+}
+
+fn network(d: &Deployment) -> String {
+    let vni = own_vni();
+    d.create_network("blue", "10.10.0.0/16", vni).unwrap();
+    format!("ovbr{vni}")
+}
+
+#[test]
+fn endpoint_add_caught_by_a_hung_etcd_leaves_nothing_and_works_again() {
+    let d = Deployment::new("efadd", &[true]).unwrap();
+    let bridge = network(&d);
+    let c = Netns::new(&overlay_tests::unique("efaddc")).unwrap();
+    let args = [
+        "endpoint",
+        "add",
+        "midway",
+        "--network",
+        "blue",
+        "--netns",
+        &c.name,
+    ];
+    let mut cmd = d.base_command(0);
+    cmd.args(args).env("RUST_LOG", "warn");
+    let (out, took, hung) = caught_midway(&d, &bridge, cmd, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("endpoint add against a hung etcd failed after {took:?}: {stderr}");
+    assert!(!out.status.success(), "{stderr}");
+    one_line(&stderr);
+    assert!(
+        stderr.contains("not added, nothing left behind"),
+        "{stderr}"
+    );
+    assert!(took < BOUND, "{took:?}");
+    assert!(
+        c.run("ip -o link show").unwrap().lines().count() == 1,
+        "only lo in the container"
+    );
+    drop(hung);
+    assert_eq!(
+        leftovers(&d, 0, "blue", "midway", &bridge),
+        Vec::<String>::new()
+    );
+
+    // The same command again, etcd back: it just works.
+    let done = d.cli(0, &args).unwrap();
+    assert!(done.contains("endpoint midway: 10.10."), "{done}");
+
+    // And removing it, caught the same way: nothing changes until etcd answers, then it goes.
+    let mut cmd = d.base_command(0);
+    cmd.args(["endpoint", "rm", "midway"])
+        .env("RUST_LOG", "warn");
+    let started = Instant::now();
+    let hung = Hung::stop(&d);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "endpoint rm against a hung etcd failed after {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    one_line(&stderr);
+    drop(hung);
+    d.cli(0, &["endpoint", "rm", "midway"]).unwrap();
+    assert_eq!(
+        leftovers(&d, 0, "blue", "midway", &bridge),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn what_a_failed_or_killed_attempt_left_is_replaced_by_the_next() {
+    let mut d = Deployment::new("efleft", &[true]).unwrap();
+    let bridge = network(&d);
+    let host = d.hosts[0].ns.name.clone();
+
+    // A record whose interface is gone (an undo that could not reach etcd), with no agent to
+    // reap it: the next `endpoint add` of that name replaces it.
+    d.kill_agent(0);
+    let c = Netns::new(&overlay_tests::unique("efleftc")).unwrap();
+    let args = [
+        "endpoint",
+        "add",
+        "stale",
+        "--network",
+        "blue",
+        "--netns",
+        &c.name,
+    ];
+    d.cli(0, &args).unwrap();
+    let port = port_name("blue", "stale");
+    d.hosts[0].ns.run(&format!("ip link del {port}")).unwrap();
+    assert!(
+        d.etcd_get_prefix(&format!("names/{host}/stale"))
+            .unwrap()
+            .contains("stale")
+    );
+    d.restart_agent(0).unwrap();
+    let again = d.cli(0, &args).unwrap();
+    assert!(again.contains("endpoint stale: 10.10."), "{again}");
+    let ip: std::net::Ipv4Addr = again.split_whitespace().nth(2).unwrap().parse().unwrap();
+    wait_for(Duration::from_secs(5), || {
+        d.hosts[0]
+            .maps()
+            .is_ok_and(|m| m.arp.keys().any(|(_, a)| *a == ip.octets()))
+    })
+    .expect("the replaced endpoint is served");
+
+    // An interface no record names (an attempt killed midway): the next attempt replaces it.
+    let c = Netns::new(&overlay_tests::unique("efleftk")).unwrap();
+    let (port, peer) = (port_name("blue", "killed"), peer_name("blue", "killed"));
+    let alias = port_alias("blue", "killed");
+    d.hosts[0]
+        .ns
+        .run(&format!(
+            "ip link add {port} type veth peer name {peer} && ip link set {port} alias '{alias}'"
+        ))
+        .unwrap();
+    let args = [
+        "endpoint",
+        "add",
+        "killed",
+        "--network",
+        "blue",
+        "--netns",
+        &c.name,
+    ];
+    let done = d.cli(0, &args).unwrap();
+    assert!(done.contains("endpoint killed: 10.10."), "{done}");
+    // A live endpoint is not replaced: one line, nothing changed.
+    let e = d.cli(0, &args).unwrap_err().to_string();
+    assert!(e.contains("endpoint killed already exists on node"), "{e}");
+
+    // `endpoint rm` of a name etcd no longer has, whose interface is still here (a removal
+    // whose etcd write was applied and never answered).
+    let (port, peer) = (port_name("blue", "orphan"), peer_name("blue", "orphan"));
+    let alias = port_alias("blue", "orphan");
+    d.hosts[0]
+        .ns
+        .run(&format!(
+            "ip link add {port} type veth peer name {peer} && ip link set {port} alias '{alias}'"
+        ))
+        .unwrap();
+    let out = d.cli(0, &["endpoint", "rm", "orphan"]).unwrap();
+    assert!(out.contains("its interface is removed"), "{out}");
+    assert!(d.hosts[0].ns.run(&format!("ip link show {port}")).is_err());
+    let e = d
+        .cli(0, &["endpoint", "rm", "orphan"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no endpoint orphan"), "{e}");
+
+    // `network create` again with the same settings (its first answer lost) just works; with
+    // others it is refused as before.
+    let vni = own_vni().to_string();
+    let same = [
+        "network",
+        "create",
+        "blue",
+        "--subnet",
+        "10.10.0.0/16",
+        "--vni",
+        &vni,
+    ];
+    let out = d.cli(0, &same).unwrap();
+    assert!(out.contains("exists already with these settings"), "{out}");
+    let other = [
+        "network",
+        "create",
+        "blue",
+        "--subnet",
+        "10.20.0.0/16",
+        "--vni",
+        "7",
+    ];
+    let e = d.cli(0, &other).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    assert!(leftovers(&d, 0, "blue", "orphan", "none").is_empty());
+    let _ = bridge;
+}
+
+#[test]
+fn cni_add_and_del_caught_by_a_hung_etcd_leave_nothing_and_work_again() {
+    let d = Deployment::new("efcni", &[true]).unwrap();
+    let bridge = network(&d);
+    let c = Netns::new(&overlay_tests::unique("efcnic")).unwrap();
+    let netns = format!("/run/netns/{}", c.name);
+    let env = [
+        ("CNI_CONTAINERID", "hung-1"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let entry = plugin_entry(&d, 0, "blue").to_string();
+    let name = endpoint_name("blue-cni", "hung-1", "eth0");
+    let cni = |command: &str| {
+        let mut cmd = cni_command(&d, 0, command, &env);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let run = |command: &str| {
+        use std::io::Write as _;
+        let mut child = cni(command).spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(entry.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let reply = |out: &Output| -> serde_json::Value {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    };
+
+    // ADD caught midway: a CNI error in one line, nothing left.
+    let (out, took, hung) = caught_midway(&d, &bridge, cni("ADD"), entry.as_bytes());
+    let error = reply(&out);
+    println!("CNI ADD against a hung etcd failed after {took:?}: {error}");
+    assert!(!out.status.success(), "{error}");
+    let msg = error["msg"].as_str().unwrap();
+    one_line(msg);
+    assert!(msg.contains("not added, nothing left behind"), "{msg}");
+    assert!(took < BOUND, "{took:?}");
+    drop(hung);
+    assert_eq!(
+        leftovers(&d, 0, "blue", &name, &bridge),
+        Vec::<String>::new()
+    );
+
+    // The runtime tries again: it just works.
+    let out = run("ADD");
+    assert!(out.status.success(), "{}", reply(&out));
+
+    // DEL while etcd hangs: the interface goes, the error (one line, "try again later") says
+    // the record is not yet gone; the runtime's retry removes it; a DEL of nothing succeeds.
+    let hung = Hung::stop(&d);
+    let started = Instant::now();
+    let out = run("DEL");
+    let error = reply(&out);
+    println!(
+        "CNI DEL against a hung etcd failed after {:?}: {error}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    assert_eq!(error["code"], 11, "{error}");
+    one_line(error["msg"].as_str().unwrap());
+    assert!(started.elapsed() < BOUND);
+    let port = port_name("blue", &name);
+    assert!(
+        d.hosts[0].ns.run(&format!("ip link show {port}")).is_err(),
+        "{port} is gone"
+    );
+    drop(hung);
+    for _ in 0..2 {
+        let out = run("DEL");
+        assert!(out.status.success(), "{}", reply(&out));
+    }
+    assert_eq!(
+        leftovers(&d, 0, "blue", &name, &bridge),
+        Vec::<String>::new()
+    );
+}
