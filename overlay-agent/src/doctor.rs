@@ -25,6 +25,7 @@ use crate::{
     plumbing::{Link, Netlink},
     store::{
         Store,
+        health::Probe,
         schema::{Kind, Location},
     },
 };
@@ -47,6 +48,81 @@ pub struct Report {
     /// How many entries etcd says the node's maps must hold.
     pub entries: usize,
     pub findings: Vec<Finding>,
+    /// What deserves a look but breaks nothing yet (an etcd member down while a majority
+    /// answers): not a failure.
+    pub warnings: Vec<Finding>,
+    /// Each etcd member as this run probed it.
+    pub etcd_members: Probe,
+}
+
+/// A member this far behind the leader's raft log is reported: it is catching up slowly or
+/// not at all (a healthy one is a few entries behind at most).
+const FAR_BEHIND: u64 = 1000;
+
+/// The etcd members' findings: (errors, warnings). No leader, or no member answering, is an
+/// error (etcd accepts no writes); a member down or far behind is a warning, as etcd works on
+/// with a majority.
+pub fn member_findings(probe: &Probe) -> (Vec<Finding>, Vec<Finding>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let finding = |item: &str, why: String| Finding {
+        check: "etcd member".into(),
+        item: item.into(),
+        why,
+    };
+    let all = probe
+        .members
+        .iter()
+        .map(|m| m.endpoint.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    if probe.reachable() == 0 {
+        errors.push(finding(
+            &all,
+            "no member answers: etcd is unreachable from this node".into(),
+        ));
+        return (errors, warnings);
+    }
+    for m in &probe.members {
+        if !m.reachable {
+            warnings.push(finding(
+                &m.endpoint,
+                format!(
+                    "unreachable ({}): etcd works on while a majority of members answers",
+                    m.error.as_deref().unwrap_or("no answer")
+                ),
+            ));
+        } else if m.behind.is_some_and(|b| b > FAR_BEHIND) {
+            warnings.push(finding(
+                &m.endpoint,
+                format!(
+                    "{} raft entries behind the leader",
+                    m.behind.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let leaders: Vec<&str> = probe.leaders().map(|m| m.endpoint.as_str()).collect();
+    let known = probe.members.iter().find(|m| !m.leader_id.is_empty());
+    match (leaders.as_slice(), known) {
+        ([], None) => errors.push(finding(
+            &all,
+            "no leader: no member knows one, so etcd accepts no writes (a majority is down or partitioned)".into(),
+        )),
+        ([], Some(m)) => warnings.push(finding(
+            &all,
+            format!(
+                "the leader (member {}) is not among the members this node reaches",
+                m.leader_id
+            ),
+        )),
+        ([_], _) => {}
+        (many, _) => warnings.push(finding(
+            &many.join(","),
+            "several members say they lead: one of them is partitioned and has not noticed yet"
+                .into(),
+        )),
+    }
+    (errors, warnings)
 }
 
 fn ip(a: [u8; 4]) -> Ipv4Addr {
@@ -151,8 +227,14 @@ fn compare(
 
 /// Checks node `node`. Map differences are confirmed by a second look a second later, so a
 /// change the agent is applying right now is not reported as drift.
-pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> Result<Report> {
-    let mut findings = Vec::new();
+pub async fn check(
+    node: &str,
+    pins: &PinDir,
+    run_dir: &Path,
+    store: &Store,
+    etcd_members: Probe,
+) -> Result<Report> {
+    let (mut findings, warnings) = member_findings(&etcd_members);
     let status = match agent::running(run_dir, node) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -285,6 +367,8 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
         revision,
         entries,
         findings,
+        warnings,
+        etcd_members,
     })
 }
 
@@ -443,20 +527,25 @@ pub fn render(report: &Report, as_json: bool) -> String {
     if as_json {
         return serde_json::to_string_pretty(report).expect("serializable") + "\n";
     }
-    if report.findings.is_empty() {
-        return format!(
+    let line = |f: &Finding| format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+    let mut out = if report.findings.is_empty() {
+        format!(
             "node {}: clean ({} map entries equal to etcd at revision {}, programs attached, GRO helpers in place, every VTEP answers)\n",
             report.node, report.entries, report.revision
+        )
+    } else {
+        let mut out = format!(
+            "node {}: {} problem(s) (etcd revision {}):\n",
+            report.node,
+            report.findings.len(),
+            report.revision
         );
-    }
-    let mut out = format!(
-        "node {}: {} problem(s) (etcd revision {}):\n",
-        report.node,
-        report.findings.len(),
-        report.revision
-    );
-    for f in &report.findings {
-        out += &format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+        out.extend(report.findings.iter().map(line));
+        out
+    };
+    if !report.warnings.is_empty() {
+        out += &format!("{} warning(s):\n", report.warnings.len());
+        out.extend(report.warnings.iter().map(line));
     }
     out
 }

@@ -498,13 +498,22 @@ async fn run(cli: Cli) -> Result<()> {
             report::status(&g.node, &pins, &g.run_dir, &g.etcd(), json).await?
         ),
         Command::Doctor { cluster, json } => {
-            let store = Store::connect_patiently(&g.etcd()).await?;
+            let etcd = g.etcd();
+            let (members, store) =
+                tokio::join!(store::health::probe(&etcd), Store::connect_patiently(&etcd));
+            let store = store.map_err(|e| {
+                let (errors, _) = doctor::member_findings(&members);
+                match errors.first() {
+                    Some(f) => e.context(format!("{} {}: {}", f.check, f.item, f.why)),
+                    None => e,
+                }
+            })?;
             let healthy = if cluster {
                 let report = doctor::check_cluster(&store).await?;
                 print!("{}", doctor::render_cluster(&report, json));
                 report.healthy()
             } else {
-                let report = doctor::check(&g.node, &pins, &g.run_dir, &store).await?;
+                let report = doctor::check(&g.node, &pins, &g.run_dir, &store, members).await?;
                 print!("{}", doctor::render(&report, json));
                 report.findings.is_empty()
             };
