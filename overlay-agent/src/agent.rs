@@ -37,7 +37,7 @@ use crate::{
     mtu,
     plumbing::{self, Netlink},
     store::{
-        Store, brief, health,
+        Store, brief,
         schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
     tunnel_guard,
@@ -307,7 +307,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let metrics = Metrics::new();
     // Each member on its own, from a task of its own: a hung member delays no session.
     let probed = metrics.clone();
-    health::spawn_prober(opts.etcd.clone(), move |probe| probed.etcd_probed(probe));
+    crate::store::health::spawn_prober(opts.etcd.clone(), move |probe| probed.etcd_probed(probe));
     if let Some(listener) = metrics_listener {
         metrics::spawn(
             listener,

@@ -151,11 +151,25 @@ async fn register(ctx: &Ctx, ep: &Endpoint, tried: &mut Option<Endpoint>) -> Res
     if matches!(outcome, Ok(true)) {
         return Ok(true);
     }
-    let there = ctx.store.endpoint(&ep.network, ep.ip).await.ok().flatten();
-    if there.is_some_and(|t| Endpoint { created: 0, ..t } == *ep) {
+    if matches!(written(ctx, ep).await, Ok(Some(_))) {
         return Ok(true);
     }
     outcome
+}
+
+/// The endpoint etcd holds at `ep`'s address if it is exactly `ep` (this node's, this name,
+/// this port: what this process wrote), with its create revision.
+async fn written(ctx: &Ctx, ep: &Endpoint) -> Result<Option<Endpoint>> {
+    Ok(ctx
+        .store
+        .endpoint(&ep.network, ep.ip)
+        .await?
+        .filter(|there| {
+            Endpoint {
+                created: 0,
+                ..there.clone()
+            } == *ep
+        }))
 }
 
 fn describe(ep: &Endpoint) -> String {
@@ -252,8 +266,20 @@ pub fn endpoint_lock_name(port: &str) -> String {
 /// could not be asked: the record may remain until the next attempt at the same endpoint
 /// replaces it ([`clear_leftovers`]).
 async fn unregister(ctx: &Ctx, ep: &Endpoint) -> Option<String> {
-    match tokio::time::timeout(UNDO_TIMEOUT, ctx.store.delete_endpoint_if_written(ep)).await {
-        Ok(Ok(_)) => None,
+    // Read, then delete only what was read (its create revision): an address that changed
+    // hands in between is left to its new owner.
+    let undo = async {
+        match written(ctx, ep).await? {
+            Some(there) => ctx
+                .store
+                .delete_endpoint_if_unchanged(&there)
+                .await
+                .map(drop),
+            None => Ok(()),
+        }
+    };
+    match tokio::time::timeout(UNDO_TIMEOUT, undo).await {
+        Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),
         Err(_) => Some(format!(
             "etcd did not answer within {} s",

@@ -553,7 +553,54 @@ pub fn render(report: &Report, as_json: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::state::MapState;
+    use crate::{dataplane::state::MapState, store::health::Member};
+
+    fn member(endpoint: &str, reachable: bool, leader: bool, leader_id: &str) -> Member {
+        Member {
+            endpoint: endpoint.into(),
+            reachable,
+            leader,
+            leader_id: leader_id.into(),
+            error: (!reachable).then(|| "refused".into()),
+            behind: reachable.then_some(0),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_member_down_is_a_warning_no_leader_or_no_member_an_error() {
+        let probe = |members| Probe { unix: 1, members };
+        // One of three down, the leader up: a warning only.
+        let (errors, warnings) = member_findings(&probe(vec![
+            member("a", true, true, "1"),
+            member("b", true, false, "1"),
+            member("c", false, false, ""),
+        ]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].item, "c");
+        assert!(warnings[0].why.contains("refused"), "{warnings:?}");
+        // The leader is the one down, the others still follow it: a warning.
+        let (errors, warnings) = member_findings(&probe(vec![
+            member("a", false, false, ""),
+            member("b", true, false, "1"),
+        ]));
+        assert!(errors.is_empty());
+        assert!(
+            warnings.iter().any(|w| w.why.contains("leader (member 1)")),
+            "{warnings:?}"
+        );
+        // Reachable members that know no leader: an error.
+        let (errors, _) = member_findings(&probe(vec![
+            member("a", true, false, ""),
+            member("b", false, false, ""),
+        ]));
+        assert!(errors[0].why.starts_with("no leader"), "{errors:?}");
+        // Nobody answers: one error.
+        let (errors, warnings) = member_findings(&probe(vec![member("a", false, false, "")]));
+        assert_eq!((errors.len(), warnings.len()), (1, 0));
+        assert!(errors[0].why.starts_with("no member answers"));
+    }
 
     #[test]
     fn every_difference_is_named_with_its_map_and_direction() {

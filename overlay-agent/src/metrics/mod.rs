@@ -566,7 +566,57 @@ mod tests {
             },
             rebuilding: false,
             lease_expires: Some(Instant::now() + Duration::from_secs(10)),
+            etcd_members: Probe::default(),
         }
+    }
+
+    #[test]
+    fn etcd_members_are_gauges_per_endpoint_once_probed() {
+        use crate::store::health::Member;
+        #[derive(Debug)]
+        struct Members(Probe);
+        impl Collector for Members {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+                etcd_members(&mut encoder, &self.0)
+            }
+        }
+        let text = |probe: Probe| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Members(probe)));
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        // Never probed: nothing (not a member seen down).
+        assert!(!text(Probe::default()).contains("overlay_etcd_member"));
+        let probe = Probe {
+            unix: 1,
+            members: vec![
+                Member {
+                    endpoint: "http://a:2379".into(),
+                    reachable: true,
+                    leader: true,
+                    behind: Some(0),
+                    ..Default::default()
+                },
+                Member {
+                    endpoint: "http://b:2379".into(),
+                    error: Some("refused".into()),
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = text(probe);
+        for line in [
+            "overlay_etcd_member_up{endpoint=\"http://a:2379\"} 1",
+            "overlay_etcd_member_up{endpoint=\"http://b:2379\"} 0",
+            "overlay_etcd_member_leader{endpoint=\"http://a:2379\"} 1",
+            "overlay_etcd_member_leader{endpoint=\"http://b:2379\"} 0",
+            "overlay_etcd_member_raft_behind{endpoint=\"http://a:2379\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("raft_behind{endpoint=\"http://b"), "{text}");
     }
 
     #[test]

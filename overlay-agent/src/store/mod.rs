@@ -720,35 +720,6 @@ impl Store {
             .await
     }
 
-    /// Removes `ep` (and its name) only if etcd holds exactly the record this process wrote
-    /// for it: the undo of a registration whose outcome is unknown (its answer never came),
-    /// which must never take an address or a name that someone else holds. Ok(false): etcd
-    /// holds something else there, or nothing.
-    pub async fn delete_endpoint_if_written(&self, ep: &Endpoint) -> Result<bool> {
-        let key = self.keys.endpoint(&ep.network, ep.ip);
-        let mut when = vec![Compare::value(
-            key.clone(),
-            CompareOp::Equal,
-            schema::encode(&ep.record()),
-        )];
-        let mut ops = vec![TxnOp::delete(key, None)];
-        if let Some(node) = ep.node() {
-            let name_key = self.keys.name(node, &ep.name);
-            let rec = NameRecord {
-                network: ep.network.clone(),
-                ip: ep.ip,
-            };
-            when.push(Compare::value(
-                name_key.clone(),
-                CompareOp::Equal,
-                schema::encode(&rec),
-            ));
-            ops.push(TxnOp::delete(name_key, None));
-        }
-        self.txn("undoing an endpoint", Txn::new().when(when).and_then(ops))
-            .await
-    }
-
     pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {
         let mut ops = vec![TxnOp::delete(self.keys.endpoint(&ep.network, ep.ip), None)];
         if let Some(node) = ep.node() {
