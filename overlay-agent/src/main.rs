@@ -501,13 +501,16 @@ async fn run(cli: Cli) -> Result<()> {
             let etcd = g.etcd();
             let (members, store) =
                 tokio::join!(store::health::probe(&etcd), Store::connect_patiently(&etcd));
-            let store = store.map_err(|e| {
-                let (errors, _) = doctor::member_findings(&members);
-                match errors.first() {
-                    Some(f) => e.context(format!("{} {}: {}", f.check, f.item, f.why)),
-                    None => e,
-                }
-            })?;
+            if members.reachable() == 0 {
+                // Each member's own reason says more than the client's one for them all.
+                let why: Vec<String> = members
+                    .members
+                    .iter()
+                    .map(|m| format!("{}: {}", m.endpoint, m.error.as_deref().unwrap_or("?")))
+                    .collect();
+                anyhow::bail!("no etcd member answers ({})", why.join("; "));
+            }
+            let store = store?;
             let healthy = if cluster {
                 let report = doctor::check_cluster(&store).await?;
                 print!("{}", doctor::render_cluster(&report, json));

@@ -111,5 +111,5 @@ fn status_doctor_and_metrics_show_each_member() {
     println!("{stderr}");
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("no member answers"), "{stderr}");
+    assert!(stderr.contains("no etcd member answers"), "{stderr}");
 }
