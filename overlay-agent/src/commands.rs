@@ -142,34 +142,27 @@ async fn reserve(
     )
 }
 
-/// Registers `ep`; Ok(false) if its address is someone else's. A registration etcd applied
-/// but whose answer was lost (a retry then finds the key taken) is recognised as ours: etcd
-/// holds exactly the record this call wrote.
+/// Registers `ep`; Ok(false) if its address is someone else's. An address that holds exactly
+/// this record already is ours: an earlier attempt's registration that etcd applied but never
+/// answered (a peer added again, a retry).
 async fn register(ctx: &Ctx, ep: &Endpoint, tried: &mut Option<Endpoint>) -> Result<bool> {
     *tried = Some(ep.clone());
-    let outcome = ctx.store.create_endpoint(ep).await;
-    if matches!(outcome, Ok(true)) {
+    if ctx.store.create_endpoint(ep).await? {
         return Ok(true);
     }
-    if matches!(written(ctx, ep).await, Ok(Some(_))) {
-        return Ok(true);
-    }
-    outcome
+    Ok(written(&ctx.store, ep).await?.is_some())
 }
 
 /// The endpoint etcd holds at `ep`'s address if it is exactly `ep` (this node's, this name,
 /// this port: what this process wrote), with its create revision.
-async fn written(ctx: &Ctx, ep: &Endpoint) -> Result<Option<Endpoint>> {
-    Ok(ctx
-        .store
-        .endpoint(&ep.network, ep.ip)
-        .await?
-        .filter(|there| {
-            Endpoint {
-                created: 0,
-                ..there.clone()
-            } == *ep
-        }))
+async fn written(store: &Store, ep: &Endpoint) -> Result<Option<Endpoint>> {
+    let there = store.endpoint(&ep.network, ep.ip).await?;
+    Ok(there.filter(|t| {
+        Endpoint {
+            created: 0,
+            ..t.clone()
+        } == *ep
+    }))
 }
 
 fn describe(ep: &Endpoint) -> String {
@@ -263,23 +256,10 @@ pub fn endpoint_lock_name(port: &str) -> String {
 /// The undo of a registration: removes `ep`'s record if etcd holds exactly what was written,
 /// never an address or name someone took since. An unknown outcome (no answer) may have been
 /// applied, so this runs even then. None when done (or nothing was there); Some(why) when etcd
-/// could not be asked: the record may remain until the next attempt at the same endpoint
-/// replaces it ([`clear_leftovers`]).
+/// could not be asked: the record may remain (see [`MayRemain`]).
 async fn unregister(ctx: &Ctx, ep: &Endpoint) -> Option<String> {
-    // Read, then delete only what was read (its create revision): an address that changed
-    // hands in between is left to its new owner.
-    let undo = async {
-        match written(ctx, ep).await? {
-            Some(there) => ctx
-                .store
-                .delete_endpoint_if_unchanged(&there)
-                .await
-                .map(drop),
-            None => Ok(()),
-        }
-    };
-    match tokio::time::timeout(UNDO_TIMEOUT, undo).await {
-        Ok(Ok(())) => None,
+    match tokio::time::timeout(UNDO_TIMEOUT, unwrite(&ctx.store, ep)).await {
+        Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(format!("{e:#}")),
         Err(_) => Some(format!(
             "etcd did not answer within {} s",
@@ -288,16 +268,94 @@ async fn unregister(ctx: &Ctx, ep: &Endpoint) -> Option<String> {
     }
 }
 
-/// A failed attempt's error, saying what the undo left (one line, the cause last).
-fn undone(e: anyhow::Error, name: &str, left: Option<String>) -> anyhow::Error {
+/// Removes `ep`'s record if etcd holds exactly it: read, then delete what was read (its create
+/// revision), so an address that changed hands in between is left to its new owner. Ok(true):
+/// removed; Ok(false): not there.
+async fn unwrite(store: &Store, ep: &Endpoint) -> Result<bool> {
+    match written(store, ep).await? {
+        Some(there) => store.delete_endpoint_if_unchanged(&there).await,
+        None => Ok(false),
+    }
+}
+
+/// A failed attempt's error, saying what the undo left (one line, the cause last). `left`:
+/// why the undo could not confirm the registration `tried` gone, if it could not.
+fn undone(e: anyhow::Error, name: &str, left: Option<(String, &Endpoint)>) -> anyhow::Error {
     match left {
         None => e.context(format!("endpoint {name} not added, nothing left behind")),
-        Some(why) => {
+        Some((why, tried)) => {
             log::debug!("undoing endpoint {name}'s registration: {why}");
-            e.context(format!(
-                "endpoint {name} not added, its interface removed (its etcd record, if written, goes when it is added again)"
-            ))
+            e.context(MayRemain(tried.clone()))
         }
+    }
+}
+
+/// In a failed attachment's error: its registration may have been applied all the same (etcd
+/// received it, then did not answer) and the undo could not reach etcd to remove it. A command
+/// run again under the same name replaces it ([`clear_leftovers`]), a runtime's DEL removes
+/// it; a caller that outlives the attempt and will not use the name again (the Docker driver:
+/// a new EndpointID each time) finishes the undo with [`unregister_eventually`].
+#[derive(Debug)]
+pub struct MayRemain(pub Endpoint);
+
+impl std::fmt::Display for MayRemain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "endpoint {} not added, its interface removed (its etcd record, if written, goes when it is added again)",
+            self.0.name
+        )
+    }
+}
+
+/// How long [`unregister_eventually`] looks again after finding nothing, for a write etcd
+/// received before it hung: that one is applied as soon as etcd resumes, which may be just
+/// after a first look.
+const SETTLE: Duration = Duration::from_secs(10);
+/// When [`unregister_eventually`] gives up (etcd gone that long is an outage to repair).
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Finishes an undo that could not reach etcd ([`MayRemain`]): asks again with backoff until
+/// etcd answers, then removes the record if it is exactly `ep`.
+pub async fn unregister_eventually(store: Store, ep: Endpoint) {
+    let started = tokio::time::Instant::now();
+    let mut absent_since = None;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout(UNDO_TIMEOUT, unwrite(&store, &ep)).await {
+            Ok(Ok(true)) => {
+                log::info!(
+                    "endpoint {}: its registration ({} on network {}), applied after its attempt failed, removed",
+                    ep.name,
+                    ep.ip,
+                    ep.network
+                );
+                return;
+            }
+            Ok(Ok(false)) => {
+                if absent_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    >= SETTLE
+                {
+                    return;
+                }
+            }
+            Ok(Err(_)) | Err(_) => absent_since = None,
+        }
+        if started.elapsed() > GIVE_UP {
+            log::warn!(
+                "endpoint {}: etcd did not answer for {} s; its registration ({} on network {}) may remain: `overlay-agent endpoint rm {}` removes it",
+                ep.name,
+                GIVE_UP.as_secs(),
+                ep.ip,
+                ep.network,
+                ep.name
+            );
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -442,7 +500,7 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
             let _ = host.delete(&port).await;
             let _ = drop_bridge_if_empty(&host, &net).await;
             let left = match &tried {
-                Some(ep) => unregister(ctx, ep).await,
+                Some(ep) => unregister(ctx, ep).await.map(|why| (why, ep)),
                 None => None,
             };
             Err(undone(e, &req.name, left))
@@ -488,7 +546,7 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> 
         if let Ok(net) = ctx.store.network(&ep.network).await {
             let _ = drop_bridge_if_empty(&host, &net).await;
         }
-        let left = unregister(ctx, ep).await;
+        let left = unregister(ctx, ep).await.map(|why| (why, ep));
         let e = e.context(format!("configuring it in {netns}"));
         return Err(undone(e, &req.name, left));
     }
@@ -700,7 +758,7 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             let _ = host.delete(&iface).await;
             let _ = drop_bridge_if_empty(&host, &net).await;
             let left = match &tried {
-                Some(ep) => unregister(ctx, ep).await,
+                Some(ep) => unregister(ctx, ep).await.map(|why| (why, ep)),
                 None => None,
             };
             Err(undone(e, &name, left).context(format!("joining network {network}")))

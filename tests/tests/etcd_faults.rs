@@ -17,6 +17,7 @@ use overlay_agent::{
 };
 use overlay_tests::{
     deployment::{Deployment, wait_for},
+    docker::DockerHost,
     netns::Netns,
     runtimes::{cni_command, plugin_entry},
 };
@@ -65,6 +66,20 @@ fn has_open(pid: u32, name: &str) -> bool {
         .flatten()
         .flatten()
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == lock))
+}
+
+/// Whether any process but this one has the lock file `name` open (a daemon's request is
+/// waiting for it).
+fn anyone_has_open(name: &str) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| pid.parse().ok())
+        .any(|pid| has_open(pid, name))
 }
 
 /// Runs `cmd` (with `stdin`) caught midway: this test holds the network's bridge lock, and once
@@ -183,6 +198,43 @@ fn endpoint_add_caught_by_a_hung_etcd_leaves_nothing_and_works_again() {
     // The same command again, etcd back: it just works.
     let done = d.cli(0, &args).unwrap();
     assert!(done.contains("endpoint midway: 10.10."), "{done}");
+
+    // Caught while registering (an address given: no slice to read first): etcd received
+    // the write before it hung and applies it when it resumes, after the command gave up. The
+    // error says so; the same command again replaces that record and just works.
+    let c2 = Netns::new(&overlay_tests::unique("efaddl")).unwrap();
+    let late = [
+        "endpoint",
+        "add",
+        "late",
+        "--network",
+        "blue",
+        "--netns",
+        &c2.name,
+        "--ip",
+        "10.10.0.77",
+    ];
+    let mut cmd = d.base_command(0);
+    cmd.args(late).env("RUST_LOG", "warn");
+    let (out, took, hung) = caught_midway(&d, &bridge, cmd, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("endpoint add --ip against a hung etcd failed after {took:?}: {stderr}");
+    assert!(!out.status.success(), "{stderr}");
+    one_line(&stderr);
+    assert!(stderr.contains("endpoint late not added"), "{stderr}");
+    drop(hung);
+    let applied = wait_for(Duration::from_secs(2), || {
+        d.etcd_get_prefix("endpoints/blue/10.10.0.77")
+            .is_ok_and(|k| k.contains("late"))
+    });
+    println!(
+        "etcd applied the registration after the command failed: {}",
+        applied.is_ok()
+    );
+    let done = d.cli(0, &late).unwrap();
+    assert!(done.contains("endpoint late: 10.10.0.77"), "{done}");
+    d.cli(0, &["endpoint", "rm", "late"]).unwrap();
+    assert_eq!(leftovers(&d, 0, "blue", "late", "-"), Vec::<String>::new());
 
     // And removing it, caught the same way: nothing changes until etcd answers, then it goes.
     let mut cmd = d.base_command(0);
@@ -399,6 +451,85 @@ fn cni_add_and_del_caught_by_a_hung_etcd_leave_nothing_and_work_again() {
     for _ in 0..2 {
         let out = run("DEL");
         assert!(out.status.success(), "{}", reply(&out));
+    }
+    assert_eq!(
+        leftovers(&d, 0, "blue", &name, &bridge),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_docker_endpoint_caught_by_a_hung_etcd_leaves_nothing_and_works_again() {
+    let d = Deployment::new("efdock", &[true]).unwrap();
+    let bridge = network(&d);
+    let docker = DockerHost::start(&d, 0, "efdockh").unwrap();
+    docker
+        .create_network("blue", &["--subnet", "10.10.0.0/16", "-o", "network=blue"])
+        .unwrap();
+    let network_id = docker
+        .docker(&["network", "inspect", "-f", "{{.Id}}", "blue"])
+        .unwrap();
+    let request = serde_json::json!({ "PoolID": "10.10.0.0/16", "Address": "", "Options": {} });
+    let address = docker
+        .plugin_call("IpamDriver.RequestAddress", &request)
+        .unwrap()["Address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let endpoint_id = format!("{:012x}{}", std::process::id(), "0".repeat(52));
+    let create = serde_json::json!({
+        "NetworkID": network_id,
+        "EndpointID": endpoint_id,
+        "Interface": { "Address": address },
+    });
+    let name = overlay_agent::docker::endpoint_name(&endpoint_id);
+
+    // CreateEndpoint caught midway, as dockerd sends it: an error reply in one line.
+    let held = lock::try_exclusive(&bridge).unwrap().unwrap();
+    let (reply, took, hung) = std::thread::scope(|s| {
+        let call = s.spawn(|| docker.plugin_call("NetworkDriver.CreateEndpoint", &create));
+        wait_for(Duration::from_secs(20), || anyone_has_open(&bridge))
+            .expect("the plugin reached the bridge lock");
+        let hung = Hung::stop(&d);
+        let started = Instant::now();
+        drop(held);
+        let reply = call.join().unwrap().unwrap();
+        (reply, started.elapsed(), hung)
+    });
+    println!("CreateEndpoint against a hung etcd failed after {took:?}: {reply}");
+    let err = reply["Err"].as_str().expect("an error reply");
+    one_line(err);
+    // Caught while registering (Docker gives the address): etcd received the write and hung,
+    // so the undo could not ask it, and the error says what may remain. The write is applied
+    // the moment etcd resumes; the driver, which outlives the attempt, removes it then.
+    assert!(err.contains("endpoint docker-"), "{err}");
+    assert!(err.contains("not added"), "{err}");
+    assert!(took < BOUND, "{took:?}");
+    drop(hung);
+    wait_for(Duration::from_secs(20), || {
+        !d.etcd_get_prefix("").unwrap_or_default().contains(&name)
+    })
+    .unwrap_or_else(|_| panic!("{name} stays in etcd:\n{}", docker.plugin_log()));
+    let late = docker
+        .plugin_log()
+        .contains("applied after its attempt failed, removed");
+    println!("the registration was applied after the failure, and removed: {late}");
+    assert_eq!(
+        leftovers(&d, 0, "blue", &name, &bridge),
+        Vec::<String>::new()
+    );
+
+    // dockerd asks again (or the user runs the container again): it just works, and goes.
+    let reply = docker
+        .plugin_call("NetworkDriver.CreateEndpoint", &create)
+        .unwrap();
+    assert!(reply.get("Err").is_none(), "{reply}");
+    let delete = serde_json::json!({ "NetworkID": network_id, "EndpointID": endpoint_id });
+    for _ in 0..2 {
+        let reply = docker
+            .plugin_call("NetworkDriver.DeleteEndpoint", &delete)
+            .unwrap();
+        assert!(reply.get("Err").is_none(), "{reply}");
     }
     assert_eq!(
         leftovers(&d, 0, "blue", &name, &bridge),
