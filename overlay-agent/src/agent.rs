@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{EventType, WatchResponse};
-use futures::FutureExt as _;
 use overlay_common::{NodeConfig, vtep};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,7 +36,7 @@ use crate::{
     mtu,
     plumbing::{self, Netlink},
     store::{
-        Store, brief,
+        self, LeaseStream, Store, brief,
         schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
     tunnel_guard,
@@ -377,15 +376,20 @@ impl Agent {
         // drops our endpoints because etcd was down.
         let max_delay =
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
-        let store = Store::connect_retrying(&self.opts.etcd, max_delay).await;
+        // A request tries the members for half a lease TTL (3 to 10 s): long enough for an
+        // election and a hung member, short enough that the keepalive can tell in time.
+        let bound = Duration::from_millis(self.opts.lease_ttl as u64 * 500)
+            .clamp(Duration::from_secs(3), Duration::from_secs(10));
+        let store = Store::connect_retrying_within(&self.opts.etcd, max_delay, bound).await;
         self.same_family(&store).await?;
         let record = NodeRecord::new(self.vtep, self.underlay_mtu);
         let ttl = self.opts.lease_ttl;
-        let (lease, keeper, keepalive) = store.register_node(&self.opts.node, &record, ttl).await?;
+        let (lease, stream) = store.register_node(&self.opts.node, &record, ttl).await?;
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
         // must never delay a keepalive into another node dropping ours.
         self.metrics.lease_renewed(ttl);
-        let mut keepalive = KeepAlive::spawn(keeper, keepalive, lease, ttl, self.metrics.clone());
+        let mut keepalive =
+            KeepAlive::spawn(store.clone(), stream, lease, ttl, self.metrics.clone());
         // A new lease: the digest is published again under it.
         self.published = None;
         self.published_groups = None;
@@ -398,10 +402,12 @@ impl Agent {
         let own_key = store.keys().node(&self.opts.node);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            let (kvs, revision) = store.list(&store.keys().all()).await?;
+            let listing = store.listing(&store.keys().all(), 0).await?;
+            let (kvs, revision, cluster_id) = (listing.kvs, listing.revision, listing.cluster_id);
             if self.fresh && self.stranded_before.is_none() {
                 self.stranded_before = Some(revision);
             }
+            // From scratch: whatever the listing lacks leaves the maps at the reconcile.
             self.cluster = ClusterState::default();
             for kv in &kvs {
                 self.put(&store, kv);
@@ -415,68 +421,115 @@ impl Agent {
             self.sync_gro().await;
             self.sync_flood();
             self.sync_egress().await;
-            let mut watch = store.watch(revision + 1).await?;
-            'watch: loop {
-                tokio::select! {
-                    msg = watch.message() => {
-                        let resp = msg
-                            .map_err(|e| anyhow!("lost the watch: {}", brief(&e)))?
-                            .ok_or_else(|| anyhow!("etcd ended the watch"))?;
-                        let mut revision = self.status.revision;
-                        let mut batch = Batch::default();
-                        let mut next = Some(resp);
-                        // Apply everything already received, then reconcile once.
-                        while let Some(resp) = next.take() {
-                            if resp.canceled() || resp.compact_revision() > 0 {
-                                log::warn!(
-                                    "watch canceled (compacted at revision {}): {}; relisting",
-                                    resp.compact_revision(),
-                                    resp.cancel_reason()
-                                );
-                                break 'watch;
-                            }
-                            if self.apply_events(&store, &resp, &own_key, &mut batch) {
-                                bail!("this node's key was deleted (its lease expired?); registering again");
-                            }
-                            revision = resp.header().map_or(revision, |h| h.revision());
-                            next = match watch.message().now_or_never() {
-                                Some(Ok(Some(r))) => Some(r),
-                                _ => None,
+            // Every event up to `applied` is in `self.cluster`. Only events move it: a
+            // progress header (and, catching up, an events header) may run ahead of what the
+            // stream delivered.
+            let mut applied = revision;
+            // A watch that fails moves to another member from `applied` on, without a
+            // relist; only a compacted revision or a history gone back calls for one.
+            'rewatch: loop {
+                let mut watch = store.watch(applied + 1).await?;
+                'watch: loop {
+                    tokio::select! {
+                        msg = watch.message() => {
+                            let resp = match msg {
+                                Ok(resp) => resp,
+                                Err(e) => {
+                                    log::warn!("{e:#}; watching again from revision {}", applied + 1);
+                                    continue 'rewatch;
+                                }
                             };
+                            let mut revision = self.status.revision;
+                            let mut batch = Batch::default();
+                            let mut next = Some(resp);
+                            // Apply everything already received, then reconcile once.
+                            while let Some(resp) = next.take() {
+                                if resp.canceled() || resp.compact_revision() > 0 {
+                                    log::warn!(
+                                        "watch canceled (compacted at revision {}): {}; relisting",
+                                        resp.compact_revision(),
+                                        resp.cancel_reason()
+                                    );
+                                    break 'rewatch;
+                                }
+                                if let Some(h) = resp.header()
+                                    && (h.cluster_id() != cluster_id || h.revision() < applied)
+                                    && let Some(why) = self
+                                        .history_went_back(&store, applied, cluster_id, watch.member())
+                                        .await
+                                {
+                                    log::warn!("{why}; relisting");
+                                    break 'rewatch;
+                                }
+                                if self.apply_events(&store, &resp, &own_key, &mut batch) {
+                                    bail!("this node's key was deleted (its lease expired?); registering again");
+                                }
+                                if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+                                    applied = applied.max(last);
+                                }
+                                revision = resp.header().map_or(revision, |h| h.revision()).max(applied);
+                                next = watch.ready();
+                            }
+                            // Events that change nothing the maps hold (other nodes' digests, names,
+                            // slices) need no reconcile, nor a status write each.
+                            if batch.is_empty() && self.in_sync && !self.switch_over_pending {
+                                self.status.revision = revision;
+                                continue 'watch;
+                            }
+                            self.reconcile_batch(&batch, revision).await;
+                            self.sync_gro().await;
+                            self.sync_flood();
+                            self.sync_egress().await;
                         }
-                        // Events that change nothing the maps hold (other nodes' digests, names,
-                        // slices) need no reconcile, nor a status write each.
-                        if batch.is_empty() && self.in_sync && !self.switch_over_pending {
-                            self.status.revision = revision;
-                            continue;
+                        why = &mut keepalive.lost => {
+                            bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                         }
-                        self.reconcile_batch(&batch, revision).await;
-                        self.sync_gro().await;
-                        self.sync_flood();
-                        self.sync_egress().await;
-                    }
-                    why = &mut keepalive.lost => {
-                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
-                    }
-                    _ = tick.tick() => {
-                        // A port that did not exist yet may have appeared, or an attached
-                        // one vanished with its container.
-                        let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
-                        if !self.problems.is_empty() || port_gone || self.links_unread {
-                            self.reconcile(self.status.revision).await;
+                        _ = tick.tick() => {
+                            // A port that did not exist yet may have appeared, or an attached
+                            // one vanished with its container.
+                            let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
+                            if !self.problems.is_empty() || port_gone || self.links_unread {
+                                self.reconcile(self.status.revision).await;
+                            }
+                            self.reap_vanished(&store).await;
+                            if self.status.etcd_members != self.metrics.last_etcd_probe() {
+                                self.write_status();
+                            }
+                            self.follow_underlay_mtu(&store, lease).await;
+                            self.publish_state(&store, lease).await;
+                            self.publish_groups(&store, lease).await;
+                            self.sync_gro().await;
+                            self.sync_flood();
+                            self.sync_egress().await;
                         }
-                        self.reap_vanished(&store).await;
-                        if self.status.etcd_members != self.metrics.last_etcd_probe() {
-                            self.write_status();
-                        }
-                        self.follow_underlay_mtu(&store, lease).await;
-                        self.publish_state(&store, lease).await;
-                        self.publish_groups(&store, lease).await;
-                        self.sync_gro().await;
-                        self.sync_flood();
-                        self.sync_egress().await;
                     }
                 }
+            }
+        }
+    }
+
+    /// A watch response from another cluster, or one behind what this node applied: a
+    /// member lagging a little, or a cluster restored from an older snapshot, whose history
+    /// went back. A read through the leader tells which; Some(why) if history went back.
+    async fn history_went_back(
+        &self,
+        store: &Store,
+        applied: i64,
+        cluster_id: u64,
+        member: &str,
+    ) -> Option<String> {
+        match store.revision().await {
+            Ok((_, id)) if id != cluster_id => Some(format!(
+                "etcd's cluster id changed ({cluster_id:x} -> {id:x}, via {member}): another cluster, another history"
+            )),
+            Ok((now, _)) if now < applied => Some(format!(
+                "etcd's history went back: revision {now}, this node had applied {applied} (a cluster restored from a snapshot?)"
+            )),
+            Ok(_) => None,
+            // Cannot tell: the watch goes on; the next response asks again.
+            Err(e) => {
+                log::warn!("{e:#}");
+                None
             }
         }
     }
@@ -956,41 +1009,104 @@ impl Agent {
 
 /// Keeps one lease alive from its own task, every quarter TTL; `lost` says why when it cannot.
 /// The task ends with the session that made it, however that ends.
+///
+/// A keepalive stream that fails or goes unanswered moves, for the same lease, to another
+/// member: only an expired lease (etcd says so, or no member renewed it for a whole TTL)
+/// ends the session, so one member dying never withdraws this node's endpoints.
 struct KeepAlive {
     task: tokio::task::JoinHandle<()>,
     lost: tokio::sync::oneshot::Receiver<String>,
 }
 
 impl KeepAlive {
-    fn spawn(
-        mut keeper: etcd_client::LeaseKeeper,
-        mut stream: etcd_client::LeaseKeepAliveStream,
-        lease: i64,
-        ttl: i64,
-        metrics: Metrics,
-    ) -> Self {
+    fn spawn(store: Store, stream: LeaseStream, lease: i64, ttl: i64, metrics: Metrics) -> Self {
         let (tx, lost) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
-            let why = loop {
-                tick.tick().await;
-                if let Err(e) = keeper.keep_alive().await {
-                    break format!("lease keepalive failed: {}", brief(&e));
-                }
-                match stream.message().await {
-                    Ok(Some(r)) if r.ttl() > 0 => metrics.lease_renewed(r.ttl()),
-                    Ok(Some(_)) => {
-                        metrics.lease_renewed(0);
-                        break format!("lease {lease:x} expired");
-                    }
-                    Ok(None) => break "the lease keepalive stream ended".to_string(),
-                    Err(e) => break format!("lease keepalive failed: {}", brief(&e)),
-                }
-            };
+            let why = keep_alive(&store, stream, lease, ttl, &metrics).await;
             let _ = tx.send(why);
         });
         Self { task, lost }
+    }
+}
+
+/// The keepalive loop; returns why the lease is lost.
+async fn keep_alive(
+    store: &Store,
+    stream: LeaseStream,
+    lease: i64,
+    ttl: i64,
+    metrics: &Metrics,
+) -> String {
+    let ttl_span = Duration::from_secs(ttl.max(1) as u64);
+    let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
+    // A member that does not answer within a quarter TTL is left at once for another: with
+    // a short TTL, a whole try's deadline would leave too little time to renew elsewhere.
+    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), store::members::PER_TRY);
+    let mut renewed = Instant::now();
+    let mut current = Some(stream);
+    loop {
+        tick.tick().await;
+        // Until renewed once, or the lease is past saving.
+        loop {
+            let Some(on) = current.as_mut() else {
+                if renewed.elapsed() >= ttl_span {
+                    return format!(
+                        "lease {lease:x} lost: no etcd member renewed it for {} s",
+                        ttl_span.as_secs()
+                    );
+                }
+                match store.keep_alive(lease).await {
+                    Ok(Some(stream)) => {
+                        // Opening it renewed the lease.
+                        log::info!(
+                            "lease {lease:x} kept alive through {}",
+                            store.member_url(stream.member)
+                        );
+                        renewed = Instant::now();
+                        metrics.lease_renewed(ttl);
+                        current = Some(stream);
+                        break;
+                    }
+                    Ok(None) => {
+                        metrics.lease_renewed(0);
+                        return format!("lease {lease:x} expired");
+                    }
+                    Err(e) => {
+                        log::warn!("{e:#}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            };
+            let answer = tokio::time::timeout(patience, async {
+                on.keeper.keep_alive().await?;
+                on.stream.message().await
+            })
+            .await;
+            let why = match answer {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    renewed = Instant::now();
+                    metrics.lease_renewed(r.ttl());
+                    break;
+                }
+                Ok(Ok(Some(_))) => {
+                    metrics.lease_renewed(0);
+                    return format!("lease {lease:x} expired");
+                }
+                Ok(Ok(None)) => "the lease keepalive stream ended".to_string(),
+                Ok(Err(e)) => format!("lease keepalive failed: {}", brief(&e)),
+                Err(_) => format!(
+                    "no lease keepalive answer within {}",
+                    store::members::secs(patience)
+                ),
+            };
+            log::warn!(
+                "etcd member {}: {why}; keeping lease {lease:x} alive elsewhere",
+                store.member_url(on.member)
+            );
+            store.member_failed(on.member, &why);
+            current = None;
+        }
     }
 }
 

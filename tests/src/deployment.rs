@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use overlay_agent::dataplane::{Maps, PinDir, state::MapState};
 
 use crate::{
+    etcd_cluster::Member,
     fixture::TEST_PIN_ROOT,
     netns::Netns,
     topology::{Underlay, plug_host_on},
@@ -52,11 +53,14 @@ pub fn built_binary(name: &str) -> PathBuf {
     );
 }
 
+/// The deployment's etcd: one member in the underlay segment's namespace (every test but the
+/// cluster's), or a cluster of members in namespaces of their own
+/// ([`Etcd::cluster`](crate::etcd_cluster), with the faults a test inflicts on them).
 pub struct Etcd {
-    wire: String,
-    data: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+    /// Where etcdctl runs: the underlay segment's namespace, which holds ETCD_IP.
+    pub(crate) wire: String,
+    pub(crate) members: Vec<Member>,
+    /// Every member's client URL, comma-separated: what a client's `OVERLAY_ETCD` holds.
     pub url: String,
     /// Set: etcd speaks TLS only and wants a client certificate signed by `ca`.
     pub tls: Option<EtcdTls>,
@@ -68,8 +72,8 @@ pub struct EtcdTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
 }
 
 impl Etcd {
@@ -96,12 +100,26 @@ impl Etcd {
 
     fn start_as(wire: &Netns, dir: &Path, tls: Option<EtcdTls>) -> Result<Self> {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut etcd = Self {
-            wire: wire.name.clone(),
+        let url = format!("{scheme}://{ETCD_IP}:2379");
+        let peer = "http://127.0.0.1:2380";
+        let member = Member {
+            name: "overlay".into(),
+            ip: ETCD_IP.into(),
+            netns: wire.name.clone(),
+            _own_ns: None,
             data: dir.join("etcd"),
             log: dir.join("etcd.log"),
             child: None,
-            url: format!("{scheme}://{ETCD_IP}:2379"),
+            paused: false,
+            client_url: url.clone(),
+            peer_url: peer.into(),
+            initial_cluster: format!("overlay={peer}"),
+            token: None,
+        };
+        let mut etcd = Self {
+            wire: wire.name.clone(),
+            members: vec![member],
+            url,
             tls,
         };
         etcd.restart()?;
@@ -120,75 +138,24 @@ impl Etcd {
         }
     }
 
-    /// Starts (again) on the same data directory: everything written before is still there.
+    /// Starts (again) every member on its data directory: everything written before is still
+    /// there. All are started before any is waited for: a member of a cluster answers only
+    /// once a quorum runs.
     pub fn restart(&mut self) -> Result<()> {
-        let peer = "http://127.0.0.1:2380";
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.wire, "etcd", "--name", "overlay"])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--listen-client-urls", &self.url])
-            .args(["--advertise-client-urls", &self.url])
-            .args(["--listen-peer-urls", peer])
-            .args(["--initial-advertise-peer-urls", peer])
-            .args(["--initial-cluster", &format!("overlay={peer}")])
-            .args(self.tls.iter().flat_map(|t| {
-                [
-                    "--cert-file".into(),
-                    t.server_cert.clone().into_os_string(),
-                    "--key-file".into(),
-                    t.server_key.clone().into_os_string(),
-                    "--trusted-ca-file".into(),
-                    t.ca.clone().into_os_string(),
-                    "--client-cert-auth".into(),
-                ]
-            }))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (Debian package etcd-server)")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.wire,
-                    "etcdctl",
-                    "--endpoints",
-                    &self.url,
-                ])
-                .args(self.ctl_flags())
-                .args(["--command-timeout=1s", "endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ok {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        for m in &mut self.members {
+            m.spawn(self.tls.as_ref())?;
         }
-        bail!(
-            "etcd did not become healthy; its log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        )
+        let flags = self.ctl_flags();
+        for m in &self.members {
+            m.wait_healthy(&flags)?;
+        }
+        Ok(())
     }
 
-    /// The etcd process while it runs (`ip netns exec` execs etcd in place): tests stop it
-    /// with SIGSTOP, as a hung member, and let it go on with SIGCONT.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
+    /// Every member SIGKILLed.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for m in &mut self.members {
+            m.stop();
         }
     }
 }
@@ -298,6 +265,14 @@ impl Deployment {
         Self::build(label, ours, underlay, Access::Plain, false)
     }
 
+    /// As [`Deployment::new`], etcd a cluster of `members` (3 or 5) in namespaces of their own
+    /// on the underlay segment ([`crate::etcd_cluster`]): agents, CLI, CNI plugin and Docker
+    /// plugin are given every member's endpoint (`OVERLAY_ETCD` comma-separated), as an
+    /// operator would give them.
+    pub fn with_etcd_members(label: &str, ours: &[bool], members: usize) -> Result<Self> {
+        Self::build_with(label, ours, Underlay::Veth, Access::Plain, false, members)
+    }
+
     /// As [`Deployment::on`], the VTEPs on an IPv6 underlay: host i's eth1 also has
     /// fd00::<i>/64, and its agent runs with `--vtep fd00::<i>` (etcd stays on IPv4).
     pub fn ipv6_underlay(label: &str, ours: &[bool], underlay: Underlay) -> Result<Self> {
@@ -324,6 +299,17 @@ impl Deployment {
         access: Access,
         ipv6: bool,
     ) -> Result<Self> {
+        Self::build_with(label, ours, underlay, access, ipv6, 1)
+    }
+
+    fn build_with(
+        label: &str,
+        ours: &[bool],
+        underlay: Underlay,
+        access: Access,
+        ipv6: bool,
+        members: usize,
+    ) -> Result<Self> {
         crate::require_root();
         let tag = crate::unique(label);
         let dir = std::env::temp_dir().join(&tag);
@@ -334,10 +320,12 @@ impl Deployment {
             "ip link add etcd0 type veth peer name m0 && ip link set m0 master ul up && \
              ip addr add {ETCD_IP}/24 dev etcd0 && ip link set etcd0 up"
         ))?;
-        let etcd = if access == Access::Tls {
-            Etcd::start_tls(&wire, &dir)?
-        } else {
-            Etcd::start(&wire, &dir)?
+        // ETCD_IP stays the segment's own address with a cluster too: etcdctl runs from there.
+        let etcd = match (access, members) {
+            (Access::Tls, 1) => Etcd::start_tls(&wire, &dir)?,
+            (_, 1) => Etcd::start(&wire, &dir)?,
+            (Access::Plain, n) => Etcd::cluster(&wire, &dir, &tag, n)?,
+            _ => bail!("an etcd cluster is plaintext, without users"),
         };
         let mut d = Self {
             hosts: Vec::new(),
@@ -361,8 +349,10 @@ impl Deployment {
             if ipv6 {
                 crate::topology::add_vtep6(&ns, n)?;
             }
-            // Resolve etcd's address before anything has to reach it in a hurry.
-            let _ = ns.output(&format!("ping -c 1 -W 2 {ETCD_IP}"));
+            // Resolve etcd's addresses before anything has to reach them in a hurry.
+            for ip in d.etcd.ips() {
+                let _ = ns.output(&format!("ping -c 1 -W 2 {ip}"));
+            }
             PinDir::new(TEST_PIN_ROOT, &name)?.remove()?;
             d.hosts.push(AgentHost {
                 log: d.dir.join(format!("agent-h{n}.log")),

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod corpus;
 pub mod deployment;
 pub mod docker;
+pub mod etcd_cluster;
 pub mod fixture;
 pub mod fuzz;
 pub mod lab;

@@ -38,7 +38,17 @@ struct Hung(u32);
 
 impl Hung {
     fn stop(d: &Deployment) -> Self {
-        let pid = d.etcd.pid().expect("etcd runs");
+        // The deployment's one member: its data directory is in the deployment's own.
+        let pattern = format!("^etcd --name \\S+ --data-dir {}/", d.dir().display());
+        let out = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
+        let pids = String::from_utf8_lossy(&out.stdout);
+        let [pid] = pids.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("not one etcd of this deployment: {pids:?}")
+        };
+        let pid = pid.parse().unwrap();
         signal(pid, libc::SIGSTOP);
         Self(pid)
     }

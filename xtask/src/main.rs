@@ -25,7 +25,11 @@ enum Command {
         args: Vec<String>,
     },
     /// Setup, then the demo: etcd and three hosts with agents, in network namespaces.
-    Demo,
+    Demo {
+        /// etcd members: 1 (TLS), or a cluster of 3 or 5 whose leader is killed at the end.
+        #[arg(long, default_value_t = 1)]
+        etcd_members: usize,
+    },
     /// Release build, then our overlay beside kernel vxlan and plain routing, on a veth
     /// underlay and on one that behaves like a wire (MTU 1500 and 9000); writes
     /// target/bench/{bench.md,bench.json,bench-<underlay>.svg}.
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
         Command::Test { args } => test(&args),
-        Command::Demo => demo(),
+        Command::Demo { etcd_members } => demo(etcd_members),
         Command::Bench {
             rounds,
             underlay,
@@ -145,12 +149,13 @@ fn test(args: &[String]) -> Result<()> {
     util::cargo_test(&test_args)
 }
 
-fn demo() -> Result<()> {
+fn demo(etcd_members: usize) -> Result<()> {
     prepare_release()?;
     util::step("etcd, three hosts with their agents, six containers, one overlay")?;
+    let members = etcd_members.to_string();
     util::run(
         util::workspace_root().join("target/release/overlay-demo"),
-        &[],
+        &["--etcd-members", &members],
     )
 }
 

@@ -2,26 +2,33 @@
 //! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
 //! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
 pub mod health;
+pub mod members;
 pub mod roles;
 pub mod schema;
+pub mod transient;
+pub mod watch;
+pub mod writes;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use members::{Attempt, BOUND, MemberState, Members, PER_TRY};
 use schema::{
     Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
     NodeStateRecord, SliceRecord,
 };
 
 use crate::ipam::Cidr;
+pub use watch::Watch;
+use writes::Write;
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
-/// How long one request may take before the CLI calls etcd unreachable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// One page of a listing may take a little longer than a plain request.
+const PAGE_TRY: Duration = Duration::from_secs(3);
 
 /// etcd-client's errors print the whole tonic/hyper chain on one long line; people need the
 /// gist: the gRPC message and the root cause ("tcp connect error: Connection refused").
@@ -199,61 +206,85 @@ impl Etcd {
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    members: Arc<Members>,
     keys: Keys,
-    endpoints: String,
+    /// How long one request may try, over all members.
+    bound: Duration,
+}
+
+/// Everything under a prefix, as of one revision.
+pub struct Listing {
+    pub kvs: Vec<KeyValue>,
+    pub revision: i64,
+    /// The cluster that answered: another one (a cluster rebuilt from a snapshot may be) has
+    /// another history.
+    pub cluster_id: u64,
+}
+
+/// A lease kept alive on one member: send on `keeper`, read the answers on `stream`.
+pub struct LeaseStream {
+    pub keeper: LeaseKeeper,
+    pub stream: LeaseKeepAliveStream,
+    /// The member it is on, for [`Store::member_failed`].
+    pub member: usize,
 }
 
 impl Store {
-    /// Connects and checks that etcd answers (the client itself connects lazily).
+    /// Connects and checks that some member answers (the clients themselves connect lazily).
+    /// Each request tries the members for up to 10 s.
     pub async fn connect(etcd: &Etcd) -> Result<Self> {
-        let (endpoints, prefix) = (&etcd.endpoints, etcd.prefix.as_str());
-        let list = endpoints.join(",");
+        Self::connect_within(etcd, BOUND).await
+    }
+
+    /// As [`Store::connect`], each request (this first one too) trying for up to `bound`.
+    pub async fn connect_within(etcd: &Etcd, bound: Duration) -> Result<Self> {
+        let list = etcd.endpoints.join(",");
         let options = etcd.options()?;
         let how = etcd.describe_tls();
-        let unreachable =
-            |e: String| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e));
-        let timeout = |_| unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()));
-        let mut client =
-            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(options)))
+        if etcd.endpoints.is_empty() {
+            bail!("no etcd endpoint given");
+        }
+        let members = Arc::new(Members::new(&etcd.endpoints, options));
+        // Every member at once first, so that a hung one costs nothing; then one after
+        // another, patiently, while the cluster elects or members come back.
+        let raced = members
+            .race(PER_TRY, |mut c| async move { c.status().await })
+            .await;
+        if raced.is_err() {
+            members
+                .call(PER_TRY, bound, |mut c, _| async move { c.status().await })
                 .await
-                .map_err(timeout)?
-                .map_err(|e| unreachable(brief(&e)))?;
-        tokio::time::timeout(REQUEST_TIMEOUT, client.status())
-            .await
-            .map_err(timeout)?
-            .map_err(|e| unreachable(brief(&e)))?;
+                .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
+        }
         Ok(Self {
-            client,
-            keys: Keys::new(prefix),
-            endpoints: list,
+            members,
+            keys: Keys::new(&etcd.prefix),
+            bound,
         })
     }
 
-    /// For one-shot commands: a few attempts over some seconds (a busy host or a first ARP
-    /// exchange can make one slow), then the last error.
+    /// For one-shot commands. Every request already tries each member for some seconds (a
+    /// busy host or a first ARP exchange can make one slow, an election takes one), so this
+    /// is [`Store::connect`], kept for the commands that say what they mean.
     pub async fn connect_patiently(etcd: &Etcd) -> Result<Self> {
-        // Settings that cannot work (a file missing, a half pair) need no second attempt.
-        etcd.options()?;
-        let mut last = None;
-        for attempt in 0..3u64 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
-            }
-            match Self::connect(etcd).await {
-                Ok(store) => return Ok(store),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("three attempts").context("after 3 attempts"))
+        Self::connect(etcd).await
     }
 
     /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
     /// each time.
     pub async fn connect_retrying(etcd: &Etcd, max_delay: Duration) -> Self {
+        Self::connect_retrying_within(etcd, max_delay, BOUND).await
+    }
+
+    /// As [`Store::connect_retrying`], each request trying for up to `bound`.
+    pub async fn connect_retrying_within(
+        etcd: &Etcd,
+        max_delay: Duration,
+        bound: Duration,
+    ) -> Self {
         let mut delay = Duration::from_millis(200).min(max_delay);
         loop {
-            match Self::connect(etcd).await {
+            match Self::connect_within(etcd, bound).await {
                 Ok(store) => return store,
                 Err(e) => {
                     log::warn!("{e:#}; retrying in {:.1} s", delay.as_secs_f32());
@@ -269,23 +300,35 @@ impl Store {
     }
 
     pub fn endpoints_url(&self) -> &str {
-        &self.endpoints
+        self.members.list()
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(anyhow!("etcd at {}: {what}: {}", self.endpoints, brief(&e))),
-            Err(_) => Err(anyhow!(
-                "etcd at {}: {what}: no answer within {} s",
-                self.endpoints,
-                REQUEST_TIMEOUT.as_secs()
-            )),
-        }
+    /// What this client knows of each member (no request made): for status and metrics.
+    pub fn member_states(&self) -> Vec<MemberState> {
+        self.members.states()
+    }
+
+    /// A member's stream (a watch, a lease keepalive) failed or fell silent: pass it over for
+    /// a while.
+    pub fn member_failed(&self, member: usize, why: &str) {
+        self.members.failed(member, why, true);
+    }
+
+    /// The URL of member `member`.
+    pub fn member_url(&self, member: usize) -> &str {
+        self.members.url(member)
+    }
+
+    /// `op` on the members in turn (see [`members`]), with `what` in its error.
+    async fn call<T, F, Fut>(&self, what: &str, per_try: Duration, op: F) -> Result<T>
+    where
+        F: FnMut(Client, Attempt) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.members
+            .call(per_try, self.bound, op)
+            .await
+            .map_err(|why| anyhow!("etcd at {}: {what}: {why}", self.members.list()))
     }
 
     /// Every key under `prefix`, and the revision they were read at. Read in pages of
@@ -297,12 +340,19 @@ impl Store {
 
     /// As [`Store::list`], at an earlier `revision` (0: now); fails once etcd compacted it.
     pub async fn list_at(&self, prefix: &str, at: i64) -> Result<(Vec<KeyValue>, i64)> {
+        let listing = self.listing(prefix, at).await?;
+        Ok((listing.kvs, listing.revision))
+    }
+
+    /// As [`Store::list_at`], with the cluster that answered.
+    pub async fn listing(&self, prefix: &str, at: i64) -> Result<Listing> {
         const LIST_PAGE: i64 = 5000;
         let mut end = prefix.as_bytes().to_vec();
         if let Some(last) = end.last_mut() {
             *last += 1; // every prefix of ours ends in '/', so this cannot overflow
         }
         let (mut out, mut revision, mut from) = (Vec::new(), at, prefix.as_bytes().to_vec());
+        let mut cluster_id = 0;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -310,15 +360,17 @@ impl Store {
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut c = self.client.clone();
             let mut resp = self
-                .timed(
-                    &format!("listing {prefix}"),
-                    c.get(from.clone(), Some(opts)),
-                )
+                .call(&format!("listing {prefix}"), PAGE_TRY, |mut c, _| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.get(from, Some(opts)).await }
+                })
                 .await?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
+            if let Some(h) = resp.header() {
+                if revision == 0 {
+                    revision = h.revision();
+                }
+                cluster_id = h.cluster_id();
             }
             let more = resp.more();
             let kvs = resp.take_kvs();
@@ -328,9 +380,31 @@ impl Store {
             }
             out.extend(kvs);
             if !more {
-                return Ok((out, revision));
+                return Ok(Listing {
+                    kvs: out,
+                    revision,
+                    cluster_id,
+                });
             }
         }
+    }
+
+    /// The cluster's revision now, read through the leader (a member that lags waits until it
+    /// caught up), and the cluster's id.
+    pub async fn revision(&self) -> Result<(i64, u64)> {
+        let key = self.keys.all();
+        let resp = self
+            .call("reading the revision", PER_TRY, |mut c, _| {
+                let key = key.clone();
+                async move {
+                    let count = GetOptions::new().with_count_only().with_prefix();
+                    c.get(key, Some(count)).await
+                }
+            })
+            .await?;
+        Ok(resp
+            .header()
+            .map_or((0, 0), |h| (h.revision(), h.cluster_id())))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -339,9 +413,10 @@ impl Store {
 
     /// A value and the revision its key was created at.
     async fn get_created(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
-        let mut c = self.client.clone();
         let resp = self
-            .timed(&format!("reading {key}"), c.get(key, None))
+            .call(&format!("reading {key}"), PER_TRY, |mut c, _| async move {
+                c.get(key, None).await
+            })
             .await?;
         Ok(resp
             .kvs()
@@ -349,20 +424,62 @@ impl Store {
             .map(|kv| (kv.value().to_vec(), kv.create_revision())))
     }
 
-    async fn txn(&self, what: &str, txn: Txn) -> Result<bool> {
-        let mut c = self.client.clone();
-        Ok(self.timed(what, c.txn(txn)).await?.succeeded())
+    /// Runs `write`; true if it was done, by this try or (see [`writes`]) by an earlier one
+    /// whose answer was lost.
+    async fn write(&self, what: &str, write: Write) -> Result<bool> {
+        let txn = write.txn();
+        self.call(what, PER_TRY, |mut c, attempt| {
+            let (txn, write) = (txn.clone(), &write);
+            async move {
+                let resp = c.txn(txn).await?;
+                let done = write.done(resp.succeeded(), attempt.maybe_applied, &write.seen(&resp));
+                if done && !resp.succeeded() {
+                    log::info!("{what}: an earlier try whose answer was lost had done it");
+                }
+                Ok(done)
+            }
+        })
+        .await
     }
 
-    /// Watches everything under the prefix from `revision` on.
-    pub async fn watch(&self, revision: i64) -> Result<WatchStream> {
-        let mut c = self.client.clone();
+    /// Watches everything under the prefix from `revision` on, on the first member that
+    /// takes it (see [`Watch`]).
+    pub async fn watch(&self, revision: i64) -> Result<Watch> {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision)
             .with_progress_notify();
-        self.timed("starting a watch", c.watch(self.keys.all(), Some(opts)))
-            .await
+        let key = self.keys.all();
+        let (stream, member) = self
+            .call("starting a watch", PER_TRY, |mut c, attempt| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { Ok((c.watch(key, Some(opts)).await?, attempt.member)) }
+            })
+            .await?;
+        Ok(Watch::new(stream, self.members.clone(), member))
+    }
+
+    /// Keeps `lease` alive from the first member that renews it; None: the lease expired (or
+    /// this cluster never had it).
+    pub async fn keep_alive(&self, lease: i64) -> Result<Option<LeaseStream>> {
+        self.call(
+            "keeping the lease alive",
+            PER_TRY,
+            |mut c, attempt| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok((keeper, stream)) => Ok(Some(LeaseStream {
+                        keeper,
+                        stream,
+                        member: attempt.member,
+                    })),
+                    Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
     }
 
     // ---- networks ----
@@ -407,10 +524,12 @@ impl Store {
             );
         }
         let key = self.keys.network(&net.name);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, schema::encode(&net.record()), None)]);
-        if !self.txn("creating a network", txn).await? {
+        let write = Write {
+            when: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
+            puts: vec![(key, schema::encode(&net.record()).into_bytes())],
+            deletes: Vec::new(),
+        };
+        if !self.write("creating a network", write).await? {
             bail!("network {} already exists", net.name);
         }
         Ok(())
@@ -426,14 +545,14 @@ impl Store {
                 eps.len()
             );
         }
-        let txn = Txn::new().and_then([
-            TxnOp::delete(self.keys.network(name), None),
-            TxnOp::delete(
-                self.keys.slices(name),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-        ]);
-        self.txn("removing a network", txn).await?;
+        let write = Write {
+            deletes: vec![
+                (self.keys.network(name), false),
+                (self.keys.slices(name), true),
+            ],
+            ..Write::default()
+        };
+        self.write("removing a network", write).await?;
         Ok(())
     }
 
@@ -465,30 +584,26 @@ impl Store {
     }
 
     /// Puts `nodes/<node>` under a new lease of `ttl` seconds and starts keeping it alive.
+    /// A grant retried after a lost answer may leave a lease behind: it expires unused.
     pub async fn register_node(
         &self,
         node: &str,
         record: &NodeRecord,
         ttl: i64,
-    ) -> Result<(i64, LeaseKeeper, LeaseKeepAliveStream)> {
-        let mut c = self.client.clone();
+    ) -> Result<(i64, LeaseStream)> {
         let lease = self
-            .timed("granting a lease", c.lease_grant(ttl, None))
+            .call("granting a lease", PER_TRY, |mut c, _| async move {
+                c.lease_grant(ttl, None).await
+            })
             .await?
             .id();
-        self.timed(
-            "registering the node",
-            c.put(
-                self.keys.node(node),
-                schema::encode(record),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
-        .await?;
-        let (keeper, stream) = self
-            .timed("keeping the lease alive", c.lease_keep_alive(lease))
+        self.put_leased("registering the node", self.keys.node(node), record, lease)
             .await?;
-        Ok((lease, keeper, stream))
+        let stream = self
+            .keep_alive(lease)
+            .await?
+            .ok_or_else(|| anyhow!("lease {lease:x} expired as soon as it was granted"))?;
+        Ok((lease, stream))
     }
 
     /// Puts `nodes/<node>` again under its lease, when what it says changed (the underlay MTU).
@@ -525,12 +640,15 @@ impl Store {
         record: &impl serde::Serialize,
         lease: i64,
     ) -> Result<()> {
-        let mut c = self.client.clone();
+        // A put is the same however often it lands: retried as it is.
         let value = schema::encode(record);
-        self.timed(
-            what,
-            c.put(key, value, Some(PutOptions::new().with_lease(lease))),
-        )
+        self.call(what, PER_TRY, |mut c, _| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let lease = PutOptions::new().with_lease(lease);
+                c.put(key, value, Some(lease)).await
+            }
+        })
         .await?;
         Ok(())
     }
@@ -553,14 +671,11 @@ impl Store {
 
     /// Removes the node's registration and its endpoint names (teardown).
     pub async fn delete_node(&self, node: &str) -> Result<()> {
-        let txn = Txn::new().and_then([
-            TxnOp::delete(self.keys.node(node), None),
-            TxnOp::delete(
-                self.keys.names(node),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-        ]);
-        self.txn("removing the node", txn).await?;
+        let write = Write {
+            deletes: vec![(self.keys.node(node), false), (self.keys.names(node), true)],
+            ..Write::default()
+        };
+        self.write("removing the node", write).await?;
         Ok(())
     }
 
@@ -592,10 +707,12 @@ impl Store {
             let record = SliceRecord {
                 node: node.to_string(),
             };
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, schema::encode(&record), None)]);
-            if self.txn("claiming a subnet slice", txn).await? {
+            let write = Write {
+                when: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
+                puts: vec![(key, schema::encode(&record).into_bytes())],
+                deletes: Vec::new(),
+            };
+            if self.write("claiming a subnet slice", write).await? {
                 log::info!("node {node} claimed {slice} of network {}", net.name);
                 return Ok(slice);
             }
@@ -676,7 +793,7 @@ impl Store {
     pub async fn create_endpoint(&self, ep: &Endpoint) -> Result<bool> {
         let key = self.keys.endpoint(&ep.network, ep.ip);
         let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
-        let mut ops = vec![TxnOp::put(key, schema::encode(&ep.record()), None)];
+        let mut puts = vec![(key, schema::encode(&ep.record()).into_bytes())];
         if let Some(node) = ep.node() {
             let name_key = self.keys.name(node, &ep.name);
             when.push(Compare::create_revision(
@@ -688,10 +805,14 @@ impl Store {
                 network: ep.network.clone(),
                 ip: ep.ip,
             };
-            ops.push(TxnOp::put(name_key, schema::encode(&rec), None));
+            puts.push((name_key, schema::encode(&rec).into_bytes()));
         }
-        let txn = Txn::new().when(when).and_then(ops);
-        if self.txn("registering an endpoint", txn).await? {
+        let write = Write {
+            when,
+            puts,
+            deletes: Vec::new(),
+        };
+        if self.write("registering an endpoint", write).await? {
             return Ok(true);
         }
         if let Some(node) = ep.node()
@@ -712,30 +833,38 @@ impl Store {
             CompareOp::Equal,
             ep.created,
         )];
-        let mut ops = vec![TxnOp::delete(key, None)];
+        let mut deletes = vec![(key, false)];
         if let Some(node) = ep.node() {
-            ops.push(TxnOp::delete(self.keys.name(node, &ep.name), None));
+            deletes.push((self.keys.name(node, &ep.name), false));
         }
-        self.txn("removing an endpoint", Txn::new().when(when).and_then(ops))
-            .await
+        let write = Write {
+            when,
+            puts: Vec::new(),
+            deletes,
+        };
+        self.write("removing an endpoint", write).await
     }
 
     pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {
-        let mut ops = vec![TxnOp::delete(self.keys.endpoint(&ep.network, ep.ip), None)];
+        let mut deletes = vec![(self.keys.endpoint(&ep.network, ep.ip), false)];
         if let Some(node) = ep.node() {
-            ops.push(TxnOp::delete(self.keys.name(node, &ep.name), None));
+            deletes.push((self.keys.name(node, &ep.name), false));
         }
-        self.txn("removing an endpoint", Txn::new().and_then(ops))
-            .await?;
+        let write = Write {
+            deletes,
+            ..Write::default()
+        };
+        self.write("removing an endpoint", write).await?;
         Ok(())
     }
 
     /// Writes a raw value (tests and repair tools: it bypasses every check). The revision it
     /// was written at.
     pub async fn put_raw(&self, key: &str, value: &str) -> Result<i64> {
-        let mut c = self.client.clone();
         let resp = self
-            .timed(&format!("writing {key}"), c.put(key, value, None))
+            .call(&format!("writing {key}"), PER_TRY, |mut c, _| async move {
+                c.put(key, value, None).await
+            })
             .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
@@ -745,13 +874,17 @@ impl Store {
     pub async fn put_many_raw(&self, kvs: &[(String, String)]) -> Result<i64> {
         let mut revision = 0;
         for chunk in kvs.chunks(100) {
+            // Unconditional puts: the same however often they land.
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None))
                 .collect();
-            let mut c = self.client.clone();
+            let txn = Txn::new().and_then(ops);
             let resp = self
-                .timed("writing a batch", c.txn(Txn::new().and_then(ops)))
+                .call("writing a batch", PER_TRY, |mut c, _| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await?;
             revision = resp.header().map_or(revision, |h| h.revision());
         }

@@ -1,0 +1,399 @@
+//! One client per etcd member, and the one path every request takes to the cluster.
+//!
+//! etcd-client puts all endpoints behind one balanced channel: it tracks no leader, never
+//! retries elsewhere, and one member that accepts connections but never answers (a stalled
+//! disk, a paused VM, SIGSTOP) stalls it. So each member gets a client of its own, connected
+//! to it alone and asking with require-leader (a member cut off from the quorum then says
+//! "no leader" at once instead of hanging). A request goes to the preferred member under a
+//! deadline of its own; a passing failure (see [`transient`]) or silence moves it to the next
+//! member after a short jittered backoff, until the total bound; a member that timed out or
+//! refused is avoided for a while. The member that answers becomes the preferred one, and
+//! the move is logged once, not per request.
+use std::{
+    future::Future,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Client, ConnectOptions};
+
+use super::{
+    brief,
+    transient::{Verdict, classify},
+};
+
+/// How long one request may wait for one member's answer.
+pub const PER_TRY: Duration = Duration::from_secs(2);
+/// How long all tries of one request may take, over all members: an election (1 s by default)
+/// and a member or two timing out fit in it.
+pub const BOUND: Duration = Duration::from_secs(10);
+/// How long a member that timed out or refused is passed over (unless all are).
+const AVOID: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(800);
+
+pub struct Members {
+    members: Vec<Member>,
+    options: ConnectOptions,
+    preferred: AtomicUsize,
+    list: String,
+}
+
+struct Member {
+    url: String,
+    /// Made on first use: with etcd's authentication, making it is a request of its own.
+    client: tokio::sync::Mutex<Option<Client>>,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    avoid_until: Option<Instant>,
+    last_error: Option<String>,
+    last_answer: Option<Instant>,
+}
+
+/// What this client knows of one member, for status and metrics (no request made).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberState {
+    pub url: String,
+    /// Requests go to it first.
+    pub preferred: bool,
+    /// Passed over for now: it timed out or refused lately.
+    pub avoided: bool,
+    /// Its last failure, if it has failed since it last answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Milliseconds since it last answered, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_ms_ago: Option<u64>,
+}
+
+/// One try of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// The member tried (an index for [`Members::failed`] and [`Members::url`]).
+    pub member: usize,
+    /// An earlier try may have committed this very request.
+    pub maybe_applied: bool,
+}
+
+impl Members {
+    pub fn new(endpoints: &[String], options: ConnectOptions) -> Self {
+        Self {
+            members: endpoints
+                .iter()
+                .map(|url| Member {
+                    url: url.clone(),
+                    client: tokio::sync::Mutex::new(None),
+                    health: Mutex::new(Health::default()),
+                })
+                .collect(),
+            options: options.with_require_leader(true),
+            preferred: AtomicUsize::new(0),
+            list: endpoints.join(","),
+        }
+    }
+
+    pub fn list(&self) -> &str {
+        &self.list
+    }
+
+    pub fn url(&self, member: usize) -> &str {
+        &self.members[member].url
+    }
+
+    pub fn states(&self) -> Vec<MemberState> {
+        let now = Instant::now();
+        let preferred = self.preferred.load(Ordering::Relaxed);
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let h = m.health.lock().unwrap_or_else(|e| e.into_inner());
+                MemberState {
+                    url: m.url.clone(),
+                    preferred: i == preferred,
+                    avoided: h.avoid_until.is_some_and(|t| t > now),
+                    last_error: h.last_error.clone(),
+                    answered_ms_ago: h.last_answer.map(|t| (now - t).as_millis() as u64),
+                }
+            })
+            .collect()
+    }
+
+    /// `op` on one member after another until one answers, a failure is an answer, or
+    /// `bound` has passed. Err: the words after "what:", naming each member's last failure
+    /// when none answered.
+    pub async fn call<T, F, Fut>(
+        &self,
+        per_try: Duration,
+        bound: Duration,
+        mut op: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut(Client, Attempt) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut maybe_applied = false;
+        let mut last: Vec<Option<String>> = vec![None; self.members.len()];
+        let mut at = self.pick(None);
+        loop {
+            let attempt = Attempt {
+                member: at,
+                maybe_applied,
+            };
+            let tried = tokio::time::timeout(per_try, async {
+                let client = self.client(at).await?;
+                op(client, attempt).await
+            })
+            .await;
+            let (why, avoid) = match tried {
+                Ok(Ok(answer)) => {
+                    self.answered(at);
+                    return Ok(answer);
+                }
+                Ok(Err(e)) => match classify(&e) {
+                    Verdict::Fail => return Err(brief(&e)),
+                    Verdict::Retry { maybe_applied: m } => {
+                        maybe_applied |= m;
+                        let why = brief(&e);
+                        let avoid = !cluster_wide(&why);
+                        (why, avoid)
+                    }
+                },
+                Err(_) => {
+                    maybe_applied = true;
+                    (format!("no answer within {}", secs(per_try)), true)
+                }
+            };
+            self.failed(at, &why, avoid);
+            last[at] = Some(why);
+            if started.elapsed() + backoff >= bound {
+                let each: Vec<String> = last
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, why)| Some(format!("{}: {}", self.url(i), why.as_ref()?)))
+                    .collect();
+                return Err(format!(
+                    "no member answered within {} ({})",
+                    secs(bound),
+                    each.join("; ")
+                ));
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            at = self.pick(Some(at));
+        }
+    }
+
+    /// `op` on every member at once; the first to answer becomes the preferred member. For a
+    /// new client's first request: a process that starts on a hung member would otherwise
+    /// pay a whole try's deadline before it moves on. Err if none answered within `per_try`
+    /// (each member's failure noted).
+    pub async fn race<T, F, Fut>(&self, per_try: Duration, op: F) -> Result<T, String>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt as _};
+        let op = &op;
+        let mut tries: FuturesUnordered<_> = (0..self.members.len())
+            .map(|i| async move {
+                let tried = tokio::time::timeout(per_try, async {
+                    let client = self.client(i).await?;
+                    op(client).await
+                })
+                .await;
+                (i, tried)
+            })
+            .collect();
+        let mut last = None;
+        while let Some((i, tried)) = tries.next().await {
+            match tried {
+                Ok(Ok(answer)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    self.answered(i);
+                    return Ok(answer);
+                }
+                Ok(Err(e)) => {
+                    let why = brief(&e);
+                    self.failed(i, &why, !cluster_wide(&why));
+                    last = Some(why);
+                }
+                Err(_) => {
+                    let why = format!("no answer within {}", secs(per_try));
+                    self.failed(i, &why, true);
+                    last = Some(why);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| "no member".into()))
+    }
+
+    /// Notes that `member` failed (a request, or a stream that went silent), to be passed
+    /// over for a while if `avoid`.
+    pub fn failed(&self, member: usize, why: &str, avoid: bool) {
+        let mut h = self.members[member]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        h.last_error = Some(why.to_string());
+        if avoid && self.members.len() > 1 {
+            h.avoid_until = Some(Instant::now() + AVOID);
+        }
+    }
+
+    fn answered(&self, member: usize) {
+        {
+            let mut h = self.members[member]
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            h.avoid_until = None;
+            h.last_error = None;
+            h.last_answer = Some(Instant::now());
+        }
+        let was = self.preferred.load(Ordering::Relaxed);
+        if was != member
+            && self
+                .preferred
+                .compare_exchange(was, member, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let why = self.members[was]
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "passed over".into());
+            log::warn!(
+                "etcd member {}: {why}; using {}",
+                self.url(was),
+                self.url(member)
+            );
+        }
+    }
+
+    /// The member to try: the preferred one first, then the next one after `after`, passing
+    /// over avoided members unless every one is (then the one whose avoidance ends first).
+    fn pick(&self, after: Option<usize>) -> usize {
+        let n = self.members.len();
+        let start = match after {
+            None => self.preferred.load(Ordering::Relaxed),
+            Some(i) => (i + 1) % n,
+        };
+        let now = Instant::now();
+        let until = |i: usize| {
+            self.members[i]
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .avoid_until
+                .filter(|t| *t > now)
+        };
+        let order = (0..n).map(|k| (start + k) % n);
+        order
+            .clone()
+            .find(|&i| until(i).is_none())
+            .or_else(|| order.min_by_key(|&i| until(i)))
+            .unwrap_or(0)
+    }
+
+    async fn client(&self, member: usize) -> Result<Client, etcd_client::Error> {
+        let mut slot = self.members[member].client.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = Client::connect([self.url(member)], Some(self.options.clone())).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Failures every member would give alike (the cluster is electing, or busy): moving on is
+/// right, passing the member over is not.
+fn cluster_wide(why: &str) -> bool {
+    ["leader changed", "too many requests", "request timed out"]
+        .iter()
+        .any(|s| why.contains(s))
+}
+
+pub fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f32())
+    }
+}
+
+/// Between half and all of `d`: clients that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    d.mul_f64(0.5 + (h.finish() % 1000) as f64 / 2000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Members {
+        let urls: Vec<String> = ["http://a:2379", "http://b:2379", "http://c:2379"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Members::new(&urls, ConnectOptions::new())
+    }
+
+    #[test]
+    fn requests_move_on_and_pass_over_avoided_members() {
+        let m = three();
+        assert_eq!(m.pick(None), 0);
+        assert_eq!(m.pick(Some(0)), 1);
+        m.failed(1, "no answer within 2 s", true);
+        assert_eq!(m.pick(Some(0)), 2);
+        // Not avoided: a leader change is the cluster's, not the member's.
+        m.failed(
+            2,
+            "etcdserver: leader changed",
+            !cluster_wide("etcdserver: leader changed"),
+        );
+        assert_eq!(m.pick(Some(1)), 2);
+        m.answered(2);
+        assert_eq!(m.pick(None), 2);
+        let states = m.states();
+        assert!(states[2].preferred && !states[2].avoided && states[2].last_error.is_none());
+        assert!(states[1].avoided);
+    }
+
+    #[test]
+    fn when_every_member_is_avoided_the_first_to_recover_is_tried() {
+        let m = three();
+        m.failed(0, "x", true);
+        std::thread::sleep(Duration::from_millis(5));
+        m.failed(1, "x", true);
+        m.failed(2, "x", true);
+        assert_eq!(m.pick(Some(1)), 0);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! A watch that notices when its member stops talking.
+//!
+//! A watch on a hung member just hangs, without an error (etcd #8980), and etcd sends progress
+//! notifications only every ten minutes by default. So the watch asks for progress every
+//! second and is declared dead after a few seconds without any message: the caller watches
+//! again, from the revision it applied, on another member. A member that loses the quorum
+//! cancels the stream itself ("no leader": the watch asks with require-leader).
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::anyhow;
+use etcd_client::{WatchResponse, WatchStream};
+use futures::FutureExt as _;
+
+use super::{brief, members::Members};
+
+const ASK_EVERY: Duration = Duration::from_secs(1);
+/// Three unanswered progress requests: the member is hung or gone.
+pub const SILENCE: Duration = Duration::from_secs(3);
+
+pub struct Watch {
+    stream: WatchStream,
+    members: Arc<Members>,
+    member: usize,
+    heard: Instant,
+    ask: tokio::time::Interval,
+    /// How the stream ended, if [`Watch::ready`] saw it: the next [`Watch::message`] says so.
+    ended: Option<String>,
+}
+
+impl Watch {
+    pub(super) fn new(stream: WatchStream, members: Arc<Members>, member: usize) -> Self {
+        let mut ask = tokio::time::interval(ASK_EVERY);
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            stream,
+            members,
+            member,
+            heard: Instant::now(),
+            ask,
+            ended: None,
+        }
+    }
+
+    /// The member this watch is on.
+    pub fn member(&self) -> &str {
+        self.members.url(self.member)
+    }
+
+    /// The next response (events, or progress: a header and no events). Err, in one line
+    /// naming the member, when the stream failed, ended or fell silent; the member is then
+    /// passed over for a while, so watching again lands elsewhere.
+    pub async fn message(&mut self) -> anyhow::Result<WatchResponse> {
+        if let Some(why) = self.ended.take() {
+            return Err(self.lost(why));
+        }
+        loop {
+            tokio::select! {
+                msg = self.stream.message() => {
+                    let why = match msg {
+                        Ok(Some(resp)) => {
+                            self.heard = Instant::now();
+                            return Ok(resp);
+                        }
+                        Ok(None) => "etcd ended the watch".to_string(),
+                        Err(e) => brief(&e),
+                    };
+                    return Err(self.lost(why));
+                }
+                _ = self.ask.tick() => {
+                    if self.heard.elapsed() >= SILENCE {
+                        let why = format!("the watch was silent for {} s", SILENCE.as_secs());
+                        return Err(self.lost(why));
+                    }
+                    // Events arriving prove the member alive: ask only a quiet one (the
+                    // request channel holds 100: it fills only long after SILENCE).
+                    if self.heard.elapsed() >= ASK_EVERY {
+                        let _ = self.stream.request_progress().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A response already received, if any, without waiting.
+    pub fn ready(&mut self) -> Option<WatchResponse> {
+        match self.stream.message().now_or_never()? {
+            Ok(Some(resp)) => {
+                self.heard = Instant::now();
+                return Some(resp);
+            }
+            Ok(None) => self.ended = Some("etcd ended the watch".into()),
+            Err(e) => self.ended = Some(brief(&e)),
+        }
+        None
+    }
+
+    fn lost(&self, why: String) -> anyhow::Error {
+        self.members.failed(self.member, &why, true);
+        anyhow!("etcd member {}: {why}", self.member())
+    }
+}
