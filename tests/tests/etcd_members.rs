@@ -113,3 +113,87 @@ fn status_doctor_and_metrics_show_each_member() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("no etcd member answers"), "{stderr}");
 }
+
+/// A three-member cluster: all reachable, exactly one leader; the leader killed, the dead one
+/// is reported (status, metrics, doctor's warning) and exactly one of the others leads.
+#[test]
+fn three_members_one_leader_and_a_killed_one_is_reported() {
+    let mut d = Deployment::with_etcd_members("efm3", &[true], 3).unwrap();
+    let metrics = "10.0.0.1:9100";
+    d.hosts[0].run_args = vec!["--metrics".into(), metrics.into()];
+    d.kill_agent(0);
+    d.restart_agent(0).unwrap();
+    let members = |d: &Deployment| -> Vec<serde_json::Value> {
+        let out = d.cli(0, &["status", "--json"]).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        status["etcd"]["members"].as_array().unwrap().clone()
+    };
+    let leaders = |m: &[serde_json::Value]| m.iter().filter(|m| m["leader"] == true).count();
+    let seen = members(&d);
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|m| m["reachable"] == true), "{seen:#?}");
+    assert_eq!(leaders(&seen), 1, "{seen:#?}");
+    let leader = d.etcd.wait_leader().unwrap();
+    let url = d.etcd.member(leader).client_url.clone();
+    assert!(
+        seen.iter()
+            .any(|m| m["endpoint"] == url.as_str() && m["leader"] == true),
+        "{url} leads: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|m| m["behind"].as_u64().is_some_and(|b| b < 100)),
+        "{seen:#?}"
+    );
+
+    // The leader killed: reported dead in one line, one of the others leads.
+    d.etcd.kill(leader);
+    d.etcd.wait_leader().unwrap();
+    let mut seen = Vec::new();
+    wait_for(Duration::from_secs(10), || {
+        seen = members(&d);
+        leaders(&seen) == 1
+    })
+    .unwrap_or_else(|_| panic!("not one leader: {seen:#?}"));
+    let dead = seen.iter().find(|m| m["endpoint"] == url.as_str()).unwrap();
+    assert_eq!(dead["reachable"], false, "{seen:#?}");
+    let why = dead["error"].as_str().unwrap();
+    assert!(!why.contains('\n'), "{why:?}");
+    println!("after killing {url}: {seen:#?}");
+
+    // The agent's next probe (every 10 s) says the same.
+    let up = format!("overlay_etcd_member_up{{endpoint=\"{url}\"}}");
+    let mut scraped = String::new();
+    wait_for(Duration::from_secs(25), || {
+        scraped = http_get(&d.wire, metrics, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        sample(&scraped, &up) == Some(0.0)
+    })
+    .unwrap_or_else(|_| panic!("{up} not 0: {scraped}"));
+    let leading: f64 = (0..3)
+        .map(|i| d.etcd.member(i).client_url.clone())
+        .filter_map(|u| {
+            sample(
+                &scraped,
+                &format!("overlay_etcd_member_leader{{endpoint=\"{u}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(leading, 1.0, "{scraped}");
+
+    // doctor: the dead member is a warning; the node's maps are checked and clean.
+    let out = d.cli_output(0, &["doctor"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("clean") && stdout.contains("1 warning(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&url), "{stdout}");
+}
