@@ -389,11 +389,15 @@ pub struct NodeVerdict {
 pub struct ClusterReport {
     pub revision: i64,
     pub nodes: Vec<NodeVerdict>,
+    /// The etcd members as this node reaches them: errors (no leader) fail the check,
+    /// warnings (a member down while a majority answers) do not.
+    pub etcd_errors: Vec<Finding>,
+    pub etcd_warnings: Vec<Finding>,
 }
 
 impl ClusterReport {
     pub fn healthy(&self) -> bool {
-        self.nodes.iter().all(|n| n.state == "in sync")
+        self.nodes.iter().all(|n| n.state == "in sync") && self.etcd_errors.is_empty()
     }
 }
 
@@ -496,18 +500,24 @@ async fn cluster_pass(store: &Store) -> Result<ClusterReport> {
             why: "it has endpoints but no live lease: no agent runs there, the others do not serve them".into(),
         });
     }
-    Ok(ClusterReport { revision, nodes })
+    Ok(ClusterReport {
+        revision,
+        nodes,
+        etcd_errors: Vec::new(),
+        etcd_warnings: Vec::new(),
+    })
 }
 
 /// Every node's published map digest against what etcd says. A node is reported only if it
 /// still differs two seconds later: agents publish within a second of a change.
-pub async fn check_cluster(store: &Store) -> Result<ClusterReport> {
-    let first = cluster_pass(store).await?;
-    if first.healthy() {
-        return Ok(first);
+pub async fn check_cluster(store: &Store, etcd_members: &Probe) -> Result<ClusterReport> {
+    let mut report = cluster_pass(store).await?;
+    if !report.healthy() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report = cluster_pass(store).await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster_pass(store).await
+    (report.etcd_errors, report.etcd_warnings) = member_findings(etcd_members);
+    Ok(report)
 }
 
 pub fn render_cluster(report: &ClusterReport, as_json: bool) -> String {
@@ -518,6 +528,17 @@ pub fn render_cluster(report: &ClusterReport, as_json: bool) -> String {
     for n in &report.nodes {
         let at = n.revision.map_or("-".to_string(), |r| r.to_string());
         out += &format!("  {:<24} {:<15} {:>8}  {}\n", n.node, n.state, at, n.why);
+    }
+    for (what, findings) in [
+        ("problem", &report.etcd_errors),
+        ("warning", &report.etcd_warnings),
+    ] {
+        if !findings.is_empty() {
+            out += &format!("{} etcd {what}(s):\n", findings.len());
+            for f in findings {
+                out += &format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+            }
+        }
     }
     out
 }

@@ -512,7 +512,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let store = store?;
             let healthy = if cluster {
-                let report = doctor::check_cluster(&store).await?;
+                let report = doctor::check_cluster(&store, &members).await?;
                 print!("{}", doctor::render_cluster(&report, json));
                 report.healthy()
             } else {

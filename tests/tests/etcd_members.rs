@@ -196,4 +196,17 @@ fn three_members_one_leader_and_a_killed_one_is_reported() {
         "{stdout}"
     );
     assert!(stdout.contains(&url), "{stdout}");
+    // doctor --cluster: the same warning, and every node in sync.
+    let out = d.cli_output(0, &["doctor", "--cluster"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 etcd warning(s)") && stdout.contains(&url),
+        "{stdout}"
+    );
 }
