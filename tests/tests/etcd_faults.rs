@@ -26,10 +26,13 @@ use overlay_tests::{
 /// undo's, with room for a loaded machine.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// A VNI of this test process's own: a network's bridge lock is machine-wide
-/// (/run/overlay-lock/ovbr<vni>), and other tests run beside this one.
+/// A VNI of this test's own: a network's bridge lock is machine-wide
+/// (/run/overlay-lock/ovbr<vni>), and other tests run beside this one, in this process and
+/// in others.
 fn own_vni() -> u32 {
-    100_000 + std::process::id() % 1_000_000
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    100_000 + (std::process::id() % 100_000) * 16 + n
 }
 
 /// etcd stopped (SIGSTOP) until dropped (SIGCONT), so that a failed assertion never leaves it
@@ -352,7 +355,7 @@ fn what_a_failed_or_killed_attempt_left_is_replaced_by_the_next() {
 
     // `network create` again with the same settings (its first answer lost) just works; with
     // others it is refused as before.
-    let vni = own_vni().to_string();
+    let vni = bridge.trim_start_matches("ovbr").to_string();
     let same = [
         "network",
         "create",
@@ -376,7 +379,6 @@ fn what_a_failed_or_killed_attempt_left_is_replaced_by_the_next() {
     let e = d.cli(0, &other).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
     assert!(leftovers(&d, 0, "blue", "orphan", "none").is_empty());
-    let _ = bridge;
 }
 
 #[test]
