@@ -353,6 +353,23 @@ fn what_a_failed_or_killed_attempt_left_is_replaced_by_the_next() {
         .to_string();
     assert!(e.contains("no endpoint orphan"), "{e}");
 
+    // `host join` after a join killed midway (its interfaces made, no record): replaced.
+    let vni = bridge.trim_start_matches("ovbr");
+    d.hosts[0]
+        .ns
+        .run(&format!(
+            "ip link add ovh{vni} type veth peer name ovhp{vni}"
+        ))
+        .unwrap();
+    let out = d.cli(0, &["host", "join", "--network", "blue"]).unwrap();
+    assert!(out.contains("joined network blue as 10.10."), "{out}");
+    let e = d
+        .cli(0, &["host", "join", "--network", "blue"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has already joined network blue"), "{e}");
+    d.cli(0, &["host", "leave", "--network", "blue"]).unwrap();
+
     // `network create` again with the same settings (its first answer lost) just works; with
     // others it is refused as before.
     let vni = bridge.trim_start_matches("ovbr").to_string();
