@@ -1,5 +1,6 @@
 //! Builds the eBPF programs (overlay-ebpf, for bpfel-unknown-none with the nightly toolchain and
-//! bpf-linker) and leaves the object in OUT_DIR, where `dataplane::object` embeds it.
+//! bpf-linker) and leaves the object in OUT_DIR, where `dataplane::OBJECT` (dataplane/mod.rs)
+//! embeds it.
 //! `AYA_BUILD_SKIP=1` skips it for metadata-only runs.
 use aya_build::{Package, Toolchain};
 

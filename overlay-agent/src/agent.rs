@@ -3,8 +3,11 @@
 //! The dataplane comes first and never waits for etcd: programs load (adopting pinned maps),
 //! attach, and forward with whatever the maps hold. Then, per etcd session: register the node
 //! under a lease, list everything with its revision, reconcile, and watch from the next
-//! revision. A lost watch, a compacted revision or a lost lease ends the session; the next one
-//! relists and reconciles, which adds what is missing and deletes what is stale.
+//! revision. A watch that fails or falls silent moves to another etcd member from the last
+//! revision applied, and the lease keepalive moves likewise: one member dying, hanging or
+//! losing the quorum costs no relist and no new lease. A compacted revision or a history gone
+//! back (a cluster restored from a snapshot) relists and reconciles, which adds what is
+//! missing and deletes what is stale; an expired lease ends the session.
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
@@ -37,6 +40,7 @@ use crate::{
     plumbing::{self, Netlink},
     store::{
         self, LeaseStream, Store, brief,
+        history::History,
         schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
     tunnel_guard,
@@ -403,7 +407,12 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let listing = store.listing(&store.keys().all(), 0).await?;
-            let (kvs, revision, cluster_id) = (listing.kvs, listing.revision, listing.cluster_id);
+            let (kvs, revision) = (listing.kvs, listing.revision);
+            // Every event up to `seen.revision` is in `self.cluster`; only events move it (a
+            // progress header, and an events header while catching up, may run ahead of what
+            // the stream delivered). With the highest raft term met: etcd's history never
+            // goes back from there unless the cluster was replaced.
+            let mut seen = listing.history;
             if self.fresh && self.stranded_before.is_none() {
                 self.stranded_before = Some(revision);
             }
@@ -421,21 +430,40 @@ impl Agent {
             self.sync_gro().await;
             self.sync_flood();
             self.sync_egress().await;
-            // Every event up to `applied` is in `self.cluster`. Only events move it: a
-            // progress header (and, catching up, an events header) may run ahead of what the
-            // stream delivered.
-            let mut applied = revision;
-            // A watch that fails moves to another member from `applied` on, without a
+            // A watch that fails moves to another member from `seen.revision` on, without a
             // relist; only a compacted revision or a history gone back calls for one.
+            // Watches that fail at once (no member has a leader) are retried ever more slowly;
+            // with no member to watch on at all, for as long as the lease lives.
+            let mut pause = Duration::ZERO;
             'rewatch: loop {
-                let mut watch = store.watch(applied + 1).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    why = &mut keepalive.lost => {
+                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                    }
+                }
+                let mut watch = match store.watch(seen.revision + 1).await {
+                    Ok(watch) => watch,
+                    Err(e) => {
+                        log::warn!("{e:#}; trying again");
+                        pause =
+                            (pause * 2).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                        continue 'rewatch;
+                    }
+                };
+                let opened = Instant::now();
                 'watch: loop {
                     tokio::select! {
                         msg = watch.message() => {
                             let resp = match msg {
                                 Ok(resp) => resp,
                                 Err(e) => {
-                                    log::warn!("{e:#}; watching again from revision {}", applied + 1);
+                                    log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
+                                    pause = if opened.elapsed() < Duration::from_secs(2) {
+                                        (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+                                    } else {
+                                        Duration::ZERO
+                                    };
                                     continue 'rewatch;
                                 }
                             };
@@ -452,22 +480,26 @@ impl Agent {
                                     );
                                     break 'rewatch;
                                 }
-                                if let Some(h) = resp.header()
-                                    && (h.cluster_id() != cluster_id || h.revision() < applied)
-                                    && let Some(why) = self
-                                        .history_went_back(&store, applied, cluster_id, watch.member())
-                                        .await
-                                {
-                                    log::warn!("{why}; relisting");
-                                    break 'rewatch;
+                                if let Some(h) = resp.header() {
+                                    let now = History::of(h);
+                                    if now.behind(&seen).is_some()
+                                        && let Some(why) = history_went_back(&store, &seen).await
+                                    {
+                                        log::warn!("{why} (watching on {}); relisting", watch.member());
+                                        break 'rewatch;
+                                    }
+                                    seen.raft_term = seen.raft_term.max(now.raft_term);
                                 }
                                 if self.apply_events(&store, &resp, &own_key, &mut batch) {
                                     bail!("this node's key was deleted (its lease expired?); registering again");
                                 }
                                 if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
-                                    applied = applied.max(last);
+                                    seen.revision = seen.revision.max(last);
                                 }
-                                revision = resp.header().map_or(revision, |h| h.revision()).max(applied);
+                                // What the maps hold, never a header's revision: etcd 3.4
+                                // may send a progress header (or, catching up, an events
+                                // header) ahead of events still on their way.
+                                revision = seen.revision;
                                 next = watch.ready();
                             }
                             // Events that change nothing the maps hold (other nodes' digests, names,
@@ -504,32 +536,6 @@ impl Agent {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    /// A watch response from another cluster, or one behind what this node applied: a
-    /// member lagging a little, or a cluster restored from an older snapshot, whose history
-    /// went back. A read through the leader tells which; Some(why) if history went back.
-    async fn history_went_back(
-        &self,
-        store: &Store,
-        applied: i64,
-        cluster_id: u64,
-        member: &str,
-    ) -> Option<String> {
-        match store.revision().await {
-            Ok((_, id)) if id != cluster_id => Some(format!(
-                "etcd's cluster id changed ({cluster_id:x} -> {id:x}, via {member}): another cluster, another history"
-            )),
-            Ok((now, _)) if now < applied => Some(format!(
-                "etcd's history went back: revision {now}, this node had applied {applied} (a cluster restored from a snapshot?)"
-            )),
-            Ok(_) => None,
-            // Cannot tell: the watch goes on; the next response asks again.
-            Err(e) => {
-                log::warn!("{e:#}");
-                None
             }
         }
     }
@@ -1007,6 +1013,20 @@ impl Agent {
     }
 }
 
+/// A watch header behind what this node has seen: a member lagging a little, or a cluster
+/// restored from an older snapshot. A read through the leader tells which; Some(why) if the
+/// history went back.
+async fn history_went_back(store: &Store, seen: &History) -> Option<String> {
+    match store.history().await {
+        Ok(now) => now.behind(seen),
+        // Cannot tell: the watch goes on; the next response asks again.
+        Err(e) => {
+            log::warn!("{e:#}");
+            None
+        }
+    }
+}
+
 /// Keeps one lease alive from its own task, every quarter TTL; `lost` says why when it cannot.
 /// The task ends with the session that made it, however that ends.
 ///
@@ -1039,9 +1059,10 @@ async fn keep_alive(
 ) -> String {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
     let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
-    // A member that does not answer within a quarter TTL is left at once for another: with
-    // a short TTL, a whole try's deadline would leave too little time to renew elsewhere.
-    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), store::members::PER_TRY);
+    // A renewal takes milliseconds; a member that has not answered one within a second (a
+    // quarter TTL if shorter) is hung or cut off from the leader: the lease moves at once,
+    // and the watch with it (see store::watch), long before etcd itself would cancel it.
+    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
     let mut renewed = Instant::now();
     let mut current = Some(stream);
     loop {

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod cli_reference;
 pub mod cluster;
 pub mod cni;
 pub mod commands;

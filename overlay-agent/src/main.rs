@@ -185,6 +185,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print this CLI's reference as markdown (docs/cli.md; `cargo xtask docs` writes it).
+    #[command(hide = true)]
+    CliReference,
+}
+
+/// docs/cli.md: every command's help, with the default node name (this machine's host name)
+/// written as what it is, so the page is the same wherever it is rendered.
+fn cli_reference() -> String {
+    use clap::CommandFactory;
+    let cmd = Cli::command().mut_arg("node", |a| a.default_value("<host name>"));
+    overlay_agent::cli_reference::markdown(cmd)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -293,6 +304,10 @@ enum HostCmd {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::CliReference = cli.command {
+        print!("{}", cli_reference());
+        return Ok(());
+    }
     let g = cli.global;
     schema::check_name("node", &g.node)?;
     let pins = PinDir::new(&g.pin_root, &g.node)?;
@@ -563,6 +578,8 @@ async fn run(cli: Cli) -> Result<()> {
             monitor::run(&pins, opts, &mut std::io::stdout().lock()).await?
         }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
+        // Printed above, before the node's name is checked.
+        Command::CliReference => {}
     }
     Ok(())
 }
@@ -623,6 +640,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// docs/cli.md is what this binary renders: a changed command, option or help text fails here
+/// until the page is written again.
+#[cfg(test)]
+#[test]
+fn docs_cli_md_is_what_the_binary_renders() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        written == cli_reference(),
+        "docs/cli.md is not what `overlay-agent cli-reference` renders: run `cargo xtask docs`"
+    );
 }
 
 /// What users type is outside input: any arguments parse or are refused, never a panic, and a

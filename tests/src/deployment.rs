@@ -686,14 +686,15 @@ impl Deployment {
     /// recipe does by hand, with the host itself on the overlay at [`LEGACY_IP`] behind a kernel
     /// vxlan device, knowing our endpoint `ours` on host 0; then `peer add` makes every node of
     /// ours know it. Returns once host 0's FDB has it.
-    /// On an IPv6 underlay its device is as the README says to make one there: `local` its
-    /// VTEP, zero UDP checksums sent and accepted (`udp6zerocsumtx udp6zerocsumrx`).
+    /// On an IPv6 underlay its device is as docs/architecture.md (`peer add`) says to make one
+    /// there: `local` its VTEP, zero UDP checksums sent and accepted (`udp6zerocsumtx
+    /// udp6zerocsumrx`).
     pub fn join_legacy_host(&self, legacy: usize, network: &str, ours: Ipv4Addr) -> Result<()> {
         self.join_legacy_host_on(legacy, network, ours, 4789)
     }
 
-    /// [`Deployment::join_legacy_host`] for a network on UDP port `port`. The README's recipe:
-    /// our container's MAC in the device's FDB and an all-zeros entry towards host 0 (head-end
+    /// [`Deployment::join_legacy_host`] for a network on UDP port `port`. The recipe of
+    /// docs/architecture.md (`peer add`): our container's MAC in the device's FDB and an all-zeros entry towards host 0 (head-end
     /// replication, which carries its ARP requests to us), no static neighbour entry.
     pub fn join_legacy_host_on(
         &self,

@@ -268,3 +268,153 @@ pub fn c2_to_c1_ping_with_tos(tos: u8) -> Vec<u8> {
         &packet::ipv4(C2_IP, C1_IP, 1, tos, &icmp),
     )
 }
+
+/// c2's ARP reply to c1 (who-has c2's address, asked by c1), as c2's kernel sends it.
+pub fn c2_arp_reply_to_c1() -> Vec<u8> {
+    packet::eth(
+        C1_MAC,
+        C2_MAC,
+        packet::ETH_P_ARP,
+        &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
+    )
+}
+
+/// An IPv6 packet as a container sends it on its link, with the hop limit NDP requires (255).
+pub fn container_ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    packet::ipv6(src, dst, next, 255, payload)
+}
+
+/// The underlay's address family. What crosses the underlay is tested on both, with one test
+/// body (`per_family!`) asking the family for what differs: the lab, the VTEPs, the outer
+/// headers' length and offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// The lab on this underlay; `label` gets the family's digit, so both can run at once.
+    pub fn lab(self, label: &str) -> Lab {
+        match self {
+            Family::Ipv4 => Lab::new(&format!("{label}4")),
+            Family::Ipv6 => Lab::new_ipv6_underlay(&format!("{label}6")),
+        }
+    }
+
+    pub fn other(self) -> Family {
+        match self {
+            Family::Ipv4 => Family::Ipv6,
+            Family::Ipv6 => Family::Ipv4,
+        }
+    }
+
+    /// The outer IP header's length (no options, no extension headers).
+    pub fn ip_header(self) -> usize {
+        match self {
+            Family::Ipv4 => 20,
+            Family::Ipv6 => 40,
+        }
+    }
+
+    /// Where the outer UDP header starts in a frame.
+    pub fn udp_at(self) -> usize {
+        14 + self.ip_header()
+    }
+
+    /// Where the VXLAN header starts in a frame.
+    pub fn vxlan_at(self) -> usize {
+        self.udp_at() + 8
+    }
+
+    /// What encapsulation adds: Ethernet, IP, UDP and VXLAN headers (50 or 70 bytes); the
+    /// tunnel's MTU is the underlay's less this.
+    pub fn overhead(self) -> usize {
+        self.vxlan_at() + 8
+    }
+
+    /// VTEP `last` of the lab's underlay subnet: 10.0.0.`last` or fd00::`last` (1 is ours, 2
+    /// c2's).
+    pub fn vtep(self, last: u8) -> Vec<u8> {
+        match self {
+            Family::Ipv4 => vec![10, 0, 0, last],
+            Family::Ipv6 => {
+                let mut a = REMOTE_VTEP6;
+                a[15] = last;
+                a.to_vec()
+            }
+        }
+    }
+
+    /// What a Linux vxlan device on VTEP `last` sends to us for `inner`.
+    pub fn vxlan_from(self, vni: u32, last: u8, dport: u16, inner: &[u8]) -> Vec<u8> {
+        let src = self.vtep(last);
+        match self {
+            Family::Ipv4 => vxlan_from_remote(vni, src.try_into().unwrap(), dport, inner),
+            Family::Ipv6 => vxlan_from_remote6(vni, src.try_into().unwrap(), dport, inner),
+        }
+    }
+
+    /// What c2's VTEP sends to us for `inner`.
+    pub fn vxlan_from_remote(self, vni: u32, dport: u16, inner: &[u8]) -> Vec<u8> {
+        self.vxlan_from(vni, 2, dport, inner)
+    }
+
+    /// `inner` wrapped by c2's VTEP for VNI 42, the outer ECN field `ecn`.
+    pub fn vxlan_with_outer_ecn(self, ecn: u8, inner: &[u8]) -> Vec<u8> {
+        match self {
+            Family::Ipv4 => {
+                let udp = packet::udp(54321, PORT, &packet::vxlan(VNI, inner));
+                packet::eth(
+                    UNDERLAY_MAC,
+                    NEXT_HOP_MAC,
+                    ETH_P_IP,
+                    &packet::ipv4(REMOTE_VTEP, LOCAL_VTEP, 17, ecn, &udp),
+                )
+            }
+            Family::Ipv6 => {
+                let mut p = vxlan_from_remote6(VNI, REMOTE_VTEP6, PORT, inner);
+                p[15] |= ecn << 4;
+                p
+            }
+        }
+    }
+
+    /// `pkt` (VXLAN over this family, no options or extension headers) with its outer UDP
+    /// checksum computed.
+    pub fn with_udp_checksum(self, mut pkt: Vec<u8>) -> Vec<u8> {
+        let addresses = match self {
+            Family::Ipv4 => 14 + 12..14 + 20,
+            Family::Ipv6 => 14 + 8..14 + 40,
+        };
+        let at = self.udp_at();
+        let c = packet::udp_checksum(&pkt[addresses], &pkt[at..]);
+        pkt[at + 6..at + 8].copy_from_slice(&c.to_be_bytes());
+        pkt
+    }
+}
+
+/// One body, one `#[test]` per underlay family: `per_family! { fn name(family) { ... } }`
+/// makes the tests `name::ipv4` and `name::ipv6`, each calling the body with its `Family`.
+#[macro_export]
+macro_rules! per_family {
+    ($(#[$attr:meta])* fn $name:ident($family:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($family: $crate::lab::Family) $body
+
+            #[test]
+            fn ipv4() {
+                run($crate::lab::Family::Ipv4)
+            }
+
+            #[test]
+            fn ipv6() {
+                run($crate::lab::Family::Ipv6)
+            }
+        }
+    };
+}

@@ -17,6 +17,7 @@ pub mod prometheus;
 pub mod replication;
 pub mod runtimes;
 pub mod scale;
+pub mod scenario;
 pub mod topology;
 pub mod transfer;
 

@@ -39,6 +39,59 @@ pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, hop_limit: u8, payload: &[u8
     h
 }
 
+/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A): the link-local address
+/// the kernel derives from a MAC.
+pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..].copy_from_slice(&[
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    a
+}
+
+/// ICMPv6 checksum over the pseudo-header (RFC 8200 8.1) and `msg`.
+pub fn icmpv6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> [u8; 2] {
+    let mut p = Vec::new();
+    p.extend(src);
+    p.extend(dst);
+    p.extend((msg.len() as u32).to_be_bytes());
+    p.extend([0, 0, 0, 58]);
+    p.extend(msg);
+    checksum(&p).to_be_bytes()
+}
+
+/// A neighbour solicitation from `src` for `target`, to the target's solicited-node group, as
+/// Linux sends it (hop limit 255, with the source link-layer option unless `bare`).
+pub fn solicitation(from_mac: [u8; 6], src: [u8; 16], target: [u8; 16], bare: bool) -> Vec<u8> {
+    let mut dst = [0u8; 16];
+    dst[..2].copy_from_slice(&[0xff, 0x02]);
+    dst[11..13].copy_from_slice(&[1, 0xff]);
+    dst[13..].copy_from_slice(&target[13..]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend(target);
+    if !bare {
+        icmp.extend([1, 1]);
+        icmp.extend(from_mac);
+    }
+    let c = icmpv6_checksum(src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&c);
+    let group_mac = [0x33, 0x33, 0xff, target[13], target[14], target[15]];
+    eth(
+        group_mac,
+        from_mac,
+        ETH_P_IPV6,
+        &ipv6(src, dst, 58, 255, &icmp),
+    )
+}
+
 /// UDP with checksum zero (legal over IPv4, what VXLAN senders use).
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = Vec::new();
@@ -90,6 +143,32 @@ pub fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> V
     a.extend_from_slice(&tha);
     a.extend_from_slice(&tpa);
     a
+}
+
+/// The fragments a router cuts IPv4 packet `ip` (no options) into for next-hop MTU `mtu`
+/// (RFC 791 3.2): payload pieces of the MTU less the header rounded down to 8 bytes, each
+/// behind a copy of the header with its length, offset and MF, and a new header checksum.
+/// Offsets add to the packet's own, and the last piece keeps its MF.
+pub fn fragments(ip: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let size = (mtu - 20) & !7;
+    let field = u16::from_be_bytes([ip[6], ip[7]]);
+    let payload = &ip[20..];
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(k, piece)| {
+            let mut h = ip[..20].to_vec();
+            h[2..4].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            let more = k * size + piece.len() < payload.len() || field & 0x2000 != 0;
+            let offset = (field & 0x1fff) + (k * size / 8) as u16;
+            h[6..8].copy_from_slice(&(offset | if more { 0x2000 } else { 0 }).to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h.extend_from_slice(piece);
+            h
+        })
+        .collect()
 }
 
 /// RFC 1071 internet checksum.

@@ -244,12 +244,7 @@ fn arp_of_ieee802_hardware_type_is_checked_like_ethernet() {
         TC_ACT_REDIRECT,
         Counter::ArpReply,
     );
-    let reply = packet::eth(
-        C1_MAC,
-        C2_MAC,
-        ETH_P_ARP,
-        &packet::arp(2, C2_MAC, C2_IP, C1_MAC, C1_IP),
-    );
+    let reply = c2_arp_reply_to_c1();
     assert_eq!(v.frame, reply);
     // Types Linux ignores on Ethernet stay on the bridge, whatever they claim.
     lab.expect(

@@ -6,7 +6,7 @@
 //! every host (the time from the command's start is printed, one line per fault, for the
 //! docs), `doctor` must be clean on every node, and no ping may be lost. Then the CLI and the
 //! CNI plugin during a leader change and a hung member: they succeed, or fail in one line
-//! leaving nothing behind.
+//! leaving nothing behind. Docker `run` the same; and five members with two of them killed.
 use std::{
     net::Ipv4Addr,
     process::{Child, Stdio},
@@ -41,7 +41,11 @@ struct Scene {
 }
 
 fn scene(label: &str) -> Scene {
-    let mut d = Deployment::with_etcd_members(label, &[true; 3], 3).unwrap();
+    scene_on(label, 3)
+}
+
+fn scene_on(label: &str, members: usize) -> Scene {
+    let mut d = Deployment::with_etcd_members(label, &[true; 3], members).unwrap();
     d.create_network("blue", "10.10.0.0/16", VNI).unwrap();
     let c: Vec<_> = (0..3)
         .map(|h| {
@@ -105,6 +109,7 @@ impl Scene {
                 ],
             )
             .unwrap();
+        let command = start.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
@@ -135,7 +140,11 @@ impl Scene {
             )
         });
         let took = start.elapsed();
-        println!("{what}: served everywhere in {:.1} s", took.as_secs_f64());
+        println!(
+            "{what}: served everywhere in {:.1} s (the command took {:.1} s)",
+            took.as_secs_f64(),
+            command.as_secs_f64()
+        );
         (took, ip)
     }
 
@@ -704,4 +713,18 @@ fn docker_run_during_a_leader_change_and_during_a_hung_member() {
     s.doctor_clean("after docker run");
     pings.none_lost(&s, "docker run during faults");
     drop(docker);
+}
+
+#[test]
+fn five_members_two_of_them_killed_leader_first() {
+    let mut s = scene_on("ecl5", 5);
+    let pings = s.all_pings();
+    let leader = s.d.etcd.wait_leader().unwrap();
+    let other = (leader + 2) % 5;
+    s.d.etcd.kill(leader);
+    s.d.etcd.kill(other);
+    let (took, _) = s.served_everywhere(0, "f1", "five members, two killed");
+    s.doctor_clean("five members, two killed");
+    pings.none_lost(&s, "five members, two killed");
+    assert_within("five members, two killed", took, AFTER_LEADER_KILL);
 }

@@ -1,6 +1,6 @@
 //! Least privilege in etcd (issue 25): etcd's authentication on, with the roles of
-//! store/roles.rs (README, "etcd over TLS, with a user of its own"). Each node's agent, CLI and
-//! CNI plugin work as the node's user, networks are made by the administrator's, and a node's
+//! store/roles.rs (docs/operations.md, "etcd over TLS, with a user of its own"). Each node's
+//! agent, CLI and CNI plugin work as the node's user, networks are made by the administrator's, and a node's
 //! user cannot write what its node never needs to: another node's registration, state, groups
 //! or names, nor a network.
 use std::time::Duration;
@@ -118,7 +118,7 @@ fn each_node_writes_only_what_it_needs() {
         assert!(!out.status.success(), "del {key}: {out:?}");
     }
     // ... and what it may: its own keys, and any network's endpoints (claims are not per
-    // node: see README for what that leaves a compromised node).
+    // node: see docs/operations.md for what that leaves a compromised node).
     for key in [
         format!("/overlay/names/{h1}/probe"),
         "/overlay/endpoints/blue/10.73.250.1".to_string(),

@@ -502,15 +502,8 @@ fn encapped_pings_with(bed: &Bed, inner: u8, outer: u8, edit: impl Fn(&mut Vec<u
     let frame = if bed.v6 {
         let (src, dst) = (ip6(R1).octets(), ip6(H1).octets());
         let mut echo = vec![128, 0, 0, 0, 0x1f, 0x6a, 0, 1];
-        let mut pseudo = [
-            &src[..],
-            &dst[..],
-            &(echo.len() as u32).to_be_bytes(),
-            &[0, 0, 0, 58],
-        ]
-        .concat();
-        pseudo.extend_from_slice(&echo);
-        echo[2..4].copy_from_slice(&packet::checksum(&pseudo).to_be_bytes());
+        let c = packet::icmpv6_checksum(src, dst, &echo);
+        echo[2..4].copy_from_slice(&c);
         packet::eth(
             h1_mac,
             r1_mac,

@@ -1,6 +1,6 @@
 //! `run --metrics`: a real Prometheus scraping two agents reads back exactly what their maps
-//! count and hold; /healthz and /readyz as the README defines them, etcd down included; bad
-//! paths, slow clients and concurrent scrapes never hold up the agent.
+//! count and hold; /healthz and /readyz as docs/operations.md defines them, etcd down included;
+//! bad paths, slow clients and concurrent scrapes never hold up the agent.
 use std::{
     net::Ipv4Addr,
     sync::{

@@ -1,10 +1,10 @@
-//! `cargo xtask <setup|test|demo>`: everything a fresh machine needs, in the order it needs it.
+//! `cargo xtask <setup|test|demo|bench|fuzz|docs>`: everything a fresh machine needs, in the order it needs it.
 mod setup;
 mod util;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -72,6 +72,9 @@ enum Command {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// docs/cli.md written again from the agent's own clap definitions (a test fails while the
+    /// file differs from what the binary renders).
+    Docs,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             scale,
         ),
         Command::Fuzz { frames, seed } => fuzz(frames, seed.as_deref()),
+        Command::Docs => docs(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,6 +225,32 @@ fn fuzz(frames: u64, seed: Option<&str>) -> Result<()> {
         util::workspace_root().join("target/release/overlay-fuzz"),
         &args,
     )
+}
+
+/// docs/cli.md, as the agent's hidden `cli-reference` renders it.
+/// No setup and no root: whoever changes the CLI has built the agent already.
+fn docs() -> Result<()> {
+    util::step("cargo build (overlay-agent)")?;
+    util::cargo(&["build", "-p", "overlay-agent", "--bin", "overlay-agent"])?;
+    util::step("docs/cli.md from `overlay-agent cli-reference`")?;
+    let root = util::workspace_root();
+    let agent = root.join("target/debug/overlay-agent");
+    let out = std::process::Command::new(&agent)
+        .arg("cli-reference")
+        .output()
+        .with_context(|| format!("running {}", agent.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{} cli-reference failed ({}): {}",
+            agent.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let path = root.join("docs/cli.md");
+    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 /// What the demo and the benchmark need first: the machine set up, leftovers of a killed run

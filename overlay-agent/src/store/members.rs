@@ -34,6 +34,8 @@ pub const BOUND: Duration = Duration::from_secs(10);
 const AVOID: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(800);
+/// Less time than this left in the bound: no use trying again.
+const MIN_TRY: Duration = Duration::from_millis(100);
 
 pub struct Members {
     members: Vec<Member>,
@@ -52,6 +54,9 @@ struct Member {
 #[derive(Default)]
 struct Health {
     avoid_until: Option<Instant>,
+    /// How often it was found failing (timed out, refused, lost its leader): a stream on it
+    /// moves when this grows, even while the stream itself still gets answers.
+    strikes: u64,
     last_error: Option<String>,
     last_answer: Option<Instant>,
 }
@@ -132,13 +137,27 @@ impl Members {
         &self,
         per_try: Duration,
         bound: Duration,
+        op: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut(Client, Attempt) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_since(Instant::now(), per_try, bound, op).await
+    }
+
+    /// As [`Members::call`], for a request begun at `started` (by a [`Members::race`]).
+    pub async fn call_since<T, F, Fut>(
+        &self,
+        started: Instant,
+        per_try: Duration,
+        bound: Duration,
         mut op: F,
     ) -> Result<T, String>
     where
         F: FnMut(Client, Attempt) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut maybe_applied = false;
         let mut last: Vec<Option<String>> = vec![None; self.members.len()];
@@ -148,7 +167,11 @@ impl Members {
                 member: at,
                 maybe_applied,
             };
-            let tried = tokio::time::timeout(per_try, async {
+            // The last try gets what is left of the bound, never more.
+            let patience = per_try
+                .min(bound.saturating_sub(started.elapsed()))
+                .max(MIN_TRY);
+            let tried = tokio::time::timeout(patience, async {
                 let client = self.client(at).await?;
                 op(client, attempt).await
             })
@@ -169,12 +192,12 @@ impl Members {
                 },
                 Err(_) => {
                     maybe_applied = true;
-                    (format!("no answer within {}", secs(per_try)), true)
+                    (format!("no answer within {}", secs(patience)), true)
                 }
             };
             self.failed(at, &why, avoid);
             last[at] = Some(why);
-            if started.elapsed() + backoff >= bound {
+            if started.elapsed() + backoff + MIN_TRY >= bound {
                 let each: Vec<String> = last
                     .iter()
                     .enumerate()
@@ -244,9 +267,21 @@ impl Members {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         h.last_error = Some(why.to_string());
-        if avoid && self.members.len() > 1 {
-            h.avoid_until = Some(Instant::now() + AVOID);
+        if avoid {
+            h.strikes += 1;
+            if self.members.len() > 1 {
+                h.avoid_until = Some(Instant::now() + AVOID);
+            }
         }
+    }
+
+    /// How often `member` was found failing, and its last failure.
+    pub fn strikes(&self, member: usize) -> (u64, Option<String>) {
+        let h = self.members[member]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (h.strikes, h.last_error.clone())
     }
 
     fn answered(&self, member: usize) {
@@ -266,18 +301,22 @@ impl Members {
                 .compare_exchange(was, member, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            // Said once per move, and only when the member left had failed (not when it was
+            // merely avoided a moment longer than needed).
             let why = self.members[was]
                 .health
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .last_error
-                .clone()
-                .unwrap_or_else(|| "passed over".into());
-            log::warn!(
-                "etcd member {}: {why}; using {}",
-                self.url(was),
-                self.url(member)
-            );
+                .clone();
+            match why {
+                Some(why) => log::warn!(
+                    "etcd member {}: {why}; using {}",
+                    self.url(was),
+                    self.url(member)
+                ),
+                None => log::debug!("etcd: using member {}", self.url(member)),
+            }
         }
     }
 

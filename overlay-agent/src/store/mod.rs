@@ -2,6 +2,7 @@
 //! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
 //! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
 pub mod health;
+pub mod history;
 pub mod members;
 pub mod roles;
 pub mod schema;
@@ -216,9 +217,9 @@ pub struct Store {
 pub struct Listing {
     pub kvs: Vec<KeyValue>,
     pub revision: i64,
-    /// The cluster that answered: another one (a cluster rebuilt from a snapshot may be) has
-    /// another history.
-    pub cluster_id: u64,
+    /// Where the answering cluster's history stood: a cluster rebuilt from a snapshot has
+    /// another (see [`history`]).
+    pub history: history::History,
 }
 
 /// A lease kept alive on one member: send on `keeper`, read the answers on `stream`.
@@ -247,12 +248,15 @@ impl Store {
         let members = Arc::new(Members::new(&etcd.endpoints, options));
         // Every member at once first, so that a hung one costs nothing; then one after
         // another, patiently, while the cluster elects or members come back.
+        let started = std::time::Instant::now();
         let raced = members
-            .race(PER_TRY, |mut c| async move { c.status().await })
+            .race(PER_TRY.min(bound), |mut c| async move { c.status().await })
             .await;
         if raced.is_err() {
             members
-                .call(PER_TRY, bound, |mut c, _| async move { c.status().await })
+                .call_since(started, PER_TRY, bound, |mut c, _| async move {
+                    c.status().await
+                })
                 .await
                 .map_err(|e| anyhow!("etcd unreachable at {list}{how}: {e}{}", etcd.why_tls(&e)))?;
         }
@@ -344,7 +348,7 @@ impl Store {
         Ok((listing.kvs, listing.revision))
     }
 
-    /// As [`Store::list_at`], with the cluster that answered.
+    /// As [`Store::list_at`], with where the answering cluster's history stood.
     pub async fn listing(&self, prefix: &str, at: i64) -> Result<Listing> {
         const LIST_PAGE: i64 = 5000;
         let mut end = prefix.as_bytes().to_vec();
@@ -352,7 +356,7 @@ impl Store {
             *last += 1; // every prefix of ours ends in '/', so this cannot overflow
         }
         let (mut out, mut revision, mut from) = (Vec::new(), at, prefix.as_bytes().to_vec());
-        let mut cluster_id = 0;
+        let mut first = None;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -370,7 +374,7 @@ impl Store {
                 if revision == 0 {
                     revision = h.revision();
                 }
-                cluster_id = h.cluster_id();
+                first.get_or_insert(history::History::of(h));
             }
             let more = resp.more();
             let kvs = resp.take_kvs();
@@ -380,18 +384,22 @@ impl Store {
             }
             out.extend(kvs);
             if !more {
+                let history = history::History {
+                    revision,
+                    ..first.unwrap_or_default()
+                };
                 return Ok(Listing {
                     kvs: out,
                     revision,
-                    cluster_id,
+                    history,
                 });
             }
         }
     }
 
-    /// The cluster's revision now, read through the leader (a member that lags waits until it
-    /// caught up), and the cluster's id.
-    pub async fn revision(&self) -> Result<(i64, u64)> {
+    /// Where the cluster's history stands now, read through the leader (a member that lags
+    /// waits until it caught up).
+    pub async fn history(&self) -> Result<history::History> {
         let key = self.keys.all();
         let resp = self
             .call("reading the revision", PER_TRY, |mut c, _| {
@@ -402,9 +410,12 @@ impl Store {
                 }
             })
             .await?;
-        Ok(resp
-            .header()
-            .map_or((0, 0), |h| (h.revision(), h.cluster_id())))
+        resp.header().map(history::History::of).ok_or_else(|| {
+            anyhow!(
+                "etcd at {}: an answer without a header",
+                self.endpoints_url()
+            )
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

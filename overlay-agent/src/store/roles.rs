@@ -1,6 +1,6 @@
 //! Least privilege in etcd (RBAC, key-prefix permissions): what each writer of the layout
-//! needs, derived from the key layout ([`Keys`]) so the two cannot drift. README's etcd section
-//! shows these as `etcdctl role grant-permission` commands.
+//! needs, derived from the key layout ([`Keys`]) so the two cannot drift. docs/operations.md
+//! (etcd over TLS) shows these as `etcdctl role grant-permission` commands.
 //!
 //! - `overlay-admin` makes and removes networks: read everything, write `networks/` and
 //!   `slices/` (a network's removal takes its slices with it).
@@ -108,16 +108,16 @@ mod tests {
         );
     }
 
-    /// README shows the layout as commands to type: they are these.
+    /// docs/operations.md shows the layout as commands to type: they are these.
     #[test]
-    fn the_readme_shows_these_grants() {
-        let readme = include_str!("../../../README.md");
+    fn the_docs_show_these_grants() {
+        let docs = include_str!("../../../docs/operations.md");
         let keys = Keys::new("/overlay");
         for grant in admin_grants(&keys).iter().chain(&node_grants(&keys, "h1")) {
             let line = format!("etcdctl {}", grant.etcdctl_args().join(" "));
-            assert!(readme.contains(&line), "README lacks {line:?}");
+            assert!(docs.contains(&line), "docs/operations.md lacks {line:?}");
         }
-        let shown = readme
+        let shown = docs
             .matches("etcdctl role grant-permission overlay-")
             .count();
         assert_eq!(

@@ -1,9 +1,8 @@
 //! What `from_container` and `from_underlay` must do with a frame, given the maps of the lab
 //! (`lab.rs`): the TC verdict, the one outcome counter that moves (and the side counters:
 //! IGMP joins, leaves and joins over a port's limit, decapsulated segments), and the output
-//! frame. Written from the
-//! README and the RFCs (826 ARP, 4861 NDP, 2236/3376 IGMP, 7348 VXLAN, 6040 ECN), byte by byte,
-//! without the programs' code: where it and the programs disagree, the fuzzer says so.
+//! frame. Written from docs/architecture.md and the RFCs (826 ARP, 4861 NDP, 2236/3376 IGMP,
+//! 7348 VXLAN, 6040 ECN), byte by byte, without the programs' code: where it and the programs disagree, the fuzzer says so.
 //!
 //! What the lab makes deterministic, so that everything here is exact:
 //! - CLUSTER_PORTS holds 8472 besides the served 4789 (a network of the cluster not served here).
@@ -13,12 +12,12 @@
 //!   multicast are copied to a known number of VTEPs, `flood_copies`: 3 for a broadcast, 2
 //!   for that group, 1 for another); VNI 43 is internal
 //!   (unicast to nothing of the overlay is dropped) and has no sending device. Neither has a
-//!   storm limit, which is time-based: `dataplane_bytes.rs` and `flood.rs` test it.
+//!   storm limit, which is time-based: `dataplane_attacks.rs` and `flood.rs` test it.
 //! - IGMP snooping is state: the model keeps each port's memberships as GROUPS does (nothing
 //!   expires them in the lab: no agent runs), so it knows when a port's limit refuses a join.
 //! - The FIB answers (forwarding on, the next hop's neighbour permanent) with the underlay's
 //!   MTU of 1500: the generator keeps frames small enough for the tunnel, so path MTU answers
-//!   and fragmentation (tail calls) never happen here; `dataplane_bytes.rs` tests those.
+//!   and fragmentation (tail calls) never happen here; `dataplane_pmtu.rs` tests those.
 //! - Encapsulation's outer IPv4 ID and UDP source port are random or a flow hash: compared as
 //!   "in range" and "checksum verifies", everything else exactly.
 use std::collections::BTreeSet;
@@ -275,28 +274,7 @@ fn arr<const N: usize>(f: &[u8], at: usize) -> Option<[u8; N]> {
     f.get(at..at + N)?.try_into().ok()
 }
 
-/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A).
-pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
-    let m = mac;
-    [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 2,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ]
-}
+pub use crate::packet::link_local;
 
 /// A dual-stack network's address of an endpoint: the prefix, then its IPv4 address.
 pub fn global(prefix6: [u8; 12], ip: [u8; 4]) -> [u8; 16] {
@@ -496,7 +474,7 @@ impl World {
             return Outcome::pass(Counter::ContainerPass);
         };
         let sender = &port;
-        // Every frame speaks for its sender (anti-spoofing, README "From a container").
+        // Every frame speaks for its sender (anti-spoofing, docs/architecture.md "From a container").
         if f[6..12] != sender.mac {
             return Outcome::drop(Counter::DropSpoofedMac);
         }
