@@ -3,7 +3,7 @@
 //! says nothing of which one answered; `status`, `doctor` and the metrics need each member's
 //! own view, so each is asked alone, with a short deadline, all at once: a hung member costs
 //! one deadline, not one per member.
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use etcd_client::Client;
 use serde::{Deserialize, Serialize};
@@ -64,13 +64,33 @@ impl Probe {
     }
 }
 
+/// Clients kept from one probe to the next, one per member that answered: a prober every 10 s
+/// on every node would otherwise connect (and, with a user, authenticate: a token each) every
+/// round. A member that failed is connected to afresh next time.
+#[derive(Default)]
+pub struct Clients(HashMap<String, Client>);
+
 /// Probes every endpoint of `etcd` at once, each alone and within [`PROBE_TIMEOUT`].
 pub async fn probe(etcd: &Etcd) -> Probe {
+    probe_with(etcd, &mut Clients::default()).await
+}
+
+/// [`probe`] with the clients of earlier rounds.
+pub async fn probe_with(etcd: &Etcd, clients: &mut Clients) -> Probe {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut members: Vec<Member> =
-        futures::future::join_all(etcd.endpoints.iter().map(|e| member(etcd, e))).await;
+    let asked = etcd.endpoints.iter().map(|e| {
+        let kept = clients.0.remove(e);
+        member(etcd, e, kept)
+    });
+    let mut members = Vec::new();
+    for (member, client) in futures::future::join_all(asked).await {
+        if let Some(client) = client {
+            clients.0.insert(member.endpoint.clone(), client);
+        }
+        members.push(member);
+    }
     // Behind whom: the leader's index, as the leader itself reported it.
     let leader_index = members.iter().find(|m| m.leader).map(|m| m.raft_index);
     for m in members.iter_mut().filter(|m| m.reachable) {
@@ -79,30 +99,40 @@ pub async fn probe(etcd: &Etcd) -> Probe {
     Probe { unix, members }
 }
 
-async fn member(etcd: &Etcd, endpoint: &str) -> Member {
+/// One member, through `kept` if an earlier round left a client to it; the client to keep
+/// (None when it failed).
+async fn member(etcd: &Etcd, endpoint: &str, kept: Option<Client>) -> (Member, Option<Client>) {
     let mut member = Member {
         endpoint: endpoint.to_string(),
         ..Default::default()
     };
     let asked = async {
-        let options = etcd.options().map_err(|e| format!("{e:#}"))?;
-        let mut client = Client::connect([endpoint], Some(options))
-            .await
-            .map_err(|e| brief(&e))?;
-        client.status().await.map_err(|e| brief(&e))
+        let mut client = match kept {
+            Some(client) => client,
+            None => {
+                let options = etcd.options().map_err(|e| format!("{e:#}"))?;
+                Client::connect([endpoint], Some(options))
+                    .await
+                    .map_err(|e| brief(&e))?
+            }
+        };
+        let status = client.status().await.map_err(|e| brief(&e))?;
+        Ok::<_, String>((status, client))
     };
     match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
         Err(_) => {
             member.error = Some(format!(
                 "no answer within {:.1} s",
                 PROBE_TIMEOUT.as_secs_f32()
-            ))
+            ));
+            (member, None)
         }
         Ok(Err(e)) => {
             let why = etcd.why_tls(&e);
             member.error = Some(crate::text::one_line(&format!("{e}{why}")));
+            (member, None)
         }
-        Ok(Ok(status)) => {
+        Ok(Ok((status, client))) => {
             let id = status.header().map_or(0, |h| h.member_id());
             member.reachable = true;
             member.id = format!("{id:x}");
@@ -115,20 +145,21 @@ async fn member(etcd: &Etcd, endpoint: &str) -> Member {
             member.raft_index = status.raft_index();
             member.db_size = status.db_size();
             member.version = status.version().to_string();
+            (member, Some(client))
         }
     }
-    member
 }
 
 /// Probes every [`PROBE_EVERY`] from a task of its own, handing each probe to `seen`; never
 /// waits on anything but its own deadlines, so nothing else ever waits on it.
 pub fn spawn_prober(etcd: Etcd, seen: impl Fn(Probe) + Send + Sync + 'static) {
     tokio::spawn(async move {
+        let mut clients = Clients::default();
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            seen(probe(&etcd).await);
+            seen(probe_with(&etcd, &mut clients).await);
         }
     });
 }
@@ -152,5 +183,9 @@ mod tests {
         assert!(!e.is_empty() && !e.contains('\n'), "{e:?}");
         assert_eq!(p.leaders().count(), 0);
         assert_eq!(p.reachable(), 0);
+        // Nothing kept of a member that did not answer: the next round connects afresh.
+        let mut clients = Clients::default();
+        probe_with(&etcd, &mut clients).await;
+        assert!(clients.0.is_empty());
     }
 }
