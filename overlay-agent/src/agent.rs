@@ -413,6 +413,10 @@ impl Agent {
             // the stream delivered). With the highest raft term met: etcd's history never
             // goes back from there unless the cluster was replaced.
             let mut seen = listing.history;
+            match store.history().await {
+                Ok(now) => seen.raft_index = now.raft_index,
+                Err(e) => log::warn!("{e:#}"),
+            }
             if self.fresh && self.stranded_before.is_none() {
                 self.stranded_before = Some(revision);
             }
@@ -435,6 +439,7 @@ impl Agent {
             // Watches that fail at once (no member has a leader) are retried ever more slowly;
             // with no member to watch on at all, for as long as the lease lives.
             let mut pause = Duration::ZERO;
+            let mut first = true;
             'rewatch: loop {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
@@ -442,6 +447,13 @@ impl Agent {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                     }
                 }
+                // A watch lost (every member restarting is one way to lose it) may come back
+                // to a restored cluster that was already written past our revision.
+                if !first && let Some(why) = history_went_back(&store, &seen).await {
+                    log::warn!("{why}; relisting");
+                    break 'rewatch;
+                }
+                first = false;
                 let mut watch = match store.watch(seen.revision + 1).await {
                     Ok(watch) => watch,
                     Err(e) => {
@@ -1019,9 +1031,10 @@ impl Agent {
 async fn history_went_back(store: &Store, seen: &History) -> Option<String> {
     match store.history().await {
         Ok(now) => now.behind(seen),
-        // Cannot tell: the watch goes on; the next response asks again.
+        // Cannot tell: the watch goes on (or fails, and says why); the next response asks
+        // again.
         Err(e) => {
-            log::warn!("{e:#}");
+            log::debug!("{e:#}");
             None
         }
     }
@@ -1079,7 +1092,7 @@ async fn keep_alive(
                 match store.keep_alive(lease).await {
                     Ok(Some(stream)) => {
                         // Opening it renewed the lease.
-                        log::info!(
+                        log::debug!(
                             "lease {lease:x} kept alive through {}",
                             store.member_url(stream.member)
                         );
@@ -1121,7 +1134,8 @@ async fn keep_alive(
                     store::members::secs(patience)
                 ),
             };
-            log::warn!(
+            // The move itself is said once, by the store, when a request first lands elsewhere.
+            log::info!(
                 "etcd member {}: {why}; keeping lease {lease:x} alive elsewhere",
                 store.member_url(on.member)
             );

@@ -430,11 +430,12 @@ fn compaction_past_a_stopped_agents_watch_then_a_restore_from_an_older_snapshot(
     let gone = wait_for(Duration::from_secs(30), || (0..3).all(|h| !s.has(h, w1)));
     assert!(
         gone.is_ok(),
-        "after the second restore, w1 still served on hosts {:?}",
+        "after the second restore, w1 still served on hosts {:?}\nh1's log:\n{}",
         (0..3)
             .filter(|&h| s.has(h, w1))
             .map(|h| format!("h{}", h + 1))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        s.d.hosts[0].log()
     );
     println!(
         "second restore: w1 gone everywhere {:.1} s after the restore began",

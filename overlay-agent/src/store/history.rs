@@ -2,10 +2,19 @@
 //! snapshot answers with revisions this node already applied (and, once written to, reuses
 //! them for other changes), or it is another cluster altogether.
 //!
-//! Within one cluster's life neither the revision nor the raft term ever decreases, and the
-//! cluster id never changes. A member that lags a little may still show an older revision or
-//! term in a watch header, so a header only raises the suspicion; a read through the leader
-//! settles it.
+//! Within one cluster's life neither the revision nor the raft term nor the raft index ever
+//! decreases, and the cluster id never changes. etcd 3.4's `snapshot restore` keeps the
+//! snapshot's revision (and may keep the cluster id and reach the same term), but starts a
+//! fresh raft log: a restored cluster written past our revision still has a raft index of a
+//! few entries where its predecessor had its whole life's. A member that lags a little may
+//! show an older revision, term or index, so a header only raises the suspicion; a read
+//! through the leader settles it.
+
+/// Both raft indexes (a member's committed index, as `status` gives it) are read just after a
+/// linearizable read on the same member, which has then applied at least all the leader had
+/// committed when that read began: within one history the later is never lower. The slack is
+/// a margin only.
+const INDEX_SLACK: u64 = 8;
 
 /// Where a cluster's history stands, as a response header says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -13,6 +22,9 @@ pub struct History {
     pub revision: i64,
     pub cluster_id: u64,
     pub raft_term: u64,
+    /// The answering member's raft index, 0 when not known (a response header lacks it);
+    /// see [`INDEX_SLACK`].
+    pub raft_index: u64,
 }
 
 impl History {
@@ -21,6 +33,7 @@ impl History {
             revision: header.revision(),
             cluster_id: header.cluster_id(),
             raft_term: header.raft_term(),
+            raft_index: 0,
         }
     }
 
@@ -42,6 +55,11 @@ impl History {
                 "etcd's history went back: raft term {}, this node had seen {} (a cluster restored from a snapshot?)",
                 self.raft_term, seen.raft_term
             ))
+        } else if self.raft_index > 0 && self.raft_index + INDEX_SLACK < seen.raft_index {
+            Some(format!(
+                "etcd's history went back: raft index {}, this node had seen {} (a cluster restored from a snapshot?)",
+                self.raft_index, seen.raft_index
+            ))
         } else {
             None
         }
@@ -56,6 +74,7 @@ mod tests {
         revision: 120,
         cluster_id: 7,
         raft_term: 9,
+        raft_index: 400,
     };
 
     #[test]
@@ -65,6 +84,16 @@ mod tests {
             History {
                 revision: 130,
                 raft_term: 11,
+                ..SEEN
+            },
+            // A header: no raft index.
+            History {
+                raft_index: 0,
+                ..SEEN
+            },
+            // Within the margin.
+            History {
+                raft_index: 395,
                 ..SEEN
             },
         ] {
@@ -86,6 +115,13 @@ mod tests {
             ..SEEN
         };
         assert!(written.behind(&SEEN).unwrap().contains("raft term 2"));
+        // The same term reached again (a young cluster restored): its raft log is new.
+        let same_term = History {
+            revision: 140,
+            raft_index: 12,
+            ..SEEN
+        };
+        assert!(same_term.behind(&SEEN).unwrap().contains("raft index 12"));
     }
 
     #[test]

@@ -397,20 +397,24 @@ impl Store {
         }
     }
 
-    /// Where the cluster's history stands now, read through the leader (a member that lags
-    /// waits until it caught up).
+    /// Where the cluster's history stands now: revision and term read through the leader (a
+    /// member that lags waits until it caught up), with the answering member's raft index.
     pub async fn history(&self) -> Result<history::History> {
         let key = self.keys.all();
-        let resp = self
-            .call("reading the revision", PER_TRY, |mut c, _| {
-                let key = key.clone();
-                async move {
-                    let count = GetOptions::new().with_count_only().with_prefix();
-                    c.get(key, Some(count)).await
-                }
-            })
-            .await?;
-        resp.header().map(history::History::of).ok_or_else(|| {
+        self.call("reading the revision", PER_TRY, |mut c, _| {
+            let key = key.clone();
+            async move {
+                let count = GetOptions::new().with_count_only().with_prefix();
+                let read = c.get(key, Some(count)).await?;
+                let status = c.status().await?;
+                Ok(read.header().map(|h| history::History {
+                    raft_index: status.raft_index(),
+                    ..history::History::of(h)
+                }))
+            }
+        })
+        .await?
+        .ok_or_else(|| {
             anyhow!(
                 "etcd at {}: an answer without a header",
                 self.endpoints_url()

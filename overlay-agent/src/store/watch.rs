@@ -2,12 +2,12 @@
 //!
 //! A watch on a hung member just hangs, without an error (etcd #8980), and etcd sends progress
 //! notifications only every ten minutes by default. So the watch asks for progress every
-//! second and is declared dead after a few seconds without any message: the caller watches
+//! half second and is declared dead two seconds after a request went unanswered: the caller watches
 //! again, from the revision it applied, on another member. A member that loses the quorum
 //! cancels the stream itself ("no leader": the watch asks with require-leader).
 //!
 //! Only a quiet stream is asked (events prove the member alive): on an idle cluster that is
-//! one request per node per second, answered by the member from memory, without raft.
+//! two requests per node per second, answered by the member from memory, without raft.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -19,9 +19,10 @@ use futures::FutureExt as _;
 
 use super::{brief, members::Members};
 
-const ASK_EVERY: Duration = Duration::from_secs(1);
-/// Three unanswered progress requests: the member is hung or gone.
-pub const SILENCE: Duration = Duration::from_secs(3);
+const ASK_EVERY: Duration = Duration::from_millis(500);
+/// Four progress requests unanswered: the member is hung or gone (an answer takes
+/// milliseconds; a watch moved for nothing only resumes elsewhere, without a relist).
+pub const SILENCE: Duration = Duration::from_secs(2);
 
 pub struct Watch {
     stream: WatchStream,
