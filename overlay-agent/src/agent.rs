@@ -107,6 +107,10 @@ pub struct StatusFile {
     /// password): a runtime plugin on the node reaches it the same way.
     #[serde(default)]
     pub access: Option<crate::store::Etcd>,
+    /// Each etcd member as the agent last probed it (store/health.rs), every
+    /// `health::PROBE_EVERY`.
+    #[serde(default)]
+    pub etcd_members: crate::store::health::Probe,
 }
 
 /// The calling process's network namespace, as `<device>:<inode>` of /proc/self/ns/net.
@@ -304,6 +308,9 @@ pub async fn run(opts: Options) -> Result<()> {
         ..Default::default()
     };
     let metrics = Metrics::new();
+    // Each member on its own, from a task of its own: a hung member delays no session.
+    let probed = metrics.clone();
+    crate::store::health::spawn_prober(opts.etcd.clone(), move |probe| probed.etcd_probed(probe));
     if let Some(listener) = metrics_listener {
         metrics::spawn(
             listener,
@@ -560,6 +567,9 @@ impl Agent {
                                 self.reconcile(self.status.revision).await;
                             }
                             self.reap_vanished(&store).await;
+                            if self.status.etcd_members != self.metrics.last_etcd_probe() {
+                                self.write_status();
+                            }
                             self.follow_underlay_mtu(&store, lease).await;
                             self.publish_state(&store, lease).await;
                             self.publish_groups(&store, lease).await;
@@ -1019,6 +1029,7 @@ impl Agent {
     }
 
     fn write_status(&mut self) {
+        self.status.etcd_members = self.metrics.last_etcd_probe();
         self.status.updated_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

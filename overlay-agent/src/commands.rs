@@ -61,8 +61,26 @@ impl NetworkSpec {
     }
 }
 
-pub async fn network_create(store: &Store, net: &Network) -> Result<()> {
-    store.create_network(net).await
+/// What `network create` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// The network existed already with exactly these settings: an earlier attempt whose
+    /// answer was lost (etcd did not answer in time, yet applied the write), or a script run
+    /// twice. Nothing to do, so a re-run just works.
+    Existed,
+}
+
+pub async fn network_create(store: &Store, net: &Network) -> Result<Created> {
+    let Err(e) = store.create_network(net).await else {
+        return Ok(Created::New);
+    };
+    match store.network(&net.name).await {
+        Ok(there) if schema::encode(&there.record()) == schema::encode(&net.record()) => {
+            Ok(Created::Existed)
+        }
+        _ => Err(e),
+    }
 }
 
 pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
@@ -72,12 +90,15 @@ pub async fn network_rm(store: &Store, name: &str) -> Result<()> {
 // ---- endpoints ----
 
 /// Reserves an address for the endpoint `make` builds: `requested` if free, else the first
-/// free one in this node's slice (claimed on first use).
+/// free one in this node's slice (claimed on first use). `tried` is the last registration
+/// sent: when this fails, that one may have been applied all the same (its answer lost), and
+/// is what the caller's undo removes.
 async fn reserve(
     ctx: &Ctx,
     net: &Network,
     requested: Option<Ipv4Addr>,
     make: impl Fn(Ipv4Addr) -> Endpoint,
+    tried: &mut Option<Endpoint>,
 ) -> Result<Endpoint> {
     if let Some(ip) = requested {
         ensure!(
@@ -92,7 +113,7 @@ async fn reserve(
             net.name
         );
         let ep = make(ip);
-        if ctx.store.create_endpoint(&ep).await? {
+        if register(ctx, &ep, tried).await? {
             return Ok(ep);
         }
         let owner = ctx.store.endpoint(&net.name, ip).await.ok().flatten();
@@ -110,7 +131,7 @@ async fn reserve(
         .filter(|ip| !taken.contains(ip) && Some(*ip) != gateway)
     {
         // Lost a race for this address: try the next.
-        if ctx.store.create_endpoint(&make(ip)).await? {
+        if register(ctx, &make(ip), tried).await? {
             return Ok(make(ip));
         }
     }
@@ -119,6 +140,29 @@ async fn reserve(
         ctx.node,
         net.name
     )
+}
+
+/// Registers `ep`; Ok(false) if its address is someone else's. An address that holds exactly
+/// this record already is ours: an earlier attempt's registration that etcd applied but never
+/// answered (a peer added again, a retry).
+async fn register(ctx: &Ctx, ep: &Endpoint, tried: &mut Option<Endpoint>) -> Result<bool> {
+    *tried = Some(ep.clone());
+    if ctx.store.create_endpoint(ep).await? {
+        return Ok(true);
+    }
+    Ok(written(&ctx.store, ep).await?.is_some())
+}
+
+/// The endpoint etcd holds at `ep`'s address if it is exactly `ep` (this node's, this name,
+/// this port: what this process wrote), with its create revision.
+async fn written(store: &Store, ep: &Endpoint) -> Result<Option<Endpoint>> {
+    let there = store.endpoint(&ep.network, ep.ip).await?;
+    Ok(there.filter(|t| {
+        Endpoint {
+            created: 0,
+            ..t.clone()
+        } == *ep
+    }))
 }
 
 fn describe(ep: &Endpoint) -> String {
@@ -191,11 +235,202 @@ pub struct Made {
     pub ipv6: Option<(Ipv6Addr, u8)>,
 }
 
+/// How long an undo waits for etcd. It runs because something failed, often etcd itself: a
+/// hung member must not double the time a failing command takes.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One attempt at a time at each endpoint of this node (named by its port), across the CLI,
+/// the CNI plugin and the Docker driver: what an earlier attempt left behind is judged and
+/// removed with nobody making it meanwhile. At most 256 lock files (a byte of the port's
+/// hash): two endpoints that share one merely wait for each other. Taken before the bridge
+/// lock, never after it.
+async fn endpoint_lock(port: &str) -> Result<std::fs::File> {
+    crate::lock::exclusive(&endpoint_lock_name(port)).await
+}
+
+/// The lock ([`crate::lock`]) of the endpoint whose port is `port`.
+pub fn endpoint_lock_name(port: &str) -> String {
+    format!("endpoint-{:02x}", crate::hash::of(port) & 0xff)
+}
+
+/// The undo of a registration: removes `ep`'s record if etcd holds exactly what was written,
+/// never an address or name someone took since. An unknown outcome (no answer) may have been
+/// applied, so this runs even then. None when done (or nothing was there); Some(why) when etcd
+/// could not be asked: the record may remain (see [`MayRemain`]).
+async fn unregister(ctx: &Ctx, ep: &Endpoint) -> Option<String> {
+    match tokio::time::timeout(UNDO_TIMEOUT, unwrite(&ctx.store, ep)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(_) => Some(format!(
+            "etcd did not answer within {} s",
+            UNDO_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Removes `ep`'s record if etcd holds exactly it: read, then delete what was read (its create
+/// revision), so an address that changed hands in between is left to its new owner. Ok(true):
+/// removed; Ok(false): not there.
+async fn unwrite(store: &Store, ep: &Endpoint) -> Result<bool> {
+    match written(store, ep).await? {
+        Some(there) => store.delete_endpoint_if_unchanged(&there).await,
+        None => Ok(false),
+    }
+}
+
+/// A failed attempt's error, saying what the undo left (one line, the cause last). `left`:
+/// why the undo could not confirm the registration `tried` gone, if it could not.
+fn undone(e: anyhow::Error, name: &str, left: Option<(String, &Endpoint)>) -> anyhow::Error {
+    match left {
+        None => e.context(format!("endpoint {name} not added, nothing left behind")),
+        Some((why, tried)) => {
+            log::debug!("undoing endpoint {name}'s registration: {why}");
+            e.context(MayRemain(tried.clone()))
+        }
+    }
+}
+
+/// In a failed attachment's error: its registration may have been applied all the same (etcd
+/// received it, then did not answer) and the undo could not reach etcd to remove it. A command
+/// run again under the same name replaces it ([`clear_leftovers`]), a runtime's DEL removes
+/// it; a caller that outlives the attempt and will not use the name again (the Docker driver:
+/// a new EndpointID each time) finishes the undo with [`unregister_eventually`].
+#[derive(Debug)]
+pub struct MayRemain(pub Endpoint);
+
+impl std::fmt::Display for MayRemain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "endpoint {} not added, its interface removed (its etcd record, if written, goes when it is added again)",
+            self.0.name
+        )
+    }
+}
+
+/// How long [`unregister_eventually`] looks again after finding nothing, for a write etcd
+/// received before it hung: that one is applied as soon as etcd resumes, which may be just
+/// after a first look.
+const SETTLE: Duration = Duration::from_secs(10);
+/// When [`unregister_eventually`] gives up (etcd gone that long is an outage to repair).
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Finishes an undo that could not reach etcd ([`MayRemain`]): asks again with backoff until
+/// etcd answers, then removes the record if it is exactly `ep`.
+pub async fn unregister_eventually(store: Store, ep: Endpoint) {
+    let started = tokio::time::Instant::now();
+    let mut absent_since = None;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout(UNDO_TIMEOUT, unwrite(&store, &ep)).await {
+            Ok(Ok(true)) => {
+                log::info!(
+                    "endpoint {}: its registration ({} on network {}), applied after its attempt failed, removed",
+                    ep.name,
+                    ep.ip,
+                    ep.network
+                );
+                return;
+            }
+            Ok(Ok(false)) => {
+                if absent_since
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    >= SETTLE
+                {
+                    return;
+                }
+            }
+            Ok(Err(_)) | Err(_) => absent_since = None,
+        }
+        if started.elapsed() > GIVE_UP {
+            log::warn!(
+                "endpoint {}: etcd did not answer for {} s; its registration ({} on network {}) may remain: `overlay-agent endpoint rm {}` removes it",
+                ep.name,
+                GIVE_UP.as_secs(),
+                ep.ip,
+                ep.network,
+                ep.name
+            );
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Makes way for a new attempt at endpoint `name` of `network` (its port `port`) by removing
+/// what an earlier one left: a record of this node by that name whose port is gone (an
+/// attempt that failed while etcd did not answer, and whose undo could not reach etcd either;
+/// or a container that died without a DEL), and a port that no record names (an attempt
+/// killed midway). Both are this node's, under this name, so asking for it again is asking
+/// for them to be replaced. A record whose port exists is a live endpoint: refused.
+async fn clear_leftovers(
+    ctx: &Ctx,
+    host: &Netlink,
+    network: &str,
+    name: &str,
+    port: &str,
+) -> Result<()> {
+    if let Some(ep) = ctx.store.endpoint_named(&ctx.node, name).await? {
+        if host.index(&port_of(&ep)).await?.is_some() {
+            bail!(
+                "endpoint {name} already exists on node {} ({} on network {}); remove it first",
+                ctx.node,
+                ep.ip,
+                ep.network
+            );
+        }
+        log::info!(
+            "endpoint {name}: replacing the record ({} on network {}) an earlier attempt left without its interface",
+            ep.ip,
+            ep.network
+        );
+        ctx.store.delete_endpoint_if_unchanged(&ep).await?;
+    }
+    if host.index(port).await?.is_some() {
+        if !leftover_port_is_ours(ctx, host, network, name, port).await? {
+            bail!("interface {port} exists and is not endpoint {name}'s; remove it by hand");
+        }
+        log::info!("endpoint {name}: removing interface {port} an earlier attempt left");
+        host.delete(port).await?;
+    }
+    Ok(())
+}
+
+/// Whether `port`, found by the name endpoint `name` of `network` derives and named by no
+/// record of it, is that endpoint's leftover: its alias says so, or it has none (its maker
+/// was killed between making and naming it) and no endpoint of this node claims it.
+async fn leftover_port_is_ours(
+    ctx: &Ctx,
+    host: &Netlink,
+    network: &str,
+    name: &str,
+    port: &str,
+) -> Result<bool> {
+    Ok(match host.alias(port).await? {
+        Some(alias) => alias == port_alias(network, name),
+        None => !ctx
+            .store
+            .endpoints(Some(network))
+            .await?
+            .iter()
+            .any(|e| e.node() == Some(ctx.node.as_str()) && port_of(e) == port),
+    })
+}
+
 /// The first half of an attachment, the whole of it for a runtime that moves and configures
 /// the container's interface itself (Docker): the bridge, the veth pair, the address. The veth
 /// exists before etcd names the endpoint, so an agent that sees the endpoint can attach to its
-/// port at once. Anything that fails is undone.
+/// port at once. Anything that fails is undone, and what an earlier failed attempt left is
+/// replaced.
 pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
+    let _turn = endpoint_lock(&port_name(&req.network, &req.name)).await?;
+    make(ctx, req, netns).await
+}
+
+/// [`endpoint_make`], its caller holding the endpoint's lock.
+async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
     schema::check_name("endpoint", &req.name)?;
     let net = ctx.store.network(&req.network).await?;
     let host = Netlink::new()?;
@@ -203,12 +438,7 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
         port_name(&req.network, &req.name),
         ifnames::peer_name(&req.network, &req.name),
     );
-    if host.index(&port).await?.is_some() {
-        bail!(
-            "interface {port} for endpoint {} already exists; remove the endpoint first",
-            req.name
-        );
-    }
+    clear_leftovers(ctx, &host, &req.network, &req.name, &port).await?;
     let mtu = match req.mtu {
         Some(mtu) => mtu,
         None => mtu_here(ctx, &net).await?,
@@ -230,23 +460,31 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
         if created {
             let _ = host.delete(&port).await;
         }
+        let _ = drop_bridge_if_empty(&host, &net).await;
         return Err(e.context(format!("plumbing endpoint {}", req.name)));
     }
-    let reserved = reserve(ctx, &net, req.ip, |ip| Endpoint {
-        network: req.network.clone(),
-        ip,
-        name: req.name.clone(),
-        mac: Mac::from_ip(ip),
-        kind: Kind::Container,
-        location: Location::Node {
-            node: ctx.node.clone(),
-            port: port.clone(),
-            iface: None,
+    let mut tried = None;
+    let reserved = reserve(
+        ctx,
+        &net,
+        req.ip,
+        |ip| Endpoint {
+            network: req.network.clone(),
+            ip,
+            name: req.name.clone(),
+            mac: Mac::from_ip(ip),
+            kind: Kind::Container,
+            location: Location::Node {
+                node: ctx.node.clone(),
+                port: port.clone(),
+                iface: None,
+            },
+            netns: netns.map(str::to_string),
+            owner: req.owner.clone(),
+            created: 0,
         },
-        netns: netns.map(str::to_string),
-        owner: req.owner.clone(),
-        created: 0,
-    })
+        &mut tried,
+    )
     .await;
     match reserved {
         Ok(endpoint) => Ok(Made {
@@ -258,8 +496,14 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
             gateway: net.gateway(),
         }),
         Err(e) => {
+            // The interface first: that needs no etcd, and etcd may be what failed.
             let _ = host.delete(&port).await;
-            Err(e)
+            let _ = drop_bridge_if_empty(&host, &net).await;
+            let left = match &tried {
+                Some(ep) => unregister(ctx, ep).await.map(|why| (why, ep)),
+                None => None,
+            };
+            Err(undone(e, &req.name, left))
         }
     }
 }
@@ -270,7 +514,8 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
 /// gateway unless it is internal). Leaves nothing half-made.
 pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> {
     let ns = open_netns(netns)?;
-    let made = endpoint_make(ctx, req, Some(netns)).await?;
+    let _turn = endpoint_lock(&port_name(&req.network, &req.name)).await?;
+    let made = make(ctx, req, Some(netns)).await?;
     let ep = &made.endpoint;
     let configured = async {
         Netlink::new()?.move_to_netns(&made.peer, &ns).await?;
@@ -295,10 +540,15 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> 
     }
     .await;
     if let Err(e) = configured {
-        // The address goes back, the veth (and its peer, wherever it is) goes away.
-        let _ = ctx.store.delete_endpoint(ep).await;
-        let _ = Netlink::new()?.delete(&port_of(ep)).await;
-        return Err(e.context(format!("configuring endpoint {} in {netns}", req.name)));
+        // The veth goes away (and its peer, wherever it is), then the address goes back.
+        let host = Netlink::new()?;
+        let _ = host.delete(&port_of(ep)).await;
+        if let Ok(net) = ctx.store.network(&ep.network).await {
+            let _ = drop_bridge_if_empty(&host, &net).await;
+        }
+        let left = unregister(ctx, ep).await.map(|why| (why, ep));
+        let e = e.context(format!("configuring it in {netns}"));
+        return Err(undone(e, &req.name, left));
     }
     Ok(made)
 }
@@ -311,47 +561,91 @@ fn port_of(ep: &Endpoint) -> String {
 }
 
 /// Removes an endpoint this node made (container or host address): etcd first, so every node
-/// stops sending to it, then the interfaces, then the bridge if it is left empty.
-pub async fn endpoint_rm(ctx: &Ctx, name: &str) -> Result<Endpoint> {
-    let ep = ctx
-        .store
-        .endpoint_named(&ctx.node, name)
+/// stops sending to it, then the interfaces, then the bridge if it is left empty. An endpoint
+/// etcd no longer has whose port is still here (a removal whose etcd write was applied but
+/// never answered) has its port removed: Ok(None).
+pub async fn endpoint_rm(ctx: &Ctx, name: &str) -> Result<Option<Endpoint>> {
+    if let Some(ep) = ctx.store.endpoint_named(&ctx.node, name).await? {
+        let port = port_of(&ep);
+        let _turn = endpoint_lock(&port).await?;
+        remove(ctx, &ep.network, Some(&ep), &port).await?;
+        return Ok(Some(ep));
+    }
+    let leftover = Netlink::new()?
+        .links_by_name()
         .await?
-        .ok_or_else(|| anyhow!("no endpoint {name} on node {}", ctx.node))?;
-    remove(ctx, &ep.network, Some(&ep), &port_of(&ep)).await?;
-    Ok(ep)
+        .into_iter()
+        .find_map(|(port, link)| {
+            let (network, of) = ifnames::endpoint_of_alias(link.alias.as_deref()?)?;
+            (of == name && ifnames::is_port(&port)).then(|| (network.to_string(), port))
+        });
+    let Some((network, port)) = leftover else {
+        bail!("no endpoint {name} on node {}", ctx.node);
+    };
+    let _turn = endpoint_lock(&port).await?;
+    remove(ctx, &network, None, &port).await?;
+    Ok(None)
 }
 
 /// `endpoint_rm` for runtimes that may ask twice or after a half-made attachment (CNI DEL,
 /// Docker's DeleteEndpoint): whatever of endpoint `name` of `network` exists is removed, and
-/// nothing existing is no error. The endpoint, if etcd had it.
+/// nothing existing is no error. When etcd does not answer, the interface goes all the same
+/// (the container is going away) and the error says the record remains: the runtime's retry
+/// removes it. The endpoint, if etcd had it.
 pub async fn endpoint_release(ctx: &Ctx, network: &str, name: &str) -> Result<Option<Endpoint>> {
-    let ep = ctx
-        .store
-        .endpoint_named(&ctx.node, name)
-        .await?
-        .filter(|ep| ep.network == network);
+    let derived = port_name(network, name);
+    let _turn = endpoint_lock(&derived).await?;
+    let found = ctx.store.endpoint_named(&ctx.node, name).await;
+    let ep = match found {
+        Ok(ep) => ep.filter(|ep| ep.network == network),
+        Err(e) => return Err(release_without_etcd(network, name, e).await),
+    };
+    let host = Netlink::new()?;
     let port = match &ep {
         Some(ep) => port_of(ep),
-        // A half-made attachment: its port by the derived name, if the port says it is its,
-        // or says nothing (its maker was killed between making and naming it) and no endpoint
-        // of this node claims it.
-        None => {
-            let port = port_name(network, name);
-            let ours = match Netlink::new()?.alias(&port).await? {
-                Some(alias) => alias == port_alias(network, name),
-                None => !ctx
-                    .store
-                    .endpoints(Some(network))
-                    .await?
-                    .iter()
-                    .any(|e| e.node() == Some(ctx.node.as_str()) && port_of(e) == port),
-            };
-            if ours { port } else { String::new() }
-        }
+        // A half-made attachment: its port by the derived name, if it is its.
+        None if leftover_port_is_ours(ctx, &host, network, name, &derived).await? => derived,
+        None => String::new(),
     };
-    remove(ctx, network, ep.as_ref(), &port).await?;
+    if let Err(e) = remove(ctx, network, ep.as_ref(), &port).await {
+        if !port.is_empty() {
+            let _ = host.delete(&port).await;
+        }
+        return Err(e.context(format!(
+            "endpoint {name}: its interface is removed, its etcd record is not yet"
+        )));
+    }
     Ok(ep)
+}
+
+/// [`endpoint_release`] when etcd cannot even be connected to (`e` says why): the local half.
+/// The error to report, saying what remains.
+pub async fn endpoint_release_local(network: &str, name: &str, e: anyhow::Error) -> anyhow::Error {
+    match endpoint_lock(&port_name(network, name)).await {
+        Ok(_turn) => release_without_etcd(network, name, e).await,
+        Err(lock) => e.context(format!("endpoint {name}: {lock:#}")),
+    }
+}
+
+/// The local half of [`endpoint_release`] when etcd cannot be reached: the port goes if its
+/// alias says it is endpoint `name`'s (without etcd, an alias-less port cannot be told from
+/// another endpoint's). The error to report, saying what remains.
+async fn release_without_etcd(network: &str, name: &str, e: anyhow::Error) -> anyhow::Error {
+    let port = port_name(network, name);
+    let removed = async {
+        let host = Netlink::new()?;
+        if host.alias(&port).await? == Some(port_alias(network, name)) {
+            host.delete(&port).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    match removed {
+        Ok(()) => e.context(format!(
+            "endpoint {name}: its interface is removed, its etcd record is not yet (ask again)"
+        )),
+        Err(local) => e.context(format!("endpoint {name}: {local:#}")),
+    }
 }
 
 async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> Result<()> {
@@ -365,12 +659,18 @@ async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> 
         host.delete(port).await?;
     }
     if let Ok(net) = ctx.store.network(network).await {
-        let _lock = bridge_lock(&net).await?;
-        if let Some(bridge) = host.index(&net.bridge()).await?
-            && host.bridge_ports(bridge).await? == 0
-        {
-            host.delete(&net.bridge()).await?;
-        }
+        drop_bridge_if_empty(&host, &net).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the network's bridge if no port is left on it.
+async fn drop_bridge_if_empty(host: &Netlink, net: &Network) -> Result<()> {
+    let _lock = bridge_lock(net).await?;
+    if let Some(bridge) = host.index(&net.bridge()).await?
+        && host.bridge_ports(bridge).await? == 0
+    {
+        host.delete(&net.bridge()).await?;
     }
     Ok(())
 }
@@ -378,72 +678,95 @@ async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> 
 // ---- the host's own address ----
 
 /// Gives the node an address on the network: a veth pair whose one end holds the address and
-/// whose other end is a bridge port like a container's.
+/// whose other end is a bridge port like a container's. As with a container's, anything that
+/// fails is undone, and what an earlier failed join left is replaced.
 pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result<Endpoint> {
     let net = ctx.store.network(network).await?;
     let (iface, port) = (ifnames::host_iface(net.vni), ifnames::host_port(net.vni));
+    let name = host_endpoint_name(network);
+    let _turn = endpoint_lock(&port).await?;
     let host = Netlink::new()?;
-    if host.index(&iface).await?.is_some() {
-        bail!(
+    let joined = host.index(&iface).await?.is_some();
+    match ctx.store.endpoint_named(&ctx.node, &name).await? {
+        Some(_) if joined => bail!(
             "node {} has already joined network {network} ({iface} exists)",
             ctx.node
-        );
+        ),
+        // Its interface gone: what a join that failed while etcd did not answer left.
+        Some(stale) => {
+            ctx.store.delete_endpoint_if_unchanged(&stale).await?;
+        }
+        // An interface no record names: a join killed midway.
+        None if joined => {
+            host.delete(&iface).await?;
+        }
+        None => {}
     }
     let mtu = mtu_here(ctx, &net).await?;
     let made = async {
         let bridge = host.ensure_bridge(&net.bridge(), mtu).await?;
         host.add_veth(&iface, &port, mtu).await?;
         // As a container's port says whose it is: the agent attaches to no port that does not.
-        host.set_alias(&port, &port_alias(network, &host_endpoint_name(network)))
-            .await?;
+        host.set_alias(&port, &port_alias(network, &name)).await?;
         host.attach_to_bridge(&port, bridge).await
     }
     .await;
     if let Err(e) = made {
         let _ = host.delete(&iface).await;
+        let _ = drop_bridge_if_empty(&host, &net).await;
         return Err(e.context(format!("joining network {network}")));
     }
-    let reserved = reserve(ctx, &net, ip, |ip| Endpoint {
-        network: network.to_string(),
+    let mut tried = None;
+    let reserved = reserve(
+        ctx,
+        &net,
         ip,
-        name: host_endpoint_name(network),
-        mac: Mac::from_ip(ip),
-        kind: Kind::Host,
-        location: Location::Node {
-            node: ctx.node.clone(),
-            port: port.clone(),
-            iface: Some(iface.clone()),
+        |ip| Endpoint {
+            network: network.to_string(),
+            ip,
+            name: name.clone(),
+            mac: Mac::from_ip(ip),
+            kind: Kind::Host,
+            location: Location::Node {
+                node: ctx.node.clone(),
+                port: port.clone(),
+                iface: Some(iface.clone()),
+            },
+            netns: None,
+            owner: None,
+            created: 0,
         },
-        netns: None,
-        owner: None,
-        created: 0,
-    })
+        &mut tried,
+    )
     .await;
-    let ep = match reserved {
-        Ok(ep) => ep,
+    let configured = match reserved {
+        Ok(ep) => async {
+            host.configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
+                .await?;
+            if let Some((addr, prefix)) = ipv6_of(&net, ep.ip) {
+                host.add_ipv6(&iface, addr, prefix).await?;
+            }
+            Ok(ep)
+        }
+        .await
+        .map_err(|e: anyhow::Error| e.context(format!("configuring {iface}"))),
+        Err(e) => Err(e),
+    };
+    match configured {
+        Ok(ep) => Ok(ep),
         Err(e) => {
             let _ = host.delete(&iface).await;
-            return Err(e);
-        }
-    };
-    let configured = async {
-        host.configure(&iface, &iface, ep.mac, mtu, ep.ip, net.subnet.prefix())
-            .await?;
-        match ipv6_of(&net, ep.ip) {
-            Some((addr, prefix)) => host.add_ipv6(&iface, addr, prefix).await,
-            None => Ok(()),
+            let _ = drop_bridge_if_empty(&host, &net).await;
+            let left = match &tried {
+                Some(ep) => unregister(ctx, ep).await.map(|why| (why, ep)),
+                None => None,
+            };
+            Err(undone(e, &name, left).context(format!("joining network {network}")))
         }
     }
-    .await;
-    if let Err(e) = configured {
-        let _ = ctx.store.delete_endpoint(&ep).await;
-        let _ = host.delete(&iface).await;
-        return Err(e.context(format!("joining network {network}")));
-    }
-    Ok(ep)
 }
 
-pub async fn host_leave(ctx: &Ctx, network: &str) -> Result<Endpoint> {
+pub async fn host_leave(ctx: &Ctx, network: &str) -> Result<Option<Endpoint>> {
     endpoint_rm(ctx, &host_endpoint_name(network)).await
 }
 
@@ -486,7 +809,9 @@ pub async fn peer_add(
             bail!("VTEP {vtep} is node {node}'s: a peer is a host that is not one of our nodes");
         }
     }
-    reserve(ctx, &net, Some(ip), |_| ep.clone()).await
+    // Nothing local to undo. A registration etcd applied but never answered is recognised
+    // as this peer's when it is added again (`register`): the re-run just works.
+    reserve(ctx, &net, Some(ip), |_| ep.clone(), &mut None).await
 }
 
 pub async fn peer_rm(ctx: &Ctx, network: &str, ip: Ipv4Addr) -> Result<Endpoint> {

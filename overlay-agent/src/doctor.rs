@@ -25,6 +25,7 @@ use crate::{
     plumbing::{Link, Netlink},
     store::{
         Store,
+        health::Probe,
         schema::{Kind, Location},
     },
 };
@@ -47,6 +48,81 @@ pub struct Report {
     /// How many entries etcd says the node's maps must hold.
     pub entries: usize,
     pub findings: Vec<Finding>,
+    /// What deserves a look but breaks nothing yet (an etcd member down while a majority
+    /// answers): not a failure.
+    pub warnings: Vec<Finding>,
+    /// Each etcd member as this run probed it.
+    pub etcd_members: Probe,
+}
+
+/// A member this far behind the leader's raft log is reported: it is catching up slowly or
+/// not at all (a healthy one is a few entries behind at most).
+const FAR_BEHIND: u64 = 1000;
+
+/// The etcd members' findings: (errors, warnings). No leader, or no member answering, is an
+/// error (etcd accepts no writes); a member down or far behind is a warning, as etcd works on
+/// with a majority.
+pub fn member_findings(probe: &Probe) -> (Vec<Finding>, Vec<Finding>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let finding = |item: &str, why: String| Finding {
+        check: "etcd member".into(),
+        item: item.into(),
+        why,
+    };
+    let all = probe
+        .members
+        .iter()
+        .map(|m| m.endpoint.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    if probe.reachable() == 0 {
+        errors.push(finding(
+            &all,
+            "no member answers: etcd is unreachable from this node".into(),
+        ));
+        return (errors, warnings);
+    }
+    for m in &probe.members {
+        if !m.reachable {
+            warnings.push(finding(
+                &m.endpoint,
+                format!(
+                    "unreachable ({}): etcd works on while a majority of members answers",
+                    m.error.as_deref().unwrap_or("no answer")
+                ),
+            ));
+        } else if m.behind.is_some_and(|b| b > FAR_BEHIND) {
+            warnings.push(finding(
+                &m.endpoint,
+                format!(
+                    "{} raft entries behind the leader",
+                    m.behind.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    let leaders: Vec<&str> = probe.leaders().map(|m| m.endpoint.as_str()).collect();
+    let known = probe.members.iter().find(|m| !m.leader_id.is_empty());
+    match (leaders.as_slice(), known) {
+        ([], None) => errors.push(finding(
+            &all,
+            "no leader: no member knows one, so etcd accepts no writes (a majority is down or partitioned)".into(),
+        )),
+        ([], Some(m)) => warnings.push(finding(
+            &all,
+            format!(
+                "the leader (member {}) is not among the members this node reaches",
+                m.leader_id
+            ),
+        )),
+        ([_], _) => {}
+        (many, _) => warnings.push(finding(
+            &many.join(","),
+            "several members say they lead: one of them is partitioned and has not noticed yet"
+                .into(),
+        )),
+    }
+    (errors, warnings)
 }
 
 fn ip(a: [u8; 4]) -> Ipv4Addr {
@@ -151,8 +227,14 @@ fn compare(
 
 /// Checks node `node`. Map differences are confirmed by a second look a second later, so a
 /// change the agent is applying right now is not reported as drift.
-pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> Result<Report> {
-    let mut findings = Vec::new();
+pub async fn check(
+    node: &str,
+    pins: &PinDir,
+    run_dir: &Path,
+    store: &Store,
+    etcd_members: Probe,
+) -> Result<Report> {
+    let (mut findings, warnings) = member_findings(&etcd_members);
     let status = match agent::running(run_dir, node) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -285,6 +367,8 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
         revision,
         entries,
         findings,
+        warnings,
+        etcd_members,
     })
 }
 
@@ -305,11 +389,15 @@ pub struct NodeVerdict {
 pub struct ClusterReport {
     pub revision: i64,
     pub nodes: Vec<NodeVerdict>,
+    /// The etcd members as this node reaches them: errors (no leader) fail the check,
+    /// warnings (a member down while a majority answers) do not.
+    pub etcd_errors: Vec<Finding>,
+    pub etcd_warnings: Vec<Finding>,
 }
 
 impl ClusterReport {
     pub fn healthy(&self) -> bool {
-        self.nodes.iter().all(|n| n.state == "in sync")
+        self.nodes.iter().all(|n| n.state == "in sync") && self.etcd_errors.is_empty()
     }
 }
 
@@ -412,18 +500,24 @@ async fn cluster_pass(store: &Store) -> Result<ClusterReport> {
             why: "it has endpoints but no live lease: no agent runs there, the others do not serve them".into(),
         });
     }
-    Ok(ClusterReport { revision, nodes })
+    Ok(ClusterReport {
+        revision,
+        nodes,
+        etcd_errors: Vec::new(),
+        etcd_warnings: Vec::new(),
+    })
 }
 
 /// Every node's published map digest against what etcd says. A node is reported only if it
 /// still differs two seconds later: agents publish within a second of a change.
-pub async fn check_cluster(store: &Store) -> Result<ClusterReport> {
-    let first = cluster_pass(store).await?;
-    if first.healthy() {
-        return Ok(first);
+pub async fn check_cluster(store: &Store, etcd_members: &Probe) -> Result<ClusterReport> {
+    let mut report = cluster_pass(store).await?;
+    if !report.healthy() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report = cluster_pass(store).await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster_pass(store).await
+    (report.etcd_errors, report.etcd_warnings) = member_findings(etcd_members);
+    Ok(report)
 }
 
 pub fn render_cluster(report: &ClusterReport, as_json: bool) -> String {
@@ -435,6 +529,17 @@ pub fn render_cluster(report: &ClusterReport, as_json: bool) -> String {
         let at = n.revision.map_or("-".to_string(), |r| r.to_string());
         out += &format!("  {:<24} {:<15} {:>8}  {}\n", n.node, n.state, at, n.why);
     }
+    for (what, findings) in [
+        ("problem", &report.etcd_errors),
+        ("warning", &report.etcd_warnings),
+    ] {
+        if !findings.is_empty() {
+            out += &format!("{} etcd {what}(s):\n", findings.len());
+            for f in findings {
+                out += &format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+            }
+        }
+    }
     out
 }
 
@@ -443,20 +548,25 @@ pub fn render(report: &Report, as_json: bool) -> String {
     if as_json {
         return serde_json::to_string_pretty(report).expect("serializable") + "\n";
     }
-    if report.findings.is_empty() {
-        return format!(
+    let line = |f: &Finding| format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+    let mut out = if report.findings.is_empty() {
+        format!(
             "node {}: clean ({} map entries equal to etcd at revision {}, programs attached, GRO helpers in place, every VTEP answers)\n",
             report.node, report.entries, report.revision
+        )
+    } else {
+        let mut out = format!(
+            "node {}: {} problem(s) (etcd revision {}):\n",
+            report.node,
+            report.findings.len(),
+            report.revision
         );
-    }
-    let mut out = format!(
-        "node {}: {} problem(s) (etcd revision {}):\n",
-        report.node,
-        report.findings.len(),
-        report.revision
-    );
-    for f in &report.findings {
-        out += &format!("  {:<14} {:<40} {}\n", f.check, f.item, f.why);
+        out.extend(report.findings.iter().map(line));
+        out
+    };
+    if !report.warnings.is_empty() {
+        out += &format!("{} warning(s):\n", report.warnings.len());
+        out.extend(report.warnings.iter().map(line));
     }
     out
 }
@@ -464,7 +574,54 @@ pub fn render(report: &Report, as_json: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::state::MapState;
+    use crate::{dataplane::state::MapState, store::health::Member};
+
+    fn member(endpoint: &str, reachable: bool, leader: bool, leader_id: &str) -> Member {
+        Member {
+            endpoint: endpoint.into(),
+            reachable,
+            leader,
+            leader_id: leader_id.into(),
+            error: (!reachable).then(|| "refused".into()),
+            behind: reachable.then_some(0),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_member_down_is_a_warning_no_leader_or_no_member_an_error() {
+        let probe = |members| Probe { unix: 1, members };
+        // One of three down, the leader up: a warning only.
+        let (errors, warnings) = member_findings(&probe(vec![
+            member("a", true, true, "1"),
+            member("b", true, false, "1"),
+            member("c", false, false, ""),
+        ]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].item, "c");
+        assert!(warnings[0].why.contains("refused"), "{warnings:?}");
+        // The leader is the one down, the others still follow it: a warning.
+        let (errors, warnings) = member_findings(&probe(vec![
+            member("a", false, false, ""),
+            member("b", true, false, "1"),
+        ]));
+        assert!(errors.is_empty());
+        assert!(
+            warnings.iter().any(|w| w.why.contains("leader (member 1)")),
+            "{warnings:?}"
+        );
+        // Reachable members that know no leader: an error.
+        let (errors, _) = member_findings(&probe(vec![
+            member("a", true, false, ""),
+            member("b", false, false, ""),
+        ]));
+        assert!(errors[0].why.starts_with("no leader"), "{errors:?}");
+        // Nobody answers: one error.
+        let (errors, warnings) = member_findings(&probe(vec![member("a", false, false, "")]));
+        assert_eq!((errors.len(), warnings.len()), (1, 0));
+        assert!(errors[0].why.starts_with("no member answers"));
+    }
 
     #[test]
     fn every_difference_is_named_with_its_map_and_direction() {

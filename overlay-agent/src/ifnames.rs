@@ -44,7 +44,14 @@ pub fn peer_name(network: &str, name: &str) -> String {
 /// The alias a port carries (`ip link` shows it): which endpoint it belongs to, so that a port
 /// found by its derived name is removed, or attached to, only if it is that endpoint's.
 pub fn port_alias(network: &str, name: &str) -> String {
-    format!("overlay endpoint {network}/{name}")
+    format!("{ALIAS_PREFIX}{network}/{name}")
+}
+
+const ALIAS_PREFIX: &str = "overlay endpoint ";
+
+/// The network and endpoint name a port's alias ([`port_alias`]) says it is for.
+pub fn endpoint_of_alias(alias: &str) -> Option<(&str, &str)> {
+    alias.strip_prefix(ALIAS_PREFIX)?.split_once('/')
 }
 
 /// The endpoint name of the node itself on `network` (`host join`).

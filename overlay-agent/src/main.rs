@@ -372,10 +372,13 @@ async fn run(cli: Cli) -> Result<()> {
             match cmd {
                 NetworkCmd::Create { .. } => {
                     let net = spec.expect("validated above");
-                    commands::network_create(&ctx.store, &net).await?;
+                    let done = match commands::network_create(&ctx.store, &net).await? {
+                        commands::Created::New => "created",
+                        commands::Created::Existed => "exists already with these settings",
+                    };
                     let v6 = net.subnet6.map(|s| format!(" and {s}")).unwrap_or_default();
                     println!(
-                        "network {} created: VNI {}, subnet {}{v6}, UDP port {}, /{} per node",
+                        "network {} {done}: VNI {}, subnet {}{v6}, UDP port {}, /{} per node",
                         net.name, net.vni, net.subnet, net.port, net.slice_prefix
                     );
                 }
@@ -426,11 +429,15 @@ async fn run(cli: Cli) -> Result<()> {
                     let nets = ctx.store.networks().await?;
                     print!("{}", report::render(&report::endpoints(&eps, &nets), json));
                 }
-                EndpointCmd::Rm { name } => {
-                    let ep = commands::endpoint_rm(&ctx, &name).await?;
-                    println!("endpoint {name} ({}) removed", ep.ip);
-                    served(&ctx, &ep, false).await?;
-                }
+                EndpointCmd::Rm { name } => match commands::endpoint_rm(&ctx, &name).await? {
+                    Some(ep) => {
+                        println!("endpoint {name} ({}) removed", ep.ip);
+                        served(&ctx, &ep, false).await?;
+                    }
+                    None => {
+                        println!("endpoint {name}: etcd had it no more; its interface is removed")
+                    }
+                },
             }
         }
         Command::Peer(cmd) => {
@@ -463,11 +470,12 @@ async fn run(cli: Cli) -> Result<()> {
                     served(&ctx, &ep, true).await?;
                 }
                 HostCmd::Leave { network } => {
-                    let ep = commands::host_leave(&ctx, &network).await?;
-                    println!(
-                        "node {} left network {network} ({} released)",
-                        ctx.node, ep.ip
-                    );
+                    let released = commands::host_leave(&ctx, &network)
+                        .await?
+                        .map_or("etcd had its address no more".to_string(), |ep| {
+                            format!("{} released", ep.ip)
+                        });
+                    println!("node {} left network {network} ({released})", ctx.node);
                 }
             }
         }
@@ -505,13 +513,25 @@ async fn run(cli: Cli) -> Result<()> {
             report::status(&g.node, &pins, &g.run_dir, &g.etcd(), json).await?
         ),
         Command::Doctor { cluster, json } => {
-            let store = Store::connect_patiently(&g.etcd()).await?;
+            let etcd = g.etcd();
+            let (members, store) =
+                tokio::join!(store::health::probe(&etcd), Store::connect_patiently(&etcd));
+            if members.reachable() == 0 {
+                // Each member's own reason says more than the client's one for them all.
+                let why: Vec<String> = members
+                    .members
+                    .iter()
+                    .map(|m| format!("{}: {}", m.endpoint, m.error.as_deref().unwrap_or("?")))
+                    .collect();
+                anyhow::bail!("no etcd member answers ({})", why.join("; "));
+            }
+            let store = store?;
             let healthy = if cluster {
-                let report = doctor::check_cluster(&store).await?;
+                let report = doctor::check_cluster(&store, &members).await?;
                 print!("{}", doctor::render_cluster(&report, json));
                 report.healthy()
             } else {
-                let report = doctor::check(&g.node, &pins, &g.run_dir, &store).await?;
+                let report = doctor::check(&g.node, &pins, &g.run_dir, &store, members).await?;
                 print!("{}", doctor::render(&report, json));
                 report.findings.is_empty()
             };

@@ -11,6 +11,7 @@ use crate::{
     inspect::Rows,
     store::{
         Store,
+        health::{self, Probe},
         schema::{Endpoint, Location, Network},
     },
 };
@@ -134,13 +135,17 @@ pub async fn status(
     let agent_running = file
         .as_ref()
         .is_some_and(|f| unsafe { libc::kill(f.pid as i32, 0) } == 0);
-    let etcd_state = match Store::connect(etcd).await {
-        Ok(store) => match store.list(&store.keys().all()).await {
-            Ok((_, rev)) => Ok(rev),
+    let etcd_state = async {
+        match Store::connect(etcd).await {
+            Ok(store) => match store.list(&store.keys().all()).await {
+                Ok((_, rev)) => Ok(rev),
+                Err(e) => Err(format!("{e:#}")),
+            },
             Err(e) => Err(format!("{e:#}")),
-        },
-        Err(e) => Err(format!("{e:#}")),
+        }
     };
+    // Each member alone, beside the whole: which of them answer, which leads.
+    let (etcd_state, members) = tokio::join!(etcd_state, health::probe(etcd));
     let underlay = file
         .as_ref()
         .map(|f| f.underlay.clone())
@@ -169,12 +174,14 @@ pub async fn status(
             "vtep": file.as_ref().map(|f| f.vtep.clone()),
             "map_write_failures": file.as_ref().map(|f| f.map_write_failures.clone()).unwrap_or_default(),
             "gro": file.as_ref().map(|f| f.gro.clone()).unwrap_or_default(),
+            "etcd_members": file.as_ref().map(|f| f.etcd_members.clone()),
         },
         "etcd": {
             "endpoints": etcd.endpoints.join(","),
             "reachable": etcd_state.is_ok(),
             "revision": etcd_state.as_ref().ok(),
             "error": etcd_state.as_ref().err(),
+            "members": members.members,
         },
         "programs": {
             "from_underlay": from_underlay,
@@ -189,6 +196,55 @@ pub async fn status(
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
     }
     Ok(status_text(&value))
+}
+
+/// The etcd members as one probe saw them, a row each.
+pub fn etcd_members(probe: &Probe) -> Rows {
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    Rows {
+        columns: &[
+            "endpoint",
+            "reachable",
+            "leader",
+            "raft_term",
+            "raft_index",
+            "behind",
+            "version",
+            "error",
+        ],
+        rows: probe
+            .members
+            .iter()
+            .map(|m| {
+                let known = |v: String| if m.reachable { v } else { "-".into() };
+                vec![
+                    m.endpoint.clone(),
+                    yes(m.reachable),
+                    known(yes(m.leader)),
+                    known(m.raft_term.to_string()),
+                    known(m.raft_index.to_string()),
+                    m.behind.map_or("-".into(), |b| b.to_string()),
+                    known(m.version.clone()),
+                    m.error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// One line: how many members answered and who leads.
+fn members_summary(probe: &Probe) -> String {
+    let leaders: Vec<&str> = probe.leaders().map(|m| m.endpoint.as_str()).collect();
+    let leader = match leaders.as_slice() {
+        [] => "NO LEADER reachable".to_string(),
+        [one] => format!("leader {one}"),
+        many => format!("SEVERAL say they lead: {}", many.join(", ")),
+    };
+    format!(
+        "{} of {} reachable, {leader}",
+        probe.reachable(),
+        probe.members.len()
+    )
 }
 
 /// Per VNI: where its broadcast goes, its groups with members here and elsewhere.
@@ -317,10 +373,33 @@ fn status_text(v: &Value) -> String {
             .collect::<String>(),
         _ => "none".into(),
     };
+    let probe_of = |v: &Value| serde_json::from_value::<Probe>(v.clone()).ok();
+    let members = probe_of(&json!({"unix": 1, "members": e["members"]})).unwrap_or_default();
+    let mut etcd = format!(
+        "{etcd}\netcd members    {}\n{}",
+        members_summary(&members),
+        indent(&etcd_members(&members).to_table())
+    );
+    if let Some(seen) = probe_of(&a["etcd_members"]).filter(|p| p.unix > 0) {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(seen.unix);
+        etcd += &format!("agent saw       {} ({ago} s ago)", members_summary(&seen));
+    } else {
+        etcd.pop();
+    }
     format!(
         "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nmaps            {maps}\nflood           {flood}\nfailed writes   {failures}\nproblems        {problems}\n",
         s(&v["node"]),
         list(&v["programs"]["from_underlay"]),
         list(&v["programs"]["from_container"]),
     )
+}
+
+/// `text` with every line indented under a status label.
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("                {l}\n"))
+        .collect()
 }

@@ -356,8 +356,16 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
     inv.require("CNI_CONTAINERID", &inv.container_id)?;
     inv.require("CNI_IFNAME", &inv.ifname)?;
     // CNI_NETNS may be empty (containerd) or gone: deleting the host side takes the pair.
-    let ctx = node_ctx(conf, false).await?;
     let name = endpoint_name(&conf.name, &inv.container_id, &inv.ifname);
+    let ctx = match node_ctx(conf, false).await {
+        Ok(ctx) => ctx,
+        // etcd unreachable: the interface goes now, the record with the runtime's retry.
+        Err(e) if e.code() == Code::TryAgainLater as u32 => {
+            let e = commands::endpoint_release_local(network, &name, anyhow::anyhow!(e.msg)).await;
+            return Err(Error::new(Code::TryAgainLater, format!("{e:#}")));
+        }
+        Err(e) => return Err(e),
+    };
     commands::endpoint_release(&ctx, network, &name)
         .await
         .map_err(|e| Error::new(Code::TryAgainLater, format!("{e:#}")))?;

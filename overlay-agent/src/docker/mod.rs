@@ -12,6 +12,9 @@ mod network_driver;
 pub mod protocol;
 pub mod state;
 
+/// An endpoint's name from Docker's EndpointID (tests find its interface by it).
+pub use network_driver::endpoint_name;
+
 use std::{
     collections::HashSet,
     net::Ipv4Addr,

@@ -163,7 +163,7 @@ impl Driver {
             }
             .validate()?;
             match commands::network_create(store, &net).await {
-                Ok(()) => {
+                Ok(_) => {
                     log::info!("created overlay network {} in etcd", net.name);
                     return Ok(net);
                 }
@@ -232,6 +232,14 @@ impl Driver {
         let made = commands::endpoint_make(&self.ctx, &req_attach, None).await;
         // Claimed in etcd now, or failed (Docker then gives the address back).
         self.pending.lock().await.remove(&ip);
+        if let Err(e) = &made
+            && let Some(left) = e.downcast_ref::<commands::MayRemain>()
+        {
+            // Docker's next attempt comes with a new EndpointID, never replacing this one's
+            // record: the driver, which outlives the attempt, finishes the undo itself.
+            let (store, ep) = (self.ctx.store.clone(), left.0.clone());
+            tokio::spawn(commands::unregister_eventually(store, ep));
+        }
         let made = made?;
         log::info!(
             "endpoint {} ({ip}) on overlay network {}: {} for the container",

@@ -37,6 +37,7 @@ use crate::{
     agent::StatusFile,
     dataplane::{Maps, PinDir, maps::pinned_capacity},
     report::attachments,
+    store::health::Probe,
 };
 
 /// Scrapes that may walk the maps at once ([`Walkers`]). Each walk reads every entry with a
@@ -86,6 +87,8 @@ struct Published {
     rebuilding: bool,
     /// When the lease etcd last renewed runs out (None: no lease, or etcd said it expired).
     lease_expires: Option<Instant>,
+    /// Each etcd member as last probed (store/health.rs).
+    etcd_members: Probe,
 }
 
 /// The agent's side: records reconcile durations and publishes its state. Clones share it.
@@ -132,6 +135,23 @@ impl Metrics {
     /// The cluster's networks as they are now: connections from their subnets are refused.
     pub fn overlay_networks(&self, subnets: OverlaySubnets) {
         *self.overlay.lock().expect("overlay subnets lock") = subnets;
+    }
+
+    /// The agent's prober saw the etcd members so.
+    pub fn etcd_probed(&self, probe: Probe) {
+        self.published
+            .lock()
+            .expect("metrics state lock")
+            .etcd_members = probe;
+    }
+
+    /// What the prober last saw (the status file carries it too).
+    pub fn last_etcd_probe(&self) -> Probe {
+        self.published
+            .lock()
+            .expect("metrics state lock")
+            .etcd_members
+            .clone()
     }
 
     /// etcd answered a keepalive: the lease lives `ttl` seconds more (0 or less: it expired).
@@ -475,6 +495,8 @@ impl Collector for Node {
             i64::from(self.readiness().is_ok()),
         )?;
 
+        etcd_members(&mut encoder, &p.etcd_members)?;
+
         let a = attachments(&self.pins, &self.underlay);
         let mut family = encoder.encode_descriptor(
             "overlay_programs_attached",
@@ -494,6 +516,43 @@ impl Collector for Node {
     }
 }
 
+/// Per etcd member as the agent last probed it: up, leader, how far behind. Nothing before
+/// the first probe (a member never asked is not a member seen down).
+fn etcd_members(encoder: &mut DescriptorEncoder, probe: &Probe) -> std::fmt::Result {
+    if probe.unix == 0 {
+        return Ok(());
+    }
+    type Value = fn(&crate::store::health::Member) -> Option<i64>;
+    let gauges: [(&str, &str, Value); 3] = [
+        (
+            "overlay_etcd_member_up",
+            "1 if the etcd member answered the agent's last status probe (each member asked alone, every 10 s), else 0",
+            |m| Some(i64::from(m.reachable)),
+        ),
+        (
+            "overlay_etcd_member_leader",
+            "1 if the etcd member said it is the leader at the last probe, else 0",
+            |m| Some(i64::from(m.leader)),
+        ),
+        (
+            "overlay_etcd_member_raft_behind",
+            "Raft entries the etcd member's log was behind the leader's at the last probe (absent: member or leader unreachable)",
+            |m| m.behind.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family =
+            encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+        for m in &probe.members {
+            if let Some(v) = value(m) {
+                ConstGauge::new(v)
+                    .encode(family.encode_family(&[("endpoint", m.endpoint.as_str())])?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,7 +566,57 @@ mod tests {
             },
             rebuilding: false,
             lease_expires: Some(Instant::now() + Duration::from_secs(10)),
+            etcd_members: Probe::default(),
         }
+    }
+
+    #[test]
+    fn etcd_members_are_gauges_per_endpoint_once_probed() {
+        use crate::store::health::Member;
+        #[derive(Debug)]
+        struct Members(Probe);
+        impl Collector for Members {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+                etcd_members(&mut encoder, &self.0)
+            }
+        }
+        let text = |probe: Probe| {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(Members(probe)));
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        // Never probed: nothing (not a member seen down).
+        assert!(!text(Probe::default()).contains("overlay_etcd_member"));
+        let probe = Probe {
+            unix: 1,
+            members: vec![
+                Member {
+                    endpoint: "http://a:2379".into(),
+                    reachable: true,
+                    leader: true,
+                    behind: Some(0),
+                    ..Default::default()
+                },
+                Member {
+                    endpoint: "http://b:2379".into(),
+                    error: Some("refused".into()),
+                    ..Default::default()
+                },
+            ],
+        };
+        let text = text(probe);
+        for line in [
+            "overlay_etcd_member_up{endpoint=\"http://a:2379\"} 1",
+            "overlay_etcd_member_up{endpoint=\"http://b:2379\"} 0",
+            "overlay_etcd_member_leader{endpoint=\"http://a:2379\"} 1",
+            "overlay_etcd_member_leader{endpoint=\"http://b:2379\"} 0",
+            "overlay_etcd_member_raft_behind{endpoint=\"http://a:2379\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("raft_behind{endpoint=\"http://b"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! etcd: the single source of truth. This is the only module that speaks etcd-client; the
 //! rest of the agent sees typed records (see [`schema`]) and a few transactions that keep
 //! names, VNIs, slices and addresses unique even when several nodes act at the same moment.
+pub mod health;
 pub mod history;
 pub mod members;
 pub mod roles;
