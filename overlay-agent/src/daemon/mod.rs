@@ -33,7 +33,7 @@ use crate::{
     flood,
     gro::GroDevices,
     ifnames,
-    metrics::{self, Metrics, OverlaySubnets, ReconcileKind},
+    metrics::{Metrics, OverlaySubnets, ReconcileKind},
     mtu,
     plumbing::{self, Netlink},
     store::{
@@ -42,6 +42,8 @@ use crate::{
     },
     tunnel_guard,
 };
+
+pub mod metrics;
 
 /// This node's VTEP is of the other family than the cluster's: fatal, not retried.
 #[derive(Debug)]
