@@ -7,6 +7,8 @@ pub mod dataplane;
 pub mod netlink;
 pub mod store;
 
+pub mod status;
+
 pub mod model;
 
 pub mod syncs;

@@ -524,8 +524,8 @@ pub async fn teardown(
     run_dir: &std::path::Path,
     store: Result<Store>,
 ) -> Result<Teardown> {
-    let status_file = crate::agent::status_path(run_dir, node);
-    if let Ok(agent) = crate::agent::running(run_dir, node) {
+    let status_file = crate::status::status_path(run_dir, node);
+    if let Ok(agent) = crate::status::running(run_dir, node) {
         bail!(
             "the agent of node {node} is running (pid {}); stop it first",
             agent.pid

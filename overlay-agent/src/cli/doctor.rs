@@ -16,13 +16,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    agent,
     cluster::ClusterState,
     dataplane::{Maps, PinDir, state::Diff},
     desired::desired,
     gro, ifnames,
     net::Mac,
     plumbing::{Link, Netlink},
+    status,
     store::{
         Store,
         schema::{Kind, Location},
@@ -153,7 +153,7 @@ fn compare(
 /// change the agent is applying right now is not reported as drift.
 pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> Result<Report> {
     let mut findings = Vec::new();
-    let status = match agent::running(run_dir, node) {
+    let status = match status::running(run_dir, node) {
         Ok(s) => Some(s),
         Err(e) => {
             findings.push(Finding {
@@ -161,7 +161,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
                 item: node.into(),
                 why: format!("{e:#}: nothing keeps the maps equal to etcd"),
             });
-            agent::last_status(run_dir, node).ok()
+            status::last_status(run_dir, node).ok()
         }
     };
     let netlink = Netlink::new()?;

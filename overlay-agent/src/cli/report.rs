@@ -6,9 +6,9 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{StatusFile, status_path},
     dataplane::{Maps, PinDir},
     inspect::Rows,
+    status::{self, StatusFile, status_path},
     store::{
         Store,
         schema::{Endpoint, Location, Network},
@@ -131,9 +131,7 @@ pub async fn status(
     let file: Option<StatusFile> = std::fs::read(status_path(run_dir, node))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let agent_running = file
-        .as_ref()
-        .is_some_and(|f| unsafe { libc::kill(f.pid as i32, 0) } == 0);
+    let agent_running = file.as_ref().is_some_and(status::alive);
     let etcd_state = match Store::connect(etcd).await {
         Ok(store) => match store.list(&store.keys().all()).await {
             Ok((_, rev)) => Ok(rev),

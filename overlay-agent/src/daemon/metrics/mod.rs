@@ -34,9 +34,9 @@ use prometheus_client::{
 
 pub use self::admission::OverlaySubnets;
 use crate::{
-    agent::StatusFile,
     dataplane::{Maps, PinDir, maps::pinned_capacity},
     report::attachments,
+    status::StatusFile,
 };
 
 /// Scrapes that may walk the maps at once ([`Walkers`]). Each walk reads every entry with a
