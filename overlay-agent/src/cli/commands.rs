@@ -588,7 +588,7 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
                 maps.endpoints.get(&key, 0).is_ok()
                     && (!present
                         || (ctx.pins.link(port).exists()
-                            && crate::agent::ifindex(port)
+                            && crate::netlink::ifindex(port)
                                 .is_some_and(|i| maps.ports.get(&i, 0).is_ok())))
             }
         };

@@ -7,7 +7,6 @@
 //! relists and reconciles, which adds what is missing and deletes what is stale.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
     net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -34,7 +33,7 @@ use crate::{
     ifnames,
     metrics::{Metrics, OverlaySubnets, ReconcileKind},
     mtu,
-    plumbing::{self, Netlink},
+    plumbing::{self, Netlink, ifindex},
     status::{StatusFile, netns_id, status_path},
     store::{
         Store, brief,
@@ -903,14 +902,5 @@ impl KeepAlive {
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// The ifindex of a local interface, None if there is none by that name.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => None,
-        i => Some(i),
     }
 }

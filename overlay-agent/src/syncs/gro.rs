@@ -58,7 +58,7 @@ impl GroDevices {
     ) {
         // A helper someone deleted, or deleted and made again, is made (or attached) again.
         self.ready
-            .retain(|_, (name, index)| crate::agent::ifindex(name) == Some(*index));
+            .retain(|_, (name, index)| crate::netlink::ifindex(name) == Some(*index));
         if self.swept && self.failed.is_empty() && self.ready.keys().eq(wanted.iter()) {
             return;
         }
