@@ -19,7 +19,7 @@ use crate::{
     cluster::ClusterState,
     dataplane::{Maps, PinDir, state::Diff},
     desired::desired,
-    gro, ifnames,
+    ifnames,
     net::Mac,
     plumbing::{Link, Netlink},
     status,
@@ -244,7 +244,7 @@ pub async fn check(node: &str, pins: &PinDir, run_dir: &Path, store: &Store) -> 
         .map(|n| n.port)
         .collect();
     for port in ports {
-        let device = gro::device(port);
+        let device = ifnames::gro_device(port);
         if netlink.index(&device).await?.is_none() || !links.contains(&device) {
             findings.push(Finding {
                 check: "gro".into(),
