@@ -34,8 +34,7 @@ use prometheus_client::{
 
 pub use self::admission::OverlaySubnets;
 use crate::{
-    dataplane::{Maps, PinDir, maps::pinned_capacity},
-    report::attachments,
+    dataplane::{Maps, PinDir, maps::pinned_capacity, pins::attachments},
     status::StatusFile,
 };
 
