@@ -17,7 +17,7 @@ use overlay_agent::{
     monitor,
     net::Mac,
     plumbing::open_netns,
-    report,
+    report, status,
     store::{self, Store, schema},
 };
 use overlay_common::Counter;
@@ -41,7 +41,7 @@ struct Global {
     #[arg(long, global = true, env = "OVERLAY_ETCD", default_value = store::DEFAULT_ENDPOINT, value_delimiter = ',')]
     etcd: Vec<String>,
     /// This node's name; also selects its bpffs pin directory <pin-root>/<node>.
-    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = agent::default_node())]
+    #[arg(long, global = true, env = "OVERLAY_NODE", default_value_t = status::default_node())]
     node: String,
     /// Key prefix of the overlay's state in etcd.
     #[arg(long, global = true, env = "OVERLAY_PREFIX", default_value = schema::DEFAULT_PREFIX)]
@@ -54,7 +54,7 @@ struct Global {
         long,
         global = true,
         env = "OVERLAY_RUN_DIR",
-        default_value = agent::DEFAULT_RUN_DIR
+        default_value = status::DEFAULT_RUN_DIR
     )]
     run_dir: PathBuf,
     /// The CA certificate (PEM) that signed etcd's (https:// endpoints).

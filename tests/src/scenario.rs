@@ -26,7 +26,7 @@ pub fn blue_pair(label: &str) -> (Deployment, Container, Container) {
             .linked()
             .unwrap()
             .into_iter()
-            .filter(|name| !overlay_agent::gro::is_device(name))
+            .filter(|name| !overlay_agent::ifnames::is_gro_device(name))
             .count();
         assert_eq!(links, 2, "{}", h.log());
     }

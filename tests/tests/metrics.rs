@@ -153,7 +153,7 @@ fn prometheus_reads_back_what_the_maps_count_and_hold() {
             .linked()
             .unwrap()
             .iter()
-            .filter(|l| overlay_agent::gro::is_device(l))
+            .filter(|l| overlay_agent::ifnames::is_gro_device(l))
             .count();
         assert_eq!(
             q(&format!(

@@ -166,7 +166,7 @@ impl Dataplane {
     /// Attaches `gro_sink` at TC ingress of a GRO helper device (see gro.rs).
     pub fn attach_gro_sink(&mut self, iface: &str) -> Result<()> {
         ensure!(
-            crate::gro::is_device(iface),
+            crate::ifnames::is_gro_device(iface),
             "refusing to attach {} to {iface}: not a GRO helper device",
             programs::GRO_SINK
         );

@@ -121,6 +121,30 @@ impl PinDir {
     }
 }
 
+/// The interfaces with a pinned link, by the program attached: `status` and the metrics.
+#[derive(Debug, Default)]
+pub struct Attachments {
+    pub from_underlay: Vec<String>,
+    pub from_container: Vec<String>,
+    pub gro_sink: Vec<String>,
+}
+
+/// The node's pinned links by program: the underlay's is from_underlay, a GRO helper's
+/// gro_sink, any other a port's from_container. No links (or no pin directory): none.
+pub fn attachments(pins: &PinDir, underlay: &str) -> Attachments {
+    let mut a = Attachments::default();
+    for link in pins.linked().unwrap_or_default() {
+        if link == underlay {
+            a.from_underlay.push(link);
+        } else if crate::ifnames::is_gro_device(&link) {
+            a.gro_sink.push(link);
+        } else {
+            a.from_container.push(link);
+        }
+    }
+    a
+}
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;

@@ -5,13 +5,14 @@
 //!
 //! Shapes: `ovbr<vni>` bridges, `ove<8 hex>` container ports (their container side is
 //! `ovt<8 hex>` while still in the host), `ovh<vni>` / `ovhp<vni>` the host's own leg and its
-//! bridge port (`host join`), `ovgro<port>` GRO helper devices (gro.rs owns those).
+//! bridge port (`host join`), `ovgro<port>` GRO helper devices (syncs/gro.rs keeps those).
 
 const BRIDGE_PREFIX: &str = "ovbr";
 const PORT_PREFIX: &str = "ove";
 const PEER_PREFIX: &str = "ovt";
 const HOST_IFACE_PREFIX: &str = "ovh";
 const HOST_PORT_PREFIX: &str = "ovhp";
+const GRO_PREFIX: &str = "ovgro";
 
 /// Interface names are at most 15 bytes: a short stable hash of what names the endpoint.
 /// FNV-1a in 32 bits, as since the first release: ports made before an upgrade keep the names
@@ -74,6 +75,17 @@ pub fn host_port_vni(name: &str) -> Option<u32> {
     decimal(name.strip_prefix(HOST_PORT_PREFIX)?)
 }
 
+/// The GRO helper device for UDP `port` (syncs/gro.rs).
+pub fn gro_device(port: u16) -> String {
+    format!("{GRO_PREFIX}{port}")
+}
+
+/// Whether `name` has the exact shape of a GRO helper device.
+pub fn is_gro_device(name: &str) -> bool {
+    name.strip_prefix(GRO_PREFIX)
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Whether `name` has the shape of a port `from_container` may be attached to: a container's
 /// `ove<8 hex>` or a host leg's `ovhp<vni>`. Never a bridge, a GRO helper, the host's own
 /// leg, nor any interface we did not make (the underlay, `lo`).
@@ -84,7 +96,7 @@ pub fn is_port(name: &str) -> bool {
 /// Whether an interface name is one the agent's commands make. Exact shapes, so a user's
 /// `overlay0` is never taken for ours.
 pub fn is_our_interface(name: &str) -> bool {
-    crate::gro::is_device(name)
+    is_gro_device(name)
         || is_port(name)
         || hashed(name, PEER_PREFIX)
         || name.strip_prefix(BRIDGE_PREFIX).and_then(decimal).is_some()
@@ -167,5 +179,24 @@ mod tests {
         assert_eq!(port_name("blue", "c1"), "ove1a77fa8a");
         assert_ne!(port_name("blue", "c1"), port_name("blue", "c2"));
         assert_ne!(port_name("blue", "c1"), port_name("red", "c1"));
+    }
+
+    #[test]
+    fn gro_device_names_have_one_shape() {
+        assert_eq!(gro_device(4789), "ovgro4789");
+        assert!(
+            is_gro_device(&gro_device(4789))
+                && is_gro_device(&gro_device(65535))
+                && is_gro_device("ovgro1")
+        );
+        for other in [
+            "ovgro",
+            "ovgro4789x",
+            "ovgro123456",
+            "xovgro4789",
+            "ovbr4789",
+        ] {
+            assert!(!is_gro_device(other), "{other}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS, VtepAd
 use crate::{
     cluster::ClusterState,
     dataplane::{Maps, maps::sync_table, state::MapState},
-    gro,
+    ifnames,
     store::schema::{GroupsRecord, Location, MAX_PUBLISHED_GROUPS},
 };
 
@@ -45,7 +45,7 @@ pub fn wanted(
         let port = network.port;
         let mut flood = Flood {
             bridge: resolve(&crate::ifnames::bridge(vni)).unwrap_or(0),
-            tunnel: resolve(&gro::device(port)).unwrap_or(0),
+            tunnel: resolve(&ifnames::gro_device(port)).unwrap_or(0),
             rate_pps: settings.get(&vni).map_or(0, |s| s.bum_rate),
             internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
             ..Flood::default()

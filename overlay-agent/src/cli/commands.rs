@@ -849,8 +849,8 @@ pub async fn teardown(
     run_dir: &std::path::Path,
     store: Result<Store>,
 ) -> Result<Teardown> {
-    let status_file = crate::agent::status_path(run_dir, node);
-    if let Ok(agent) = crate::agent::running(run_dir, node) {
+    let status_file = crate::status::status_path(run_dir, node);
+    if let Ok(agent) = crate::status::running(run_dir, node) {
         bail!(
             "the agent of node {node} is running (pid {}); stop it first",
             agent.pid
@@ -913,7 +913,7 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
                 maps.endpoints.get(&key, 0).is_ok()
                     && (!present
                         || (ctx.pins.link(port).exists()
-                            && crate::agent::ifindex(port)
+                            && crate::netlink::ifindex(port)
                                 .is_some_and(|i| maps.ports.get(&i, 0).is_ok())))
             }
         };

@@ -10,7 +10,6 @@
 //! missing and deletes what is stale; an expired lease ends the session.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
     net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -19,7 +18,6 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{EventType, WatchResponse};
 use overlay_common::{NodeConfig, vtep};
-use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -35,9 +33,10 @@ use crate::{
     flood,
     gro::GroDevices,
     ifnames,
-    metrics::{self, Metrics, OverlaySubnets, ReconcileKind},
+    metrics::{Metrics, OverlaySubnets, ReconcileKind},
     mtu,
-    plumbing::{self, Netlink},
+    plumbing::{self, Netlink, ifindex},
+    status::{StatusFile, netns_id, status_path},
     store::{
         self, LeaseStream, Store, brief,
         history::History,
@@ -45,6 +44,8 @@ use crate::{
     },
     tunnel_guard,
 };
+
+pub mod metrics;
 
 /// This node's VTEP is of the other family than the cluster's: fatal, not retried.
 #[derive(Debug)]
@@ -74,97 +75,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// What `status` reads: written by the agent after every reconcile.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusFile {
-    pub node: String,
-    pub pid: u32,
-    pub etcd: String,
-    pub connected: bool,
-    pub underlay: String,
-    pub vtep: String,
-    /// The last etcd revision whose state the maps hold.
-    pub revision: i64,
-    pub updated_unix: u64,
-    /// Entries that etcd holds but this node cannot serve, and why.
-    pub problems: BTreeMap<String, String>,
-    /// Map writes that failed (a full map, above all), per map, since the agent started.
-    pub map_write_failures: BTreeMap<String, u64>,
-    /// UDP port -> its receive-side GRO helper device, or why it has none.
-    #[serde(default)]
-    pub gro: BTreeMap<String, String>,
-    /// The etcd key prefix and the pin directory the agent uses: what a runtime plugin on this
-    /// node needs to act as the CLI would, with nothing but the node's name.
-    #[serde(default)]
-    pub prefix: String,
-    #[serde(default)]
-    pub pins: PathBuf,
-    /// The agent's network namespace ([`netns_id`]): a plugin in another one would make ports
-    /// the agent never sees.
-    #[serde(default)]
-    pub netns: String,
-    /// How the agent reaches etcd (certificate paths, the user and its password file; never a
-    /// password): a runtime plugin on the node reaches it the same way.
-    #[serde(default)]
-    pub access: Option<crate::store::Etcd>,
-    /// Each etcd member as the agent last probed it (store/health.rs), every
-    /// `health::PROBE_EVERY`.
-    #[serde(default)]
-    pub etcd_members: crate::store::health::Probe,
-}
-
-/// The calling process's network namespace, as `<device>:<inode>` of /proc/self/ns/net.
-pub fn netns_id() -> String {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self/ns/net").map_or_else(
-        |e| format!("unknown ({e})"),
-        |m| format!("{}:{}", m.dev(), m.ino()),
-    )
-}
-
-/// Where agents write their status (`<run-dir>/<node>.json`) unless told otherwise.
-pub const DEFAULT_RUN_DIR: &str = "/run/overlay";
-
-/// A node is named after its host unless told otherwise.
-pub fn default_node() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
-}
-
 /// How long a container's port must have been gone before its endpoint leaves etcd.
 const VANISHED_GRACE: Duration = Duration::from_secs(2);
-
-pub fn status_path(run_dir: &std::path::Path, node: &str) -> PathBuf {
-    run_dir.join(format!("{node}.json"))
-}
-
-/// The status of node `node`'s agent if that agent is running; else why not, in one line.
-pub fn running(run_dir: &std::path::Path, node: &str) -> Result<StatusFile> {
-    let status = last_status(run_dir, node)?;
-    // Signal 0: is the process there (and ours to signal)?
-    if unsafe { libc::kill(status.pid as i32, 0) } != 0 {
-        bail!(
-            "the overlay agent of node {node} is not running (pid {} in {} is gone)",
-            status.pid,
-            status_path(run_dir, node).display()
-        );
-    }
-    Ok(status)
-}
-
-/// The last status node `node`'s agent wrote, whether or not it still runs.
-pub fn last_status(run_dir: &std::path::Path, node: &str) -> Result<StatusFile> {
-    let path = status_path(run_dir, node);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        anyhow!(
-            "the overlay agent of node {node} has never run here ({}: {e})",
-            path.display()
-        )
-    })?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("reading the agent's status {}", path.display()))
-}
 
 struct Agent {
     opts: Options,
@@ -1208,14 +1120,5 @@ async fn keep_alive(
 impl Drop for KeepAlive {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// The ifindex of a local interface, None if there is none by that name.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => None,
-        i => Some(i),
     }
 }

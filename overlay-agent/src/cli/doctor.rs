@@ -16,13 +16,13 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    agent,
     cluster::ClusterState,
     dataplane::{Maps, PinDir, state::Diff},
     desired::desired,
-    gro, ifnames,
+    ifnames,
     net::Mac,
     plumbing::{Link, Netlink},
+    status,
     store::{
         Store,
         health::Probe,
@@ -235,7 +235,7 @@ pub async fn check(
     etcd_members: Probe,
 ) -> Result<Report> {
     let (mut findings, warnings) = member_findings(&etcd_members);
-    let status = match agent::running(run_dir, node) {
+    let status = match status::running(run_dir, node) {
         Ok(s) => Some(s),
         Err(e) => {
             findings.push(Finding {
@@ -243,7 +243,7 @@ pub async fn check(
                 item: node.into(),
                 why: format!("{e:#}: nothing keeps the maps equal to etcd"),
             });
-            agent::last_status(run_dir, node).ok()
+            status::last_status(run_dir, node).ok()
         }
     };
     let netlink = Netlink::new()?;
@@ -326,7 +326,7 @@ pub async fn check(
         .map(|n| n.port)
         .collect();
     for port in ports {
-        let device = gro::device(port);
+        let device = ifnames::gro_device(port);
         if netlink.index(&device).await?.is_none() || !links.contains(&device) {
             findings.push(Finding {
                 check: "gro".into(),

@@ -106,7 +106,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
         Table::Flood => {
             let name = |ifindex: u32| match ifindex {
                 0 => "-".to_string(),
-                i => crate::net::iface_name(i).unwrap_or_else(|| i.to_string()),
+                i => crate::netlink::iface_name(i).unwrap_or_else(|| i.to_string()),
             };
             for e in maps.flood.iter() {
                 let (vni, f) = e.context("reading FLOOD")?;
@@ -143,7 +143,7 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
         Table::Groups => {
             for e in maps.groups.iter() {
                 let (k, _) = e.context("reading GROUPS")?;
-                let port = crate::net::iface_name(k.port).unwrap_or_else(|| k.port.to_string());
+                let port = crate::netlink::iface_name(k.port).unwrap_or_else(|| k.port.to_string());
                 rows.push(vec![
                     k.vni.to_string(),
                     ip(k.group).to_string(),

@@ -34,9 +34,8 @@ use prometheus_client::{
 
 pub use self::admission::OverlaySubnets;
 use crate::{
-    agent::StatusFile,
-    dataplane::{Maps, PinDir, maps::pinned_capacity},
-    report::attachments,
+    dataplane::{Maps, PinDir, maps::pinned_capacity, pins::attachments},
+    status::StatusFile,
     store::health::Probe,
 };
 

@@ -19,21 +19,9 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     dataplane::{Dataplane, PinDir},
+    ifnames,
     plumbing::Netlink,
 };
-
-const PREFIX: &str = "ovgro";
-
-/// The helper device for UDP `port`.
-pub fn device(port: u16) -> String {
-    format!("{PREFIX}{port}")
-}
-
-/// Whether `name` has the exact shape of a helper device.
-pub fn is_device(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
-}
 
 /// The helper devices this agent keeps, and why a port has none.
 #[derive(Default)]
@@ -58,7 +46,7 @@ impl GroDevices {
     ) {
         // A helper someone deleted, or deleted and made again, is made (or attached) again.
         self.ready
-            .retain(|_, (name, index)| crate::agent::ifindex(name) == Some(*index));
+            .retain(|_, (name, index)| crate::netlink::ifindex(name) == Some(*index));
         if self.swept && self.failed.is_empty() && self.ready.keys().eq(wanted.iter()) {
             return;
         }
@@ -106,7 +94,10 @@ impl GroDevices {
             .await?
             .into_iter()
             .chain(pins.linked()?)
-            .filter(|name| is_device(name) && !wanted.iter().any(|&p| device(p) == *name))
+            .filter(|name| {
+                ifnames::is_gro_device(name)
+                    && !wanted.iter().any(|&p| ifnames::gro_device(p) == *name)
+            })
             .collect();
         for name in stale {
             remove(netlink, pins, &name).await?;
@@ -131,7 +122,7 @@ impl GroDevices {
 }
 
 async fn make(netlink: &Netlink, dataplane: &mut Dataplane, port: u16) -> Result<(String, u32)> {
-    let name = device(port);
+    let name = ifnames::gro_device(port);
     let index = netlink.ensure_vxlan_external(&name, port).await?;
     // Router solicitations and DAD would be its only traffic: a collect_md device has nowhere
     // to send them, but it would try.
@@ -154,24 +145,4 @@ async fn make(netlink: &Netlink, dataplane: &mut Dataplane, port: u16) -> Result
 async fn remove(netlink: &Netlink, pins: &PinDir, name: &str) -> Result<()> {
     netlink.delete(name).await?;
     Dataplane::detach(pins, name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_names_have_one_shape() {
-        assert_eq!(device(4789), "ovgro4789");
-        assert!(is_device(&device(4789)) && is_device(&device(65535)) && is_device("ovgro1"));
-        for other in [
-            "ovgro",
-            "ovgro4789x",
-            "ovgro123456",
-            "xovgro4789",
-            "ovbr4789",
-        ] {
-            assert!(!is_device(other), "{other}");
-        }
-    }
 }

@@ -7,7 +7,6 @@ use std::{
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
-    path::PathBuf,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -23,6 +22,14 @@ use rtnetlink::{
 
 use crate::net::Mac;
 
+mod ifindex;
+mod netns;
+
+pub use self::{
+    ifindex::{iface_name, ifindex},
+    netns::{netns_path, open_netns},
+};
+
 pub struct Netlink {
     handle: Handle,
 }
@@ -34,26 +41,6 @@ pub struct Link {
     /// What `ip link` shows as its alias: a port says which endpoint it is
     /// (`ifnames::port_alias`).
     pub alias: Option<String>,
-}
-
-/// A namespace as the user names it: `ip netns` names live in /run/netns, anything with a '/'
-/// is a path such as /proc/PID/ns/net.
-pub fn netns_path(ns: &str) -> PathBuf {
-    if ns.contains('/') {
-        PathBuf::from(ns)
-    } else {
-        PathBuf::from("/run/netns").join(ns)
-    }
-}
-
-pub fn open_netns(ns: &str) -> Result<File> {
-    let path = netns_path(ns);
-    File::open(&path).map_err(|e| {
-        anyhow!(
-            "network namespace {ns:?} does not exist ({}: {e})",
-            path.display()
-        )
-    })
 }
 
 fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
@@ -539,8 +526,7 @@ impl Netlink {
 /// namespace: the containers on it answer its general queries with reports, which keeps their
 /// snooped memberships alive.
 pub fn set_igmp_querier(ifindex: u32) -> Result<()> {
-    let name = crate::net::iface_name(ifindex)
-        .ok_or_else(|| anyhow!("no interface with index {ifindex}"))?;
+    let name = iface_name(ifindex).ok_or_else(|| anyhow!("no interface with index {ifindex}"))?;
     let out = std::process::Command::new("ip")
         .args([
             "link",

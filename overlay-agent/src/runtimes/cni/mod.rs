@@ -15,10 +15,10 @@ use std::{io::Read as _, path::PathBuf, process::ExitCode};
 use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, Route, VersionResult};
 
 use crate::{
-    agent,
     commands::{self, Attach, Ctx},
     dataplane::{PinDir, pins},
     plumbing::{Netlink, open_netns},
+    status,
     store::{self, Store, schema},
 };
 
@@ -168,7 +168,7 @@ fn network_of(conf: &NetConf) -> Result<&str, Error> {
 fn run_dir(conf: &NetConf) -> PathBuf {
     conf.run_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(agent::DEFAULT_RUN_DIR))
+        .unwrap_or_else(|| PathBuf::from(status::DEFAULT_RUN_DIR))
 }
 
 /// The node: the configuration's `node`, else the hostname, else the only node whose agent
@@ -177,9 +177,9 @@ fn node_of(conf: &NetConf) -> String {
     if let Some(node) = &conf.node {
         return node.clone();
     }
-    let host = agent::default_node();
+    let host = status::default_node();
     let dir = run_dir(conf);
-    if agent::status_path(&dir, &host).exists() {
+    if status::status_path(&dir, &host).exists() {
         return host;
     }
     let nodes: Vec<String> = std::fs::read_dir(&dir)
@@ -206,8 +206,8 @@ async fn node_ctx(conf: &NetConf, agent_must_run: bool) -> Result<Ctx, Error> {
     let node = node_of(conf);
     let later = |e: anyhow::Error| Error::new(Code::TryAgainLater, format!("{e:#}"));
     let status = if agent_must_run {
-        let status = agent::running(&run_dir(conf), &node).map_err(later)?;
-        let here = agent::netns_id();
+        let status = status::running(&run_dir(conf), &node).map_err(later)?;
+        let here = status::netns_id();
         if !status.netns.is_empty() && status.netns != here {
             return Err(Error::new(
                 Code::InvalidConfig,
@@ -219,7 +219,7 @@ async fn node_ctx(conf: &NetConf, agent_must_run: bool) -> Result<Ctx, Error> {
         }
         Some(status)
     } else {
-        agent::last_status(&run_dir(conf), &node).ok()
+        status::last_status(&run_dir(conf), &node).ok()
     };
     // The agent's own way to etcd (endpoints, prefix, certificates, user), `etcd` in the
     // configuration overriding the endpoints.
@@ -437,7 +437,7 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
 
 /// Ready for ADDs: the node's agent runs (it attaches and serves new endpoints).
 fn status(conf: &NetConf) -> Result<(), Error> {
-    agent::running(&run_dir(conf), &node_of(conf))
+    status::running(&run_dir(conf), &node_of(conf))
         .map(drop)
         .map_err(|e| Error::new(Code::NotAvailable, format!("{e:#}")))
 }

@@ -6,9 +6,12 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{StatusFile, status_path},
-    dataplane::{Maps, PinDir},
+    dataplane::{
+        Maps, PinDir,
+        pins::{Attachments, attachments},
+    },
     inspect::Rows,
+    status::{self, StatusFile, status_path},
     store::{
         Store,
         health::{self, Probe},
@@ -97,30 +100,6 @@ pub fn endpoints(eps: &[Endpoint], nets: &[Network]) -> Rows {
     }
 }
 
-/// The interfaces with a pinned link, by the program attached: `status` and the metrics.
-#[derive(Debug, Default)]
-pub struct Attachments {
-    pub from_underlay: Vec<String>,
-    pub from_container: Vec<String>,
-    pub gro_sink: Vec<String>,
-}
-
-/// The node's pinned links by program: the underlay's is from_underlay, a GRO helper's
-/// gro_sink, any other a port's from_container. No links (or no pin directory): none.
-pub fn attachments(pins: &PinDir, underlay: &str) -> Attachments {
-    let mut a = Attachments::default();
-    for link in pins.linked().unwrap_or_default() {
-        if link == underlay {
-            a.from_underlay.push(link);
-        } else if crate::gro::is_device(&link) {
-            a.gro_sink.push(link);
-        } else {
-            a.from_container.push(link);
-        }
-    }
-    a
-}
-
 /// `overlay-agent status`: node, agent, etcd, attachments, map sizes, problems.
 pub async fn status(
     node: &str,
@@ -132,9 +111,7 @@ pub async fn status(
     let file: Option<StatusFile> = std::fs::read(status_path(run_dir, node))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let agent_running = file
-        .as_ref()
-        .is_some_and(|f| unsafe { libc::kill(f.pid as i32, 0) } == 0);
+    let agent_running = file.as_ref().is_some_and(status::alive);
     let etcd_state = async {
         match Store::connect(etcd).await {
             Ok(store) => match store.list(&store.keys().all()).await {

@@ -22,7 +22,8 @@ use crate::{
         Maps, PinDir,
         monitor::{Lost, MonitorMaps, monotonic_ns},
     },
-    net::{Mac, iface_name},
+    net::Mac,
+    netlink::iface_name,
     store::Store,
 };
 

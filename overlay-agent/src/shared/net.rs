@@ -47,17 +47,6 @@ pub fn ip(bytes: [u8; 4]) -> Ipv4Addr {
     Ipv4Addr::from(bytes)
 }
 
-/// The name of interface `ifindex` in this network namespace.
-pub fn iface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,3 @@
+//! Adapters from a container runtime's protocol onto endpoint add and rm.
+pub mod cni;
+pub mod docker;

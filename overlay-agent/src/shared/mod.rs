@@ -1,0 +1,9 @@
+//! Values and names every layer shares. Nothing here imports the rest of the crate.
+#[cfg(test)]
+pub(crate) mod fuzzing;
+pub mod hash;
+pub mod ifnames;
+pub mod ipam;
+pub mod lock;
+pub mod net;
+pub mod text;
