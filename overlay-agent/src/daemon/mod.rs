@@ -38,14 +38,17 @@ use crate::{
     plumbing::{self, Netlink, ifindex},
     status::{StatusFile, netns_id, status_path},
     store::{
-        self, LeaseStream, Store, brief,
+        Store,
         history::History,
         schema::{self, Endpoint, Key, Kind, Location, NodeRecord, NodeStateRecord},
     },
     tunnel_guard,
 };
 
+mod lease;
 pub mod metrics;
+
+use lease::KeepAlive;
 
 /// This node's VTEP is of the other family than the cluster's: fatal, not retried.
 #[derive(Debug)]
@@ -1009,116 +1012,5 @@ async fn history_went_back(
             log::debug!("{e:#}");
             None
         }
-    }
-}
-
-/// Keeps one lease alive from its own task, every quarter TTL; `lost` says why when it cannot.
-/// The task ends with the session that made it, however that ends.
-///
-/// A keepalive stream that fails or goes unanswered moves, for the same lease, to another
-/// member: only an expired lease (etcd says so, or no member renewed it for a whole TTL)
-/// ends the session, so one member dying never withdraws this node's endpoints.
-struct KeepAlive {
-    task: tokio::task::JoinHandle<()>,
-    lost: tokio::sync::oneshot::Receiver<String>,
-}
-
-impl KeepAlive {
-    fn spawn(store: Store, stream: LeaseStream, lease: i64, ttl: i64, metrics: Metrics) -> Self {
-        let (tx, lost) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let why = keep_alive(&store, stream, lease, ttl, &metrics).await;
-            let _ = tx.send(why);
-        });
-        Self { task, lost }
-    }
-}
-
-/// The keepalive loop; returns why the lease is lost.
-async fn keep_alive(
-    store: &Store,
-    stream: LeaseStream,
-    lease: i64,
-    ttl: i64,
-    metrics: &Metrics,
-) -> String {
-    let ttl_span = Duration::from_secs(ttl.max(1) as u64);
-    let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
-    // A renewal takes milliseconds; a member that has not answered one within a second (a
-    // quarter TTL if shorter) is hung or cut off from the leader: the lease moves at once,
-    // and the watch with it (see store::watch), long before etcd itself would cancel it.
-    let patience = (ttl_span / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
-    let mut renewed = Instant::now();
-    let mut current = Some(stream);
-    loop {
-        tick.tick().await;
-        // Until renewed once, or the lease is past saving.
-        loop {
-            let Some(on) = current.as_mut() else {
-                if renewed.elapsed() >= ttl_span {
-                    return format!(
-                        "lease {lease:x} lost: no etcd member renewed it for {} s",
-                        ttl_span.as_secs()
-                    );
-                }
-                match store.keep_alive(lease).await {
-                    Ok(Some(stream)) => {
-                        // Opening it renewed the lease.
-                        log::debug!(
-                            "lease {lease:x} kept alive through {}",
-                            store.member_url(stream.member)
-                        );
-                        renewed = Instant::now();
-                        metrics.lease_renewed(ttl);
-                        current = Some(stream);
-                        break;
-                    }
-                    Ok(None) => {
-                        metrics.lease_renewed(0);
-                        return format!("lease {lease:x} expired");
-                    }
-                    Err(e) => {
-                        log::warn!("{e:#}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-            };
-            let answer = tokio::time::timeout(patience, async {
-                on.keeper.keep_alive().await?;
-                on.stream.message().await
-            })
-            .await;
-            let why = match answer {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    renewed = Instant::now();
-                    metrics.lease_renewed(r.ttl());
-                    break;
-                }
-                Ok(Ok(Some(_))) => {
-                    metrics.lease_renewed(0);
-                    return format!("lease {lease:x} expired");
-                }
-                Ok(Ok(None)) => "the lease keepalive stream ended".to_string(),
-                Ok(Err(e)) => format!("lease keepalive failed: {}", brief(&e)),
-                Err(_) => format!(
-                    "no lease keepalive answer within {}",
-                    store::members::secs(patience)
-                ),
-            };
-            // The move itself is said once, by the store, when a request first lands elsewhere.
-            log::info!(
-                "etcd member {}: {why}; keeping lease {lease:x} alive elsewhere",
-                store.member_url(on.member)
-            );
-            store.member_failed(on.member, &why);
-            current = None;
-        }
-    }
-}
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
