@@ -1,0 +1,340 @@
+//! One etcd session: register under a lease, list, reconcile, watch; move to another member
+//! when a watch fails or falls silent, and relist when the history was compacted or went back.
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use etcd_client::{EventType, WatchResponse};
+
+use super::{Agent, KeepAlive, OtherFamily};
+use crate::{
+    model::{
+        cluster::{Applied, ClusterState},
+        delta::Batch,
+    },
+    netlink::ifindex,
+    store::{
+        Store,
+        history::History,
+        schema::{self, Key, NodeRecord},
+    },
+};
+
+impl Agent {
+    pub(super) async fn session(&mut self) -> Result<()> {
+        // etcd gives every lease a fresh TTL when it comes back: retrying well within one TTL
+        // lets this node re-register before its old lease can expire, so no other node ever
+        // drops our endpoints because etcd was down.
+        let max_delay =
+            Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
+        // A request tries the members for half a lease TTL (3 to 10 s): long enough for an
+        // election and a hung member, short enough that the keepalive can tell in time.
+        let bound = Duration::from_millis(self.opts.lease_ttl as u64 * 500)
+            .clamp(Duration::from_secs(3), Duration::from_secs(10));
+        let store = Store::connect_retrying_within(&self.opts.etcd, max_delay, bound).await;
+        self.same_family(&store).await?;
+        let record = NodeRecord::new(self.vtep, self.underlay_mtu);
+        let ttl = self.opts.lease_ttl;
+        let (lease, stream) = store.register_node(&self.opts.node, &record, ttl).await?;
+        // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
+        // must never delay a keepalive into another node dropping ours.
+        self.metrics.lease_renewed(ttl);
+        let mut keepalive =
+            KeepAlive::spawn(store.clone(), stream, lease, ttl, self.metrics.clone());
+        // A new lease: the digest is published again under it.
+        self.published = None;
+        self.published_groups = None;
+        log::info!(
+            "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
+            store.endpoints_url(),
+            self.opts.node
+        );
+        self.status.connected = true;
+        let own_key = store.keys().node(&self.opts.node);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let listing = store.listing(&store.keys().all(), 0).await?;
+            let (kvs, revision) = (listing.kvs, listing.revision);
+            // Every event up to `seen.revision` is in `self.cluster`; only events move it (a
+            // progress header, and an events header while catching up, may run ahead of what
+            // the stream delivered). With the highest raft term met: etcd's history never
+            // goes back from there unless the cluster was replaced.
+            let mut seen = listing.history;
+            // The latest change this node knows of, to ask a cluster whose history may have
+            // gone back whether it still has it (see history_went_back).
+            let mut latest = kvs
+                .iter()
+                .max_by_key(|kv| kv.mod_revision())
+                .map(|kv| (kv.key().to_vec(), kv.mod_revision()));
+            match store.history().await {
+                Ok(now) => seen.raft_index = now.raft_index,
+                Err(e) => log::warn!("{e:#}"),
+            }
+            if self.fresh && self.stranded_before.is_none() {
+                self.stranded_before = Some(revision);
+            }
+            // From scratch: whatever the listing lacks leaves the maps at the reconcile.
+            self.cluster = ClusterState::default();
+            for kv in &kvs {
+                self.put(&store, kv);
+            }
+            log::info!(
+                "listed {} keys at revision {revision}; watching from {}",
+                kvs.len(),
+                revision + 1
+            );
+            self.reconcile(revision).await;
+            self.sync_gro().await;
+            self.sync_flood();
+            self.sync_egress().await;
+            // A watch that fails moves to another member from `seen.revision` on, without a
+            // relist; only a compacted revision or a history gone back calls for one.
+            // Watches that fail at once (no member has a leader) are retried ever more slowly;
+            // with no member to watch on at all, for as long as the lease lives.
+            let mut pause = Duration::ZERO;
+            let mut first = true;
+            // When the last watch last heard from etcd.
+            let mut heard = Instant::now();
+            'rewatch: loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    why = &mut keepalive.lost => {
+                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                    }
+                }
+                // A watch lost (every member restarting is one way to lose it) may come back
+                // to a restored cluster that was already written past our revision.
+                if !first && let Some(why) = history_went_back(&store, &seen, &latest).await {
+                    log::warn!("{why}; relisting");
+                    break 'rewatch;
+                }
+                // Dark for long (no member answered, or this process was stopped): a restore
+                // may have happened meanwhile that nothing can tell apart any more (a young
+                // cluster restored and written past our revision, same id, same term, a raft
+                // log as long). A member failing costs a few seconds, an outage a relist.
+                if !first && heard.elapsed() > DARK {
+                    log::warn!(
+                        "no etcd member answered this node for {:.0} s; relisting",
+                        heard.elapsed().as_secs_f32()
+                    );
+                    break 'rewatch;
+                }
+                first = false;
+                let mut watch = match store.watch(seen.revision + 1).await {
+                    Ok(watch) => watch,
+                    Err(e) => {
+                        log::warn!("{e:#}; trying again");
+                        pause =
+                            (pause * 2).clamp(Duration::from_millis(500), Duration::from_secs(2));
+                        continue 'rewatch;
+                    }
+                };
+                let opened = Instant::now();
+                'watch: loop {
+                    tokio::select! {
+                        msg = watch.message() => {
+                            let resp = match msg {
+                                Ok(resp) => {
+                                    heard = Instant::now();
+                                    resp
+                                }
+                                Err(e) => {
+                                    log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
+                                    pause = if opened.elapsed() < Duration::from_secs(2) {
+                                        (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+                                    } else {
+                                        Duration::ZERO
+                                    };
+                                    continue 'rewatch;
+                                }
+                            };
+                            let mut revision = self.status.revision;
+                            let mut batch = Batch::default();
+                            let mut next = Some(resp);
+                            // Apply everything already received, then reconcile once.
+                            while let Some(resp) = next.take() {
+                                if resp.canceled() || resp.compact_revision() > 0 {
+                                    log::warn!(
+                                        "watch canceled (compacted at revision {}): {}; relisting",
+                                        resp.compact_revision(),
+                                        resp.cancel_reason()
+                                    );
+                                    break 'rewatch;
+                                }
+                                if let Some(h) = resp.header() {
+                                    let now = History::of(h);
+                                    if now.behind(&seen).is_some()
+                                        && let Some(why) = history_went_back(&store, &seen, &latest).await
+                                    {
+                                        log::warn!("{why} (watching on {}); relisting", watch.member());
+                                        break 'rewatch;
+                                    }
+                                    seen.raft_term = seen.raft_term.max(now.raft_term);
+                                }
+                                if self.apply_events(&store, &resp, &own_key, &mut batch) {
+                                    bail!("this node's key was deleted (its lease expired?); registering again");
+                                }
+                                if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+                                    seen.revision = seen.revision.max(last);
+                                }
+                                if let Some(kv) = resp
+                                    .events()
+                                    .iter()
+                                    .filter(|e| e.event_type() == EventType::Put)
+                                    .filter_map(|e| e.kv())
+                                    .max_by_key(|kv| kv.mod_revision())
+                                {
+                                    latest = Some((kv.key().to_vec(), kv.mod_revision()));
+                                }
+                                // What the maps hold, never a header's revision: etcd 3.4
+                                // may send a progress header (or, catching up, an events
+                                // header) ahead of events still on their way.
+                                revision = seen.revision;
+                                next = watch.ready();
+                            }
+                            // Events that change nothing the maps hold (other nodes' digests, names,
+                            // slices) need no reconcile, nor a status write each.
+                            if batch.is_empty() && self.in_sync && !self.switch_over_pending {
+                                self.status.revision = revision;
+                                continue 'watch;
+                            }
+                            self.reconcile_batch(&batch, revision).await;
+                            self.sync_gro().await;
+                            self.sync_flood();
+                            self.sync_egress().await;
+                        }
+                        why = &mut keepalive.lost => {
+                            bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                        }
+                        _ = tick.tick() => {
+                            // A port that did not exist yet may have appeared, or an attached
+                            // one vanished with its container.
+                            let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
+                            if !self.problems.is_empty() || port_gone || self.links_unread {
+                                self.reconcile(self.status.revision).await;
+                            }
+                            self.reap_vanished(&store).await;
+                            if self.status.etcd_members != self.metrics.last_etcd_probe() {
+                                self.write_status();
+                            }
+                            self.follow_underlay_mtu(&store, lease).await;
+                            self.publish_state(&store, lease).await;
+                            self.publish_groups(&store, lease).await;
+                            self.sync_gro().await;
+                            self.sync_flood();
+                            self.sync_egress().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, store: &Store, kv: &etcd_client::KeyValue) -> Applied {
+        let created = kv.create_revision();
+        match self
+            .cluster
+            .put(store.keys(), kv.key(), kv.value(), created)
+        {
+            Ok(applied) => applied,
+            Err(e) => {
+                log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(kv.key()));
+                Applied::Changed
+            }
+        }
+    }
+
+    /// Applies a watch response's events, noting in `batch` what they touch; true if this
+    /// node's own key was deleted.
+    fn apply_events(
+        &mut self,
+        store: &Store,
+        resp: &WatchResponse,
+        own_key: &str,
+        batch: &mut Batch,
+    ) -> bool {
+        let mut own_deleted = false;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            batch.note(&self.cluster, store.keys(), kv.key());
+            match event.event_type() {
+                EventType::Put => {
+                    self.put(store, kv);
+                }
+                EventType::Delete => {
+                    self.cluster.delete(store.keys(), kv.key());
+                    own_deleted |= kv.key() == own_key.as_bytes();
+                }
+            }
+        }
+        own_deleted
+    }
+
+    /// A cluster's VTEPs are of one family: a node of the other is refused before it registers
+    /// (its packets could not reach theirs, nor theirs its).
+    async fn same_family(&self, store: &Store) -> Result<()> {
+        let (kvs, _) = store.list(&store.keys().nodes()).await?;
+        for kv in &kvs {
+            let Some(Key::Node(node)) = store.keys().parse(kv.key()) else {
+                continue;
+            };
+            if node == self.opts.node {
+                continue;
+            }
+            // A bad record is the reconcile's to report, with its key.
+            if let Ok(other) = schema::decode::<NodeRecord>(kv.value())
+                && other.vtep.is_ipv6() != self.vtep.is_ipv6()
+            {
+                return Err(OtherFamily(format!(
+                    "node {}'s VTEP {} and node {node}'s VTEP {} are not of one family: a cluster's underlay is IPv4 or IPv6, not both",
+                    self.opts.node, self.vtep, other.vtep
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long the watch may go without hearing from etcd and still resume where it was: well
+/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
+/// under what stopping every member and restoring them takes.
+const DARK: Duration = Duration::from_secs(6);
+
+/// A watch header behind what this node has seen: a member lagging a little, or a cluster
+/// restored from an older snapshot. A read through the leader tells which; Some(why) if the
+/// history went back.
+async fn history_went_back(
+    store: &Store,
+    seen: &History,
+    latest: &Option<(Vec<u8>, i64)>,
+) -> Option<String> {
+    match store.history().await {
+        Ok(now) if now.behind(seen).is_some() => now.behind(seen),
+        // The same history by every count: unless it no longer has the latest change this
+        // node applied, or its own last write (a young cluster restored and written past
+        // our revision looks the same otherwise).
+        Ok(_) => {
+            if let Some((key, at)) = latest
+                && let Ok(false) = store.written_at(key, *at).await
+            {
+                return Some(format!(
+                    "etcd's history went back: revision {at} no longer wrote {} (a cluster restored from a snapshot?)",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+            match store.lost_writes().await {
+                Ok(lost) => lost.map(|why| format!("{why} (a cluster restored from a snapshot?)")),
+                Err(e) => {
+                    log::debug!("{e:#}");
+                    None
+                }
+            }
+        }
+        // Cannot tell: the watch goes on (or fails, and says why); the next response asks
+        // again.
+        Err(e) => {
+            log::debug!("{e:#}");
+            None
+        }
+    }
+}
