@@ -23,7 +23,7 @@ use crate::{
     cluster::ClusterState,
     dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION, state::MapState},
     delta::VtepRefs,
-    desired::{Problem, endpoint_key},
+    desired::Problem,
     egress::{self, Egress},
     flood,
     gro::GroDevices,
@@ -34,13 +34,14 @@ use crate::{
     status::{StatusFile, netns_id, status_path},
     store::{
         Store,
-        schema::{self, Endpoint, Kind, Location, NodeRecord, NodeStateRecord},
+        schema::{self, Endpoint, NodeRecord, NodeStateRecord},
     },
     tunnel_guard,
 };
 
 mod lease;
 pub mod metrics;
+mod ports;
 mod reconcile;
 mod session;
 
@@ -74,9 +75,6 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-/// How long a container's port must have been gone before its endpoint leaves etcd.
-const VANISHED_GRACE: Duration = Duration::from_secs(2);
-
 struct Agent {
     opts: Options,
     netlink: Netlink,
@@ -96,7 +94,7 @@ struct Agent {
     attached: BTreeSet<(String, u32)>,
     /// This node's containers whose port vanished after it was attached, and since when: the
     /// container's namespace died without a DEL (`ctr task kill`, a crashed runtime). Removed
-    /// from etcd after VANISHED_GRACE, so their addresses do not leak.
+    /// from etcd after VANISHED_GRACE (ports.rs), so their addresses do not leak.
     vanished: BTreeMap<String, (Endpoint, Instant)>,
     /// The agent found bpffs empty: see `stranded_before`.
     fresh: bool,
@@ -387,73 +385,6 @@ impl Agent {
         }
     }
 
-    /// from_container on every local port; pinned links of ports that are gone removed.
-    fn attach_ports(&mut self) -> Result<()> {
-        let mut wanted = BTreeSet::new();
-        let mut vanished = BTreeMap::new();
-        let refused: BTreeSet<&str> = self.problems.iter().map(|p| p.key.as_str()).collect();
-        for ep in self.cluster.endpoints.values() {
-            let Location::Node { node, port, .. } = &ep.location else {
-                continue;
-            };
-            if node != &self.opts.node || !matches!(ep.kind, Kind::Container | Kind::Host) {
-                continue;
-            }
-            let Some(index) = ifindex(port) else {
-                // Attached once, by this process or (its link pinned) an earlier one, and gone
-                // now. A port exists before etcd names its endpoint, so this is never an
-                // attachment still being made.
-                let known = self
-                    .vanished
-                    .get(&ep.name)
-                    .filter(|(old, _)| old.created == ep.created)
-                    .map(|(_, since)| *since);
-                let was_attached = self.attached.iter().any(|(p, _)| p == port)
-                    || self.opts.pins.link(port).exists()
-                    || self.stranded_before.is_some_and(|r| ep.created <= r);
-                if ep.kind == Kind::Container && (known.is_some() || was_attached) {
-                    let since = known.unwrap_or_else(Instant::now);
-                    vanished.insert(ep.name.clone(), (ep.clone(), since));
-                }
-                continue;
-            };
-            // Only a port desired() serves: its record names the port its node made for it,
-            // the port's alias says it is that endpoint's, and no older endpoint claims it.
-            // Never the underlay, `lo`, or another endpoint's port, whatever a record says.
-            if refused.contains(endpoint_key(&ep.network, ep.ip).as_str())
-                || !ifnames::is_port(port)
-                || *port == self.opts.underlay
-            {
-                continue;
-            }
-            wanted.insert(port.clone());
-            if self.attached.insert((port.clone(), index)) {
-                if let Err(e) = self.dataplane.attach_container(port) {
-                    self.attached.remove(&(port.clone(), index));
-                    log::warn!("{e:#}");
-                } else {
-                    log::info!(
-                        "from_container attached to {port} (endpoint {} {})",
-                        ep.name,
-                        ep.ip
-                    );
-                }
-            }
-        }
-        // Entries gone from etcd (or whose port came back) are no longer candidates.
-        self.vanished = vanished;
-        self.attached.retain(|(port, _)| wanted.contains(port));
-        // Ports' links only: the underlay's and the GRO helpers' are never of a port's shape
-        // (run refuses an underlay named like one of ours).
-        for name in self.opts.pins.linked()? {
-            if ifnames::is_port(&name) && !wanted.contains(&name) {
-                Dataplane::detach(&self.opts.pins, &name)?;
-                log::info!("from_container link of {name} removed (its endpoint is gone)");
-            }
-        }
-        Ok(())
-    }
-
     /// Publishes the digest of what the maps hold when it changed, so that `doctor --cluster`
     /// can tell a node that is behind or diverged. Only while the maps are what the last full
     /// reconcile wanted: a digest of half-written maps would say nothing.
@@ -501,38 +432,6 @@ impl Agent {
         match store.put_groups(&self.opts.node, &groups, lease).await {
             Ok(()) => self.published_groups = Some(groups),
             Err(e) => log::warn!("{e:#}; will retry"),
-        }
-    }
-
-    /// Removes from etcd the endpoints whose port vanished VANISHED_GRACE ago or more; every
-    /// node then drops them, and their addresses are free again.
-    async fn reap_vanished(&mut self, store: &Store) {
-        let due: Vec<Endpoint> = self
-            .vanished
-            .values()
-            .filter(|(_, since)| since.elapsed() >= VANISHED_GRACE)
-            .map(|(ep, _)| ep.clone())
-            .collect();
-        for ep in due {
-            match store.delete_endpoint_if_unchanged(&ep).await {
-                Ok(removed) => {
-                    if removed {
-                        log::info!(
-                            "endpoint {} ({} in network {}) removed from etcd: its port is gone (its container's network namespace died without a DEL)",
-                            ep.name,
-                            ep.ip,
-                            ep.network
-                        );
-                    }
-                    self.vanished.remove(&ep.name);
-                }
-                Err(e) => {
-                    // etcd is slow or gone: the next tick tries again, and the loop is not
-                    // held up by one timeout per endpoint.
-                    log::warn!("removing vanished endpoint {}: {e:#}; will retry", ep.name);
-                    break;
-                }
-            }
         }
     }
 
