@@ -19,29 +19,26 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use overlay_common::{NodeConfig, vtep};
 use tokio::signal::unix::{SignalKind, signal};
 
+use self::metrics::Metrics;
 use crate::{
-    cluster::ClusterState,
     dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION, state::MapState},
-    delta::VtepRefs,
-    desired::Problem,
-    egress::{self, Egress},
-    flood,
-    gro::GroDevices,
-    ifnames,
-    metrics::{Metrics, OverlaySubnets},
-    mtu,
-    plumbing::{self, Netlink, ifindex},
-    status::{StatusFile, netns_id, status_path},
-    store::{
-        Store,
-        schema::{self, Endpoint, NodeRecord, NodeStateRecord},
+    model::{cluster::ClusterState, delta::VtepRefs, desired::Problem},
+    netlink::{Netlink, ifindex, ipv6_forwarding},
+    shared::ifnames,
+    status::{StatusFile, netns_id},
+    store::schema::{self, Endpoint, NodeStateRecord},
+    syncs::{
+        egress::{self, Egress},
+        flood,
+        gro::GroDevices,
+        tunnel_guard,
     },
-    tunnel_guard,
 };
 
 mod lease;
 pub mod metrics;
 mod ports;
+mod publish;
 mod reconcile;
 mod session;
 
@@ -148,7 +145,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     schema::check_vtep(vtep)?;
     if vtep.is_ipv6() {
-        plumbing::ipv6_forwarding(underlay)?;
+        ipv6_forwarding(underlay)?;
     }
     let underlay_mtu = netlink.mtu(underlay).await?;
 
@@ -299,29 +296,6 @@ impl Agent {
         }
     }
 
-    /// When the underlay's MTU changed: the node's record says so (new endpoints take it from
-    /// there) and this node's interfaces follow (see mtu.rs).
-    async fn follow_underlay_mtu(&mut self, store: &Store, lease: i64) {
-        let Ok(Some(now)) = self.netlink.mtu(&self.opts.underlay).await else {
-            return;
-        };
-        if self.underlay_mtu == Some(now) {
-            return;
-        }
-        log::info!(
-            "underlay {} MTU changed from {:?} to {now}: the overlay's interfaces follow",
-            self.opts.underlay,
-            self.underlay_mtu
-        );
-        self.underlay_mtu = Some(now);
-        let record = NodeRecord::new(self.vtep, self.underlay_mtu);
-        if let Err(e) = store.put_node(&self.opts.node, &record, lease).await {
-            log::warn!("{e:#}");
-        }
-        let ipv6 = self.vtep.is_ipv6();
-        mtu::follow(&self.netlink, &self.cluster, &self.opts.node, now, ipv6).await;
-    }
-
     /// The way out for the served networks' containers (see egress.rs).
     async fn sync_egress(&mut self) {
         if self.switch_over_pending {
@@ -356,7 +330,7 @@ impl Agent {
         // that stays a member keeps reporting and its membership does not expire.
         for f in wanted.values().filter(|f| f.bridge != 0) {
             if !self.queriers.contains(&f.bridge) {
-                match plumbing::set_igmp_querier(f.bridge) {
+                match crate::netlink::set_igmp_querier(f.bridge) {
                     Ok(()) => {
                         self.queriers.insert(f.bridge);
                     }
@@ -383,82 +357,5 @@ impl Agent {
             }
             Err(e) => log::warn!("{e:#}; will retry"),
         }
-    }
-
-    /// Publishes the digest of what the maps hold when it changed, so that `doctor --cluster`
-    /// can tell a node that is behind or diverged. Only while the maps are what the last full
-    /// reconcile wanted: a digest of half-written maps would say nothing.
-    async fn publish_state(&mut self, store: &Store, lease: i64) {
-        if !self.in_sync || self.switch_over_pending {
-            return;
-        }
-        let (digest, entries) = self.applied.digest();
-        if self.published.as_ref().is_some_and(|p| p.digest == digest) {
-            return;
-        }
-        let state = NodeStateRecord {
-            revision: self.status.revision,
-            digest,
-            entries,
-        };
-        match store.put_state(&self.opts.node, &state, lease).await {
-            Ok(()) => self.published = Some(state),
-            Err(e) => log::warn!("{e:#}; will retry"),
-        }
-    }
-
-    /// Publishes this node's multicast group memberships (IGMP snooping) when they changed;
-    /// expired ones leave GROUPS here.
-    async fn publish_groups(&mut self, store: &Store, lease: i64) {
-        let now = crate::dataplane::monitor::monotonic_ns();
-        let groups = match flood::local_groups(&mut self.maps, now) {
-            Ok((groups, capped)) => {
-                if capped {
-                    log::warn!(
-                        "more than {} multicast groups joined on this node: the rest reach every host of their network",
-                        schema::MAX_PUBLISHED_GROUPS
-                    );
-                }
-                groups
-            }
-            Err(e) => {
-                log::warn!("{e:#}; will retry");
-                return;
-            }
-        };
-        if self.published_groups.as_ref() == Some(&groups) {
-            return;
-        }
-        match store.put_groups(&self.opts.node, &groups, lease).await {
-            Ok(()) => self.published_groups = Some(groups),
-            Err(e) => log::warn!("{e:#}; will retry"),
-        }
-    }
-
-    fn write_status(&mut self) {
-        self.status.etcd_members = self.metrics.last_etcd_probe();
-        self.status.updated_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.status.problems = self
-            .problems
-            .iter()
-            .map(|p| (p.key.clone(), p.why.clone()))
-            .chain(
-                self.cluster
-                    .invalid
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            )
-            .collect();
-        let path = status_path(&self.opts.run_dir, &self.opts.node);
-        let tmp = path.with_extension("tmp");
-        let json = serde_json::to_string_pretty(&self.status).expect("status serializes");
-        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
-            log::warn!("writing {}: {e}", path.display());
-        }
-        self.metrics.publish(&self.status, self.switch_over_pending);
-        self.metrics
-            .overlay_networks(OverlaySubnets::of(self.cluster.networks.values()));
     }
 }
