@@ -23,16 +23,11 @@ use self::metrics::Metrics;
 use crate::{
     dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION, state::MapState},
     model::{cluster::ClusterState, delta::VtepRefs, desired::Problem},
-    netlink::{Netlink, ifindex, ipv6_forwarding},
+    netlink::{Netlink, ipv6_forwarding},
     shared::ifnames,
     status::{StatusFile, netns_id},
     store::schema::{self, Endpoint, NodeStateRecord},
-    syncs::{
-        egress::{self, Egress},
-        flood,
-        gro::GroDevices,
-        tunnel_guard,
-    },
+    syncs::Syncs,
 };
 
 mod lease;
@@ -104,17 +99,14 @@ struct Agent {
     published: Option<NodeStateRecord>,
     /// The multicast groups last published under this session's lease (`groups/<node>`).
     published_groups: Option<schema::GroupsRecord>,
-    /// Bridges (by ifindex) already made IGMP queriers.
-    queriers: BTreeSet<u32>,
     /// The last reconcile could not list the node's interfaces: the next tick tries again.
     links_unread: bool,
     problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
     switch_over_pending: bool,
-    gro: GroDevices,
-    /// The gateway, the routes to containers and the NAT table (egress.rs).
-    egress: Egress,
+    /// The node's syncs (GRO, flooding, tunnel guard, egress, MTU), and what they made.
+    syncs: Syncs,
     /// What the metrics server reads: the published status, reconcile durations, the lease.
     metrics: Metrics,
 }
@@ -242,13 +234,11 @@ pub async fn run(opts: Options) -> Result<()> {
         stranded_before: None,
         published: None,
         published_groups: None,
-        queriers: BTreeSet::new(),
         links_unread: false,
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
-        gro: GroDevices::default(),
-        egress: Egress::default(),
+        syncs: Syncs::new(underlay_mtu),
         metrics,
     };
     agent.write_status();
@@ -277,85 +267,4 @@ pub async fn run(opts: Options) -> Result<()> {
     agent.write_status();
     log::info!("stopping; the pinned programs and maps keep forwarding");
     Ok(())
-}
-
-impl Agent {
-    /// A GRO helper device for every UDP port the networks in the maps use (see gro.rs).
-    async fn sync_gro(&mut self) {
-        if self.switch_over_pending {
-            return;
-        }
-        let wanted = self.applied.networks.values().map(|n| n.port).collect();
-        self.gro
-            .sync(&self.netlink, &mut self.dataplane, &wanted)
-            .await;
-        let report = self.gro.report();
-        if report != self.status.gro {
-            self.status.gro = report;
-            self.write_status();
-        }
-    }
-
-    /// The way out for the served networks' containers (see egress.rs).
-    async fn sync_egress(&mut self) {
-        if self.switch_over_pending {
-            return;
-        }
-        let plan = egress::plan(&self.cluster, &self.applied);
-        self.egress.sync(&self.netlink, &plan).await;
-    }
-
-    /// Where each network's broadcast and multicast go from here (see flood.rs), and the ports
-    /// no container may send to (tunnel_guard.rs): after every reconcile and GRO sync, and
-    /// every second (a bridge made since).
-    fn sync_flood(&mut self) {
-        if self.switch_over_pending {
-            return;
-        }
-        let settings = self
-            .cluster
-            .networks
-            .values()
-            .map(|n| {
-                let s = flood::Settings {
-                    bum_rate: n.bum_rate,
-                    internal: n.internal,
-                };
-                (n.vni, s)
-            })
-            .collect();
-        let peers = flood::peer_vteps(&self.cluster);
-        let (wanted, overflow) = flood::wanted(&self.applied, &settings, &peers, &ifindex);
-        // The bridge asks its ports for their groups (IGMP general queries), so a container
-        // that stays a member keeps reporting and its membership does not expire.
-        for f in wanted.values().filter(|f| f.bridge != 0) {
-            if !self.queriers.contains(&f.bridge) {
-                match crate::netlink::set_igmp_querier(f.bridge) {
-                    Ok(()) => {
-                        self.queriers.insert(f.bridge);
-                    }
-                    Err(e) => log::warn!("{e:#}; will retry"),
-                }
-            }
-        }
-        if let Err(e) = tunnel_guard::sync(&mut self.maps, &tunnel_guard::wanted(&self.cluster)) {
-            log::warn!("{e:#}; will retry");
-        }
-        let groups = flood::wanted_groups(&self.cluster, &self.opts.node, &self.applied);
-        if let Err(e) = flood::sync_groups(&mut self.maps, &groups) {
-            log::warn!("{e:#}; will retry");
-        }
-        match flood::sync(&mut self.maps, &wanted) {
-            Ok(0) => {}
-            Ok(_) => {
-                for (vni, n) in overflow {
-                    log::warn!(
-                        "VNI {vni} has {n} remote VTEPs: its broadcast and multicast reach the first {} only",
-                        overlay_common::MAX_FLOOD_VTEPS
-                    );
-                }
-            }
-            Err(e) => log::warn!("{e:#}; will retry"),
-        }
-    }
 }

@@ -9,13 +9,13 @@ use crate::{
         Store,
         schema::{self, NodeRecord, NodeStateRecord},
     },
-    syncs::{flood, mtu},
+    syncs::flood,
 };
 
 impl Agent {
     /// When the underlay's MTU changed: the node's record says so (new endpoints take it from
-    /// there) and this node's interfaces follow (see mtu.rs).
-    pub(super) async fn follow_underlay_mtu(&mut self, store: &Store, lease: i64) {
+    /// there), and the MTU sync sets this node's interfaces after it (see syncs/mtu.rs).
+    pub(super) async fn note_underlay_mtu(&mut self, store: &Store, lease: i64) {
         let Ok(Some(now)) = self.netlink.mtu(&self.opts.underlay).await else {
             return;
         };
@@ -32,8 +32,6 @@ impl Agent {
         if let Err(e) = store.put_node(&self.opts.node, &record, lease).await {
             log::warn!("{e:#}");
         }
-        let ipv6 = self.vtep.is_ipv6();
-        mtu::follow(&self.netlink, &self.cluster, &self.opts.node, now, ipv6).await;
     }
 
     /// Publishes the digest of what the maps hold when it changed, so that `doctor --cluster`

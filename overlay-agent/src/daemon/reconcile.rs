@@ -11,6 +11,8 @@ use crate::{
         delta::{Batch, VtepRefs, endpoint_delta},
         desired::desired,
     },
+    netlink::ifindex,
+    syncs::{Kernel, View, When},
 };
 
 impl Agent {
@@ -141,5 +143,30 @@ impl Agent {
             self.applied.endpoints.len()
         );
         Ok(())
+    }
+
+    /// The node's syncs, after the maps changed or on the tick (see syncs/); the status shows
+    /// the GRO devices they keep.
+    pub(super) async fn sync_node(&mut self, when: When) {
+        let view = View {
+            cluster: &self.cluster,
+            applied: &self.applied,
+            node: &self.opts.node,
+            underlay_mtu: self.underlay_mtu,
+            ipv6: self.vtep.is_ipv6(),
+            ifindex,
+            rebuilding: self.switch_over_pending,
+        };
+        let mut kernel = Kernel {
+            netlink: &self.netlink,
+            dataplane: &mut self.dataplane,
+            maps: &mut self.maps,
+        };
+        self.syncs.run(&view, &mut kernel, when).await;
+        let report = self.syncs.gro_report();
+        if report != self.status.gro {
+            self.status.gro = report;
+            self.write_status();
+        }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
         history::History,
         schema::{self, Key, NodeRecord},
     },
+    syncs::When,
 };
 
 impl Agent {
@@ -83,9 +84,7 @@ impl Agent {
                 revision + 1
             );
             self.reconcile(revision).await;
-            self.sync_gro().await;
-            self.sync_flood();
-            self.sync_egress().await;
+            self.sync_node(When::Change).await;
             // A watch that fails moves to another member from `seen.revision` on, without a
             // relist; only a compacted revision or a history gone back calls for one.
             // Watches that fail at once (no member has a leader) are retried ever more slowly;
@@ -198,9 +197,7 @@ impl Agent {
                                 continue 'watch;
                             }
                             self.reconcile_batch(&batch, revision).await;
-                            self.sync_gro().await;
-                            self.sync_flood();
-                            self.sync_egress().await;
+                            self.sync_node(When::Change).await;
                         }
                         why = &mut keepalive.lost => {
                             bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
@@ -216,12 +213,10 @@ impl Agent {
                             if self.status.etcd_members != self.metrics.last_etcd_probe() {
                                 self.write_status();
                             }
-                            self.follow_underlay_mtu(&store, lease).await;
+                            self.note_underlay_mtu(&store, lease).await;
                             self.publish_state(&store, lease).await;
                             self.publish_groups(&store, lease).await;
-                            self.sync_gro().await;
-                            self.sync_flood();
-                            self.sync_egress().await;
+                            self.sync_node(When::Tick).await;
                         }
                     }
                 }

@@ -20,6 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use super::{Kernel, NodeSync, View};
 use crate::{cluster::ClusterState, dataplane::state::MapState, ipam::Cidr, plumbing::Netlink};
 
 /// nftables table (family ip) that holds every rule of ours, and nothing else.
@@ -191,16 +192,29 @@ pub fn remove_table() -> Result<()> {
     nft(&json!({"nftables": [{"add": table}, {"delete": table}]}))
 }
 
-/// What this agent last made: a sync with the same plan touches nothing but cheap lookups.
+/// The egress sync. What this agent last made: a sync with the same plan touches nothing but
+/// cheap lookups.
 #[derive(Default)]
 pub struct Egress {
     table: Option<Value>,
 }
 
+impl NodeSync for Egress {
+    type Want = Plan;
+
+    fn want(&self, view: &View<'_>) -> Plan {
+        plan(view.cluster, view.applied)
+    }
+
+    async fn apply(&mut self, want: Plan, kernel: &mut Kernel<'_>) {
+        self.sync(kernel.netlink, &want).await;
+    }
+}
+
 impl Egress {
     /// Brings addresses, routes, the table and forwarding in line with `plan`. Each part is
     /// tried on its own; failures are logged and retried on the next sync.
-    pub async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
+    async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
         for (bridge, gw) in &plan.gateways {
             // A bridge exists once a container of the network is attached here.
             if let Ok(Some(_)) = netlink.index(bridge).await

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS, VtepAddr, vtep};
 
+use super::{Kernel, NodeSync, View};
 use crate::{
     cluster::ClusterState,
     dataplane::{Maps, maps::sync_table, state::MapState},
@@ -228,6 +229,81 @@ pub fn wanted_groups(
             (key, v)
         })
         .collect()
+}
+
+/// The flood sync: FLOOD and MCAST, and each served network's bridge an IGMP querier.
+#[derive(Default)]
+pub struct Flooding {
+    /// Bridges (by ifindex) already made IGMP queriers.
+    queriers: BTreeSet<u32>,
+}
+
+/// What the flood sync wants.
+#[derive(Debug)]
+pub struct Lists {
+    /// FLOOD, per VNI.
+    pub flood: BTreeMap<u32, Flood>,
+    /// The networks with more remote VTEPs than a flood list holds, and how many they have.
+    pub overflow: Vec<(u32, usize)>,
+    /// MCAST.
+    pub groups: BTreeMap<IpKey, GroupVteps>,
+}
+
+impl NodeSync for Flooding {
+    type Want = Lists;
+
+    fn want(&self, view: &View<'_>) -> Lists {
+        let settings = view
+            .cluster
+            .networks
+            .values()
+            .map(|n| {
+                let s = Settings {
+                    bum_rate: n.bum_rate,
+                    internal: n.internal,
+                };
+                (n.vni, s)
+            })
+            .collect();
+        let peers = peer_vteps(view.cluster);
+        let (flood, overflow) = wanted(view.applied, &settings, &peers, &view.ifindex);
+        let groups = wanted_groups(view.cluster, view.node, view.applied);
+        Lists {
+            flood,
+            overflow,
+            groups,
+        }
+    }
+
+    async fn apply(&mut self, want: Lists, kernel: &mut Kernel<'_>) {
+        // The bridge asks its ports for their groups (IGMP general queries), so a container
+        // that stays a member keeps reporting and its membership does not expire.
+        for f in want.flood.values().filter(|f| f.bridge != 0) {
+            if !self.queriers.contains(&f.bridge) {
+                match crate::netlink::set_igmp_querier(f.bridge) {
+                    Ok(()) => {
+                        self.queriers.insert(f.bridge);
+                    }
+                    Err(e) => log::warn!("{e:#}; will retry"),
+                }
+            }
+        }
+        if let Err(e) = sync_groups(kernel.maps, &want.groups) {
+            log::warn!("{e:#}; will retry");
+        }
+        match sync(kernel.maps, &want.flood) {
+            Ok(0) => {}
+            Ok(_) => {
+                for (vni, n) in want.overflow {
+                    log::warn!(
+                        "VNI {vni} has {n} remote VTEPs: its broadcast and multicast reach the first {} only",
+                        overlay_common::MAX_FLOOD_VTEPS
+                    );
+                }
+            }
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,15 +17,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 
+use super::{Kernel, NodeSync, View};
 use crate::{
     dataplane::{Dataplane, PinDir},
-    ifnames,
-    plumbing::Netlink,
+    netlink::Netlink,
+    shared::ifnames,
 };
 
-/// The helper devices this agent keeps, and why a port has none.
+/// The GRO sync: the helper devices this agent keeps, and why a port has none.
 #[derive(Default)]
-pub struct GroDevices {
+pub struct Gro {
     /// Port -> device and its ifindex, ready (sink attached, up).
     ready: BTreeMap<u16, (String, u32)>,
     /// Port -> why its device could not be made; retried on every sync.
@@ -34,16 +35,24 @@ pub struct GroDevices {
     swept: bool,
 }
 
-impl GroDevices {
+impl NodeSync for Gro {
+    /// Every UDP port a network in the maps uses.
+    type Want = BTreeSet<u16>;
+
+    fn want(&self, view: &View<'_>) -> BTreeSet<u16> {
+        view.applied.networks.values().map(|n| n.port).collect()
+    }
+
+    async fn apply(&mut self, want: BTreeSet<u16>, kernel: &mut Kernel<'_>) {
+        self.sync(kernel.netlink, kernel.dataplane, &want).await;
+    }
+}
+
+impl Gro {
     /// Makes a device for every port in `wanted` and removes every helper (device or pinned
     /// sink) of a port not in it, whoever made it: a network may have gone while no agent ran.
     /// Costs one lookup per port when nothing changed.
-    pub async fn sync(
-        &mut self,
-        netlink: &Netlink,
-        dataplane: &mut Dataplane,
-        wanted: &BTreeSet<u16>,
-    ) {
+    async fn sync(&mut self, netlink: &Netlink, dataplane: &mut Dataplane, wanted: &BTreeSet<u16>) {
         // A helper someone deleted, or deleted and made again, is made (or attached) again.
         self.ready
             .retain(|_, (name, index)| crate::netlink::ifindex(name) == Some(*index));

@@ -5,22 +5,91 @@
 //! interface inside the container. Until then, and for any interface it cannot reach, the
 //! dataplane answers a packet too big for the tunnel with an ICMP error (pmtu.rs in the
 //! programs), so nothing is lost in silence either way.
+use super::{Kernel, NodeSync, View};
 use crate::{
     cluster::ClusterState,
     plumbing::{Netlink, open_netns},
     store::schema::{Endpoint, Location},
 };
 
-/// Sets every interface of this node (`node`) in networks without an MTU of their own to what
-/// an underlay of `underlay_mtu` (IPv6 if `ipv6`) allows. Each failure is logged with its
-/// interface; the rest goes on.
-pub async fn follow(
-    netlink: &Netlink,
-    cluster: &ClusterState,
-    node: &str,
-    underlay_mtu: u32,
-    ipv6: bool,
-) {
+/// The MTU sync: it acts when the underlay's MTU changed since the interfaces were last set.
+pub struct Mtu {
+    /// The underlay MTU this node's interfaces were last set for (at start: the one they were
+    /// made with).
+    followed: Option<u32>,
+}
+
+impl Mtu {
+    pub fn new(underlay_mtu: Option<u32>) -> Self {
+        Self {
+            followed: underlay_mtu,
+        }
+    }
+}
+
+/// One interface's MTU to set, in the order they are set.
+#[derive(Debug)]
+pub enum Setting {
+    /// An endpoint of `network` on this node: its host-side port and its interface.
+    Endpoint {
+        network: String,
+        endpoint: Endpoint,
+        mtu: u32,
+    },
+    /// A network's bridge.
+    Bridge { name: String, mtu: u32 },
+}
+
+/// What the MTU sync wants when the underlay's changed.
+#[derive(Debug)]
+pub struct Follow {
+    pub underlay_mtu: u32,
+    pub settings: Vec<Setting>,
+}
+
+impl NodeSync for Mtu {
+    /// None while the underlay's MTU is the one the interfaces follow.
+    type Want = Option<Follow>;
+
+    fn want(&self, view: &View<'_>) -> Option<Follow> {
+        let now = view.underlay_mtu?;
+        (self.followed != Some(now)).then(|| Follow {
+            underlay_mtu: now,
+            settings: settings(view.cluster, view.node, now, view.ipv6),
+        })
+    }
+
+    async fn apply(&mut self, want: Option<Follow>, kernel: &mut Kernel<'_>) {
+        let Some(follow) = want else { return };
+        for setting in &follow.settings {
+            match setting {
+                Setting::Endpoint {
+                    network,
+                    endpoint,
+                    mtu,
+                } => {
+                    if let Err(e) = follow_endpoint(kernel.netlink, endpoint, *mtu).await {
+                        log::warn!(
+                            "endpoint {network}/{}: MTU not set to {mtu}: {e:#}",
+                            endpoint.name
+                        );
+                    }
+                }
+                Setting::Bridge { name, mtu } => {
+                    if let Err(e) = kernel.netlink.set_mtu(name, *mtu).await {
+                        log::warn!("{e:#}");
+                    }
+                }
+            }
+        }
+        self.followed = Some(follow.underlay_mtu);
+    }
+}
+
+/// The MTU of every interface of this node (`node`) in networks without an MTU of their own,
+/// for an underlay of `underlay_mtu` (IPv6 if `ipv6`): per network, its ports, then its bridge.
+pub fn settings(cluster: &ClusterState, node: &str, underlay_mtu: u32, ipv6: bool) -> Vec<Setting> {
+    let mut out = Vec::new();
     for (name, net) in &cluster.networks {
         if net.mtu.is_some() {
             continue;
@@ -32,15 +101,18 @@ pub async fn follow(
         });
         // Ports first: a bridge takes on its ports' smallest MTU unless told otherwise.
         for ep in local {
-            if let Err(e) = follow_endpoint(netlink, ep, mtu).await {
-                log::warn!("endpoint {name}/{}: MTU not set to {mtu}: {e:#}", ep.name);
-            }
+            out.push(Setting::Endpoint {
+                network: name.clone(),
+                endpoint: ep.clone(),
+                mtu,
+            });
         }
-        let bridge = net.bridge();
-        if let Err(e) = netlink.set_mtu(&bridge, mtu).await {
-            log::warn!("{e:#}");
-        }
+        out.push(Setting::Bridge {
+            name: net.bridge(),
+            mtu,
+        });
     }
+    out
 }
 
 /// The endpoint's host-side port, and its interface: in its container (found by its MAC), or

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use overlay_common::MAX_CLUSTER_PORTS;
 
+use super::{Kernel, NodeSync, View};
 use crate::{
     cluster::ClusterState,
     dataplane::{Maps, maps::sync_table},
@@ -30,4 +31,22 @@ pub fn wanted(cluster: &ClusterState) -> BTreeMap<u32, u32> {
 /// Makes CLUSTER_PORTS equal to `wanted`; how many entries it wrote or removed.
 pub fn sync(maps: &mut Maps, wanted: &BTreeMap<u32, u32>) -> Result<usize> {
     sync_table(&mut maps.cluster_ports, wanted, "CLUSTER_PORTS")
+}
+
+/// The tunnel guard's sync.
+pub struct TunnelGuard;
+
+impl NodeSync for TunnelGuard {
+    /// CLUSTER_PORTS: port -> 1.
+    type Want = BTreeMap<u32, u32>;
+
+    fn want(&self, view: &View<'_>) -> BTreeMap<u32, u32> {
+        wanted(view.cluster)
+    }
+
+    async fn apply(&mut self, want: BTreeMap<u32, u32>, kernel: &mut Kernel<'_>) {
+        if let Err(e) = sync(kernel.maps, &want) {
+            log::warn!("{e:#}; will retry");
+        }
+    }
 }
