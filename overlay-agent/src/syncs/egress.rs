@@ -313,4 +313,33 @@ mod tests {
             "{v}"
         );
     }
+
+    #[test]
+    fn the_plan_covers_the_networks_the_maps_serve() {
+        use crate::syncs::testing;
+        use overlay_common::Network;
+        let cluster = testing::cluster(&[
+            ("networks/blue", r#"{"vni":42,"subnet":"10.10.0.0/16"}"#),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","internal":true}"#,
+            ),
+            ("networks/green", r#"{"vni":44,"subnet":"10.30.0.0/16"}"#),
+        ]);
+        let mut applied = MapState::default();
+        applied.networks.insert(42, Network::new(4789, [0; 12]));
+        applied.networks.insert(43, Network::new(4789, [0; 12]));
+        let want = Egress::default().want(&testing::view(&cluster, &applied));
+        assert_eq!(
+            want.gateways,
+            BTreeMap::from([("ovbr42".to_string(), "10.10.0.1".parse().unwrap())])
+        );
+        assert_eq!(want.masquerade, BTreeSet::from([cidr("10.10.0.0/16")]));
+        assert_eq!(
+            want.overlay,
+            BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")])
+        );
+        assert_eq!(want.internal, BTreeSet::from(["ovbr43".to_string()]));
+        assert!(want.routes.is_empty());
+    }
 }

@@ -309,6 +309,7 @@ impl NodeSync for Flooding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::syncs::testing;
     use overlay_common::Network;
 
     fn v4(c: u8, d: u8) -> VtepAddr {
@@ -396,5 +397,50 @@ mod tests {
         let (out, capped) = publishable(&[key(1, 5), key(2, 5)]);
         assert!(!capped);
         assert_eq!(out["42"].len(), 1);
+    }
+
+    #[test]
+    fn the_lists_come_from_the_maps_the_cluster_and_the_nodes_interfaces() {
+        let cluster = testing::cluster(&[
+            (
+                "networks/blue",
+                r#"{"vni":42,"subnet":"10.10.0.0/16","bum_rate":100}"#,
+            ),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","port":8472,"internal":true}"#,
+            ),
+            ("nodes/h2", r#"{"vtep":"192.168.0.2"}"#),
+            ("groups/h2", r#"{"42":["239.1.1.1"],"44":["239.1.1.2"]}"#),
+        ]);
+        let mut applied = MapState::default();
+        applied.networks.insert(42, Network::new(4789, [0; 12]));
+        applied.networks.insert(43, Network::new(8472, [0; 12]));
+        applied.vteps.insert((42, vtep::from_v4([192, 168, 0, 2])));
+        let want = Flooding::default().want(&testing::view(&cluster, &applied));
+        let blue = want.flood[&42];
+        assert_eq!(
+            (
+                blue.bridge,
+                blue.tunnel,
+                blue.rate_pps,
+                blue.count,
+                blue.internal
+            ),
+            (7, 5, 100, 1, 0)
+        );
+        let red = want.flood[&43];
+        assert_eq!(
+            (red.bridge, red.tunnel, red.count, red.internal),
+            (0, 0, 0, 1)
+        );
+        assert!(want.overflow.is_empty());
+        // h2's group of a network this node serves, not the other.
+        let key = IpKey {
+            vni: 42,
+            ip: [239, 1, 1, 1],
+        };
+        assert_eq!(want.groups.keys().collect::<Vec<_>>(), vec![&key]);
+        assert_eq!(want.groups[&key].count, 1);
     }
 }

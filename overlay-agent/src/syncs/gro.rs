@@ -155,3 +155,22 @@ async fn remove(netlink: &Netlink, pins: &PinDir, name: &str) -> Result<()> {
     netlink.delete(name).await?;
     Dataplane::detach(pins, name)
 }
+
+#[cfg(test)]
+mod tests {
+    use overlay_common::Network;
+
+    use super::*;
+    use crate::{dataplane::state::MapState, syncs::testing};
+
+    #[test]
+    fn a_device_for_each_port_the_maps_use() {
+        let cluster = testing::cluster(&[]);
+        let mut applied = MapState::default();
+        applied.networks.insert(42, Network::new(4789, [0; 12]));
+        applied.networks.insert(43, Network::new(8472, [0; 12]));
+        applied.networks.insert(44, Network::new(4789, [0; 12]));
+        let want = Gro::default().want(&testing::view(&cluster, &applied));
+        assert_eq!(want, BTreeSet::from([4789, 8472]));
+    }
+}

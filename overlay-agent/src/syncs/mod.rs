@@ -119,3 +119,44 @@ async fn step<S: NodeSync>(sync: &mut S, view: &View<'_>, kernel: &mut Kernel<'_
     let want = sync.want(view);
     sync.apply(want, kernel).await;
 }
+
+/// A cluster and maps for the syncs' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::store::schema::Keys;
+
+    /// The cluster after putting `records` (key under /overlay, JSON value).
+    pub fn cluster(records: &[(&str, &str)]) -> ClusterState {
+        let keys = Keys::new("/overlay");
+        let mut c = ClusterState::default();
+        for (key, value) in records {
+            c.put(
+                &keys,
+                format!("/overlay/{key}").as_bytes(),
+                value.as_bytes(),
+                1,
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    /// `cluster` and `applied` seen from node h1 over an IPv4 underlay of MTU 1500, with
+    /// `ovbr42` at index 7 and `ovgro4789` at 5.
+    pub fn view<'a>(cluster: &'a ClusterState, applied: &'a MapState) -> View<'a> {
+        View {
+            cluster,
+            applied,
+            node: "h1",
+            underlay_mtu: Some(1500),
+            ipv6: false,
+            ifindex: |name| match name {
+                "ovbr42" => Some(7),
+                "ovgro4789" => Some(5),
+                _ => None,
+            },
+            rebuilding: false,
+        }
+    }
+}

@@ -136,3 +136,57 @@ async fn follow_endpoint(netlink: &Netlink, ep: &Endpoint, mtu: u32) -> anyhow::
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::state::MapState, shared::ifnames, syncs::testing};
+
+    fn endpoint(net: &str, name: &str, node: &str) -> String {
+        let port = ifnames::port_name(net, name);
+        format!(
+            r#"{{"kind":"container","name":"{name}","mac":"02:42:0a:0a:01:02","node":"{node}","port":"{port}"}}"#
+        )
+    }
+
+    #[test]
+    fn a_changed_underlay_sets_this_nodes_ports_then_bridges_of_networks_without_their_own() {
+        let (c1, c2, c3) = (
+            endpoint("blue", "c1", "h1"),
+            endpoint("blue", "c2", "h2"),
+            endpoint("red", "c3", "h1"),
+        );
+        let cluster = testing::cluster(&[
+            ("networks/blue", r#"{"vni":42,"subnet":"10.10.0.0/16"}"#),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","mtu":1400}"#,
+            ),
+            ("endpoints/blue/10.10.1.2", &c1),
+            ("endpoints/blue/10.10.1.3", &c2),
+            ("endpoints/red/10.20.1.2", &c3),
+        ]);
+        let applied = MapState::default();
+        let view = testing::view(&cluster, &applied);
+        assert!(Mtu::new(Some(1500)).want(&view).is_none());
+        let view = View {
+            underlay_mtu: Some(9000),
+            ..view
+        };
+        let follow = Mtu::new(Some(1500)).want(&view).unwrap();
+        assert_eq!(follow.underlay_mtu, 9000);
+        let set: Vec<String> = follow
+            .settings
+            .iter()
+            .map(|s| match s {
+                Setting::Endpoint {
+                    network,
+                    endpoint,
+                    mtu,
+                } => format!("{network}/{} {mtu}", endpoint.name),
+                Setting::Bridge { name, mtu } => format!("{name} {mtu}"),
+            })
+            .collect();
+        assert_eq!(set, ["blue/c1 8950", "ovbr42 8950"]);
+    }
+}

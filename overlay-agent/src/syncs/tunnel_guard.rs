@@ -50,3 +50,27 @@ impl NodeSync for TunnelGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dataplane::state::MapState, syncs::testing};
+
+    #[test]
+    fn every_networks_port_is_guarded_served_here_or_not() {
+        let cluster = testing::cluster(&[
+            ("networks/blue", r#"{"vni":42,"subnet":"10.10.0.0/16"}"#),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","port":8472}"#,
+            ),
+            (
+                "networks/green",
+                r#"{"vni":44,"subnet":"10.30.0.0/16","port":8472}"#,
+            ),
+        ]);
+        let applied = MapState::default();
+        let want = TunnelGuard.want(&testing::view(&cluster, &applied));
+        assert_eq!(want, BTreeMap::from([(4789, 1), (8472, 1)]));
+    }
+}
