@@ -8,6 +8,11 @@
 //! losing the quorum costs no relist and no new lease. A compacted revision or a history gone
 //! back (a cluster restored from a snapshot) relists and reconciles, which adds what is
 //! missing and deletes what is stale; an expired lease ends the session.
+//!
+//! Here: the options, the agent's state and `run` (startup, adoption of pinned maps, the
+//! signal loop). session.rs holds the etcd session, lease.rs the keepalive, reconcile.rs the
+//! maps and the call to the node's syncs (syncs/), ports.rs the ports' attachments,
+//! publish.rs what the node writes to etcd and to its status file, metrics/ `--metrics`.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,

@@ -1,5 +1,6 @@
 //! Keeping the maps equal to what the cluster wants: the fast path for a batch of remote
-//! endpoints, the full reconcile, the writes, and the switch-over to rebuilt maps.
+//! endpoints, the full reconcile, the writes, and the switch-over to rebuilt maps; then the
+//! node's syncs, which follow the maps.
 use std::time::Instant;
 
 use anyhow::Result;

@@ -21,6 +21,8 @@ use crate::{
 };
 
 impl Agent {
+    /// One session, from connecting to its end: an error says why it ended (`run` connects
+    /// again, unless it is an OtherFamily).
     pub(super) async fn session(&mut self) -> Result<()> {
         // etcd gives every lease a fresh TTL when it comes back: retrying well within one TTL
         // lets this node re-register before its old lease can expire, so no other node ever
