@@ -157,8 +157,9 @@ impl Dataplane {
     pub fn attach_container(&mut self, iface: &str) -> Result<()> {
         ensure!(
             ifnames::is_port(iface),
-            "refusing to attach {} to {iface}: not a port the overlay makes (ove<8 hex>, ovhp<vni>)",
-            programs::FROM_CONTAINER
+            "refusing to attach {} to {iface}: not a port the overlay makes ({})",
+            programs::FROM_CONTAINER,
+            ifnames::port_shapes()
         );
         self.attach(programs::FROM_CONTAINER, iface)
     }
@@ -166,7 +167,7 @@ impl Dataplane {
     /// Attaches `gro_sink` at TC ingress of a GRO helper device (see gro.rs).
     pub fn attach_gro_sink(&mut self, iface: &str) -> Result<()> {
         ensure!(
-            crate::ifnames::is_gro_device(iface),
+            ifnames::is_gro_device(iface),
             "refusing to attach {} to {iface}: not a GRO helper device",
             programs::GRO_SINK
         );
