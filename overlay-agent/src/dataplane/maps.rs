@@ -8,8 +8,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
-    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, Network,
-    NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
+    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, MapKind,
+    MapSpec, Network, NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
 };
 
 use super::{
@@ -48,12 +48,16 @@ where
             path.display()
         )
     })?;
-    let map = match name {
-        names::VXLAN_PORTS | names::CONFIG | names::MONITOR_CTL => Map::Array(data),
-        names::STATS | names::MONITOR_CPU => Map::PerCpuArray(data),
-        names::EVENTS => Map::RingBuf(data),
-        names::BUM_RATE => Map::LruHashMap(data),
-        _ => Map::HashMap(data),
+    let kind = MapSpec::of(name)
+        .ok_or_else(|| anyhow!("map {name} is not one of overlay_common::MAPS"))?
+        .kind;
+    let map = match kind {
+        MapKind::Hash => Map::HashMap(data),
+        MapKind::LruHash => Map::LruHashMap(data),
+        MapKind::Array => Map::Array(data),
+        MapKind::PerCpuArray => Map::PerCpuArray(data),
+        MapKind::RingBuf => Map::RingBuf(data),
+        MapKind::ProgArray => Map::ProgramArray(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
 }
@@ -292,12 +296,17 @@ impl Maps {
         let ep = |e: &Endpoint| format!("{} {} ifindex {}", ip(e.ip), Mac(e.mac), e.ifindex);
         for &(vni, net) in &diff.networks.set {
             let r = self.set_network(vni, net);
-            done("NETWORKS", '+', format!("vni {vni} port {}", net.port), r);
+            done(
+                names::NETWORKS,
+                '+',
+                format!("vni {vni} port {}", net.port),
+                r,
+            );
         }
         for &((vni, ip_), mac) in &diff.arp.set {
             let r = self.set_arp(vni, ip_, mac);
             done(
-                "ARP",
+                names::ARP,
                 '+',
                 format!("vni {vni} {} -> {}", ip(ip_), Mac(mac)),
                 r,
@@ -305,12 +314,12 @@ impl Maps {
         }
         for &((vni, vtep), ()) in &diff.vteps.set {
             let r = self.set_vtep(vni, vtep);
-            done("VTEPS", '+', format!("vni {vni} {}", to_ip(vtep)), r);
+            done(names::VTEPS, '+', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &((vni, mac), vtep) in &diff.fdb.set {
             let r = self.set_fdb(vni, mac, vtep);
             done(
-                "FDB",
+                names::FDB,
                 '+',
                 format!("vni {vni} {} -> {}", Mac(mac), to_ip(vtep)),
                 r,
@@ -321,15 +330,20 @@ impl Maps {
                 .endpoints
                 .insert(MacKey::new(*vni, *mac), e, 0)
                 .context("ENDPOINTS: insert");
-            done("ENDPOINTS", '+', format!("vni {vni} {}", ep(e)), r);
+            done(names::ENDPOINTS, '+', format!("vni {vni} {}", ep(e)), r);
         }
         for (ifindex, e) in &diff.ports.set {
             let r = self.ports.insert(*ifindex, e, 0).context("PORTS: insert");
-            done("PORTS", '+', format!("ifindex {ifindex}: {}", ep(e)), r);
+            done(
+                names::PORTS,
+                '+',
+                format!("ifindex {ifindex}: {}", ep(e)),
+                r,
+            );
         }
         for &ifindex in &diff.ports.remove {
             let r = remove(&mut self.ports, &ifindex, names::PORTS);
-            done("PORTS", '-', format!("ifindex {ifindex}"), r);
+            done(names::PORTS, '-', format!("ifindex {ifindex}"), r);
         }
         for &(vni, mac) in &diff.endpoints.remove {
             let r = remove(
@@ -337,23 +351,23 @@ impl Maps {
                 &MacKey::new(vni, mac),
                 names::ENDPOINTS,
             );
-            done("ENDPOINTS", '-', format!("vni {vni} {}", Mac(mac)), r);
+            done(names::ENDPOINTS, '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, mac) in &diff.fdb.remove {
             let r = self.remove_fdb(vni, mac);
-            done("FDB", '-', format!("vni {vni} {}", Mac(mac)), r);
+            done(names::FDB, '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, vtep) in &diff.vteps.remove {
             let r = self.remove_vtep(vni, vtep);
-            done("VTEPS", '-', format!("vni {vni} {}", to_ip(vtep)), r);
+            done(names::VTEPS, '-', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &(vni, ip_) in &diff.arp.remove {
             let r = self.remove_arp(vni, ip_);
-            done("ARP", '-', format!("vni {vni} {}", ip(ip_)), r);
+            done(names::ARP, '-', format!("vni {vni} {}", ip(ip_)), r);
         }
         for &vni in &diff.networks.remove {
             let r = self.remove_network(vni);
-            done("NETWORKS", '-', format!("vni {vni}"), r);
+            done(names::NETWORKS, '-', format!("vni {vni}"), r);
         }
         if !each {
             let summary = |name: &str, (n, r): (usize, usize)| {
@@ -361,12 +375,12 @@ impl Maps {
                     log::info!("{name}: {n} set, {r} removed");
                 }
             };
-            summary("NETWORKS", counts(&diff.networks));
-            summary("FDB", counts(&diff.fdb));
-            summary("ARP", counts(&diff.arp));
-            summary("VTEPS", counts(&diff.vteps));
-            summary("ENDPOINTS", counts(&diff.endpoints));
-            summary("PORTS", counts(&diff.ports));
+            summary(names::NETWORKS, counts(&diff.networks));
+            summary(names::FDB, counts(&diff.fdb));
+            summary(names::ARP, counts(&diff.arp));
+            summary(names::VTEPS, counts(&diff.vteps));
+            summary(names::ENDPOINTS, counts(&diff.endpoints));
+            summary(names::PORTS, counts(&diff.ports));
         }
         report
     }

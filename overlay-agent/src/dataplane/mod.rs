@@ -23,15 +23,6 @@ use crate::ifnames;
 pub use maps::Maps;
 pub use pins::PinDir;
 
-/// The maps that grow with the number of endpoints, sized by `--max-entries`.
-pub const PER_ENDPOINT_MAPS: [&str; 5] = [
-    overlay_common::names::FDB,
-    overlay_common::names::ARP,
-    overlay_common::names::ENDPOINTS,
-    overlay_common::names::PORTS,
-    overlay_common::names::VTEPS,
-];
-
 /// The compiled eBPF object, embedded at build time (see build.rs).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
 
@@ -54,8 +45,8 @@ impl Dataplane {
     pub fn load_sized(pins: PinDir, max_entries: u32) -> Result<Self> {
         pins.create()?;
         let mut loader = EbpfLoader::new();
-        for name in PER_ENDPOINT_MAPS {
-            loader.map_max_entries(name, max_entries);
+        for map in overlay_common::maps::per_endpoint() {
+            loader.map_max_entries(map.name, max_entries);
         }
         let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
