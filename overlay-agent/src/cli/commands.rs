@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use overlay_common::MacKey;
 
 use crate::{
     dataplane::{Maps, PinDir},
@@ -915,22 +914,21 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
         .network(&ep.network)
         .await
         .context("reading the network back")?;
-    let key = MacKey::new(net.vni, ep.mac.0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let Ok(maps) = Maps::open(&ctx.pins) else {
             return Ok(false);
         };
         let here = match &ep.location {
-            Location::Peer { .. } => maps.fdb.get(&key, 0).is_ok(),
+            Location::Peer { .. } => maps.fdb_entry(net.vni, ep.mac.0).is_some(),
             // PORTS by the port's ifindex now: a port made again under the same name (a
             // container restarted: DEL, then ADD) is served only once the agent saw the new one.
             Location::Node { port, .. } => {
-                maps.endpoints.get(&key, 0).is_ok()
+                maps.endpoint(net.vni, ep.mac.0).is_some()
                     && (!present
                         || (ctx.pins.link(port).exists()
                             && crate::netlink::ifindex(port)
-                                .is_some_and(|i| maps.ports.get(&i, 0).is_ok())))
+                                .is_some_and(|i| maps.port(i).is_some())))
             }
         };
         if here == present {

@@ -247,7 +247,7 @@ impl Session {
             let mut e = event::decode(&raw, |ifindex| {
                 *vnis
                     .entry(ifindex)
-                    .or_insert_with(|| dataplane.ports.get(&ifindex, 0).ok().map(|ep| ep.vni))
+                    .or_insert_with(|| dataplane.port(ifindex).map(|ep| ep.vni))
             });
             if !self.opts.filter.matches(&e) {
                 continue;
