@@ -234,3 +234,46 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         .try_into()
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aya_obj::{
+        generated::bpf_map_type::{self, *},
+        maps::PinningType,
+    };
+    use overlay_common::{MAPS, MapKind};
+
+    /// `overlay_common::MAPS` is what overlay-ebpf/src/maps.rs declares: every pinned map of
+    /// the object, by the same name, of the same kind.
+    #[test]
+    fn the_map_list_is_the_objects() {
+        if super::OBJECT.is_empty() {
+            eprintln!("no eBPF object was built (AYA_BUILD_SKIP): nothing to compare");
+            return;
+        }
+        let object = aya_obj::Object::parse(super::OBJECT).expect("parsing the eBPF object");
+        let pinned: BTreeMap<&str, u32> = object
+            .maps
+            .iter()
+            .filter(|(_, m)| m.pinning() == PinningType::ByName)
+            .map(|(name, m)| (name.as_str(), m.map_type()))
+            .collect();
+        let listed: BTreeMap<&str, u32> = MAPS
+            .iter()
+            .map(|m| {
+                let kind: bpf_map_type = match m.kind {
+                    MapKind::Hash => BPF_MAP_TYPE_HASH,
+                    MapKind::LruHash => BPF_MAP_TYPE_LRU_HASH,
+                    MapKind::Array => BPF_MAP_TYPE_ARRAY,
+                    MapKind::PerCpuArray => BPF_MAP_TYPE_PERCPU_ARRAY,
+                    MapKind::RingBuf => BPF_MAP_TYPE_RINGBUF,
+                    MapKind::ProgArray => BPF_MAP_TYPE_PROG_ARRAY,
+                };
+                (m.name, kind as u32)
+            })
+            .collect();
+        assert_eq!(listed, pinned);
+    }
+}
