@@ -149,7 +149,7 @@ struct Ring(MonitorMaps);
 
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.events.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
