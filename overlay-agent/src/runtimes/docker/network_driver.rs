@@ -223,6 +223,8 @@ impl Driver {
             );
         }
         let name = endpoint_name(&req.endpoint_id);
+        // A name refused (Docker's ID is outside input) fails like a failed make: the pending
+        // address is let go below either way.
         let made = match Attach::new(name.clone(), net.network.clone(), Some(ip)) {
             Ok(mut attach) => {
                 attach.owner = Some("docker".to_string());
