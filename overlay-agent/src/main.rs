@@ -16,7 +16,7 @@ use overlay_agent::{
     ipam::Cidr,
     monitor,
     net::Mac,
-    plumbing::open_netns,
+    plumbing::Netns,
     report, status,
     store::{self, Store, schema},
 };
@@ -393,51 +393,47 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Endpoint(cmd) => {
-            if let EndpointCmd::Add { name, netns, .. } = &cmd {
-                schema::check_name("endpoint", name)?;
-                open_netns(netns)?;
-            }
+        Command::Endpoint(EndpointCmd::Add {
+            name,
+            network,
+            netns,
+            ip,
+        }) => {
+            // The name and the namespace are checked, and the namespace opened, once: before
+            // etcd is asked anything.
+            let req = commands::Attach::new(name, network, ip)?;
+            let ns = Netns::open(&netns)?;
             let ctx = ctx().await?;
-            match cmd {
-                EndpointCmd::Add {
-                    name,
-                    network,
-                    netns,
-                    ip,
-                } => {
-                    let req = commands::Attach {
-                        name: name.clone(),
-                        network: network.clone(),
-                        ip,
-                        ..Default::default()
-                    };
-                    let made = commands::endpoint_add(&ctx, &req, &netns).await?;
-                    let ep = made.endpoint;
-                    let v6 = made
-                        .ipv6
-                        .map(|(a, _)| format!(" and {a}"))
-                        .unwrap_or_default();
-                    println!(
-                        "endpoint {name}: {} {} on network {network}, node {}{v6}",
-                        ep.ip, ep.mac, ctx.node
-                    );
-                    served(&ctx, &ep, true).await?;
+            let made = commands::endpoint_add(&ctx, &req, &ns).await?;
+            let ep = made.endpoint;
+            let v6 = made
+                .ipv6
+                .map(|(a, _)| format!(" and {a}"))
+                .unwrap_or_default();
+            println!(
+                "endpoint {}: {} {} on network {}, node {}{v6}",
+                req.name(),
+                ep.ip,
+                ep.mac,
+                req.network(),
+                ctx.node
+            );
+            served(&ctx, &ep, true).await?;
+        }
+        Command::Endpoint(EndpointCmd::Ls { network, json }) => {
+            let ctx = ctx().await?;
+            let eps = ctx.store.endpoints(network.as_deref()).await?;
+            let nets = ctx.store.networks().await?;
+            print!("{}", report::render(&report::endpoints(&eps, &nets), json));
+        }
+        Command::Endpoint(EndpointCmd::Rm { name }) => {
+            let ctx = ctx().await?;
+            match commands::endpoint_rm(&ctx, &name).await? {
+                Some(ep) => {
+                    println!("endpoint {name} ({}) removed", ep.ip);
+                    served(&ctx, &ep, false).await?;
                 }
-                EndpointCmd::Ls { network, json } => {
-                    let eps = ctx.store.endpoints(network.as_deref()).await?;
-                    let nets = ctx.store.networks().await?;
-                    print!("{}", report::render(&report::endpoints(&eps, &nets), json));
-                }
-                EndpointCmd::Rm { name } => match commands::endpoint_rm(&ctx, &name).await? {
-                    Some(ep) => {
-                        println!("endpoint {name} ({}) removed", ep.ip);
-                        served(&ctx, &ep, false).await?;
-                    }
-                    None => {
-                        println!("endpoint {name}: etcd had it no more; its interface is removed")
-                    }
-                },
+                None => println!("endpoint {name}: etcd had it no more; its interface is removed"),
             }
         }
         Command::Peer(cmd) => {

@@ -29,6 +29,82 @@ pub mod names {
     pub const JUMP: &str = "JUMP";
 }
 
+/// How the kernel keeps a map: its BPF map type, which userspace must know to open a pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    LruHash,
+    Array,
+    PerCpuArray,
+    RingBuf,
+    ProgArray,
+}
+
+/// One pinned map of the eBPF object (overlay-ebpf/src/maps.rs declares it): what the loader
+/// sizes, what the agent opens by kind, what metrics and `maps` count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Grows with the number of endpoints: the loader sizes it by `--max-entries`.
+    pub per_endpoint: bool,
+    /// Written by the reconcile (desired state -> diff -> apply), entry by entry: metrics
+    /// exports its entries, capacity and failed writes.
+    pub reconciled: bool,
+}
+
+impl MapSpec {
+    const fn new(name: &'static str, kind: MapKind, per_endpoint: bool, reconciled: bool) -> Self {
+        Self {
+            name,
+            kind,
+            per_endpoint,
+            reconciled,
+        }
+    }
+
+    /// The map named `name`, if the object has one.
+    pub fn of(name: &str) -> Option<&'static MapSpec> {
+        MAPS.iter().find(|m| m.name == name)
+    }
+}
+
+/// Every pinned map, in the order metrics and the inspection list them.
+pub const MAPS: [MapSpec; 19] = {
+    use MapKind::*;
+    [
+        MapSpec::new(names::FDB, Hash, true, true),
+        MapSpec::new(names::ARP, Hash, true, true),
+        MapSpec::new(names::ENDPOINTS, Hash, true, true),
+        MapSpec::new(names::PORTS, Hash, true, true),
+        MapSpec::new(names::VTEPS, Hash, true, true),
+        MapSpec::new(names::NETWORKS, Hash, false, true),
+        MapSpec::new(names::VXLAN_PORTS, Array, false, false),
+        MapSpec::new(names::CONFIG, Array, false, false),
+        MapSpec::new(names::STATS, PerCpuArray, false, false),
+        MapSpec::new(names::FLOOD, Hash, false, false),
+        MapSpec::new(names::BUM_RATE, LruHash, false, false),
+        MapSpec::new(names::GROUPS, Hash, false, false),
+        MapSpec::new(names::MCAST, Hash, false, false),
+        MapSpec::new(names::GROUP_COUNT, Hash, false, false),
+        MapSpec::new(names::CLUSTER_PORTS, Hash, false, false),
+        MapSpec::new(names::MONITOR_CTL, Array, false, false),
+        MapSpec::new(names::EVENTS, RingBuf, false, false),
+        MapSpec::new(names::MONITOR_CPU, PerCpuArray, false, false),
+        MapSpec::new(names::JUMP, ProgArray, false, false),
+    ]
+};
+
+/// The maps the reconcile writes ([`MapSpec::reconciled`]), in [`MAPS`]' order.
+pub fn reconciled() -> impl Iterator<Item = &'static MapSpec> {
+    MAPS.iter().filter(|m| m.reconciled)
+}
+
+/// The maps sized by `--max-entries` ([`MapSpec::per_endpoint`]), in [`MAPS`]' order.
+pub fn per_endpoint() -> impl Iterator<Item = &'static MapSpec> {
+    MAPS.iter().filter(|m| m.per_endpoint)
+}
+
 /// Slots of the JUMP program array.
 pub mod jump {
     /// The `fragment` program (IPv4 fragmentation of packets too big for the tunnel).
@@ -367,28 +443,31 @@ mod tests {
     }
 
     #[test]
-    fn map_names_fit_the_kernel_limit() {
-        for name in [
+    fn map_names_fit_the_kernel_limit_and_name_one_map_each() {
+        for (i, map) in MAPS.iter().enumerate() {
+            assert!(map.name.len() < 16, "{}", map.name);
+            assert_eq!(MapSpec::of(map.name), Some(map));
+            assert!(
+                MAPS[..i].iter().all(|m| m.name != map.name),
+                "{} twice",
+                map.name
+            );
+            // Only the reconcile's entry-by-entry maps grow with the endpoints.
+            assert!(!map.per_endpoint || map.reconciled, "{}", map.name);
+        }
+        assert_eq!(MapSpec::of("SCRATCH"), None);
+        assert!(per_endpoint().map(|m| m.name).eq([
             names::FDB,
             names::ARP,
             names::ENDPOINTS,
             names::PORTS,
-            names::VTEPS,
-            names::NETWORKS,
-            names::VXLAN_PORTS,
-            names::CONFIG,
-            names::STATS,
-            names::FLOOD,
-            names::BUM_RATE,
-            names::GROUPS,
-            names::MCAST,
-            names::GROUP_COUNT,
-            names::CLUSTER_PORTS,
-            names::MONITOR_CTL,
-            names::EVENTS,
-            names::MONITOR_CPU,
-        ] {
-            assert!(name.len() < 16, "{name}");
-        }
+            names::VTEPS
+        ]));
+        // The per-endpoint maps, and NETWORKS.
+        assert!(
+            reconciled()
+                .map(|m| m.name)
+                .eq(per_endpoint().map(|m| m.name).chain([names::NETWORKS]))
+        );
     }
 }

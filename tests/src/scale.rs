@@ -105,7 +105,7 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
     }
     let converge = start.elapsed();
     let maps = Maps::open(&d.hosts[0].pins())?;
-    let fdb = maps.fdb.keys().count();
+    let fdb = maps.fdb_entries().count();
     if fdb != endpoints as usize {
         bail!("converged with {fdb} FDB entries for {endpoints} endpoints");
     }
@@ -123,7 +123,9 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
             {
                 let now = Instant::now();
                 pending.lock().unwrap().retain(|(key, vtep, at)| {
-                    let seen = maps.fdb.get(key, 0).is_ok_and(|e| e.vtep == *vtep);
+                    let seen = maps
+                        .fdb_entry(key.vni, key.mac)
+                        .is_some_and(|e| e.vtep == *vtep);
                     if seen {
                         lags.lock()
                             .unwrap()
@@ -207,10 +209,9 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
             .enter(|| rt.block_on(store.put_many_raw(&kvs)))?;
         let want = MacKey::new(VNI, mac.0);
         let maps = Maps::open(&d.hosts[0].pins())?;
-        while !maps
-            .fdb
-            .get(&want, 0)
-            .is_ok_and(|e| e.vtep == vtep::from_v4(vtep.octets()))
+        while maps
+            .fdb_entry(want.vni, want.mac)
+            .is_none_or(|e| e.vtep != vtep::from_v4(vtep.octets()))
         {
             if at.elapsed() > Duration::from_secs(10) {
                 bail!("a node's change did not reach the maps in 10 s");

@@ -96,8 +96,8 @@ fn a_networks_port_follows_into_the_fdb_and_vtep_values() {
         .unwrap();
     maps.set_vtep(42, vtep::from_v4([10, 0, 0, 2])).unwrap();
     let port = |maps: &overlay_agent::dataplane::Maps| {
-        let (_, fdb) = maps.fdb.iter().next().unwrap().unwrap();
-        let (_, vtep) = maps.vteps.iter().next().unwrap().unwrap();
+        let (_, fdb) = maps.fdb_entries().next().unwrap().unwrap();
+        let (_, vtep) = maps.vtep_entries().next().unwrap().unwrap();
         (fdb.port, vtep)
     };
     assert_eq!(port(&maps), (0, 0));

@@ -121,7 +121,12 @@ fn an_arp_reply_to_a_remote_mac_goes_back_through_the_tunnel() {
         tunnel: lab.underlay,
         ..Default::default()
     };
-    lab.node.maps().flood.insert(VNI, flood, 0).unwrap();
+    lab.node
+        .maps()
+        .tables_mut()
+        .flood
+        .insert(VNI, flood, 0)
+        .unwrap();
     let v = lab.expect(
         "c1 answers c2's request",
         Container(vc1),

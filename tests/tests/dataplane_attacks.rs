@@ -116,6 +116,7 @@ fn a_container_cannot_send_vxlan_to_any_vtep_through_its_gateway() {
     // vxlan device would take it from anyone.
     lab.node
         .maps()
+        .tables_mut()
         .cluster_ports
         .insert(8472u32, 1u32, 0)
         .unwrap();
@@ -263,7 +264,7 @@ fn storm_limit(lab: &Lab, rate: u32) {
         rate_pps: rate,
         ..Flood::default()
     };
-    maps.flood.insert(VNI, flood, 0).unwrap();
+    maps.tables_mut().flood.insert(VNI, flood, 0).unwrap();
 }
 
 /// c1's UDP to the IPv4 group `group` through the Ethernet destination `mac`.
@@ -339,9 +340,8 @@ fn igmp_v3_join(group: [u8; 4]) -> Vec<u8> {
 
 fn memberships(lab: &Lab, port: u32) -> Vec<GroupKey> {
     let maps = lab.node.maps();
-    maps.groups
-        .keys()
-        .map(|k| k.unwrap())
+    maps.group_entries()
+        .map(|e| e.unwrap().0)
         .filter(|k| k.port == port)
         .collect()
 }

@@ -89,7 +89,7 @@ per_family! {
             bridge: lab.vc1,
             ..Default::default()
         };
-        lab.node.maps().flood.insert(VNI, flood, 0).unwrap();
+        lab.node.maps().tables_mut().flood.insert(VNI, flood, 0).unwrap();
         let broadcast = |ecn| {
             let udp = packet::udp(5000, 5000, b"to everyone");
             packet::eth(

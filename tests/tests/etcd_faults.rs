@@ -11,8 +11,7 @@ use std::{
 
 use overlay_agent::{
     cni::endpoint_name,
-    commands::endpoint_lock_name,
-    ifnames::{peer_name, port_alias, port_name},
+    ifnames::{endpoint_lock, peer_name, port_alias, port_name},
     lock,
 };
 use overlay_tests::{
@@ -151,10 +150,7 @@ fn leftovers(d: &Deployment, host: usize, network: &str, name: &str, bridge: &st
     if keys.contains(name) {
         left.push(format!("etcd still names {name}: {keys}"));
     }
-    for l in [
-        endpoint_lock_name(&port_name(network, name)),
-        bridge.to_string(),
-    ] {
+    for l in [endpoint_lock(&port_name(network, name)), bridge.to_string()] {
         if lock::try_exclusive(&l).unwrap().is_none() {
             left.push(format!("lock {l} is held"));
         }

@@ -8,14 +8,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use overlay_common::MacKey;
 
 use crate::{
     dataplane::{Maps, PinDir},
     ifnames::{self, host_endpoint_name, port_alias, port_name},
     ipam::Cidr,
     net::Mac,
-    plumbing::{Netlink, open_netns},
+    plumbing::{Netlink, Netns},
     store::{
         Store,
         schema::{self, Endpoint, Kind, Location, Network},
@@ -200,11 +199,12 @@ async fn free_eth(inner: &Netlink) -> Result<String> {
 }
 
 /// What a container's attachment is made of, whoever asks for it: the CLI, the CNI plugin, the
-/// Docker driver. Each is an adapter onto the functions below.
-#[derive(Clone, Debug, Default)]
+/// Docker driver. Each is an adapter onto the functions below. Its endpoint name was checked
+/// when it was made ([`Attach::new`]), so nothing below checks it again.
+#[derive(Clone, Debug)]
 pub struct Attach {
-    pub name: String,
-    pub network: String,
+    name: String,
+    network: String,
     /// The address (default: the next free one in this node's slice).
     pub ip: Option<Ipv4Addr>,
     /// The interface's name in the container (CNI_IFNAME); default the first free `ethN`.
@@ -213,6 +213,29 @@ pub struct Attach {
     pub mtu: Option<u32>,
     /// Who asks, when not the CLI (see `EndpointRecord::owner`).
     pub owner: Option<String>,
+}
+
+impl Attach {
+    /// Endpoint `name` on `network` at `ip`; refuses a name no record may carry.
+    pub fn new(name: String, network: String, ip: Option<Ipv4Addr>) -> Result<Self> {
+        schema::check_name("endpoint", &name)?;
+        Ok(Self {
+            name,
+            network,
+            ip,
+            ifname: None,
+            mtu: None,
+            owner: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
+    }
 }
 
 /// Serializes, per network and host, what makes or removes ports and the bridge: without it a
@@ -239,18 +262,12 @@ pub struct Made {
 /// hung member must not double the time a failing command takes.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One attempt at a time at each endpoint of this node (named by its port), across the CLI,
-/// the CNI plugin and the Docker driver: what an earlier attempt left behind is judged and
-/// removed with nobody making it meanwhile. At most 256 lock files (a byte of the port's
-/// hash): two endpoints that share one merely wait for each other. Taken before the bridge
-/// lock, never after it.
+/// One attempt at a time at each endpoint of this node (named by its port,
+/// [`ifnames::endpoint_lock`]), across the CLI, the CNI plugin and the Docker driver: what an
+/// earlier attempt left behind is judged and removed with nobody making it meanwhile. Taken
+/// before the bridge lock, never after it.
 async fn endpoint_lock(port: &str) -> Result<std::fs::File> {
-    crate::lock::exclusive(&endpoint_lock_name(port)).await
-}
-
-/// The lock ([`crate::lock`]) of the endpoint whose port is `port`.
-pub fn endpoint_lock_name(port: &str) -> String {
-    format!("endpoint-{:02x}", crate::hash::of(port) & 0xff)
+    crate::lock::exclusive(&ifnames::endpoint_lock(port)).await
 }
 
 /// The undo of a registration: removes `ep`'s record if etcd holds exactly what was written,
@@ -431,7 +448,6 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
 
 /// [`endpoint_make`], its caller holding the endpoint's lock.
 async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
-    schema::check_name("endpoint", &req.name)?;
     let net = ctx.store.network(&req.network).await?;
     let host = Netlink::new()?;
     let (port, peer) = (
@@ -512,14 +528,13 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
 /// the pair moved in and configured (name, MAC, MTU, address with the subnet's prefix, which
 /// brings the on-link route to the whole overlay, and a default route through the network's
 /// gateway unless it is internal). Leaves nothing half-made.
-pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> {
-    let ns = open_netns(netns)?;
+pub async fn endpoint_add(ctx: &Ctx, req: &Attach, ns: &Netns) -> Result<Made> {
     let _turn = endpoint_lock(&port_name(&req.network, &req.name)).await?;
-    let made = make(ctx, req, Some(netns)).await?;
+    let made = make(ctx, req, Some(ns.name())).await?;
     let ep = &made.endpoint;
     let configured = async {
-        Netlink::new()?.move_to_netns(&made.peer, &ns).await?;
-        let inner = Netlink::in_netns(&ns)?;
+        Netlink::new()?.move_to_netns(&made.peer, ns.file()).await?;
+        let inner = Netlink::in_netns(ns.file())?;
         inner.up("lo").await?;
         let eth = match &req.ifname {
             Some(name) => name.clone(),
@@ -547,7 +562,7 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, netns: &str) -> Result<Made> 
             let _ = drop_bridge_if_empty(&host, &net).await;
         }
         let left = unregister(ctx, ep).await.map(|why| (why, ep));
-        let e = e.context(format!("configuring it in {netns}"));
+        let e = e.context(format!("configuring it in {}", ns.name()));
         return Err(undone(e, &req.name, left));
     }
     Ok(made)
@@ -899,22 +914,21 @@ pub async fn wait_served(ctx: &Ctx, ep: &Endpoint, present: bool) -> Result<bool
         .network(&ep.network)
         .await
         .context("reading the network back")?;
-    let key = MacKey::new(net.vni, ep.mac.0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let Ok(maps) = Maps::open(&ctx.pins) else {
             return Ok(false);
         };
         let here = match &ep.location {
-            Location::Peer { .. } => maps.fdb.get(&key, 0).is_ok(),
+            Location::Peer { .. } => maps.fdb_entry(net.vni, ep.mac.0).is_some(),
             // PORTS by the port's ifindex now: a port made again under the same name (a
             // container restarted: DEL, then ADD) is served only once the agent saw the new one.
             Location::Node { port, .. } => {
-                maps.endpoints.get(&key, 0).is_ok()
+                maps.endpoint(net.vni, ep.mac.0).is_some()
                     && (!present
                         || (ctx.pins.link(port).exists()
                             && crate::netlink::ifindex(port)
-                                .is_some_and(|i| maps.ports.get(&i, 0).is_ok())))
+                                .is_some_and(|i| maps.port(i).is_some())))
             }
         };
         if here == present {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use overlay_common::vtep::to_ip;
+use overlay_common::{names, vtep::to_ip};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -143,36 +143,40 @@ pub fn map_findings(diff: &Diff) -> Vec<Finding> {
     const MISSING: &str = "missing or different: etcd says the map must hold it";
     const STALE: &str = "stale: the map holds it, etcd does not";
     for (vni, net) in &diff.networks.set {
-        f("NETWORKS", format!("vni {vni} port {}", net.port), MISSING);
+        f(
+            names::NETWORKS,
+            format!("vni {vni} port {}", net.port),
+            MISSING,
+        );
     }
     for vni in &diff.networks.remove {
-        f("NETWORKS", format!("vni {vni}"), STALE);
+        f(names::NETWORKS, format!("vni {vni}"), STALE);
     }
     for ((vni, mac), vtep) in &diff.fdb.set {
         f(
-            "FDB",
+            names::FDB,
             format!("vni {vni} {} -> {}", Mac(*mac), to_ip(*vtep)),
             MISSING,
         );
     }
     for (vni, mac) in &diff.fdb.remove {
-        f("FDB", format!("vni {vni} {}", Mac(*mac)), STALE);
+        f(names::FDB, format!("vni {vni} {}", Mac(*mac)), STALE);
     }
     for ((vni, a), mac) in &diff.arp.set {
         f(
-            "ARP",
+            names::ARP,
             format!("vni {vni} {} -> {}", ip(*a), Mac(*mac)),
             MISSING,
         );
     }
     for (vni, a) in &diff.arp.remove {
-        f("ARP", format!("vni {vni} {}", ip(*a)), STALE);
+        f(names::ARP, format!("vni {vni} {}", ip(*a)), STALE);
     }
     for ((vni, vtep), ()) in &diff.vteps.set {
-        f("VTEPS", format!("vni {vni} {}", to_ip(*vtep)), MISSING);
+        f(names::VTEPS, format!("vni {vni} {}", to_ip(*vtep)), MISSING);
     }
     for (vni, vtep) in &diff.vteps.remove {
-        f("VTEPS", format!("vni {vni} {}", to_ip(*vtep)), STALE);
+        f(names::VTEPS, format!("vni {vni} {}", to_ip(*vtep)), STALE);
     }
     for ((vni, mac), e) in &diff.endpoints.set {
         let what = format!(
@@ -181,17 +185,17 @@ pub fn map_findings(diff: &Diff) -> Vec<Finding> {
             ip(e.ip),
             e.ifindex
         );
-        f("ENDPOINTS", what, MISSING);
+        f(names::ENDPOINTS, what, MISSING);
     }
     for (vni, mac) in &diff.endpoints.remove {
-        f("ENDPOINTS", format!("vni {vni} {}", Mac(*mac)), STALE);
+        f(names::ENDPOINTS, format!("vni {vni} {}", Mac(*mac)), STALE);
     }
     for (ifindex, e) in &diff.ports.set {
         let what = format!("ifindex {ifindex} ({} {})", ip(e.ip), Mac(e.mac));
-        f("PORTS", what, MISSING);
+        f(names::PORTS, what, MISSING);
     }
     for ifindex in &diff.ports.remove {
-        f("PORTS", format!("ifindex {ifindex}"), STALE);
+        f(names::PORTS, format!("ifindex {ifindex}"), STALE);
     }
     out
 }

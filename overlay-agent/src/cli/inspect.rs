@@ -1,6 +1,6 @@
 //! What `overlay-agent maps ...` prints: every map as rows, rendered as an aligned table for
 //! people or as JSON for machines (the bar is `cilium-dbg bpf tunnel list -o json`).
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use overlay_common::vtep::to_ip;
 use serde_json::{Map as JsonObject, Value};
 
@@ -50,8 +50,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let columns: &'static [&'static str] = match table {
         Table::Fdb => {
-            for e in maps.fdb.iter() {
-                let (k, v) = e.context("reading FDB")?;
+            for e in maps.fdb_entries() {
+                let (k, v) = e?;
                 rows.push(vec![
                     k.vni.to_string(),
                     Mac(k.mac).to_string(),
@@ -61,8 +61,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             &["vni", "mac", "vtep"]
         }
         Table::Arp => {
-            for e in maps.arp.iter() {
-                let (k, v) = e.context("reading ARP")?;
+            for e in maps.arp_entries() {
+                let (k, v) = e?;
                 rows.push(vec![
                     k.vni.to_string(),
                     ip(k.ip).to_string(),
@@ -72,8 +72,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             &["vni", "ip", "mac"]
         }
         Table::Endpoints => {
-            for e in maps.endpoints.iter() {
-                let (_, v) = e.context("reading ENDPOINTS")?;
+            for e in maps.endpoint_entries() {
+                let (_, v) = e?;
                 rows.push(vec![
                     v.vni.to_string(),
                     Mac(v.mac).to_string(),
@@ -90,15 +90,15 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             &["vni", "mac", "ip", "ifindex", "kind"]
         }
         Table::Vteps => {
-            for e in maps.vteps.iter() {
-                let (k, _) = e.context("reading VTEPS")?;
+            for e in maps.vtep_entries() {
+                let (k, _) = e?;
                 rows.push(vec![k.vni.to_string(), to_ip(k.ip).to_string()]);
             }
             &["vni", "vtep"]
         }
         Table::Networks => {
-            for e in maps.networks.iter() {
-                let (vni, n) = e.context("reading NETWORKS")?;
+            for e in maps.network_entries() {
+                let (vni, n) = e?;
                 rows.push(vec![vni.to_string(), n.port.to_string()]);
             }
             &["vni", "port"]
@@ -108,8 +108,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 0 => "-".to_string(),
                 i => crate::netlink::iface_name(i).unwrap_or_else(|| i.to_string()),
             };
-            for e in maps.flood.iter() {
-                let (vni, f) = e.context("reading FLOOD")?;
+            for e in maps.flood_entries() {
+                let (vni, f) = e?;
                 let vteps: Vec<String> = f
                     .remote_vteps()
                     .iter()
@@ -141,8 +141,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             ]
         }
         Table::Groups => {
-            for e in maps.groups.iter() {
-                let (k, _) = e.context("reading GROUPS")?;
+            for e in maps.group_entries() {
+                let (k, _) = e?;
                 let port = crate::netlink::iface_name(k.port).unwrap_or_else(|| k.port.to_string());
                 rows.push(vec![
                     k.vni.to_string(),
@@ -151,8 +151,8 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     port,
                 ]);
             }
-            for e in maps.mcast.iter() {
-                let (k, v) = e.context("reading MCAST")?;
+            for e in maps.mcast_entries() {
+                let (k, v) = e?;
                 let vteps: Vec<String> =
                     v.members().iter().map(|t| to_ip(*t).to_string()).collect();
                 rows.push(vec![

@@ -227,22 +227,20 @@ fn members_summary(probe: &Probe) -> String {
 /// Per VNI: where its broadcast goes, its groups with members here and elsewhere.
 fn flood_summary(m: &Maps) -> Value {
     let mut out = serde_json::Map::new();
-    for (vni, f) in m.flood.iter().flatten() {
+    for (vni, f) in m.flood_entries().flatten() {
         let vteps: Vec<String> = f
             .remote_vteps()
             .iter()
             .map(|v| overlay_common::vtep::to_ip(*v).to_string())
             .collect();
         let local: std::collections::BTreeSet<[u8; 4]> = m
-            .groups
-            .iter()
+            .group_entries()
             .flatten()
             .filter(|(k, _)| k.vni == vni)
             .map(|(k, _)| k.group)
             .collect();
         let remote = m
-            .mcast
-            .iter()
+            .mcast_entries()
             .flatten()
             .filter(|(k, _)| k.vni == vni)
             .count();

@@ -8,8 +8,8 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
-    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, Network,
-    NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
+    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, MapKind,
+    MapSpec, Network, NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
 };
 
 use super::{
@@ -18,7 +18,15 @@ use super::{
 };
 use crate::net::{Mac, ip};
 
+/// A node's pinned maps, opened. Only typed methods reach them from outside dataplane/: the
+/// aya handles stay here ([`Tables`] is for the privileged tests' fixtures alone).
 pub struct Maps {
+    tables: Tables,
+}
+
+/// The aya handle of every map [`Maps`] opens.
+#[doc(hidden)]
+pub struct Tables {
     pub fdb: HashMap<MapData, MacKey, FdbEntry>,
     pub arp: HashMap<MapData, IpKey, ArpEntry>,
     pub endpoints: HashMap<MapData, MacKey, Endpoint>,
@@ -48,19 +56,23 @@ where
             path.display()
         )
     })?;
-    let map = match name {
-        names::VXLAN_PORTS | names::CONFIG | names::MONITOR_CTL => Map::Array(data),
-        names::STATS | names::MONITOR_CPU => Map::PerCpuArray(data),
-        names::EVENTS => Map::RingBuf(data),
-        names::BUM_RATE => Map::LruHashMap(data),
-        _ => Map::HashMap(data),
+    let kind = MapSpec::of(name)
+        .ok_or_else(|| anyhow!("map {name} is not one of overlay_common::MAPS"))?
+        .kind;
+    let map = match kind {
+        MapKind::Hash => Map::HashMap(data),
+        MapKind::LruHash => Map::LruHashMap(data),
+        MapKind::Array => Map::Array(data),
+        MapKind::PerCpuArray => Map::PerCpuArray(data),
+        MapKind::RingBuf => Map::RingBuf(data),
+        MapKind::ProgArray => Map::ProgramArray(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
 }
 
 impl Maps {
     pub fn open(pins: &PinDir) -> Result<Self> {
-        Ok(Self {
+        let tables = Tables {
             fdb: open(pins, names::FDB)?,
             arp: open(pins, names::ARP)?,
             endpoints: open(pins, names::ENDPOINTS)?,
@@ -75,22 +87,34 @@ impl Maps {
             group_count: open(pins, names::GROUP_COUNT)?,
             cluster_ports: open(pins, names::CLUSTER_PORTS)?,
             mcast: open(pins, names::MCAST)?,
-        })
+        };
+        Ok(Self { tables })
+    }
+
+    /// The aya handles themselves, for tests that write what no agent would (a storm limit, a
+    /// membership). Nothing in the agent uses this: the typed methods are its way in.
+    #[doc(hidden)]
+    pub fn tables_mut(&mut self) -> &mut Tables {
+        &mut self.tables
     }
 
     pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing CONFIG")
+        self.tables
+            .config
+            .set(0, config, 0)
+            .context("writing CONFIG")
     }
 
     pub fn config(&self) -> Result<NodeConfig> {
-        self.config.get(&0, 0).context("reading CONFIG")
+        self.tables.config.get(&0, 0).context("reading CONFIG")
     }
 
     /// Serves `vni` on UDP `network.port`. Derived from NETWORKS and kept equal to it here:
     /// VXLAN_PORTS, and the port carried in the VNI's FDB and VTEPS values.
     pub fn set_network(&mut self, vni: u32, network: Network) -> Result<()> {
-        let old = self.networks.get(&vni, 0).ok();
-        self.networks
+        let old = self.tables.networks.get(&vni, 0).ok();
+        self.tables
+            .networks
             .insert(vni, network, 0)
             .with_context(|| format!("NETWORKS: inserting VNI {vni}"))?;
         for port in old.iter().chain([&network]).map(|n| n.port) {
@@ -103,8 +127,8 @@ impl Maps {
     }
 
     pub fn remove_network(&mut self, vni: u32) -> Result<()> {
-        let old = self.networks.get(&vni, 0).ok();
-        remove(&mut self.networks, &vni, names::NETWORKS)?;
+        let old = self.tables.networks.get(&vni, 0).ok();
+        remove(&mut self.tables.networks, &vni, names::NETWORKS)?;
         match old {
             Some(network) => {
                 self.recount_vxlan_port(network.port)?;
@@ -116,30 +140,34 @@ impl Maps {
 
     /// The UDP port of `vni` (0 when not served) as the per-packet values carry it.
     fn port_of(&self, vni: u32) -> u16 {
-        self.networks.get(&vni, 0).map_or(0, |n| n.port)
+        self.tables.networks.get(&vni, 0).map_or(0, |n| n.port)
     }
 
     /// Rewrites the port in every FDB and VTEPS value of `vni`.
     fn set_port_of(&mut self, vni: u32, port: u16) -> Result<()> {
         let fdb: Vec<(MacKey, FdbEntry)> = self
+            .tables
             .fdb
             .iter()
             .filter_map(|e| e.ok())
             .filter(|(k, _)| k.vni == vni)
             .collect();
         for (k, v) in fdb {
-            self.fdb
+            self.tables
+                .fdb
                 .insert(k, FdbEntry::new(v.vtep, port), 0)
                 .context("FDB: insert")?;
         }
         let vteps: Vec<VtepKey> = self
+            .tables
             .vteps
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| k.vni == vni)
             .collect();
         for k in vteps {
-            self.vteps
+            self.tables
+                .vteps
                 .insert(k, u32::from(port), 0)
                 .context("VTEPS: insert")?;
         }
@@ -149,21 +177,24 @@ impl Maps {
     /// VXLAN_PORTS[port] = how many networks use `port`.
     fn recount_vxlan_port(&mut self, port: u16) -> Result<()> {
         let mut users = 0u32;
-        for entry in self.networks.iter() {
+        for entry in self.tables.networks.iter() {
             let (_, network) = entry.context("reading NETWORKS")?;
             users += u32::from(network.port == port);
         }
-        self.vxlan_ports
+        self.tables
+            .vxlan_ports
             .set(u32::from(port), users, 0)
             .with_context(|| format!("VXLAN_PORTS: setting port {port}"))
     }
 
     /// A container on this host: where frames for its MAC go, and what it may send as.
     pub fn set_local_endpoint(&mut self, ep: Endpoint) -> Result<()> {
-        self.endpoints
+        self.tables
+            .endpoints
             .insert(MacKey::new(ep.vni, ep.mac), ep, 0)
             .context("ENDPOINTS: insert")?;
-        self.ports
+        self.tables
+            .ports
             .insert(ep.ifindex, ep, 0)
             .context("PORTS: insert")?;
         self.set_arp(ep.vni, ep.ip, ep.mac)
@@ -171,17 +202,18 @@ impl Maps {
 
     pub fn remove_local_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         remove(
-            &mut self.endpoints,
+            &mut self.tables.endpoints,
             &MacKey::new(ep.vni, ep.mac),
             names::ENDPOINTS,
         )?;
-        remove(&mut self.ports, &ep.ifindex, names::PORTS)?;
+        remove(&mut self.tables.ports, &ep.ifindex, names::PORTS)?;
         self.remove_arp(ep.vni, ep.ip)
     }
 
     /// A MAC on another host, behind `vtep`.
     pub fn set_fdb(&mut self, vni: u32, mac: [u8; 6], vtep: VtepAddr) -> Result<()> {
-        self.fdb
+        self.tables
+            .fdb
             .insert(
                 MacKey::new(vni, mac),
                 FdbEntry::new(vtep, self.port_of(vni)),
@@ -191,29 +223,35 @@ impl Maps {
     }
 
     pub fn remove_fdb(&mut self, vni: u32, mac: [u8; 6]) -> Result<()> {
-        remove(&mut self.fdb, &MacKey::new(vni, mac), names::FDB)
+        remove(&mut self.tables.fdb, &MacKey::new(vni, mac), names::FDB)
     }
 
     pub fn set_arp(&mut self, vni: u32, ip: [u8; 4], mac: [u8; 6]) -> Result<()> {
-        self.arp
+        self.tables
+            .arp
             .insert(IpKey { vni, ip }, ArpEntry::new(mac), 0)
             .context("ARP: insert")
     }
 
     pub fn remove_arp(&mut self, vni: u32, ip: [u8; 4]) -> Result<()> {
-        remove(&mut self.arp, &IpKey { vni, ip }, names::ARP)
+        remove(&mut self.tables.arp, &IpKey { vni, ip }, names::ARP)
     }
 
     /// Accept VXLAN for `vni` from `vtep` (on the VNI's port).
     pub fn set_vtep(&mut self, vni: u32, vtep: VtepAddr) -> Result<()> {
         let port = u32::from(self.port_of(vni));
-        self.vteps
+        self.tables
+            .vteps
             .insert(VtepKey { vni, ip: vtep }, port, 0)
             .context("VTEPS: insert")
     }
 
     pub fn remove_vtep(&mut self, vni: u32, vtep: VtepAddr) -> Result<()> {
-        remove(&mut self.vteps, &VtepKey { vni, ip: vtep }, names::VTEPS)
+        remove(
+            &mut self.tables.vteps,
+            &VtepKey { vni, ip: vtep },
+            names::VTEPS,
+        )
     }
 
     /// Every counter, summed over CPUs.
@@ -222,6 +260,7 @@ impl Maps {
             .iter()
             .map(|&c| {
                 let per_cpu = self
+                    .tables
                     .stats
                     .get(&(c as u32), 0)
                     .with_context(|| format!("STATS: reading {}", c.name()))?;
@@ -239,6 +278,116 @@ impl Maps {
     }
 }
 
+/// Lookups: whether the agent has served something yet, and what a port is for.
+impl Maps {
+    /// The FDB entry of remote MAC `mac` in `vni`.
+    pub fn fdb_entry(&self, vni: u32, mac: [u8; 6]) -> Option<FdbEntry> {
+        self.tables.fdb.get(&MacKey::new(vni, mac), 0).ok()
+    }
+
+    /// The local endpoint with MAC `mac` in `vni`.
+    pub fn endpoint(&self, vni: u32, mac: [u8; 6]) -> Option<Endpoint> {
+        self.tables.endpoints.get(&MacKey::new(vni, mac), 0).ok()
+    }
+
+    /// The local endpoint whose host-side port has `ifindex`.
+    pub fn port(&self, ifindex: u32) -> Option<Endpoint> {
+        self.tables.ports.get(&ifindex, 0).ok()
+    }
+}
+
+/// Listings, for the views (`maps`, `report`): every entry of a map, each read or its error
+/// ("reading FDB: ...").
+impl Maps {
+    pub fn fdb_entries(&self) -> impl Iterator<Item = Result<(MacKey, FdbEntry)>> + '_ {
+        entries(&self.tables.fdb, names::FDB)
+    }
+
+    pub fn arp_entries(&self) -> impl Iterator<Item = Result<(IpKey, ArpEntry)>> + '_ {
+        entries(&self.tables.arp, names::ARP)
+    }
+
+    pub fn endpoint_entries(&self) -> impl Iterator<Item = Result<(MacKey, Endpoint)>> + '_ {
+        entries(&self.tables.endpoints, names::ENDPOINTS)
+    }
+
+    pub fn vtep_entries(&self) -> impl Iterator<Item = Result<(VtepKey, u32)>> + '_ {
+        entries(&self.tables.vteps, names::VTEPS)
+    }
+
+    pub fn network_entries(&self) -> impl Iterator<Item = Result<(u32, Network)>> + '_ {
+        entries(&self.tables.networks, names::NETWORKS)
+    }
+
+    pub fn flood_entries(&self) -> impl Iterator<Item = Result<(u32, Flood)>> + '_ {
+        entries(&self.tables.flood, names::FLOOD)
+    }
+
+    /// This node's multicast memberships (port, group) and when each was last reported.
+    pub fn group_entries(&self) -> impl Iterator<Item = Result<(GroupKey, u64)>> + '_ {
+        entries(&self.tables.groups, names::GROUPS)
+    }
+
+    /// The remote members of each group.
+    pub fn mcast_entries(&self) -> impl Iterator<Item = Result<(IpKey, GroupVteps)>> + '_ {
+        entries(&self.tables.mcast, names::MCAST)
+    }
+}
+
+/// The node syncs' small tables, rewritten whole from what they want (syncs/).
+impl Maps {
+    /// Makes FLOOD equal to `wanted`; how many entries it wrote or removed.
+    pub fn sync_flood(&mut self, wanted: &BTreeMap<u32, Flood>) -> Result<usize> {
+        sync_table(&mut self.tables.flood, wanted, names::FLOOD)
+    }
+
+    /// Makes MCAST equal to `wanted`; how many entries it wrote or removed.
+    pub fn sync_mcast(&mut self, wanted: &BTreeMap<IpKey, GroupVteps>) -> Result<usize> {
+        sync_table(&mut self.tables.mcast, wanted, names::MCAST)
+    }
+
+    /// Makes CLUSTER_PORTS equal to `wanted`; how many entries it wrote or removed.
+    pub fn sync_cluster_ports(&mut self, wanted: &BTreeMap<u32, u32>) -> Result<usize> {
+        sync_table(&mut self.tables.cluster_ports, wanted, names::CLUSTER_PORTS)
+    }
+
+    /// Forgets one membership from GROUPS (an expired one).
+    pub fn forget_group(&mut self, key: &GroupKey) -> Result<()> {
+        remove(&mut self.tables.groups, key, names::GROUPS)
+    }
+
+    /// Makes GROUP_COUNT hold `counts` (port ifindex -> memberships): every count written, a
+    /// port with none removed (one that fails to go is left for the next time).
+    pub fn set_group_counts(&mut self, counts: &BTreeMap<u32, u32>) -> Result<()> {
+        let stale: Vec<u32> = self
+            .tables
+            .group_count
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|port| !counts.contains_key(port))
+            .collect();
+        for port in stale {
+            let _ = self.tables.group_count.remove(&port);
+        }
+        for (&port, &n) in counts {
+            self.tables
+                .group_count
+                .insert(port, n, 0)
+                .with_context(|| format!("GROUP_COUNT: port {port}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every entry of `map`, each read or its error.
+fn entries<'a, K: Pod, V: Pod>(
+    map: &'a HashMap<MapData, K, V>,
+    name: &'static str,
+) -> impl Iterator<Item = Result<(K, V)>> + 'a {
+    map.iter()
+        .map(move |e| e.with_context(|| format!("reading {name}")))
+}
+
 /// Above this many writes in one reconcile, each table logs one summary line (entries at debug).
 const LOG_EACH_UP_TO: usize = 64;
 
@@ -246,27 +395,27 @@ impl Maps {
     /// Reads back everything the agent manages.
     pub fn snapshot(&self) -> Result<MapState> {
         let mut s = MapState::default();
-        for e in self.networks.iter() {
+        for e in self.tables.networks.iter() {
             let (vni, net) = e.context("reading NETWORKS")?;
             s.networks.insert(vni, net);
         }
-        for e in self.fdb.iter() {
+        for e in self.tables.fdb.iter() {
             let (k, v) = e.context("reading FDB")?;
             s.fdb.insert((k.vni, k.mac), v.vtep);
         }
-        for e in self.arp.iter() {
+        for e in self.tables.arp.iter() {
             let (k, v) = e.context("reading ARP")?;
             s.arp.insert((k.vni, k.ip), v.mac);
         }
-        for e in self.vteps.iter() {
+        for e in self.tables.vteps.iter() {
             let (k, _) = e.context("reading VTEPS")?;
             s.vteps.insert((k.vni, k.ip));
         }
-        for e in self.endpoints.iter() {
+        for e in self.tables.endpoints.iter() {
             let (k, v) = e.context("reading ENDPOINTS")?;
             s.endpoints.insert((k.vni, k.mac), v);
         }
-        for e in self.ports.iter() {
+        for e in self.tables.ports.iter() {
             let (k, v) = e.context("reading PORTS")?;
             s.ports.insert(k, v);
         }
@@ -292,12 +441,17 @@ impl Maps {
         let ep = |e: &Endpoint| format!("{} {} ifindex {}", ip(e.ip), Mac(e.mac), e.ifindex);
         for &(vni, net) in &diff.networks.set {
             let r = self.set_network(vni, net);
-            done("NETWORKS", '+', format!("vni {vni} port {}", net.port), r);
+            done(
+                names::NETWORKS,
+                '+',
+                format!("vni {vni} port {}", net.port),
+                r,
+            );
         }
         for &((vni, ip_), mac) in &diff.arp.set {
             let r = self.set_arp(vni, ip_, mac);
             done(
-                "ARP",
+                names::ARP,
                 '+',
                 format!("vni {vni} {} -> {}", ip(ip_), Mac(mac)),
                 r,
@@ -305,12 +459,12 @@ impl Maps {
         }
         for &((vni, vtep), ()) in &diff.vteps.set {
             let r = self.set_vtep(vni, vtep);
-            done("VTEPS", '+', format!("vni {vni} {}", to_ip(vtep)), r);
+            done(names::VTEPS, '+', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &((vni, mac), vtep) in &diff.fdb.set {
             let r = self.set_fdb(vni, mac, vtep);
             done(
-                "FDB",
+                names::FDB,
                 '+',
                 format!("vni {vni} {} -> {}", Mac(mac), to_ip(vtep)),
                 r,
@@ -318,42 +472,52 @@ impl Maps {
         }
         for ((vni, mac), e) in &diff.endpoints.set {
             let r = self
+                .tables
                 .endpoints
                 .insert(MacKey::new(*vni, *mac), e, 0)
                 .context("ENDPOINTS: insert");
-            done("ENDPOINTS", '+', format!("vni {vni} {}", ep(e)), r);
+            done(names::ENDPOINTS, '+', format!("vni {vni} {}", ep(e)), r);
         }
         for (ifindex, e) in &diff.ports.set {
-            let r = self.ports.insert(*ifindex, e, 0).context("PORTS: insert");
-            done("PORTS", '+', format!("ifindex {ifindex}: {}", ep(e)), r);
+            let r = self
+                .tables
+                .ports
+                .insert(*ifindex, e, 0)
+                .context("PORTS: insert");
+            done(
+                names::PORTS,
+                '+',
+                format!("ifindex {ifindex}: {}", ep(e)),
+                r,
+            );
         }
         for &ifindex in &diff.ports.remove {
-            let r = remove(&mut self.ports, &ifindex, names::PORTS);
-            done("PORTS", '-', format!("ifindex {ifindex}"), r);
+            let r = remove(&mut self.tables.ports, &ifindex, names::PORTS);
+            done(names::PORTS, '-', format!("ifindex {ifindex}"), r);
         }
         for &(vni, mac) in &diff.endpoints.remove {
             let r = remove(
-                &mut self.endpoints,
+                &mut self.tables.endpoints,
                 &MacKey::new(vni, mac),
                 names::ENDPOINTS,
             );
-            done("ENDPOINTS", '-', format!("vni {vni} {}", Mac(mac)), r);
+            done(names::ENDPOINTS, '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, mac) in &diff.fdb.remove {
             let r = self.remove_fdb(vni, mac);
-            done("FDB", '-', format!("vni {vni} {}", Mac(mac)), r);
+            done(names::FDB, '-', format!("vni {vni} {}", Mac(mac)), r);
         }
         for &(vni, vtep) in &diff.vteps.remove {
             let r = self.remove_vtep(vni, vtep);
-            done("VTEPS", '-', format!("vni {vni} {}", to_ip(vtep)), r);
+            done(names::VTEPS, '-', format!("vni {vni} {}", to_ip(vtep)), r);
         }
         for &(vni, ip_) in &diff.arp.remove {
             let r = self.remove_arp(vni, ip_);
-            done("ARP", '-', format!("vni {vni} {}", ip(ip_)), r);
+            done(names::ARP, '-', format!("vni {vni} {}", ip(ip_)), r);
         }
         for &vni in &diff.networks.remove {
             let r = self.remove_network(vni);
-            done("NETWORKS", '-', format!("vni {vni}"), r);
+            done(names::NETWORKS, '-', format!("vni {vni}"), r);
         }
         if !each {
             let summary = |name: &str, (n, r): (usize, usize)| {
@@ -361,12 +525,12 @@ impl Maps {
                     log::info!("{name}: {n} set, {r} removed");
                 }
             };
-            summary("NETWORKS", counts(&diff.networks));
-            summary("FDB", counts(&diff.fdb));
-            summary("ARP", counts(&diff.arp));
-            summary("VTEPS", counts(&diff.vteps));
-            summary("ENDPOINTS", counts(&diff.endpoints));
-            summary("PORTS", counts(&diff.ports));
+            summary(names::NETWORKS, counts(&diff.networks));
+            summary(names::FDB, counts(&diff.fdb));
+            summary(names::ARP, counts(&diff.arp));
+            summary(names::VTEPS, counts(&diff.vteps));
+            summary(names::ENDPOINTS, counts(&diff.endpoints));
+            summary(names::PORTS, counts(&diff.ports));
         }
         report
     }
@@ -417,7 +581,7 @@ fn remove<K: aya::Pod, V: aya::Pod>(
 
 /// Makes a hash map equal to `wanted`, writing only what differs; how many entries it wrote
 /// or removed. For the small node-local maps rewritten whole on every sync.
-pub fn sync_table<K, V>(
+fn sync_table<K, V>(
     map: &mut HashMap<MapData, K, V>,
     wanted: &BTreeMap<K, V>,
     name: &str,

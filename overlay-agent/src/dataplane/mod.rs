@@ -23,15 +23,6 @@ use crate::ifnames;
 pub use maps::Maps;
 pub use pins::PinDir;
 
-/// The maps that grow with the number of endpoints, sized by `--max-entries`.
-pub const PER_ENDPOINT_MAPS: [&str; 5] = [
-    overlay_common::names::FDB,
-    overlay_common::names::ARP,
-    overlay_common::names::ENDPOINTS,
-    overlay_common::names::PORTS,
-    overlay_common::names::VTEPS,
-];
-
 /// The compiled eBPF object, embedded at build time (see build.rs).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay"));
 
@@ -54,8 +45,8 @@ impl Dataplane {
     pub fn load_sized(pins: PinDir, max_entries: u32) -> Result<Self> {
         pins.create()?;
         let mut loader = EbpfLoader::new();
-        for name in PER_ENDPOINT_MAPS {
-            loader.map_max_entries(name, max_entries);
+        for map in overlay_common::maps::per_endpoint() {
+            loader.map_max_entries(map.name, max_entries);
         }
         let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
@@ -157,8 +148,9 @@ impl Dataplane {
     pub fn attach_container(&mut self, iface: &str) -> Result<()> {
         ensure!(
             ifnames::is_port(iface),
-            "refusing to attach {} to {iface}: not a port the overlay makes (ove<8 hex>, ovhp<vni>)",
-            programs::FROM_CONTAINER
+            "refusing to attach {} to {iface}: not a port the overlay makes ({})",
+            programs::FROM_CONTAINER,
+            ifnames::port_shapes()
         );
         self.attach(programs::FROM_CONTAINER, iface)
     }
@@ -166,7 +158,7 @@ impl Dataplane {
     /// Attaches `gro_sink` at TC ingress of a GRO helper device (see gro.rs).
     pub fn attach_gro_sink(&mut self, iface: &str) -> Result<()> {
         ensure!(
-            crate::ifnames::is_gro_device(iface),
+            ifnames::is_gro_device(iface),
             "refusing to attach {} to {iface}: not a GRO helper device",
             programs::GRO_SINK
         );
@@ -241,4 +233,47 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()
         .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aya_obj::{
+        generated::bpf_map_type::{self, *},
+        maps::PinningType,
+    };
+    use overlay_common::{MAPS, MapKind};
+
+    /// `overlay_common::MAPS` is what overlay-ebpf/src/maps.rs declares: every pinned map of
+    /// the object, by the same name, of the same kind.
+    #[test]
+    fn the_map_list_is_the_objects() {
+        if super::OBJECT.is_empty() {
+            eprintln!("no eBPF object was built (AYA_BUILD_SKIP): nothing to compare");
+            return;
+        }
+        let object = aya_obj::Object::parse(super::OBJECT).expect("parsing the eBPF object");
+        let pinned: BTreeMap<&str, u32> = object
+            .maps
+            .iter()
+            .filter(|(_, m)| m.pinning() == PinningType::ByName)
+            .map(|(name, m)| (name.as_str(), m.map_type()))
+            .collect();
+        let listed: BTreeMap<&str, u32> = MAPS
+            .iter()
+            .map(|m| {
+                let kind: bpf_map_type = match m.kind {
+                    MapKind::Hash => BPF_MAP_TYPE_HASH,
+                    MapKind::LruHash => BPF_MAP_TYPE_LRU_HASH,
+                    MapKind::Array => BPF_MAP_TYPE_ARRAY,
+                    MapKind::PerCpuArray => BPF_MAP_TYPE_PERCPU_ARRAY,
+                    MapKind::RingBuf => BPF_MAP_TYPE_RINGBUF,
+                    MapKind::ProgArray => BPF_MAP_TYPE_PROG_ARRAY,
+                };
+                (m.name, kind as u32)
+            })
+            .collect();
+        assert_eq!(listed, pinned);
+    }
 }

@@ -1,6 +1,9 @@
 //! The monitor's side of the dataplane: telling the programs someone listens, reading their
 //! events from the `EVENTS` ring buffer, and what they could not send.
-use std::time::Duration;
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
@@ -14,7 +17,7 @@ use super::{PinDir, maps::open};
 pub struct MonitorMaps {
     ctl: Array<MapData, MonitorCtl>,
     cpu: PerCpuArray<MapData, MonitorCpu>,
-    pub events: RingBuf<MapData>,
+    events: RingBuf<MapData>,
 }
 
 /// What the programs could not send, summed over CPUs since the maps were made.
@@ -84,6 +87,13 @@ impl MonitorMaps {
         let item = self.events.next()?;
         (item.len() >= size_of::<MonitorEvent>())
             .then(|| unsafe { item.as_ptr().cast::<MonitorEvent>().read_unaligned() })
+    }
+}
+
+/// The EVENTS ring buffer's descriptor: readable when events wait (for the monitor's poll).
+impl AsRawFd for MonitorMaps {
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
     }
 }
 

@@ -4,7 +4,7 @@
 //! `NETWORKS` by [`super::Maps`], and `CONFIG` is set once at start, so neither appears here.
 use std::collections::{BTreeMap, BTreeSet};
 
-use overlay_common::{Endpoint, Network, VtepAddr, vtep};
+use overlay_common::{Endpoint, Network, VtepAddr, names, vtep};
 
 /// A VTEP as the digest hashes it: an IPv4 one by its four bytes, as before VTEPs could be
 /// IPv6, so the digests of agents on either side of that change agree.
@@ -59,6 +59,20 @@ impl MapState {
         }
         let entries = self.networks.len() + self.fdb.len() + self.arp.len() + self.vteps.len();
         (format!("{:016x}", h.finish()), entries)
+    }
+
+    /// How many entries map `map` holds here; None for a map this state does not hold (every
+    /// map but the reconciled ones of `overlay_common::MAPS`).
+    pub fn len(&self, map: &str) -> Option<usize> {
+        Some(match map {
+            names::FDB => self.fdb.len(),
+            names::ARP => self.arp.len(),
+            names::ENDPOINTS => self.endpoints.len(),
+            names::PORTS => self.ports.len(),
+            names::VTEPS => self.vteps.len(),
+            names::NETWORKS => self.networks.len(),
+            _ => return None,
+        })
     }
 
     /// A remote endpoint: its MAC behind `vtep`, its address, and VXLAN accepted from `vtep`.
@@ -192,6 +206,19 @@ impl Diff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_exactly_the_reconciled_maps() {
+        let state = MapState::default();
+        for map in overlay_common::MAPS {
+            assert_eq!(
+                state.len(map.name).is_some(),
+                map.reconciled,
+                "{}",
+                map.name
+            );
+        }
+    }
 
     #[test]
     fn diff_sets_what_differs_and_removes_what_is_stale() {

@@ -27,7 +27,7 @@ mod netns;
 
 pub use self::{
     ifindex::{iface_name, ifindex},
-    netns::{netns_path, open_netns},
+    netns::{Netns, netns_path, open_netns},
 };
 
 pub struct Netlink {

@@ -22,3 +22,28 @@ pub fn open_netns(ns: &str) -> Result<File> {
         )
     })
 }
+
+/// A namespace opened where the command that names it is checked, with the name the user gave
+/// it (records and messages show that name): opened once and handed on, so a namespace that
+/// is not there is refused before anything is made.
+pub struct Netns {
+    name: String,
+    file: File,
+}
+
+impl Netns {
+    pub fn open(name: &str) -> Result<Self> {
+        Ok(Self {
+            file: open_netns(name)?,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}

@@ -1,7 +1,9 @@
 //! The names of the interfaces we make, in one place: the commands make them, the validation
 //! of etcd records derives them (a record may only name the port its own network and name
 //! derive), the agent attaches programs only to interfaces of these shapes, link pins are
-//! named after them (dataplane/pins.rs), and `teardown` removes exactly them.
+//! named after them (dataplane/pins.rs), the egress rules match them (syncs/egress.rs), the
+//! lock files of an attachment are named after them (shared/lock.rs), and `teardown` removes
+//! exactly them.
 //!
 //! Shapes: `ovbr<vni>` bridges, `ove<8 hex>` container ports (their container side is
 //! `ovt<8 hex>` while still in the host), `ovh<vni>` / `ovhp<vni>` the host's own leg and its
@@ -27,6 +29,12 @@ fn short_hash(s: &str) -> String {
 /// The bridge a network's endpoints hang off on every node (Docker's `ov-<vni>`).
 pub fn bridge(vni: u32) -> String {
     format!("{BRIDGE_PREFIX}{vni}")
+}
+
+/// What matches every bridge of ours in an nft rule (`meta oifname`): a trailing `*` is nft's
+/// wildcard.
+pub fn bridge_glob() -> String {
+    format!("{BRIDGE_PREFIX}*")
 }
 
 /// The host-side veth of container endpoint `name` of `network`: derived, so that a
@@ -75,6 +83,24 @@ pub fn host_port_vni(name: &str) -> Option<u32> {
     decimal(name.strip_prefix(HOST_PORT_PREFIX)?)
 }
 
+/// The other leg of host port `port` (`ovhp<vni>` -> `ovh<vni>`, [`host_iface`]); None when
+/// `port` is not a host port.
+pub fn host_leg(port: &str) -> Option<String> {
+    host_port_vni(port).map(host_iface)
+}
+
+/// What a host port's name looks like, for the messages that refuse another.
+pub fn host_port_shape() -> String {
+    format!("{HOST_PORT_PREFIX}<vni>")
+}
+
+/// The lock file (shared/lock.rs) of the endpoint whose port is `port`. At most 256 of them
+/// (a byte of the port's hash): two endpoints that share one merely wait for each other. A
+/// bridge's lock is named as the bridge is ([`bridge`]).
+pub fn endpoint_lock(port: &str) -> String {
+    format!("endpoint-{:02x}", crate::shared::hash::of(port) & 0xff)
+}
+
 /// The GRO helper device for UDP `port` (syncs/gro.rs).
 pub fn gro_device(port: u16) -> String {
     format!("{GRO_PREFIX}{port}")
@@ -91,6 +117,11 @@ pub fn is_gro_device(name: &str) -> bool {
 /// leg, nor any interface we did not make (the underlay, `lo`).
 pub fn is_port(name: &str) -> bool {
     host_port_vni(name).is_some() || hashed(name, PORT_PREFIX)
+}
+
+/// What the names [`is_port`] accepts look like, for the messages that refuse another.
+pub fn port_shapes() -> String {
+    format!("{PORT_PREFIX}<8 hex>, {}", host_port_shape())
 }
 
 /// Whether an interface name is one the agent's commands make. Exact shapes, so a user's
@@ -169,6 +200,30 @@ mod tests {
         assert_eq!(host_port_vni("ovhp42"), Some(42));
         assert_eq!(host_port_vni(&host_port(16_777_215)), Some(16_777_215));
         assert_eq!(host_port_vni("ovhp"), None);
+        assert_eq!(host_leg(&host_port(42)), Some(host_iface(42)));
+        assert_eq!(host_leg("ovhp42").as_deref(), Some("ovh42"));
+        assert_eq!(host_leg("ovh42"), None);
+        assert_eq!(host_leg("ovhp042"), None);
+        assert_eq!(port_shapes(), "ove<8 hex>, ovhp<vni>");
+        assert_eq!(host_port_shape(), "ovhp<vni>");
+    }
+
+    #[test]
+    fn the_bridge_glob_matches_bridges() {
+        assert_eq!(bridge_glob(), "ovbr*");
+        let glob = bridge_glob();
+        let prefix = glob.strip_suffix('*').unwrap();
+        assert!(bridge(42).starts_with(prefix));
+        assert!(!port_name("blue", "c1").starts_with(prefix));
+        assert!(!host_iface(42).starts_with(prefix));
+    }
+
+    #[test]
+    fn endpoint_locks_are_a_byte_of_the_port() {
+        // What the release that added them derived: a CLI and a plugin of different versions
+        // on one node take one lock for one endpoint.
+        assert_eq!(endpoint_lock("ove1a77fa8a"), "endpoint-11");
+        assert_eq!(endpoint_lock("x").len(), "endpoint-".len() + 2);
     }
 
     #[test]

@@ -522,13 +522,16 @@ impl EndpointRecord {
                 // its node made for it, or it could make a node attach its programs to the
                 // underlay, `lo`, or another endpoint's port.
                 let iface = if kind == Kind::Host {
-                    let vni = ifnames::host_port_vni(&port)
-                        .with_context(|| format!("port {port:?} is not a host port (ovhp<vni>)"))?;
+                    let leg = ifnames::host_leg(&port).with_context(|| {
+                        format!(
+                            "port {port:?} is not a host port ({})",
+                            ifnames::host_port_shape()
+                        )
+                    })?;
                     let iface = self.iface.context("a host endpoint needs `iface`")?;
                     ensure!(
-                        iface == ifnames::host_iface(vni),
-                        "iface {iface:?} is not host port {port}'s other leg ({})",
-                        ifnames::host_iface(vni)
+                        iface == leg,
+                        "iface {iface:?} is not host port {port}'s other leg ({leg})"
                     );
                     Some(iface)
                 } else {

@@ -124,7 +124,7 @@ pub fn ruleset(plan: &Plan) -> Value {
             "forward",
             vec![
                 iifname(bridge),
-                oifname("==", "ovbr*"),
+                oifname("==", &crate::shared::ifnames::bridge_glob()),
                 oifname("!=", bridge),
                 json!({"counter": null}),
                 json!({"drop": null}),
@@ -152,7 +152,7 @@ pub fn ruleset(plan: &Plan) -> Value {
                 json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": overlay}}}),
                 // Out of the overlay only: a broadcast bridged between containers (which
                 // br_netfilter shows this hook) keeps its source.
-                oifname("!=", "ovbr*"),
+                oifname("!=", &crate::shared::ifnames::bridge_glob()),
                 json!({"counter": null}),
                 json!({"masquerade": null}),
             ],

@@ -13,13 +13,13 @@ use std::{
     net::Ipv4Addr,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS, VtepAddr, vtep};
 
 use super::{Kernel, NodeSync, View};
 use crate::{
     cluster::ClusterState,
-    dataplane::{Maps, maps::sync_table, state::MapState},
+    dataplane::{Maps, state::MapState},
     ifnames,
     store::schema::{GroupsRecord, Location, MAX_PUBLISHED_GROUPS},
 };
@@ -78,12 +78,12 @@ pub fn wanted(
 
 /// Makes FLOOD equal to `wanted`; how many entries it wrote or removed.
 pub fn sync(maps: &mut Maps, wanted: &BTreeMap<u32, Flood>) -> Result<usize> {
-    sync_table(&mut maps.flood, wanted, "FLOOD")
+    maps.sync_flood(wanted)
 }
 
 /// Makes MCAST equal to `wanted`.
 pub fn sync_groups(maps: &mut Maps, wanted: &BTreeMap<IpKey, GroupVteps>) -> Result<usize> {
-    sync_table(&mut maps.mcast, wanted, "MCAST")
+    maps.sync_mcast(wanted)
 }
 
 /// How long a membership lasts without a report: IGMP's group membership interval (RFC 3376
@@ -95,15 +95,11 @@ pub const MEMBERSHIP_NS: u64 = 260_000_000_000;
 /// each port's count in GROUP_COUNT made exact again); and whether there were more groups than
 /// a node publishes.
 pub fn local_groups(maps: &mut Maps, now_ns: u64) -> Result<(GroupsRecord, bool)> {
-    let entries: Vec<(GroupKey, u64)> = maps
-        .groups
-        .iter()
-        .collect::<Result<_, _>>()
-        .context("reading GROUPS")?;
+    let entries: Vec<(GroupKey, u64)> = maps.group_entries().collect::<Result<_>>()?;
     let mut live = Vec::with_capacity(entries.len());
     for (key, seen) in entries {
         if now_ns.saturating_sub(seen) > MEMBERSHIP_NS {
-            let _ = maps.groups.remove(&key);
+            let _ = maps.forget_group(&key);
         } else {
             live.push(key);
         }
@@ -119,21 +115,7 @@ fn recount(maps: &mut Maps, live: &[GroupKey]) -> Result<()> {
     for key in live {
         *counts.entry(key.port).or_default() += 1;
     }
-    let stale: Vec<u32> = maps
-        .group_count
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|port| !counts.contains_key(port))
-        .collect();
-    for port in stale {
-        let _ = maps.group_count.remove(&port);
-    }
-    for (port, n) in counts {
-        maps.group_count
-            .insert(port, n, 0)
-            .with_context(|| format!("GROUP_COUNT: port {port}"))?;
-    }
-    Ok(())
+    maps.set_group_counts(&counts)
 }
 
 /// What a node publishes of its ports' memberships, at most MAX_PUBLISHED_GROUPS groups:

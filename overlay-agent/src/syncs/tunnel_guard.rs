@@ -9,10 +9,7 @@ use anyhow::Result;
 use overlay_common::MAX_CLUSTER_PORTS;
 
 use super::{Kernel, NodeSync, View};
-use crate::{
-    cluster::ClusterState,
-    dataplane::{Maps, maps::sync_table},
-};
+use crate::{cluster::ClusterState, dataplane::Maps};
 
 /// What CLUSTER_PORTS must hold: every valid network's port (etcd's records were validated on
 /// the way in, so a record cannot make a container lose DNS by naming port 53), at most
@@ -30,7 +27,7 @@ pub fn wanted(cluster: &ClusterState) -> BTreeMap<u32, u32> {
 
 /// Makes CLUSTER_PORTS equal to `wanted`; how many entries it wrote or removed.
 pub fn sync(maps: &mut Maps, wanted: &BTreeMap<u32, u32>) -> Result<usize> {
-    sync_table(&mut maps.cluster_ports, wanted, "CLUSTER_PORTS")
+    maps.sync_cluster_ports(wanted)
 }
 
 /// The tunnel guard's sync.

@@ -262,7 +262,7 @@ fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
     let mut members = GroupVteps::default();
     members.vteps[0] = remote;
     members.count = GROUP_MEMBERS as u32;
-    maps.mcast.insert(
+    maps.tables_mut().mcast.insert(
         IpKey {
             vni: VNI,
             ip: GROUP_WITH_MEMBER,
@@ -291,10 +291,11 @@ fn lab(label: &str, ipv6_underlay: bool) -> Result<(Lab, World)> {
         ),
     ];
     for (vni, flood) in entries {
-        maps.flood.insert(vni, flood, 0)?;
+        maps.tables_mut().flood.insert(vni, flood, 0)?;
     }
     // A port of the cluster this node serves no network on.
-    maps.cluster_ports
+    maps.tables_mut()
+        .cluster_ports
         .insert(u32::from(CLUSTER_ONLY_PORT), 1, 0)?;
     let world = World::of(&lab, flooding);
     Ok((lab, world))

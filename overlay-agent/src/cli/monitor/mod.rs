@@ -149,7 +149,7 @@ struct Ring(MonitorMaps);
 
 impl AsRawFd for Ring {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.events.as_raw_fd()
+        self.0.as_raw_fd()
     }
 }
 
@@ -247,7 +247,7 @@ impl Session {
             let mut e = event::decode(&raw, |ifindex| {
                 *vnis
                     .entry(ifindex)
-                    .or_insert_with(|| dataplane.ports.get(&ifindex, 0).ok().map(|ep| ep.vni))
+                    .or_insert_with(|| dataplane.port(ifindex).map(|ep| ep.vni))
             });
             if !self.opts.filter.matches(&e) {
                 continue;

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
-use overlay_common::{Counter, names};
+use overlay_common::Counter;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -47,15 +47,11 @@ const WALKS_AT_ONCE: usize = 2;
 /// timeout is 10 s by default).
 const WALK_WAIT: Duration = Duration::from_secs(2);
 
-/// The maps whose entries and capacity are exported: everything the agent writes.
-const MAPS: [&str; 6] = [
-    names::FDB,
-    names::ARP,
-    names::ENDPOINTS,
-    names::PORTS,
-    names::VTEPS,
-    names::NETWORKS,
-];
+/// The maps whose entries, capacity and failed writes are exported: those the reconcile
+/// writes entry by entry.
+fn exported() -> impl Iterator<Item = &'static str> {
+    overlay_common::maps::reconciled().map(|m| m.name)
+}
 
 /// Which reconcile ran: the fast path (only other nodes' endpoints changed) or the full one.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -413,14 +409,7 @@ impl Collector for Node {
                 }
                 match maps.snapshot() {
                     Ok(s) => {
-                        let sizes = [
-                            (names::FDB, s.fdb.len()),
-                            (names::ARP, s.arp.len()),
-                            (names::ENDPOINTS, s.endpoints.len()),
-                            (names::PORTS, s.ports.len()),
-                            (names::VTEPS, s.vteps.len()),
-                            (names::NETWORKS, s.networks.len()),
-                        ];
+                        let sizes = exported().filter_map(|m| Some((m, s.len(m)?)));
                         let mut family = encoder.encode_descriptor(
                             "overlay_map_entries",
                             "Entries in each map the agent writes, read from the kernel",
@@ -443,7 +432,7 @@ impl Collector for Node {
             None,
             ConstGauge::new(0i64).metric_type(),
         )?;
-        for map in MAPS {
+        for map in exported() {
             if let Some(n) = pinned_capacity(&self.pins, map) {
                 ConstGauge::new(i64::from(n)).encode(family.encode_family(&[("map", map)])?)?;
             }
@@ -454,7 +443,7 @@ impl Collector for Node {
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;
-        for map in MAPS {
+        for map in exported() {
             let n = p.status.map_write_failures.get(map).copied().unwrap_or(0);
             ConstCounter::new(n).encode(family.encode_family(&[("map", map)])?)?;
         }

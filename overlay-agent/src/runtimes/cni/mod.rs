@@ -17,7 +17,7 @@ use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, Route, Vers
 use crate::{
     commands::{self, Attach, Ctx},
     dataplane::{PinDir, pins},
-    plumbing::{Netlink, open_netns},
+    plumbing::{Netlink, Netns},
     status,
     store::{self, Store, schema},
 };
@@ -252,7 +252,8 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
     inv.require("CNI_CONTAINERID", &inv.container_id)?;
     inv.require("CNI_IFNAME", &inv.ifname)?;
     inv.require("CNI_NETNS", &inv.netns)?;
-    open_netns(&inv.netns).map_err(|e| Error::new(Code::InvalidEnvironment, format!("{e:#}")))?;
+    let ns = Netns::open(&inv.netns)
+        .map_err(|e| Error::new(Code::InvalidEnvironment, format!("{e:#}")))?;
     let ctx = node_ctx(conf, true).await?;
     let known = ctx
         .store
@@ -267,22 +268,23 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             ),
         ));
     };
-    let req = Attach {
-        name: endpoint_name(&conf.name, &inv.container_id, &inv.ifname),
-        network: network.to_string(),
-        ip: None,
-        ifname: Some(inv.ifname.clone()),
-        mtu: conf.mtu,
-        owner: Some(owner(&conf.name)),
-    };
-    let made = commands::endpoint_add(&ctx, &req, &inv.netns)
+    let mut req = Attach::new(
+        endpoint_name(&conf.name, &inv.container_id, &inv.ifname),
+        network.to_string(),
+        None,
+    )
+    .map_err(failed)?;
+    req.ifname = Some(inv.ifname.clone());
+    req.mtu = conf.mtu;
+    req.owner = Some(owner(&conf.name));
+    let made = commands::endpoint_add(&ctx, &req, &ns)
         .await
         .map_err(failed)?;
     let ep = &made.endpoint;
     // Served means the agent has it in its maps and its port's program attached: until then
     // the container's first ARP requests go unanswered. Not served in time is a failed ADD.
     if !commands::wait_served(&ctx, ep, true).await.unwrap_or(false) {
-        let _ = commands::endpoint_release(&ctx, network, &req.name).await;
+        let _ = commands::endpoint_release(&ctx, network, req.name()).await;
         return Err(Error::new(
             Code::TryAgainLater,
             format!(
@@ -291,7 +293,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             ),
         ));
     }
-    let port = crate::ifnames::port_name(network, &req.name);
+    let port = crate::ifnames::port_name(network, req.name());
     // The host port's MAC is a courtesy of the result: not worth failing an ADD that worked.
     let port_mac = match Netlink::new() {
         Ok(host) => host.mac(&port).await.ok().flatten(),
@@ -412,8 +414,8 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), Error> {
             ctx.node, ep.ip, name
         )));
     }
-    let ns = open_netns(&inv.netns).map_err(|e| mismatch(format!("{e:#}")))?;
-    let inner = Netlink::in_netns(&ns).map_err(failed)?;
+    let ns = Netns::open(&inv.netns).map_err(|e| mismatch(format!("{e:#}")))?;
+    let inner = Netlink::in_netns(ns.file()).map_err(failed)?;
     let (mac, ip) = (
         inner.mac(&inv.ifname).await.map_err(failed)?,
         match inner.index(&inv.ifname).await.map_err(failed)? {

@@ -222,14 +222,16 @@ impl Driver {
                 "MAC {given} refused: the overlay derives an endpoint's MAC from its address ({mac} for {ip})"
             );
         }
-        let req_attach = Attach {
-            name: endpoint_name(&req.endpoint_id),
-            network: net.network.clone(),
-            ip: Some(ip),
-            owner: Some("docker".to_string()),
-            ..Default::default()
+        let name = endpoint_name(&req.endpoint_id);
+        // A name refused (Docker's ID is outside input) fails like a failed make: the pending
+        // address is let go below either way.
+        let made = match Attach::new(name.clone(), net.network.clone(), Some(ip)) {
+            Ok(mut attach) => {
+                attach.owner = Some("docker".to_string());
+                commands::endpoint_make(&self.ctx, &attach, None).await
+            }
+            Err(e) => Err(e),
         };
-        let made = commands::endpoint_make(&self.ctx, &req_attach, None).await;
         // Claimed in etcd now, or failed (Docker then gives the address back).
         self.pending.lock().await.remove(&ip);
         if let Err(e) = &made
@@ -243,7 +245,7 @@ impl Driver {
         let made = made?;
         log::info!(
             "endpoint {} ({ip}) on overlay network {}: {} for the container",
-            req_attach.name,
+            name,
             net.network,
             made.peer
         );
@@ -251,7 +253,7 @@ impl Driver {
             log::warn!(
                 "node {}'s maps do not show endpoint {} yet; is `overlay-agent run` running for it?",
                 self.ctx.node,
-                req_attach.name
+                name
             );
         }
         Ok(CreateEndpointReply {
