@@ -204,11 +204,13 @@ fn a_broadcast_storm_is_limited_per_endpoint_while_unicast_keeps_flowing() {
     );
     assert_eq!(pings, answered, "unicast lost packets to the storm");
     assert!(stormed > 0, "nothing was limited");
-    // At most 100 per one-second window (2^30 ns) the storm touched, and a little slack for
-    // the other CPU's count racing.
+    // At most 100 per one-second window (2^30 ns) the storm touched, and some slack: the other
+    // CPU's count racing, and `flood` is the node's counter, so another endpoint's broadcast
+    // (a neighbour solicitation, an IGMP report) in those windows counts too (205 of 204 seen
+    // once in CI). Without storm control all 20,000 would flood.
     let windows = (seconds / 1.073).ceil() as u64 + 1;
     assert!(
-        flooded <= windows * 100 + 4,
+        flooded <= windows * 100 + 16,
         "{flooded} flooded in {windows} windows"
     );
     assert!(
