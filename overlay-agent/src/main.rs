@@ -313,7 +313,7 @@ async fn run(cli: Cli) -> Result<()> {
     let pins = PinDir::new(&g.pin_root, &g.node)?;
     let ctx = || async {
         Ok::<_, anyhow::Error>(Ctx {
-            store: Store::connect_patiently(&g.etcd()).await?,
+            store: Store::connect(&g.etcd()).await?,
             node: g.node.clone(),
             pins: pins.clone(),
         })
@@ -476,7 +476,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Teardown => {
-            let store = Store::connect_patiently(&g.etcd()).await;
+            let store = Store::connect(&g.etcd()).await;
             let done = commands::teardown(&g.node, &pins, &g.run_dir, store).await?;
             println!(
                 "node {}: {} endpoint(s) removed from etcd, interfaces removed: {}, pinned programs and maps removed",
@@ -510,8 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
         ),
         Command::Doctor { cluster, json } => {
             let etcd = g.etcd();
-            let (members, store) =
-                tokio::join!(store::health::probe(&etcd), Store::connect_patiently(&etcd));
+            let (members, store) = tokio::join!(store::health::probe(&etcd), Store::connect(&etcd));
             if members.reachable() == 0 {
                 // Each member's own reason says more than the client's one for them all.
                 let why: Vec<String> = members
@@ -553,7 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
             let endpoint = match endpoint {
                 Some(spec) => Some(
                     monitor::EndpointMatch::resolve(&spec, async || {
-                        Store::connect_patiently(&g.etcd()).await
+                        Store::connect(&g.etcd()).await
                     })
                     .await?,
                 ),

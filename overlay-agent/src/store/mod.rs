@@ -272,13 +272,6 @@ impl Store {
         })
     }
 
-    /// For one-shot commands. Every request already tries each member for some seconds (a
-    /// busy host or a first ARP exchange can make one slow, an election takes one), so this
-    /// is [`Store::connect`], kept for the commands that say what they mean.
-    pub async fn connect_patiently(etcd: &Etcd) -> Result<Self> {
-        Self::connect(etcd).await
-    }
-
     /// Connects, retrying with exponential backoff (from 0.2 s up to `max_delay`) and saying so
     /// each time.
     pub async fn connect_retrying(etcd: &Etcd, max_delay: Duration) -> Self {
