@@ -8,16 +8,18 @@ use std::{
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use overlay_agent::{
-    agent,
-    commands::{self, Ctx, NetworkSpec},
+    cli::{
+        commands::{self, Ctx, NetworkSpec},
+        doctor,
+        inspect::{self, Table},
+        monitor, report,
+    },
+    daemon,
     dataplane::{PinDir, pins},
-    docker, doctor,
-    inspect::{self, Table},
-    ipam::Cidr,
-    monitor,
-    net::Mac,
-    plumbing::Netns,
-    report, status,
+    netlink::Netns,
+    runtimes::docker,
+    shared::{ipam::Cidr, net::Mac},
+    status,
     store::{self, Store, schema},
 };
 use overlay_common::Counter;
@@ -195,7 +197,7 @@ enum Command {
 fn cli_reference() -> String {
     use clap::CommandFactory;
     let cmd = Cli::command().mut_arg("node", |a| a.default_value("<host name>"));
-    overlay_agent::cli_reference::markdown(cmd)
+    overlay_agent::cli::reference::markdown(cmd)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -326,7 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_entries,
             metrics,
         } => {
-            agent::run(agent::Options {
+            daemon::run(daemon::Options {
                 etcd: g.etcd(),
                 node: g.node.clone(),
                 underlay,
@@ -656,7 +658,7 @@ fn docs_cli_md_is_what_the_binary_renders() {
 #[cfg(test)]
 mod fuzz {
     use clap::{Parser, error::ErrorKind};
-    use overlay_agent::{ipam::Subnet6, store::schema};
+    use overlay_agent::{shared::ipam::Subnet6, store::schema};
     use proptest::prelude::*;
 
     use super::Cli;

@@ -703,7 +703,7 @@ impl Deployment {
         ours: Ipv4Addr,
         port: u16,
     ) -> Result<()> {
-        let mac = overlay_agent::net::Mac::from_ip(ours);
+        let mac = overlay_agent::shared::net::Mac::from_ip(ours);
         let vtep = self.hosts[legacy].vtep_addr().to_string();
         let v6 = self.hosts[legacy].vtep6;
         let device = v6
@@ -734,7 +734,7 @@ impl Deployment {
                 &vtep,
             ],
         )?;
-        let key = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
+        let key = (42, overlay_agent::shared::net::Mac::from_ip(LEGACY_IP).0);
         wait_for(Duration::from_secs(2), || {
             self.hosts[0].maps().is_ok_and(|m| m.fdb.contains_key(&key))
         })?;
@@ -746,7 +746,7 @@ impl Deployment {
     pub fn leave_legacy_host(&self, legacy: usize, network: &str) -> Result<()> {
         let ip = LEGACY_IP.to_string();
         self.cli(0, &["peer", "rm", "--network", network, "--ip", &ip])?;
-        let mac = (42, overlay_agent::net::Mac::from_ip(LEGACY_IP).0);
+        let mac = (42, overlay_agent::shared::net::Mac::from_ip(LEGACY_IP).0);
         let vtep = (
             42,
             overlay_common::vtep::from_ip(self.hosts[legacy].vtep_addr()),

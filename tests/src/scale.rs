@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use overlay_agent::{dataplane::Maps, net::Mac, store::Store};
+use overlay_agent::{dataplane::Maps, shared::net::Mac, store::Store};
 use overlay_common::{MacKey, vtep};
 
 use crate::{bench::median, deployment::Deployment};
@@ -199,7 +199,7 @@ pub fn run(endpoints: u32, seconds: u32, rate: u32) -> Result<ScaleReport> {
                 key(ip),
                 format!(
                     r#"{{"kind":"container","name":"c","mac":"{mac}","node":"scale-node","port":"{}"}}"#,
-                    overlay_agent::ifnames::port_name("scale", "c")
+                    overlay_agent::shared::ifnames::port_name("scale", "c")
                 ),
             ),
         ];

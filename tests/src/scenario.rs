@@ -26,7 +26,7 @@ pub fn blue_pair(label: &str) -> (Deployment, Container, Container) {
             .linked()
             .unwrap()
             .into_iter()
-            .filter(|name| !overlay_agent::ifnames::is_gro_device(name))
+            .filter(|name| !overlay_agent::shared::ifnames::is_gro_device(name))
             .count();
         assert_eq!(links, 2, "{}", h.log());
     }
@@ -60,5 +60,5 @@ pub fn all_pairs(d: &Deployment, containers: &[(usize, Ipv4Addr)]) -> Vec<String
 
 /// The MAC the agent gives an endpoint (Docker's 02:42 + IPv4).
 pub fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
-    overlay_agent::net::Mac::from_ip(ip).0
+    overlay_agent::shared::net::Mac::from_ip(ip).0
 }

@@ -1,7 +1,7 @@
 //! `overlay-agent maps ...` against a node's real pinned maps.
 use overlay_agent::{
+    cli::inspect::{Table, render},
     dataplane::PinDir,
-    inspect::{Table, render},
 };
 use overlay_common::{Endpoint, Network, deliver, vtep};
 use overlay_tests::{

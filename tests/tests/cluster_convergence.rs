@@ -131,7 +131,7 @@ fn an_overlapping_network_is_refused_and_the_older_keeps_serving() {
 #[test]
 fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
     use overlay_agent::{
-        ipam::Cidr,
+        shared::ipam::Cidr,
         store::{Store, schema::NetworkRecord},
     };
     let d = Deployment::new("acslice", &[false]).unwrap();

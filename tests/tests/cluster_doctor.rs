@@ -27,7 +27,7 @@ fn doctor_names_drift_by_node_map_and_entry_and_is_clean_after_the_fix() {
     assert_eq!(report["entries"], 7, "{report:#}");
 
     // An FDB entry deleted by hand: the agent hears nothing of it, the doctor names it.
-    let c2_mac = overlay_agent::net::Mac::from_ip(c2.1);
+    let c2_mac = overlay_agent::shared::net::Mac::from_ip(c2.1);
     let key: String = 42u32
         .to_le_bytes()
         .iter()

@@ -173,7 +173,7 @@ fn a_container_whose_namespace_dies_without_a_del_leaves_etcd_and_every_map() {
         &format!("endpoints/blue/{stray_ip}"),
         &format!(
             r#"{{"kind":"container","name":"stray","mac":"02:42:0a:0a:00:c8","node":"{host1}","port":"{}"}}"#,
-            overlay_agent::ifnames::port_name("blue", "stray")
+            overlay_agent::shared::ifnames::port_name("blue", "stray")
         ),
     )
     .unwrap();

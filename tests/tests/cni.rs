@@ -2,7 +2,7 @@
 //! real podman and containerd on two hosts.
 use std::{net::Ipv4Addr, time::Duration};
 
-use overlay_agent::{cni::endpoint_name, ifnames::port_name};
+use overlay_agent::{runtimes::cni::endpoint_name, shared::ifnames::port_name};
 use overlay_tests::{
     deployment::{Deployment, ping, wait_for},
     netns::Netns,
@@ -139,7 +139,7 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     assert_eq!(r["interfaces"][1]["sandbox"], ns_path(&c1));
     assert_eq!(
         r["interfaces"][1]["mac"],
-        overlay_agent::net::Mac::from_ip(ip1).to_string()
+        overlay_agent::shared::net::Mac::from_ip(ip1).to_string()
     );
     assert_eq!(r["interfaces"][1]["mtu"], 1450);
     assert_eq!(

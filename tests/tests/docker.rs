@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use overlay_agent::net::Mac;
+use overlay_agent::shared::net::Mac;
 use overlay_tests::{
     deployment::{Deployment, wait_for},
     docker::DockerHost,

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_agent::{cni::endpoint_name, ifnames::port_name};
+use overlay_agent::{runtimes::cni::endpoint_name, shared::ifnames::port_name};
 use overlay_tests::{
     deployment::{Deployment, flood_result, wait_for},
     docker::{DockerHost, IMAGE},

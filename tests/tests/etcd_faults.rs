@@ -10,9 +10,11 @@ use std::{
 };
 
 use overlay_agent::{
-    cni::endpoint_name,
-    ifnames::{endpoint_lock, peer_name, port_alias, port_name},
-    lock,
+    runtimes::cni::endpoint_name,
+    shared::{
+        ifnames::{endpoint_lock, peer_name, port_alias, port_name},
+        lock,
+    },
 };
 use overlay_tests::{
     deployment::{Deployment, wait_for},
@@ -507,7 +509,7 @@ fn a_docker_endpoint_caught_by_a_hung_etcd_leaves_nothing_and_works_again() {
         "EndpointID": endpoint_id,
         "Interface": { "Address": address },
     });
-    let name = overlay_agent::docker::endpoint_name(&endpoint_id);
+    let name = overlay_agent::runtimes::docker::endpoint_name(&endpoint_id);
 
     // CreateEndpoint caught midway, as dockerd sends it: an error reply in one line.
     let held = lock::try_exclusive(&bridge).unwrap().unwrap();

@@ -14,7 +14,7 @@ use overlay_tests::{
 
 /// The MAC the agent gives an endpoint, as scapy wants it.
 fn mac(ip: Ipv4Addr) -> String {
-    overlay_agent::net::Mac::from_ip(ip).to_string()
+    overlay_agent::shared::net::Mac::from_ip(ip).to_string()
 }
 
 fn counters(d: &Deployment, host: usize) -> BTreeMap<&'static str, u64> {

@@ -5,7 +5,7 @@
 //! The CLI refuses the same in one line, with nothing written.
 use std::{net::Ipv4Addr, time::Duration};
 
-use overlay_agent::ifnames::port_name;
+use overlay_agent::shared::ifnames::port_name;
 use overlay_tests::deployment::{Deployment, ping, wait_for};
 
 /// Two hosts on VNI 71 (10.71.0.0/16), a container on each; both ways answered.

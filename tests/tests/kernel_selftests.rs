@@ -30,7 +30,7 @@
 //!   inner ECN: test_ecn_encap).
 use std::{net::Ipv4Addr, time::Duration};
 
-use overlay_agent::net::Mac;
+use overlay_agent::shared::net::Mac;
 use overlay_tests::{
     deployment::{Deployment, wait_for},
     netns::Netns,

@@ -111,16 +111,16 @@ fn a_symlink_planted_under_run_lock_by_a_user_never_truncates_what_it_names() {
         "endpoint add followed the planted link and truncated its target"
     );
     // The lock was taken where only root writes, and left no wider than it must be.
-    let dir = std::fs::symlink_metadata(overlay_agent::lock::DIR).unwrap();
+    let dir = std::fs::symlink_metadata(overlay_agent::shared::lock::DIR).unwrap();
     assert!(dir.is_dir());
     assert_eq!(
         (dir.uid(), dir.permissions().mode() & 0o7777),
         (0, 0o700),
         "{}",
-        overlay_agent::lock::DIR
+        overlay_agent::shared::lock::DIR
     );
-    let lock =
-        std::fs::symlink_metadata(Path::new(overlay_agent::lock::DIR).join(&bridge)).unwrap();
+    let lock = std::fs::symlink_metadata(Path::new(overlay_agent::shared::lock::DIR).join(&bridge))
+        .unwrap();
     assert!(lock.is_file());
     assert_eq!(lock.permissions().mode() & 0o7777, 0o600);
     drop(planted);

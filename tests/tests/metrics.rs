@@ -153,7 +153,7 @@ fn prometheus_reads_back_what_the_maps_count_and_hold() {
             .linked()
             .unwrap()
             .iter()
-            .filter(|l| overlay_agent::ifnames::is_gro_device(l))
+            .filter(|l| overlay_agent::shared::ifnames::is_gro_device(l))
             .count();
         assert_eq!(
             q(&format!(
@@ -284,7 +284,7 @@ fn bad_paths_slow_clients_and_concurrent_scrapes_never_hold_up_the_agent() {
     // The agent keeps reconciling meanwhile: by the time `endpoint add` returns (it waits up to
     // 3 s for the node to serve the endpoint, and only says so if not), h1's maps have it.
     let c3 = d.add_container(0, "c3", "blue", None).unwrap();
-    let mac = overlay_agent::net::Mac::from_ip(c3.1).0;
+    let mac = overlay_agent::shared::net::Mac::from_ip(c3.1).0;
     assert!(
         d.hosts[0]
             .maps()

@@ -16,7 +16,7 @@ use overlay_tests::{
 };
 
 fn mac(ip: std::net::Ipv4Addr) -> String {
-    overlay_agent::net::Mac::from_ip(ip).to_string()
+    overlay_agent::shared::net::Mac::from_ip(ip).to_string()
 }
 
 #[test]

@@ -11,10 +11,12 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
 use crate::{
     dataplane::{Maps, PinDir},
-    ifnames::{self, host_endpoint_name, port_alias, port_name},
-    ipam::Cidr,
-    net::Mac,
-    plumbing::{Netlink, Netns},
+    netlink::{Netlink, Netns},
+    shared::{
+        ifnames::{self, host_endpoint_name, port_alias, port_name},
+        ipam::Cidr,
+        net::Mac,
+    },
     store::{
         Store,
         schema::{self, Endpoint, Kind, Location, Network},
@@ -242,7 +244,7 @@ impl Attach {
 /// removal that finds the bridge empty could delete it while an attachment is putting its port
 /// on it. CLI, CNI plugin and Docker driver are separate processes: a file lock.
 async fn bridge_lock(net: &Network) -> Result<std::fs::File> {
-    crate::lock::exclusive(&net.bridge()).await
+    crate::shared::lock::exclusive(&net.bridge()).await
 }
 
 /// An attachment whose veth pair is on the network's bridge and whose address is claimed in
@@ -267,7 +269,7 @@ const UNDO_TIMEOUT: Duration = Duration::from_secs(2);
 /// earlier attempt left behind is judged and removed with nobody making it meanwhile. Taken
 /// before the bridge lock, never after it.
 async fn endpoint_lock(port: &str) -> Result<std::fs::File> {
-    crate::lock::exclusive(&ifnames::endpoint_lock(port)).await
+    crate::shared::lock::exclusive(&ifnames::endpoint_lock(port)).await
 }
 
 /// The undo of a registration: removes `ep`'s record if etcd holds exactly what was written,
@@ -895,7 +897,7 @@ pub async fn teardown(
         }
     }
     // The routes to containers went with the bridges; the NAT table is left to remove.
-    crate::egress::remove_table()?;
+    crate::syncs::egress::remove_table()?;
     pins.remove()?;
     let _ = std::fs::remove_file(&status_file);
     Ok(done)

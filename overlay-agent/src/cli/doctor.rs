@@ -16,12 +16,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    cluster::ClusterState,
     dataplane::{Maps, PinDir, state::Diff},
-    desired::desired,
-    ifnames,
-    net::Mac,
-    plumbing::{Link, Netlink},
+    model::{cluster::ClusterState, desired::desired},
+    netlink::{Link, Netlink},
+    shared::{ifnames, net::Mac},
     status,
     store::{
         Store,

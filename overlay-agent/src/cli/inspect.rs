@@ -6,7 +6,7 @@ use serde_json::{Map as JsonObject, Value};
 
 use crate::{
     dataplane::{Maps, PinDir},
-    net::{Mac, ip},
+    shared::net::{Mac, ip},
 };
 
 /// `overlay-agent maps <table> [--json]`: the node's map as text.

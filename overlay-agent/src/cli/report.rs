@@ -6,11 +6,11 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
+    cli::inspect::Rows,
     dataplane::{
         Maps, PinDir,
         pins::{Attachments, attachments},
     },
-    inspect::Rows,
     status::{self, StatusFile, status_path},
     store::{
         Store,

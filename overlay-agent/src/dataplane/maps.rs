@@ -16,7 +16,7 @@ use super::{
     PinDir,
     state::{Diff, MapState, TableDiff},
 };
-use crate::net::{Mac, ip};
+use crate::shared::net::{Mac, ip};
 
 /// A node's pinned maps, opened. Only typed methods reach them from outside dataplane/: the
 /// aya handles stay here ([`Tables`] is for the privileged tests' fixtures alone).

@@ -18,7 +18,7 @@ use aya::{
 };
 use overlay_common::{jump, names, programs};
 
-use crate::ifnames;
+use crate::shared::ifnames;
 
 pub use maps::Maps;
 pub use pins::PinDir;

@@ -136,7 +136,7 @@ pub fn attachments(pins: &PinDir, underlay: &str) -> Attachments {
     for link in pins.linked().unwrap_or_default() {
         if link == underlay {
             a.from_underlay.push(link);
-        } else if crate::ifnames::is_gro_device(&link) {
+        } else if crate::shared::ifnames::is_gro_device(&link) {
             a.gro_sink.push(link);
         } else {
             a.from_container.push(link);

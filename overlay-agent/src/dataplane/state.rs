@@ -33,7 +33,7 @@ impl MapState {
     /// ARP, VTEPS; ENDPOINTS and PORTS hold local ifindexes), and how many entries it covers:
     /// two nodes' views of one node compare by it.
     pub fn digest(&self) -> (String, usize) {
-        let mut h = crate::hash::Fnv64::default();
+        let mut h = crate::shared::hash::Fnv64::default();
         for (vni, net) in &self.networks {
             h.write(b"n")
                 .write(&vni.to_le_bytes())

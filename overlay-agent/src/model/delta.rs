@@ -15,9 +15,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use overlay_common::VtepAddr;
 
 use crate::{
-    cluster::ClusterState,
     dataplane::state::{Diff, MapState, TableDiff},
-    desired::{Placement, Problem, endpoint_key, placement},
+    model::{
+        cluster::ClusterState,
+        desired::{Placement, Problem, endpoint_key, placement},
+    },
     store::schema::{Endpoint, Key, Keys},
 };
 
@@ -195,7 +197,7 @@ fn table<K: Ord + Clone, V: PartialEq + Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::desired;
+    use crate::model::desired::desired;
 
     /// A small deterministic generator: the test must fail the same way every time.
     struct Rng(u64);
@@ -235,7 +237,7 @@ mod tests {
             ),
             _ => format!(
                 r#"{{"kind":"container","name":"c","mac":"{mac}","node":"{node}","port":"{}"}}"#,
-                crate::ifnames::port_name(net, "c")
+                crate::shared::ifnames::port_name(net, "c")
             ),
         };
         (format!("/overlay/endpoints/{net}/{ip}"), value)
@@ -332,7 +334,7 @@ mod tests {
         batch.note(&cluster, &keys, key);
         let value = format!(
             r#"{{"kind":"container","name":"c","mac":"02:42:0a:0a:01:02","node":"h1","port":"{}"}}"#,
-            crate::ifnames::port_name("blue", "c")
+            crate::shared::ifnames::port_name("blue", "c")
         );
         cluster.put(&keys, key, value.as_bytes(), 0).unwrap();
         assert_eq!(

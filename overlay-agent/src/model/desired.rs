@@ -10,10 +10,10 @@ use std::{
 use overlay_common::{Endpoint, VtepAddr, deliver, vtep};
 
 use crate::{
-    cluster::ClusterState,
     dataplane::state::MapState,
-    ifnames,
-    plumbing::Link,
+    model::cluster::ClusterState,
+    netlink::Link,
+    shared::ifnames,
     store::schema::{self, Kind, Location, Network},
 };
 
@@ -282,7 +282,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{ifnames::port_name, store::schema::Keys};
+    use crate::{shared::ifnames::port_name, store::schema::Keys};
 
     fn cluster(kvs: &[(&str, &str)]) -> ClusterState {
         let keys = Keys::new("/overlay");

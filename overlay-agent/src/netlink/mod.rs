@@ -20,7 +20,7 @@ use rtnetlink::{
     },
 };
 
-use crate::net::Mac;
+use crate::shared::net::Mac;
 
 mod ifindex;
 mod netns;

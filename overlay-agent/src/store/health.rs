@@ -129,7 +129,7 @@ async fn member(etcd: &Etcd, endpoint: &str, kept: Option<Client>) -> (Member, O
         }
         Ok(Err(e)) => {
             let why = etcd.why_tls(&e);
-            member.error = Some(crate::text::one_line(&format!("{e}{why}")));
+            member.error = Some(crate::shared::text::one_line(&format!("{e}{why}")));
             (member, None)
         }
         Ok(Ok((status, client))) => {

@@ -23,7 +23,7 @@ use schema::{
     NodeStateRecord, SliceRecord,
 };
 
-use crate::ipam::Cidr;
+use crate::shared::ipam::Cidr;
 pub use watch::Watch;
 use writes::Write;
 

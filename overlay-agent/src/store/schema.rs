@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use crate::shared::{
     ifnames,
     ipam::{self, Cidr, Subnet6},
     net::Mac,
@@ -625,7 +625,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(value: &[u8]) -> Result<T> {
     serde_json::from_slice(value).map_err(|e| {
         anyhow::anyhow!(
             "not a valid record: {}",
-            crate::text::one_line(&e.to_string())
+            crate::shared::text::one_line(&e.to_string())
         )
     })
 }
@@ -898,7 +898,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzzing::{CASES, input, one_line, plausible_string, refused};
+    use crate::shared::fuzzing::{CASES, input, one_line, plausible_string, refused};
 
     const A_NETWORK: &str = r#"{"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24,"bum_rate":1000,"internal":true,"subnet6":"fd00:10::/64"}"#;
     const A_NODE: &str = r#"{"vtep":"10.0.0.1","mtu":1500}"#;

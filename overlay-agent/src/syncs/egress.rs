@@ -21,7 +21,9 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{Kernel, NodeSync, View};
-use crate::{cluster::ClusterState, dataplane::state::MapState, ipam::Cidr, plumbing::Netlink};
+use crate::{
+    dataplane::state::MapState, model::cluster::ClusterState, netlink::Netlink, shared::ipam::Cidr,
+};
 
 /// nftables table (family ip) that holds every rule of ours, and nothing else.
 pub const TABLE: &str = "overlay";

@@ -18,9 +18,9 @@ use overlay_common::{Flood, GroupKey, GroupVteps, IpKey, MAX_FLOOD_VTEPS, VtepAd
 
 use super::{Kernel, NodeSync, View};
 use crate::{
-    cluster::ClusterState,
     dataplane::{Maps, state::MapState},
-    ifnames,
+    model::cluster::ClusterState,
+    shared::ifnames,
     store::schema::{GroupsRecord, Location, MAX_PUBLISHED_GROUPS},
 };
 
@@ -45,7 +45,7 @@ pub fn wanted(
     for (&vni, &network) in &applied.networks {
         let port = network.port;
         let mut flood = Flood {
-            bridge: resolve(&crate::ifnames::bridge(vni)).unwrap_or(0),
+            bridge: resolve(&crate::shared::ifnames::bridge(vni)).unwrap_or(0),
             tunnel: resolve(&ifnames::gro_device(port)).unwrap_or(0),
             rate_pps: settings.get(&vni).map_or(0, |s| s.bum_rate),
             internal: settings.get(&vni).is_some_and(|s| s.internal).into(),
@@ -160,7 +160,7 @@ pub fn peer_vteps(cluster: &ClusterState) -> BTreeMap<u32, BTreeSet<VtepAddr>> {
     for ep in cluster.endpoints.values() {
         if let (Location::Peer { vtep }, Some(net)) =
             (&ep.location, cluster.networks.get(&ep.network))
-            && crate::desired::peer_refused(cluster, *vtep).is_none()
+            && crate::model::desired::peer_refused(cluster, *vtep).is_none()
         {
             out.entry(net.vni).or_default().insert(vtep::from_ip(*vtep));
         }
@@ -181,7 +181,7 @@ pub fn wanted_groups(
             continue;
         };
         // A node whose VTEP is ours or an older node's is not served (desired.rs).
-        if crate::desired::node_refused(cluster, me, node).is_some() {
+        if crate::model::desired::node_refused(cluster, me, node).is_some() {
             continue;
         }
         for (vni, set) in groups

@@ -7,8 +7,8 @@
 //! programs), so nothing is lost in silence either way.
 use super::{Kernel, NodeSync, View};
 use crate::{
-    cluster::ClusterState,
-    plumbing::{Netlink, open_netns},
+    model::cluster::ClusterState,
+    netlink::{Netlink, open_netns},
     store::schema::{Endpoint, Location},
 };
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 use overlay_common::MAX_CLUSTER_PORTS;
 
 use super::{Kernel, NodeSync, View};
-use crate::{cluster::ClusterState, dataplane::Maps};
+use crate::{dataplane::Maps, model::cluster::ClusterState};
 
 /// What CLUSTER_PORTS must hold: every valid network's port (etcd's records were validated on
 /// the way in, so a record cannot make a container lose DNS by naming port 53), at most

@@ -9,7 +9,7 @@ use overlay_common::{
 };
 use serde::Serialize;
 
-use crate::net::Mac;
+use crate::shared::net::Mac;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;

@@ -22,8 +22,8 @@ use crate::{
         Maps, PinDir,
         monitor::{Lost, MonitorMaps, monotonic_ns},
     },
-    net::Mac,
     netlink::iface_name,
+    shared::net::Mac,
     store::Store,
 };
 
@@ -133,13 +133,13 @@ pub struct Options {
 pub fn open(pins: &PinDir) -> Result<(MonitorMaps, std::fs::File)> {
     let name = format!(
         "monitor-{:016x}",
-        crate::hash::of(&pins.dir().to_string_lossy())
+        crate::shared::hash::of(&pins.dir().to_string_lossy())
     );
-    let Some(lock) = crate::lock::try_exclusive(&name)? else {
+    let Some(lock) = crate::shared::lock::try_exclusive(&name)? else {
         bail!(
             "another monitor is reading this node's events ({} holds {}/{name}); a ring buffer has one reader",
             pins.dir().display(),
-            crate::lock::DIR
+            crate::shared::lock::DIR
         );
     };
     Ok((MonitorMaps::open(pins)?, lock))

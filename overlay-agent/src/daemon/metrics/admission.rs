@@ -17,7 +17,7 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    ipam::{Cidr, Subnet6},
+    shared::ipam::{Cidr, Subnet6},
     store::schema::Network,
 };
 
@@ -59,7 +59,7 @@ pub fn refusal(
         Err(e) => Some(format!(
             "from {peer}: its arrival interface is unknown ({e})"
         )),
-        Ok(dev) if crate::ifnames::is_our_interface(&dev) => {
+        Ok(dev) if crate::shared::ifnames::is_our_interface(&dev) => {
             Some(format!("from {peer}: it arrived on the overlay's {dev}"))
         }
         Ok(_) if overlay.contains(peer) => {
@@ -177,7 +177,7 @@ fn arrival_ifindex(fd: RawFd, peer: IpAddr) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::Cidr;
+    use crate::shared::ipam::Cidr;
 
     fn overlay() -> OverlaySubnets {
         OverlaySubnets {

@@ -15,9 +15,9 @@ use std::{io::Read as _, path::PathBuf, process::ExitCode};
 use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, Route, VersionResult};
 
 use crate::{
-    commands::{self, Attach, Ctx},
+    cli::commands::{self, Attach, Ctx},
     dataplane::{PinDir, pins},
-    plumbing::{Netlink, Netns},
+    netlink::{Netlink, Netns},
     status,
     store::{self, Store, schema},
 };
@@ -62,7 +62,7 @@ pub const NAME_PREFIX: &str = "cni-";
 pub fn endpoint_name(config: &str, container_id: &str, ifname: &str) -> String {
     format!(
         "{NAME_PREFIX}{:016x}",
-        crate::hash::of(&format!("{config}/{container_id}/{ifname}"))
+        crate::shared::hash::of(&format!("{config}/{container_id}/{ifname}"))
     )
 }
 
@@ -293,7 +293,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             ),
         ));
     }
-    let port = crate::ifnames::port_name(network, req.name());
+    let port = crate::shared::ifnames::port_name(network, req.name());
     // The host port's MAC is a courtesy of the result: not worth failing an ADD that worked.
     let port_mac = match Netlink::new() {
         Ok(host) => host.mac(&port).await.ok().flatten(),
@@ -516,7 +516,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzzing::{CASES, input, one_line, plausible_string};
+    use crate::shared::fuzzing::{CASES, input, one_line, plausible_string};
 
     /// Commands that go no further than parsing: anything but ADD, DEL, CHECK, STATUS, GC
     /// (which read the agent's status and speak to etcd).

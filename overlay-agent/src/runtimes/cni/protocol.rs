@@ -315,7 +315,7 @@ pub(crate) mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzzing::{CASES, input, one_line, value};
+    use crate::shared::fuzzing::{CASES, input, one_line, value};
 
     pub const A_CONF: &str = r#"{"cniVersion":"1.1.0","name":"podman","type":"overlay-cni","network":"blue","node":"h1","runDir":"/run/overlay","etcd":["http://127.0.0.1:2379"],"mtu":1400,"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}],"prevResult":{"interfaces":[],"ips":[],"routes":[]}}"#;
     pub const CONF: &[&str] = &[

@@ -14,7 +14,7 @@ use super::{
     },
 };
 use crate::{
-    ipam::{Cidr, MAX_SUBNET_PREFIX},
+    shared::ipam::{Cidr, MAX_SUBNET_PREFIX},
     store::schema::Network,
 };
 

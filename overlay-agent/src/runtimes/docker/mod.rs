@@ -1,6 +1,6 @@
 //! `overlay-agent docker-plugin`: Docker's remote network driver and IPAM driver, one plugin
 //! (`overlay-ebpf`) on a unix socket where dockerd discovers it. An adapter onto
-//! [`crate::commands`]: networks are etcd's, attachments are `endpoint_make` /
+//! [`crate::cli::commands`]: networks are etcd's, attachments are `endpoint_make` /
 //! `endpoint_release`, addresses come from this node's slice as the CLI's do.
 //!
 //! Docker's NetworkIDs are per daemon (each host's dockerd makes its own), and Docker does
@@ -35,7 +35,7 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use crate::commands::Ctx;
+use crate::cli::commands::Ctx;
 
 /// Where dockerd looks for plugin sockets; the file's name is the driver's name.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";

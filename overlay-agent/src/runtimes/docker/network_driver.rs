@@ -13,9 +13,8 @@ use super::{
     state::DockerNetwork,
 };
 use crate::{
-    commands::{self, Attach, NetworkSpec},
-    ipam::Cidr,
-    net::Mac,
+    cli::commands::{self, Attach, NetworkSpec},
+    shared::{ipam::Cidr, net::Mac},
     store::schema::{MAX_VNI, Network},
 };
 
@@ -52,7 +51,7 @@ fn driver_options(options: &serde_json::Map<String, Value>) -> Result<DriverOpti
                         .ok()
                         .filter(|v| (1..=MAX_VNI).contains(v))
                         .with_context(|| {
-                            let text = crate::text::one_line(&text);
+                            let text = crate::shared::text::one_line(&text);
                             format!("-o vni={text}: a VNI is a number from 1 to {MAX_VNI}")
                         })?,
                 )
@@ -60,7 +59,7 @@ fn driver_options(options: &serde_json::Map<String, Value>) -> Result<DriverOpti
             "network" => out.network = Some(text),
             _ => bail!(
                 "unknown option -o {}: overlay-ebpf knows -o vni=N and -o network=NAME",
-                crate::text::one_line(key)
+                crate::shared::text::one_line(key)
             ),
         }
     }
@@ -276,7 +275,10 @@ impl Driver {
         let network = self.endpoint_network(&req).await?;
         Ok(JoinReply {
             interface_name: InterfaceName {
-                src_name: crate::ifnames::peer_name(&network, &endpoint_name(&req.endpoint_id)),
+                src_name: crate::shared::ifnames::peer_name(
+                    &network,
+                    &endpoint_name(&req.endpoint_id),
+                ),
                 dst_prefix: "eth".to_string(),
             },
         })
@@ -362,7 +364,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fuzzing::{CASES, one_line, record};
+    use crate::shared::fuzzing::{CASES, one_line, record};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(CASES))]

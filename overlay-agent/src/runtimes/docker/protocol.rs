@@ -171,8 +171,8 @@ mod fuzz {
 
     use super::*;
     use crate::{
-        docker::{ipam_driver, parse},
-        fuzzing::{CASES, input, one_line, refused},
+        runtimes::docker::{ipam_driver, parse},
+        shared::fuzzing::{CASES, input, one_line, refused},
     };
 
     const FIELDS: &[&str] = &[
