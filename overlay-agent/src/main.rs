@@ -18,7 +18,10 @@ use overlay_agent::{
     dataplane::{PinDir, pins},
     netlink::Netns,
     runtimes::docker,
-    shared::{ipam::Cidr, net::Mac},
+    shared::{
+        ipam::{Cidr, Subnet6},
+        net::Mac,
+    },
     status,
     store::{self, Store, schema},
 };
@@ -228,7 +231,7 @@ enum NetworkCmd {
         /// IPv6 prefix for a dual-stack network (at most /96, e.g. fd00:10::/64): each
         /// endpoint's IPv6 address is the prefix followed by its IPv4 address.
         #[arg(long)]
-        subnet6: Option<String>,
+        subnet6: Option<Subnet6>,
         /// Broadcast and multicast frames per second each endpoint may send (storm control;
         /// 0: unlimited).
         #[arg(long, default_value_t = schema::DEFAULT_BUM_RATE)]
@@ -362,7 +365,7 @@ async fn run(cli: Cli) -> Result<()> {
                         port: *port,
                         mtu: *mtu,
                         slice_prefix: *slice_prefix,
-                        subnet6: subnet6.clone(),
+                        subnet6: *subnet6,
                         bum_rate: Some(*bum_rate),
                         internal: *internal,
                     }

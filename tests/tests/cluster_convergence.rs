@@ -146,7 +146,7 @@ fn nodes_asking_for_a_slice_at_the_same_moment_get_different_slices() {
                 .unwrap();
             let net = NetworkRecord {
                 vni: 42,
-                subnet: "10.10.0.0/16".into(),
+                subnet: "10.10.0.0/16".parse().unwrap(),
                 port: 4789,
                 mtu: None,
                 slice_prefix: None,

@@ -14,7 +14,7 @@ use crate::{
     netlink::{Netlink, Netns},
     shared::{
         ifnames::{self, host_endpoint_name, port_alias, port_name},
-        ipam::Cidr,
+        ipam::{Cidr, Subnet6},
         net::Mac,
     },
     store::{
@@ -40,7 +40,7 @@ pub struct NetworkSpec {
     pub port: u16,
     pub mtu: Option<u32>,
     pub slice_prefix: Option<u8>,
-    pub subnet6: Option<String>,
+    pub subnet6: Option<Subnet6>,
     pub bum_rate: Option<u32>,
     pub internal: bool,
 }
@@ -50,7 +50,7 @@ impl NetworkSpec {
     pub fn validate(self) -> Result<Network> {
         schema::NetworkRecord {
             vni: self.vni,
-            subnet: self.subnet.to_string(),
+            subnet: self.subnet,
             port: self.port,
             mtu: self.mtu,
             slice_prefix: self.slice_prefix,

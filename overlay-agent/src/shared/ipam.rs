@@ -194,6 +194,26 @@ impl FromStr for Subnet6 {
     }
 }
 
+/// Records keep a prefix as its text ("10.10.0.0/16"); reading one checks it like any parsed
+/// prefix, so a record with a bad subnet fails to decode, with the parser's message.
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+serde_as_text!(Cidr, Subnet6);
+
 /// The smallest subnet a network may have: a /30 still leaves two addresses.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 

@@ -255,7 +255,7 @@ fn default_port() -> u16 {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetworkRecord {
     pub vni: u32,
-    pub subnet: String,
+    pub subnet: Cidr,
     #[serde(default = "default_port")]
     pub port: u16,
     /// None: the underlay's MTU less the 50 bytes of VXLAN, per node.
@@ -272,7 +272,7 @@ pub struct NetworkRecord {
     pub internal: bool,
     /// The IPv6 prefix of a dual-stack network (`--subnet6`); None: IPv4 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subnet6: Option<String>,
+    pub subnet6: Option<Subnet6>,
 }
 
 /// Broadcast and multicast per endpoint per second, unless a network says otherwise: far more
@@ -303,7 +303,7 @@ impl NetworkRecord {
     pub fn validate(self, name: &str) -> Result<Network> {
         check_name("network", name)?;
         check_vni(self.vni)?;
-        let subnet: Cidr = self.subnet.parse()?;
+        let subnet = self.subnet;
         ensure!(
             subnet.prefix() <= ipam::MAX_SUBNET_PREFIX,
             "subnet {subnet} is too small: at most /{}",
@@ -334,7 +334,7 @@ impl NetworkRecord {
             slice_prefix,
             bum_rate: self.bum_rate.unwrap_or(DEFAULT_BUM_RATE),
             internal: self.internal,
-            subnet6: self.subnet6.as_deref().map(str::parse).transpose()?,
+            subnet6: self.subnet6,
             created: 0,
         })
     }
@@ -344,13 +344,13 @@ impl Network {
     pub fn record(&self) -> NetworkRecord {
         NetworkRecord {
             vni: self.vni,
-            subnet: self.subnet.to_string(),
+            subnet: self.subnet,
             port: self.port,
             mtu: self.mtu,
             slice_prefix: Some(self.slice_prefix),
             bum_rate: Some(self.bum_rate),
             internal: self.internal,
-            subnet6: self.subnet6.map(|s| s.to_string()),
+            subnet6: self.subnet6,
         }
     }
 
@@ -681,7 +681,11 @@ mod tests {
                 "slice prefix",
             ),
         ] {
-            let err = rec(json).validate("blue").unwrap_err().to_string();
+            // A subnet that is not one fails as the record is read; the rest, as it is checked.
+            let err = decode::<NetworkRecord>(json.as_bytes())
+                .and_then(|r| r.validate("blue"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{json}: {err}");
         }
         assert!(decode::<NetworkRecord>(br#"{"vni":"42"}"#).is_err());
