@@ -14,6 +14,13 @@ impl fmt::Display for Mac {
     }
 }
 
+/// As its text, wherever it is shown as JSON.
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for Mac {
     type Err = anyhow::Error;
 

@@ -20,8 +20,10 @@ pub struct Event {
     /// `drop` or `trace`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// The counter the outcome moved: a drop reason, or what was done with the packet.
-    pub reason: &'static str,
+    /// The counter the outcome moved: a drop reason, or what was done with the packet (None: an
+    /// index this build does not know). Shown by its name.
+    #[serde(rename = "reason", serialize_with = "counter_name")]
+    pub counter: Option<Counter>,
     pub hook: &'static str,
     pub ifindex: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,8 +57,8 @@ pub struct Outer {
 /// The overlay frame.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Inner {
-    pub src_mac: String,
-    pub dst_mac: String,
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
     pub ethertype: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub src_ip: Option<IpAddr>,
@@ -89,7 +91,7 @@ pub fn decode(raw: &MonitorEvent, mut vni_of_port: impl FnMut(u32) -> Option<u32
         } else {
             "trace"
         },
-        reason: counter.map_or("unknown", Counter::name),
+        counter,
         hook: hook::name(raw.hook),
         ifindex: raw.ifindex,
         iface: None,
@@ -184,8 +186,8 @@ fn inner(d: &[u8]) -> Option<(Inner, bool)> {
     }
     let ethertype = be16(d, 12);
     let mut inner = Inner {
-        dst_mac: Mac(d[0..6].try_into().unwrap()).to_string(),
-        src_mac: Mac(d[6..12].try_into().unwrap()).to_string(),
+        dst_mac: Mac(d[0..6].try_into().unwrap()),
+        src_mac: Mac(d[6..12].try_into().unwrap()),
         ethertype: match ethertype {
             wire::ETH_P_IP => "ipv4".into(),
             wire::ETH_P_IPV6 => "ipv6".into(),
@@ -263,13 +265,26 @@ fn be16(d: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([d[at], d[at + 1]])
 }
 
+fn counter_name<S: serde::Serializer>(c: &Option<Counter>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(reason(*c))
+}
+
+fn reason(c: Option<Counter>) -> &'static str {
+    c.map_or("unknown", Counter::name)
+}
+
 impl Event {
+    /// The outcome's name, as the JSON and the counters call it.
+    pub fn reason(&self) -> &'static str {
+        reason(self.counter)
+    }
+
     /// One line for people: when, what, where, then outer and inner headers.
     pub fn line(&self, wall: &str) -> String {
         let mut out = format!(
             "{wall} {:<5} {:<18} {:<14} {}",
             self.kind,
-            self.reason,
+            self.reason(),
             self.hook,
             self.iface
                 .clone()
@@ -379,14 +394,14 @@ mod tests {
             |_| None,
         );
         assert_eq!(
-            (e.kind, e.reason, e.vni),
+            (e.kind, e.reason(), e.vni),
             ("drop", "drop_unknown_vni", Some(99))
         );
         let o = e.outer.clone().unwrap();
         assert_eq!(o.src_vtep, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66)));
         assert_eq!(o.dst_port, Some(4789));
         let i = e.inner.clone().unwrap();
-        assert_eq!(i.src_mac, "02:00:00:00:00:0a");
+        assert_eq!(i.src_mac.to_string(), "02:00:00:00:00:0a");
         assert_eq!(i.dst_ip, Some("10.1.0.3".parse().unwrap()));
         assert_eq!((i.src_port, i.dst_port), (Some(5353), Some(53)));
         assert_eq!(i.proto.as_deref(), Some("udp"));
@@ -465,6 +480,6 @@ mod tests {
         garbage.counter = 9999;
         garbage.captured = 9999;
         let e = decode(&garbage, |_| None);
-        assert_eq!((e.kind, e.reason), ("trace", "unknown"));
+        assert_eq!((e.kind, e.reason()), ("trace", "unknown"));
     }
 }

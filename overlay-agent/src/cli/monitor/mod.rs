@@ -46,7 +46,7 @@ pub struct Filter {
 
 #[derive(Clone, Debug, Default)]
 pub struct EndpointMatch {
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     pub ip: Option<IpAddr>,
 }
 
@@ -56,7 +56,7 @@ impl EndpointMatch {
     pub async fn resolve(spec: &str, store: impl AsyncFnOnce() -> Result<Store>) -> Result<Self> {
         if let Ok(mac) = spec.parse::<Mac>() {
             return Ok(Self {
-                mac: Some(mac.to_string()),
+                mac: Some(mac),
                 ip: None,
             });
         }
@@ -79,7 +79,7 @@ impl EndpointMatch {
             .collect();
         match found.as_slice() {
             [ep] => Ok(Self {
-                mac: Some(ep.mac.to_string()),
+                mac: Some(ep.mac),
                 ip: Some(IpAddr::V4(ep.ip)),
             }),
             [] => bail!("no endpoint {spec} (give NETWORK/NAME, a MAC or an address)"),
@@ -95,9 +95,7 @@ impl EndpointMatch {
     }
 
     fn matches(&self, i: &event::Inner) -> bool {
-        self.mac
-            .as_ref()
-            .is_some_and(|m| &i.src_mac == m || &i.dst_mac == m)
+        self.mac.is_some_and(|m| i.src_mac == m || i.dst_mac == m)
             || self
                 .ip
                 .is_some_and(|ip| i.src_ip == Some(ip) || i.dst_ip == Some(ip))
@@ -112,7 +110,7 @@ impl Filter {
             self.traces
         };
         kind && self.vni.is_none_or(|vni| e.vni == Some(vni))
-            && (self.reasons.is_empty() || self.reasons.iter().any(|r| r.name() == e.reason))
+            && (self.reasons.is_empty() || e.counter.is_some_and(|c| self.reasons.contains(&c)))
             && self
                 .endpoint
                 .as_ref()
