@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use etcd_client::{EventType, WatchResponse};
 
 use super::{Agent, KeepAlive, OtherFamily};
 use crate::{
@@ -13,7 +12,7 @@ use crate::{
     },
     netlink::ifindex,
     store::{
-        Store,
+        EventType, KeyValue, Store, WatchResponse,
         history::History,
         schema::{self, Key, NodeRecord},
     },
@@ -226,7 +225,7 @@ impl Agent {
         }
     }
 
-    fn put(&mut self, store: &Store, kv: &etcd_client::KeyValue) -> Applied {
+    fn put(&mut self, store: &Store, kv: &KeyValue) -> Applied {
         let created = kv.create_revision();
         match self
             .cluster

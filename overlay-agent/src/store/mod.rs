@@ -14,8 +14,8 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
 };
 use members::{Attempt, BOUND, MemberState, Members, PER_TRY};
 use schema::{
@@ -24,6 +24,9 @@ use schema::{
 };
 
 use crate::shared::ipam::Cidr;
+// What a listing and a watch hand out are etcd's own records; the daemon reads them through
+// these names, so no code outside store/ names the etcd client.
+pub use etcd_client::{EventType, KeyValue, WatchResponse};
 pub use watch::Watch;
 use writes::Write;
 
