@@ -18,3 +18,6 @@ pub mod daemon;
 pub mod cli;
 
 pub mod runtimes;
+
+#[cfg(test)]
+mod house;
