@@ -119,13 +119,25 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Result<(u16, String)> {
 
 /// As [`http_get`], inside the namespace named `netns`.
 pub fn http_get_in(netns: &str, addr: &str, path: &str) -> Result<(u16, String)> {
+    http_get_accepting(netns, addr, path, None)
+}
+
+/// As [`http_get_in`], with an Accept header (`application/openmetrics-text` is what
+/// Prometheus sends).
+pub fn http_get_accepting(
+    netns: &str,
+    addr: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<(u16, String)> {
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     crate::netns::enter(netns, || {
         let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))
             .with_context(|| format!("connecting to {addr}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
         )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)

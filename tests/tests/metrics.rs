@@ -14,10 +14,14 @@ use overlay_agent::dataplane::maps::pinned_capacity;
 use overlay_common::{Counter, names};
 use overlay_tests::{
     deployment::{Deployment, ping, wait_for},
-    prometheus::{Prometheus, http_get, http_get_in, sample},
+    prometheus::{Prometheus, http_get, http_get_accepting, sample},
 };
 
 type Container = (usize, Ipv4Addr);
+
+/// What Prometheus puts in its Accept header; others get the text format 0.0.4.
+const OPENMETRICS: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
 
 /// The address host `i`'s agent serves its metrics on (its underlay address).
 fn metrics_addr(d: &Deployment, i: usize) -> String {
@@ -268,7 +272,9 @@ fn bad_paths_slow_clients_and_concurrent_scrapes_never_hold_up_the_agent() {
             std::thread::spawn(move || {
                 let mut answered = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let (code, body) = http_get_in(&wire, &addr, "/metrics")?;
+                    // OpenMetrics, as Prometheus asks: its `# EOF` shows the scrape is whole.
+                    let (code, body) =
+                        http_get_accepting(&wire, &addr, "/metrics", Some(OPENMETRICS))?;
                     if code != 200
                         || sample(&body, "overlay_packets_total{outcome=\"encap\"}").is_none()
                         || !body.ends_with("# EOF\n")
@@ -383,7 +389,7 @@ fn fifty_scrapes_at_once_walk_the_maps_two_at_a_time() {
             c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
             std::io::Write::write_all(
                 c,
-                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: {OPENMETRICS}\r\nConnection: close\r\n\r\n").as_bytes(),
             )
             .unwrap();
         }
@@ -413,5 +419,38 @@ fn fifty_scrapes_at_once_walk_the_maps_two_at_a_time() {
     assert!(
         after <= before + 1,
         "the agent went from {before} to {after} threads for 50 scrapes at once"
+    );
+}
+
+/// What a Prometheus user's own linter says of a real scrape: names, help, types and units
+/// as Prometheus' conventions want them (`promtool check metrics`).
+#[test]
+fn promtool_finds_nothing_to_fix_in_a_scrape() {
+    let (d, _c1, _c2) = metrics_pair("pt");
+    let (code, body) = get(&d, 0, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus) is installed by cargo xtask setup");
+    use std::io::Write as _;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics ({}):\n{said}\n{body}",
+        out.status
     );
 }

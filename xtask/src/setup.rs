@@ -161,6 +161,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the runtime tests (the containers' image)",
     ),
     req(Program("prometheus"), "prometheus", "the metrics test"),
+    req(
+        Program("promtool"),
+        "prometheus",
+        "the metrics test (promtool check metrics on a scrape)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

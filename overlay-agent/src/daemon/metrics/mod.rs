@@ -10,6 +10,7 @@
 //! by their pins on a blocking thread of its own, and takes the published state under a lock
 //! held only to clone it.
 mod admission;
+mod format;
 
 use std::{
     net::SocketAddr,
@@ -186,9 +187,11 @@ pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, 
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let walkers = walkers.clone();
-                async move { scrape(walkers).await }
+                let accept = headers.get(axum::http::header::ACCEPT);
+                let openmetrics = format::wants_openmetrics(accept.and_then(|a| a.to_str().ok()));
+                async move { scrape(walkers, openmetrics).await }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -284,15 +287,18 @@ impl Walkers {
     }
 }
 
-async fn scrape(walkers: Walkers) -> impl IntoResponse {
+async fn scrape(walkers: Walkers, openmetrics: bool) -> impl IntoResponse {
     match walkers.walk().await {
+        Ok(Ok(text)) if openmetrics => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, format::OPENMETRICS)],
+            text,
+        )
+            .into_response(),
         Ok(Ok(text)) => (
             StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
+            [(axum::http::header::CONTENT_TYPE, format::TEXT)],
+            format::text_format(&text),
         )
             .into_response(),
         Ok(Err(e)) => (
