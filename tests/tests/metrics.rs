@@ -422,35 +422,81 @@ fn fifty_scrapes_at_once_walk_the_maps_two_at_a_time() {
     );
 }
 
-/// What a Prometheus user's own linter says of a real scrape: names, help, types and units
-/// as Prometheus' conventions want them (`promtool check metrics`).
-#[test]
-fn promtool_finds_nothing_to_fix_in_a_scrape() {
-    let (d, _c1, _c2) = metrics_pair("pt");
-    let (code, body) = get(&d, 0, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    let mut lint = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+/// Runs promtool with `args` in `dir`, feeding it `input`; what it said, if it failed or said
+/// anything.
+fn promtool(dir: &std::path::Path, args: &[&str], input: &str) -> Result<(), String> {
+    use std::{io::Write as _, process::Stdio};
+    let mut run = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (package prometheus) is installed by cargo xtask setup");
-    use std::io::Write as _;
-    lint.stdin
+    run.stdin
         .take()
         .unwrap()
-        .write_all(body.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = lint.wait_with_output().unwrap();
+    let out = run.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics ({}):\n{said}\n{body}",
-        out.status
-    );
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "promtool {} ({}):\n{said}",
+            args.join(" "),
+            out.status
+        )),
+    }
+}
+
+/// What a Prometheus user's tools say of a real scrape and of the rules and dashboard we ship:
+/// names, help, types and units as Prometheus' conventions want them (`promtool check
+/// metrics`); the alerting rules valid and passing their own unit tests; and every metric the
+/// rules and the dashboard query is one the agent exports, so a rename cannot leave them
+/// watching nothing.
+#[test]
+fn promtool_passes_the_scrape_and_the_rules_and_they_query_what_exists() {
+    let (d, _c1, _c2) = metrics_pair("pt");
+    let mut body = String::new();
+    // The etcd members' gauges appear with the first health probe.
+    wait_for(Duration::from_secs(15), || {
+        body = get(&d, 0, "/metrics").1;
+        body.contains("overlay_etcd_member_up{")
+    })
+    .unwrap_or_else(|_| panic!("no etcd member gauges:\n{body}"));
+    let lint = promtool(std::path::Path::new("."), &["check", "metrics"], &body);
+    assert!(lint.is_ok(), "{}\n{body}", lint.unwrap_err());
+
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let rules = deploy.join("prometheus");
+    promtool(&rules, &["check", "rules", "overlay-rules.yml"], "").unwrap();
+    promtool(&rules, &["test", "rules", "overlay-rules.test.yml"], "").unwrap();
+
+    let exported: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for file in [
+        rules.join("overlay-rules.yml"),
+        deploy.join("grafana/overlay-dashboard.json"),
+    ] {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let queried: std::collections::BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("overlay_"))
+            .collect();
+        let missing: Vec<_> = queried.iter().filter(|m| !exported.contains(*m)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} queries what no scrape has: {missing:?}",
+            file.display()
+        );
+    }
 }
