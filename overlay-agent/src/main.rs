@@ -1,5 +1,6 @@
 //! CLI dispatch only: each subcommand's work lives in the library modules.
 use std::{
+    io::Write as _,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::ExitCode,
@@ -27,11 +28,26 @@ use overlay_agent::{
 };
 use overlay_common::Counter;
 
+/// The version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OVERLAY_GIT_REVISION"),
+    ")"
+);
+
+const EXIT_CODES: &str = "Exit status:
+  0  done (doctor: and nothing found)
+  1  the command failed, and one line on stderr says why; what it had made is undone
+     (doctor: it found something, or no etcd member answers)
+  2  the command line is wrong (an unknown option, a value that does not parse)";
+
 #[derive(Parser)]
 #[command(
     name = "overlay-agent",
-    version,
-    about = "eBPF VXLAN overlay: the node agent, and the CLI to its networks and maps"
+    version = VERSION,
+    about = "eBPF VXLAN overlay: the node agent, and the CLI to its networks and maps",
+    after_long_help = EXIT_CODES
 )]
 struct Cli {
     #[command(flatten)]
@@ -42,6 +58,10 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
+    /// Logs as lines for people, or as one JSON object per line for log shippers
+    /// (`ts`, `level`, `target`, `msg`).
+    #[arg(long, global = true, env = "OVERLAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// etcd endpoints, comma-separated.
     #[arg(long, global = true, env = "OVERLAY_ETCD", default_value = store::DEFAULT_ENDPOINT, value_delimiter = ',')]
     etcd: Vec<String>,
@@ -193,6 +213,22 @@ enum Command {
     /// Print this CLI's reference as markdown (docs/cli.md; `cargo xtask docs` writes it).
     #[command(hide = true)]
     CliReference,
+    /// Print the completion script for a shell (`cargo xtask install` puts it where the shell
+    /// looks: e.g. /usr/share/bash-completion/completions/overlay-agent).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page per command into DIR (`cargo xtask install` puts them in
+    /// <prefix>/share/man/man1).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// docs/cli.md: every command's help, with the default node name (this machine's host name)
@@ -309,9 +345,26 @@ enum HostCmd {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Command::CliReference = cli.command {
-        print!("{}", cli_reference());
-        return Ok(());
+    // What only renders the command tree needs no node, etcd or kernel.
+    match &cli.command {
+        Command::CliReference => {
+            print!("{}", cli_reference());
+            return Ok(());
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let script = overlay_agent::cli::reference::completions(Cli::command(), *shell);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(());
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            let cmd = Cli::command().mut_arg("node", |a| a.default_value("<host name>"));
+            let pages = overlay_agent::cli::reference::man_pages(cmd, dir)?;
+            println!("{} man pages in {}", pages.len(), dir.display());
+            return Ok(());
+        }
+        _ => {}
     }
     let g = cli.global;
     schema::check_name("node", &g.node)?;
@@ -579,7 +632,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
         // Printed above, before the node's name is checked.
-        Command::CliReference => {}
+        Command::CliReference | Command::Completions { .. } | Command::Man { .. } => {}
     }
     Ok(())
 }
@@ -624,8 +677,8 @@ async fn served(ctx: &Ctx, ep: &schema::Endpoint, present: bool) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    init_logging(cli.global.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -640,6 +693,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `RUST_LOG` picks what is logged (info by default); `--log-format` how.
+fn init_logging(format: LogFormat) {
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let LogFormat::Json = format {
+        logger.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    logger.init();
 }
 
 /// docs/cli.md is what this binary renders: a changed command, option or help text fails here

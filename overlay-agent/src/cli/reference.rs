@@ -1,7 +1,10 @@
 //! The CLI reference (docs/cli.md) rendered from the clap command tree itself, so the page
 //! cannot drift from the binary: `overlay-agent cli-reference` prints it, `cargo xtask docs`
-//! writes it, and a test fails when the file and the binary disagree.
-use std::fmt::Write;
+//! writes it, and a test fails when the file and the binary disagree. The man pages and the
+//! shell completions come from the same tree (`overlay-agent man`, `completions`).
+use std::{fmt::Write, path::Path};
+
+use anyhow::{Context as _, Result};
 
 use clap::Command;
 
@@ -60,6 +63,43 @@ fn collect(cmd: &mut Command, path: &mut Vec<String>, pages: &mut Vec<(String, S
     path.pop();
 }
 
+/// One man page per visible command (`overlay-agent.1`, `overlay-agent-network-create.1`, ...)
+/// in `dir`, section 1; the names of the pages written.
+pub fn man_pages(cmd: Command, dir: &Path) -> Result<Vec<String>> {
+    let mut cmd = cmd.mut_args(|a| a.hide_env_values(true));
+    cmd.build();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = Vec::new();
+    write_pages(&cmd, cmd.get_name(), dir, &mut written)?;
+    Ok(written)
+}
+
+fn write_pages(cmd: &Command, name: &str, dir: &Path, written: &mut Vec<String>) -> Result<()> {
+    let file = format!("{name}.1");
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone().name(name.to_string()))
+        .render(&mut page)
+        .with_context(|| format!("rendering {file}"))?;
+    let path = dir.join(&file);
+    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    written.push(file);
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+    }
+    Ok(())
+}
+
+/// The completion script for `shell`, as the shell's completion directory expects it.
+pub fn completions(mut cmd: Command, shell: clap_complete::Shell) -> Vec<u8> {
+    let name = cmd.get_name().to_string();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    script
+}
+
 /// The anchor GitHub gives a heading: lower case, spaces as dashes, other punctuation gone.
 fn anchor(heading: &str) -> String {
     heading
@@ -107,6 +147,36 @@ mod tests {
             "global options once:\n{md}"
         );
         assert!(!md.contains("## tool help"), "{md}");
+    }
+
+    #[test]
+    fn a_man_page_per_visible_command_and_completions_for_each_shell() {
+        let cmd = Command::new("tool")
+            .about("A tool")
+            .subcommand(
+                Command::new("net")
+                    .about("Networks")
+                    .subcommand(Command::new("add").about("Adds one")),
+            )
+            .subcommand(Command::new("secret").hide(true));
+        let dir = std::env::temp_dir().join(format!("overlay-man-{}", std::process::id()));
+        let written = man_pages(cmd.clone(), &dir).unwrap();
+        assert_eq!(written, ["tool.1", "tool-net.1", "tool-net-add.1"]);
+        let page = std::fs::read_to_string(dir.join("tool-net-add.1")).unwrap();
+        assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+        assert!(page.contains("Adds one"), "{page}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let script = String::from_utf8(completions(cmd.clone(), shell)).unwrap();
+            assert!(
+                script.contains("tool") && script.contains("net"),
+                "{shell}: {script}"
+            );
+        }
     }
 
     #[test]
