@@ -236,6 +236,9 @@ pub struct Deployment {
     /// etcd authenticates users with the least-privilege roles of store/roles.rs: each host
     /// acts as its node's user, networks are made by `admin` ([`Deployment::with_roles`]).
     roles: bool,
+    /// How `overlay-agent` is run (agent, CLI, plugins): a command to run it under (e.g.
+    /// `setpriv` with fewer capabilities), then the binary (an installed one, say).
+    pub agent_command: Vec<std::ffi::OsString>,
 }
 
 /// How clients reach the deployment's etcd.
@@ -335,6 +338,7 @@ impl Deployment {
             tag: tag.clone(),
             dir,
             roles: false,
+            agent_command: vec![agent_binary().into()],
         };
         if access == Access::Roles {
             let nodes: Vec<String> = (1..=ours.len()).map(|n| format!("{tag}h{n}")).collect();
@@ -384,7 +388,7 @@ impl Deployment {
         let h = &self.hosts[host];
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", h.name()))
-            .arg(agent_binary())
+            .args(&self.agent_command)
             // From the environment, as a user's shell would have it (a flag overrides it).
             .env("OVERLAY_ETCD", &self.etcd.url)
             .envs(self.etcd.tls.iter().flat_map(|t| {

@@ -1,4 +1,5 @@
-//! `cargo xtask <setup|test|demo|bench|fuzz|docs>`: everything a fresh machine needs, in the order it needs it.
+//! `cargo xtask <setup|test|demo|bench|fuzz|docs|install|uninstall>`: everything a fresh machine needs, in the order it needs it.
+mod install;
 mod setup;
 mod util;
 
@@ -75,6 +76,42 @@ enum Command {
     /// docs/cli.md written again from the agent's own clap definitions (a test fails while the
     /// file differs from what the binary renders).
     Docs,
+    /// Release build, then overlay-agent in <prefix>/bin, the CNI plugin, man pages, shell
+    /// completions, systemd units and /etc/overlay/agent.env (kept if it exists).
+    Install {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Install the debug binaries already built instead (the tests do).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Removes exactly what install wrote under the same prefix (agent.env only if unchanged).
+    Uninstall {
+        #[command(flatten)]
+        layout: LayoutArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct LayoutArgs {
+    #[arg(long, default_value = "/usr/local")]
+    prefix: std::path::PathBuf,
+    /// Where container runtimes look for CNI plugins.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: std::path::PathBuf,
+    /// Where the settings file goes (<sysconfdir>/overlay/agent.env).
+    #[arg(long, default_value = "/etc")]
+    sysconfdir: std::path::PathBuf,
+}
+
+impl LayoutArgs {
+    fn layout(self) -> install::Layout {
+        install::Layout {
+            prefix: self.prefix,
+            cni_bin_dir: self.cni_bin_dir,
+            sysconfdir: self.sysconfdir,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,6 +138,8 @@ fn main() -> ExitCode {
         ),
         Command::Fuzz { frames, seed } => fuzz(frames, seed.as_deref()),
         Command::Docs => docs(),
+        Command::Install { layout, debug } => install::install(&layout.layout(), debug),
+        Command::Uninstall { layout } => install::uninstall(&layout.layout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

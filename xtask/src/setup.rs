@@ -62,6 +62,16 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the path MTU tests",
     ),
     req(Program("nsenter"), "util-linux", "agents in test hosts"),
+    req(
+        Program("setpriv"),
+        "util-linux",
+        "the install test (the agent under the unit's capabilities)",
+    ),
+    req(
+        Program("systemd-analyze"),
+        "systemd",
+        "the install test (systemd-analyze verify on the units)",
+    ),
     req(Program("pkill"), "procps", "cleaning up after a killed run"),
     req(
         Program("etcd"),
