@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use overlay_agent::{
     cli::{
         commands::{self, Ctx, NetworkSpec},
-        doctor,
+        doctor, graph,
         inspect::{self, Table},
         monitor, report,
     },
@@ -210,6 +210,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster as a whole.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Print this CLI's reference as markdown (docs/cli.md; `cargo xtask docs` writes it).
     #[command(hide = true)]
     CliReference,
@@ -223,6 +226,23 @@ enum Command {
     /// <prefix>/share/man/man1).
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Draw the cluster from etcd: hosts (nodes and legacy VTEPs) holding their endpoints, each
+    /// joined to its network. DOT for Graphviz (`| dot -Tsvg > cluster.svg`), or SVG made with
+    /// Graphviz's `dot`.
+    Graph {
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Svg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -561,6 +581,19 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let state_dir = state_dir.unwrap_or_else(|| docker::default_state_dir(&g.node));
             docker::serve(ctx, docker::Options { socket, state_dir }).await?
+        }
+        Command::Cluster(ClusterCmd::Graph { format }) => {
+            let ctx = ctx().await?;
+            let cluster = graph::Cluster {
+                networks: ctx.store.networks().await?,
+                nodes: ctx.store.nodes().await?,
+                endpoints: ctx.store.endpoints(None).await?,
+            };
+            let dot = graph::dot(&cluster);
+            match format {
+                GraphFormat::Dot => print!("{dot}"),
+                GraphFormat::Svg => std::io::stdout().write_all(&graph::svg(&dot)?)?,
+            }
         }
         Command::Status { json } => print!(
             "{}",

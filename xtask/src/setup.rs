@@ -63,6 +63,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
     ),
     req(Program("nsenter"), "util-linux", "agents in test hosts"),
     req(
+        Program("dot"),
+        "graphviz",
+        "`cluster graph --format svg` and its test",
+    ),
+    req(
         Program("setpriv"),
         "util-linux",
         "the install test (the agent under the unit's capabilities)",

@@ -2,6 +2,7 @@
 //! print it, and `reference` renders docs/cli.md from the clap definitions.
 pub mod commands;
 pub mod doctor;
+pub mod graph;
 pub mod inspect;
 pub mod monitor;
 pub mod reference;
