@@ -5,7 +5,7 @@
 //! the overlay forwarded to the node's resolver (a stand-in on the underlay), except from the
 //! internal network, which resolves its own names and forwards nothing; a malformed packet
 //! counted, the server answering on; a name gone right after `endpoint rm` returns; the
-//! namespace's resolv.conf written and removed.
+//! namespace's resolv.conf written and removed; the resolver following a bridge made again.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
@@ -171,12 +171,29 @@ fn names_resolve_across_hosts_per_network_and_vanish_with_their_endpoint() {
         "an internal network's query went out"
     );
     assert_eq!(counted(&d, 0, "refused"), refused + 1.0);
-    // Its one way to the host is the resolver: another port of that address stays shut.
+    // Its one way to the host is the resolver: another port of that address stays shut, and
+    // so does port 53 of the host's other addresses. A resolver on the host's underlay
+    // address answers blue's container (through its gateway), never vault's, even routed
+    // there by hand.
     assert!(
         d.container(v1.0)
             .output("timeout 2 bash -c 'echo > /dev/tcp/10.30.0.1/22'")
             .is_ok_and(|o| !o.status.success())
     );
+    let h1 = Ipv4Addr::from(d.hosts[0].vtep);
+    let on_host = Upstream::start(&d.hosts[0].ns, h1).unwrap();
+    let r = a(a1.0, h1, "www.example.com").unwrap();
+    assert_eq!(r.addresses, [IpAddr::V4(Upstream::ANSWER)]);
+    d.container(v1.0)
+        .run(&format!("ip route add {h1}/32 via {VAULT_DNS} dev eth0"))
+        .unwrap();
+    assert!(a(v1.0, h1, "www.example.com").is_err());
+    assert_eq!(
+        on_host.asked(),
+        1,
+        "vault's container reached the host's other address"
+    );
+    drop(on_host);
 
     // Garbage to the resolver is counted and dropped; the resolver answers on.
     let malformed = counted(&d, 0, "malformed");
@@ -218,8 +235,33 @@ fn names_resolve_across_hosts_per_network_and_vanish_with_their_endpoint() {
         assert_eq!(r.rcode, ResponseCode::NXDomain, "{name} {t}");
     }
 
+    // `status` says where each network's resolver listens.
+    let status = d.cli(0, &["status"]).unwrap();
+    assert!(
+        status.contains("blue: 10.10.0.1:53 on ovbr42")
+            && status.contains("vault: 10.30.0.1:53 on ovbr44"),
+        "{status}"
+    );
+
     // The namespace's resolv.conf goes with its endpoint.
     d.cli(0, &["endpoint", "rm", "a1"]).unwrap();
     assert!(!resolv_conf(&d, a1.0).exists());
     assert!(resolv_conf(&d, v1.0).exists());
+
+    // a1 was blue's last container on h1: its bridge went with it. A new one makes the bridge
+    // again (another ifindex), and the resolver follows it there.
+    let a3 = d.add_container(0, "a3", "blue", None).unwrap();
+    let a = |c: usize, server: Ipv4Addr, name: &str| {
+        query(d.container(c), server, name, RecordType::A, false)
+    };
+    wait_for(Duration::from_secs(5), || {
+        a(a3.0, BLUE_DNS, "a3.blue").is_ok_and(|r| r.addresses == [IpAddr::V4(a3.1)])
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "no resolver on blue's new bridge: {:?}\n{}",
+            a(a3.0, BLUE_DNS, "a3.blue"),
+            d.hosts[0].log()
+        )
+    });
 }
