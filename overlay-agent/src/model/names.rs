@@ -154,7 +154,12 @@ impl Zone {
     pub fn answer(&self, network: &str, name: &str, kind: Kind) -> Answer {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let Some(names) = self.networks.get(network) else {
-            return Answer::Outside;
+            // Not (or no longer) a network here: what is ours is still never asked outside.
+            return if self.is_ours(&name) {
+                Answer::NxDomain
+            } else {
+                Answer::Outside
+            };
         };
         if kind == Kind::Ptr
             && let Some(addr) = reverse_address(&name)
@@ -370,8 +375,10 @@ mod tests {
             z.answer("red", "db.red", Kind::A),
             addrs(&[v4("10.20.1.2")])
         );
-        // A network this node does not know: nothing is answered there.
-        assert_eq!(z.answer("green", "web1", Kind::A), Answer::Outside);
+        // A network this node does not know: nothing of ours is answered there, nor sent out.
+        assert_eq!(z.answer("green", "web1", Kind::A), Answer::NxDomain);
+        assert_eq!(z.answer("green", "web1.blue", Kind::A), Answer::NxDomain);
+        assert_eq!(z.answer("green", "example.com", Kind::A), Answer::Outside);
     }
 
     #[test]

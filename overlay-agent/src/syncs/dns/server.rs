@@ -348,6 +348,16 @@ mod tests {
         assert_eq!(s.resolver.counters.get(Outcome::Malformed), 5);
     }
 
+    #[test]
+    fn only_the_networks_subnet_may_ask() {
+        let s = server(false);
+        assert!(s.admits("10.10.1.2:5353".parse().unwrap()));
+        for peer in ["10.20.1.2:53", "10.0.0.1:53", "[fd00:10::a0a:102]:53"] {
+            assert!(!s.admits(peer.parse().unwrap()), "{peer}");
+        }
+        assert_eq!(s.resolver.counters.get(Outcome::Foreign), 3);
+    }
+
     #[tokio::test]
     async fn an_internal_network_forwards_nothing() {
         let s = server(true);
