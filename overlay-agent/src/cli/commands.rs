@@ -905,6 +905,11 @@ pub async fn teardown(
                 .collect();
             for ep in &mine {
                 store.delete_endpoint(ep).await?;
+                if let Some(ns) = &ep.netns
+                    && let Err(e) = resolv_conf::remove(ns, &ep.name)
+                {
+                    log::warn!("endpoint {}: {e:#}", ep.name);
+                }
             }
             done.endpoints = mine.len();
             store.delete_node(node).await?;
