@@ -135,6 +135,10 @@ enum Command {
         /// 10.0.0.1:9100 or [::]:9100 (default: off).
         #[arg(long, env = "OVERLAY_METRICS", value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// The node's resolvers, which the overlay's resolver asks for names outside the
+        /// overlay (docs/names.md).
+        #[arg(long, env = "OVERLAY_RESOLV_CONF", value_name = "FILE", default_value = overlay_agent::syncs::dns::DEFAULT_RESOLV_CONF)]
+        resolv_conf: PathBuf,
     },
     /// Create, list and remove overlay networks.
     #[command(subcommand)]
@@ -403,6 +407,7 @@ async fn run(cli: Cli) -> Result<()> {
             lease_ttl,
             max_entries,
             metrics,
+            resolv_conf,
         } => {
             daemon::run(daemon::Options {
                 etcd: g.etcd(),
@@ -414,6 +419,7 @@ async fn run(cli: Cli) -> Result<()> {
                 pins: pins.clone(),
                 run_dir: g.run_dir.clone(),
                 metrics,
+                resolv_conf,
             })
             .await?
         }

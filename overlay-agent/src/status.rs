@@ -31,6 +31,10 @@ pub struct StatusFile {
     pub prefix: String,
     #[serde(default)]
     pub pins: PathBuf,
+    /// Network -> where its resolver listens on this node (`10.10.0.1:53 on ovbr42`), or why
+    /// it does not.
+    #[serde(default)]
+    pub resolvers: BTreeMap<String, String>,
     /// The agent's network namespace ([`netns_id`]): a plugin in another one would make ports
     /// the agent never sees.
     #[serde(default)]

@@ -6,7 +6,8 @@
 //! VTEP. A container's UDP to a port VXLAN uses is refused wherever it goes (vxlan.rs says
 //! why). Broadcast and multicast are replicated to the network's other hosts (flood.rs) and
 //! left to the bridge for local members (router solicitations to the bridge alone); anything else
-//! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports.
+//! (unknown unicast, non-IP) is left to the bridge, which only reaches local ports. From an
+//! internal network, only a DNS query reaches the host (its resolver is on the bridge).
 use aya_ebpf::{
     bindings::BPF_F_INGRESS,
     helpers::{bpf_redirect, bpf_redirect_peer},
@@ -80,17 +81,22 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
             {
                 igmp::snoop(ctx, sender, l4);
             }
-            forward(ctx, sender, eth.dst_addr, true, group)
+            let to = Unicast::Ipv4 { proto, frags, l4 };
+            forward(ctx, sender, eth.dst_addr, true, group, to)
         }
         wire::ETH_P_IPV6 => {
             // A dual-stack network's prefix: the sender's own address and those NDP answers.
             let prefix6 = unsafe { NETWORKS.get(sender.vni) }.map_or([0; 12], |n| n.prefix6);
             match ipv6::check_source(ctx, &ipv6::Own::of(sender, &prefix6)) {
                 Ok(ipv6::Allowed::Solicitation) => ndp::answer(ctx, sender, &prefix6, eth.dst_addr)
-                    .unwrap_or_else(|| forward(ctx, sender, eth.dst_addr, true, NO_GROUP)),
+                    .unwrap_or_else(|| {
+                        forward(ctx, sender, eth.dst_addr, true, NO_GROUP, Unicast::Any)
+                    }),
                 // Left to the bridge: never replicated to the network's other hosts.
                 Ok(ipv6::Allowed::RouterSolicitation) => pass(Counter::ContainerPass),
-                Ok(ipv6::Allowed::Other) => forward(ctx, sender, eth.dst_addr, true, NO_GROUP),
+                Ok(ipv6::Allowed::Other) => {
+                    forward(ctx, sender, eth.dst_addr, true, NO_GROUP, Unicast::Any)
+                }
                 Err(reason) => drop(reason),
             }
         }
@@ -101,7 +107,7 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
         // source. Refused rather than let through unread, as a too-long IPv6 extension chain.
         wire::ETH_P_8021Q | wire::ETH_P_8021AD => drop(Counter::DropSpoofedIp),
         // Other ethertypes cannot be grown by bpf_skb_adjust_room: local only.
-        _ => forward(ctx, sender, eth.dst_addr, false, NO_GROUP),
+        _ => forward(ctx, sender, eth.dst_addr, false, NO_GROUP, Unicast::Any),
     }
 }
 
@@ -111,6 +117,32 @@ const IPPROTO_IGMP: u8 = 2;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 /// The IPv4 group of a frame that has none (IPv6, other ethertypes).
 const NO_GROUP: [u8; 4] = [0; 4];
+
+/// DNS's port: the node's resolver listens on it on each network's bridge.
+const DNS_PORT: u16 = 53;
+
+/// What a frame carries, for an internal network's one way to the host: an IPv4 DNS query
+/// ([`dns_query`]), let through to the host, whose nftables input rules take it only to the
+/// resolver's address (syncs/egress.rs). Read only when it matters: not on the fast path.
+#[derive(Clone, Copy)]
+enum Unicast {
+    Ipv4 {
+        proto: u8,
+        frags: [u8; 2],
+        l4: usize,
+    },
+    Any,
+}
+
+/// UDP or TCP to port 53, in a whole datagram or its first fragment (a later one has no port).
+#[inline(always)]
+fn dns_query(ctx: &aya_ebpf::programs::TcContext, proto: u8, frags: [u8; 2], l4: usize) -> bool {
+    (proto == wire::IPPROTO_UDP || proto == wire::IPPROTO_TCP)
+        && u16::from_be_bytes(frags) & IP_OFFSET_MASK == 0
+        && ctx
+            .load::<[u8; 2]>(l4 + 2)
+            .is_ok_and(|port| u16::from_be_bytes(port) == DNS_PORT)
+}
 
 /// Unicast to a known MAC of the sender's network: local delivery or encapsulation; group
 /// traffic (`group`: the IPv4 group whose members alone get it, `igmp::group_of`) to the
@@ -122,6 +154,7 @@ fn forward(
     dst: [u8; 6],
     ip: bool,
     group: [u8; 4],
+    unicast: Unicast,
 ) -> Verdict {
     let key = MacKey::new(sender.vni, dst);
     // Remote first: that is the path where every nanosecond shows (a MAC is never in both).
@@ -141,9 +174,16 @@ fn forward(
     if ip && flood::is_group(dst) {
         return flood::replicate(ctx, sender, Counter::ContainerPass, group);
     }
-    // Unicast for no endpoint: the gateway's way out, which an internal network has not.
+    // Unicast for no endpoint: the gateway's way out, which an internal network has not; its
+    // resolver it has.
     if ip && flood::internal(sender.vni) {
-        return drop(Counter::DropInternal);
+        let to_resolver = match unicast {
+            Unicast::Ipv4 { proto, frags, l4 } => dns_query(ctx, proto, frags, l4),
+            Unicast::Any => false,
+        };
+        if !to_resolver {
+            return drop(Counter::DropInternal);
+        }
     }
     pass(Counter::ContainerPass)
 }

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod certs;
 pub mod corpus;
 pub mod deployment;
+pub mod dns;
 pub mod docker;
 pub mod etcd_cluster;
 pub mod fixture;

@@ -112,6 +112,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        // What `endpoint add` wrote for it (its resolv.conf), which `ip netns del` leaves.
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }
 

@@ -152,6 +152,9 @@ fn the_cni_plugin_by_hand_add_check_del_gc_status_version_and_every_failure() {
     assert_eq!(r["ips"][0]["gateway"], "10.10.0.1", "{r}");
     assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
     assert_eq!(r["routes"][0]["gw"], "10.10.0.1", "{r}");
+    // Names: the network's resolver on this host, the network's name to search.
+    assert_eq!(r["dns"]["nameservers"][0], "10.10.0.1", "{r}");
+    assert_eq!(r["dns"]["search"][0], "blue", "{r}");
     assert!(
         c1.run("ip -4 addr show eth0")
             .unwrap()

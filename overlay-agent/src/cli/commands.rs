@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
+use super::resolv_conf;
 use crate::{
     dataplane::{Maps, PinDir},
     netlink::{Netlink, Netns},
@@ -109,9 +110,10 @@ async fn reserve(
             net.subnet
         );
         ensure!(
-            Some(ip) != net.gateway(),
-            "{ip} is network {}'s gateway",
-            net.name
+            Some(ip) != net.resolver(),
+            "{ip} is network {}'s {}",
+            net.name,
+            if net.internal { "resolver" } else { "gateway" }
         );
         let ep = make(ip);
         if register(ctx, &ep, tried).await? {
@@ -126,10 +128,11 @@ async fn reserve(
     }
     let slice = ctx.store.claim_slice(net, &ctx.node).await?;
     let taken = ctx.store.taken_addresses(&net.name).await?;
-    let gateway = net.gateway();
+    // The gateway's, and on an internal network the resolver's (the same address).
+    let reserved = net.resolver();
     for ip in slice
         .hosts()
-        .filter(|ip| !taken.contains(ip) && Some(*ip) != gateway)
+        .filter(|ip| !taken.contains(ip) && Some(*ip) != reserved)
     {
         // Lost a race for this address: try the next.
         if register(ctx, &make(ip), tried).await? {
@@ -256,6 +259,8 @@ pub struct Made {
     pub prefix: u8,
     /// The network's gateway (None: internal), for the container's default route.
     pub gateway: Option<Ipv4Addr>,
+    /// The network's resolver on this host (docs/names.md), for the container's resolv.conf.
+    pub resolver: Option<Ipv4Addr>,
     /// On a dual-stack network, the endpoint's IPv6 address and the prefix's length.
     pub ipv6: Option<(Ipv6Addr, u8)>,
 }
@@ -512,6 +517,7 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
             mtu,
             prefix: net.subnet.prefix(),
             gateway: net.gateway(),
+            resolver: net.resolver(),
         }),
         Err(e) => {
             // The interface first: that needs no etcd, and etcd may be what failed.
@@ -566,6 +572,18 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, ns: &Netns) -> Result<Made> {
         let left = unregister(ctx, ep).await.map(|why| (why, ep));
         let e = e.context(format!("configuring it in {}", ns.name()));
         return Err(undone(e, &req.name, left));
+    }
+    // Names: what `ip netns exec` gives the namespace as /etc/resolv.conf. The attachment
+    // works without it, so a failure is said, not undone.
+    if let Some(resolver) = made.resolver {
+        let entry = resolv_conf::Entry {
+            endpoint: req.name.clone(),
+            network: req.network.clone(),
+            resolver,
+        };
+        if let Err(e) = resolv_conf::add(ns.name(), entry) {
+            log::warn!("endpoint {}: {e:#}", req.name);
+        }
     }
     Ok(made)
 }
@@ -670,6 +688,11 @@ async fn remove(ctx: &Ctx, network: &str, ep: Option<&Endpoint>, port: &str) -> 
         // Only the endpoint that was read: if its address has a new owner since, that one
         // stays.
         ctx.store.delete_endpoint_if_unchanged(ep).await?;
+        if let Some(ns) = &ep.netns
+            && let Err(e) = resolv_conf::remove(ns, &ep.name)
+        {
+            log::warn!("endpoint {}: {e:#}", ep.name);
+        }
     }
     let host = Netlink::new()?;
     if !port.is_empty() {
@@ -884,6 +907,11 @@ pub async fn teardown(
                 .collect();
             for ep in &mine {
                 store.delete_endpoint(ep).await?;
+                if let Some(ns) = &ep.netns
+                    && let Err(e) = resolv_conf::remove(ns, &ep.name)
+                {
+                    log::warn!("endpoint {}: {e:#}", ep.name);
+                }
             }
             done.endpoints = mine.len();
             store.delete_node(node).await?;

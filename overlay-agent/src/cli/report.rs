@@ -151,6 +151,7 @@ pub async fn status(
             "vtep": file.as_ref().map(|f| f.vtep.clone()),
             "map_write_failures": file.as_ref().map(|f| f.map_write_failures.clone()).unwrap_or_default(),
             "gro": file.as_ref().map(|f| f.gro.clone()).unwrap_or_default(),
+            "resolvers": file.as_ref().map(|f| f.resolvers.clone()).unwrap_or_default(),
             "etcd_members": file.as_ref().map(|f| f.etcd_members.clone()),
         },
         "etcd": {
@@ -322,6 +323,14 @@ fn status_text(v: &Value) -> String {
             .join(", "),
         _ => "none".into(),
     };
+    let resolvers = match a["resolvers"].as_object() {
+        Some(r) if !r.is_empty() => r
+            .iter()
+            .map(|(net, at)| format!("{net}: {}", s(at)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    };
     let problems = match v["problems"].as_object() {
         Some(p) if !p.is_empty() => p
             .iter()
@@ -365,7 +374,7 @@ fn status_text(v: &Value) -> String {
         etcd.pop();
     }
     format!(
-        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nmaps            {maps}\nflood           {flood}\nfailed writes   {failures}\nproblems        {problems}\n",
+        "node            {}\nagent           {agent}\netcd            {etcd}\nfrom_underlay   {}\nfrom_container  {}\ngro             {gro}\nresolvers       {resolvers}\nmaps            {maps}\nflood           {flood}\nfailed writes   {failures}\nproblems        {problems}\n",
         s(&v["node"]),
         list(&v["programs"]["from_underlay"]),
         list(&v["programs"]["from_container"]),

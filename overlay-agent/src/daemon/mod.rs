@@ -17,22 +17,26 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use overlay_common::{NodeConfig, vtep};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use self::metrics::Metrics;
 use crate::{
     dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION, state::MapState},
-    model::{cluster::ClusterState, delta::VtepRefs, desired::Problem},
+    model::{cluster::ClusterState, delta::VtepRefs, desired::Problem, names::Zone},
     netlink::{Netlink, ipv6_forwarding},
     shared::ifnames,
     status::{StatusFile, netns_id},
     store::schema::{self, Endpoint, NodeStateRecord},
-    syncs::Syncs,
+    syncs::{Syncs, dns},
 };
 
 mod lease;
@@ -70,6 +74,8 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// Serve /metrics, /healthz and /readyz here (see metrics/).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The node's resolvers, for names outside the overlay (syncs/dns/upstream.rs).
+    pub resolv_conf: PathBuf,
 }
 
 struct Agent {
@@ -114,6 +120,9 @@ struct Agent {
     syncs: Syncs,
     /// What the metrics server reads: the published status, reconcile durations, the lease.
     metrics: Metrics,
+    /// The names the networks' resolvers answer, swapped after every change applied
+    /// (publish.rs): their listeners read the latest at each query.
+    names: watch::Sender<Arc<Zone>>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -211,6 +220,8 @@ pub async fn run(opts: Options) -> Result<()> {
         ..Default::default()
     };
     let metrics = Metrics::new();
+    let (names, zone) = watch::channel(Arc::new(Zone::default()));
+    let resolver = dns::Resolver::new(zone, metrics.dns(), opts.resolv_conf.clone());
     // Each member on its own, from a task of its own: a hung member delays no session.
     let probed = metrics.clone();
     crate::store::health::spawn_prober(opts.etcd.clone(), move |probe| probed.etcd_probed(probe));
@@ -243,8 +254,9 @@ pub async fn run(opts: Options) -> Result<()> {
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
-        syncs: Syncs::new(underlay_mtu),
+        syncs: Syncs::new(underlay_mtu, resolver),
         metrics,
+        names,
     };
     agent.write_status();
 

@@ -1,9 +1,12 @@
 //! What this node tells others and its operator: the map digest and multicast groups in etcd
 //! (under the session's lease), the node record when the underlay's MTU changes, and the
-//! status file with the metrics that read it.
+//! status file with the metrics that read it; and the names the node's resolvers answer.
+use std::sync::Arc;
+
 use super::{Agent, metrics::OverlaySubnets};
 use crate::{
     dataplane::monitor::monotonic_ns,
+    model::names::Zone,
     status::status_path,
     store::{
         Store,
@@ -82,6 +85,15 @@ impl Agent {
             Ok(()) => self.published_groups = Some(groups),
             Err(e) => log::warn!("{e:#}; will retry"),
         }
+    }
+
+    /// The networks' names as the cluster has them now, for the resolvers (syncs/dns/): after
+    /// every listing and every batch of events, before anything else is done with it, so a
+    /// name leaves the answers as soon as its endpoint leaves etcd.
+    pub(super) fn publish_names(&self) {
+        // The services' names join here: `model::names::ServiceName`s from their records.
+        self.names
+            .send_replace(Arc::new(Zone::build(&self.cluster, &[])));
     }
 
     pub(super) fn write_status(&mut self) {

@@ -147,7 +147,7 @@ impl Agent {
     }
 
     /// The node's syncs, after the maps changed or on the tick (see syncs/); the status shows
-    /// the GRO devices they keep.
+    /// the GRO devices they keep and where the resolvers listen.
     pub(super) async fn sync_node(&mut self, when: When) {
         let view = View {
             cluster: &self.cluster,
@@ -164,9 +164,10 @@ impl Agent {
             maps: &mut self.maps,
         };
         self.syncs.run(&view, &mut kernel, when).await;
-        let report = self.syncs.gro_report();
-        if report != self.status.gro {
-            self.status.gro = report;
+        let (gro, resolvers) = (self.syncs.gro_report(), self.syncs.names_report());
+        if gro != self.status.gro || resolvers != self.status.resolvers {
+            self.status.gro = gro;
+            self.status.resolvers = resolvers;
             self.write_status();
         }
     }

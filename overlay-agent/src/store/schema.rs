@@ -373,6 +373,13 @@ impl Network {
             .flatten()
     }
 
+    /// The address the network's containers ask for names (the node's resolver, on the
+    /// bridge): the subnet's first host, so the gateway's on a network with one; on an
+    /// internal network it is held on the bridge for names only. Never an endpoint's.
+    pub fn resolver(&self) -> Option<Ipv4Addr> {
+        self.subnet.hosts().next()
+    }
+
     /// The bridge this network's endpoints hang off on every node (Docker's `ov-<vni>`).
     pub fn bridge(&self) -> String {
         ifnames::bridge(self.vni)

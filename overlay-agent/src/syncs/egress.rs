@@ -10,6 +10,12 @@
 //! Isolation stays Docker's: networks do not route into each other through their gateways
 //! (forwarding between overlay bridges is dropped), and an internal network's bridge forwards
 //! nothing (its containers have no gateway, and the dataplane drops what tries: drop_internal).
+//!
+//! An internal network's bridge holds the subnet's first address too, for the node's resolver
+//! alone (syncs/dns/): the dataplane lets a container's DNS queries (UDP and TCP to port 53)
+//! reach the host, the input rules here take them only to that address, and the /32 routes to
+//! the network's containers carry the answers back. Nothing is forwarded into or out of the
+//! bridge.
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
@@ -22,7 +28,10 @@ use serde_json::{Value, json};
 
 use super::{Kernel, NodeSync, View};
 use crate::{
-    dataplane::state::MapState, model::cluster::ClusterState, netlink::Netlink, shared::ipam::Cidr,
+    dataplane::state::MapState,
+    model::{cluster::ClusterState, names::resolver_address},
+    netlink::Netlink,
+    shared::ipam::Cidr,
 };
 
 /// nftables table (family ip) that holds every rule of ours, and nothing else.
@@ -48,6 +57,9 @@ pub struct Plan {
     pub overlay: BTreeSet<Cidr>,
     /// Bridges of internal networks: nothing is forwarded from them.
     pub internal: BTreeSet<String>,
+    /// Internal networks' bridges -> the address their resolver answers on (a /32, names
+    /// only: the host takes nothing else from them).
+    pub resolvers: BTreeMap<String, Ipv4Addr>,
 }
 
 /// The plan for what `applied` serves (pure).
@@ -68,6 +80,9 @@ pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
             }
             None => {
                 p.internal.insert(net.bridge());
+                if let Some(addr) = resolver_address(cluster, net) {
+                    p.resolvers.insert(net.bridge(), addr);
+                }
             }
         }
     }
@@ -75,7 +90,11 @@ pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
         if ep.deliver != overlay_common::deliver::PEER {
             continue;
         }
-        if let Some(net) = served.get(&ep.vni).filter(|n| n.gateway().is_some()) {
+        // The gateway's replies, or the resolver's.
+        if let Some(net) = served
+            .get(&ep.vni)
+            .filter(|n| n.gateway().is_some() || p.resolvers.contains_key(&n.bridge()))
+        {
             p.routes.insert(Ipv4Addr::from(ep.ip), net.bridge());
         }
     }
@@ -92,6 +111,10 @@ fn rule(chain: &str, expr: Vec<Value>) -> Value {
 
 fn iifname(name: &str) -> Value {
     ifname("iifname", "==", name)
+}
+
+fn iifname_not(name: &str) -> Value {
+    ifname("iifname", "!=", name)
 }
 
 fn oifname(op: &str, name: &str) -> Value {
@@ -116,6 +139,8 @@ pub fn ruleset(plan: &Plan) -> Value {
             "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
         json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "forward",
             "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
+        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "input",
+            "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}}}),
     ];
     // With br_netfilter on (Docker loads it), frames bridged between two ports of one bridge
     // pass this hook too, in and out by that bridge: every rule names the bridge it comes
@@ -140,6 +165,30 @@ pub fn ruleset(plan: &Plan) -> Value {
             vec![
                 iifname(bridge),
                 oifname("!=", bridge),
+                json!({"counter": null}),
+                json!({"drop": null}),
+            ],
+        ));
+    }
+    for (bridge, resolver) in &plan.resolvers {
+        // The routes to its containers are for the resolver's answers: nothing is routed in.
+        cmds.push(rule(
+            "forward",
+            vec![
+                oifname("==", bridge),
+                iifname_not(bridge),
+                json!({"counter": null}),
+                json!({"drop": null}),
+            ],
+        ));
+        // Of what the dataplane lets reach the host from it (DNS queries), only those to the
+        // resolver's address: not the host's other addresses, or the services on them.
+        cmds.push(rule(
+            "input",
+            vec![
+                iifname(bridge),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "pkttype"}}, "right": "host"}}),
+                json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": resolver.to_string()}}),
                 json!({"counter": null}),
                 json!({"drop": null}),
             ],
@@ -217,12 +266,12 @@ impl Egress {
     /// Brings addresses, routes, the table and forwarding in line with `plan`. Each part is
     /// tried on its own; failures are logged and retried on the next sync.
     async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
-        for (bridge, gw) in &plan.gateways {
+        for (bridge, gw) in plan.gateways.iter().chain(&plan.resolvers) {
             // A bridge exists once a container of the network is attached here.
             if let Ok(Some(_)) = netlink.index(bridge).await
                 && let Err(e) = netlink.ensure_address(bridge, *gw, GATEWAY_PREFIX).await
             {
-                log::warn!("gateway {gw} on {bridge}: {e:#}; will retry");
+                log::warn!("address {gw} on {bridge}: {e:#}; will retry");
             }
         }
         if let Err(e) = self.sync_routes(netlink, plan).await {
@@ -291,6 +340,7 @@ mod tests {
             masquerade: BTreeSet::from([cidr("10.10.0.0/16")]),
             overlay: BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")]),
             internal: BTreeSet::from(["ovbr43".into()]),
+            resolvers: BTreeMap::from([("ovbr43".into(), "10.20.0.1".parse().unwrap())]),
         };
         let v = ruleset(&plan);
         let cmds = v["nftables"].as_array().unwrap();
@@ -298,7 +348,11 @@ mod tests {
         assert_eq!(cmds[0]["add"]["table"]["name"], TABLE);
         assert_eq!(cmds[1]["delete"]["table"]["name"], TABLE);
         let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
-        assert_eq!(rules.len(), 3);
+        // blue's isolation and masquerade; red's: nothing out, nothing in, only the resolver.
+        assert_eq!(rules.len(), 5);
+        let input = rules.iter().find(|r| r["chain"] == "input").unwrap();
+        assert_eq!(input["expr"][0]["match"]["right"], "ovbr43");
+        assert_eq!(input["expr"][2]["match"]["right"], "10.20.0.1");
         let masq = rules.iter().find(|r| r["chain"] == "postrouting").unwrap();
         let expr = masq["expr"].as_array().unwrap();
         assert_eq!(expr[0]["match"]["right"]["prefix"]["addr"], "10.10.0.0");
@@ -342,6 +396,10 @@ mod tests {
             BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")])
         );
         assert_eq!(want.internal, BTreeSet::from(["ovbr43".to_string()]));
+        assert_eq!(
+            want.resolvers,
+            BTreeMap::from([("ovbr43".to_string(), "10.20.0.1".parse().unwrap())])
+        );
         assert!(want.routes.is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! The node's syncs: each one keeps one kind of node-local kernel state equal to what the
 //! cluster and the maps want: the GRO devices, the flood lists with their IGMP queriers, the
-//! tunnel guard, the way out (egress) and the interfaces' MTU.
+//! tunnel guard, the way out (egress), the interfaces' MTU, and the resolver's sockets (dns/).
 //!
 //! Every sync has one shape, [`NodeSync`]: a pure `want` computed from what the node knows
 //! ([`View`]), and an idempotent `apply` that makes the kernel hold it ([`Kernel`]).
@@ -15,6 +15,7 @@ use crate::{
     netlink::Netlink,
 };
 
+pub mod dns;
 pub mod egress;
 pub mod flood;
 pub mod gro;
@@ -76,18 +77,21 @@ pub struct Syncs {
     guard: tunnel_guard::TunnelGuard,
     egress: egress::Egress,
     mtu: mtu::Mtu,
+    names: dns::Names,
 }
 
 impl Syncs {
     /// `underlay_mtu`: the underlay's MTU when the agent started, which the interfaces already
-    /// have (the MTU sync follows changes only).
-    pub fn new(underlay_mtu: Option<u32>) -> Self {
+    /// have (the MTU sync follows changes only); `resolver`: what the networks' resolvers
+    /// answer from.
+    pub fn new(underlay_mtu: Option<u32>, resolver: dns::Resolver) -> Self {
         Self {
             gro: gro::Gro::default(),
             flooding: flood::Flooding::default(),
             guard: tunnel_guard::TunnelGuard,
             egress: egress::Egress::default(),
             mtu: mtu::Mtu::new(underlay_mtu),
+            names: dns::Names::new(resolver),
         }
     }
 
@@ -107,11 +111,18 @@ impl Syncs {
         step(&mut self.flooding, view, kernel).await;
         step(&mut self.guard, view, kernel).await;
         step(&mut self.egress, view, kernel).await;
+        // After egress, which puts the resolver's address on the bridge.
+        step(&mut self.names, view, kernel).await;
     }
 
     /// Port -> GRO device, or the error that keeps it from existing: for `status`.
     pub fn gro_report(&self) -> BTreeMap<String, String> {
         self.gro.report()
+    }
+
+    /// Network -> where its resolver listens here, or why it does not: for `status`.
+    pub fn names_report(&self) -> BTreeMap<String, String> {
+        self.names.report()
     }
 }
 

@@ -507,7 +507,11 @@ impl World {
                 } else {
                     Snooped::default()
                 };
-                let mut o = self.forward(sender, f, dst, true);
+                // UDP or TCP to port 53: an internal network's way to its resolver.
+                let dns_query = (f[23] == wire::IPPROTO_UDP || f[23] == wire::IPPROTO_TCP)
+                    && first_fragment
+                    && be16(f, l4 + 2) == Some(53);
+                let mut o = self.forward(sender, f, dst, true, dns_query);
                 o.snooped = snooped;
                 o
             }
@@ -517,17 +521,17 @@ impl World {
                     Err(counter) => Outcome::drop(counter),
                     Ok(Ipv6Kind::Solicitation) => self
                         .ndp_answer(sender, prefix6, f)
-                        .unwrap_or_else(|| self.forward(sender, f, dst, true)),
+                        .unwrap_or_else(|| self.forward(sender, f, dst, true, false)),
                     // For its own host only, never replicated.
                     Ok(Ipv6Kind::RouterSolicitation) => Outcome::pass(Counter::ContainerPass),
-                    Ok(Ipv6Kind::Other) => self.forward(sender, f, dst, true),
+                    Ok(Ipv6Kind::Other) => self.forward(sender, f, dst, true, false),
                 }
             }
             // The kernel strips a frame's first VLAN tag before TC: one still there is a
             // second, hiding an ARP or IP packet that a priority tag (VLAN 0) lets the
             // receiving kernel take as untagged. Refused unread.
             wire::ETH_P_8021Q | wire::ETH_P_8021AD => Outcome::drop(Counter::DropSpoofedIp),
-            _ => self.forward(sender, f, dst, false),
+            _ => self.forward(sender, f, dst, false, false),
         }
     }
 
@@ -535,8 +539,9 @@ impl World {
     /// the kernel's helper), to a local one delivered; the rest goes to the bridge. Group
     /// frames would be replicated to the network's remote VTEPs, but the lab's have none (and
     /// no storm limit): left to the bridge. An internal network's IP unicast for nothing of
-    /// the overlay would leave by the gateway, which it has not: dropped.
-    fn forward(&self, sender: &Port, f: &[u8], dst: [u8; 6], ip: bool) -> Outcome {
+    /// the overlay would leave by the gateway, which it has not: dropped, but for an IPv4 DNS
+    /// query (`dns_query`), which goes to the host's resolver on the bridge.
+    fn forward(&self, sender: &Port, f: &[u8], dst: [u8; 6], ip: bool, dns_query: bool) -> Outcome {
         if ip && self.remote(sender.vni, dst) {
             return self.encap(sender.vni, f);
         }
@@ -561,7 +566,7 @@ impl World {
             };
             return self.replicate(sender, Counter::ContainerPass, group);
         }
-        if ip && dst[0] & 1 == 0 && sender.vni == lab::OTHER_VNI {
+        if ip && dst[0] & 1 == 0 && sender.vni == lab::OTHER_VNI && !dns_query {
             return Outcome::drop(Counter::DropInternal);
         }
         Outcome::pass(Counter::ContainerPass)

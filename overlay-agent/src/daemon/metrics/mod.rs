@@ -38,6 +38,7 @@ use crate::{
     dataplane::{Maps, PinDir, maps::pinned_capacity, pins::attachments},
     status::StatusFile,
     store::health::Probe,
+    syncs::dns,
 };
 
 /// Scrapes that may walk the maps at once ([`Walkers`]). Each walk reads every entry with a
@@ -94,6 +95,8 @@ pub struct Metrics {
     /// Whose connections are refused: see [`admission`].
     overlay: Arc<Mutex<OverlaySubnets>>,
     reconcile: Family<ReconcileLabels, Histogram, fn() -> Histogram>,
+    /// The resolvers' queries by outcome (syncs/dns/), counted where they are answered.
+    dns: Arc<dns::Counters>,
 }
 
 impl Default for Metrics {
@@ -112,7 +115,13 @@ impl Metrics {
             published: Arc::default(),
             overlay: Arc::default(),
             reconcile: Family::new_with_constructor(histogram),
+            dns: Arc::default(),
         }
+    }
+
+    /// The counters the node's resolvers count their queries into.
+    pub fn dns(&self) -> Arc<dns::Counters> {
+        self.dns.clone()
     }
 
     pub fn reconciled(&self, kind: ReconcileKind, took: Duration) {
@@ -181,6 +190,7 @@ pub fn spawn(listener: tokio::net::TcpListener, metrics: Metrics, pins: PinDir, 
         pins: pins.clone(),
         underlay: underlay.clone(),
         published: metrics.published.clone(),
+        dns: metrics.dns.clone(),
     };
     registry.register_collector(Box::new(node.clone()));
     let walkers = Walkers::start(Arc::new(registry));
@@ -321,6 +331,7 @@ struct Node {
     pins: PinDir,
     underlay: String,
     published: Arc<Mutex<Published>>,
+    dns: Arc<dns::Counters>,
 }
 
 impl Node {
@@ -490,6 +501,7 @@ impl Collector for Node {
         )?;
 
         etcd_members(&mut encoder, &p.etcd_members)?;
+        dns_queries(&mut encoder, &self.dns)?;
 
         let a = attachments(&self.pins, &self.underlay);
         let mut family = encoder.encode_descriptor(
@@ -543,6 +555,21 @@ fn etcd_members(encoder: &mut DescriptorEncoder, probe: &Probe) -> std::fmt::Res
                     .encode(family.encode_family(&[("endpoint", m.endpoint.as_str())])?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The resolvers' queries by outcome (`syncs::dns::Outcome`), every outcome from the start.
+fn dns_queries(encoder: &mut DescriptorEncoder, counters: &dns::Counters) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "overlay_dns_queries",
+        "DNS queries the node's resolvers received, by outcome: answered (from the overlay's names), nxdomain, forwarded (to the node's resolvers), refused (outside names on an internal network, opcodes not served), servfail (no resolver of the node answered), malformed and foreign (from outside the network's subnet; both dropped)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for outcome in dns::Outcome::ALL {
+        ConstCounter::new(counters.get(outcome))
+            .encode(family.encode_family(&[("outcome", outcome.name())])?)?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ pub mod protocol;
 
 use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
-use protocol::{AddResult, Code, Error, Interface, IpConfig, NetConf, Route, VersionResult};
+use protocol::{AddResult, Code, Dns, Error, Interface, IpConfig, NetConf, Route, VersionResult};
 
 use crate::{
     cli::commands::{self, Attach, Ctx},
@@ -343,7 +343,11 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             })
             .into_iter()
             .collect(),
-        dns: Default::default(),
+        // The network's resolver on this host (docs/names.md), internal networks included.
+        dns: Dns {
+            nameservers: made.resolver.iter().map(|r| r.to_string()).collect(),
+            search: vec![net.name.clone()],
+        },
     };
     let result = match &conf.prev_result {
         Some(prev) => protocol::chain(prev, ours)

@@ -99,8 +99,14 @@ pub struct Route {
     pub gw: Option<String>,
 }
 
+/// The result's `dns` (CNI spec 1.0): the network's resolver, its name as the search domain.
 #[derive(Debug, Default, Serialize)]
-pub struct Dns {}
+pub struct Dns {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+}
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -191,6 +197,32 @@ pub fn chain(prev: &serde_json::Value, ours: AddResult) -> Result<serde_json::Va
     obj.insert("interfaces".into(), interfaces.into());
     obj.insert("ips".into(), ips.into());
     obj.insert("routes".into(), routes.into());
+    // The previous plugins' resolvers first: theirs were configured before ours.
+    let dns = obj
+        .entry("dns")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if dns.is_null() {
+        *dns = serde_json::Value::Object(Default::default());
+    }
+    let dns = dns
+        .as_object_mut()
+        .ok_or_else(|| "dns is not an object".to_string())?;
+    for (key, ours) in [
+        ("nameservers", &ours.dns.nameservers),
+        ("search", &ours.dns.search),
+    ] {
+        let list = dns
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        let list = list
+            .as_array_mut()
+            .ok_or_else(|| format!("dns.{key} is not a list"))?;
+        for v in ours {
+            if !list.iter().any(|x| x == v.as_str()) {
+                list.push(v.clone().into());
+            }
+        }
+    }
     obj.insert("cniVersion".into(), ours.cni_version.into());
     Ok(out)
 }
@@ -271,9 +303,14 @@ mod tests {
                 interface: 0,
             }],
             routes: Vec::new(),
-            dns: Dns {},
+            dns: Dns {
+                nameservers: vec!["10.10.0.1".into()],
+                search: vec!["blue".into()],
+            },
         };
         let out = chain(&prev, ours).unwrap();
+        assert_eq!(out["dns"]["nameservers"][1], "10.10.0.1");
+        assert_eq!(out["dns"]["search"][0], "blue");
         assert_eq!(out["interfaces"][1]["name"], "eth0");
         assert_eq!(out["ips"][1]["interface"], 1);
         assert_eq!(out["ips"][0]["address"], "127.0.0.1/8");
@@ -288,7 +325,7 @@ mod tests {
                     interfaces: vec![],
                     ips: vec![],
                     routes: vec![],
-                    dns: Dns {},
+                    dns: Dns::default(),
                 }
             )
             .is_err()
@@ -353,7 +390,7 @@ pub(crate) mod fuzz {
                 interface: 0,
             }],
             routes: vec![],
-            dns: Dns {},
+            dns: Dns::default(),
         }
     }
 

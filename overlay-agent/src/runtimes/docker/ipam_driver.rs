@@ -100,10 +100,11 @@ impl Driver {
         // Held until the address is in the pending set: two requests never pick together.
         let mut pending = self.pending.lock().await;
         let taken = self.ctx.store.taken_addresses(&net.name).await?;
-        // The gateway is each node's own (egress.rs), never a container's.
-        let gateway = net.gateway();
+        // The gateway, and the resolver (the same address, on internal networks too), is each
+        // node's own (egress.rs, syncs/dns/), never a container's.
+        let reserved = net.resolver();
         let free =
-            |ip: &Ipv4Addr| !taken.contains(ip) && !pending.contains(ip) && Some(*ip) != gateway;
+            |ip: &Ipv4Addr| !taken.contains(ip) && !pending.contains(ip) && Some(*ip) != reserved;
         let ip = match requested {
             Some(ip) => {
                 ensure!(free(&ip), "{ip} is already taken in network {}", net.name);
