@@ -213,6 +213,8 @@ pub struct Attach {
     pub mtu: Option<u32>,
     /// Who asks, when not the CLI (see `EndpointRecord::owner`).
     pub owner: Option<String>,
+    /// The services of the network it is a backend of (each must exist).
+    pub services: Vec<String>,
 }
 
 impl Attach {
@@ -226,6 +228,7 @@ impl Attach {
             ifname: None,
             mtu: None,
             owner: None,
+            services: Vec::new(),
         })
     }
 
@@ -446,9 +449,25 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
     make(ctx, req, netns).await
 }
 
+/// The services an attachment names are of its network, and exist: refused before anything
+/// is made.
+async fn check_services(ctx: &Ctx, req: &Attach) -> Result<()> {
+    crate::store::services::check_memberships(req.services.clone())?;
+    for name in &req.services {
+        if ctx.store.service(&req.network, name).await?.is_none() {
+            bail!(
+                "network {} has no service {name} (overlay-agent service ls)",
+                req.network
+            );
+        }
+    }
+    Ok(())
+}
+
 /// [`endpoint_make`], its caller holding the endpoint's lock.
 async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
     let net = ctx.store.network(&req.network).await?;
+    check_services(ctx, req).await?;
     let host = Netlink::new()?;
     let (port, peer) = (
         port_name(&req.network, &req.name),
@@ -497,6 +516,7 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
             },
             netns: netns.map(str::to_string),
             owner: req.owner.clone(),
+            services: req.services.clone(),
             created: 0,
         },
         &mut tried,
@@ -749,6 +769,7 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             },
             netns: None,
             owner: None,
+            services: Vec::new(),
             created: 0,
         },
         &mut tried,
@@ -803,6 +824,7 @@ pub async fn peer_add(
         location: Location::Peer { vtep },
         netns: None,
         owner: None,
+        services: Vec::new(),
         created: 0,
     };
     // The MAC and the VTEP as a stored record's are checked (a VTEP must be one host's unicast

@@ -6,3 +6,4 @@ pub mod inspect;
 pub mod monitor;
 pub mod reference;
 pub mod report;
+pub mod services;

@@ -1,6 +1,6 @@
 //! The node's syncs: each one keeps one kind of node-local kernel state equal to what the
 //! cluster and the maps want: the GRO devices, the flood lists with their IGMP queriers, the
-//! tunnel guard, the way out (egress) and the interfaces' MTU.
+//! tunnel guard, the way out (egress), the interfaces' MTU and service load balancing.
 //!
 //! Every sync has one shape, [`NodeSync`]: a pure `want` computed from what the node knows
 //! ([`View`]), and an idempotent `apply` that makes the kernel hold it ([`Kernel`]).
@@ -19,6 +19,7 @@ pub mod egress;
 pub mod flood;
 pub mod gro;
 pub mod mtu;
+pub mod services;
 pub mod tunnel_guard;
 
 /// What a sync decides from: the cluster as etcd has it, the maps as this agent wrote them,
@@ -76,6 +77,7 @@ pub struct Syncs {
     guard: tunnel_guard::TunnelGuard,
     egress: egress::Egress,
     mtu: mtu::Mtu,
+    services: services::Services,
 }
 
 impl Syncs {
@@ -88,6 +90,7 @@ impl Syncs {
             guard: tunnel_guard::TunnelGuard,
             egress: egress::Egress::default(),
             mtu: mtu::Mtu::new(underlay_mtu),
+            services: services::Services::default(),
         }
     }
 
@@ -107,6 +110,7 @@ impl Syncs {
         step(&mut self.flooding, view, kernel).await;
         step(&mut self.guard, view, kernel).await;
         step(&mut self.egress, view, kernel).await;
+        step(&mut self.services, view, kernel).await;
     }
 
     /// Port -> GRO device, or the error that keeps it from existing: for `status`.

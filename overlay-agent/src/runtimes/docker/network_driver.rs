@@ -197,6 +197,7 @@ impl Driver {
 
     pub(super) async fn create_endpoint(&self, req: CreateEndpoint) -> Result<CreateEndpointReply> {
         let net = self.network_of(&req.network_id)?;
+        let services = req.services();
         let iface = req.interface.unwrap_or_default();
         ensure!(
             iface.address_ipv6.is_empty(),
@@ -228,6 +229,7 @@ impl Driver {
         let made = match Attach::new(name.clone(), net.network.clone(), Some(ip)) {
             Ok(mut attach) => {
                 attach.owner = Some("docker".to_string());
+                attach.services = services;
                 commands::endpoint_make(&self.ctx, &attach, None).await
             }
             Err(e) => Err(e),
