@@ -120,7 +120,20 @@ fn wait_members(d: &Deployment, n: &[usize]) {
             .zip(n)
             .all(|(h, &n)| Maps::open(&h.pins()).is_ok_and(|m| m.member_entries().count() >= n))
     })
-    .unwrap_or_else(|e| panic!("members {n:?}: {e}"));
+    .unwrap_or_else(|e| {
+        let logs: Vec<String> = d
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.log()
+                    .lines()
+                    .filter(|l| l.contains("services") || l.contains("socket"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!("members {n:?}: {e}\n{}", logs.join("\n"))
+    });
 }
 
 fn vip_of(out: &str) -> Ipv4Addr {

@@ -226,12 +226,17 @@ impl Dataplane {
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not a cgroup socket program"))?;
-            prog.load()
-                .with_context(|| format!("verifying program {name}"))?;
+            // A failed attach is retried by the next sync: load once.
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("verifying program {name}"))?;
+            }
             // Others' programs at the root (another node's agent on this kernel, a runtime's)
-            // stay: ours run beside them.
+            // stay: ours run beside them. A bpf_link on a cgroup is always one of many, and
+            // the kernel refuses it any attach flag (EINVAL for BPF_F_ALLOW_MULTI), so the
+            // mode that asks for none.
             let id = prog
-                .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+                .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} at {}", root.display()))?;
             let link: FdLink = prog
                 .take_link(id)

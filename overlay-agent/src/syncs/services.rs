@@ -144,8 +144,7 @@ struct Checked {
     cookie: Result<u64, String>,
 }
 
-/// The services sync: what it learnt of each member's namespace, and whether the programs
-/// are attached.
+/// The services sync: what it learnt of each member's namespace.
 #[derive(Default)]
 pub struct Services {
     checked: BTreeMap<Member, Checked>,
@@ -198,12 +197,17 @@ impl Services {
                 continue;
             };
             let file = (meta.dev(), meta.ino());
-            let fresh = self.checked.get(m).is_some_and(|c| c.file == file);
-            if !fresh {
+            let known = self.checked.get(m).filter(|c| c.file == file);
+            // A success holds for the namespace's life; a refusal is asked again at the next
+            // sync: the record is written before its interface is moved in and configured
+            // (endpoint add), so a first look may come too early.
+            if !known.is_some_and(|c| c.cookie.is_ok()) {
                 let cookie = check(m).await.map_err(|e| format!("{e:#}"));
-                if let Err(why) = &cookie {
-                    log::warn!(
-                        "services: endpoint {} (vni {}): namespace {} not made a member: {why}",
+                if let Err(why) = &cookie
+                    && known.and_then(|c| c.cookie.as_ref().err()) != Some(why)
+                {
+                    log::info!(
+                        "services: endpoint {} (vni {}): namespace {} not (yet) a member: {why}",
                         m.ip,
                         m.vni,
                         m.netns
