@@ -201,7 +201,7 @@ impl Services {
             // A success holds for the namespace's life; a refusal is asked again at the next
             // sync: the record is written before its interface is moved in and configured
             // (endpoint add), so a first look may come too early.
-            if !known.is_some_and(|c| c.cookie.is_ok()) {
+            if known.is_none_or(|c| c.cookie.is_err()) {
                 let cookie = check(m).await.map_err(|e| format!("{e:#}"));
                 if let Err(why) = &cookie
                     && known.and_then(|c| c.cookie.as_ref().err()) != Some(why)
