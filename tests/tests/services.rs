@@ -644,3 +644,82 @@ fn service_mistakes_get_one_line_and_leave_nothing() {
         .unwrap();
     assert!(!d.etcd_get_prefix("vips/").unwrap().contains("10.10.200.1"));
 }
+
+/// The program `bpftool` says the pinned link at `pin` runs.
+fn linked_program(pin: &std::path::Path) -> u64 {
+    let out = overlay_tests::netns::sh(&format!("bpftool -j link show pinned {}", pin.display()))
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["prog_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
+#[test]
+fn balancing_outlives_the_agent_and_a_restart_replaces_its_links() {
+    let mut d = Deployment::new("svr", &[true]).unwrap();
+    blue(&d);
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let tcp = SocketAddr::from((vip, TCP_PORT));
+    let (b, b_ip) = d
+        .add_container_with(0, "b1", "blue", None, &["--service", "web"])
+        .unwrap();
+    serve(&d.container(b).name, b_ip);
+    let (c, _) = d.add_container(0, "c1", "blue", None).unwrap();
+    let c = d.container(c).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 1);
+    wait_members(&d, &[2]);
+    let pin = d.hosts[0].pins().cgroup_link("sock_connect4");
+    let before = linked_program(&pin);
+    let (held, first) = overlay_tests::netns::enter(&c, || connect(tcp)).unwrap();
+    assert_eq!(first.backend, b_ip);
+    // The agent gone: its pinned links and maps keep balancing.
+    d.kill_agent(0);
+    let seen = connections(&c, tcp, 5);
+    assert!(
+        seen.iter()
+            .all(|s| s.as_ref().is_ok_and(|s| s.backend == b_ip))
+    );
+    // Restarted: its programs replace the old ones, which leave the cgroup (no second
+    // translation, no pile of links); the held connection never noticed.
+    d.restart_agent(0).unwrap();
+    wait_for(Duration::from_secs(5), || linked_program(&pin) != before).unwrap();
+    let root = overlay_agent::dataplane::cgroup2_root().unwrap();
+    let attached =
+        overlay_tests::netns::sh(&format!("bpftool -j cgroup show {}", root.display())).unwrap();
+    let ids: Vec<u64> = serde_json::from_str::<serde_json::Value>(&attached)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    assert!(
+        !ids.contains(&before),
+        "the old program is still attached: {attached}"
+    );
+    assert!(ids.contains(&linked_program(&pin)), "{attached}");
+    let seen = connections(&c, tcp, 5);
+    assert!(
+        seen.iter()
+            .all(|s| s.as_ref().is_ok_and(|s| s.backend == b_ip))
+    );
+    let mut held = held;
+    writeln!(held, "again").unwrap();
+    let mut line = String::new();
+    BufReader::new(&held).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), b_ip.to_string());
+}

@@ -189,6 +189,22 @@ pub fn error_reply(message: &str) -> Value {
 /// refusal is what `docker network create` prints), and the checks that need no etcd hold the
 /// same.
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_option_names_services() {
+        let req: CreateEndpoint = serde_json::from_str(
+            r#"{"NetworkID":"a","EndpointID":"b","Options":{"com.overlay.service":"web, dns","com.docker.network.endpoint.exposedports":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.services(), ["web", "dns"]);
+        let none: CreateEndpoint = serde_json::from_str(r#"{"NetworkID":"a"}"#).unwrap();
+        assert!(none.services().is_empty());
+    }
+}
+
+#[cfg(test)]
 mod fuzz {
     use proptest::prelude::*;
 
