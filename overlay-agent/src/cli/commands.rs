@@ -595,6 +595,27 @@ fn port_of(ep: &Endpoint) -> String {
     }
 }
 
+/// Records the network namespace of this node's endpoint `name` (a runtime that learns it
+/// after the endpoint is made: Docker's Join), if its record does not say it already.
+pub async fn endpoint_set_netns(ctx: &Ctx, name: &str, netns: &str) -> Result<()> {
+    let ep = ctx
+        .store
+        .endpoint_named(&ctx.node, name)
+        .await?
+        .ok_or_else(|| anyhow!("no endpoint {name} on node {}", ctx.node))?;
+    if ep.netns.as_deref() == Some(netns) {
+        return Ok(());
+    }
+    let with = Endpoint {
+        netns: Some(netns.to_string()),
+        ..ep.clone()
+    };
+    if !ctx.store.update_endpoint_if_unchanged(&ep, &with).await? {
+        bail!("endpoint {name} changed while its namespace was recorded");
+    }
+    Ok(())
+}
+
 /// Removes an endpoint this node made (container or host address): etcd first, so every node
 /// stops sending to it, then the interfaces, then the bridge if it is left empty. An endpoint
 /// etcd no longer has whose port is still here (a removal whose etcd write was applied but

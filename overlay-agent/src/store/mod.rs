@@ -923,6 +923,26 @@ impl Store {
         self.write("removing an endpoint", write).await
     }
 
+    /// Replaces `ep`'s record with `with`'s (same key) only if it still holds the endpoint
+    /// read (same creation revision). Ok(false): it had changed or was gone.
+    pub async fn update_endpoint_if_unchanged(
+        &self,
+        ep: &Endpoint,
+        with: &Endpoint,
+    ) -> Result<bool> {
+        let key = self.keys.endpoint(&ep.network, ep.ip);
+        let write = Write {
+            when: vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                ep.created,
+            )],
+            puts: vec![(key, schema::encode(&with.record()).into_bytes())],
+            deletes: Vec::new(),
+        };
+        self.write("updating an endpoint", write).await
+    }
+
     pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {
         let mut deletes = vec![(self.keys.endpoint(&ep.network, ep.ip), false)];
         if let Some(node) = ep.node() {

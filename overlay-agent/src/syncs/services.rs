@@ -116,6 +116,8 @@ pub fn wanted(view: &View<'_>) -> Want {
         }
     }
     let vni_of = |network: &str| cluster.networks.get(network).map(|n| n.vni);
+    // Only a network with a service needs members: no namespace is looked into otherwise.
+    let served: BTreeSet<u32> = want.services.keys().map(|k| k.vni).collect();
     for ep in cluster.endpoints.values() {
         if ep.kind != Kind::Container || ep.node() != Some(view.node) {
             continue;
@@ -123,6 +125,9 @@ pub fn wanted(view: &View<'_>) -> Want {
         let (Some(netns), Some(vni)) = (&ep.netns, vni_of(&ep.network)) else {
             continue;
         };
+        if !served.contains(&vni) {
+            continue;
+        }
         if !view.applied.endpoints.contains_key(&(vni, ep.mac.0)) {
             continue;
         }
@@ -339,6 +344,20 @@ mod tests {
             [1, 1]
         );
         assert_eq!(want.backends.len(), 2);
+    }
+
+    #[test]
+    fn only_a_network_with_a_service_has_members() {
+        let e1 = endpoint("c1", "h1", "[]");
+        let c = cluster(&[("networks/blue", NET), ("endpoints/blue/10.10.1.1", &e1)]);
+        let applied = served(&c, "h1");
+        assert!(wanted(&view(&c, &applied)).members.is_empty());
+        let c = cluster(&[
+            ("networks/blue", NET),
+            ("endpoints/blue/10.10.1.1", &e1),
+            ("services/blue/web", WEB),
+        ]);
+        assert_eq!(wanted(&view(&c, &applied)).members.len(), 1);
     }
 
     #[test]

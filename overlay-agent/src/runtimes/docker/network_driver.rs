@@ -276,6 +276,15 @@ impl Driver {
     /// (`docker network inspect docker_gwbridge`); our gateway serves the CLI and CNI.
     pub(super) async fn join(&self, req: EndpointRef) -> Result<JoinReply> {
         let network = self.endpoint_network(&req).await?;
+        // The container's namespace is known only now: into its record, so the agent can
+        // make it a member whose sockets are balanced to the network's services (it checks
+        // the namespace holds the endpoint first). A failure costs balancing, not the Join.
+        if !req.sandbox_key.is_empty() {
+            let name = endpoint_name(&req.endpoint_id);
+            if let Err(e) = commands::endpoint_set_netns(&self.ctx, &name, &req.sandbox_key).await {
+                log::warn!("endpoint {name}: its namespace not recorded: {e:#}");
+            }
+        }
         Ok(JoinReply {
             interface_name: InterfaceName {
                 src_name: crate::ifnames::peer_name(&network, &endpoint_name(&req.endpoint_id)),

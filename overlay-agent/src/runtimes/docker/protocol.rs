@@ -51,6 +51,9 @@ pub struct EndpointRef {
     pub network_id: String,
     #[serde(rename = "EndpointID", default)]
     pub endpoint_id: String,
+    /// Join's: the container's network namespace (`/var/run/docker/netns/<id>`).
+    #[serde(rename = "SandboxKey", default)]
+    pub sandbox_key: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
