@@ -9,6 +9,10 @@ use std::{
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use overlay_agent::{
+    cli::services,
+    store::services::{Publish, ServicePort},
+};
+use overlay_agent::{
     cli::{
         commands::{self, Ctx, NetworkSpec},
         doctor, graph,
@@ -146,6 +150,10 @@ enum Command {
     /// Attach containers (network namespaces) to a network, list and remove them.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Load-balanced services: a virtual IP per service in a network, whose connections the
+    /// programs spread over its backends (endpoints added with --service).
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Hosts that are not ours (a kernel vxlan device set up by hand) joining a network.
     #[command(subcommand)]
     Peer(PeerCmd),
@@ -321,6 +329,10 @@ enum EndpointCmd {
         /// The address (default: the next free one in this node's slice).
         #[arg(long)]
         ip: Option<Ipv4Addr>,
+        /// Make it a backend of this service of the network (repeatable; the service must
+        /// exist).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
     },
     Ls {
         #[arg(long)]
@@ -330,6 +342,38 @@ enum EndpointCmd {
     },
     Rm {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Create a service: a VIP of the network (--vip, or its highest free address) and ports.
+    Create {
+        name: String,
+        #[arg(long)]
+        network: String,
+        /// A port the VIP serves, PORT/tcp or PORT/udp (repeatable); backends serve the same.
+        #[arg(long = "port", value_name = "PORT/PROTO", required = true)]
+        ports: Vec<ServicePort>,
+        /// The VIP (default: the highest free address of the network's subnet).
+        #[arg(long)]
+        vip: Option<Ipv4Addr>,
+        /// A port published on every node, PUBLISHED:TARGET/PROTO (stored; not served yet).
+        #[arg(long, value_name = "PUBLISHED:TARGET/PROTO")]
+        publish: Vec<Publish>,
+    },
+    /// Services with their VIP, ports and backends per node.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a service and free its VIP.
+    Rm {
+        name: String,
+        #[arg(long)]
+        network: String,
     },
 }
 
@@ -482,10 +526,12 @@ async fn run(cli: Cli) -> Result<()> {
             network,
             netns,
             ip,
+            services,
         }) => {
             // The name and the namespace are checked, and the namespace opened, once: before
             // etcd is asked anything.
-            let req = commands::Attach::new(name, network, ip)?;
+            let mut req = commands::Attach::new(name, network, ip)?;
+            req.services = services;
             let ns = Netns::open(&netns)?;
             let ctx = ctx().await?;
             let made = commands::endpoint_add(&ctx, &req, &ns).await?;
@@ -518,6 +564,47 @@ async fn run(cli: Cli) -> Result<()> {
                     served(&ctx, &ep, false).await?;
                 }
                 None => println!("endpoint {name}: etcd had it no more; its interface is removed"),
+            }
+        }
+        Command::Service(cmd) => {
+            let store = Store::connect(&g.etcd()).await?;
+            match cmd {
+                ServiceCmd::Create {
+                    name,
+                    network,
+                    ports,
+                    vip,
+                    publish,
+                } => {
+                    let spec = services::ServiceSpec {
+                        name,
+                        network,
+                        ports,
+                        vip,
+                        publish,
+                    };
+                    let svc = services::service_create(&store, &spec).await?;
+                    let ports: Vec<String> = svc.ports.iter().map(|p| p.to_string()).collect();
+                    println!(
+                        "service {} of network {}: VIP {}, ports {}",
+                        svc.name,
+                        svc.network,
+                        svc.vip,
+                        ports.join(",")
+                    );
+                }
+                ServiceCmd::Ls { network, json } => {
+                    let all = store.services(network.as_deref()).await?;
+                    let eps = store.endpoints(network.as_deref()).await?;
+                    print!("{}", services::render(&all, &eps, json));
+                }
+                ServiceCmd::Rm { name, network } => {
+                    let svc = services::service_rm(&store, &network, &name).await?;
+                    println!(
+                        "service {name} of network {network} removed, VIP {} freed",
+                        svc.vip
+                    );
+                }
             }
         }
         Command::Peer(cmd) => {

@@ -27,6 +27,14 @@ pub mod names {
     pub const MONITOR_CPU: &str = "MONITOR_CPU";
     /// Programs `from_container` tail-calls (see `jump`).
     pub const JUMP: &str = "JUMP";
+    /// Socket load balancing (see [`crate::ServiceKey`]): services, their backends, which
+    /// network namespaces are members of which networks, each service's turn, and the
+    /// reverse translation of replies.
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MEMBERS: &str = "MEMBERS";
+    pub const LB_TURN: &str = "LB_TURN";
+    pub const LB_REVERSE: &str = "LB_REVERSE";
 }
 
 /// How the kernel keeps a map: its BPF map type, which userspace must know to open a pin.
@@ -70,7 +78,7 @@ impl MapSpec {
 }
 
 /// Every pinned map, in the order metrics and the inspection list them.
-pub const MAPS: [MapSpec; 19] = {
+pub const MAPS: [MapSpec; 24] = {
     use MapKind::*;
     [
         MapSpec::new(names::FDB, Hash, true, true),
@@ -92,6 +100,11 @@ pub const MAPS: [MapSpec; 19] = {
         MapSpec::new(names::EVENTS, RingBuf, false, false),
         MapSpec::new(names::MONITOR_CPU, PerCpuArray, false, false),
         MapSpec::new(names::JUMP, ProgArray, false, false),
+        MapSpec::new(names::SERVICES, Hash, false, false),
+        MapSpec::new(names::BACKENDS, Hash, false, false),
+        MapSpec::new(names::MEMBERS, Hash, false, false),
+        MapSpec::new(names::LB_TURN, LruHash, false, false),
+        MapSpec::new(names::LB_REVERSE, LruHash, false, false),
     ]
 };
 
@@ -126,6 +139,11 @@ pub mod programs {
     pub const FRAGMENT_FIRST: &str = "fragment_first";
     /// Decapsulation at XDP, for the benchmark's comparison only.
     pub const XDP_DECAP: &str = "xdp_decap";
+    /// Socket load balancing, attached at the cgroup v2 root (see sock_lb.rs).
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 }
 
 pub const DEFAULT_MAX_ENTRIES: u32 = 65536;
@@ -402,6 +420,138 @@ pub struct NodeConfig {
     pub ipv6: u32,
 }
 
+/// Most backends one service port balances over (slots of BACKENDS per service).
+pub const MAX_BACKENDS: u32 = 256;
+/// Most service ports of a node's cluster (SERVICES entries).
+pub const MAX_SERVICES: u32 = 4096;
+/// Most networks one network namespace is a member of that the programs look through.
+pub const MAX_NETNS_NETWORKS: usize = 4;
+/// Sockets whose replies are translated back at once (LB_REVERSE).
+pub const MAX_REVERSE: u32 = 65536;
+
+/// Transport protocols a service port is of (IANA numbers, as `bpf_sock_addr.protocol`).
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// SERVICES key: a service's virtual IP and port in one network, as a socket addresses it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vni: u32,
+    pub vip: [u8; 4],
+    /// Network byte order, as `sockaddr_in.sin_port` (and `bpf_sock_addr.user_port`) hold it.
+    pub port_be: u16,
+    /// One of [`proto`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey {
+    /// `port` in host byte order.
+    pub const fn new(vni: u32, vip: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            vni,
+            vip,
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// SERVICES value: which backends the service port balances over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Names its slots in BACKENDS and its turn in LB_TURN; derived from the service's
+    /// network, name, port and protocol (stable, so an update never moves it).
+    pub id: u32,
+    /// Slots `0..count` of BACKENDS hold its backends; 0: none, connections are refused.
+    pub count: u32,
+}
+
+/// BACKENDS key: one slot of a service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub service: u32,
+    pub slot: u32,
+}
+
+/// [`Backend::flags`]: the backend takes new connections. Cleared by a health check (none
+/// yet: the agent sets it for every backend).
+pub const BACKEND_HEALTHY: u8 = 1;
+
+/// BACKENDS value: where a connection to the service goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: [u8; 4],
+    /// Network byte order.
+    pub port_be: u16,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+impl Backend {
+    pub const fn new(ip: [u8; 4], port: u16, flags: u8) -> Self {
+        Self {
+            ip,
+            port_be: port.to_be(),
+            flags,
+            _pad: 0,
+        }
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be(self.port_be)
+    }
+}
+
+/// MEMBERS value, by network namespace cookie (`bpf_get_netns_cookie`, `SO_NETNS_COOKIE`):
+/// the networks a local endpoint's namespace is attached to. Only a member's sockets are
+/// balanced, and only to its networks' services: the host, other namespaces, and another
+/// network reusing the same addresses are left alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub count: u32,
+    pub vnis: [u32; MAX_NETNS_NETWORKS],
+}
+
+impl Members {
+    pub fn vnis(&self) -> &[u32] {
+        &self.vnis[..(self.count as usize).min(MAX_NETNS_NETWORKS)]
+    }
+}
+
+/// LB_REVERSE key: a balanced socket (`bpf_get_socket_cookie`) and the backend it was sent
+/// to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    pub cookie: u64,
+    pub ip: [u8; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+/// LB_REVERSE value: the address the socket asked for, shown to it in place of the backend's
+/// (a UDP reply's source, `getpeername`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReverseEntry {
+    pub vip: [u8; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -418,6 +568,13 @@ mod pod {
     unsafe impl aya::Pod for BumWindow {}
     unsafe impl aya::Pod for GroupKey {}
     unsafe impl aya::Pod for GroupVteps {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Members {}
+    unsafe impl aya::Pod for ReverseKey {}
+    unsafe impl aya::Pod for ReverseEntry {}
 }
 
 #[cfg(test)]
@@ -440,6 +597,13 @@ mod tests {
         assert_eq!(size_of::<BumWindow>(), 16);
         assert_eq!(size_of::<GroupKey>(), 12);
         assert_eq!(size_of::<GroupVteps>(), 4 + 16 * MAX_FLOOD_VTEPS);
+        assert_eq!(size_of::<ServiceKey>(), 12);
+        assert_eq!(size_of::<Service>(), 8);
+        assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<Backend>(), 8);
+        assert_eq!(size_of::<Members>(), 4 + 4 * MAX_NETNS_NETWORKS);
+        assert_eq!(size_of::<ReverseKey>(), 16);
+        assert_eq!(size_of::<ReverseEntry>(), 8);
     }
 
     #[test]

@@ -114,6 +114,12 @@ counters! {
     /// VXLAN whose outer UDP checksum is not zero and wrong: damaged on the way, dropped as the
     /// kernel's UDP receive path drops it.
     DropBadChecksum = "drop_bad_checksum",
+    /// Not a packet's outcome: a container's connect() or datagram to a service's virtual IP
+    /// sent to one of its backends instead (socket load balancing).
+    LbBalanced = "lb_balanced",
+    /// Not a packet's outcome: a connect() or datagram to a service's virtual IP refused with
+    /// ECONNREFUSED because the service has no healthy backend (never a silent drop).
+    LbNoBackend = "lb_no_backend",
 }
 
 impl Counter {
@@ -129,6 +135,8 @@ impl Counter {
                 | Counter::GroupJoins
                 | Counter::GroupLeaves
                 | Counter::GroupLimit
+                | Counter::LbBalanced
+                | Counter::LbNoBackend
         )
     }
 

@@ -3,6 +3,8 @@
 //! - `from_container`: TC ingress on the host side of each container's veth (Cilium's `bpf_lxc`).
 //! - `from_underlay`: TC ingress on the underlay interface (Cilium's `bpf_overlay`).
 //! - `gro_sink`: TC ingress on the idle vxlan device that gives our port GRO: drops all.
+//! - `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`: the cgroup v2
+//!   root's socket hooks, service load balancing (Cilium's `bpf_sock`).
 //!
 //! Each entry file reads top to bottom as the path one packet takes; the protocol steps they call
 //! live in their own modules.
@@ -30,6 +32,8 @@ mod igmp;
 #[cfg(target_arch = "bpf")]
 mod ipv6;
 #[cfg(target_arch = "bpf")]
+mod lb;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod monitor;
@@ -42,6 +46,8 @@ mod pmtu;
 #[cfg(target_arch = "bpf")]
 mod rx_checksum;
 #[cfg(target_arch = "bpf")]
+mod sock_lb;
+#[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod vxlan;
@@ -51,8 +57,8 @@ mod xdp_decap;
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{
-        macros::{classifier, xdp},
-        programs::{TcContext, XdpContext},
+        macros::{cgroup_sock_addr, classifier, xdp},
+        programs::{SockAddrContext, TcContext, XdpContext},
     };
     use overlay_common::monitor::hook;
 
@@ -103,6 +109,26 @@ mod entry {
     #[xdp]
     pub fn xdp_decap(ctx: XdpContext) -> u32 {
         crate::xdp_decap::handle(&ctx)
+    }
+
+    #[cgroup_sock_addr(connect4)]
+    pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::connect4(&ctx)
+    }
+
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::sendmsg4(&ctx)
+    }
+
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::recvmsg4(&ctx)
+    }
+
+    #[cgroup_sock_addr(getpeername4)]
+    pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::getpeername4(&ctx)
     }
 
     #[panic_handler]

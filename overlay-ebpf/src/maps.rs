@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use overlay_common::{
-    ArpEntry, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry, Flood, GroupKey,
-    GroupVteps, IpKey, MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS, MacKey, Network, NodeConfig,
-    VtepKey, jump,
+    ArpEntry, Backend, BackendKey, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry,
+    Flood, GroupKey, GroupVteps, IpKey, MAX_BACKENDS, MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS,
+    MAX_REVERSE, MAX_SERVICES, MacKey, Members, Network, NodeConfig, ReverseEntry, ReverseKey,
+    Service, ServiceKey, VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -101,3 +102,30 @@ pub static EVENTS: RingBuf = RingBuf::pinned(RING_BYTES, 0);
 /// Slot 0, per CPU: the monitor's rate-limit window and the events it could not be sent.
 #[map]
 pub static MONITOR_CPU: PerCpuArray<MonitorCpu> = PerCpuArray::pinned(1, 0);
+
+/// (VNI, virtual IP, port, protocol) -> the service port's id and backend count (the agent,
+/// from etcd's `services/`).
+#[map]
+pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// (service id, slot) -> a backend of the service port (the agent, from the endpoints that
+/// name the service).
+#[map]
+pub static BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::pinned(MAX_SERVICES * MAX_BACKENDS / 16, 0);
+
+/// Network namespace cookie -> the networks that namespace's local endpoints are on (the
+/// agent, which checked each namespace holds its endpoint's interface).
+#[map]
+pub static MEMBERS: HashMap<u64, Members> = HashMap::pinned(DEFAULT_MAX_ENTRIES, 0);
+
+/// Service id -> its next turn (round robin, so new connections spread evenly). Made by the
+/// programs on a service's first connection; LRU: the turn of a service gone ages out.
+#[map]
+pub static LB_TURN: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_SERVICES, 0);
+
+/// (socket cookie, backend) -> the virtual IP and port the socket asked for: what a UDP
+/// reply's source and `getpeername` show. LRU, and no timer: an entry goes only when the map
+/// is full and it is the least recently used (each datagram sent refreshes it).
+#[map]
+pub static LB_REVERSE: LruHashMap<ReverseKey, ReverseEntry> = LruHashMap::pinned(MAX_REVERSE, 0);

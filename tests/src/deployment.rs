@@ -595,6 +595,18 @@ impl Deployment {
         network: &str,
         ip: Option<&str>,
     ) -> Result<(usize, Ipv4Addr)> {
+        self.add_container_with(host, name, network, ip, &[])
+    }
+
+    /// The same with more `endpoint add` flags (`--service web`, ...).
+    pub fn add_container_with(
+        &mut self,
+        host: usize,
+        name: &str,
+        network: &str,
+        ip: Option<&str>,
+        flags: &[&str],
+    ) -> Result<(usize, Ipv4Addr)> {
         let ns = Netns::new(&format!("{}{name}", self.tag))?;
         let mut args = vec![
             "endpoint",
@@ -608,6 +620,7 @@ impl Deployment {
         if let Some(ip) = ip {
             args.extend(["--ip", ip]);
         }
+        args.extend(flags);
         let out = self.cli(host, &args)?;
         // "endpoint c1: 10.10.0.1 02:42:... on network blue, node h1"
         let addr = out

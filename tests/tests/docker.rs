@@ -93,6 +93,9 @@ fn docker_network_spans_hosts_and_survives_a_driver_restart() -> Result<()> {
                 .is_some_and(|n| n.starts_with("docker-")),
             "{ep}"
         );
+        // Join's sandbox recorded as the endpoint's namespace (for service balancing).
+        let record = d.etcd_get_prefix(&format!("endpoints/{DERIVED}/{ip}"))?;
+        ensure!(record.contains(r#""netns":"/"#), "{record}");
     }
     ensure!(
         a.octets()[2] != b.octets()[2],

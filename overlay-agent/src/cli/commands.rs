@@ -218,6 +218,8 @@ pub struct Attach {
     pub mtu: Option<u32>,
     /// Who asks, when not the CLI (see `EndpointRecord::owner`).
     pub owner: Option<String>,
+    /// The services of the network it is a backend of (each must exist).
+    pub services: Vec<String>,
 }
 
 impl Attach {
@@ -231,6 +233,7 @@ impl Attach {
             ifname: None,
             mtu: None,
             owner: None,
+            services: Vec::new(),
         })
     }
 
@@ -453,9 +456,25 @@ pub async fn endpoint_make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Resu
     make(ctx, req, netns).await
 }
 
+/// The services an attachment names are of its network, and exist: refused before anything
+/// is made.
+async fn check_services(ctx: &Ctx, req: &Attach) -> Result<()> {
+    crate::store::services::check_memberships(req.services.clone())?;
+    for name in &req.services {
+        if ctx.store.service(&req.network, name).await?.is_none() {
+            bail!(
+                "network {} has no service {name} (overlay-agent service ls)",
+                req.network
+            );
+        }
+    }
+    Ok(())
+}
+
 /// [`endpoint_make`], its caller holding the endpoint's lock.
 async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
     let net = ctx.store.network(&req.network).await?;
+    check_services(ctx, req).await?;
     let host = Netlink::new()?;
     let (port, peer) = (
         port_name(&req.network, &req.name),
@@ -504,6 +523,7 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
             },
             netns: netns.map(str::to_string),
             owner: req.owner.clone(),
+            services: req.services.clone(),
             created: 0,
         },
         &mut tried,
@@ -593,6 +613,27 @@ fn port_of(ep: &Endpoint) -> String {
         Location::Node { port, .. } => port.clone(),
         Location::Peer { .. } => String::new(),
     }
+}
+
+/// Records the network namespace of this node's endpoint `name` (a runtime that learns it
+/// after the endpoint is made: Docker's Join), if its record does not say it already.
+pub async fn endpoint_set_netns(ctx: &Ctx, name: &str, netns: &str) -> Result<()> {
+    let ep = ctx
+        .store
+        .endpoint_named(&ctx.node, name)
+        .await?
+        .ok_or_else(|| anyhow!("no endpoint {name} on node {}", ctx.node))?;
+    if ep.netns.as_deref() == Some(netns) {
+        return Ok(());
+    }
+    let with = Endpoint {
+        netns: Some(netns.to_string()),
+        ..ep.clone()
+    };
+    if !ctx.store.update_endpoint_if_unchanged(&ep, &with).await? {
+        bail!("endpoint {name} changed while its namespace was recorded");
+    }
+    Ok(())
 }
 
 /// Removes an endpoint this node made (container or host address): etcd first, so every node
@@ -774,6 +815,7 @@ pub async fn host_join(ctx: &Ctx, network: &str, ip: Option<Ipv4Addr>) -> Result
             },
             netns: None,
             owner: None,
+            services: Vec::new(),
             created: 0,
         },
         &mut tried,
@@ -828,6 +870,7 @@ pub async fn peer_add(
         location: Location::Peer { vtep },
         netns: None,
         owner: None,
+        services: Vec::new(),
         created: 0,
     };
     // The MAC and the VTEP as a stored record's are checked (a VTEP must be one host's unicast

@@ -38,6 +38,12 @@ pub enum Table {
     /// Per VNI: where broadcast and multicast go (remote VTEPs, the local bridge, the storm
     /// limit), and whether the network is internal
     Flood,
+    /// Service ports balanced here: VNI, VIP, port, protocol, id, backend count
+    Services,
+    /// Each service port's backends by slot: address, port, healthy
+    Backends,
+    /// Network namespaces whose sockets are balanced (by netns cookie), with their VNIs
+    Members,
 }
 
 /// Column names and rows, cells already formatted; sorted so output is stable.
@@ -164,6 +170,46 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
             }
             &["vni", "group", "where", "members"]
         }
+        Table::Services => {
+            for e in maps.service_entries() {
+                let (k, v) = e?;
+                rows.push(vec![
+                    k.vni.to_string(),
+                    ip(k.vip).to_string(),
+                    k.port().to_string(),
+                    proto_name(k.proto),
+                    v.id.to_string(),
+                    v.count.to_string(),
+                ]);
+            }
+            &["vni", "vip", "port", "proto", "id", "backends"]
+        }
+        Table::Backends => {
+            for e in maps.backend_entries() {
+                let (k, v) = e?;
+                rows.push(vec![
+                    k.service.to_string(),
+                    k.slot.to_string(),
+                    ip(v.ip).to_string(),
+                    v.port().to_string(),
+                    (if v.flags & overlay_common::BACKEND_HEALTHY != 0 {
+                        "yes"
+                    } else {
+                        "no"
+                    })
+                    .into(),
+                ]);
+            }
+            &["service", "slot", "ip", "port", "healthy"]
+        }
+        Table::Members => {
+            for e in maps.member_entries() {
+                let (cookie, m) = e?;
+                let vnis: Vec<String> = m.vnis().iter().map(|v| v.to_string()).collect();
+                rows.push(vec![cookie.to_string(), vnis.join(",")]);
+            }
+            &["netns_cookie", "vnis"]
+        }
         Table::Stats => {
             for (c, n) in maps.counters()? {
                 rows.push(vec![c.name().to_string(), n.to_string()]);
@@ -176,6 +222,14 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
     };
     rows.sort_by_key(|row| natural_key(row));
     Ok(Rows { columns, rows })
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        overlay_common::proto::TCP => "tcp".into(),
+        overlay_common::proto::UDP => "udp".into(),
+        other => other.to_string(),
+    }
 }
 
 /// Sort numbers as numbers (VNI 9 before VNI 10), everything else as text.

@@ -8,3 +8,4 @@ pub mod monitor;
 pub mod reference;
 pub mod report;
 pub mod resolv_conf;
+pub mod services;

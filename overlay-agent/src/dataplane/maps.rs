@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
 };
 use overlay_common::{
-    ArpEntry, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey, MacKey, MapKind,
-    MapSpec, Network, NodeConfig, VtepAddr, VtepKey, names, vtep::to_ip,
+    ArpEntry, Backend, BackendKey, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey,
+    MacKey, MapKind, MapSpec, Members, Network, NodeConfig, Service, ServiceKey, VtepAddr, VtepKey,
+    names, vtep::to_ip,
 };
 
 use super::{
@@ -41,6 +42,9 @@ pub struct Tables {
     pub group_count: HashMap<MapData, u32, u32>,
     pub cluster_ports: HashMap<MapData, u32, u32>,
     pub mcast: HashMap<MapData, IpKey, GroupVteps>,
+    pub services: HashMap<MapData, ServiceKey, Service>,
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    pub members: HashMap<MapData, u64, Members>,
 }
 
 /// Opens one pinned map, with an error that names it and says where it was looked for.
@@ -87,6 +91,9 @@ impl Maps {
             group_count: open(pins, names::GROUP_COUNT)?,
             cluster_ports: open(pins, names::CLUSTER_PORTS)?,
             mcast: open(pins, names::MCAST)?,
+            services: open(pins, names::SERVICES)?,
+            backends: open(pins, names::BACKENDS)?,
+            members: open(pins, names::MEMBERS)?,
         };
         Ok(Self { tables })
     }
@@ -332,6 +339,21 @@ impl Maps {
     pub fn mcast_entries(&self) -> impl Iterator<Item = Result<(IpKey, GroupVteps)>> + '_ {
         entries(&self.tables.mcast, names::MCAST)
     }
+
+    /// The service ports this node balances.
+    pub fn service_entries(&self) -> impl Iterator<Item = Result<(ServiceKey, Service)>> + '_ {
+        entries(&self.tables.services, names::SERVICES)
+    }
+
+    /// Their backends, by service id and slot.
+    pub fn backend_entries(&self) -> impl Iterator<Item = Result<(BackendKey, Backend)>> + '_ {
+        entries(&self.tables.backends, names::BACKENDS)
+    }
+
+    /// The namespaces whose sockets are balanced, by netns cookie.
+    pub fn member_entries(&self) -> impl Iterator<Item = Result<(u64, Members)>> + '_ {
+        entries(&self.tables.members, names::MEMBERS)
+    }
 }
 
 /// The node syncs' small tables, rewritten whole from what they want (syncs/).
@@ -349,6 +371,26 @@ impl Maps {
     /// Makes CLUSTER_PORTS equal to `wanted`; how many entries it wrote or removed.
     pub fn sync_cluster_ports(&mut self, wanted: &BTreeMap<u32, u32>) -> Result<usize> {
         sync_table(&mut self.tables.cluster_ports, wanted, names::CLUSTER_PORTS)
+    }
+
+    /// Makes SERVICES and BACKENDS equal to `services` and `backends`, in the order that
+    /// never shows a connection a slot that is not its service's: new and changed backends
+    /// first, then the services (their counts), then the backends no service counts any
+    /// more. How many entries it wrote or removed.
+    pub fn sync_services(
+        &mut self,
+        services: &BTreeMap<ServiceKey, Service>,
+        backends: &BTreeMap<BackendKey, Backend>,
+    ) -> Result<usize> {
+        let mut changes = upsert_table(&mut self.tables.backends, backends, names::BACKENDS)?;
+        changes += sync_table(&mut self.tables.services, services, names::SERVICES)?;
+        changes += prune_table(&mut self.tables.backends, backends, names::BACKENDS)?;
+        Ok(changes)
+    }
+
+    /// Makes MEMBERS equal to `wanted`; how many entries it wrote or removed.
+    pub fn sync_members(&mut self, wanted: &BTreeMap<u64, Members>) -> Result<usize> {
+        sync_table(&mut self.tables.members, wanted, names::MEMBERS)
     }
 
     /// Forgets one membership from GROUPS (an expired one).
@@ -590,6 +632,19 @@ where
     K: Pod + Ord + std::fmt::Debug,
     V: Pod + PartialEq,
 {
+    Ok(upsert_table(map, wanted, name)? + prune_table(map, wanted, name)?)
+}
+
+/// The writes of [`sync_table`]: every entry of `wanted` the map does not hold as it is.
+fn upsert_table<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: &BTreeMap<K, V>,
+    name: &str,
+) -> Result<usize>
+where
+    K: Pod + Ord + std::fmt::Debug,
+    V: Pod + PartialEq,
+{
     let current: BTreeMap<K, V> = map
         .iter()
         .collect::<Result<_, _>>()
@@ -602,10 +657,29 @@ where
             changes += 1;
         }
     }
-    for key in current.keys().filter(|k| !wanted.contains_key(k)) {
+    Ok(changes)
+}
+
+/// The removals of [`sync_table`]: every key `wanted` does not have.
+fn prune_table<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    wanted: &BTreeMap<K, V>,
+    name: &str,
+) -> Result<usize>
+where
+    K: Pod + Ord + std::fmt::Debug,
+    V: Pod,
+{
+    let stale: Vec<K> = map
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {name}"))?
+        .into_iter()
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for key in &stale {
         map.remove(key)
             .with_context(|| format!("{name}: removing {key:?}"))?;
-        changes += 1;
     }
-    Ok(changes)
+    Ok(stale.len())
 }

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
@@ -30,6 +30,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: PinDir,
+    /// The socket load-balancing programs of this load are attached (at the cgroup v2 root).
+    sock_lb: bool,
 }
 
 impl Dataplane {
@@ -86,7 +88,11 @@ impl Dataplane {
                 .set(slot, &fd, 0)
                 .with_context(|| format!("setting {name} in JUMP"))?;
         }
-        Ok(Self { ebpf, pins })
+        Ok(Self {
+            ebpf,
+            pins,
+            sock_lb: false,
+        })
     }
 
     pub fn pins(&self) -> &PinDir {
@@ -196,6 +202,59 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the socket load-balancing programs at the cgroup v2 root, so they see every
+    /// socket of the machine (MEMBERS picks out our containers'), each link pinned so it
+    /// outlives this process. A link pinned by an earlier agent is replaced by this one's: the
+    /// new program is attached before the old one goes (the two never both translate: the
+    /// second sees a backend's address, no service's). Once per load; then a no-op.
+    pub fn attach_sock_lb(&mut self) -> Result<()> {
+        if self.sock_lb {
+            return Ok(());
+        }
+        let root = cgroup2_root()?;
+        let cgroup = std::fs::File::open(&root)
+            .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+        for name in [
+            programs::SOCK_CONNECT4,
+            programs::SOCK_SENDMSG4,
+            programs::SOCK_RECVMSG4,
+            programs::SOCK_GETPEERNAME4,
+        ] {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a cgroup socket program"))?;
+            // A failed attach is retried by the next sync: load once.
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("verifying program {name}"))?;
+            }
+            // Others' programs at the root (another node's agent on this kernel, a runtime's)
+            // stay: ours run beside them. A bpf_link on a cgroup is always one of many, and
+            // the kernel refuses it any attach flag (EINVAL for BPF_F_ALLOW_MULTI), so the
+            // mode that asks for none.
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} at {}", root.display()))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .with_context(|| format!("taking the link of {name}"))?
+                .try_into()
+                .map_err(|e| anyhow!("link of {name}: {e}"))?;
+            let pin = self.pins.cgroup_link(name);
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                old.unpin()
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
+            }
+            link.pin(&pin)
+                .with_context(|| format!("pinning the link of {name} at {}", pin.display()))?;
+        }
+        self.sock_lb = true;
+        Ok(())
+    }
+
     /// Detaches the program from `iface` (the pinned link is what keeps it attached).
     pub fn detach(pins: &PinDir, iface: &str) -> Result<()> {
         let pin = pins.link(iface);
@@ -208,6 +267,48 @@ impl Dataplane {
             Err(e) => Err(anyhow!("{}: {e}", pin.display())),
         }
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a unified machine,
+/// /sys/fs/cgroup/unified on a hybrid one, elsewhere by hand; read from the mount table.
+pub fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let table =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    cgroup2_in(&table).ok_or_else(|| anyhow!("no cgroup2 filesystem is mounted (mountinfo)"))
+}
+
+/// The mount point of the first cgroup2 filesystem of a mountinfo table (proc(5): the fifth
+/// field is the mount point, the filesystem type follows the " - " separator).
+fn cgroup2_in(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next()? == "cgroup2")
+            .then(|| mount.split_whitespace().nth(4).map(unescape_mount))
+            .flatten()
+    })
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) undone.
+fn unescape_mount(path: &str) -> std::path::PathBuf {
+    let mut out = Vec::new();
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = path
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::path::PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 /// Loads a program, once more when the kernel's verifier gave up with EAGAIN: it does when a
@@ -244,6 +345,24 @@ mod tests {
         maps::PinningType,
     };
     use overlay_common::{MAPS, MapKind};
+
+    #[test]
+    fn the_cgroup2_root_is_read_from_the_mount_table() {
+        let hybrid = "25 31 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            super::cgroup2_in(hybrid),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(super::cgroup2_in(unified), Some("/sys/fs/cgroup".into()));
+        let spaced = "30 1 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(super::cgroup2_in(spaced), Some("/mnt/my cg".into()));
+        assert_eq!(
+            super::cgroup2_in("1 2 0:3 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
+    }
 
     /// `overlay_common::MAPS` is what overlay-ebpf/src/maps.rs declares: every pinned map of
     /// the object, by the same name, of the same kind.

@@ -22,8 +22,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// program array. v7: VTEPs are 16 bytes in every map (IPv4 ones mapped), NODE_CONFIG says
 /// whether the underlay is IPv6. v8: GROUPS a plain hash (no LRU eviction), GROUP_COUNT (a
 /// port's memberships), CLUSTER_PORTS, two more counters (drop_tunnel_port, group_limit).
-/// v9: two more counters (drop_ecn, drop_bad_checksum).
-pub const LAYOUT_VERSION: u32 = 9;
+/// v9: two more counters (drop_ecn, drop_bad_checksum). v10: socket load balancing (SERVICES,
+/// BACKENDS, MEMBERS, LB_TURN, LB_REVERSE), two more counters (lb_balanced, lb_no_backend).
+pub const LAYOUT_VERSION: u32 = 10;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
@@ -88,6 +89,12 @@ impl PinDir {
         self.dir.join("links").join(iface)
     }
 
+    /// The pinned link of a socket load-balancing program at the cgroup v2 root, by its
+    /// program's name: apart from `links/`, whose every name is an interface's.
+    pub fn cgroup_link(&self, program: &str) -> PathBuf {
+        self.dir.join("cgroup-links").join(program)
+    }
+
     /// The interfaces that have a pinned link, sorted.
     pub fn linked(&self) -> Result<Vec<String>> {
         let links = self.dir.join("links");
@@ -104,7 +111,11 @@ impl PinDir {
     /// Creates the directories, mounting bpffs at /sys/fs/bpf first if nothing is mounted there.
     pub fn create(&self) -> Result<()> {
         ensure_bpffs(&self.dir)?;
-        for d in [self.maps(), self.dir.join("links")] {
+        for d in [
+            self.maps(),
+            self.dir.join("links"),
+            self.dir.join("cgroup-links"),
+        ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         Ok(())

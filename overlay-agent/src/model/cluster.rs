@@ -9,8 +9,11 @@ use std::{
 
 use anyhow::Result;
 
-use crate::store::schema::{
-    self, Endpoint, EndpointRecord, Key, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
+use crate::store::{
+    schema::{
+        self, Endpoint, EndpointRecord, Key, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
+    },
+    services::{Service, ServiceRecord},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -26,6 +29,9 @@ pub struct ClusterState {
     /// written by that node with the endpoint, in one transaction): what says which of two
     /// records claiming one of its ports is the one it made.
     pub names: BTreeMap<(String, String), NameRecord>,
+    /// (network, name) -> a load-balanced service (`services/<net>/<name>`). Followed by the
+    /// services sync, not by a map reconcile.
+    pub services: BTreeMap<(String, String), Service>,
     /// Keys whose value was refused, with why: shown by `status`.
     pub invalid: BTreeMap<String, String>,
 }
@@ -101,7 +107,17 @@ impl ClusterState {
                 // changes the maps.
                 Applied::Ignored
             }
-            Key::Slice { .. } => Applied::Ignored,
+            Key::Service { network, name } => {
+                let svc = schema::decode::<ServiceRecord>(value)?.validate(network, name)?;
+                // Checked against its network now if it is known (the services sync checks
+                // again, as a network may come or change later).
+                if let Some(net) = self.networks.get(network) {
+                    svc.check_in(net)?;
+                }
+                self.services.insert((network.clone(), name.clone()), svc);
+                Applied::Ignored
+            }
+            Key::Slice { .. } | Key::Vip { .. } => Applied::Ignored,
         })
     }
 
@@ -136,7 +152,11 @@ impl ClusterState {
                 self.names.remove(&(node.clone(), name.clone()));
                 false
             }
-            Key::Slice { .. } => false,
+            Key::Service { network, name } => {
+                self.services.remove(&(network.clone(), name.clone()));
+                false
+            }
+            Key::Slice { .. } | Key::Vip { .. } => false,
         }
     }
 }
@@ -214,5 +234,41 @@ mod tests {
         assert_eq!(s.invalid.len(), 3);
         assert_eq!(s.delete(&keys, b"/overlay/networks/red"), Applied::Changed);
         assert_eq!(s.invalid.len(), 2);
+    }
+
+    #[test]
+    fn services_flow_in_and_a_bad_one_is_skipped_with_its_key() {
+        let keys = Keys::new("/overlay");
+        let mut s = ClusterState::default();
+        s.put(&keys, b"/overlay/networks/blue", NET, 0).unwrap();
+        let web = b"/overlay/services/blue/web";
+        let rec = br#"{"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"}]}"#;
+        s.put(&keys, web, rec, 0).unwrap();
+        assert_eq!(s.services.len(), 1);
+        // Outside its network's subnet, or on its gateway: refused, recorded, gone.
+        for bad in [
+            &br#"{"vip":"10.99.0.1","ports":[{"port":80,"proto":"tcp"}]}"#[..],
+            br#"{"vip":"10.10.0.1","ports":[{"port":80,"proto":"tcp"}]}"#,
+            br#"{"vip":"10.10.0.9","ports":[{"port":0,"proto":"tcp"}]}"#,
+        ] {
+            assert!(s.put(&keys, web, bad, 0).is_err());
+            assert!(s.services.is_empty());
+            assert!(s.invalid.contains_key("/overlay/services/blue/web"));
+        }
+        s.put(&keys, web, rec, 0).unwrap();
+        assert!(s.invalid.is_empty());
+        s.delete(&keys, web);
+        assert!(s.services.is_empty());
+        // A VIP's key changes nothing here.
+        assert_eq!(
+            s.put(
+                &keys,
+                b"/overlay/vips/blue/10.10.255.254",
+                br#"{"service":"web"}"#,
+                0
+            )
+            .unwrap(),
+            Applied::Ignored
+        );
     }
 }

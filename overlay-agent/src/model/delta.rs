@@ -30,12 +30,14 @@ pub struct Batch {
     pub before: BTreeMap<(String, Ipv4Addr), Option<Endpoint>>,
     /// A network or a node changed: only the full reconcile knows what that does.
     pub structural: bool,
+    /// A service changed: nothing the reconcile writes, what the node syncs follow.
+    pub services: bool,
 }
 
 impl Batch {
-    /// Nothing the maps depend on was touched.
+    /// Nothing the maps or the node syncs depend on was touched.
     pub fn is_empty(&self) -> bool {
-        self.before.is_empty() && !self.structural
+        self.before.is_empty() && !self.structural && !self.services
     }
 
     /// Notes `key` before a put or delete of it is applied to `cluster`.
@@ -50,8 +52,11 @@ impl Batch {
                     self.before.entry(k).or_insert(old);
                 }
             }
-            // Groups are followed by the flood sync, not by the maps.
-            Some(Key::Slice { .. } | Key::Name { .. } | Key::Groups(_)) | None => {}
+            Some(Key::Service { .. }) => self.services = true,
+            // Groups are followed by the flood sync, not by the maps; a VIP's address is
+            // held in its service's record too.
+            Some(Key::Slice { .. } | Key::Name { .. } | Key::Groups(_) | Key::Vip { .. })
+            | None => {}
         }
     }
 }

@@ -47,3 +47,48 @@ impl Netns {
         &self.file
     }
 }
+
+/// The kernel's cookie of the namespace `ns` refers to (`SO_NETNS_COOKIE` of a socket made in
+/// it): what `bpf_get_netns_cookie` gives the programs for that namespace's sockets. Stable
+/// for the namespace's life, never reused.
+pub fn cookie(ns: &File) -> Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = ns.try_clone()?;
+    std::thread::spawn(move || -> Result<u64> {
+        // A thread of its own: setns changes only the calling thread's namespace.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow!(
+                "entering the namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(anyhow!(
+                "making a socket in the namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(anyhow!(
+                "reading the namespace's cookie (SO_NETNS_COOKIE): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(cookie)
+    })
+    .join()
+    .map_err(|_| anyhow!("the namespace thread panicked"))?
+}

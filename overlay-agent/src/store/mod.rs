@@ -6,6 +6,7 @@ pub mod history;
 pub mod members;
 pub mod roles;
 pub mod schema;
+pub mod services;
 pub mod transient;
 pub mod watch;
 pub mod writes;
@@ -561,6 +562,13 @@ impl Store {
                 eps.len()
             );
         }
+        let (services, _) = self.list(&self.keys.services(name)).await?;
+        if !services.is_empty() {
+            bail!(
+                "network {name} still has {} service(s); remove them first (overlay-agent service ls)",
+                services.len()
+            );
+        }
         let write = Write {
             deletes: vec![
                 (self.keys.network(name), false),
@@ -819,16 +827,18 @@ impl Store {
             .collect())
     }
 
-    /// Every address of `net` some endpoint holds, valid record or not (a bad value still
-    /// holds its key, so the address is not free).
+    /// Every address of `net` some endpoint or service VIP holds, valid record or not (a bad
+    /// value still holds its key, so the address is not free).
     pub async fn taken_addresses(&self, net: &str) -> Result<Vec<Ipv4Addr>> {
-        Ok(self
+        let mut taken: Vec<Ipv4Addr> = self
             .list(&self.keys.endpoints(net))
             .await?
             .0
             .iter()
             .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
-            .collect())
+            .collect();
+        taken.extend(self.vip_addresses(net).await?);
+        Ok(taken)
     }
 
     pub async fn endpoint(&self, net: &str, ip: Ipv4Addr) -> Result<Option<Endpoint>> {
@@ -859,7 +869,11 @@ impl Store {
     /// address was taken first.
     pub async fn create_endpoint(&self, ep: &Endpoint) -> Result<bool> {
         let key = self.keys.endpoint(&ep.network, ep.ip);
-        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        // A service's VIP holds its address as an endpoint does (store/services.rs).
+        let mut when = vec![
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(self.keys.vip(&ep.network, ep.ip), CompareOp::Equal, 0),
+        ];
         let mut puts = vec![(key, schema::encode(&ep.record()).into_bytes())];
         if let Some(node) = ep.node() {
             let name_key = self.keys.name(node, &ep.name);
@@ -910,6 +924,26 @@ impl Store {
             deletes,
         };
         self.write("removing an endpoint", write).await
+    }
+
+    /// Replaces `ep`'s record with `with`'s (same key) only if it still holds the endpoint
+    /// read (same creation revision). Ok(false): it had changed or was gone.
+    pub async fn update_endpoint_if_unchanged(
+        &self,
+        ep: &Endpoint,
+        with: &Endpoint,
+    ) -> Result<bool> {
+        let key = self.keys.endpoint(&ep.network, ep.ip);
+        let write = Write {
+            when: vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                ep.created,
+            )],
+            puts: vec![(key, schema::encode(&with.record()).into_bytes())],
+            deletes: Vec::new(),
+        };
+        self.write("updating an endpoint", write).await
     }
 
     pub async fn delete_endpoint(&self, ep: &Endpoint) -> Result<()> {

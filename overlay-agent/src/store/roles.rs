@@ -2,8 +2,9 @@
 //! needs, derived from the key layout ([`Keys`]) so the two cannot drift. docs/operations.md
 //! (etcd over TLS) shows these as `etcdctl role grant-permission` commands.
 //!
-//! - `overlay-admin` makes and removes networks: read everything, write `networks/` and
-//!   `slices/` (a network's removal takes its slices with it).
+//! - `overlay-admin` makes and removes networks and services: read everything, write
+//!   `networks/` and `slices/` (a network's removal takes its slices with it), `services/`
+//!   and `vips/` (a service and the address its VIP holds are written together).
 //! - `overlay-node-<node>`, for a node's agent, its CLI and the plugins on it (the CNI plugin
 //!   and the Docker driver act as the node: they read the agent's credentials): read
 //!   everything (the agent lists and watches the whole prefix); write its own `nodes/<node>`,
@@ -58,6 +59,8 @@ pub fn admin_grants(keys: &Keys) -> Vec<Grant> {
         grant(ADMIN_ROLE, "read", keys.all(), true),
         grant(ADMIN_ROLE, "readwrite", keys.networks(), true),
         grant(ADMIN_ROLE, "readwrite", keys.all_slices(), true),
+        grant(ADMIN_ROLE, "readwrite", keys.all_services(), true),
+        grant(ADMIN_ROLE, "readwrite", keys.all_vips(), true),
     ]
 }
 

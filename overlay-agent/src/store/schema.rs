@@ -9,7 +9,10 @@
 //!                                       "node":"h1","port":"ove1a2b3c4d","netns":"c1"}
 //! <prefix>/names/<node>/<name>         {"network":"blue","ip":"10.10.1.2"}   endpoint names per node
 //! <prefix>/groups/<node>                {"42":["239.1.1.1"]}                   under the node's lease
+//! <prefix>/services/<net>/<name>       {"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"}]}
+//! <prefix>/vips/<net>/<ip>             {"service":"web"}      a service's VIP, held like an address
 //! ```
+//! An endpoint that is a backend of services names them: `"services":["web"]` (store/services.rs).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
@@ -53,6 +56,16 @@ pub enum Key {
     },
     /// `groups/<node>`: the IPv4 multicast groups a node's containers are members of.
     Groups(String),
+    /// `services/<net>/<name>`: a load-balanced service of a network.
+    Service {
+        network: String,
+        name: String,
+    },
+    /// `vips/<net>/<ip>`: the address a service's VIP holds (no endpoint may take it).
+    Vip {
+        network: String,
+        ip: String,
+    },
 }
 
 impl Keys {
@@ -112,6 +125,24 @@ impl Keys {
     pub fn name(&self, node: &str, name: &str) -> String {
         format!("{}/names/{node}/{name}", self.prefix)
     }
+    pub fn all_services(&self) -> String {
+        format!("{}/services/", self.prefix)
+    }
+    pub fn services(&self, net: &str) -> String {
+        format!("{}/services/{net}/", self.prefix)
+    }
+    pub fn service(&self, net: &str, name: &str) -> String {
+        format!("{}/services/{net}/{name}", self.prefix)
+    }
+    pub fn all_vips(&self) -> String {
+        format!("{}/vips/", self.prefix)
+    }
+    pub fn vips(&self, net: &str) -> String {
+        format!("{}/vips/{net}/", self.prefix)
+    }
+    pub fn vip(&self, net: &str, ip: Ipv4Addr) -> String {
+        format!("{}/vips/{net}/{ip}", self.prefix)
+    }
 
     /// None for a key outside our layout (ignored, so a newer agent's keys do not disturb us).
     pub fn parse(&self, key: &[u8]) -> Option<Key> {
@@ -134,6 +165,14 @@ impl Keys {
             ["names", _, _] => Key::Name {
                 node: s(1),
                 name: s(2),
+            },
+            ["services", _, _] => Key::Service {
+                network: s(1),
+                name: s(2),
+            },
+            ["vips", _, _] => Key::Vip {
+                network: s(1),
+                ip: s(2),
             },
             _ => return None,
         })
@@ -470,6 +509,10 @@ pub struct EndpointRecord {
     /// `docker`. A runtime's garbage collection only ever touches its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The services of its network it is a backend of: it leaves them with its record (or
+    /// its node's lease), so no second record can go stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// Where an endpoint lives.
@@ -499,6 +542,8 @@ pub struct Endpoint {
     pub netns: Option<String>,
     /// Who made it (`cni:<config name>`, `docker`); None: the CLI.
     pub owner: Option<String>,
+    /// The services (of its network) it is a backend of, sorted, each once.
+    pub services: Vec<String>,
     /// etcd's create revision of its key (0 until read from etcd): of two endpoints that claim
     /// one MAC, the older is served.
     pub created: i64,
@@ -553,6 +598,7 @@ impl EndpointRecord {
                 Location::Node { node, port, iface }
             }
         };
+        let services = super::services::check_memberships(self.services)?;
         Ok(Endpoint {
             network: network.to_string(),
             ip,
@@ -562,6 +608,7 @@ impl EndpointRecord {
             location,
             netns: self.netns,
             owner: self.owner,
+            services,
             created: 0,
         })
     }
@@ -575,6 +622,7 @@ impl Endpoint {
             mac: self.mac.to_string(),
             netns: self.netns.clone(),
             owner: self.owner.clone(),
+            services: self.services.clone(),
             ..Default::default()
         };
         match &self.location {
@@ -913,7 +961,7 @@ mod fuzz {
 
     const A_NETWORK: &str = r#"{"vni":42,"subnet":"10.10.0.0/16","port":4789,"mtu":1450,"slice_prefix":24,"bum_rate":1000,"internal":true,"subnet6":"fd00:10::/64"}"#;
     const A_NODE: &str = r#"{"vtep":"10.0.0.1","mtu":1500}"#;
-    const AN_ENDPOINT: &str = r#"{"kind":"host","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1a2b3c4d","iface":"ovh42","netns":"c1","vtep":"10.0.0.2","owner":"cni:podman"}"#;
+    const AN_ENDPOINT: &str = r#"{"kind":"host","name":"c1","mac":"02:42:0a:0a:01:02","node":"h1","port":"ove1a2b3c4d","iface":"ovh42","netns":"c1","vtep":"10.0.0.2","owner":"cni:podman","services":["web","dns"]}"#;
     const A_STATE: &str = r#"{"revision":7,"digest":"ab12","entries":3,"node":"h1","network":"blue","ip":"10.10.1.2","42":["239.1.1.1"]}"#;
     const NETWORK: &[&str] = &[
         "vni",
@@ -927,7 +975,7 @@ mod fuzz {
     ];
     const NODE: &[&str] = &["vtep", "mtu"];
     const ENDPOINT: &[&str] = &[
-        "kind", "name", "mac", "node", "port", "iface", "netns", "vtep", "owner",
+        "kind", "name", "mac", "node", "port", "iface", "netns", "vtep", "owner", "services",
     ];
     const OTHERS: &[&str] = &[
         "node", "network", "ip", "revision", "digest", "entries", "42", "43", "0",

@@ -1,6 +1,7 @@
 //! The node's syncs: each one keeps one kind of node-local kernel state equal to what the
 //! cluster and the maps want: the GRO devices, the flood lists with their IGMP queriers, the
-//! tunnel guard, the way out (egress), the interfaces' MTU, and the resolver's sockets (dns/).
+//! tunnel guard, the way out (egress), the interfaces' MTU, service load balancing, and the
+//! resolver's sockets (dns/).
 //!
 //! Every sync has one shape, [`NodeSync`]: a pure `want` computed from what the node knows
 //! ([`View`]), and an idempotent `apply` that makes the kernel hold it ([`Kernel`]).
@@ -20,6 +21,7 @@ pub mod egress;
 pub mod flood;
 pub mod gro;
 pub mod mtu;
+pub mod services;
 pub mod tunnel_guard;
 
 /// What a sync decides from: the cluster as etcd has it, the maps as this agent wrote them,
@@ -78,6 +80,7 @@ pub struct Syncs {
     egress: egress::Egress,
     mtu: mtu::Mtu,
     names: dns::Names,
+    services: services::Services,
 }
 
 impl Syncs {
@@ -92,6 +95,7 @@ impl Syncs {
             egress: egress::Egress::default(),
             mtu: mtu::Mtu::new(underlay_mtu),
             names: dns::Names::new(resolver),
+            services: services::Services::default(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Syncs {
         step(&mut self.egress, view, kernel).await;
         // After egress, which puts the resolver's address on the bridge.
         step(&mut self.names, view, kernel).await;
+        step(&mut self.services, view, kernel).await;
     }
 
     /// Port -> GRO device, or the error that keeps it from existing: for `status`.

@@ -33,7 +33,8 @@ pub enum Setting {
     /// An endpoint of `network` on this node: its host-side port and its interface.
     Endpoint {
         network: String,
-        endpoint: Endpoint,
+        /// Boxed: an endpoint is ten times a bridge's setting.
+        endpoint: Box<Endpoint>,
         mtu: u32,
     },
     /// A network's bridge.
@@ -103,7 +104,7 @@ pub fn settings(cluster: &ClusterState, node: &str, underlay_mtu: u32, ipv6: boo
         for ep in local {
             out.push(Setting::Endpoint {
                 network: name.clone(),
-                endpoint: ep.clone(),
+                endpoint: Box::new(ep.clone()),
                 mtu,
             });
         }

@@ -421,6 +421,21 @@ impl Collector for Node {
                             None,
                             counter.metric_type(),
                         )?)?;
+                        let mut family = encoder.encode_descriptor(
+                            "overlay_lb_decisions",
+                            "Socket load balancing: connections or datagrams to a service VIP sent to a backend (balanced) or refused with ECONNREFUSED for want of a healthy one (no_backend)",
+                            None,
+                            ConstCounter::new(0u64).metric_type(),
+                        )?;
+                        for (c, n) in counters.iter() {
+                            let decision = match c {
+                                Counter::LbBalanced => "balanced",
+                                Counter::LbNoBackend => "no_backend",
+                                _ => continue,
+                            };
+                            ConstCounter::new(*n)
+                                .encode(family.encode_family(&[("decision", decision)])?)?;
+                        }
                     }
                     Err(e) => log::warn!("metrics: {e:#}"),
                 }

@@ -277,6 +277,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
     req.ifname = Some(inv.ifname.clone());
     req.mtu = conf.mtu;
     req.owner = Some(owner(&conf.name));
+    req.services = conf.services.clone();
     let made = commands::endpoint_add(&ctx, &req, &ns)
         .await
         .map_err(failed)?;

@@ -42,6 +42,10 @@ pub struct NetConf {
     pub etcd: Option<Vec<String>>,
     /// The container interface's MTU, instead of the network's.
     pub mtu: Option<u32>,
+    /// The services of the overlay network the container is a backend of (`"services":
+    /// ["web"]`; each must exist: `overlay-agent service create`).
+    #[serde(default)]
+    pub services: Vec<String>,
     /// GC: the attachments the runtime still has.
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
@@ -354,7 +358,7 @@ pub(crate) mod fuzz {
     use super::*;
     use crate::shared::fuzzing::{CASES, input, one_line, value};
 
-    pub const A_CONF: &str = r#"{"cniVersion":"1.1.0","name":"podman","type":"overlay-cni","network":"blue","node":"h1","runDir":"/run/overlay","etcd":["http://127.0.0.1:2379"],"mtu":1400,"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}],"prevResult":{"interfaces":[],"ips":[],"routes":[]}}"#;
+    pub const A_CONF: &str = r#"{"cniVersion":"1.1.0","name":"podman","type":"overlay-cni","network":"blue","node":"h1","runDir":"/run/overlay","etcd":["http://127.0.0.1:2379"],"mtu":1400,"services":["web"],"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}],"prevResult":{"interfaces":[],"ips":[],"routes":[]}}"#;
     pub const CONF: &[&str] = &[
         "cniVersion",
         "name",

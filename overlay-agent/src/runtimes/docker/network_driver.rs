@@ -196,6 +196,7 @@ impl Driver {
 
     pub(super) async fn create_endpoint(&self, req: CreateEndpoint) -> Result<CreateEndpointReply> {
         let net = self.network_of(&req.network_id)?;
+        let services = req.services();
         let iface = req.interface.unwrap_or_default();
         ensure!(
             iface.address_ipv6.is_empty(),
@@ -227,6 +228,7 @@ impl Driver {
         let made = match Attach::new(name.clone(), net.network.clone(), Some(ip)) {
             Ok(mut attach) => {
                 attach.owner = Some("docker".to_string());
+                attach.services = services;
                 commands::endpoint_make(&self.ctx, &attach, None).await
             }
             Err(e) => Err(e),
@@ -273,6 +275,15 @@ impl Driver {
     /// (`docker network inspect docker_gwbridge`); our gateway serves the CLI and CNI.
     pub(super) async fn join(&self, req: EndpointRef) -> Result<JoinReply> {
         let network = self.endpoint_network(&req).await?;
+        // The container's namespace is known only now: into its record, so the agent can
+        // make it a member whose sockets are balanced to the network's services (it checks
+        // the namespace holds the endpoint first). A failure costs balancing, not the Join.
+        if !req.sandbox_key.is_empty() {
+            let name = endpoint_name(&req.endpoint_id);
+            if let Err(e) = commands::endpoint_set_netns(&self.ctx, &name, &req.sandbox_key).await {
+                log::warn!("endpoint {name}: its namespace not recorded: {e:#}");
+            }
+        }
         Ok(JoinReply {
             interface_name: InterfaceName {
                 src_name: crate::shared::ifnames::peer_name(

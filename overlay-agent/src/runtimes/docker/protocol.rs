@@ -51,6 +51,9 @@ pub struct EndpointRef {
     pub network_id: String,
     #[serde(rename = "EndpointID", default)]
     pub endpoint_id: String,
+    /// Join's: the container's network namespace (`/var/run/docker/netns/<id>`).
+    #[serde(rename = "SandboxKey", default)]
+    pub sandbox_key: String,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -79,6 +82,29 @@ pub struct CreateEndpoint {
     pub endpoint_id: String,
     #[serde(rename = "Interface", default)]
     pub interface: Option<EndpointInterface>,
+    /// The endpoint's driver options (`docker network connect --driver-opt KEY=VALUE`, or a
+    /// compose file's `driver_opts`): [`SERVICE_OPTION`].
+    #[serde(rename = "Options", default)]
+    pub options: BTreeMap<String, Value>,
+}
+
+/// The endpoint option that makes a container a backend of services of its network:
+/// `com.overlay.service=web` (several: `web,dns`).
+pub const SERVICE_OPTION: &str = "com.overlay.service";
+
+impl CreateEndpoint {
+    /// The services [`SERVICE_OPTION`] names, in order; none if it is absent.
+    pub fn services(&self) -> Vec<String> {
+        match self.options.get(SERVICE_OPTION) {
+            Some(Value::String(list)) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Only what Docker did not choose itself: sending back an address it gave is an error.
@@ -166,6 +192,22 @@ pub fn error_reply(message: &str) -> Value {
 /// refusal is what `docker network create` prints), and the checks that need no etcd hold the
 /// same.
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_option_names_services() {
+        let req: CreateEndpoint = serde_json::from_str(
+            r#"{"NetworkID":"a","EndpointID":"b","Options":{"com.overlay.service":"web, dns","com.docker.network.endpoint.exposedports":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.services(), ["web", "dns"]);
+        let none: CreateEndpoint = serde_json::from_str(r#"{"NetworkID":"a"}"#).unwrap();
+        assert!(none.services().is_empty());
+    }
+}
+
+#[cfg(test)]
 mod fuzz {
     use proptest::prelude::*;
 
@@ -196,7 +238,7 @@ mod fuzz {
         "network",
     ];
     const A_CREATE_NETWORK: &str = r#"{"NetworkID":"abc","Options":{"com.docker.network.generic":{"vni":"42","network":"blue"},"com.docker.network.internal":true},"IPv4Data":[{"Pool":"10.20.0.0/16"}],"IPv6Data":[]}"#;
-    const A_CREATE_ENDPOINT: &str = r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"10.20.1.2/16","AddressIPv6":"","MacAddress":"02:42:0a:14:01:02"}}"#;
+    const A_CREATE_ENDPOINT: &str = r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"10.20.1.2/16","AddressIPv6":"","MacAddress":"02:42:0a:14:01:02"},"Options":{"com.overlay.service":"web,dns"}}"#;
     const A_REQUEST: &str = r#"{"Pool":"10.20.0.0/16","SubPool":"","V6":false,"PoolID":"10.20.0.0/16","Address":"10.20.1.2","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#;
 
     proptest! {

@@ -1,0 +1,394 @@
+//! Service load balancing on this node: SERVICES and BACKENDS from etcd's services and the
+//! endpoints that name them, MEMBERS from this node's own endpoints' namespaces, and the
+//! socket programs attached at the cgroup v2 root once the cluster has a service.
+//!
+//! A backend leaves with its endpoint record (or its node's lease, which takes it out of the
+//! maps): the watch delivers that in milliseconds and this sync runs right after, so a backend
+//! gone from etcd gets no new connection within well under a second. Connections made before
+//! stay where they are: the programs rewrote their address once, at connect().
+//!
+//! Health is a seam for now: every backend is written with `BACKEND_HEALTHY`; a health check
+//! would clear it (the programs already pass over a backend without it).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+};
+
+use anyhow::{Context as _, Result, bail};
+use overlay_common::{
+    BACKEND_HEALTHY, Backend, BackendKey, MAX_BACKENDS, MAX_NETNS_NETWORKS, MAX_SERVICES, Members,
+    Service as ServiceEntry, ServiceKey,
+};
+
+use super::{Kernel, NodeSync, View};
+use crate::{
+    netlink::{Netlink, netns_cookie, netns_path},
+    shared::net::Mac,
+    store::schema::Kind,
+};
+
+/// What the service maps must hold, and whose namespaces are members.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Want {
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    pub backends: BTreeMap<BackendKey, Backend>,
+    /// This node's endpoints whose sockets are balanced, as their records describe them: each
+    /// is checked against its namespace before it becomes a member.
+    pub members: BTreeSet<Member>,
+}
+
+/// A local endpoint whose namespace's sockets the programs balance (to its network's services).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    /// The namespace as the record names it (`ip netns` name or a path).
+    pub netns: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// A service port's id: its slots in BACKENDS and its turn in LB_TURN. A hash of what names
+/// it, so adding or removing another service never moves it (and never shows a connection
+/// another service's slot in between); never 0.
+pub fn service_id(network: &str, name: &str, port: u16, proto: u8) -> u32 {
+    let h = crate::shared::hash::Fnv64::default()
+        .write(network.as_bytes())
+        .write(b"/")
+        .write(name.as_bytes())
+        .write(&port.to_le_bytes())
+        .write(&[proto])
+        .finish();
+    ((h >> 32) as u32 ^ h as u32).max(1)
+}
+
+/// Pure: from the cluster and what the maps serve. A service whose network is unknown or
+/// whose VIP is not a host address of it is left out (its record was logged with its key
+/// when it arrived); so is a backend the maps do not serve (its node's lease gone, a conflict
+/// lost): a connection sent there would go nowhere.
+pub fn wanted(view: &View<'_>) -> Want {
+    let cluster = view.cluster;
+    let mut want = Want::default();
+    let mut ids = BTreeSet::new();
+    for ((network, name), svc) in &cluster.services {
+        let Some(net) = cluster.networks.get(network) else {
+            continue;
+        };
+        if svc.check_in(net).is_err() {
+            continue;
+        }
+        let mut backends: Vec<Ipv4Addr> = cluster
+            .endpoints
+            .values()
+            .filter(|ep| ep.network == *network && ep.services.iter().any(|s| s == name))
+            .filter(|ep| view.applied.arp.get(&(net.vni, ep.ip.octets())) == Some(&ep.mac.0))
+            .map(|ep| ep.ip)
+            .collect();
+        backends.sort();
+        backends.truncate(MAX_BACKENDS as usize);
+        for port in &svc.ports {
+            if want.services.len() >= MAX_SERVICES as usize {
+                break;
+            }
+            let proto = port.proto.number();
+            let id = service_id(network, name, port.port, proto);
+            // Two ports of 2^32 ids the same: the later (by name) is left out.
+            if !ids.insert(id) {
+                continue;
+            }
+            let key = ServiceKey::new(net.vni, svc.vip.octets(), port.port, proto);
+            want.services.insert(
+                key,
+                ServiceEntry {
+                    id,
+                    count: backends.len() as u32,
+                },
+            );
+            for (slot, ip) in backends.iter().enumerate() {
+                want.backends.insert(
+                    BackendKey {
+                        service: id,
+                        slot: slot as u32,
+                    },
+                    Backend::new(ip.octets(), port.port, BACKEND_HEALTHY),
+                );
+            }
+        }
+    }
+    let vni_of = |network: &str| cluster.networks.get(network).map(|n| n.vni);
+    // Only a network with a service needs members: no namespace is looked into otherwise.
+    let served: BTreeSet<u32> = want.services.keys().map(|k| k.vni).collect();
+    for ep in cluster.endpoints.values() {
+        if ep.kind != Kind::Container || ep.node() != Some(view.node) {
+            continue;
+        }
+        let (Some(netns), Some(vni)) = (&ep.netns, vni_of(&ep.network)) else {
+            continue;
+        };
+        if !served.contains(&vni) {
+            continue;
+        }
+        if !view.applied.endpoints.contains_key(&(vni, ep.mac.0)) {
+            continue;
+        }
+        want.members.insert(Member {
+            netns: netns.clone(),
+            vni,
+            ip: ep.ip,
+            mac: ep.mac,
+        });
+    }
+    want
+}
+
+/// A namespace as last checked: which file it was (device, inode: a path can be bound to
+/// another namespace since) and its cookie, or why it is not one of ours.
+#[derive(Clone, Debug)]
+struct Checked {
+    file: (u64, u64),
+    cookie: Result<u64, String>,
+}
+
+/// The services sync: what it learnt of each member's namespace.
+#[derive(Default)]
+pub struct Services {
+    checked: BTreeMap<Member, Checked>,
+}
+
+impl NodeSync for Services {
+    type Want = Want;
+
+    fn want(&self, view: &View<'_>) -> Want {
+        wanted(view)
+    }
+
+    async fn apply(&mut self, want: Want, kernel: &mut Kernel<'_>) {
+        if !want.services.is_empty()
+            && let Err(e) = kernel.dataplane.attach_sock_lb()
+        {
+            log::warn!("socket load balancing: {e:#}; will retry");
+        }
+        let members = self.members(&want.members).await;
+        match kernel.maps.sync_services(&want.services, &want.backends) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "services: {} service port(s), {} backend slot(s) ({n} change(s))",
+                want.services.len(),
+                want.backends.len()
+            ),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+        match kernel.maps.sync_members(&members) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "services: {} member namespace(s) ({n} change(s))",
+                members.len()
+            ),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+    }
+}
+
+impl Services {
+    /// MEMBERS as it must be: each member's namespace checked (once per namespace file) to
+    /// hold the endpoint's interface, with its MAC and address, before its cookie is trusted.
+    async fn members(&mut self, members: &BTreeSet<Member>) -> BTreeMap<u64, Members> {
+        self.checked.retain(|m, _| members.contains(m));
+        let mut out: BTreeMap<u64, Members> = BTreeMap::new();
+        for m in members {
+            let path = netns_path(&m.netns);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                // Gone with its container: its record follows.
+                continue;
+            };
+            let file = (meta.dev(), meta.ino());
+            let known = self.checked.get(m).filter(|c| c.file == file);
+            // A success holds for the namespace's life; a refusal is asked again at the next
+            // sync: the record is written before its interface is moved in and configured
+            // (endpoint add), so a first look may come too early.
+            if known.is_none_or(|c| c.cookie.is_err()) {
+                let cookie = check(m).await.map_err(|e| format!("{e:#}"));
+                if let Err(why) = &cookie
+                    && known.and_then(|c| c.cookie.as_ref().err()) != Some(why)
+                {
+                    log::info!(
+                        "services: endpoint {} (vni {}): namespace {} not (yet) a member: {why}",
+                        m.ip,
+                        m.vni,
+                        m.netns
+                    );
+                }
+                self.checked.insert(m.clone(), Checked { file, cookie });
+            }
+            let Some(Ok(cookie)) = self.checked.get(m).map(|c| c.cookie.clone()) else {
+                continue;
+            };
+            let entry = out.entry(cookie).or_default();
+            let n = entry.count as usize;
+            if n < MAX_NETNS_NETWORKS && !entry.vnis[..n].contains(&m.vni) {
+                entry.vnis[n] = m.vni;
+                entry.count += 1;
+            }
+        }
+        out
+    }
+}
+
+/// The cookie of member `m`'s namespace, if that namespace holds an interface with `m`'s MAC
+/// and address: a record names any path it likes, and only its own endpoint's namespace may
+/// be balanced.
+async fn check(m: &Member) -> Result<u64> {
+    let ns = crate::netlink::open_netns(&m.netns)?;
+    let inner = Netlink::in_netns(&ns)?;
+    let Some(iface) = inner.name_with_mac(m.mac).await? else {
+        bail!("it has no interface with MAC {}", m.mac);
+    };
+    let addrs = inner.ipv4_all(&iface).await?;
+    if !addrs.contains(&m.ip) {
+        bail!("its {iface} (MAC {}) does not hold {}", m.mac, m.ip);
+    }
+    netns_cookie(&ns).context("reading its cookie")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::state::MapState,
+        syncs::testing::{cluster, view},
+    };
+
+    const NET: &str = r#"{"vni":42,"subnet":"10.10.0.0/16"}"#;
+    const WEB: &str =
+        r#"{"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"},{"port":53,"proto":"udp"}]}"#;
+
+    fn endpoint(name: &str, node: &str, services: &str) -> String {
+        format!(
+            r#"{{"kind":"container","name":"{name}","mac":"02:42:0a:0a:01:0{}","node":"{node}","port":"{}","netns":"ns-{name}","services":{services}}}"#,
+            &name[1..],
+            crate::shared::ifnames::port_name("blue", name)
+        )
+    }
+
+    /// The maps serve `ips` of VNI 42 (ARP), and this node's endpoints among them (ENDPOINTS).
+    fn served(cluster: &crate::model::cluster::ClusterState, node: &str) -> MapState {
+        let mut m = MapState::default();
+        for ep in cluster.endpoints.values() {
+            m.arp.insert((42, ep.ip.octets()), ep.mac.0);
+            if ep.node() == Some(node) {
+                m.endpoints.insert(
+                    (42, ep.mac.0),
+                    overlay_common::Endpoint {
+                        ifindex: 9,
+                        vni: 42,
+                        mac: ep.mac.0,
+                        deliver: 0,
+                        ip: ep.ip.octets(),
+                    },
+                );
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn each_port_balances_over_the_served_backends_that_name_it() {
+        let (e1, e2, e3) = (
+            endpoint("c1", "h1", r#"["web"]"#),
+            endpoint("c2", "h2", r#"["web","db"]"#),
+            endpoint("c3", "h2", r#"[]"#),
+        );
+        let c = cluster(&[
+            ("networks/blue", NET),
+            ("services/blue/web", WEB),
+            ("endpoints/blue/10.10.1.1", &e1),
+            ("endpoints/blue/10.10.1.2", &e2),
+            ("endpoints/blue/10.10.1.3", &e3),
+        ]);
+        let applied = served(&c, "h1");
+        let want = wanted(&view(&c, &applied));
+        assert_eq!(want.services.len(), 2);
+        let tcp = want.services[&ServiceKey::new(42, [10, 10, 255, 254], 80, 6)];
+        let udp = want.services[&ServiceKey::new(42, [10, 10, 255, 254], 53, 17)];
+        assert_eq!((tcp.count, udp.count), (2, 2));
+        assert_ne!(tcp.id, udp.id);
+        assert_eq!(tcp.id, service_id("blue", "web", 80, 6));
+        let slot = |id, slot| want.backends[&BackendKey { service: id, slot }];
+        assert_eq!(
+            slot(tcp.id, 0),
+            Backend::new([10, 10, 1, 1], 80, BACKEND_HEALTHY)
+        );
+        assert_eq!(
+            slot(tcp.id, 1),
+            Backend::new([10, 10, 1, 2], 80, BACKEND_HEALTHY)
+        );
+        assert_eq!(slot(udp.id, 1).port(), 53);
+        assert_eq!(want.backends.len(), 4);
+        // Only this node's served container is a member, by what its record says.
+        assert_eq!(
+            want.members
+                .iter()
+                .map(|m| m.netns.as_str())
+                .collect::<Vec<_>>(),
+            ["ns-c1"]
+        );
+        // Pure: the same view, the same answer.
+        assert_eq!(wanted(&view(&c, &applied)), want);
+
+        // A backend the maps no longer serve (its node's lease gone) is left out at once.
+        let mut applied = applied;
+        applied.arp.remove(&(42, [10, 10, 1, 2]));
+        let want = wanted(&view(&c, &applied));
+        assert_eq!(
+            want.services.values().map(|s| s.count).collect::<Vec<_>>(),
+            [1, 1]
+        );
+        assert_eq!(want.backends.len(), 2);
+    }
+
+    #[test]
+    fn only_a_network_with_a_service_has_members() {
+        let e1 = endpoint("c1", "h1", "[]");
+        let c = cluster(&[("networks/blue", NET), ("endpoints/blue/10.10.1.1", &e1)]);
+        let applied = served(&c, "h1");
+        assert!(wanted(&view(&c, &applied)).members.is_empty());
+        let c = cluster(&[
+            ("networks/blue", NET),
+            ("endpoints/blue/10.10.1.1", &e1),
+            ("services/blue/web", WEB),
+        ]);
+        assert_eq!(wanted(&view(&c, &applied)).members.len(), 1);
+    }
+
+    #[test]
+    fn a_service_without_backends_is_kept_so_connections_are_refused() {
+        let c = cluster(&[("networks/blue", NET), ("services/blue/web", WEB)]);
+        let applied = MapState::default();
+        let want = wanted(&view(&c, &applied));
+        assert!(want.services.values().all(|s| s.count == 0));
+        assert!(want.backends.is_empty());
+    }
+
+    #[test]
+    fn a_service_of_an_unknown_network_or_outside_it_is_left_out() {
+        // The service arrived before its network: kept in the cluster, not served.
+        let c = cluster(&[("services/blue/web", WEB)]);
+        let applied = MapState::default();
+        assert!(wanted(&view(&c, &applied)).services.is_empty());
+        // The network came and its subnet does not hold the VIP.
+        let c = cluster(&[
+            ("services/blue/web", WEB),
+            ("networks/blue", r#"{"vni":42,"subnet":"10.20.0.0/16"}"#),
+        ]);
+        assert!(wanted(&view(&c, &applied)).services.is_empty());
+    }
+
+    #[test]
+    fn ids_are_stable_and_never_zero() {
+        let a = service_id("blue", "web", 80, 6);
+        assert_eq!(a, service_id("blue", "web", 80, 6));
+        assert_ne!(a, service_id("blue", "web", 80, 17));
+        assert_ne!(a, service_id("red", "web", 80, 6));
+        assert_ne!(a, 0);
+    }
+}

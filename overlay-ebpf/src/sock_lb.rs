@@ -1,0 +1,111 @@
+//! The socket hooks at the cgroup v2 root: a container's connect() or datagram to a service's
+//! virtual IP goes to one of its backends, rewritten once in the socket's address before any
+//! packet exists (Cilium's `bpf_sock.c`). So no packet is translated and no connection is
+//! tracked: a TCP connection holds no state of ours at all and stays with its backend for its
+//! whole life, idle or not. What is kept is LB_REVERSE, per balanced socket, only to show the
+//! socket the address it asked for (a UDP reply's source, getpeername); it has no timer.
+//!
+//! - `connect4`: TCP and connected UDP: the destination becomes a backend.
+//! - `sendmsg4`: unconnected UDP: each datagram's destination becomes a backend.
+//! - `recvmsg4`: a reply from a backend appears to come from the virtual IP and port.
+//! - `getpeername4`: a balanced socket's peer is shown as the virtual IP and port.
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
+use overlay_common::{Counter, ReverseEntry, ReverseKey};
+
+use crate::{
+    lb::{Lookup, balance},
+    maps::LB_REVERSE,
+    stats::count,
+};
+
+/// A cgroup socket hook lets the call go on with 1; 0 fails it (with the error set by
+/// `bpf_set_retval`, EPERM otherwise).
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// connect() of a TCP or UDP socket.
+pub fn connect4(ctx: &SockAddrContext) -> i32 {
+    translate(ctx)
+}
+
+/// sendmsg() with a destination on an unconnected UDP socket: every datagram is balanced on
+/// its own (a DNS-like request and its reply are one datagram each).
+pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    translate(ctx)
+}
+
+/// recvmsg() on a UDP socket: the source of a backend's reply shown as the service's.
+pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+    reverse(ctx);
+    ALLOW
+}
+
+/// getpeername() of a balanced socket.
+pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+    reverse(ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (ip, port_be, proto) = unsafe {
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            (*sa).user_port as u16,
+            (*sa).protocol as u8,
+        )
+    };
+    let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
+    match balance(netns, ip, port_be, proto) {
+        Lookup::NotOurs => ALLOW,
+        Lookup::Backend(b) => {
+            unsafe {
+                (*sa).user_ip4 = u32::from_ne_bytes(b.ip);
+                (*sa).user_port = u32::from(b.port_be);
+            }
+            let key = ReverseKey {
+                cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
+                ip: b.ip,
+                port_be: b.port_be,
+                _pad: 0,
+            };
+            let shown = ReverseEntry {
+                vip: ip,
+                port_be,
+                _pad: 0,
+            };
+            // A full map evicts the least recently used socket's entry: that socket's replies
+            // then show the backend's address; its connection itself is unaffected.
+            let _ = LB_REVERSE.insert(key, shown, 0);
+            count(Counter::LbBalanced);
+            ALLOW
+        }
+        Lookup::NoBackend => {
+            count(Counter::LbNoBackend);
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REJECT
+        }
+    }
+}
+
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let key = ReverseKey {
+        cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
+        ip: unsafe { (*sa).user_ip4.to_ne_bytes() },
+        port_be: unsafe { (*sa).user_port as u16 },
+        _pad: 0,
+    };
+    if let Some(shown) = LB_REVERSE.get_ptr(key) {
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes((*shown).vip);
+            (*sa).user_port = u32::from((*shown).port_be);
+        }
+    }
+}

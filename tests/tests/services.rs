@@ -1,0 +1,726 @@
+//! Services end to end: three hosts with agents, a service whose backends are containers on
+//! every host, clients on every host connecting to its VIP through the socket programs.
+//! Servers and clients are this test's own threads inside the containers' namespaces.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, ErrorKind, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use overlay_agent::dataplane::Maps;
+use overlay_tests::{
+    deployment::{Deployment, wait_for},
+    scenario::blue,
+};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+
+/// Runs `f` on a thread of its own inside namespace `ns` (its sockets are the namespace's),
+/// for as long as it runs: a server outlives this call.
+fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {path}"
+        );
+        f()
+    });
+}
+
+/// A backend: on TCP, each connection is greeted with "<backend> <client's address>" and
+/// every line it sends is answered with the backend's address; on UDP, each datagram with
+/// the backend's address.
+fn serve(ns: &str, me: Ipv4Addr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).unwrap();
+        let udp = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(me.to_string().as_bytes(), from);
+            }
+        });
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().unwrap();
+                let _ = writeln!(conn, "{me} {}", peer.ip());
+                let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                while let Some(Ok(_)) = lines.next() {
+                    if writeln!(conn, "{me}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// What a client saw of one connection: which backend, as whom the backend saw it, what
+/// getpeername said.
+struct Seen {
+    backend: Ipv4Addr,
+    client_as_seen: Ipv4Addr,
+    peer: SocketAddr,
+}
+
+fn connect(to: SocketAddr) -> std::io::Result<(TcpStream, Seen)> {
+    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(conn.try_clone()?).read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let parse = |s: Option<&str>| -> std::io::Result<Ipv4Addr> {
+        s.and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("greeting {line:?}")))
+    };
+    let seen = Seen {
+        backend: parse(parts.next())?,
+        client_as_seen: parse(parts.next())?,
+        peer: conn.peer_addr()?,
+    };
+    Ok((conn, seen))
+}
+
+/// `n` connections to `to` from namespace `ns`, one after another: what each saw.
+fn connections(ns: &str, to: SocketAddr, n: usize) -> Vec<std::io::Result<Seen>> {
+    overlay_tests::netns::enter(ns, || {
+        (0..n).map(|_| connect(to).map(|(_, seen)| seen)).collect()
+    })
+}
+
+/// Every host's SERVICES has `vip:port` with `count` backends.
+fn wait_backends(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) -> Duration {
+    wait_for(Duration::from_secs(5), || {
+        d.hosts.iter().all(|h| {
+            Maps::open(&h.pins()).is_ok_and(|m| {
+                m.service_entries()
+                    .filter_map(|e| e.ok())
+                    .any(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{vip}:{port} with {count} backends everywhere: {e}"))
+}
+
+/// Every host's MEMBERS holds at least `n` namespaces.
+fn wait_members(d: &Deployment, n: &[usize]) {
+    wait_for(Duration::from_secs(5), || {
+        d.hosts
+            .iter()
+            .zip(n)
+            .all(|(h, &n)| Maps::open(&h.pins()).is_ok_and(|m| m.member_entries().count() >= n))
+    })
+    .unwrap_or_else(|e| {
+        let logs: Vec<String> = d
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.log()
+                    .lines()
+                    .filter(|l| l.contains("services") || l.contains("socket"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!("members {n:?}: {e}\n{}", logs.join("\n"))
+    });
+}
+
+fn vip_of(out: &str) -> Ipv4Addr {
+    // "service web of network blue: VIP 10.10.255.254, ports 8080/tcp,5353/udp"
+    out.split_once("VIP ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no VIP in {out:?}"))
+}
+
+fn counter(d: &Deployment, host: usize, name: &str) -> u64 {
+    d.hosts[host].counters().unwrap()[name]
+}
+
+#[test]
+fn a_vip_spreads_sticks_keeps_the_source_and_follows_etcd() {
+    let mut d = Deployment::new("svc", &[true, true, true]).unwrap();
+    blue(&d);
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+                "--port",
+                "5353/udp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let tcp = SocketAddr::from((vip, TCP_PORT));
+    let udp = SocketAddr::from((vip, UDP_PORT));
+    // Four backends on three hosts, a client on each host.
+    let mut backends = Vec::new();
+    for (host, name) in [(0, "b1"), (0, "b2"), (1, "b3"), (2, "b4")] {
+        let (i, ip) = d
+            .add_container_with(host, name, "blue", None, &["--service", "web"])
+            .unwrap();
+        serve(&d.container(i).name, ip);
+        backends.push((i, ip));
+    }
+    let mut clients = Vec::new();
+    for (host, name) in [(0, "c1"), (1, "c2"), (2, "c3")] {
+        let (i, ip) = d.add_container(host, name, "blue", None).unwrap();
+        clients.push((d.container(i).name.clone(), ip));
+    }
+    wait_backends(&d, vip, TCP_PORT, 4);
+    wait_members(&d, &[3, 2, 2]);
+    // What a node balances, as `maps` shows it.
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.cli(1, &["maps", "services", "--json"]).unwrap()).unwrap();
+    let web_tcp = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["port"] == TCP_PORT && s["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(
+        (web_tcp["vip"].as_str(), web_tcp["backends"].as_u64()),
+        (Some(vip.to_string().as_str()), Some(4))
+    );
+    let slots: serde_json::Value =
+        serde_json::from_str(&d.cli(1, &["maps", "backends", "--json"]).unwrap()).unwrap();
+    let of_web: Vec<&serde_json::Value> = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["service"] == web_tcp["id"])
+        .collect();
+    assert_eq!(of_web.len(), 4, "{slots}");
+    assert!(
+        of_web
+            .iter()
+            .all(|b| b["healthy"] == "yes" && b["port"] == TCP_PORT)
+    );
+    let table = d.cli(1, &["maps", "services"]).unwrap();
+    assert!(table.contains(&vip.to_string()), "{table}");
+    let listed = d.cli(2, &["service", "ls", "--json"]).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["vip"], vip.to_string(), "{listed}");
+    assert_eq!(
+        listed[0]["backends"].as_object().unwrap().len(),
+        3,
+        "{listed}"
+    );
+
+    // 1,000 connections from every host's client: spread within 10%, each backend seeing the
+    // client's own address, getpeername showing the VIP.
+    let balanced_before: u64 = (0..3).map(|h| counter(&d, h, "lb_balanced")).sum();
+    let mut per_backend: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for (i, (ns, me)) in clients.iter().enumerate() {
+        let n = if i == 0 { 334 } else { 333 };
+        for seen in connections(ns, tcp, n) {
+            let seen = seen.unwrap_or_else(|e| panic!("{me} -> {tcp}: {e}"));
+            assert_eq!(
+                seen.client_as_seen, *me,
+                "the backend sees the client's address"
+            );
+            assert_eq!(seen.peer, tcp, "getpeername shows the VIP");
+            *per_backend.entry(seen.backend).or_default() += 1;
+        }
+    }
+    eprintln!("1,000 connections over 4 backends: {per_backend:?}");
+    assert_eq!(per_backend.len(), 4, "{per_backend:?}");
+    for (b, n) in &per_backend {
+        assert!(
+            (225..=275).contains(n),
+            "{b}: {n} of 1,000: {per_backend:?}"
+        );
+    }
+    let balanced: u64 = (0..3).map(|h| counter(&d, h, "lb_balanced")).sum();
+    assert!(
+        balanced - balanced_before >= 1000,
+        "{balanced_before} -> {balanced}"
+    );
+
+    // A connection stays with its backend while backends come and go.
+    let (held, first) = overlay_tests::netns::enter(&clients[0].0, || connect(tcp)).unwrap();
+    let ask = |mut conn: &TcpStream| -> Ipv4Addr {
+        writeln!(conn, "again").unwrap();
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line).unwrap();
+        line.trim().parse().unwrap()
+    };
+    let (i5, b5) = d
+        .add_container_with(1, "b5", "blue", None, &["--service", "web"])
+        .unwrap();
+    serve(&d.container(i5).name, b5);
+    wait_backends(&d, vip, TCP_PORT, 5);
+    assert_eq!(ask(&held), first.backend, "after a backend was added");
+
+    // A backend gone from etcd gets no new connection within a second: its record deleted
+    // (its container still serving, so one sent there would be answered and seen).
+    let (gone_i, gone) = *backends
+        .iter()
+        .find(|(_, ip)| *ip != first.backend)
+        .unwrap();
+    let gone_host = ["b1", "b2", "b3", "b4"][backends.iter().position(|b| b.1 == gone).unwrap()];
+    let _ = gone_i;
+    let removed = Instant::now();
+    d.etcd_del(&format!("endpoints/blue/{gone}")).unwrap();
+    let took = wait_backends(&d, vip, TCP_PORT, 4);
+    let since = removed.elapsed();
+    eprintln!(
+        "backend {gone} ({gone_host}) deleted from etcd: out of every host's BACKENDS {} ms after etcdctl returned ({} ms after it started)",
+        took.as_millis(),
+        since.as_millis()
+    );
+    assert!(since < Duration::from_secs(1), "{since:?}");
+    for (ns, me) in &clients {
+        for seen in connections(ns, tcp, 40) {
+            let seen = seen.unwrap_or_else(|e| panic!("{me} -> {tcp}: {e}"));
+            assert_ne!(seen.backend, gone, "a removed backend got a new connection");
+        }
+    }
+    assert_eq!(ask(&held), first.backend, "after a backend was removed");
+    drop(held);
+
+    // UDP: each request answered, the reply appearing to come from VIP:port.
+    let replies = overlay_tests::netns::enter(&clients[1].0, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..8)
+            .map(|_| {
+                sock.send_to(b"q", udp).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut answered_by = std::collections::BTreeSet::new();
+    for (backend, from) in &replies {
+        assert_eq!(*from, udp, "the reply comes from the VIP: {replies:?}");
+        answered_by.insert(backend.clone());
+    }
+    assert!(answered_by.len() >= 3, "datagrams spread: {replies:?}");
+}
+
+#[test]
+fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
+    let mut d = Deployment::new("svn", &[true, true]).unwrap();
+    blue(&d);
+    d.create_network("red", "10.20.0.0/16", 43).unwrap();
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "empty",
+                "--network",
+                "blue",
+                "--port",
+                "9999/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let (c1, _) = d.add_container(0, "c1", "blue", None).unwrap();
+    let (r1, _) = d.add_container(0, "r1", "red", None).unwrap();
+    let c1 = d.container(c1).name.clone();
+    let r1 = d.container(r1).name.clone();
+    wait_backends(&d, vip, 9999, 0);
+    // c1 only: red has no service, so no namespace of red is looked into.
+    wait_members(&d, &[1, 0]);
+    // No backend: ECONNREFUSED at once, counted; never a silent drop.
+    let before = counter(&d, 0, "lb_no_backend");
+    let to = SocketAddr::from((vip, 9999));
+    let started = Instant::now();
+    let err = overlay_tests::netns::enter(&c1, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(counter(&d, 0, "lb_no_backend"), before + 1);
+    // A UDP service without backends: each datagram refused too.
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "dns",
+                "--network",
+                "blue",
+                "--port",
+                "53/udp",
+            ],
+        )
+        .unwrap();
+    let dns = SocketAddr::from((vip_of(&out), 53));
+    wait_backends(&d, vip_of(&out), 53, 0);
+    let err = overlay_tests::netns::enter(&c1, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.send_to(b"q", dns).unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(counter(&d, 0, "lb_no_backend"), before + 2);
+
+    // A backend appears: a container of red and the host itself are still not translated
+    // (a red container at the VIP's address would be a red address; the host is no member).
+    let (b1, b1_ip) = d
+        .add_container_with(1, "b1", "blue", None, &["--service", "empty"])
+        .unwrap();
+    let b1 = d.container(b1).name.clone();
+    spawn_in(&b1, || {
+        let l = TcpListener::bind(("0.0.0.0", 9999)).unwrap();
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+    wait_backends(&d, vip, 9999, 1);
+    let balanced = counter(&d, 0, "lb_balanced");
+    overlay_tests::netns::enter(&c1, || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .unwrap_or_else(|e| panic!("c1 -> {to} (backend {b1_ip}): {e}"));
+    assert_eq!(counter(&d, 0, "lb_balanced"), balanced + 1);
+    let from_red = overlay_tests::netns::enter(&r1, || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(500))
+    });
+    assert!(from_red.is_err(), "red reached blue's VIP");
+    let host_ns = d.hosts[0].name().to_string();
+    let from_host = overlay_tests::netns::enter(&host_ns, || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(500))
+    });
+    assert!(from_host.is_err(), "the host's own socket was translated");
+    assert_eq!(counter(&d, 0, "lb_balanced"), balanced + 1);
+    assert_eq!(counter(&d, 0, "lb_no_backend"), before + 2);
+}
+
+#[test]
+fn service_mistakes_get_one_line_and_leave_nothing() {
+    let mut d = Deployment::new("sve", &[true]).unwrap();
+    blue(&d);
+    let (_, taken) = d.add_container(0, "x1", "blue", None).unwrap();
+    let taken = taken.to_string();
+    let x1 = d.container(0).name.clone();
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+                "--vip",
+                "10.10.200.1",
+            ],
+        )
+        .unwrap();
+    assert_eq!(vip_of(&out), Ipv4Addr::new(10, 10, 200, 1));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80",
+            ],
+            "PORT/tcp",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "0/tcp",
+            ],
+            "port 0",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80/sctp",
+            ],
+            "neither tcp nor udp",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a/b",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+            ],
+            "invalid service name",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "nope",
+                "--port",
+                "80/tcp",
+            ],
+            "network nope does not exist",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+                "--vip",
+                "10.99.0.1",
+            ],
+            "not a host address",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+                "--vip",
+                "10.10.0.1",
+            ],
+            "gateway",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+                "--vip",
+                &taken,
+            ],
+            "already taken",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "a",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+                "--vip",
+                "10.10.200.1",
+            ],
+            "already taken",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "80/tcp",
+            ],
+            "already exists",
+        ),
+        (
+            &["service", "rm", "nope", "--network", "blue"],
+            "has no service nope",
+        ),
+        (
+            &[
+                "endpoint",
+                "add",
+                "y1",
+                "--network",
+                "blue",
+                "--netns",
+                &x1,
+                "--service",
+                "nope",
+            ],
+            "has no service nope",
+        ),
+        (
+            &[
+                "endpoint",
+                "add",
+                "y1",
+                "--network",
+                "blue",
+                "--netns",
+                &x1,
+                "--service",
+                "a b",
+            ],
+            "invalid service name",
+        ),
+        (&["network", "rm", "blue"], "still has"),
+    ];
+    for (args, want) in cases {
+        let out = d.cli_output(0, args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if !err.contains("For more information") {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        }
+    }
+    // Nothing half-done: one service, one endpoint, y1's interface never made.
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.cli(0, &["service", "ls", "--json"]).unwrap()).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let eps: serde_json::Value =
+        serde_json::from_str(&d.cli(0, &["endpoint", "ls", "--json"]).unwrap()).unwrap();
+    assert_eq!(eps.as_array().unwrap().len(), 1, "{eps}");
+    assert!(
+        d.etcd_get_prefix("vips/").unwrap().contains("10.10.200.1"),
+        "the VIP is held"
+    );
+    // The VIP is never given to a container, and rm frees it.
+    let (_, next) = d
+        .add_container(0, "x2", "blue", Some("10.10.200.2"))
+        .unwrap();
+    assert_eq!(next, Ipv4Addr::new(10, 10, 200, 2));
+    let out = d
+        .cli_output(
+            0,
+            &[
+                "endpoint",
+                "add",
+                "x3",
+                "--network",
+                "blue",
+                "--netns",
+                &x1,
+                "--ip",
+                "10.10.200.1",
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success(), "a container took the VIP");
+    d.cli(0, &["service", "rm", "web", "--network", "blue"])
+        .unwrap();
+    assert!(!d.etcd_get_prefix("vips/").unwrap().contains("10.10.200.1"));
+}
+
+/// The program `bpftool` says the pinned link at `pin` runs.
+fn linked_program(pin: &std::path::Path) -> u64 {
+    let out = overlay_tests::netns::sh(&format!("bpftool -j link show pinned {}", pin.display()))
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["prog_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
+#[test]
+fn balancing_outlives_the_agent_and_a_restart_replaces_its_links() {
+    let mut d = Deployment::new("svr", &[true]).unwrap();
+    blue(&d);
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let tcp = SocketAddr::from((vip, TCP_PORT));
+    let (b, b_ip) = d
+        .add_container_with(0, "b1", "blue", None, &["--service", "web"])
+        .unwrap();
+    serve(&d.container(b).name, b_ip);
+    let (c, _) = d.add_container(0, "c1", "blue", None).unwrap();
+    let c = d.container(c).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 1);
+    wait_members(&d, &[2]);
+    let pin = d.hosts[0].pins().cgroup_link("sock_connect4");
+    let before = linked_program(&pin);
+    let (held, first) = overlay_tests::netns::enter(&c, || connect(tcp)).unwrap();
+    assert_eq!(first.backend, b_ip);
+    // The agent gone: its pinned links and maps keep balancing.
+    d.kill_agent(0);
+    let seen = connections(&c, tcp, 5);
+    assert!(
+        seen.iter()
+            .all(|s| s.as_ref().is_ok_and(|s| s.backend == b_ip))
+    );
+    // Restarted: its programs replace the old ones, which leave the cgroup (no second
+    // translation, no pile of links); the held connection never noticed.
+    d.restart_agent(0).unwrap();
+    wait_for(Duration::from_secs(5), || linked_program(&pin) != before).unwrap();
+    let root = overlay_agent::dataplane::cgroup2_root().unwrap();
+    let attached =
+        overlay_tests::netns::sh(&format!("bpftool -j cgroup show {}", root.display())).unwrap();
+    let ids: Vec<u64> = serde_json::from_str::<serde_json::Value>(&attached)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    assert!(
+        !ids.contains(&before),
+        "the old program is still attached: {attached}"
+    );
+    assert!(ids.contains(&linked_program(&pin)), "{attached}");
+    let seen = connections(&c, tcp, 5);
+    assert!(
+        seen.iter()
+            .all(|s| s.as_ref().is_ok_and(|s| s.backend == b_ip))
+    );
+    let mut held = held;
+    writeln!(held, "again").unwrap();
+    let mut line = String::new();
+    BufReader::new(&held).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), b_ip.to_string());
+}
