@@ -265,3 +265,61 @@ fn names_resolve_across_hosts_per_network_and_vanish_with_their_endpoint() {
         )
     });
 }
+
+/// A service's name answers its VIP and `tasks.<service>` its backends, on every host; a
+/// backend that leaves is gone from `tasks.` right after `endpoint rm` returns.
+#[test]
+fn a_service_resolves_to_its_vip_and_its_tasks_to_the_backends() {
+    let mut d = Deployment::new("ns", &[true, true]).unwrap();
+    d.create_network("blue", "10.10.0.0/16", 42).unwrap();
+    d.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            "80/tcp",
+            "--vip",
+            "10.10.255.10",
+        ],
+    )
+    .unwrap();
+    let b1 = d
+        .add_container_with(0, "b1", "blue", None, &["--service", "web"])
+        .unwrap();
+    let b2 = d
+        .add_container_with(1, "b2", "blue", None, &["--service", "web"])
+        .unwrap();
+    let client = d.add_container(1, "cl", "blue", None).unwrap();
+    let ns = d.container(client.0);
+    let ask = |name: &str| query(ns, BLUE_DNS, name, RecordType::A, false).unwrap();
+    let vip: IpAddr = "10.10.255.10".parse().unwrap();
+    for name in ["web", "web.blue", "WEB"] {
+        let r = ask(name);
+        assert_eq!(
+            (r.rcode, r.addresses.clone()),
+            (ResponseCode::NoError, vec![vip]),
+            "{name}"
+        );
+    }
+    let mut tasks = ask("tasks.web").addresses;
+    tasks.sort();
+    assert_eq!(tasks, [IpAddr::V4(b1.1), IpAddr::V4(b2.1)]);
+
+    d.cli(0, &["endpoint", "rm", "b1"]).unwrap();
+    // b1 left etcd before endpoint rm returned; host 2 learns it within its watch's delay.
+    let took = wait_for(Duration::from_secs(1), || {
+        ask("tasks.web.blue").addresses == [IpAddr::V4(b2.1)]
+    })
+    .expect("b1 is gone from tasks.web within 1 s");
+    println!("tasks.web without b1 {took:?} after endpoint rm returned");
+    d.cli(0, &["service", "rm", "web", "--network", "blue"])
+        .unwrap();
+    wait_for(Duration::from_secs(1), || {
+        ask("web").rcode == ResponseCode::NXDomain
+    })
+    .expect("the service's name goes with it");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Agent, metrics::OverlaySubnets};
 use crate::{
     dataplane::monitor::monotonic_ns,
-    model::names::Zone,
+    model::names::{ServiceName, Zone},
     status::status_path,
     store::{
         Store,
@@ -91,9 +91,9 @@ impl Agent {
     /// every listing and every batch of events, before anything else is done with it, so a
     /// name leaves the answers as soon as its endpoint leaves etcd.
     pub(super) fn publish_names(&self) {
-        // The services' names join here: `model::names::ServiceName`s from their records.
+        let services = ServiceName::of(&self.cluster);
         self.names
-            .send_replace(Arc::new(Zone::build(&self.cluster, &[])));
+            .send_replace(Arc::new(Zone::build(&self.cluster, &services)));
     }
 
     pub(super) fn write_status(&mut self) {

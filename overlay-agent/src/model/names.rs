@@ -34,6 +34,36 @@ pub struct ServiceName {
     pub backends: Vec<IpAddr>,
 }
 
+impl ServiceName {
+    /// The cluster's services as the zone names them: each to its VIP, `tasks.<name>` to its
+    /// backends (their IPv6 addresses too on a dual-stack network) as etcd holds them now, so
+    /// a backend's name goes with its endpoint record. Health checks will narrow this list.
+    pub fn of(cluster: &ClusterState) -> Vec<ServiceName> {
+        cluster
+            .services
+            .values()
+            .map(|svc| {
+                let net = cluster.networks.get(&svc.network);
+                let backends = cluster
+                    .endpoints
+                    .values()
+                    .filter(|ep| ep.network == svc.network && ep.services.contains(&svc.name))
+                    .flat_map(|ep| {
+                        let v6 = net.and_then(|n| n.ipv6_of(ep.ip)).map(IpAddr::V6);
+                        std::iter::once(IpAddr::V4(ep.ip)).chain(v6)
+                    })
+                    .collect();
+                ServiceName {
+                    network: svc.network.clone(),
+                    name: svc.name.clone(),
+                    vip: Some(IpAddr::V4(svc.vip)),
+                    backends,
+                }
+            })
+            .collect()
+    }
+}
+
 /// The record types the zone knows; anything else asked of a name it has is NODATA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
