@@ -228,6 +228,9 @@ enum Command {
     /// Print this CLI's reference as markdown (docs/cli.md; `cargo xtask docs` writes it).
     #[command(hide = true)]
     CliReference,
+    /// Print the listings' JSON schemas as markdown (docs/json.md; `cargo xtask docs`).
+    #[command(hide = true)]
+    JsonReference,
     /// Print the completion script for a shell (`cargo xtask install` puts it where the shell
     /// looks: e.g. /usr/share/bash-completion/completions/overlay-agent).
     Completions {
@@ -417,6 +420,10 @@ async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::CliReference => {
             print!("{}", cli_reference());
+            return Ok(());
+        }
+        Command::JsonReference => {
+            print!("{}", overlay_agent::cli::reference::json_reference());
             return Ok(());
         }
         Command::Completions { shell } => {
@@ -758,7 +765,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
         // Printed above, before the node's name is checked.
-        Command::CliReference | Command::Completions { .. } | Command::Man { .. } => {}
+        Command::CliReference
+        | Command::JsonReference
+        | Command::Completions { .. }
+        | Command::Man { .. } => {}
     }
     Ok(())
 }
@@ -837,6 +847,19 @@ fn init_logging(format: LogFormat) {
         });
     }
     logger.init();
+}
+
+/// docs/json.md is what this binary renders: a changed column fails here until it is written
+/// again (`cargo xtask docs`).
+#[cfg(test)]
+#[test]
+fn docs_json_md_is_what_the_binary_renders() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/json.md");
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        written == overlay_agent::cli::reference::json_reference(),
+        "docs/json.md is not what `overlay-agent json-reference` renders: run `cargo xtask docs`"
+    );
 }
 
 /// docs/cli.md is what this binary renders: a changed command, option or help text fails here

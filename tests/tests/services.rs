@@ -212,7 +212,7 @@ fn a_vip_spreads_sticks_keeps_the_source_and_follows_etcd() {
     assert!(
         of_web
             .iter()
-            .all(|b| b["healthy"] == "yes" && b["port"] == TCP_PORT)
+            .all(|b| b["healthy"] == true && b["port"] == TCP_PORT)
     );
     let table = d.cli(1, &["maps", "services"]).unwrap();
     assert!(table.contains(&vip.to_string()), "{table}");

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::{
-    cli::inspect::Rows,
+    cli::inspect::{Col, Rows, text},
     store::{
         Store,
         schema::{Endpoint, Network},
@@ -86,6 +86,15 @@ pub async fn service_rm(store: &Store, network: &str, name: &str) -> Result<Serv
 }
 
 /// `service ls`: each service, its VIP and ports, and its backends per node.
+/// `service ls`'s table columns.
+pub const SERVICE_COLUMNS: &[Col] = &[
+    text("network"),
+    text("name"),
+    text("vip"),
+    text("ports"),
+    text("backends"),
+];
+
 pub fn render(services: &[Service], endpoints: &[Endpoint], json: bool) -> String {
     let backends = |svc: &Service| -> BTreeMap<String, Vec<Ipv4Addr>> {
         let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
@@ -115,7 +124,7 @@ pub fn render(services: &[Service], endpoints: &[Endpoint], json: bool) -> Strin
         return serde_json::to_string_pretty(&all).expect("services serialize") + "\n";
     }
     Rows {
-        columns: &["network", "name", "vip", "ports", "backends"],
+        columns: SERVICE_COLUMNS,
         rows: services
             .iter()
             .map(|s| {
