@@ -780,13 +780,13 @@ fn monitor_reasons(names: &[String], drops: bool, traces: bool) -> Result<Vec<Co
         .map(|name| {
             let Some(c) = Counter::ALL
                 .iter()
-                .find(|c| c.is_outcome() && c.name() == name)
+                .find(|c| c.is_monitored() && c.name() == name)
             else {
                 anyhow::bail!(
                     "unknown reason {name}: one of {}",
                     Counter::ALL
                         .iter()
-                        .filter(|c| c.is_outcome())
+                        .filter(|c| c.is_monitored())
                         .map(|c| c.name())
                         .collect::<Vec<_>>()
                         .join(", ")

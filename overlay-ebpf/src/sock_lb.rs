@@ -13,11 +13,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use overlay_common::{Counter, ReverseEntry, ReverseKey};
+use overlay_common::{Counter, ReverseEntry, ReverseKey, monitor::SockLbRecord};
 
 use crate::{
     lb::{Lookup, balance},
     maps::LB_REVERSE,
+    monitor,
     stats::count,
 };
 
@@ -83,14 +84,40 @@ fn translate(ctx: &SockAddrContext) -> i32 {
             // then show the backend's address; its connection itself is unaffected.
             let _ = LB_REVERSE.insert(key, shown, 0);
             count(Counter::LbBalanced);
+            monitor::socket(
+                Counter::LbBalanced,
+                &record(proto, ip, port_be, b.ip, b.port_be),
+            );
             ALLOW
         }
         Lookup::NoBackend => {
             count(Counter::LbNoBackend);
+            monitor::socket(Counter::LbNoBackend, &record(proto, ip, port_be, [0; 4], 0));
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             REJECT
         }
     }
+}
+
+/// What the monitor is shown of an IPv4 decision.
+#[inline(always)]
+fn record(
+    proto: u8,
+    vip: [u8; 4],
+    vip_port_be: u16,
+    backend: [u8; 4],
+    port_be: u16,
+) -> SockLbRecord {
+    let mut r = SockLbRecord {
+        family: 4,
+        proto,
+        vip_port_be,
+        backend_port_be: port_be,
+        ..SockLbRecord::default()
+    };
+    r.vip[..4].copy_from_slice(&vip);
+    r.backend[..4].copy_from_slice(&backend);
+    r
 }
 
 #[inline(always)]

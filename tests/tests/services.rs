@@ -11,6 +11,7 @@ use std::{
 use overlay_agent::dataplane::Maps;
 use overlay_tests::{
     deployment::{Deployment, wait_for},
+    monitor::{Monitor, events},
     scenario::blue,
 };
 
@@ -343,6 +344,20 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     let c1 = d.container(c1).name.clone();
     let r1 = d.container(r1).name.clone();
     wait_backends(&d, vip, 9999, 0);
+    // The monitor shows each decision: a refusal with no backend, a balanced connect with its.
+    let monitor = Monitor::start(
+        &d,
+        0,
+        &[
+            "--type",
+            "trace",
+            "--reason",
+            "lb_no_backend",
+            "--reason",
+            "lb_balanced",
+        ],
+    )
+    .unwrap();
     // c1 only: red has no service, so no namespace of red is looked into.
     wait_members(&d, &[1, 0]);
     // No backend: ECONNREFUSED at once, counted; never a silent drop.
@@ -409,6 +424,27 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     assert!(from_host.is_err(), "the host's own socket was translated");
     assert_eq!(counter(&d, 0, "lb_balanced"), balanced + 1);
     assert_eq!(counter(&d, 0, "lb_no_backend"), before + 2);
+
+    let lines = monitor.stop().unwrap();
+    let seen = events(&lines);
+    let service = format!("{vip}:9999");
+    let refused: Vec<_> = seen
+        .iter()
+        .filter(|e| e["reason"] == "lb_no_backend")
+        .collect();
+    assert!(
+        refused.iter().any(|e| e["hook"] == "sock-lb"
+            && e["socket"]["service"] == service.as_str()
+            && e["socket"]["backend"].is_null()),
+        "no refusal event for {service}: {lines:#?}"
+    );
+    let backend = format!("{b1_ip}:9999");
+    assert!(
+        seen.iter().any(|e| e["reason"] == "lb_balanced"
+            && e["socket"]["service"] == service.as_str()
+            && e["socket"]["backend"] == backend.as_str()),
+        "no balanced event to {backend}: {lines:#?}"
+    );
 }
 
 #[test]
