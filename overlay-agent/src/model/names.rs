@@ -20,7 +20,7 @@ use std::{
 use super::cluster::ClusterState;
 use crate::{
     shared::ipam::{Cidr, Subnet6},
-    store::schema::Network,
+    store::{schema::Network, services::Proto},
 };
 
 /// A service as the resolver needs it (the services' own schema is elsewhere: whoever reads
@@ -37,7 +37,8 @@ pub struct ServiceName {
 impl ServiceName {
     /// The cluster's services as the zone names them: each to its VIP, `tasks.<name>` to its
     /// backends (their IPv6 addresses too on a dual-stack network) as etcd holds them now, so
-    /// a backend's name goes with its endpoint record. Health checks will narrow this list.
+    /// a backend's name goes with its endpoint record; a backend its own node finds not
+    /// answering on one of the service's TCP ports is left out until it answers again.
     pub fn of(cluster: &ClusterState) -> Vec<ServiceName> {
         cluster
             .services
@@ -48,6 +49,11 @@ impl ServiceName {
                     .endpoints
                     .values()
                     .filter(|ep| ep.network == svc.network && ep.services.contains(&svc.name))
+                    .filter(|ep| {
+                        svc.ports
+                            .iter()
+                            .all(|p| cluster.answers(ep, p.port, p.proto == Proto::Tcp))
+                    })
                     .flat_map(|ep| {
                         let v6 = net.and_then(|n| n.ipv6_of(ep.ip)).map(IpAddr::V6);
                         std::iter::once(IpAddr::V4(ep.ip)).chain(v6)
