@@ -724,3 +724,156 @@ fn balancing_outlives_the_agent_and_a_restart_replaces_its_links() {
     BufReader::new(&held).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), b_ip.to_string());
 }
+
+/// A TCP server on `TCP_PORT` in namespace `ns` that greets like `serve`'s and can be stopped:
+/// its listener is closed when `stop` is set (connections to the port are then refused).
+fn serve_until(ns: &str, me: Ipv4Addr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut conn, peer)) => {
+                    let _ = writeln!(conn, "{me} {}", peer.ip());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// Whether every host's BACKENDS marks `ip` healthy (`true`) or not, in its TCP slot.
+fn backend_healthy_everywhere(d: &Deployment, ip: Ipv4Addr, healthy: bool) -> bool {
+    d.hosts.iter().all(|h| {
+        Maps::open(&h.pins()).is_ok_and(|m| {
+            m.backend_entries().filter_map(|e| e.ok()).any(|(_, b)| {
+                b.ip == ip.octets()
+                    && b.port() == TCP_PORT
+                    && (b.flags & overlay_common::BACKEND_HEALTHY != 0) == healthy
+            })
+        })
+    })
+}
+
+/// Health: a backend whose server stops answers no new connection within the checks' time
+/// (two failed connects a second apart, measured), leaves `tasks.`, shows in `service ls`, and
+/// comes back when it listens again; another node's claim about it is not believed.
+#[test]
+fn an_unanswering_backend_is_passed_over_until_it_answers_again() {
+    use std::sync::{Arc, atomic::AtomicBool};
+    let mut d = Deployment::new("svh", &[true, true]).unwrap();
+    blue(&d);
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let tcp = SocketAddr::from((vip, TCP_PORT));
+    let (i1, b1) = d
+        .add_container_with(0, "b1", "blue", None, &["--service", "web"])
+        .unwrap();
+    let (i2, b2) = d
+        .add_container_with(1, "b2", "blue", None, &["--service", "web"])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_until(&d.container(i1).name, b1, stop.clone());
+    serve(&d.container(i2).name, b2);
+    let (ic, _) = d.add_container(1, "c1", "blue", None).unwrap();
+    let client = d.container(ic).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 2);
+    wait_members(&d, &[1, 2]);
+    let reached = |n: usize| -> BTreeMap<Ipv4Addr, usize> {
+        let mut by = BTreeMap::new();
+        for seen in connections(&client, tcp, n) {
+            let seen = seen.unwrap_or_else(|e| panic!("-> {tcp}: {e}"));
+            *by.entry(seen.backend).or_default() += 1;
+        }
+        by
+    };
+    let tasks = || {
+        overlay_tests::dns::query(
+            d.container(ic),
+            Ipv4Addr::new(10, 10, 0, 1),
+            "tasks.web",
+            hickory_proto::rr::RecordType::A,
+            false,
+        )
+        .map(|r| {
+            let mut a = r.addresses;
+            a.sort();
+            a
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(reached(10).len(), 2);
+
+    // Host 1 claims host 0's backend fails: not believed (a node speaks for its own only).
+    d.etcd_put(
+        &format!("health/{}", d.hosts[1].name()),
+        &format!(r#"{{"blue":{{"{b1}":[{TCP_PORT}]}}}}"#),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(backend_healthy_everywhere(&d, b1, true));
+    assert_eq!(reached(10).len(), 2, "a forged claim moved no connection");
+    assert_eq!(tasks().len(), 2);
+    d.etcd_del(&format!("health/{}", d.hosts[1].name()))
+        .unwrap();
+
+    // b1's server stops: within the checks' time no host sends it a new connection.
+    let stopped = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(Duration::from_secs(4), || {
+        backend_healthy_everywhere(&d, b1, false)
+    })
+    .unwrap_or_else(|e| panic!("b1 unhealthy everywhere: {e}\n{}", d.hosts[0].log()));
+    let took = stopped.elapsed();
+    eprintln!(
+        "b1's server stopped: passed over by every host after {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(reached(20).keys().collect::<Vec<_>>(), [&b2]);
+    assert_eq!(tasks(), [std::net::IpAddr::V4(b2)]);
+    let ls = d.cli(1, &["service", "ls"]).unwrap();
+    assert!(
+        ls.contains(&format!("{b1} unhealthy (8080/tcp not answering)")),
+        "{ls}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&d.cli(1, &["service", "ls", "--json"]).unwrap()).unwrap();
+    assert_eq!(ls[0]["health"][b2.to_string()], "healthy", "{ls}");
+
+    // It listens again: healthy within a check.
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_until(&d.container(i1).name, b1, stop.clone());
+    let listening = Instant::now();
+    wait_for(Duration::from_secs(3), || {
+        backend_healthy_everywhere(&d, b1, true)
+    })
+    .expect("b1 healthy again everywhere");
+    eprintln!(
+        "b1 listening again: balanced to by every host after {} ms",
+        listening.elapsed().as_millis()
+    );
+    assert_eq!(reached(10).len(), 2);
+    wait_for(Duration::from_secs(1), || tasks().len() == 2).expect("b1 back in tasks.web");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+}
