@@ -877,3 +877,111 @@ fn an_unanswering_backend_is_passed_over_until_it_answers_again() {
     wait_for(Duration::from_secs(1), || tasks().len() == 2).expect("b1 back in tasks.web");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
 }
+
+/// fd00:10::/64 followed by the IPv4 address: every address of a dual-stack network, a
+/// service's IPv6 VIP included, as the agent derives it.
+fn v6(ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0xfd, 0, 0, 0x10]);
+    a[12..].copy_from_slice(&ip.octets());
+    std::net::Ipv6Addr::from(a)
+}
+
+/// Dual stack: a service's IPv6 VIP (its IPv4 VIP in the network's prefix) is what its name
+/// answers for AAAA, and a connection to it reaches a backend's IPv6 address on either host,
+/// the backend seeing the client's own IPv6 address and the client seeing the VIP as its peer.
+#[test]
+fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
+    let mut d = Deployment::new("sv6", &[true, true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let vip6 = SocketAddr::from((v6(vip), TCP_PORT));
+    let mut backends = Vec::new();
+    for (host, name) in [(0, "b1"), (1, "b2")] {
+        let (i, ip) = d
+            .add_container_with(host, name, "blue", None, &["--service", "web"])
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_in(&d.container(i).name, move || {
+            let listener = TcpListener::bind(("::", TCP_PORT)).unwrap();
+            tx.send(()).unwrap();
+            for mut conn in listener.incoming().flatten() {
+                let peer = conn.peer_addr().unwrap();
+                let _ = writeln!(conn, "{} {}", v6(ip), peer.ip());
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        backends.push(v6(ip));
+    }
+    let (ic, c1) = d.add_container(0, "c1", "blue", None).unwrap();
+    let client = d.container(ic).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 2);
+    wait_members(&d, &[2, 1]);
+    // The backends' IPv6 addresses answer once their duplicate address detection is done.
+    for b in &backends {
+        wait_for(Duration::from_secs(5), || {
+            d.container(ic)
+                .run(&format!("ping -6 -c 1 -W 1 {b}"))
+                .is_ok()
+        })
+        .unwrap_or_else(|_| panic!("c1 reaches {b}"));
+    }
+
+    let aaaa = overlay_tests::dns::query(
+        d.container(ic),
+        Ipv4Addr::new(10, 10, 0, 1),
+        "web",
+        hickory_proto::rr::RecordType::AAAA,
+        false,
+    )
+    .unwrap();
+    assert_eq!(aaaa.addresses, [std::net::IpAddr::V6(v6(vip))]);
+
+    let seen: Vec<(String, String, SocketAddr)> = overlay_tests::netns::enter(&client, || {
+        (0..20)
+            .map(|_| {
+                let conn = TcpStream::connect_timeout(&vip6, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("-> {vip6}: {e}"));
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                BufReader::new(conn.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                let mut parts = line.split_whitespace().map(str::to_string);
+                (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                    conn.peer_addr().unwrap(),
+                )
+            })
+            .collect()
+    });
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (backend, client_as_seen, peer) in &seen {
+        assert_eq!(
+            *client_as_seen,
+            v6(c1).to_string(),
+            "the client's own address"
+        );
+        assert_eq!(*peer, vip6, "getpeername shows the IPv6 VIP");
+        *per_backend.entry(backend.clone()).or_default() += 1;
+    }
+    eprintln!("20 connections to {vip6}: {per_backend:?}");
+    let expected: BTreeMap<String, usize> = backends.iter().map(|b| (b.to_string(), 10)).collect();
+    assert_eq!(per_backend, expected);
+}

@@ -29,7 +29,10 @@ use crate::{
 pub struct ServiceName {
     pub network: String,
     pub name: String,
-    pub vip: Option<IpAddr>,
+    /// Its virtual IPs: the IPv4 VIP and, on a dual-stack network, the IPv6 one (the IPv4 VIP
+    /// in the network's prefix, balanced by the `6` socket programs). None: its name answers
+    /// its backends.
+    pub vips: Vec<IpAddr>,
     /// Its healthy backends only: what `tasks.<name>` answers.
     pub backends: Vec<IpAddr>,
 }
@@ -62,7 +65,9 @@ impl ServiceName {
                 ServiceName {
                     network: svc.network.clone(),
                     name: svc.name.clone(),
-                    vip: Some(IpAddr::V4(svc.vip)),
+                    vips: std::iter::once(IpAddr::V4(svc.vip))
+                        .chain(net.and_then(|n| n.ipv6_of(svc.vip)).map(IpAddr::V6))
+                        .collect(),
                     backends,
                 }
             })
@@ -157,9 +162,10 @@ impl Zone {
                 continue;
             };
             let backends: BTreeSet<IpAddr> = svc.backends.iter().copied().collect();
-            let answer: BTreeSet<IpAddr> = match svc.vip {
-                Some(vip) => BTreeSet::from([vip]),
-                None => backends.clone(),
+            let answer: BTreeSet<IpAddr> = if svc.vips.is_empty() {
+                backends.clone()
+            } else {
+                svc.vips.iter().copied().collect()
             };
             let full = qualified(&svc.name, &svc.network);
             // A service's name is what its clients ask for: it shadows an endpoint's.
@@ -173,8 +179,8 @@ impl Zone {
                 backends.clone(),
             );
             names.names.insert(tasks, backends);
-            if let Some(vip) = svc.vip {
-                names.reverse.insert(vip, full);
+            for vip in &svc.vips {
+                names.reverse.insert(*vip, full.clone());
             }
         }
         zone
@@ -460,19 +466,19 @@ mod tests {
             ServiceName {
                 network: "blue".into(),
                 name: "Web".into(),
-                vip: Some(v4("10.10.255.10")),
+                vips: vec![v4("10.10.255.10")],
                 backends: vec![v4("10.10.1.2"), v4("10.10.2.2")],
             },
             ServiceName {
                 network: "blue".into(),
                 name: "web1".into(),
-                vip: Some(v4("10.10.255.11")),
+                vips: vec![v4("10.10.255.11")],
                 backends: vec![],
             },
             ServiceName {
                 network: "red".into(),
                 name: "rr".into(),
-                vip: None,
+                vips: vec![],
                 backends: vec![v4("10.20.1.2")],
             },
         ]);
