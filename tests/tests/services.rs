@@ -889,7 +889,8 @@ fn v6(ip: Ipv4Addr) -> std::net::Ipv6Addr {
 
 /// Dual stack: a service's IPv6 VIP (its IPv4 VIP in the network's prefix) is what its name
 /// answers for AAAA, and a connection to it reaches a backend's IPv6 address on either host,
-/// the backend seeing the client's own IPv6 address and the client seeing the VIP as its peer.
+/// the backend seeing the client's own IPv6 address and the client seeing the VIP as its peer;
+/// UDP too, each reply shown as from the VIP.
 #[test]
 fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
     let mut d = Deployment::new("sv6", &[true, true]).unwrap();
@@ -906,11 +907,14 @@ fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
                 "blue",
                 "--port",
                 "8080/tcp",
+                "--port",
+                "5353/udp",
             ],
         )
         .unwrap();
     let vip = vip_of(&out);
     let vip6 = SocketAddr::from((v6(vip), TCP_PORT));
+    let udp6 = SocketAddr::from((v6(vip), UDP_PORT));
     let mut backends = Vec::new();
     for (host, name) in [(0, "b1"), (1, "b2")] {
         let (i, ip) = d
@@ -919,6 +923,13 @@ fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
         let (tx, rx) = std::sync::mpsc::channel();
         spawn_in(&d.container(i).name, move || {
             let listener = TcpListener::bind(("::", TCP_PORT)).unwrap();
+            let udp = UdpSocket::bind(("::", UDP_PORT)).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(v6(ip).to_string().as_bytes(), from);
+                }
+            });
             tx.send(()).unwrap();
             for mut conn in listener.incoming().flatten() {
                 let peer = conn.peer_addr().unwrap();
@@ -984,4 +995,27 @@ fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
     eprintln!("20 connections to {vip6}: {per_backend:?}");
     let expected: BTreeMap<String, usize> = backends.iter().map(|b| (b.to_string(), 10)).collect();
     assert_eq!(per_backend, expected);
+
+    // UDP over IPv6: each datagram balanced (sendmsg6), each reply from the VIP (recvmsg6).
+    let replies = overlay_tests::netns::enter(&client, || {
+        let sock = UdpSocket::bind("[::]:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..4)
+            .map(|_| {
+                sock.send_to(b"q", udp6).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut answered_by = std::collections::BTreeSet::new();
+    for (backend, from) in &replies {
+        assert_eq!(
+            *from, udp6,
+            "the reply comes from the IPv6 VIP: {replies:?}"
+        );
+        answered_by.insert(backend.clone());
+    }
+    assert_eq!(answered_by.len(), 2, "datagrams spread: {replies:?}");
 }

@@ -106,9 +106,8 @@ impl ClusterState {
             }
             Key::Health(node) => {
                 let record: schema::HealthRecord = schema::decode(value)?;
-                let old = self.health.insert(node.clone(), record.clone());
+                self.health.insert(node.clone(), record);
                 // Followed by the services sync and the names, not by a map reconcile.
-                let _ = changed(old, &record);
                 Applied::Ignored
             }
             Key::Name { node, name } => {
