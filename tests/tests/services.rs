@@ -996,6 +996,37 @@ fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
     let expected: BTreeMap<String, usize> = backends.iter().map(|b| (b.to_string(), 10)).collect();
     assert_eq!(per_backend, expected);
 
+    // A dual-stack socket connecting to the IPv4 VIP as `::ffff:VIP` (as Java's do) is
+    // balanced too: only the `6` hook sees it.
+    let mapped = SocketAddr::from((vip.to_ipv6_mapped(), TCP_PORT));
+    // (The backends greet with their IPv6 address whatever the connection's family.)
+    let greeting: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+    let via_mapped = overlay_tests::netns::enter(&client, || {
+        (0..4)
+            .map(|_| {
+                let conn = TcpStream::connect_timeout(&mapped, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("-> {mapped}: {e}"));
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                BufReader::new(conn.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                (line, conn.peer_addr().unwrap())
+            })
+            .collect::<Vec<_>>()
+    });
+    for (line, peer) in &via_mapped {
+        assert_eq!(*peer, mapped, "getpeername shows the mapped VIP");
+        let mut parts = line.split_whitespace();
+        let backend = parts.next().unwrap_or_default();
+        assert!(greeting.iter().any(|b| b == backend), "{line}");
+        assert_eq!(
+            parts.next(),
+            Some(c1.to_ipv6_mapped().to_string().as_str()),
+            "the backend sees the client's IPv4 address: {line}"
+        );
+    }
+
     // UDP over IPv6: each datagram balanced (sendmsg6), each reply from the VIP (recvmsg6).
     let replies = overlay_tests::netns::enter(&client, || {
         let sock = UdpSocket::bind("[::]:0").unwrap();
