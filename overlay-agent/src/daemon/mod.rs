@@ -112,7 +112,7 @@ struct Agent {
     published_groups: Option<schema::GroupsRecord>,
     /// The local backends' health as the checker last found it (syncs/backend_health.rs),
     /// and as last published under this session's lease (`health/<node>`).
-    health: watch::Receiver<schema::HealthRecord>,
+    health: watch::Receiver<Option<schema::HealthRecord>>,
     published_health: Option<schema::HealthRecord>,
     /// The last reconcile could not list the node's interfaces: the next tick tries again.
     links_unread: bool,

@@ -91,7 +91,10 @@ impl Agent {
     /// session has not published it yet): at once, not at the next tick, so a backend that
     /// stopped answering is passed over within the checks' own time.
     pub(super) async fn publish_health(&mut self, store: &Store, lease: i64) {
-        let health = self.health.borrow_and_update().clone();
+        // Nothing until the checker's first verdicts are in.
+        let Some(health) = self.health.borrow_and_update().clone() else {
+            return;
+        };
         if self.published_health.as_ref() == Some(&health) {
             return;
         }

@@ -57,14 +57,19 @@ pub struct Target {
 type Check = (String, Ipv4Addr, u16);
 
 /// Starts the checker: it follows `targets` and publishes its verdicts (the failing ports)
-/// on the returned channel, which changes only when a verdict does.
-pub fn spawn(targets: watch::Receiver<Vec<Target>>) -> Result<watch::Receiver<HealthRecord>> {
+/// on the returned channel, which changes only when a verdict does. None until
+/// [`FAILURES`] rounds are done: a fresh agent (a restart) calls nothing healthy before it
+/// could have called it unhealthy.
+pub fn spawn(
+    targets: watch::Receiver<Vec<Target>>,
+) -> Result<watch::Receiver<Option<HealthRecord>>> {
     let sockets = NetnsSockets::start()?;
-    let (tx, rx) = watch::channel(HealthRecord::new());
+    let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures: BTreeMap<Check, u32> = BTreeMap::new();
+        let mut rounds = 0u32;
         loop {
             tick.tick().await;
             if tx.is_closed() {
@@ -120,9 +125,13 @@ pub fn spawn(targets: watch::Receiver<Vec<Target>>) -> Result<watch::Receiver<He
                     .or_default()
                     .insert(*port);
             }
+            rounds = rounds.saturating_add(1);
+            if rounds < FAILURES {
+                continue;
+            }
             tx.send_if_modified(|now| {
-                let changed = *now != record;
-                *now = record;
+                let changed = now.as_ref() != Some(&record);
+                *now = Some(record);
                 changed
             });
         }
