@@ -603,7 +603,8 @@ async fn run(cli: Cli) -> Result<()> {
                 ServiceCmd::Ls { network, json } => {
                     let all = store.services(network.as_deref()).await?;
                     let eps = store.endpoints(network.as_deref()).await?;
-                    print!("{}", services::render(&all, &eps, json));
+                    let health = store.health_records().await?;
+                    print!("{}", services::render(&all, &eps, &health, json));
                 }
                 ServiceCmd::Rm { name, network } => {
                     let svc = services::service_rm(&store, &network, &name).await?;
