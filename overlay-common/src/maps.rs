@@ -35,6 +35,11 @@ pub mod names {
     pub const MEMBERS: &str = "MEMBERS";
     pub const LB_TURN: &str = "LB_TURN";
     pub const LB_REVERSE: &str = "LB_REVERSE";
+    /// Published ports (see [`crate::PublishedKey`]): which service each serves, the ingress
+    /// node's flows and the backend's node's replies.
+    pub const PUBLISHED: &str = "PUBLISHED";
+    pub const PUB_FLOWS: &str = "PUB_FLOWS";
+    pub const PUB_REPLY: &str = "PUB_REPLY";
 }
 
 /// How the kernel keeps a map: its BPF map type, which userspace must know to open a pin.
@@ -78,7 +83,7 @@ impl MapSpec {
 }
 
 /// Every pinned map, in the order metrics and the inspection list them.
-pub const MAPS: [MapSpec; 24] = {
+pub const MAPS: [MapSpec; 27] = {
     use MapKind::*;
     [
         MapSpec::new(names::FDB, Hash, true, true),
@@ -105,6 +110,9 @@ pub const MAPS: [MapSpec; 24] = {
         MapSpec::new(names::MEMBERS, Hash, false, false),
         MapSpec::new(names::LB_TURN, LruHash, false, false),
         MapSpec::new(names::LB_REVERSE, LruHash, false, false),
+        MapSpec::new(names::PUBLISHED, Hash, false, false),
+        MapSpec::new(names::PUB_FLOWS, LruHash, false, false),
+        MapSpec::new(names::PUB_REPLY, LruHash, false, false),
     ]
 };
 

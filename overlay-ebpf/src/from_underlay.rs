@@ -21,7 +21,7 @@ use crate::{
     ecn, flood,
     ipv6::{self, IPV6_LEN},
     maps::{CONFIG, ENDPOINTS, NETWORKS, VTEPS},
-    monitor,
+    monitor, nodeport,
     packet::{linearize, ptr_at},
     rx_checksum,
     stats::{Verdict, add, drop, pass, redirected},
@@ -58,7 +58,7 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
     };
     let ip = unsafe { &*ip };
     if ip.proto != wire::IPPROTO_UDP {
-        return pass(Counter::UnderlayPass);
+        return nodeport::ingress(ctx).unwrap_or(pass(Counter::UnderlayPass));
     }
     let ihl = (ip.vihl & 0x0f) as usize * 4;
     let frags = u16::from_be_bytes(ip.frags);
@@ -87,7 +87,8 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
         u32::from_ne_bytes(dst),
     ];
     if !vxlan::is_tunnel_port(dport) || !to_our_vtep(mapped, false) {
-        return pass(Counter::UnderlayPass);
+        // A published port is never a VXLAN port (the agent refuses one).
+        return nodeport::ingress(ctx).unwrap_or(pass(Counter::UnderlayPass));
     }
 
     // VXLAN to our port from here on. Linux VTEPs never send options or fragments; leave those
@@ -220,6 +221,10 @@ fn accept<const OFF_UDP_AT: usize>(
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);
+    // A published port's flow, sent by its ingress node: where its replies leave from.
+    if !ipv6 {
+        nodeport::at_decap(ctx, off_inner, &inner, source.ip);
+    }
     // With a GRO handler on our port (the agent's ovgro device), the wire's packets arrive
     // here merged: count how many this skb carries.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);

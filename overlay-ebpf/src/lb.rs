@@ -55,7 +55,7 @@ pub fn balance(netns: u64, ip: [u8; 4], port_be: u16, proto: u8) -> Lookup {
 
 /// The next healthy backend of service `id` in round-robin order.
 #[inline(always)]
-fn select(id: u32, count: u32) -> Option<Backend> {
+pub fn select(id: u32, count: u32) -> Option<Backend> {
     if count == 0 {
         return None;
     }

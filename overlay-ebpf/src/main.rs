@@ -40,6 +40,8 @@ mod monitor;
 #[cfg(target_arch = "bpf")]
 mod ndp;
 #[cfg(target_arch = "bpf")]
+mod nodeport;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pmtu;

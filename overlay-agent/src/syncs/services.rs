@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use overlay_common::{
     BACKEND_HEALTHY, Backend, BackendKey, MAX_BACKENDS, MAX_NETNS_NETWORKS, MAX_SERVICES, Members,
-    Service as ServiceEntry, ServiceKey,
+    Published, PublishedKey, Service as ServiceEntry, ServiceKey,
 };
 
 use super::{Kernel, NodeSync, View};
@@ -36,6 +36,8 @@ pub struct Want {
     /// This node's endpoints whose sockets are balanced, as their records describe them: each
     /// is checked against its namespace before it becomes a member.
     pub members: BTreeSet<Member>,
+    /// Published ports (nodeport.rs): (protocol, port) -> the service port they reach.
+    pub published: BTreeMap<PublishedKey, Published>,
 }
 
 /// A local endpoint whose namespace's sockets the programs balance (to its network's services).
@@ -97,6 +99,15 @@ pub fn wanted(view: &View<'_>) -> Want {
                 continue;
             }
             let key = ServiceKey::new(net.vni, svc.vip.octets(), port.port, proto);
+            // Every node serves a service's published ports; two services publishing one
+            // (which `service create` refuses) leave it to the first by name.
+            for p in svc.publish.iter().filter(|p| p.target == port.port) {
+                if p.proto.number() == proto {
+                    want.published
+                        .entry(PublishedKey::new(p.published, proto))
+                        .or_insert(key);
+                }
+            }
             want.services.insert(
                 key,
                 ServiceEntry {
@@ -175,6 +186,14 @@ impl NodeSync for Services {
                 "services: {} service port(s), {} backend slot(s) ({n} change(s))",
                 want.services.len(),
                 want.backends.len()
+            ),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+        match kernel.maps.sync_published(&want.published) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "services: {} published port(s) ({n} change(s))",
+                want.published.len()
             ),
             Err(e) => log::warn!("{e:#}; will retry"),
         }
