@@ -132,7 +132,10 @@ pub mod jump {
     pub const FRAGMENT: u32 = 0;
     /// Its second half (the first piece), tail-called by `fragment`.
     pub const FRAGMENT_FIRST: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// The `nodeport_in` program (a packet to a published port), tail-called by
+    /// `from_underlay`.
+    pub const NODEPORT_IN: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Program names (the Rust function names in overlay-ebpf).
@@ -145,6 +148,9 @@ pub mod programs {
     pub const FRAGMENT: &str = "fragment";
     /// Tail-called by `fragment` (slot `jump::FRAGMENT_FIRST`), never attached.
     pub const FRAGMENT_FIRST: &str = "fragment_first";
+    /// Tail-called by `from_underlay` (slot `jump::NODEPORT_IN`), never attached: a packet to
+    /// a published port, to its backend.
+    pub const NODEPORT_IN: &str = "nodeport_in";
     /// Decapsulation at XDP, for the benchmark's comparison only.
     pub const XDP_DECAP: &str = "xdp_decap";
     /// Socket load balancing, attached at the cgroup v2 root (see sock_lb.rs).

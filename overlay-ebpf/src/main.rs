@@ -101,6 +101,12 @@ mod entry {
         )
     }
 
+    /// Tail-called by `from_underlay`: a packet to a published port (nodeport.rs).
+    #[classifier]
+    pub fn nodeport_in(ctx: TcContext) -> i32 {
+        conclude(&ctx, hook::FROM_UNDERLAY, crate::nodeport::handle_in(&ctx))
+    }
+
     #[classifier]
     pub fn gro_sink(ctx: TcContext) -> i32 {
         conclude(&ctx, hook::GRO_SINK, crate::gro_sink::handle(&ctx))

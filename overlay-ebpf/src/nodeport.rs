@@ -20,12 +20,12 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use overlay_common::{
     Counter, FlowBackend, FlowKey, IpKey, MacKey, PUBLISHED_MAC_PREFIX, PublishedKey, ReplyVia,
-    deliver, vtep, wire,
+    deliver, jump, vtep, wire,
 };
 
 use crate::{
     lb,
-    maps::{ARP, CONFIG, ENDPOINTS, FDB, PUB_FLOWS, PUB_REPLY, PUBLISHED, SERVICES},
+    maps::{ARP, CONFIG, ENDPOINTS, FDB, JUMP, PUB_FLOWS, PUB_REPLY, PUBLISHED, SERVICES},
     packet::ptr_at,
     stats::{Verdict, drop, pass, redirected},
     vxlan::{self, InnerEth},
@@ -62,10 +62,38 @@ fn tuple(ctx: &TcContext, ip: usize) -> Option<FlowKey> {
     })
 }
 
-/// A packet from the underlay: if it is to this node's VTEP address and a published port,
-/// what became of it; None leaves it to the caller (the host stack's, or VXLAN).
+/// In `from_underlay`, a packet that is not VXLAN of ours: one to a published port of this
+/// node is handed to the `nodeport_in` program (a tail call, which does not return: the
+/// verifier walks that path in a program of its own, not in every path of
+/// `from_underlay`); anything else returns, for the host stack.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext) -> Option<Verdict> {
+pub fn to_published(ctx: &TcContext) {
+    if published(ctx).is_some() {
+        unsafe {
+            let _ = JUMP.tail_call(ctx, jump::NODEPORT_IN);
+        }
+    }
+}
+
+/// The `nodeport_in` program: a packet to a published port of this node, to its backend;
+/// left to the host stack if it is not one after all.
+pub fn handle_in(ctx: &TcContext) -> Verdict {
+    let Some((t, service, vtep)) = published(ctx) else {
+        return pass(Counter::UnderlayPass);
+    };
+    to_backend(ctx, &t, &service, vtep)
+}
+
+/// A packet from the underlay to this node's VTEP address and a published port: its flow,
+/// the service port it reaches, and the node's VTEP.
+#[inline(always)]
+fn published(
+    ctx: &TcContext,
+) -> Option<(
+    FlowKey,
+    overlay_common::ServiceKey,
+    overlay_common::VtepAddr,
+)> {
     let node = CONFIG.get(0)?;
     if vxlan::underlay_is_ipv6(node) {
         return None;
@@ -81,7 +109,7 @@ pub fn ingress(ctx: &TcContext) -> Option<Verdict> {
         _pad: 0,
     };
     let service = *unsafe { PUBLISHED.get(key) }?;
-    Some(to_backend(ctx, &t, &service, node.vtep))
+    Some((t, service, node.vtep))
 }
 
 #[inline(always)]
@@ -153,7 +181,7 @@ fn to_backend(
             return drop(Counter::DropNoEndpoint);
         }
         let v = vxlan::encap(ctx, backend.vni, port, fdb);
-        return published(v, Counter::Encap, Counter::PublishedIn);
+        return renamed(v, Counter::Encap, Counter::PublishedIn);
     }
     let Some(local) = (unsafe { ENDPOINTS.get(key) }) else {
         return drop(Counter::DropNoEndpoint);
@@ -245,7 +273,7 @@ pub fn reply(ctx: &TcContext) -> Option<Verdict> {
 
 /// `v` with outcome `from` renamed `to` (a drop keeps its reason).
 #[inline(always)]
-fn published(v: Verdict, from: Counter, to: Counter) -> Verdict {
+fn renamed(v: Verdict, from: Counter, to: Counter) -> Verdict {
     if v.counter == from {
         Verdict { counter: to, ..v }
     } else {

@@ -437,6 +437,21 @@ mod tests {
                 "invalid service name",
             ),
             (&many, "web", "at most 16"),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":81,"proto":"tcp"}]}"#,
+                "web",
+                "81/tcp is not one of its ports",
+            ),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":80,"proto":"udp"}]}"#,
+                "web",
+                "80/udp is not one of its ports",
+            ),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":80,"proto":"tcp"},{"published":8080,"target":80,"proto":"tcp"}]}"#,
+                "web",
+                "publishes port 8080/tcp twice",
+            ),
         ] {
             let err = format!("{:#}", rec(json).validate("blue", name).unwrap_err());
             assert!(err.contains(says), "{json}: {err}");

@@ -403,6 +403,26 @@ mod tests {
     }
 
     #[test]
+    fn published_ports_name_their_service_port() {
+        const PUBLISHED: &str = r#"{"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"},{"port":53,"proto":"udp"}],"publish":[{"published":8080,"target":80,"proto":"tcp"},{"published":5300,"target":53,"proto":"udp"}]}"#;
+        let c = cluster(&[("networks/blue", NET), ("services/blue/web", PUBLISHED)]);
+        let applied = MapState::default();
+        let want = wanted(&view(&c, &applied));
+        assert_eq!(want.published.len(), 2);
+        assert_eq!(
+            want.published[&PublishedKey::new(8080, 6)],
+            ServiceKey::new(42, [10, 10, 255, 254], 80, 6)
+        );
+        assert_eq!(
+            want.published[&PublishedKey::new(5300, 17)],
+            ServiceKey::new(42, [10, 10, 255, 254], 53, 17)
+        );
+        // Not published: nothing.
+        let c = cluster(&[("networks/blue", NET), ("services/blue/web", WEB)]);
+        assert!(wanted(&view(&c, &applied)).published.is_empty());
+    }
+
+    #[test]
     fn ids_are_stable_and_never_zero() {
         let a = service_id("blue", "web", 80, 6);
         assert_eq!(a, service_id("blue", "web", 80, 6));
