@@ -148,8 +148,24 @@ fn to_backend(
         })
     })
     .map(|a| a.mac) else {
-        return drop(Counter::DropNoEndpoint);
+        return pass(Counter::PublishedNoBackend);
     };
+    // Where the backend is, asked before anything is rewritten: a backend this node cannot
+    // reach (its network not served here) leaves the packet to the host stack, which refuses
+    // it, as when there is no backend at all.
+    let key = MacKey::new(backend.vni, mac);
+    let fdb = FDB.get_ptr_mut(key);
+    let local = match fdb {
+        Some(_) => None,
+        None => unsafe { ENDPOINTS.get(key) }.map(|e| (e.ifindex, e.deliver)),
+    };
+    let reachable = match fdb {
+        Some(f) => (unsafe { (*f).port }) != 0,
+        None => local.is_some(),
+    };
+    if !reachable {
+        return pass(Counter::PublishedNoBackend);
+    }
     if nat(
         ctx,
         IP_DST,
@@ -174,16 +190,11 @@ fn to_backend(
         (*eth).dst_addr = mac;
         (*eth).src_addr = [m0, m1, m2, m3, p0, p1];
     }
-    let key = MacKey::new(backend.vni, mac);
-    if let Some(fdb) = FDB.get_ptr_mut(key) {
-        let port = unsafe { (*fdb).port };
-        if port == 0 {
-            return drop(Counter::DropNoEndpoint);
-        }
-        let v = vxlan::encap(ctx, backend.vni, port, fdb);
+    if let Some(fdb) = fdb {
+        let v = vxlan::encap(ctx, backend.vni, unsafe { (*fdb).port }, fdb);
         return renamed(v, Counter::Encap, Counter::PublishedIn);
     }
-    let Some(local) = (unsafe { ENDPOINTS.get(key) }) else {
+    let Some((ifindex, how)) = local else {
         return drop(Counter::DropNoEndpoint);
     };
     let reply = FlowKey {
@@ -195,10 +206,10 @@ fn to_backend(
         _pad: [0; 3],
     };
     remember(&reply, own_vtep, t.dport_be);
-    let verdict = if local.deliver == deliver::INGRESS {
-        unsafe { bpf_redirect(local.ifindex, BPF_F_INGRESS as u64) }
+    let verdict = if how == deliver::INGRESS {
+        unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) }
     } else {
-        unsafe { bpf_redirect_peer(local.ifindex, 0) }
+        unsafe { bpf_redirect_peer(ifindex, 0) }
     };
     redirected(Counter::PublishedIn, verdict)
 }

@@ -266,6 +266,27 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
         eprintln!("{to}: backends {here:?}, {TRANSFER} bytes each way intact");
     }
     assert_eq!(seen, backends);
+
+    // A connection held while a backend joins stays where it is; new ones reach the new one.
+    let to = SocketAddr::from((node(2), TCP_PUBLISHED));
+    let mut held = outside.enter(|| Conn::open(to)).unwrap();
+    let (i, b3) = d
+        .add_container_with(2, "b3", "blue", None, &["--service", "web"])
+        .unwrap();
+    serve(&d.container(i).name, b3);
+    wait_for(Duration::from_secs(10), || {
+        outside.enter(|| (0..6).any(|_| Conn::open(to).is_ok_and(|c| c.backend == b3)))
+    })
+    .unwrap_or_else(|e| panic!("{b3} joins {to}: {e}"));
+    for _ in 0..5 {
+        assert_eq!(
+            held.ask(),
+            held.backend,
+            "a held connection stays on its backend"
+        );
+    }
+    drop(held);
+    backends.insert(b3);
     for host in 0..2 {
         assert!(counter(&d, host, "published_reply") > 0);
     }
