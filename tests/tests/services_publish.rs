@@ -201,6 +201,17 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     d.add_container(2, "c3", "blue", None).unwrap();
     let outside = plug_host(&d.wire, &overlay_tests::unique("pubo"), 200).unwrap();
 
+    // What every node serves, as `maps published` shows it.
+    let shown: serde_json::Value =
+        serde_json::from_str(&d.cli(2, &["maps", "published", "--json"]).unwrap()).unwrap();
+    let row = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["port"] == TCP_PUBLISHED && r["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert_eq!(row["target"], TCP_PORT, "{shown}");
+
     // A published port refuses what the nodes need, in one line, and nothing is made.
     for (publish, why) in [
         ("4789:8080/udp", "VXLAN"),

@@ -44,6 +44,9 @@ pub enum Table {
     Backends,
     /// Network namespaces whose sockets are balanced (by netns cookie), with their VNIs
     Members,
+    /// Published ports of every node's underlay address: port, protocol, and the service
+    /// port (VNI, VIP, port) they reach
+    Published,
 }
 
 /// Column names and rows, cells already formatted; sorted so output is stable.
@@ -201,6 +204,19 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 ]);
             }
             &["service", "slot", "ip", "port", "healthy"]
+        }
+        Table::Published => {
+            for e in maps.published_entries() {
+                let (k, v) = e?;
+                rows.push(vec![
+                    u16::from_be(k.port_be).to_string(),
+                    proto_name(k.proto),
+                    v.vni.to_string(),
+                    ip(v.vip).to_string(),
+                    v.port().to_string(),
+                ]);
+            }
+            &["port", "proto", "vni", "vip", "target"]
         }
         Table::Members => {
             for e in maps.member_entries() {

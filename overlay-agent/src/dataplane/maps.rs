@@ -352,6 +352,13 @@ impl Maps {
         entries(&self.tables.backends, names::BACKENDS)
     }
 
+    /// The published ports of every node, and the service port each reaches.
+    pub fn published_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(PublishedKey, Published)>> + '_ {
+        entries(&self.tables.published, names::PUBLISHED)
+    }
+
     /// The namespaces whose sockets are balanced, by netns cookie.
     pub fn member_entries(&self) -> impl Iterator<Item = Result<(u64, Members)>> + '_ {
         entries(&self.tables.members, names::MEMBERS)
