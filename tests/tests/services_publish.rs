@@ -324,7 +324,8 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
         }
     });
 
-    // A published port with no backend refuses (the host stack's RST), counted.
+    // A published port with no backend refuses (the host stack's RST, or its ICMP port
+    // unreachable for UDP), counted.
     d.cli(
         0,
         &[
@@ -335,8 +336,12 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
             "blue",
             "--port",
             "9000/tcp",
+            "--port",
+            "9001/udp",
             "--publish",
             "30090:9000/tcp",
+            "--publish",
+            "30091:9001/udp",
         ],
     )
     .unwrap();
@@ -349,6 +354,21 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
         }) && counter(&d, 0, "published_no_backend") > before
     })
     .unwrap_or_else(|e| panic!("{empty} refused and counted: {e}"));
+    let empty_udp = SocketAddr::from((node(1), 30091));
+    let before = counter(&d, 1, "published_no_backend");
+    let refused = outside.enter(|| {
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        sock.connect(empty_udp).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        sock.send(b"hi").unwrap();
+        sock.recv(&mut [0u8; 16])
+    });
+    assert_eq!(
+        refused.map_err(|e| e.kind()).unwrap_err(),
+        ErrorKind::ConnectionRefused,
+        "{empty_udp}: the host stack's ICMP port unreachable"
+    );
+    assert!(counter(&d, 1, "published_no_backend") > before);
 
     // `service rm` closes the port: the host stack answers again, and refuses.
     d.cli(0, &["service", "rm", "web", "--network", "blue"])
