@@ -361,7 +361,8 @@ enum ServiceCmd {
         /// The VIP (default: the highest free address of the network's subnet).
         #[arg(long)]
         vip: Option<Ipv4Addr>,
-        /// A port published on every node, PUBLISHED:TARGET/PROTO (stored; not served yet).
+        /// A port published on every node's underlay address, PUBLISHED:TARGET/PROTO (TARGET/PROTO
+        /// one of --port): clients anywhere reach the backends, which see their address.
         #[arg(long, value_name = "PUBLISHED:TARGET/PROTO")]
         publish: Vec<Publish>,
     },

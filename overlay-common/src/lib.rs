@@ -5,10 +5,12 @@
 
 pub mod maps;
 pub mod monitor;
+pub mod nodeport;
 pub mod stats;
 pub mod vtep;
 pub mod wire;
 
 pub use maps::*;
+pub use nodeport::*;
 pub use stats::Counter;
 pub use vtep::VtepAddr;

@@ -35,6 +35,11 @@ pub mod names {
     pub const MEMBERS: &str = "MEMBERS";
     pub const LB_TURN: &str = "LB_TURN";
     pub const LB_REVERSE: &str = "LB_REVERSE";
+    /// Published ports (see [`crate::PublishedKey`]): which service each serves, the ingress
+    /// node's flows and the backend's node's replies.
+    pub const PUBLISHED: &str = "PUBLISHED";
+    pub const PUB_FLOWS: &str = "PUB_FLOWS";
+    pub const PUB_REPLY: &str = "PUB_REPLY";
 }
 
 /// How the kernel keeps a map: its BPF map type, which userspace must know to open a pin.
@@ -78,7 +83,7 @@ impl MapSpec {
 }
 
 /// Every pinned map, in the order metrics and the inspection list them.
-pub const MAPS: [MapSpec; 24] = {
+pub const MAPS: [MapSpec; 27] = {
     use MapKind::*;
     [
         MapSpec::new(names::FDB, Hash, true, true),
@@ -105,6 +110,9 @@ pub const MAPS: [MapSpec; 24] = {
         MapSpec::new(names::MEMBERS, Hash, false, false),
         MapSpec::new(names::LB_TURN, LruHash, false, false),
         MapSpec::new(names::LB_REVERSE, LruHash, false, false),
+        MapSpec::new(names::PUBLISHED, Hash, false, false),
+        MapSpec::new(names::PUB_FLOWS, LruHash, false, false),
+        MapSpec::new(names::PUB_REPLY, LruHash, false, false),
     ]
 };
 
@@ -124,7 +132,10 @@ pub mod jump {
     pub const FRAGMENT: u32 = 0;
     /// Its second half (the first piece), tail-called by `fragment`.
     pub const FRAGMENT_FIRST: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// The `nodeport_in` program (a packet to a published port), tail-called by
+    /// `from_underlay`.
+    pub const NODEPORT_IN: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Program names (the Rust function names in overlay-ebpf).
@@ -137,6 +148,9 @@ pub mod programs {
     pub const FRAGMENT: &str = "fragment";
     /// Tail-called by `fragment` (slot `jump::FRAGMENT_FIRST`), never attached.
     pub const FRAGMENT_FIRST: &str = "fragment_first";
+    /// Tail-called by `from_underlay` (slot `jump::NODEPORT_IN`), never attached: a packet to
+    /// a published port, to its backend.
+    pub const NODEPORT_IN: &str = "nodeport_in";
     /// Decapsulation at XDP, for the benchmark's comparison only.
     pub const XDP_DECAP: &str = "xdp_decap";
     /// Socket load balancing, attached at the cgroup v2 root (see sock_lb.rs).

@@ -120,6 +120,16 @@ counters! {
     /// Not a packet's outcome: a connect() or datagram to a service's virtual IP refused with
     /// ECONNREFUSED because the service has no healthy backend (never a silent drop).
     LbNoBackend = "lb_no_backend",
+    /// A packet to a published port of this node's underlay address, sent to its flow's
+    /// backend (delivered here or encapsulated to the backend's node).
+    PublishedIn = "published_in",
+    /// A backend's reply to a client of a published port, sent to the client from the
+    /// ingress node's address and published port.
+    PublishedReply = "published_reply",
+    /// A packet to a published port whose service has no healthy backend: left to the host
+    /// stack, which refuses it (a TCP RST, an ICMP port unreachable) unless a process of the
+    /// host listens there. Never a silent drop.
+    PublishedNoBackend = "published_no_backend",
 }
 
 impl Counter {

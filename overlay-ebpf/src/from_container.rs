@@ -18,7 +18,7 @@ use overlay_common::{Counter, Endpoint, MacKey, deliver, wire};
 use crate::{
     arp, flood, igmp, ipv6,
     maps::{ENDPOINTS, FDB, NETWORKS, PORTS},
-    ndp,
+    ndp, nodeport,
     packet::{ifindex, linearize, ptr_at},
     stats::{Verdict, drop, pass, redirected},
     vxlan,
@@ -173,6 +173,12 @@ fn forward(
     // ethertypes stay local (STP, LLDP and their like must never cross a switch).
     if ip && flood::is_group(dst) {
         return flood::replicate(ctx, sender, Counter::ContainerPass, group);
+    }
+    // A backend's reply to a client of a published port (nodeport.rs): straight to it.
+    if let Unicast::Ipv4 { .. } = unicast
+        && let Some(verdict) = nodeport::reply(ctx)
+    {
+        return verdict;
     }
     // Unicast for no endpoint: the gateway's way out, which an internal network has not; its
     // resolver it has.

@@ -21,7 +21,7 @@ use crate::{
     ecn, flood,
     ipv6::{self, IPV6_LEN},
     maps::{CONFIG, ENDPOINTS, NETWORKS, VTEPS},
-    monitor,
+    monitor, nodeport,
     packet::{linearize, ptr_at},
     rx_checksum,
     stats::{Verdict, add, drop, pass, redirected},
@@ -57,38 +57,18 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
         return pass(Counter::UnderlayPass);
     };
     let ip = unsafe { &*ip };
-    if ip.proto != wire::IPPROTO_UDP {
-        return pass(Counter::UnderlayPass);
-    }
     let ihl = (ip.vihl & 0x0f) as usize * 4;
     let frags = u16::from_be_bytes(ip.frags);
-    if frags & IP_MF_OFFSET_MASK != 0 && frags & 0x1fff != 0 {
-        // A later fragment carries no UDP header: nothing says whose it is.
-        return pass(Counter::UnderlayPass);
-    }
-    // UDP starts after the options, if any: read its port where it really is (directly in the
-    // common case without options, which linearize above made readable).
-    let dport = if ihl == Ipv4Hdr::LEN {
-        match ptr_at::<UdpHdr>(ctx, OFF_UDP) {
-            Some(udp) => u16::from_be_bytes(unsafe { (*udp).dst }),
-            None => return pass(Counter::UnderlayPass),
-        }
+    let vxlan_port = if ip.proto == wire::IPPROTO_UDP {
+        vxlan_to_us(ctx, ip, ihl, frags)
     } else {
-        match ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) {
-            Ok(dport) => u16::from_be_bytes(dport),
-            Err(_) => return pass(Counter::UnderlayPass),
-        }
+        None
     };
-    let dst = ip.dst_addr;
-    let mapped = [
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-        u32::from_ne_bytes(dst),
-    ];
-    if !vxlan::is_tunnel_port(dport) || !to_our_vtep(mapped, false) {
+    let Some(dport) = vxlan_port else {
+        // Not VXLAN of ours: a published port's (nodeport.rs, its own program) or the host's.
+        nodeport::to_published(ctx);
         return pass(Counter::UnderlayPass);
-    }
+    };
 
     // VXLAN to our port from here on. Linux VTEPs never send options or fragments; leave those
     // to the host stack, which has no socket on the port and discards them.
@@ -102,6 +82,37 @@ fn from_ipv4(ctx: &TcContext) -> Verdict {
     // What the IP header claims to carry, from UDP on.
     let carried = (claimed as usize).saturating_sub(Ipv4Hdr::LEN);
     accept::<OFF_UDP>(ctx, dport, source, carried)
+}
+
+/// The UDP destination port of an IPv4 UDP packet (header `ip`, `ihl` bytes long) if it is
+/// VXLAN to one of our ports and our VTEP. A later fragment carries no UDP header: nothing says
+/// whose it is.
+#[inline(always)]
+fn vxlan_to_us(ctx: &TcContext, ip: &Ipv4Hdr, ihl: usize, frags: u16) -> Option<u16> {
+    if frags & IP_MF_OFFSET_MASK != 0 && frags & 0x1fff != 0 {
+        return None;
+    }
+    // UDP starts after the options, if any: read its port where it really is (directly in the
+    // common case without options, which linearize made readable).
+    let dport = if ihl == Ipv4Hdr::LEN {
+        match ptr_at::<UdpHdr>(ctx, OFF_UDP) {
+            Some(udp) => u16::from_be_bytes(unsafe { (*udp).dst }),
+            None => return None,
+        }
+    } else {
+        match ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) {
+            Ok(dport) => u16::from_be_bytes(dport),
+            Err(_) => return None,
+        }
+    };
+    let mapped = [
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(ip.dst_addr),
+    ];
+    // A published port is never a VXLAN port (the agent refuses one).
+    (vxlan::is_tunnel_port(dport) && to_our_vtep(mapped, false)).then_some(dport)
 }
 
 /// An IPv6 underlay's packet: VXLAN to one of our ports, right behind the IPv6 header, is ours.
@@ -220,6 +231,10 @@ fn accept<const OFF_UDP_AT: usize>(
         return drop(Counter::DropNoEndpoint);
     };
     let (ifindex, how) = (to.ifindex, to.deliver);
+    // A published port's flow, sent by its ingress node: where its replies leave from.
+    if !ipv6 {
+        nodeport::at_decap(ctx, off_inner, &inner, source.ip);
+    }
     // With a GRO handler on our port (the agent's ovgro device), the wire's packets arrive
     // here merged: count how many this skb carries.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);

@@ -93,7 +93,7 @@ fn balance_in(
 
 /// The next healthy backend of service `id` in round-robin order.
 #[inline(always)]
-fn select(id: u32, count: u32) -> Option<Backend> {
+pub fn select(id: u32, count: u32) -> Option<Backend> {
     if count == 0 {
         return None;
     }

@@ -41,6 +41,8 @@ mod monitor;
 #[cfg(target_arch = "bpf")]
 mod ndp;
 #[cfg(target_arch = "bpf")]
+mod nodeport;
+#[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod pmtu;
@@ -98,6 +100,12 @@ mod entry {
             hook::FROM_CONTAINER,
             crate::fragment::handle_first(&ctx),
         )
+    }
+
+    /// Tail-called by `from_underlay`: a packet to a published port (nodeport.rs).
+    #[classifier]
+    pub fn nodeport_in(ctx: TcContext) -> i32 {
+        conclude(&ctx, hook::FROM_UNDERLAY, crate::nodeport::handle_in(&ctx))
     }
 
     #[classifier]

@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use overlay_common::{
     ArpEntry, Backend, BackendKey, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry,
-    Flood, GroupKey, GroupVteps, IpKey, MAX_BACKENDS, MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS,
-    MAX_REVERSE, MAX_SERVICES, MacKey, Members, Network, NodeConfig, ReverseEntry, ReverseKey,
+    Flood, FlowBackend, FlowKey, GroupKey, GroupVteps, IpKey, MAX_BACKENDS, MAX_CLUSTER_PORTS,
+    MAX_GROUP_MEMBERSHIPS, MAX_PUBLISHED, MAX_PUBLISHED_FLOWS, MAX_REVERSE, MAX_SERVICES, MacKey,
+    Members, Network, NodeConfig, Published, PublishedKey, ReplyVia, ReverseEntry, ReverseKey,
     Service, ServiceKey, VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
@@ -129,3 +130,18 @@ pub static LB_TURN: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_SERVICES, 0);
 /// is full and it is the least recently used (each datagram sent refreshes it).
 #[map]
 pub static LB_REVERSE: LruHashMap<ReverseKey, ReverseEntry> = LruHashMap::pinned(MAX_REVERSE, 0);
+
+/// (protocol, port) -> the service port a published port of every node's underlay address
+/// reaches (the agent, from the services' `publish`).
+#[map]
+pub static PUBLISHED: HashMap<PublishedKey, Published> = HashMap::pinned(MAX_PUBLISHED, 0);
+
+/// On the ingress node, client -> node:published port -> the backend the flow was given at
+/// its first packet. LRU, no timer: only a full map evicts, the least recently used first.
+#[map]
+pub static PUB_FLOWS: LruHashMap<FlowKey, FlowBackend> = LruHashMap::pinned(MAX_PUBLISHED_FLOWS, 0);
+
+/// On the backend's node, backend:port -> client -> the ingress address and published port
+/// its replies leave from. LRU, no timer, like PUB_FLOWS.
+#[map]
+pub static PUB_REPLY: LruHashMap<FlowKey, ReplyVia> = LruHashMap::pinned(MAX_PUBLISHED_FLOWS, 0);

@@ -498,6 +498,11 @@ impl InnerEth {
     }
 
     #[inline(always)]
+    pub fn src(&self) -> [u8; 6] {
+        self.src.bytes()
+    }
+
+    #[inline(always)]
     fn write(&self, p: *mut EthHdr) {
         unsafe {
             self.dst.write(&raw mut (*p).dst_addr);

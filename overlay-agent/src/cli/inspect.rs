@@ -44,6 +44,9 @@ pub enum Table {
     Backends,
     /// Network namespaces whose sockets are balanced (by netns cookie), with their VNIs
     Members,
+    /// Published ports of every node's underlay address: port, protocol, and the service
+    /// port (VNI, VIP, port) they reach
+    Published,
 }
 
 /// What a column's cells are in JSON; the table shows every cell as text, `-` for none.
@@ -143,6 +146,17 @@ pub fn columns(table: Table) -> &'static [Col] {
                     text("ip"),
                     number("port"),
                     flag("healthy"),
+                ]
+            }
+        }
+        Table::Published => {
+            const {
+                &[
+                    number("port"),
+                    text("proto"),
+                    number("vni"),
+                    text("vip"),
+                    number("target"),
                 ]
             }
         }
@@ -282,6 +296,18 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                         "no"
                     })
                     .into(),
+                ]);
+            }
+        }
+        Table::Published => {
+            for e in maps.published_entries() {
+                let (k, v) = e?;
+                rows.push(vec![
+                    u16::from_be(k.port_be).to_string(),
+                    proto_name(k.proto),
+                    v.vni.to_string(),
+                    ip(v.vip).to_string(),
+                    v.port().to_string(),
                 ]);
             }
         }

@@ -43,6 +43,7 @@ pub async fn service_create(store: &Store, spec: &ServiceSpec) -> Result<Service
     // The name and ports first, before etcd is asked anything.
     spec.validate(Ipv4Addr::UNSPECIFIED)?;
     let net = store.network(&spec.network).await?;
+    check_published(store, spec).await?;
     if let Some(vip) = spec.vip {
         check_vip(&net, vip)?;
         let svc = spec.validate(vip)?;
@@ -63,6 +64,53 @@ pub async fn service_create(store: &Store, spec: &ServiceSpec) -> Result<Service
         }
     }
     bail!("network {} has no free address for a VIP", net.name)
+}
+
+/// TCP ports of every node a published port would take from the node itself: SSH, etcd's
+/// client and peer ports, and the metrics port the docs use (`--metrics-addr ...:9100`).
+const NODE_TCP_PORTS: &[(u16, &str)] = &[
+    (22, "SSH's"),
+    (2379, "etcd's client port"),
+    (2380, "etcd's peer port"),
+    (9100, "the agent's metrics port"),
+];
+
+/// A published port is served on every node's underlay address: it may not be a port the
+/// overlay or the node needs there (a network's VXLAN port, VXLAN's 4789 and 8472, the ports
+/// of [`NODE_TCP_PORTS`]), nor one another service already publishes.
+async fn check_published(store: &Store, spec: &ServiceSpec) -> Result<()> {
+    if spec.publish.is_empty() {
+        return Ok(());
+    }
+    let mut vxlan: Vec<u16> = store.networks().await?.iter().map(|n| n.port).collect();
+    vxlan.extend([4789, 8472]);
+    let others = store.services(None).await?;
+    for p in &spec.publish {
+        let proto = p.proto.number();
+        if proto == overlay_common::proto::UDP && vxlan.contains(&p.published) {
+            bail!(
+                "cannot publish {p}: UDP port {} is VXLAN's on the nodes",
+                p.published
+            );
+        }
+        if proto == overlay_common::proto::TCP
+            && let Some((_, what)) = NODE_TCP_PORTS.iter().find(|(n, _)| *n == p.published)
+        {
+            bail!("cannot publish {p}: TCP port {} is {what}", p.published);
+        }
+        if let Some(o) = others.iter().find(|o| {
+            o.publish
+                .iter()
+                .any(|q| q.published == p.published && q.proto == p.proto)
+        }) {
+            bail!(
+                "cannot publish {p}: service {} of network {} publishes it",
+                o.name,
+                o.network
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The network's host addresses from the highest down, its gateway left out: VIPs come from

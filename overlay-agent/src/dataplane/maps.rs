@@ -9,8 +9,8 @@ use aya::{
 };
 use overlay_common::{
     ArpEntry, Backend, BackendKey, Counter, Endpoint, FdbEntry, Flood, GroupKey, GroupVteps, IpKey,
-    MacKey, MapKind, MapSpec, Members, Network, NodeConfig, Service, ServiceKey, VtepAddr, VtepKey,
-    names, vtep::to_ip,
+    MacKey, MapKind, MapSpec, Members, Network, NodeConfig, Published, PublishedKey, Service,
+    ServiceKey, VtepAddr, VtepKey, names, vtep::to_ip,
 };
 
 use super::{
@@ -45,6 +45,7 @@ pub struct Tables {
     pub services: HashMap<MapData, ServiceKey, Service>,
     pub backends: HashMap<MapData, BackendKey, Backend>,
     pub members: HashMap<MapData, u64, Members>,
+    pub published: HashMap<MapData, PublishedKey, Published>,
 }
 
 /// Opens one pinned map, with an error that names it and says where it was looked for.
@@ -94,6 +95,7 @@ impl Maps {
             services: open(pins, names::SERVICES)?,
             backends: open(pins, names::BACKENDS)?,
             members: open(pins, names::MEMBERS)?,
+            published: open(pins, names::PUBLISHED)?,
         };
         Ok(Self { tables })
     }
@@ -350,6 +352,13 @@ impl Maps {
         entries(&self.tables.backends, names::BACKENDS)
     }
 
+    /// The published ports of every node, and the service port each reaches.
+    pub fn published_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(PublishedKey, Published)>> + '_ {
+        entries(&self.tables.published, names::PUBLISHED)
+    }
+
     /// The namespaces whose sockets are balanced, by netns cookie.
     pub fn member_entries(&self) -> impl Iterator<Item = Result<(u64, Members)>> + '_ {
         entries(&self.tables.members, names::MEMBERS)
@@ -386,6 +395,12 @@ impl Maps {
         changes += sync_table(&mut self.tables.services, services, names::SERVICES)?;
         changes += prune_table(&mut self.tables.backends, backends, names::BACKENDS)?;
         Ok(changes)
+    }
+
+    /// Makes PUBLISHED equal to `wanted` (published port -> service port); how many entries
+    /// it wrote or removed.
+    pub fn sync_published(&mut self, wanted: &BTreeMap<PublishedKey, Published>) -> Result<usize> {
+        sync_table(&mut self.tables.published, wanted, names::PUBLISHED)
     }
 
     /// Makes MEMBERS equal to `wanted`; how many entries it wrote or removed.

@@ -65,6 +65,7 @@ impl Dataplane {
             programs::GRO_SINK,
             programs::FRAGMENT,
             programs::FRAGMENT_FIRST,
+            programs::NODEPORT_IN,
         ] {
             verify(classifier(&mut ebpf, name)?)
                 .with_context(|| format!("verifying program {name}"))?;
@@ -74,6 +75,7 @@ impl Dataplane {
         for (slot, name) in [
             (jump::FRAGMENT, programs::FRAGMENT),
             (jump::FRAGMENT_FIRST, programs::FRAGMENT_FIRST),
+            (jump::NODEPORT_IN, programs::NODEPORT_IN),
         ] {
             let fd = classifier(&mut ebpf, name)?
                 .fd()

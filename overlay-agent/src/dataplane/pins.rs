@@ -24,7 +24,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// port's memberships), CLUSTER_PORTS, two more counters (drop_tunnel_port, group_limit).
 /// v9: two more counters (drop_ecn, drop_bad_checksum). v10: socket load balancing (SERVICES,
 /// BACKENDS, MEMBERS, LB_TURN, LB_REVERSE), two more counters (lb_balanced, lb_no_backend).
-pub const LAYOUT_VERSION: u32 = 10;
+/// v11: published ports (PUBLISHED, PUB_FLOWS, PUB_REPLY), three more counters (published_in,
+/// published_reply, published_no_backend).
+pub const LAYOUT_VERSION: u32 = 11;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]

@@ -91,12 +91,24 @@ impl FromStr for ServicePort {
     }
 }
 
-/// A published port: `8080:80/tcp` (stored for the routing path to come; unused yet).
+/// A published port: `8080:80/tcp`, served on every node's underlay address (nodeport.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publish {
     pub published: u16,
     pub target: u16,
     pub proto: Proto,
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.published,
+            self.target,
+            self.proto.name()
+        )
+    }
 }
 
 impl FromStr for Publish {
@@ -164,10 +176,26 @@ impl ServiceRecord {
             "service {name} publishes {} ports; at most {MAX_PORTS}",
             self.publish.len()
         );
-        for p in &self.publish {
+        for (i, p) in self.publish.iter().enumerate() {
             ensure!(
                 p.published != 0 && p.target != 0,
                 "service {name}: port 0 is not a port (1-65535)"
+            );
+            ensure!(
+                self.ports
+                    .iter()
+                    .any(|s| s.port == p.target && s.proto == p.proto),
+                "service {name} publishes {p}, but {}/{} is not one of its ports",
+                p.target,
+                p.proto.name()
+            );
+            ensure!(
+                !self.publish[..i]
+                    .iter()
+                    .any(|q| q.published == p.published && q.proto == p.proto),
+                "service {name} publishes port {}/{} twice",
+                p.published,
+                p.proto.name()
             );
         }
         Ok(Service {
@@ -409,6 +437,21 @@ mod tests {
                 "invalid service name",
             ),
             (&many, "web", "at most 16"),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":81,"proto":"tcp"}]}"#,
+                "web",
+                "81/tcp is not one of its ports",
+            ),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":80,"proto":"udp"}]}"#,
+                "web",
+                "80/udp is not one of its ports",
+            ),
+            (
+                r#"{"vip":"10.10.0.9","ports":[{"port":80,"proto":"tcp"}],"publish":[{"published":8080,"target":80,"proto":"tcp"},{"published":8080,"target":80,"proto":"tcp"}]}"#,
+                "web",
+                "publishes port 8080/tcp twice",
+            ),
         ] {
             let err = format!("{:#}", rec(json).validate("blue", name).unwrap_err());
             assert!(err.contains(says), "{json}: {err}");

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use overlay_common::{
     BACKEND_HEALTHY, Backend, BackendKey, MAX_BACKENDS, MAX_NETNS_NETWORKS, MAX_SERVICES, Members,
-    Service as ServiceEntry, ServiceKey,
+    Published, PublishedKey, Service as ServiceEntry, ServiceKey,
 };
 
 use tokio::sync::watch;
@@ -44,6 +44,8 @@ pub struct Want {
     /// This node's backends among the members, with their network and their services' TCP
     /// ports: what the health checks probe (once the member's namespace passed its check).
     pub probes: BTreeMap<Member, (String, BTreeSet<u16>)>,
+    /// Published ports (nodeport.rs): (protocol, port) -> the service port they reach.
+    pub published: BTreeMap<PublishedKey, Published>,
 }
 
 /// A local endpoint whose namespace's sockets the programs balance (to its network's services).
@@ -104,6 +106,15 @@ pub fn wanted(view: &View<'_>) -> Want {
                 continue;
             }
             let key = ServiceKey::new(net.vni, svc.vip.octets(), port.port, proto);
+            // Every node serves a service's published ports; two services publishing one
+            // (which `service create` refuses) leave it to the first by name.
+            for p in svc.publish.iter().filter(|p| p.target == port.port) {
+                if p.proto.number() == proto {
+                    want.published
+                        .entry(PublishedKey::new(p.published, proto))
+                        .or_insert(key);
+                }
+            }
             want.services.insert(
                 key,
                 ServiceEntry {
@@ -206,6 +217,14 @@ impl NodeSync for Services {
                 "services: {} service port(s), {} backend slot(s) ({n} change(s))",
                 want.services.len(),
                 want.backends.len()
+            ),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+        match kernel.maps.sync_published(&want.published) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "services: {} published port(s) ({n} change(s))",
+                want.published.len()
             ),
             Err(e) => log::warn!("{e:#}; will retry"),
         }
@@ -501,6 +520,26 @@ mod tests {
             want.probes.values().collect::<Vec<_>>(),
             [&("blue".to_string(), BTreeSet::from([80]))]
         );
+    }
+
+    #[test]
+    fn published_ports_name_their_service_port() {
+        const PUBLISHED: &str = r#"{"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"},{"port":53,"proto":"udp"}],"publish":[{"published":8080,"target":80,"proto":"tcp"},{"published":5300,"target":53,"proto":"udp"}]}"#;
+        let c = cluster(&[("networks/blue", NET), ("services/blue/web", PUBLISHED)]);
+        let applied = MapState::default();
+        let want = wanted(&view(&c, &applied));
+        assert_eq!(want.published.len(), 2);
+        assert_eq!(
+            want.published[&PublishedKey::new(8080, 6)],
+            ServiceKey::new(42, [10, 10, 255, 254], 80, 6)
+        );
+        assert_eq!(
+            want.published[&PublishedKey::new(5300, 17)],
+            ServiceKey::new(42, [10, 10, 255, 254], 53, 17)
+        );
+        // Not published: nothing.
+        let c = cluster(&[("networks/blue", NET), ("services/blue/web", WEB)]);
+        assert!(wanted(&view(&c, &applied)).published.is_empty());
     }
 
     #[test]
