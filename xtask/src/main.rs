@@ -21,6 +21,10 @@ enum Command {
     Setup,
     /// Setup, then formatting, clippy and every test (unit, BPF_PROG_TEST_RUN, namespaces).
     Test {
+        /// Also the long-running tests (`#[ignore]`d otherwise: a connection held idle through
+        /// a VIP for 20 minutes).
+        #[arg(long)]
+        long: bool,
         /// Extra arguments for `cargo test` (a test name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -118,7 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test { args } => test(&args),
+        Command::Test { long, args } => test(long, &args),
         Command::Demo { etcd_members } => demo(etcd_members),
         Command::Bench {
             rounds,
@@ -150,7 +154,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(long: bool, args: &[String]) -> Result<()> {
     setup::run()?;
     util::clean_test_leftovers();
     util::step("cargo fmt --check")?;
@@ -185,9 +189,14 @@ fn test(args: &[String]) -> Result<()> {
     util::cargo(&["build", "--workspace", "--bins"])?;
     util::step("cargo test")?;
     let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
-    if !args.is_empty() {
+    if long || !args.is_empty() {
         test_args.push("--");
         test_args.extend(args.iter().map(String::as_str));
+    }
+    // The long tests are the ignored ones (no other test is ignored): they are listed as
+    // "ignored" in every run without --long, never silently passed.
+    if long {
+        test_args.push("--include-ignored");
     }
     util::cargo_test(&test_args)
 }
