@@ -102,7 +102,7 @@ impl Metric {
 /// The bed: the deployment, the two clients (the nftables one alone has conntrack, so the
 /// others do not pay for it), the addresses each mode connects to, and iperf3's server.
 pub struct Bed {
-    // Dropped last: the namespaces go with it.
+    // Its namespaces go with it, after Drop has stopped iperf3 inside one of them.
     d: Deployment,
     client: String,
     nft_client: String,
