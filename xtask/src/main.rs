@@ -61,6 +61,11 @@ enum Command {
         /// and unicast; kernel vxlan with head-end replication).
         #[arg(long)]
         replication: bool,
+        /// Instead: services, a VIP balanced by our socket programs beside the same traffic
+        /// straight to a backend and through kube-proxy-style nftables DNAT (connection
+        /// rate, latency, throughput); writes services.md, services.json.
+        #[arg(long)]
+        services: bool,
         /// Instead: the control plane at scale, with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
@@ -132,12 +137,13 @@ fn main() -> ExitCode {
             monitor,
             ipv6_underlay,
             replication,
+            services,
             scale,
         } => bench(
             rounds,
             &underlay,
             seconds,
-            [xdp_decap, monitor, ipv6_underlay, replication],
+            [xdp_decap, monitor, ipv6_underlay, replication, services],
             scale,
         ),
         Command::Fuzz { frames, seed } => fuzz(frames, seed.as_deref()),
@@ -215,13 +221,14 @@ fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
-    [xdp_decap, monitor, ipv6_underlay, replication]: [bool; 4],
+    [xdp_decap, monitor, ipv6_underlay, replication, services]: [bool; 5],
     scale: Option<u32>,
 ) -> Result<()> {
     prepare_release()?;
-    util::step(match scale {
-        Some(_) => "the control plane at scale: converge, memory, lag",
-        None => "plain routing, kernel vxlan and our overlay, side by side",
+    util::step(match (scale, services) {
+        (Some(_), _) => "the control plane at scale: converge, memory, lag",
+        (None, true) => "services: a VIP beside direct and nftables DNAT",
+        (None, false) => "plain routing, kernel vxlan and our overlay, side by side",
     })?;
     let out = util::workspace_root().join("target/bench");
     let (rounds, seconds, out) = (
@@ -250,6 +257,9 @@ fn bench(
     }
     if replication {
         args.push("--replication");
+    }
+    if services {
+        args.push("--services");
     }
     let endpoints = scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {
