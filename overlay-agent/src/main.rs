@@ -228,6 +228,9 @@ enum Command {
     /// Print this CLI's reference as markdown (docs/cli.md; `cargo xtask docs` writes it).
     #[command(hide = true)]
     CliReference,
+    /// Print the listings' JSON schemas as markdown (docs/json.md; `cargo xtask docs`).
+    #[command(hide = true)]
+    JsonReference,
     /// Print the completion script for a shell (`cargo xtask install` puts it where the shell
     /// looks: e.g. /usr/share/bash-completion/completions/overlay-agent).
     Completions {
@@ -419,6 +422,10 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", cli_reference());
             return Ok(());
         }
+        Command::JsonReference => {
+            print!("{}", overlay_agent::cli::reference::json_reference());
+            return Ok(());
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let script = overlay_agent::cli::reference::completions(Cli::command(), *shell);
@@ -596,7 +603,8 @@ async fn run(cli: Cli) -> Result<()> {
                 ServiceCmd::Ls { network, json } => {
                     let all = store.services(network.as_deref()).await?;
                     let eps = store.endpoints(network.as_deref()).await?;
-                    print!("{}", services::render(&all, &eps, json));
+                    let health = store.health_records().await?;
+                    print!("{}", services::render(&all, &eps, &health, json));
                 }
                 ServiceCmd::Rm { name, network } => {
                     let svc = services::service_rm(&store, &network, &name).await?;
@@ -758,7 +766,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Maps { table, json } => print!("{}", inspect::render(&pins, table, json)?),
         // Printed above, before the node's name is checked.
-        Command::CliReference | Command::Completions { .. } | Command::Man { .. } => {}
+        Command::CliReference
+        | Command::JsonReference
+        | Command::Completions { .. }
+        | Command::Man { .. } => {}
     }
     Ok(())
 }
@@ -770,13 +781,13 @@ fn monitor_reasons(names: &[String], drops: bool, traces: bool) -> Result<Vec<Co
         .map(|name| {
             let Some(c) = Counter::ALL
                 .iter()
-                .find(|c| c.is_outcome() && c.name() == name)
+                .find(|c| c.is_monitored() && c.name() == name)
             else {
                 anyhow::bail!(
                     "unknown reason {name}: one of {}",
                     Counter::ALL
                         .iter()
-                        .filter(|c| c.is_outcome())
+                        .filter(|c| c.is_monitored())
                         .map(|c| c.name())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -837,6 +848,19 @@ fn init_logging(format: LogFormat) {
         });
     }
     logger.init();
+}
+
+/// docs/json.md is what this binary renders: a changed column fails here until it is written
+/// again (`cargo xtask docs`).
+#[cfg(test)]
+#[test]
+fn docs_json_md_is_what_the_binary_renders() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/json.md");
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        written == overlay_agent::cli::reference::json_reference(),
+        "docs/json.md is not what `overlay-agent json-reference` renders: run `cargo xtask docs`"
+    );
 }
 
 /// docs/cli.md is what this binary renders: a changed command, option or help text fails here

@@ -50,12 +50,16 @@ pub mod hook {
     pub const FROM_CONTAINER: u8 = 1;
     pub const FROM_UNDERLAY: u8 = 2;
     pub const GRO_SINK: u8 = 3;
+    /// The socket load balancer at the cgroup root: its event carries a
+    /// [`super::SockLbRecord`], not packet bytes (no packet exists yet at connect()).
+    pub const SOCK_LB: u8 = 4;
 
     pub const fn name(hook: u8) -> &'static str {
         match hook {
             FROM_CONTAINER => "from-container",
             FROM_UNDERLAY => "from-underlay",
             GRO_SINK => "gro-sink",
+            SOCK_LB => "sock-lb",
             _ => "unknown",
         }
     }
@@ -81,6 +85,23 @@ pub struct MonitorEvent {
     pub data: [u8; CAPTURE_LEN],
 }
 
+/// What a socket hook's event holds in `data`: the service address a socket asked for and the
+/// backend it was given (all zero: none healthy, the call refused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLbRecord {
+    /// 4 or 6.
+    pub family: u8,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub vip_port_be: u16,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+    /// An IPv4 address in its first four bytes.
+    pub vip: [u8; 16],
+    pub backend: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -99,5 +120,6 @@ mod tests {
         assert_eq!(size_of::<MonitorCtl>(), 24);
         assert_eq!(size_of::<MonitorCpu>(), 32);
         assert_eq!(size_of::<MonitorEvent>(), 24 + CAPTURE_LEN);
+        assert_eq!(size_of::<SockLbRecord>(), 40);
     }
 }

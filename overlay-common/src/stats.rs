@@ -140,6 +140,12 @@ impl Counter {
         )
     }
 
+    /// Whether the monitor reports it: every packet's outcome, and the socket load balancer's
+    /// decisions (`lb_balanced`, `lb_no_backend`; no packet exists yet at connect()).
+    pub const fn is_monitored(self) -> bool {
+        self.is_outcome() || matches!(self, Counter::LbBalanced | Counter::LbNoBackend)
+    }
+
     /// Whether the outcome is a drop: what `monitor --type drop` reports. Every other outcome
     /// is a trace event.
     pub const fn is_drop(self) -> bool {

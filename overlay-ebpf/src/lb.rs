@@ -7,7 +7,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use overlay_common::{BACKEND_HEALTHY, Backend, BackendKey, MAX_NETNS_NETWORKS, ServiceKey};
 
-use crate::maps::{BACKENDS, LB_TURN, MEMBERS, SERVICES};
+use crate::maps::{BACKENDS, LB_TURN, MEMBERS, NETWORKS, SERVICES};
 
 /// Slots tried past an unhealthy backend before a connection is refused.
 const MAX_TRIES: u32 = 16;
@@ -26,6 +26,43 @@ pub enum Lookup {
 /// of network namespace `netns`, and the backend it goes to now.
 #[inline(always)]
 pub fn balance(netns: u64, ip: [u8; 4], port_be: u16, proto: u8) -> Lookup {
+    balance_in(netns, port_be, proto, |_| Some(ip))
+}
+
+/// The same for an IPv6 destination `ip6`: a service's IPv6 VIP is its IPv4 VIP within its
+/// dual-stack network's prefix, as every endpoint's IPv6 address is its IPv4 address there
+/// (the first 96 bits from NETWORKS), so the destination is the VIP of the member network
+/// whose prefix it is in. A backend's IPv6 address is then its IPv4 address in that prefix.
+///
+/// An IPv4-mapped destination (`::ffff:a.b.c.d`, what a dual-stack socket of Java and others
+/// connects to for an IPv4 address) is that IPv4 address: the kernel runs only the `6` hook
+/// for such a socket, so without this its connection to the IPv4 VIP would go unbalanced.
+/// Its backend is the backend's IPv4 address mapped the same way.
+#[inline(always)]
+pub fn balance6(netns: u64, ip6: &[u8; 16], port_be: u16, proto: u8) -> Lookup {
+    const V4_MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    balance_in(netns, port_be, proto, |vni| {
+        if ip6[..12] == V4_MAPPED {
+            return Some([ip6[12], ip6[13], ip6[14], ip6[15]]);
+        }
+        let net = NETWORKS.get_ptr(vni)?;
+        let prefix = unsafe { (*net).prefix6 };
+        if prefix == [0; 12] || ip6[..12] != prefix {
+            return None;
+        }
+        Some([ip6[12], ip6[13], ip6[14], ip6[15]])
+    })
+}
+
+/// The service of the first member network of `netns` for which `vip_in` gives an IPv4 VIP
+/// with a service on `port_be`/`proto`.
+#[inline(always)]
+fn balance_in(
+    netns: u64,
+    port_be: u16,
+    proto: u8,
+    vip_in: impl Fn(u32) -> Option<[u8; 4]>,
+) -> Lookup {
     let Some(members) = MEMBERS.get_ptr(netns) else {
         return Lookup::NotOurs;
     };
@@ -35,6 +72,7 @@ pub fn balance(netns: u64, ip: [u8; 4], port_be: u16, proto: u8) -> Lookup {
             break;
         }
         let vni = unsafe { (*members).vnis[i] };
+        let Some(ip) = vip_in(vni) else { continue };
         let key = ServiceKey {
             vni,
             vip: ip,

@@ -3,7 +3,8 @@
 //! - `from_container`: TC ingress on the host side of each container's veth (Cilium's `bpf_lxc`).
 //! - `from_underlay`: TC ingress on the underlay interface (Cilium's `bpf_overlay`).
 //! - `gro_sink`: TC ingress on the idle vxlan device that gives our port GRO: drops all.
-//! - `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`: the cgroup v2
+//! - `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4` (and their `6`
+//!   twins for dual-stack networks' IPv6 VIPs): the cgroup v2
 //!   root's socket hooks, service load balancing (Cilium's `bpf_sock`).
 //!
 //! Each entry file reads top to bottom as the path one packet takes; the protocol steps they call
@@ -129,6 +130,26 @@ mod entry {
     #[cgroup_sock_addr(getpeername4)]
     pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
         crate::sock_lb::getpeername4(&ctx)
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::connect6(&ctx)
+    }
+
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::sendmsg6(&ctx)
+    }
+
+    #[cgroup_sock_addr(recvmsg6)]
+    pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::recvmsg6(&ctx)
+    }
+
+    #[cgroup_sock_addr(getpeername6)]
+    pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+        crate::sock_lb::getpeername6(&ctx)
     }
 
     #[panic_handler]

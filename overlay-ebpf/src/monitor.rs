@@ -3,14 +3,17 @@
 //! Nobody listening must cost nothing measurable: one array load and a compare against zero per
 //! packet. Only when a monitor has set a deadline does a packet reach [`emit`], which checks the
 //! deadline, this CPU's budget, and copies the packet's first bytes into the ring.
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    maps::ring_buf::RingBufEntry,
     programs::TcContext,
 };
 use overlay_common::{
     Counter,
-    monitor::{CAPTURE_LEN, DEFAULT_BURST, MonitorEvent},
+    monitor::{CAPTURE_LEN, DEFAULT_BURST, MonitorEvent, SockLbRecord, hook},
 };
 
 use crate::maps::{EVENTS, MONITOR_CPU, MONITOR_CTL};
@@ -57,17 +60,42 @@ pub fn trace(ctx: &TcContext, hook: u8, counter: Counter) {
     }
 }
 
-/// Out of line: the fast path carries only the call, not the copy.
+/// Reports a socket load-balancing decision (`lb_balanced`, `lb_no_backend`) to a monitor
+/// listening for traces. No packet exists at connect(): the event carries `record`.
 #[inline(never)]
-fn emit(skb: *mut __sk_buff, hook: u8, counter: u32, until: u64, burst: u32) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now >= until {
-        return;
-    }
-    let Some(cpu) = MONITOR_CPU.get_ptr_mut(0) else {
+pub fn socket(counter: Counter, record: &SockLbRecord) {
+    let Some(ctl) = MONITOR_CTL.get(0) else {
         return;
     };
-    let cpu = unsafe { &mut *cpu };
+    if ctl.traces_until_ns == 0 {
+        return;
+    }
+    let Some((mut entry, now)) = reserve(ctl.traces_until_ns, ctl.burst) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).time_ns = now;
+        (*event).len = 0;
+        (*event).ifindex = 0;
+        (*event).counter = counter as u32;
+        (*event).hook = hook::SOCK_LB;
+        (*event)._pad = 0;
+        (*event).captured = size_of::<SockLbRecord>() as u16;
+        core::ptr::write_unaligned((&raw mut (*event).data).cast::<SockLbRecord>(), *record);
+    }
+    entry.submit(0);
+}
+
+/// A slot in the ring, if a monitor still listens (`until`) and this CPU is within its burst;
+/// counts what could not be sent.
+#[inline(always)]
+fn reserve(until: u64, burst: u32) -> Option<(RingBufEntry<MonitorEvent>, u64)> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= until {
+        return None;
+    }
+    let cpu = unsafe { &mut *MONITOR_CPU.get_ptr_mut(0)? };
     let window = now >> 20;
     if cpu.window != window {
         cpu.window = window;
@@ -76,13 +104,22 @@ fn emit(skb: *mut __sk_buff, hook: u8, counter: u32, until: u64, burst: u32) {
     let burst = if burst == 0 { DEFAULT_BURST } else { burst };
     if cpu.sent >= u64::from(burst) {
         cpu.rate_limited += 1;
-        return;
+        return None;
     }
-    let Some(mut entry) = EVENTS.reserve::<MonitorEvent>(0) else {
+    let Some(entry) = EVENTS.reserve::<MonitorEvent>(0) else {
         cpu.ring_full += 1;
-        return;
+        return None;
     };
     cpu.sent += 1;
+    Some((entry, now))
+}
+
+/// Out of line: the fast path carries only the call, not the copy.
+#[inline(never)]
+fn emit(skb: *mut __sk_buff, hook: u8, counter: u32, until: u64, burst: u32) {
+    let Some((mut entry, now)) = reserve(until, burst) else {
+        return;
+    };
     let event = entry.as_mut_ptr();
     let len = unsafe { (*skb).len };
     // Never more than the buffer, never zero: the verifier checks both bounds of the size.

@@ -9,15 +9,18 @@
 //! - `sendmsg4`: unconnected UDP: each datagram's destination becomes a backend.
 //! - `recvmsg4`: a reply from a backend appears to come from the virtual IP and port.
 //! - `getpeername4`: a balanced socket's peer is shown as the virtual IP and port.
+//! - `connect6`, `sendmsg6`, `recvmsg6`, `getpeername6`: the same for a dual-stack network's
+//!   IPv6 VIP (its IPv4 VIP in the network's prefix), balanced to the backends' IPv6 addresses.
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use overlay_common::{Counter, ReverseEntry, ReverseKey};
+use overlay_common::{Counter, ReverseEntry, ReverseKey, monitor::SockLbRecord};
 
 use crate::{
-    lb::{Lookup, balance},
+    lb::{Lookup, balance, balance6},
     maps::LB_REVERSE,
+    monitor,
     stats::count,
 };
 
@@ -50,6 +53,28 @@ pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// connect() of a TCP or UDP socket to an IPv6 address (a dual-stack network's VIP).
+pub fn connect6(ctx: &SockAddrContext) -> i32 {
+    translate6(ctx)
+}
+
+/// sendmsg() with an IPv6 destination on an unconnected UDP socket.
+pub fn sendmsg6(ctx: &SockAddrContext) -> i32 {
+    translate6(ctx)
+}
+
+/// recvmsg() on an IPv6 UDP socket.
+pub fn recvmsg6(ctx: &SockAddrContext) -> i32 {
+    reverse6(ctx);
+    ALLOW
+}
+
+/// getpeername() of a balanced IPv6 socket.
+pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
+    reverse6(ctx);
+    ALLOW
+}
+
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
@@ -61,13 +86,53 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         )
     };
     let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
-    match balance(netns, ip, port_be, proto) {
+    let lookup = balance(netns, ip, port_be, proto);
+    if let Lookup::Backend(b) = &lookup {
+        unsafe { (*sa).user_ip4 = u32::from_ne_bytes(b.ip) };
+    }
+    conclude(ctx, lookup, ip, port_be, proto)
+}
+
+/// IPv6: the VIP and the backend share their network's prefix (lb.rs, `balance6`), so only
+/// the address's last 32 bits, the IPv4 part, change; LB_REVERSE is keyed by those too.
+#[inline(always)]
+fn translate6(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (words, port_be, proto) = unsafe {
+        (
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            (*sa).user_port as u16,
+            (*sa).protocol as u8,
+        )
+    };
+    let mut ip6 = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        ip6[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
+    let lookup = balance6(netns, &ip6, port_be, proto);
+    if let Lookup::Backend(b) = &lookup {
+        unsafe { (*sa).user_ip6[3] = u32::from_ne_bytes(b.ip) };
+    }
+    conclude(ctx, lookup, words[3].to_ne_bytes(), port_be, proto)
+}
+
+/// What a balanced socket call comes to, its address already rewritten to the backend's
+/// (but for the port): the port, the reverse entry, the counters, the monitor; or the refusal.
+/// An IPv6 decision is shown to the monitor by its IPv4 VIP and backend, from which the IPv6
+/// addresses derive.
+#[inline(always)]
+fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, proto: u8) -> i32 {
+    let sa = ctx.sock_addr;
+    match lookup {
         Lookup::NotOurs => ALLOW,
         Lookup::Backend(b) => {
-            unsafe {
-                (*sa).user_ip4 = u32::from_ne_bytes(b.ip);
-                (*sa).user_port = u32::from(b.port_be);
-            }
+            unsafe { (*sa).user_port = u32::from(b.port_be) };
             let key = ReverseKey {
                 cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
                 ip: b.ip,
@@ -83,12 +148,55 @@ fn translate(ctx: &SockAddrContext) -> i32 {
             // then show the backend's address; its connection itself is unaffected.
             let _ = LB_REVERSE.insert(key, shown, 0);
             count(Counter::LbBalanced);
+            monitor::socket(
+                Counter::LbBalanced,
+                &record(proto, ip, port_be, b.ip, b.port_be),
+            );
             ALLOW
         }
         Lookup::NoBackend => {
             count(Counter::LbNoBackend);
+            monitor::socket(Counter::LbNoBackend, &record(proto, ip, port_be, [0; 4], 0));
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             REJECT
+        }
+    }
+}
+
+/// What the monitor is shown of an IPv4 decision.
+#[inline(always)]
+fn record(
+    proto: u8,
+    vip: [u8; 4],
+    vip_port_be: u16,
+    backend: [u8; 4],
+    port_be: u16,
+) -> SockLbRecord {
+    let mut r = SockLbRecord {
+        family: 4,
+        proto,
+        vip_port_be,
+        backend_port_be: port_be,
+        ..SockLbRecord::default()
+    };
+    r.vip[..4].copy_from_slice(&vip);
+    r.backend[..4].copy_from_slice(&backend);
+    r
+}
+
+#[inline(always)]
+fn reverse6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let key = ReverseKey {
+        cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
+        ip: unsafe { (*sa).user_ip6[3].to_ne_bytes() },
+        port_be: unsafe { (*sa).user_port as u16 },
+        _pad: 0,
+    };
+    if let Some(shown) = LB_REVERSE.get_ptr(key) {
+        unsafe {
+            (*sa).user_ip6[3] = u32::from_ne_bytes((*shown).vip);
+            (*sa).user_port = u32::from((*shown).port_be);
         }
     }
 }

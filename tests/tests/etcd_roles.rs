@@ -81,6 +81,8 @@ fn each_node_writes_only_what_it_needs() {
         format!("/overlay/state/{h1}"),
         format!("/overlay/state/{h2}"),
         format!("/overlay/groups/{h1}"),
+        format!("/overlay/health/{h1}"),
+        format!("/overlay/health/{h2}"),
     ] {
         assert!(keys.contains(&key), "{key} missing:\n{keys}");
     }
@@ -102,6 +104,8 @@ fn each_node_writes_only_what_it_needs() {
         format!("/overlay/nodes/{h1}0"),
         format!("/overlay/state/{h2}"),
         format!("/overlay/groups/{h2}"),
+        // Its backends' health: h1 cannot speak for h2's (nor would anyone believe it).
+        format!("/overlay/health/{h2}"),
         format!("/overlay/names/{h2}/c9"),
         "/overlay/networks/x".to_string(),
         "/elsewhere/x".to_string(),

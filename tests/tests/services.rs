@@ -11,6 +11,7 @@ use std::{
 use overlay_agent::dataplane::Maps;
 use overlay_tests::{
     deployment::{Deployment, wait_for},
+    monitor::{Monitor, events},
     scenario::blue,
 };
 
@@ -212,7 +213,7 @@ fn a_vip_spreads_sticks_keeps_the_source_and_follows_etcd() {
     assert!(
         of_web
             .iter()
-            .all(|b| b["healthy"] == "yes" && b["port"] == TCP_PORT)
+            .all(|b| b["healthy"] == true && b["port"] == TCP_PORT)
     );
     let table = d.cli(1, &["maps", "services"]).unwrap();
     assert!(table.contains(&vip.to_string()), "{table}");
@@ -343,6 +344,20 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     let c1 = d.container(c1).name.clone();
     let r1 = d.container(r1).name.clone();
     wait_backends(&d, vip, 9999, 0);
+    // The monitor shows each decision: a refusal with no backend, a balanced connect with its.
+    let monitor = Monitor::start(
+        &d,
+        0,
+        &[
+            "--type",
+            "trace",
+            "--reason",
+            "lb_no_backend",
+            "--reason",
+            "lb_balanced",
+        ],
+    )
+    .unwrap();
     // c1 only: red has no service, so no namespace of red is looked into.
     wait_members(&d, &[1, 0]);
     // No backend: ECONNREFUSED at once, counted; never a silent drop.
@@ -409,6 +424,27 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     assert!(from_host.is_err(), "the host's own socket was translated");
     assert_eq!(counter(&d, 0, "lb_balanced"), balanced + 1);
     assert_eq!(counter(&d, 0, "lb_no_backend"), before + 2);
+
+    let lines = monitor.stop().unwrap();
+    let seen = events(&lines);
+    let service = format!("{vip}:9999");
+    let refused: Vec<_> = seen
+        .iter()
+        .filter(|e| e["reason"] == "lb_no_backend")
+        .collect();
+    assert!(
+        refused.iter().any(|e| e["hook"] == "sock-lb"
+            && e["socket"]["service"] == service.as_str()
+            && e["socket"]["backend"].is_null()),
+        "no refusal event for {service}: {lines:#?}"
+    );
+    let backend = format!("{b1_ip}:9999");
+    assert!(
+        seen.iter().any(|e| e["reason"] == "lb_balanced"
+            && e["socket"]["service"] == service.as_str()
+            && e["socket"]["backend"] == backend.as_str()),
+        "no balanced event to {backend}: {lines:#?}"
+    );
 }
 
 #[test]
@@ -723,4 +759,330 @@ fn balancing_outlives_the_agent_and_a_restart_replaces_its_links() {
     let mut line = String::new();
     BufReader::new(&held).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), b_ip.to_string());
+}
+
+/// A TCP server on `TCP_PORT` in namespace `ns` that greets like `serve`'s and can be stopped:
+/// its listener is closed when `stop` is set (connections to the port are then refused).
+fn serve_until(ns: &str, me: Ipv4Addr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut conn, peer)) => {
+                    let _ = writeln!(conn, "{me} {}", peer.ip());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// Whether every host's BACKENDS marks `ip` healthy (`true`) or not, in its TCP slot.
+fn backend_healthy_everywhere(d: &Deployment, ip: Ipv4Addr, healthy: bool) -> bool {
+    d.hosts.iter().all(|h| {
+        Maps::open(&h.pins()).is_ok_and(|m| {
+            m.backend_entries().filter_map(|e| e.ok()).any(|(_, b)| {
+                b.ip == ip.octets()
+                    && b.port() == TCP_PORT
+                    && (b.flags & overlay_common::BACKEND_HEALTHY != 0) == healthy
+            })
+        })
+    })
+}
+
+/// Health: a backend whose server stops answers no new connection within the checks' time
+/// (two failed connects a second apart, measured), leaves `tasks.`, shows in `service ls`, and
+/// comes back when it listens again; another node's claim about it is not believed.
+#[test]
+fn an_unanswering_backend_is_passed_over_until_it_answers_again() {
+    use std::sync::{Arc, atomic::AtomicBool};
+    let mut d = Deployment::new("svh", &[true, true]).unwrap();
+    blue(&d);
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let tcp = SocketAddr::from((vip, TCP_PORT));
+    let (i1, b1) = d
+        .add_container_with(0, "b1", "blue", None, &["--service", "web"])
+        .unwrap();
+    let (i2, b2) = d
+        .add_container_with(1, "b2", "blue", None, &["--service", "web"])
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_until(&d.container(i1).name, b1, stop.clone());
+    serve(&d.container(i2).name, b2);
+    let (ic, _) = d.add_container(1, "c1", "blue", None).unwrap();
+    let client = d.container(ic).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 2);
+    wait_members(&d, &[1, 2]);
+    let reached = |n: usize| -> BTreeMap<Ipv4Addr, usize> {
+        let mut by = BTreeMap::new();
+        for seen in connections(&client, tcp, n) {
+            let seen = seen.unwrap_or_else(|e| panic!("-> {tcp}: {e}"));
+            *by.entry(seen.backend).or_default() += 1;
+        }
+        by
+    };
+    let tasks = || {
+        overlay_tests::dns::query(
+            d.container(ic),
+            Ipv4Addr::new(10, 10, 0, 1),
+            "tasks.web",
+            hickory_proto::rr::RecordType::A,
+            false,
+        )
+        .map(|r| {
+            let mut a = r.addresses;
+            a.sort();
+            a
+        })
+        .unwrap_or_default()
+    };
+    assert_eq!(reached(10).len(), 2);
+
+    // Host 1 claims host 0's backend fails: not believed (a node speaks for its own only).
+    d.etcd_put(
+        &format!("health/{}", d.hosts[1].name()),
+        &format!(r#"{{"blue":{{"{b1}":[{TCP_PORT}]}}}}"#),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(backend_healthy_everywhere(&d, b1, true));
+    assert_eq!(reached(10).len(), 2, "a forged claim moved no connection");
+    assert_eq!(tasks().len(), 2);
+    d.etcd_del(&format!("health/{}", d.hosts[1].name()))
+        .unwrap();
+
+    // b1's server stops: within the checks' time no host sends it a new connection.
+    let stopped = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(Duration::from_secs(4), || {
+        backend_healthy_everywhere(&d, b1, false)
+    })
+    .unwrap_or_else(|e| panic!("b1 unhealthy everywhere: {e}\n{}", d.hosts[0].log()));
+    let took = stopped.elapsed();
+    eprintln!(
+        "b1's server stopped: passed over by every host after {} ms",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(reached(20).keys().collect::<Vec<_>>(), [&b2]);
+    assert_eq!(tasks(), [std::net::IpAddr::V4(b2)]);
+    let ls = d.cli(1, &["service", "ls"]).unwrap();
+    assert!(
+        ls.contains(&format!("{b1} unhealthy (8080/tcp not answering)")),
+        "{ls}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&d.cli(1, &["service", "ls", "--json"]).unwrap()).unwrap();
+    assert_eq!(ls[0]["health"][b2.to_string()], "healthy", "{ls}");
+
+    // It listens again: healthy within a check.
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_until(&d.container(i1).name, b1, stop.clone());
+    let listening = Instant::now();
+    wait_for(Duration::from_secs(3), || {
+        backend_healthy_everywhere(&d, b1, true)
+    })
+    .expect("b1 healthy again everywhere");
+    eprintln!(
+        "b1 listening again: balanced to by every host after {} ms",
+        listening.elapsed().as_millis()
+    );
+    assert_eq!(reached(10).len(), 2);
+    wait_for(Duration::from_secs(1), || tasks().len() == 2).expect("b1 back in tasks.web");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// fd00:10::/64 followed by the IPv4 address: every address of a dual-stack network, a
+/// service's IPv6 VIP included, as the agent derives it.
+fn v6(ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0xfd, 0, 0, 0x10]);
+    a[12..].copy_from_slice(&ip.octets());
+    std::net::Ipv6Addr::from(a)
+}
+
+/// Dual stack: a service's IPv6 VIP (its IPv4 VIP in the network's prefix) is what its name
+/// answers for AAAA, and a connection to it reaches a backend's IPv6 address on either host,
+/// the backend seeing the client's own IPv6 address and the client seeing the VIP as its peer;
+/// UDP too, each reply shown as from the VIP.
+#[test]
+fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
+    let mut d = Deployment::new("sv6", &[true, true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let out = d
+        .cli(
+            0,
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "blue",
+                "--port",
+                "8080/tcp",
+                "--port",
+                "5353/udp",
+            ],
+        )
+        .unwrap();
+    let vip = vip_of(&out);
+    let vip6 = SocketAddr::from((v6(vip), TCP_PORT));
+    let udp6 = SocketAddr::from((v6(vip), UDP_PORT));
+    let mut backends = Vec::new();
+    for (host, name) in [(0, "b1"), (1, "b2")] {
+        let (i, ip) = d
+            .add_container_with(host, name, "blue", None, &["--service", "web"])
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_in(&d.container(i).name, move || {
+            let listener = TcpListener::bind(("::", TCP_PORT)).unwrap();
+            let udp = UdpSocket::bind(("::", UDP_PORT)).unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(v6(ip).to_string().as_bytes(), from);
+                }
+            });
+            tx.send(()).unwrap();
+            for mut conn in listener.incoming().flatten() {
+                let peer = conn.peer_addr().unwrap();
+                let _ = writeln!(conn, "{} {}", v6(ip), peer.ip());
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        backends.push(v6(ip));
+    }
+    let (ic, c1) = d.add_container(0, "c1", "blue", None).unwrap();
+    let client = d.container(ic).name.clone();
+    wait_backends(&d, vip, TCP_PORT, 2);
+    wait_members(&d, &[2, 1]);
+    // The backends' IPv6 addresses answer once their duplicate address detection is done.
+    for b in &backends {
+        wait_for(Duration::from_secs(5), || {
+            d.container(ic)
+                .run(&format!("ping -6 -c 1 -W 1 {b}"))
+                .is_ok()
+        })
+        .unwrap_or_else(|_| panic!("c1 reaches {b}"));
+    }
+
+    let aaaa = overlay_tests::dns::query(
+        d.container(ic),
+        Ipv4Addr::new(10, 10, 0, 1),
+        "web",
+        hickory_proto::rr::RecordType::AAAA,
+        false,
+    )
+    .unwrap();
+    assert_eq!(aaaa.addresses, [std::net::IpAddr::V6(v6(vip))]);
+
+    let seen: Vec<(String, String, SocketAddr)> = overlay_tests::netns::enter(&client, || {
+        (0..20)
+            .map(|_| {
+                let conn = TcpStream::connect_timeout(&vip6, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("-> {vip6}: {e}"));
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                BufReader::new(conn.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                let mut parts = line.split_whitespace().map(str::to_string);
+                (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                    conn.peer_addr().unwrap(),
+                )
+            })
+            .collect()
+    });
+    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (backend, client_as_seen, peer) in &seen {
+        assert_eq!(
+            *client_as_seen,
+            v6(c1).to_string(),
+            "the client's own address"
+        );
+        assert_eq!(*peer, vip6, "getpeername shows the IPv6 VIP");
+        *per_backend.entry(backend.clone()).or_default() += 1;
+    }
+    eprintln!("20 connections to {vip6}: {per_backend:?}");
+    let expected: BTreeMap<String, usize> = backends.iter().map(|b| (b.to_string(), 10)).collect();
+    assert_eq!(per_backend, expected);
+
+    // A dual-stack socket connecting to the IPv4 VIP as `::ffff:VIP` (as Java's do) is
+    // balanced too: only the `6` hook sees it.
+    let mapped = SocketAddr::from((vip.to_ipv6_mapped(), TCP_PORT));
+    // (The backends greet with their IPv6 address whatever the connection's family.)
+    let greeting: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+    let via_mapped = overlay_tests::netns::enter(&client, || {
+        (0..4)
+            .map(|_| {
+                let conn = TcpStream::connect_timeout(&mapped, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("-> {mapped}: {e}"));
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut line = String::new();
+                BufReader::new(conn.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                (line, conn.peer_addr().unwrap())
+            })
+            .collect::<Vec<_>>()
+    });
+    for (line, peer) in &via_mapped {
+        assert_eq!(*peer, mapped, "getpeername shows the mapped VIP");
+        let mut parts = line.split_whitespace();
+        let backend = parts.next().unwrap_or_default();
+        assert!(greeting.iter().any(|b| b == backend), "{line}");
+        assert_eq!(
+            parts.next(),
+            Some(c1.to_ipv6_mapped().to_string().as_str()),
+            "the backend sees the client's IPv4 address: {line}"
+        );
+    }
+
+    // UDP over IPv6: each datagram balanced (sendmsg6), each reply from the VIP (recvmsg6).
+    let replies = overlay_tests::netns::enter(&client, || {
+        let sock = UdpSocket::bind("[::]:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..4)
+            .map(|_| {
+                sock.send_to(b"q", udp6).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut answered_by = std::collections::BTreeSet::new();
+    for (backend, from) in &replies {
+        assert_eq!(
+            *from, udp6,
+            "the reply comes from the IPv6 VIP: {replies:?}"
+        );
+        answered_by.insert(backend.clone());
+    }
+    assert_eq!(answered_by.len(), 2, "datagrams spread: {replies:?}");
 }

@@ -82,8 +82,8 @@ enum Command {
         #[arg(long)]
         seed: Option<String>,
     },
-    /// docs/cli.md written again from the agent's own clap definitions (a test fails while the
-    /// file differs from what the binary renders).
+    /// docs/cli.md and docs/json.md written again from the agent's own clap definitions and
+    /// listing columns (a test fails while a file differs from what the binary renders).
     Docs,
     /// Release build, then overlay-agent in <prefix>/bin, the CNI plugin, man pages, shell
     /// completions, systemd units and /etc/overlay/agent.env (kept if it exists).
@@ -285,29 +285,32 @@ fn fuzz(frames: u64, seed: Option<&str>) -> Result<()> {
     )
 }
 
-/// docs/cli.md, as the agent's hidden `cli-reference` renders it.
-/// No setup and no root: whoever changes the CLI has built the agent already.
+/// docs/cli.md and docs/json.md, as the agent's hidden `cli-reference` and `json-reference`
+/// render them. No setup and no root: whoever changes the CLI has built the agent already.
 fn docs() -> Result<()> {
     util::step("cargo build (overlay-agent)")?;
     util::cargo(&["build", "-p", "overlay-agent", "--bin", "overlay-agent"])?;
-    util::step("docs/cli.md from `overlay-agent cli-reference`")?;
     let root = util::workspace_root();
     let agent = root.join("target/debug/overlay-agent");
-    let out = std::process::Command::new(&agent)
-        .arg("cli-reference")
-        .output()
-        .with_context(|| format!("running {}", agent.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{} cli-reference failed ({}): {}",
-            agent.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    for (page, command) in [("cli.md", "cli-reference"), ("json.md", "json-reference")] {
+        util::step(&format!("docs/{page} from `overlay-agent {command}`"))?;
+        let out = std::process::Command::new(&agent)
+            .arg(command)
+            .output()
+            .with_context(|| format!("running {}", agent.display()))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{} {command} failed ({}): {}",
+                agent.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let path = root.join("docs").join(page);
+        std::fs::write(&path, &out.stdout)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
     }
-    let path = root.join("docs/cli.md");
-    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -46,15 +46,114 @@ pub enum Table {
     Members,
 }
 
-/// Column names and rows, cells already formatted; sorted so output is stable.
+/// What a column's cells are in JSON; the table shows every cell as text, `-` for none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    /// A JSON number; `-` (or anything that is not a number, e.g. `unlimited`) is null.
+    Number,
+    /// `yes` / `no` as JSON true / false.
+    Flag,
+}
+
+/// A column: its name (the JSON key, upper-cased for the table's header) and its kind. The
+/// JSON of a listing is one object per row, each key always of one type (or null), so a
+/// script can rely on it (docs/json.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Col {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+pub const fn text(name: &'static str) -> Col {
+    Col {
+        name,
+        kind: Kind::Text,
+    }
+}
+
+pub const fn number(name: &'static str) -> Col {
+    Col {
+        name,
+        kind: Kind::Number,
+    }
+}
+
+pub const fn flag(name: &'static str) -> Col {
+    Col {
+        name,
+        kind: Kind::Flag,
+    }
+}
+
+/// Columns and rows, cells already formatted; sorted so output is stable.
 pub struct Rows {
-    pub columns: &'static [&'static str],
+    pub columns: &'static [Col],
     pub rows: Vec<Vec<String>>,
+}
+
+/// The columns of a map's listing: its JSON schema (docs/json.md is rendered from these).
+pub fn columns(table: Table) -> &'static [Col] {
+    match table {
+        Table::Fdb => const { &[number("vni"), text("mac"), text("vtep")] },
+        Table::Arp => const { &[number("vni"), text("ip"), text("mac")] },
+        Table::Endpoints => {
+            const {
+                &[
+                    number("vni"),
+                    text("mac"),
+                    text("ip"),
+                    number("ifindex"),
+                    text("kind"),
+                ]
+            }
+        }
+        Table::Vteps => const { &[number("vni"), text("vtep")] },
+        Table::Networks => const { &[number("vni"), number("port")] },
+        Table::Flood => {
+            const {
+                &[
+                    number("vni"),
+                    text("remote_vteps"),
+                    text("bridge"),
+                    text("sent_by"),
+                    number("bum_rate_pps"),
+                    flag("internal"),
+                ]
+            }
+        }
+        Table::Groups => const { &[number("vni"), text("group"), text("where"), text("members")] },
+        Table::Services => {
+            const {
+                &[
+                    number("vni"),
+                    text("vip"),
+                    number("port"),
+                    text("proto"),
+                    number("id"),
+                    number("backends"),
+                ]
+            }
+        }
+        Table::Backends => {
+            const {
+                &[
+                    number("service"),
+                    number("slot"),
+                    text("ip"),
+                    number("port"),
+                    flag("healthy"),
+                ]
+            }
+        }
+        Table::Members => const { &[number("netns_cookie"), text("vnis")] },
+        Table::Stats => const { &[text("counter"), number("packets")] },
+    }
 }
 
 pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let columns: &'static [&'static str] = match table {
+    match table {
         Table::Fdb => {
             for e in maps.fdb_entries() {
                 let (k, v) = e?;
@@ -64,7 +163,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     to_ip(v.vtep).to_string(),
                 ]);
             }
-            &["vni", "mac", "vtep"]
         }
         Table::Arp => {
             for e in maps.arp_entries() {
@@ -75,7 +173,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     Mac(v.mac).to_string(),
                 ]);
             }
-            &["vni", "ip", "mac"]
         }
         Table::Endpoints => {
             for e in maps.endpoint_entries() {
@@ -93,21 +190,18 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     .to_string(),
                 ]);
             }
-            &["vni", "mac", "ip", "ifindex", "kind"]
         }
         Table::Vteps => {
             for e in maps.vtep_entries() {
                 let (k, _) = e?;
                 rows.push(vec![k.vni.to_string(), to_ip(k.ip).to_string()]);
             }
-            &["vni", "vtep"]
         }
         Table::Networks => {
             for e in maps.network_entries() {
                 let (vni, n) = e?;
                 rows.push(vec![vni.to_string(), n.port.to_string()]);
             }
-            &["vni", "port"]
         }
         Table::Flood => {
             let name = |ifindex: u32| match ifindex {
@@ -137,14 +231,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     (if f.internal != 0 { "yes" } else { "no" }).into(),
                 ]);
             }
-            &[
-                "vni",
-                "remote_vteps",
-                "bridge",
-                "sent_by",
-                "bum_rate_pps",
-                "internal",
-            ]
         }
         Table::Groups => {
             for e in maps.group_entries() {
@@ -168,7 +254,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     vteps.join(","),
                 ]);
             }
-            &["vni", "group", "where", "members"]
         }
         Table::Services => {
             for e in maps.service_entries() {
@@ -182,7 +267,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     v.count.to_string(),
                 ]);
             }
-            &["vni", "vip", "port", "proto", "id", "backends"]
         }
         Table::Backends => {
             for e in maps.backend_entries() {
@@ -200,7 +284,6 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                     .into(),
                 ]);
             }
-            &["service", "slot", "ip", "port", "healthy"]
         }
         Table::Members => {
             for e in maps.member_entries() {
@@ -208,20 +291,22 @@ pub fn rows(maps: &Maps, table: Table) -> Result<Rows> {
                 let vnis: Vec<String> = m.vnis().iter().map(|v| v.to_string()).collect();
                 rows.push(vec![cookie.to_string(), vnis.join(",")]);
             }
-            &["netns_cookie", "vnis"]
         }
         Table::Stats => {
             for (c, n) in maps.counters()? {
                 rows.push(vec![c.name().to_string(), n.to_string()]);
             }
             return Ok(Rows {
-                columns: &["counter", "packets"],
+                columns: columns(table),
                 rows,
             });
         }
-    };
+    }
     rows.sort_by_key(|row| natural_key(row));
-    Ok(Rows { columns, rows })
+    Ok(Rows {
+        columns: columns(table),
+        rows,
+    })
 }
 
 fn proto_name(proto: u8) -> String {
@@ -241,7 +326,7 @@ fn natural_key(row: &[String]) -> Vec<(u64, String)> {
 
 impl Rows {
     pub fn to_table(&self) -> String {
-        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.len()).collect();
+        let mut widths: Vec<usize> = self.columns.iter().map(|c| c.name.len()).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.len());
@@ -262,7 +347,7 @@ impl Rows {
         let mut out = line(
             self.columns
                 .iter()
-                .map(|c| c.to_uppercase())
+                .map(|c| c.name.to_uppercase())
                 .collect::<Vec<_>>()
                 .iter()
                 .map(String::as_str)
@@ -274,7 +359,7 @@ impl Rows {
         out
     }
 
-    /// An array of objects; numeric cells become JSON numbers.
+    /// An array of objects, one per row; each column's cells of its [`Kind`], `-` as null.
     pub fn to_json(&self) -> Value {
         Value::Array(
             self.rows
@@ -282,16 +367,27 @@ impl Rows {
                 .map(|row| {
                     let mut obj = JsonObject::new();
                     for (col, cell) in self.columns.iter().zip(row) {
-                        let v = cell
-                            .parse::<u64>()
-                            .map(Value::from)
-                            .unwrap_or_else(|_| Value::from(cell.as_str()));
-                        obj.insert((*col).to_string(), v);
+                        obj.insert(col.name.to_string(), json_cell(col.kind, cell));
                     }
                     Value::Object(obj)
                 })
                 .collect(),
         )
+    }
+}
+
+fn json_cell(kind: Kind, cell: &str) -> Value {
+    match (kind, cell) {
+        (_, "-") => Value::Null,
+        (Kind::Text, _) => Value::from(cell),
+        (Kind::Number, _) => cell
+            .parse::<u64>()
+            .map(Value::from)
+            .or_else(|_| cell.parse::<i64>().map(Value::from))
+            .unwrap_or(Value::Null),
+        (Kind::Flag, "yes") => Value::Bool(true),
+        (Kind::Flag, "no") => Value::Bool(false),
+        (Kind::Flag, _) => Value::Null,
     }
 }
 
@@ -301,12 +397,37 @@ mod tests {
 
     fn sample() -> Rows {
         Rows {
-            columns: &["vni", "mac", "vtep"],
+            columns: const { &[number("vni"), text("mac"), text("vtep")] },
             rows: vec![
                 vec!["42".into(), "02:42:0a:0a:03:02".into(), "10.0.0.1".into()],
                 vec!["7".into(), "02:42:0a:0a:04:02".into(), "10.0.0.2".into()],
             ],
         }
+    }
+
+    #[test]
+    fn each_column_keeps_its_json_type_whatever_its_cells_look_like() {
+        let rows = Rows {
+            columns: const {
+                &[
+                    text("name"),
+                    number("mtu"),
+                    flag("internal"),
+                    number("rate"),
+                ]
+            },
+            rows: vec![
+                vec!["42".into(), "1450".into(), "yes".into(), "unlimited".into()],
+                vec!["c1".into(), "-".into(), "no".into(), "1000".into()],
+            ],
+        };
+        assert_eq!(
+            rows.to_json(),
+            serde_json::json!([
+                {"name": "42", "mtu": 1450, "internal": true, "rate": null},
+                {"name": "c1", "mtu": null, "internal": false, "rate": 1000},
+            ])
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::{
-    cli::inspect::Rows,
+    cli::inspect::{Col, Rows, flag, number, text},
     dataplane::{
         Maps, PinDir,
         pins::{Attachments, attachments},
@@ -19,6 +19,43 @@ use crate::{
     },
 };
 
+/// `networks`'s columns: its JSON schema (docs/json.md).
+pub const NETWORK_COLUMNS: &[Col] = &[
+    text("name"),
+    number("vni"),
+    text("subnet"),
+    text("subnet6"),
+    number("port"),
+    number("mtu"),
+    text("slice"),
+    number("endpoints"),
+];
+
+/// `endpoints`'s columns: its JSON schema (docs/json.md).
+pub const ENDPOINT_COLUMNS: &[Col] = &[
+    text("network"),
+    text("ip"),
+    text("ip6"),
+    text("mac"),
+    text("kind"),
+    text("name"),
+    text("node"),
+    text("vtep"),
+    text("port"),
+];
+
+/// `etcd_members`'s columns: its JSON schema (docs/json.md).
+pub const ETCD_MEMBER_COLUMNS: &[Col] = &[
+    text("endpoint"),
+    flag("reachable"),
+    flag("leader"),
+    number("raft_term"),
+    number("raft_index"),
+    number("behind"),
+    text("version"),
+    text("error"),
+];
+
 pub fn render(rows: &Rows, json: bool) -> String {
     if json {
         serde_json::to_string_pretty(&rows.to_json()).expect("rows serialize") + "\n"
@@ -29,16 +66,7 @@ pub fn render(rows: &Rows, json: bool) -> String {
 
 pub fn networks(nets: &[Network], endpoints: &[Endpoint]) -> Rows {
     Rows {
-        columns: &[
-            "name",
-            "vni",
-            "subnet",
-            "subnet6",
-            "port",
-            "mtu",
-            "slice",
-            "endpoints",
-        ],
+        columns: NETWORK_COLUMNS,
         rows: nets
             .iter()
             .map(|n| {
@@ -70,9 +98,7 @@ pub fn endpoints(eps: &[Endpoint], nets: &[Network]) -> Rows {
             .map_or("-".into(), |a| a.to_string())
     };
     Rows {
-        columns: &[
-            "network", "ip", "ip6", "mac", "kind", "name", "node", "vtep", "port",
-        ],
+        columns: ENDPOINT_COLUMNS,
         rows: eps
             .iter()
             .map(|e| {
@@ -180,16 +206,7 @@ pub async fn status(
 pub fn etcd_members(probe: &Probe) -> Rows {
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     Rows {
-        columns: &[
-            "endpoint",
-            "reachable",
-            "leader",
-            "raft_term",
-            "raft_index",
-            "behind",
-            "version",
-            "error",
-        ],
+        columns: ETCD_MEMBER_COLUMNS,
         rows: probe
             .members
             .iter()

@@ -8,10 +8,10 @@ use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::{
-    cli::inspect::Rows,
+    cli::inspect::{Col, Rows, text},
     store::{
         Store,
-        schema::{Endpoint, Network},
+        schema::{self, Endpoint, HealthRecord, Network},
         services::{Publish, Service, ServicePort, ServiceRecord, check_vip},
     },
 };
@@ -85,8 +85,40 @@ pub async fn service_rm(store: &Store, network: &str, name: &str) -> Result<Serv
     store.delete_service(network, name).await
 }
 
-/// `service ls`: each service, its VIP and ports, and its backends per node.
-pub fn render(services: &[Service], endpoints: &[Endpoint], json: bool) -> String {
+/// `service ls`'s table columns.
+pub const SERVICE_COLUMNS: &[Col] = &[
+    text("network"),
+    text("name"),
+    text("vip"),
+    text("ports"),
+    text("backends"),
+];
+
+/// `service ls`: each service, its VIP and ports, and its backends per node with their health
+/// (`health`: every node's record, believed only about its own endpoints).
+pub fn render(
+    services: &[Service],
+    endpoints: &[Endpoint],
+    health: &BTreeMap<String, HealthRecord>,
+    json: bool,
+) -> String {
+    // A backend's health: "healthy", or the TCP ports its node finds not answering.
+    let health_of = |ep: &Endpoint| -> String {
+        match schema::failing(health, ep) {
+            None => "healthy".into(),
+            Some(ports) => {
+                let ports: Vec<String> = ports.iter().map(|p| format!("{p}/tcp")).collect();
+                format!("unhealthy ({} not answering)", ports.join(","))
+            }
+        }
+    };
+    let health_map = |svc: &Service| -> BTreeMap<String, String> {
+        endpoints
+            .iter()
+            .filter(|e| e.network == svc.network && e.services.contains(&svc.name))
+            .map(|ep| (ep.ip.to_string(), health_of(ep)))
+            .collect()
+    };
     let backends = |svc: &Service| -> BTreeMap<String, Vec<Ipv4Addr>> {
         let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         for ep in endpoints
@@ -109,20 +141,31 @@ pub fn render(services: &[Service], endpoints: &[Endpoint], json: bool) -> Strin
                     "vip": s.vip.to_string(),
                     "ports": ports(s),
                     "backends": backends(s),
+                    "health": health_map(s),
                 })
             })
             .collect();
         return serde_json::to_string_pretty(&all).expect("services serialize") + "\n";
     }
     Rows {
-        columns: &["network", "name", "vip", "ports", "backends"],
+        columns: SERVICE_COLUMNS,
         rows: services
             .iter()
             .map(|s| {
+                let health = health_map(s);
                 let per_node: Vec<String> = backends(s)
                     .into_iter()
                     .map(|(node, ips)| {
-                        let ips: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+                        let ips: Vec<String> = ips
+                            .iter()
+                            .map(|ip| {
+                                let ip = ip.to_string();
+                                match health.get(&ip).map(String::as_str) {
+                                    Some("healthy") | None => ip,
+                                    Some(why) => format!("{ip} {why}"),
+                                }
+                            })
+                            .collect();
                         format!("{node}: {}", ips.join(","))
                     })
                     .collect();

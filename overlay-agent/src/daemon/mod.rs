@@ -110,6 +110,10 @@ struct Agent {
     published: Option<NodeStateRecord>,
     /// The multicast groups last published under this session's lease (`groups/<node>`).
     published_groups: Option<schema::GroupsRecord>,
+    /// The local backends' health as the checker last found it (syncs/backend_health.rs),
+    /// and as last published under this session's lease (`health/<node>`).
+    health: watch::Receiver<Option<schema::HealthRecord>>,
+    published_health: Option<schema::HealthRecord>,
     /// The last reconcile could not list the node's interfaces: the next tick tries again.
     links_unread: bool,
     problems: Vec<Problem>,
@@ -223,6 +227,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let (names, zone) = watch::channel(Arc::new(Zone::default()));
     let resolver = dns::Resolver::new(zone, metrics.dns(), opts.resolv_conf.clone());
     // Each member on its own, from a task of its own: a hung member delays no session.
+    let (probes, targets) = watch::channel(Vec::new());
+    let health = crate::syncs::backend_health::spawn(targets)?;
     let probed = metrics.clone();
     crate::store::health::spawn_prober(opts.etcd.clone(), move |probe| probed.etcd_probed(probe));
     if let Some(listener) = metrics_listener {
@@ -250,11 +256,13 @@ pub async fn run(opts: Options) -> Result<()> {
         stranded_before: None,
         published: None,
         published_groups: None,
+        health,
+        published_health: None,
         links_unread: false,
         problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
-        syncs: Syncs::new(underlay_mtu, resolver),
+        syncs: Syncs::new(underlay_mtu, resolver, probes),
         metrics,
         names,
     };

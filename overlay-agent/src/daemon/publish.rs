@@ -87,6 +87,23 @@ impl Agent {
         }
     }
 
+    /// Publishes the local backends' health when the checker's verdict changed (or this
+    /// session has not published it yet): at once, not at the next tick, so a backend that
+    /// stopped answering is passed over within the checks' own time.
+    pub(super) async fn publish_health(&mut self, store: &Store, lease: i64) {
+        // Nothing until the checker's first verdicts are in.
+        let Some(health) = self.health.borrow_and_update().clone() else {
+            return;
+        };
+        if self.published_health.as_ref() == Some(&health) {
+            return;
+        }
+        match store.put_health(&self.opts.node, &health, lease).await {
+            Ok(()) => self.published_health = Some(health),
+            Err(e) => log::warn!("{e:#}; will retry"),
+        }
+    }
+
     /// The networks' names as the cluster has them now, for the resolvers (syncs/dns/): after
     /// every listing and every batch of events, before anything else is done with it, so a
     /// name leaves the answers as soon as its endpoint leaves etcd.

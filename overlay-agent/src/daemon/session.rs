@@ -45,6 +45,7 @@ impl Agent {
         // A new lease: the digest is published again under it.
         self.published = None;
         self.published_groups = None;
+        self.published_health = None;
         log::info!(
             "connected to etcd at {}; node {} registered under lease {lease:x} (TTL {ttl} s)",
             store.endpoints_url(),
@@ -53,6 +54,8 @@ impl Agent {
         self.status.connected = true;
         let own_key = store.keys().node(&self.opts.node);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The health checker's verdicts, published as soon as they change.
+        let mut health = self.health.clone();
         loop {
             let listing = store.listing(&store.keys().all(), 0).await?;
             let (kvs, revision) = (listing.kvs, listing.revision);
@@ -219,7 +222,11 @@ impl Agent {
                             self.note_underlay_mtu(&store, lease).await;
                             self.publish_state(&store, lease).await;
                             self.publish_groups(&store, lease).await;
+                            self.publish_health(&store, lease).await;
                             self.sync_node(When::Tick).await;
+                        }
+                        Ok(()) = health.changed() => {
+                            self.publish_health(&store, lease).await;
                         }
                     }
                 }

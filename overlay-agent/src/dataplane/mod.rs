@@ -219,6 +219,10 @@ impl Dataplane {
             programs::SOCK_SENDMSG4,
             programs::SOCK_RECVMSG4,
             programs::SOCK_GETPEERNAME4,
+            programs::SOCK_CONNECT6,
+            programs::SOCK_SENDMSG6,
+            programs::SOCK_RECVMSG6,
+            programs::SOCK_GETPEERNAME6,
         ] {
             let prog: &mut CgroupSockAddr = self
                 .ebpf

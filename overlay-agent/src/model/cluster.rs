@@ -32,6 +32,10 @@ pub struct ClusterState {
     /// (network, name) -> a load-balanced service (`services/<net>/<name>`). Followed by the
     /// services sync, not by a map reconcile.
     pub services: BTreeMap<(String, String), Service>,
+    /// Node -> what its agent says of its own backends' health (`health/<node>`): the TCP
+    /// ports that fail. Read only through [`ClusterState::failing`], which believes a node
+    /// about its own endpoints alone.
+    pub health: BTreeMap<String, schema::HealthRecord>,
     /// Keys whose value was refused, with why: shown by `status`.
     pub invalid: BTreeMap<String, String>,
 }
@@ -100,6 +104,12 @@ impl ClusterState {
                 self.groups.insert(node.clone(), groups);
                 Applied::Ignored
             }
+            Key::Health(node) => {
+                let record: schema::HealthRecord = schema::decode(value)?;
+                self.health.insert(node.clone(), record);
+                // Followed by the services sync and the names, not by a map reconcile.
+                Applied::Ignored
+            }
             Key::Name { node, name } => {
                 let record: NameRecord = schema::decode(value)?;
                 self.names.insert((node.clone(), name.clone()), record);
@@ -148,6 +158,10 @@ impl ClusterState {
                 self.groups.remove(node);
                 false
             }
+            Key::Health(node) => {
+                self.health.remove(node);
+                false
+            }
             Key::Name { node, name } => {
                 self.names.remove(&(node.clone(), name.clone()));
                 false
@@ -158,6 +172,20 @@ impl ClusterState {
             }
             Key::Slice { .. } | Key::Vip { .. } => false,
         }
+    }
+}
+
+impl ClusterState {
+    /// The TCP ports of endpoint `ep` that fail their health check, as its own node's agent
+    /// says (`health/<node>`): a claim another node makes about it is never read, so a node
+    /// speaks for its own endpoints only. A backend nobody has checked yet is healthy.
+    pub fn failing(&self, ep: &Endpoint) -> Option<&BTreeSet<u16>> {
+        schema::failing(&self.health, ep)
+    }
+
+    /// Whether `ep` answers on `port` (UDP ports are never checked: always true).
+    pub fn answers(&self, ep: &Endpoint, port: u16, tcp: bool) -> bool {
+        !tcp || self.failing(ep).is_none_or(|f| !f.contains(&port))
     }
 }
 

@@ -52,7 +52,8 @@ impl Batch {
                     self.before.entry(k).or_insert(old);
                 }
             }
-            Some(Key::Service { .. }) => self.services = true,
+            // A backend's health changes what the services sync writes and `tasks.` answers.
+            Some(Key::Service { .. } | Key::Health(_)) => self.services = true,
             // Groups are followed by the flood sync, not by the maps; a VIP's address is
             // held in its service's record too.
             Some(Key::Slice { .. } | Key::Name { .. } | Key::Groups(_) | Key::Vip { .. })

@@ -20,7 +20,7 @@ use std::{
 use super::cluster::ClusterState;
 use crate::{
     shared::ipam::{Cidr, Subnet6},
-    store::schema::Network,
+    store::{schema::Network, services::Proto},
 };
 
 /// A service as the resolver needs it (the services' own schema is elsewhere: whoever reads
@@ -29,7 +29,10 @@ use crate::{
 pub struct ServiceName {
     pub network: String,
     pub name: String,
-    pub vip: Option<IpAddr>,
+    /// Its virtual IPs: the IPv4 VIP and, on a dual-stack network, the IPv6 one (the IPv4 VIP
+    /// in the network's prefix, balanced by the `6` socket programs). None: its name answers
+    /// its backends.
+    pub vips: Vec<IpAddr>,
     /// Its healthy backends only: what `tasks.<name>` answers.
     pub backends: Vec<IpAddr>,
 }
@@ -37,7 +40,8 @@ pub struct ServiceName {
 impl ServiceName {
     /// The cluster's services as the zone names them: each to its VIP, `tasks.<name>` to its
     /// backends (their IPv6 addresses too on a dual-stack network) as etcd holds them now, so
-    /// a backend's name goes with its endpoint record. Health checks will narrow this list.
+    /// a backend's name goes with its endpoint record; a backend its own node finds not
+    /// answering on one of the service's TCP ports is left out until it answers again.
     pub fn of(cluster: &ClusterState) -> Vec<ServiceName> {
         cluster
             .services
@@ -48,6 +52,11 @@ impl ServiceName {
                     .endpoints
                     .values()
                     .filter(|ep| ep.network == svc.network && ep.services.contains(&svc.name))
+                    .filter(|ep| {
+                        svc.ports
+                            .iter()
+                            .all(|p| cluster.answers(ep, p.port, p.proto == Proto::Tcp))
+                    })
                     .flat_map(|ep| {
                         let v6 = net.and_then(|n| n.ipv6_of(ep.ip)).map(IpAddr::V6);
                         std::iter::once(IpAddr::V4(ep.ip)).chain(v6)
@@ -56,7 +65,9 @@ impl ServiceName {
                 ServiceName {
                     network: svc.network.clone(),
                     name: svc.name.clone(),
-                    vip: Some(IpAddr::V4(svc.vip)),
+                    vips: std::iter::once(IpAddr::V4(svc.vip))
+                        .chain(net.and_then(|n| n.ipv6_of(svc.vip)).map(IpAddr::V6))
+                        .collect(),
                     backends,
                 }
             })
@@ -151,9 +162,10 @@ impl Zone {
                 continue;
             };
             let backends: BTreeSet<IpAddr> = svc.backends.iter().copied().collect();
-            let answer: BTreeSet<IpAddr> = match svc.vip {
-                Some(vip) => BTreeSet::from([vip]),
-                None => backends.clone(),
+            let answer: BTreeSet<IpAddr> = if svc.vips.is_empty() {
+                backends.clone()
+            } else {
+                svc.vips.iter().copied().collect()
             };
             let full = qualified(&svc.name, &svc.network);
             // A service's name is what its clients ask for: it shadows an endpoint's.
@@ -167,8 +179,8 @@ impl Zone {
                 backends.clone(),
             );
             names.names.insert(tasks, backends);
-            if let Some(vip) = svc.vip {
-                names.reverse.insert(vip, full);
+            for vip in &svc.vips {
+                names.reverse.insert(*vip, full.clone());
             }
         }
         zone
@@ -454,19 +466,19 @@ mod tests {
             ServiceName {
                 network: "blue".into(),
                 name: "Web".into(),
-                vip: Some(v4("10.10.255.10")),
+                vips: vec![v4("10.10.255.10")],
                 backends: vec![v4("10.10.1.2"), v4("10.10.2.2")],
             },
             ServiceName {
                 network: "blue".into(),
                 name: "web1".into(),
-                vip: Some(v4("10.10.255.11")),
+                vips: vec![v4("10.10.255.11")],
                 backends: vec![],
             },
             ServiceName {
                 network: "red".into(),
                 name: "rr".into(),
-                vip: None,
+                vips: vec![],
                 backends: vec![v4("10.20.1.2")],
             },
         ]);

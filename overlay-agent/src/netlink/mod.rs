@@ -27,7 +27,7 @@ mod netns;
 
 pub use self::{
     ifindex::{iface_name, ifindex},
-    netns::{Netns, cookie as netns_cookie, netns_path, open_netns},
+    netns::{Netns, NetnsSockets, cookie as netns_cookie, netns_path, open_netns},
 };
 
 pub struct Netlink {

@@ -92,3 +92,86 @@ pub fn cookie(ns: &File) -> Result<u64> {
     .join()
     .map_err(|_| anyhow!("the namespace thread panicked"))?
 }
+
+/// One thread of the agent's that makes sockets inside other namespaces, for the health
+/// checks (syncs/backend_health.rs): a socket belongs to the namespace it was made in for its
+/// life, so only its making needs the thread to enter the namespace (setns changes only the
+/// calling thread's); connecting it then happens on the async runtime like any socket. One
+/// thread for every namespace, so many checks cost one thread, never one each.
+#[derive(Clone)]
+pub struct NetnsSockets {
+    requests: std::sync::mpsc::Sender<(
+        File,
+        tokio::sync::oneshot::Sender<Result<std::net::TcpStream>>,
+    )>,
+}
+
+impl NetnsSockets {
+    pub fn start() -> Result<Self> {
+        // Where the thread comes back to after each socket: the agent's own namespace.
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| anyhow!("opening the agent's own network namespace: {e}"))?;
+        let (requests, rx) = std::sync::mpsc::channel::<(
+            File,
+            tokio::sync::oneshot::Sender<Result<std::net::TcpStream>>,
+        )>();
+        std::thread::Builder::new()
+            .name("netns-sockets".into())
+            .spawn(move || {
+                while let Ok((ns, reply)) = rx.recv() {
+                    let made = tcp_socket_in(&ns);
+                    let back = enter(&home);
+                    let _ = reply.send(made);
+                    if let Err(e) = back {
+                        // Stuck in another namespace: no later socket could be trusted.
+                        log::error!("health checks stop: {e:#}");
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| anyhow!("starting the namespace sockets' thread: {e}"))?;
+        Ok(Self { requests })
+    }
+
+    /// A non-blocking, unconnected IPv4 TCP socket made inside namespace `ns`.
+    pub async fn tcp_socket(&self, ns: File) -> Result<std::net::TcpStream> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((ns, tx))
+            .map_err(|_| anyhow!("the namespace sockets' thread has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow!("the namespace sockets' thread has stopped"))?
+    }
+}
+
+fn enter(ns: &File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(anyhow!(
+            "entering a network namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn tcp_socket_in(ns: &File) -> Result<std::net::TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    enter(ns)?;
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(anyhow!(
+            "making a socket in the namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(std::net::TcpStream::from(unsafe {
+        OwnedFd::from_raw_fd(raw)
+    }))
+}

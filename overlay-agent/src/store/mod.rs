@@ -656,6 +656,37 @@ impl Store {
             .await
     }
 
+    /// Publishes the failing TCP ports of this node's backends under its lease.
+    pub async fn put_health(
+        &self,
+        node: &str,
+        health: &schema::HealthRecord,
+        lease: i64,
+    ) -> Result<()> {
+        let key = self.keys.health(node);
+        self.put_leased("publishing the node's backends' health", key, health, lease)
+            .await
+    }
+
+    /// Every node's health record, by node (for `service ls`); invalid ones are logged and
+    /// skipped.
+    pub async fn health_records(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, schema::HealthRecord>> {
+        let (kvs, _) = self.list(&self.keys.all_health()).await?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let node = key.rsplit('/').next()?.to_string();
+                schema::decode(kv.value())
+                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
+                    .ok()
+                    .map(|h| (node, h))
+            })
+            .collect())
+    }
+
     /// A record under `lease`: it goes with the agent that keeps the lease alive.
     async fn put_leased(
         &self,

@@ -9,6 +9,7 @@
 //!                                       "node":"h1","port":"ove1a2b3c4d","netns":"c1"}
 //! <prefix>/names/<node>/<name>         {"network":"blue","ip":"10.10.1.2"}   endpoint names per node
 //! <prefix>/groups/<node>                {"42":["239.1.1.1"]}                   under the node's lease
+//! <prefix>/health/<node>                {"blue":{"10.10.1.2":[80]}}            under the node's lease
 //! <prefix>/services/<net>/<name>       {"vip":"10.10.255.254","ports":[{"port":80,"proto":"tcp"}]}
 //! <prefix>/vips/<net>/<ip>             {"service":"web"}      a service's VIP, held like an address
 //! ```
@@ -56,6 +57,8 @@ pub enum Key {
     },
     /// `groups/<node>`: the IPv4 multicast groups a node's containers are members of.
     Groups(String),
+    /// `health/<node>`: the TCP ports of a node's backends that fail their health check.
+    Health(String),
     /// `services/<net>/<name>`: a load-balanced service of a network.
     Service {
         network: String,
@@ -94,6 +97,15 @@ impl Keys {
     }
     pub fn groups(&self, node: &str) -> String {
         format!("{}/groups/{node}", self.prefix)
+    }
+
+    /// `health/<node>`: the failing TCP ports of the node's own backends.
+    pub fn health(&self, node: &str) -> String {
+        format!("{}/health/{node}", self.prefix)
+    }
+
+    pub fn all_health(&self) -> String {
+        format!("{}/health/", self.prefix)
     }
     pub fn state(&self, node: &str) -> String {
         format!("{}/state/{node}", self.prefix)
@@ -162,6 +174,7 @@ impl Keys {
                 ip: s(2),
             },
             ["groups", _] => Key::Groups(s(1)),
+            ["health", _] => Key::Health(s(1)),
             ["names", _, _] => Key::Name {
                 node: s(1),
                 name: s(2),
@@ -659,6 +672,25 @@ pub struct NodeStateRecord {
 /// wanted. `{"42":["239.1.1.1"]}`.
 pub type GroupsRecord = BTreeMap<String, BTreeSet<Ipv4Addr>>;
 
+/// `health/<node>` (leased): network -> endpoint address -> the service TCP ports that fail
+/// their health check, as that node's agent probes its own backends. Empty when all answer.
+/// Whoever reads it believes a node only about its own endpoints ([`crate::model::cluster`]).
+pub type HealthRecord = BTreeMap<String, BTreeMap<Ipv4Addr, BTreeSet<u16>>>;
+
+/// The TCP ports of endpoint `ep` that fail their health check, as its own node says in
+/// `health` (node -> its record): a claim another node makes about it is never read, so a
+/// node speaks for its own endpoints only. None: healthy (or not checked yet).
+pub fn failing<'a>(
+    health: &'a BTreeMap<String, HealthRecord>,
+    ep: &Endpoint,
+) -> Option<&'a BTreeSet<u16>> {
+    health
+        .get(ep.node()?)?
+        .get(&ep.network)?
+        .get(&ep.ip)
+        .filter(|ports| !ports.is_empty())
+}
+
 /// Most groups a node publishes; beyond, its groups fall back to reaching every host.
 pub const MAX_PUBLISHED_GROUPS: usize = 1024;
 
@@ -1011,6 +1043,7 @@ mod fuzz {
         ) {
             refused(decode::<NodeRecord>(&node))?;
             refused(decode::<GroupsRecord>(&value))?;
+            refused(decode::<HealthRecord>(&value))?;
             refused(decode::<NameRecord>(&value))?;
             refused(decode::<SliceRecord>(&value))?;
             refused(decode::<NodeStateRecord>(&value))?;
@@ -1038,6 +1071,7 @@ mod fuzz {
             prop_assert_eq!(parse(keys.network(&a)), Some(Key::Network(a.clone())));
             prop_assert_eq!(parse(keys.node(&a)), Some(Key::Node(a.clone())));
             prop_assert_eq!(parse(keys.groups(&a)), Some(Key::Groups(a.clone())));
+            prop_assert_eq!(parse(keys.health(&a)), Some(Key::Health(a.clone())));
             prop_assert_eq!(
                 parse(keys.name(&a, &b)),
                 Some(Key::Name { node: a.clone(), name: b.clone() })

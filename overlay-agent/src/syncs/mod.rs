@@ -1,7 +1,7 @@
 //! The node's syncs: each one keeps one kind of node-local kernel state equal to what the
 //! cluster and the maps want: the GRO devices, the flood lists with their IGMP queriers, the
-//! tunnel guard, the way out (egress), the interfaces' MTU, service load balancing, and the
-//! resolver's sockets (dns/).
+//! tunnel guard, the way out (egress), the interfaces' MTU, service load balancing (with the
+//! health checks of local backends, backend_health.rs), and the resolver's sockets (dns/).
 //!
 //! Every sync has one shape, [`NodeSync`]: a pure `want` computed from what the node knows
 //! ([`View`]), and an idempotent `apply` that makes the kernel hold it ([`Kernel`]).
@@ -10,12 +10,15 @@
 //! one line in `run`.
 use std::collections::BTreeMap;
 
+use tokio::sync::watch;
+
 use crate::{
     dataplane::{Dataplane, Maps, state::MapState},
     model::cluster::ClusterState,
     netlink::Netlink,
 };
 
+pub mod backend_health;
 pub mod dns;
 pub mod egress;
 pub mod flood;
@@ -87,7 +90,12 @@ impl Syncs {
     /// `underlay_mtu`: the underlay's MTU when the agent started, which the interfaces already
     /// have (the MTU sync follows changes only); `resolver`: what the networks' resolvers
     /// answer from.
-    pub fn new(underlay_mtu: Option<u32>, resolver: dns::Resolver) -> Self {
+    /// `probes`: where the services sync tells the health checker what to probe.
+    pub fn new(
+        underlay_mtu: Option<u32>,
+        resolver: dns::Resolver,
+        probes: watch::Sender<Vec<backend_health::Target>>,
+    ) -> Self {
         Self {
             gro: gro::Gro::default(),
             flooding: flood::Flooding::default(),
@@ -95,7 +103,7 @@ impl Syncs {
             egress: egress::Egress::default(),
             mtu: mtu::Mtu::new(underlay_mtu),
             names: dns::Names::new(resolver),
-            services: services::Services::default(),
+            services: services::Services::new(probes),
         }
     }
 

@@ -7,8 +7,8 @@
 //! gone from etcd gets no new connection within well under a second. Connections made before
 //! stay where they are: the programs rewrote their address once, at connect().
 //!
-//! Health is a seam for now: every backend is written with `BACKEND_HEALTHY`; a health check
-//! would clear it (the programs already pass over a backend without it).
+//! A backend port is written with `BACKEND_HEALTHY` unless its own node's agent says it does
+//! not answer (`health/<node>`, probed by syncs/health.rs): the programs pass over it.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -21,11 +21,16 @@ use overlay_common::{
     Service as ServiceEntry, ServiceKey,
 };
 
-use super::{Kernel, NodeSync, View};
+use tokio::sync::watch;
+
+use super::{Kernel, NodeSync, View, backend_health::Target};
 use crate::{
     netlink::{Netlink, netns_cookie, netns_path},
     shared::net::Mac,
-    store::schema::Kind,
+    store::{
+        schema::{Endpoint, Kind},
+        services::Proto,
+    },
 };
 
 /// What the service maps must hold, and whose namespaces are members.
@@ -36,6 +41,9 @@ pub struct Want {
     /// This node's endpoints whose sockets are balanced, as their records describe them: each
     /// is checked against its namespace before it becomes a member.
     pub members: BTreeSet<Member>,
+    /// This node's backends among the members, with their network and their services' TCP
+    /// ports: what the health checks probe (once the member's namespace passed its check).
+    pub probes: BTreeMap<Member, (String, BTreeSet<u16>)>,
 }
 
 /// A local endpoint whose namespace's sockets the programs balance (to its network's services).
@@ -77,14 +85,13 @@ pub fn wanted(view: &View<'_>) -> Want {
         if svc.check_in(net).is_err() {
             continue;
         }
-        let mut backends: Vec<Ipv4Addr> = cluster
+        let mut backends: Vec<&Endpoint> = cluster
             .endpoints
             .values()
             .filter(|ep| ep.network == *network && ep.services.iter().any(|s| s == name))
             .filter(|ep| view.applied.arp.get(&(net.vni, ep.ip.octets())) == Some(&ep.mac.0))
-            .map(|ep| ep.ip)
             .collect();
-        backends.sort();
+        backends.sort_by_key(|ep| ep.ip);
         backends.truncate(MAX_BACKENDS as usize);
         for port in &svc.ports {
             if want.services.len() >= MAX_SERVICES as usize {
@@ -104,13 +111,21 @@ pub fn wanted(view: &View<'_>) -> Want {
                     count: backends.len() as u32,
                 },
             );
-            for (slot, ip) in backends.iter().enumerate() {
+            let tcp = port.proto == Proto::Tcp;
+            for (slot, ep) in backends.iter().enumerate() {
+                // A backend whose own node finds this port not answering keeps its slot (so
+                // no other slot moves) without the flag: the programs pass over it.
+                let flags = if cluster.answers(ep, port.port, tcp) {
+                    BACKEND_HEALTHY
+                } else {
+                    0
+                };
                 want.backends.insert(
                     BackendKey {
                         service: id,
                         slot: slot as u32,
                     },
-                    Backend::new(ip.octets(), port.port, BACKEND_HEALTHY),
+                    Backend::new(ep.ip.octets(), port.port, flags),
                 );
             }
         }
@@ -131,12 +146,25 @@ pub fn wanted(view: &View<'_>) -> Want {
         if !view.applied.endpoints.contains_key(&(vni, ep.mac.0)) {
             continue;
         }
-        want.members.insert(Member {
+        let member = Member {
             netns: netns.clone(),
             vni,
             ip: ep.ip,
             mac: ep.mac,
-        });
+        };
+        let ports: BTreeSet<u16> = ep
+            .services
+            .iter()
+            .filter_map(|name| cluster.services.get(&(ep.network.clone(), name.clone())))
+            .flat_map(|svc| &svc.ports)
+            .filter(|p| p.proto == Proto::Tcp)
+            .map(|p| p.port)
+            .collect();
+        if !ports.is_empty() {
+            want.probes
+                .insert(member.clone(), (ep.network.clone(), ports));
+        }
+        want.members.insert(member);
     }
     want
 }
@@ -149,10 +177,12 @@ struct Checked {
     cookie: Result<u64, String>,
 }
 
-/// The services sync: what it learnt of each member's namespace.
+/// The services sync: what it learnt of each member's namespace, and where the health
+/// checks learn what to probe.
 #[derive(Default)]
 pub struct Services {
     checked: BTreeMap<Member, Checked>,
+    probes: Option<watch::Sender<Vec<Target>>>,
 }
 
 impl NodeSync for Services {
@@ -169,6 +199,7 @@ impl NodeSync for Services {
             log::warn!("socket load balancing: {e:#}; will retry");
         }
         let members = self.members(&want.members).await;
+        self.send_probes(&want.probes);
         match kernel.maps.sync_services(&want.services, &want.backends) {
             Ok(0) => {}
             Ok(n) => log::info!(
@@ -190,6 +221,37 @@ impl NodeSync for Services {
 }
 
 impl Services {
+    /// The sync, handing the health checker (syncs/backend_health.rs) what to probe.
+    pub fn new(probes: watch::Sender<Vec<Target>>) -> Self {
+        Self {
+            checked: BTreeMap::new(),
+            probes: Some(probes),
+        }
+    }
+
+    /// The local backends whose namespace passed its check, to the health checker.
+    fn send_probes(&self, probes: &BTreeMap<Member, (String, BTreeSet<u16>)>) {
+        let Some(tx) = &self.probes else { return };
+        let targets: Vec<Target> = probes
+            .iter()
+            .filter_map(|(m, (network, ports))| {
+                let checked = self.checked.get(m).filter(|c| c.cookie.is_ok())?;
+                Some(Target {
+                    network: network.clone(),
+                    ip: m.ip,
+                    netns: m.netns.clone(),
+                    file: checked.file,
+                    ports: ports.clone(),
+                })
+            })
+            .collect();
+        tx.send_if_modified(|now| {
+            let changed = *now != targets;
+            *now = targets;
+            changed
+        });
+    }
+
     /// MEMBERS as it must be: each member's namespace checked (once per namespace file) to
     /// hold the endpoint's interface, with its MAC and address, before its cookie is trusted.
     async fn members(&mut self, members: &BTreeSet<Member>) -> BTreeMap<u64, Members> {
@@ -381,6 +443,64 @@ mod tests {
             ("networks/blue", r#"{"vni":42,"subnet":"10.20.0.0/16"}"#),
         ]);
         assert!(wanted(&view(&c, &applied)).services.is_empty());
+    }
+
+    /// A node speaks for its own backends only: h2 saying h1's backend fails is not read; h1
+    /// saying so clears the flag of that TCP port alone (UDP is never checked), and the
+    /// failing backend keeps its slot so no other moves. The names leave it out of `tasks.`.
+    #[test]
+    fn a_backend_is_unhealthy_only_by_its_own_node() {
+        let (e1, e2) = (
+            endpoint("c1", "h1", r#"["web"]"#),
+            endpoint("c2", "h2", r#"["web"]"#),
+        );
+        let records = [
+            ("networks/blue", NET),
+            ("services/blue/web", WEB),
+            ("endpoints/blue/10.10.1.1", e1.as_str()),
+            ("endpoints/blue/10.10.1.2", e2.as_str()),
+        ];
+        let tcp = service_id("blue", "web", 80, 6);
+        let udp = service_id("blue", "web", 53, 17);
+        let flags = |c: &crate::model::cluster::ClusterState| {
+            let applied = served(c, "h1");
+            let want = wanted(&view(c, &applied));
+            [(tcp, 0), (tcp, 1), (udp, 0), (udp, 1)].map(|(service, slot)| {
+                want.backends[&BackendKey { service, slot }].flags & BACKEND_HEALTHY != 0
+            })
+        };
+        let tasks = |c: &crate::model::cluster::ClusterState| {
+            crate::model::names::ServiceName::of(c)[0].backends.len()
+        };
+        let forged = cluster(
+            &[
+                records.as_slice(),
+                &[("health/h2", r#"{"blue":{"10.10.1.1":[80]}}"#)],
+            ]
+            .concat(),
+        );
+        assert_eq!(flags(&forged), [true; 4]);
+        assert_eq!(tasks(&forged), 2);
+        let own = cluster(
+            &[
+                records.as_slice(),
+                &[("health/h1", r#"{"blue":{"10.10.1.1":[80]}}"#)],
+            ]
+            .concat(),
+        );
+        assert_eq!(flags(&own), [false, true, true, true]);
+        assert_eq!(tasks(&own), 1);
+        assert_eq!(
+            own.failing(own.endpoints.values().next().unwrap()),
+            Some(&BTreeSet::from([80]))
+        );
+        // The probes: h1's backend, its TCP port only.
+        let applied = served(&own, "h1");
+        let want = wanted(&view(&own, &applied));
+        assert_eq!(
+            want.probes.values().collect::<Vec<_>>(),
+            [&("blue".to_string(), BTreeSet::from([80]))]
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! What a monitor event says, decoded from the bytes the program captured. Pure: no kernel, no
 //! maps; the hook and the outcome say where the captured bytes start.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use overlay_common::{
     Counter,
-    monitor::{MonitorEvent, hook},
+    monitor::{MonitorEvent, SockLbRecord, hook},
     wire,
 };
 use serde::Serialize;
@@ -41,6 +44,52 @@ pub struct Event {
     /// True when the packet ended before the headers we looked for.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// A socket load-balancing decision (hook `sock-lb`): no packet, the addresses instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketDecision>,
+}
+
+/// What a socket asked for and what it was given.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SocketDecision {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The service address connect() or sendmsg() named.
+    pub service: SocketAddr,
+    /// The backend it goes to instead; None: no healthy backend, the call refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<SocketAddr>,
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        wire::IPPROTO_TCP => "tcp".into(),
+        wire::IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A [`SockLbRecord`] as the socket hook wrote it into an event's data.
+fn socket_decision(data: &[u8]) -> Option<SocketDecision> {
+    if data.len() < size_of::<SockLbRecord>() {
+        return None;
+    }
+    // SAFETY: the length is checked; the record is plain bytes, read unaligned.
+    let r: SockLbRecord = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    let addr = |bytes: [u8; 16], port_be: u16| -> SocketAddr {
+        let ip = match r.family {
+            6 => IpAddr::V6(Ipv6Addr::from(bytes)),
+            _ => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        };
+        SocketAddr::new(ip, u16::from_be(port_be))
+    };
+    Some(SocketDecision {
+        proto: proto_name(r.proto),
+        service: addr(r.vip, r.vip_port_be),
+        backend: (r.backend != [0; 16]).then(|| addr(r.backend, r.backend_port_be)),
+    })
 }
 
 /// The underlay headers of a VXLAN packet.
@@ -101,7 +150,13 @@ pub fn decode(raw: &MonitorEvent, mut vni_of_port: impl FnMut(u32) -> Option<u32
         outer: None,
         inner: None,
         truncated: false,
+        socket: None,
     };
+    if raw.hook == hook::SOCK_LB {
+        event.socket = socket_decision(data);
+        event.truncated = event.socket.is_none();
+        return event;
+    }
     let inner_at = if starts_outer(raw.hook, counter) {
         match outer(data) {
             Some((outer, vni, at)) => {
@@ -240,13 +295,7 @@ fn inner(d: &[u8]) -> Option<(Inner, bool)> {
         }
         _ => return Some((inner, true)),
     };
-    inner.proto = Some(match proto {
-        wire::IPPROTO_TCP => "tcp".into(),
-        wire::IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmpv6".into(),
-        other => other.to_string(),
-    });
+    inner.proto = Some(proto_name(proto));
     let mut complete = true;
     if let Some(at) = l4
         && matches!(proto, wire::IPPROTO_TCP | wire::IPPROTO_UDP)
@@ -299,6 +348,14 @@ impl Event {
                 out += &format!(" udp {s} -> {d}");
             }
             out += " |";
+        }
+        if let Some(s) = &self.socket {
+            match s.backend {
+                Some(b) => out += &format!(" {} {} -> backend {b}", s.proto, s.service),
+                None => {
+                    out += &format!(" {} {} -> no healthy backend, refused", s.proto, s.service)
+                }
+            }
         }
         if let Some(i) = &self.inner {
             out += &format!(" {} -> {} {}", i.src_mac, i.dst_mac, i.ethertype);
@@ -379,6 +436,41 @@ mod tests {
         v.push(0);
         v.extend(inner);
         v
+    }
+
+    #[test]
+    fn a_socket_decision_shows_the_service_and_its_backend_or_none() {
+        let mut r = SockLbRecord {
+            family: 4,
+            proto: wire::IPPROTO_TCP,
+            vip_port_be: 80u16.to_be(),
+            backend_port_be: 8080u16.to_be(),
+            ..Default::default()
+        };
+        r.vip[..4].copy_from_slice(&[10, 10, 255, 10]);
+        r.backend[..4].copy_from_slice(&[10, 10, 1, 2]);
+        let mut raw = raw(hook::SOCK_LB, Counter::LbBalanced, &[]);
+        // SAFETY: data is CAPTURE_LEN bytes, more than the record.
+        unsafe { std::ptr::write_unaligned(raw.data.as_mut_ptr().cast(), r) };
+        raw.captured = size_of::<SockLbRecord>() as u16;
+        let e = decode(&raw, |_| None);
+        assert_eq!((e.hook, e.reason()), ("sock-lb", "lb_balanced"));
+        assert!(
+            e.line("t")
+                .contains(" tcp 10.10.255.10:80 -> backend 10.10.1.2:8080"),
+            "{}",
+            e.line("t")
+        );
+        r.backend = [0; 16];
+        unsafe { std::ptr::write_unaligned(raw.data.as_mut_ptr().cast(), r) };
+        raw.counter = Counter::LbNoBackend as u32;
+        let e = decode(&raw, |_| None);
+        assert_eq!(e.socket.as_ref().unwrap().backend, None);
+        assert!(
+            e.line("t").contains("no healthy backend, refused"),
+            "{}",
+            e.line("t")
+        );
     }
 
     #[test]

@@ -94,6 +94,12 @@ impl EndpointMatch {
         }
     }
 
+    /// A socket decision concerns an endpoint that is its backend.
+    fn matches_socket(&self, s: &event::SocketDecision) -> bool {
+        self.ip
+            .is_some_and(|ip| s.backend.is_some_and(|b| b.ip() == ip))
+    }
+
     fn matches(&self, i: &event::Inner) -> bool {
         self.mac.is_some_and(|m| i.src_mac == m || i.dst_mac == m)
             || self
@@ -111,10 +117,10 @@ impl Filter {
         };
         kind && self.vni.is_none_or(|vni| e.vni == Some(vni))
             && (self.reasons.is_empty() || e.counter.is_some_and(|c| self.reasons.contains(&c)))
-            && self
-                .endpoint
-                .as_ref()
-                .is_none_or(|ep| e.inner.as_ref().is_some_and(|i| ep.matches(i)))
+            && self.endpoint.as_ref().is_none_or(|ep| {
+                e.inner.as_ref().is_some_and(|i| ep.matches(i))
+                    || e.socket.as_ref().is_some_and(|s| ep.matches_socket(s))
+            })
     }
 }
 
