@@ -464,6 +464,14 @@ impl Deployment {
         self.wait_registered(host, before)
     }
 
+    /// SIGTERM, as an operator's `systemctl stop` sends, and waits until it has exited.
+    pub fn stop_agent(&mut self, host: usize) {
+        if let Some(mut child) = self.hosts[host].agent.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill_agent(&mut self, host: usize) {
         if let Some(mut child) = self.hosts[host].agent.take() {

@@ -19,6 +19,8 @@ pub mod replication;
 pub mod runtimes;
 pub mod scale;
 pub mod scenario;
+pub mod service_bench;
+pub mod service_traffic;
 pub mod topology;
 pub mod transfer;
 

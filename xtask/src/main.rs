@@ -21,6 +21,10 @@ enum Command {
     Setup,
     /// Setup, then formatting, clippy and every test (unit, BPF_PROG_TEST_RUN, namespaces).
     Test {
+        /// Also the long-running tests (`#[ignore]`d otherwise: a connection held idle through
+        /// a VIP for 20 minutes).
+        #[arg(long)]
+        long: bool,
         /// Extra arguments for `cargo test` (a test name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -57,6 +61,11 @@ enum Command {
         /// and unicast; kernel vxlan with head-end replication).
         #[arg(long)]
         replication: bool,
+        /// Instead: services, a VIP balanced by our socket programs beside the same traffic
+        /// straight to a backend and through kube-proxy-style nftables DNAT (connection
+        /// rate, latency, throughput); writes services.md, services.json.
+        #[arg(long)]
+        services: bool,
         /// Instead: the control plane at scale, with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
@@ -118,7 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test { args } => test(&args),
+        Command::Test { long, args } => test(long, &args),
         Command::Demo { etcd_members } => demo(etcd_members),
         Command::Bench {
             rounds,
@@ -128,12 +137,13 @@ fn main() -> ExitCode {
             monitor,
             ipv6_underlay,
             replication,
+            services,
             scale,
         } => bench(
             rounds,
             &underlay,
             seconds,
-            [xdp_decap, monitor, ipv6_underlay, replication],
+            [xdp_decap, monitor, ipv6_underlay, replication, services],
             scale,
         ),
         Command::Fuzz { frames, seed } => fuzz(frames, seed.as_deref()),
@@ -150,7 +160,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(long: bool, args: &[String]) -> Result<()> {
     setup::run()?;
     util::clean_test_leftovers();
     util::step("cargo fmt --check")?;
@@ -185,9 +195,14 @@ fn test(args: &[String]) -> Result<()> {
     util::cargo(&["build", "--workspace", "--bins"])?;
     util::step("cargo test")?;
     let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
-    if !args.is_empty() {
+    if long || !args.is_empty() {
         test_args.push("--");
         test_args.extend(args.iter().map(String::as_str));
+    }
+    // The long tests are the ignored ones (no other test is ignored): they are listed as
+    // "ignored" in every run without --long, never silently passed.
+    if long {
+        test_args.push("--include-ignored");
     }
     util::cargo_test(&test_args)
 }
@@ -206,13 +221,14 @@ fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
-    [xdp_decap, monitor, ipv6_underlay, replication]: [bool; 4],
+    [xdp_decap, monitor, ipv6_underlay, replication, services]: [bool; 5],
     scale: Option<u32>,
 ) -> Result<()> {
     prepare_release()?;
-    util::step(match scale {
-        Some(_) => "the control plane at scale: converge, memory, lag",
-        None => "plain routing, kernel vxlan and our overlay, side by side",
+    util::step(match (scale, services) {
+        (Some(_), _) => "the control plane at scale: converge, memory, lag",
+        (None, true) => "services: a VIP beside direct and nftables DNAT",
+        (None, false) => "plain routing, kernel vxlan and our overlay, side by side",
     })?;
     let out = util::workspace_root().join("target/bench");
     let (rounds, seconds, out) = (
@@ -241,6 +257,9 @@ fn bench(
     }
     if replication {
         args.push("--replication");
+    }
+    if services {
+        args.push("--services");
     }
     let endpoints = scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {

@@ -50,17 +50,22 @@ pub fn cargo_test(args: &[&str]) -> Result<()> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
     for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
             passed += count_before(result, " passed");
             failed += count_before(result, " failed");
+            ignored += count_before(result, " ignored");
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("summary: {passed} passed, {failed} failed");
+    let long = match ignored {
+        0 => String::new(),
+        n => format!(", {n} ignored (the long-running ones: --long runs them)"),
+    };
+    println!("summary: {passed} passed, {failed} failed{long}");
     if !status.success() || failed > 0 {
         bail!("cargo test failed ({status})");
     }

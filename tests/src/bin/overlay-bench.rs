@@ -46,6 +46,11 @@ struct Args {
     /// unicast, kernel vxlan with head-end replication to the same).
     #[arg(long)]
     replication: bool,
+    /// Only the services benchmark: a VIP balanced by our socket programs beside the same
+    /// traffic sent straight to a backend and through kube-proxy-style nftables DNAT
+    /// (connection rate, latency, throughput); writes services.md and services.json.
+    #[arg(long)]
+    services: bool,
     /// Only the per-program microbenchmark (no namespaces, a few seconds).
     #[arg(long)]
     micro_only: bool,
@@ -122,6 +127,11 @@ fn run(args: Args) -> Result<()> {
         rows.extend(overlay_tests::replication::kernel_vxlan(args.seconds)?);
         let table = overlay_tests::replication::markdown(&rows);
         std::fs::write(args.out.join("replication.md"), &table)?;
+        println!("{table}");
+        return Ok(());
+    }
+    if args.services {
+        let table = overlay_tests::service_bench::run(args.rounds, args.seconds, &args.out)?;
         println!("{table}");
         return Ok(());
     }
