@@ -13,26 +13,11 @@ use overlay_tests::{
     deployment::{Deployment, wait_for},
     monitor::{Monitor, events},
     scenario::blue,
+    service_traffic::{spawn_in, vip_of, wait_backends, wait_members},
 };
 
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
-
-/// Runs `f` on a thread of its own inside namespace `ns` (its sockets are the namespace's),
-/// for as long as it runs: a server outlives this call.
-fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {path}"
-        );
-        f()
-    });
-}
 
 /// A backend: on TCP, each connection is greeted with "<backend> <client's address>" and
 /// every line it sends is answered with the backend's address; on UDP, each datagram with
@@ -97,52 +82,6 @@ fn connections(ns: &str, to: SocketAddr, n: usize) -> Vec<std::io::Result<Seen>>
     overlay_tests::netns::enter(ns, || {
         (0..n).map(|_| connect(to).map(|(_, seen)| seen)).collect()
     })
-}
-
-/// Every host's SERVICES has `vip:port` with `count` backends.
-fn wait_backends(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) -> Duration {
-    wait_for(Duration::from_secs(5), || {
-        d.hosts.iter().all(|h| {
-            Maps::open(&h.pins()).is_ok_and(|m| {
-                m.service_entries()
-                    .filter_map(|e| e.ok())
-                    .any(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
-            })
-        })
-    })
-    .unwrap_or_else(|e| panic!("{vip}:{port} with {count} backends everywhere: {e}"))
-}
-
-/// Every host's MEMBERS holds at least `n` namespaces.
-fn wait_members(d: &Deployment, n: &[usize]) {
-    wait_for(Duration::from_secs(5), || {
-        d.hosts
-            .iter()
-            .zip(n)
-            .all(|(h, &n)| Maps::open(&h.pins()).is_ok_and(|m| m.member_entries().count() >= n))
-    })
-    .unwrap_or_else(|e| {
-        let logs: Vec<String> = d
-            .hosts
-            .iter()
-            .flat_map(|h| {
-                h.log()
-                    .lines()
-                    .filter(|l| l.contains("services") || l.contains("socket"))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        panic!("members {n:?}: {e}\n{}", logs.join("\n"))
-    });
-}
-
-fn vip_of(out: &str) -> Ipv4Addr {
-    // "service web of network blue: VIP 10.10.255.254, ports 8080/tcp,5353/udp"
-    out.split_once("VIP ")
-        .and_then(|(_, rest)| rest.split(',').next())
-        .and_then(|ip| ip.parse().ok())
-        .unwrap_or_else(|| panic!("no VIP in {out:?}"))
 }
 
 fn counter(d: &Deployment, host: usize, name: &str) -> u64 {

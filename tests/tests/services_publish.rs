@@ -13,6 +13,7 @@ use std::{
 use overlay_tests::{
     deployment::{Deployment, wait_for},
     scenario::blue,
+    service_traffic::spawn_in,
     topology::plug_host,
 };
 
@@ -24,21 +25,6 @@ const UDP_PUBLISHED: u16 = 30053;
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 200);
 /// Bytes sent each way through one published connection.
 const TRANSFER: usize = 4 << 20;
-
-/// Runs `f` on a thread of its own inside namespace `ns`, for as long as it runs.
-fn spawn_in(ns: &str, f: impl FnOnce() + Send + 'static) {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {path}"
-        );
-        f()
-    });
-}
 
 /// The byte at offset `i` of a transfer: not a repeating pattern a wrong offset would match.
 fn byte_at(i: usize) -> u8 {
