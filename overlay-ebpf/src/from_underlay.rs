@@ -95,10 +95,8 @@ fn vxlan_to_us(ctx: &TcContext, ip: &Ipv4Hdr, ihl: usize, frags: u16) -> Option<
     // UDP starts after the options, if any: read its port where it really is (directly in the
     // common case without options, which linearize made readable).
     let dport = if ihl == Ipv4Hdr::LEN {
-        match ptr_at::<UdpHdr>(ctx, OFF_UDP) {
-            Some(udp) => u16::from_be_bytes(unsafe { (*udp).dst }),
-            None => return None,
-        }
+        let udp = ptr_at::<UdpHdr>(ctx, OFF_UDP)?;
+        u16::from_be_bytes(unsafe { (*udp).dst })
     } else {
         match ctx.load::<[u8; 2]>(EthHdr::LEN + ihl + 2) {
             Ok(dport) => u16::from_be_bytes(dport),

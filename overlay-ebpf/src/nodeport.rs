@@ -69,9 +69,8 @@ fn tuple(ctx: &TcContext, ip: usize) -> Option<FlowKey> {
 #[inline(always)]
 pub fn to_published(ctx: &TcContext) {
     if published(ctx).is_some() {
-        unsafe {
-            let _ = JUMP.tail_call(ctx, jump::NODEPORT_IN);
-        }
+        // A tail call that fails (no program in the slot) returns: the host stack has it.
+        unsafe { JUMP.tail_call(ctx, jump::NODEPORT_IN) };
     }
 }
 
