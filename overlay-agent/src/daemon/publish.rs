@@ -98,6 +98,13 @@ impl Agent {
         if self.published_health.as_ref() == Some(&health) {
             return;
         }
+        // Every backend answering and etcd holding no claim of ours: nothing to say, and no
+        // key for each of thousands of nodes without a failing backend (absent is healthy).
+        let stored = self.cluster.health.get(&self.opts.node);
+        if health.is_empty() && stored.is_none_or(|r| r.is_empty()) {
+            self.published_health = Some(health);
+            return;
+        }
         match store.put_health(&self.opts.node, &health, lease).await {
             Ok(()) => self.published_health = Some(health),
             Err(e) => log::warn!("{e:#}; will retry"),
