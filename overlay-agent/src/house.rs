@@ -77,6 +77,21 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every source file of src/: its path, its group, and its code without comments.
+fn sources_with_groups() -> Vec<(PathBuf, String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    files
+        .into_iter()
+        .map(|file| {
+            let from = group(&src, &file);
+            let code = code(&fs::read_to_string(&file).unwrap());
+            (file, from, code)
+        })
+        .collect()
+}
+
 /// The group a file belongs to: its first directory under src/, or its own name.
 fn group(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
@@ -141,13 +156,9 @@ fn uses(code: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_group_uses_only_the_groups_below_it() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let allowed: BTreeMap<&str, &[&str]> = MAY_USE.iter().copied().collect();
-    let mut files = Vec::new();
-    sources(&src, &mut files);
     let mut wrong = Vec::new();
-    for file in &files {
-        let from = group(&src, file);
+    for (file, from, code) in sources_with_groups() {
         if ["main", "lib", "bin", "house"].contains(&from.as_str()) {
             continue;
         }
@@ -158,7 +169,7 @@ fn every_group_uses_only_the_groups_below_it() {
             ));
             continue;
         };
-        for to in uses(&code(&fs::read_to_string(file).unwrap())) {
+        for to in uses(&code) {
             if to != from && !may.contains(&to.as_str()) {
                 wrong.push(format!("{}: {from} uses {to}", file.display()));
             }
@@ -173,13 +184,8 @@ fn every_group_uses_only_the_groups_below_it() {
 
 #[test]
 fn each_outside_crate_is_named_by_its_adapter_only() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
     let mut wrong = Vec::new();
-    for file in &files {
-        let from = group(&src, file);
-        let code = code(&fs::read_to_string(file).unwrap());
+    for (file, from, code) in sources_with_groups() {
         for (krate, owner) in ADAPTERS {
             let named =
                 code.contains(&format!("{krate}::")) || code.contains(&format!("use {krate}"));
