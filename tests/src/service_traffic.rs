@@ -105,6 +105,12 @@ impl Held {
     }
 }
 
+/// `service create ARGS` on `host`; what it answered (its VIP: [`vip_of`]).
+pub fn create_service(d: &Deployment, host: usize, args: &[&str]) -> String {
+    d.cli(host, &[&["service", "create"], args].concat())
+        .unwrap_or_else(|e| panic!("service create {}: {e:#}", args.join(" ")))
+}
+
 /// The VIP in `service create`'s answer
 /// ("service web of network blue: VIP 10.10.255.254, ports 8080/tcp").
 pub fn vip_of(out: &str) -> Ipv4Addr {

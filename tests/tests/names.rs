@@ -16,6 +16,7 @@ use overlay_tests::{
     deployment::{Deployment, wait_for},
     dns::{Reply, Upstream, query, send_raw},
     prometheus::{http_get, sample},
+    service_traffic::create_service,
 };
 
 const ETCD_WIRE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
@@ -272,11 +273,10 @@ fn names_resolve_across_hosts_per_network_and_vanish_with_their_endpoint() {
 fn a_service_resolves_to_its_vip_and_its_tasks_to_the_backends() {
     let mut d = Deployment::new("ns", &[true, true]).unwrap();
     d.create_network("blue", "10.10.0.0/16", 42).unwrap();
-    d.cli(
+    create_service(
+        &d,
         0,
         &[
-            "service",
-            "create",
             "web",
             "--network",
             "blue",
@@ -285,8 +285,7 @@ fn a_service_resolves_to_its_vip_and_its_tasks_to_the_backends() {
             "--vip",
             "10.10.255.10",
         ],
-    )
-    .unwrap();
+    );
     let b1 = d
         .add_container_with(0, "b1", "blue", None, &["--service", "web"])
         .unwrap();

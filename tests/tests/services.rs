@@ -13,7 +13,7 @@ use overlay_tests::{
     deployment::{Deployment, wait_for},
     monitor::{Monitor, events},
     scenario::blue,
-    service_traffic::{spawn_in, vip_of, wait_backends, wait_members},
+    service_traffic::{create_service, spawn_in, vip_of, wait_backends, wait_members},
 };
 
 const TCP_PORT: u16 = 8080;
@@ -92,22 +92,19 @@ fn counter(d: &Deployment, host: usize, name: &str) -> u64 {
 fn a_vip_spreads_sticks_keeps_the_source_and_follows_etcd() {
     let mut d = Deployment::new("svc", &[true, true, true]).unwrap();
     blue(&d);
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                "8080/tcp",
-                "--port",
-                "5353/udp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(
+        &d,
+        0,
+        &[
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            "8080/tcp",
+            "--port",
+            "5353/udp",
+        ],
+    );
     let vip = vip_of(&out);
     let tcp = SocketAddr::from((vip, TCP_PORT));
     let udp = SocketAddr::from((vip, UDP_PORT));
@@ -263,20 +260,7 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     let mut d = Deployment::new("svn", &[true, true]).unwrap();
     blue(&d);
     d.create_network("red", "10.20.0.0/16", 43).unwrap();
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "empty",
-                "--network",
-                "blue",
-                "--port",
-                "9999/tcp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(&d, 0, &["empty", "--network", "blue", "--port", "9999/tcp"]);
     let vip = vip_of(&out);
     let (c1, _) = d.add_container(0, "c1", "blue", None).unwrap();
     let (r1, _) = d.add_container(0, "r1", "red", None).unwrap();
@@ -310,20 +294,7 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(counter(&d, 0, "lb_no_backend"), before + 1);
     // A UDP service without backends: each datagram refused too.
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "dns",
-                "--network",
-                "blue",
-                "--port",
-                "53/udp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(&d, 0, &["dns", "--network", "blue", "--port", "53/udp"]);
     let dns = SocketAddr::from((vip_of(&out), 53));
     wait_backends(&d, vip_of(&out), 53, 0);
     let err = overlay_tests::netns::enter(&c1, || {
@@ -393,22 +364,19 @@ fn service_mistakes_get_one_line_and_leave_nothing() {
     let (_, taken) = d.add_container(0, "x1", "blue", None).unwrap();
     let taken = taken.to_string();
     let x1 = d.container(0).name.clone();
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                "80/tcp",
-                "--vip",
-                "10.10.200.1",
-            ],
-        )
-        .unwrap();
+    let out = create_service(
+        &d,
+        0,
+        &[
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            "80/tcp",
+            "--vip",
+            "10.10.200.1",
+        ],
+    );
     assert_eq!(vip_of(&out), Ipv4Addr::new(10, 10, 200, 1));
     let cases: &[(&[&str], &str)] = &[
         (
@@ -634,20 +602,7 @@ fn linked_program(pin: &std::path::Path) -> u64 {
 fn balancing_outlives_the_agent_and_a_restart_replaces_its_links() {
     let mut d = Deployment::new("svr", &[true]).unwrap();
     blue(&d);
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                "8080/tcp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(&d, 0, &["web", "--network", "blue", "--port", "8080/tcp"]);
     let vip = vip_of(&out);
     let tcp = SocketAddr::from((vip, TCP_PORT));
     let (b, b_ip) = d
@@ -745,20 +700,7 @@ fn an_unanswering_backend_is_passed_over_until_it_answers_again() {
     use std::sync::{Arc, atomic::AtomicBool};
     let mut d = Deployment::new("svh", &[true, true]).unwrap();
     blue(&d);
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                "8080/tcp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(&d, 0, &["web", "--network", "blue", "--port", "8080/tcp"]);
     let vip = vip_of(&out);
     let tcp = SocketAddr::from((vip, TCP_PORT));
     let (i1, b1) = d
@@ -871,22 +813,19 @@ fn a_dual_stack_service_balances_over_ipv6_across_hosts() {
     let mut d = Deployment::new("sv6", &[true, true]).unwrap();
     d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
         .unwrap();
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                "8080/tcp",
-                "--port",
-                "5353/udp",
-            ],
-        )
-        .unwrap();
+    let out = create_service(
+        &d,
+        0,
+        &[
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            "8080/tcp",
+            "--port",
+            "5353/udp",
+        ],
+    );
     let vip = vip_of(&out);
     let vip6 = SocketAddr::from((v6(vip), TCP_PORT));
     let udp6 = SocketAddr::from((v6(vip), UDP_PORT));

@@ -13,27 +13,18 @@ use overlay_common::{ReverseEntry, ReverseKey, names};
 use overlay_tests::{
     deployment::Deployment,
     scenario::blue,
-    service_traffic::{Held, serve_greeting, vip_of, wait_backends, wait_members},
+    service_traffic::{Held, create_service, serve_greeting, vip_of, wait_backends, wait_members},
 };
 
 const PORT: u16 = 8080;
 
 /// Service web (PORT/tcp) on network blue: its VIP and port.
 fn web(d: &Deployment) -> SocketAddr {
-    let out = d
-        .cli(
-            0,
-            &[
-                "service",
-                "create",
-                "web",
-                "--network",
-                "blue",
-                "--port",
-                &format!("{PORT}/tcp"),
-            ],
-        )
-        .unwrap();
+    let out = create_service(
+        d,
+        0,
+        &["web", "--network", "blue", "--port", &format!("{PORT}/tcp")],
+    );
     SocketAddr::from((vip_of(&out), PORT))
 }
 

@@ -13,7 +13,7 @@ use std::{
 use overlay_tests::{
     deployment::{Deployment, wait_for},
     scenario::blue,
-    service_traffic::spawn_in,
+    service_traffic::{create_service, spawn_in},
     topology::plug_host,
 };
 
@@ -156,11 +156,10 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     blue(&d);
     let tcp_publish = format!("{TCP_PUBLISHED}:{TCP_PORT}/tcp");
     let udp_publish = format!("{UDP_PUBLISHED}:{UDP_PORT}/udp");
-    d.cli(
+    create_service(
+        &d,
         0,
         &[
-            "service",
-            "create",
             "web",
             "--network",
             "blue",
@@ -173,8 +172,7 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
             "--publish",
             &udp_publish,
         ],
-    )
-    .unwrap();
+    );
     // Backends on hosts 1 and 2; host 3 only serves the network (a container of its own).
     let mut backends = BTreeSet::new();
     for (host, name) in [(0, "b1"), (1, "b2")] {
@@ -312,11 +310,10 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
 
     // A published port with no backend refuses (the host stack's RST, or its ICMP port
     // unreachable for UDP), counted.
-    d.cli(
+    create_service(
+        &d,
         0,
         &[
-            "service",
-            "create",
             "empty",
             "--network",
             "blue",
@@ -329,8 +326,7 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
             "--publish",
             "30091:9001/udp",
         ],
-    )
-    .unwrap();
+    );
     let empty = SocketAddr::from((node(0), 30090));
     let before = counter(&d, 0, "published_no_backend");
     wait_for(Duration::from_secs(5), || {
