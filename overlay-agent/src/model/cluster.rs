@@ -197,6 +197,26 @@ fn changed<T: PartialEq>(old: Option<T>, new: &T) -> Applied {
     }
 }
 
+/// For tests of whatever reads a cluster (the model, the syncs).
+#[cfg(test)]
+impl ClusterState {
+    /// The cluster after putting `records` (key under /overlay, JSON value).
+    pub fn from_records(records: &[(&str, &str)]) -> Self {
+        let keys = Keys::new("/overlay");
+        let mut c = ClusterState::default();
+        for (key, value) in records {
+            c.put(
+                &keys,
+                format!("/overlay/{key}").as_bytes(),
+                value.as_bytes(),
+                1,
+            )
+            .unwrap();
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,18 +312,7 @@ mod tests {
 
     /// The cluster after putting `records` (key under /overlay, JSON value).
     fn cluster(records: &[(&str, &str)]) -> ClusterState {
-        let keys = Keys::new("/overlay");
-        let mut c = ClusterState::default();
-        for (key, value) in records {
-            c.put(
-                &keys,
-                format!("/overlay/{key}").as_bytes(),
-                value.as_bytes(),
-                1,
-            )
-            .unwrap();
-        }
-        c
+        ClusterState::from_records(records)
     }
 
     /// A container endpoint's record, with the port its network and name derive.

@@ -148,22 +148,10 @@ async fn step<S: NodeSync>(sync: &mut S, view: &View<'_>, kernel: &mut Kernel<'_
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::store::schema::Keys;
 
     /// The cluster after putting `records` (key under /overlay, JSON value).
     pub fn cluster(records: &[(&str, &str)]) -> ClusterState {
-        let keys = Keys::new("/overlay");
-        let mut c = ClusterState::default();
-        for (key, value) in records {
-            c.put(
-                &keys,
-                format!("/overlay/{key}").as_bytes(),
-                value.as_bytes(),
-                1,
-            )
-            .unwrap();
-        }
-        c
+        ClusterState::from_records(records)
     }
 
     /// `cluster` and `applied` seen from node h1 over an IPv4 underlay of MTU 1500, with
