@@ -6,7 +6,10 @@ use std::sync::Arc;
 use super::{Agent, metrics::OverlaySubnets};
 use crate::{
     dataplane::monitor::monotonic_ns,
-    model::names::{ServiceName, Zone},
+    model::{
+        delta::Batch,
+        names::{ServiceName, Zone},
+    },
     status::status_path,
     store::{
         Store,
@@ -112,12 +115,21 @@ impl Agent {
     }
 
     /// The networks' names as the cluster has them now, for the resolvers (syncs/dns/): after
-    /// every listing and every batch of events, before anything else is done with it, so a
-    /// name leaves the answers as soon as its endpoint leaves etcd.
-    pub(super) fn publish_names(&self) {
-        let services = ServiceName::of(&self.cluster);
-        self.names
-            .send_replace(Arc::new(Zone::build(&self.cluster, &services)));
+    /// every listing (`batch` None: built whole) and every batch of events (only what the
+    /// batch touched), before anything else is done with it, so a name leaves the answers as
+    /// soon as its endpoint leaves etcd. Changed in place: the resolvers read it under the
+    /// channel's lock and keep no copy, so nothing is cloned.
+    pub(super) fn publish_names(&self, batch: Option<&Batch>) {
+        match batch {
+            None => {
+                let services = ServiceName::of(&self.cluster);
+                self.names
+                    .send_replace(Arc::new(Zone::build(&self.cluster, &services)));
+            }
+            Some(batch) => self.names.send_modify(|zone| {
+                Arc::make_mut(zone).update(&self.cluster, batch);
+            }),
+        }
     }
 
     pub(super) fn write_status(&mut self) {

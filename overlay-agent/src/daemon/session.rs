@@ -82,7 +82,7 @@ impl Agent {
             for kv in &kvs {
                 self.put(&store, kv);
             }
-            self.publish_names();
+            self.publish_names(None);
             log::info!(
                 "listed {} keys at revision {revision}; watching from {}",
                 kvs.len(),
@@ -195,7 +195,7 @@ impl Agent {
                                 revision = seen.revision;
                                 next = watch.ready();
                             }
-                            self.publish_names();
+                            self.publish_names(Some(&batch));
                             // Events that change nothing the maps hold (other nodes' digests, names,
                             // slices) need no reconcile, nor a status write each.
                             if batch.is_empty() && self.in_sync && !self.switch_over_pending {

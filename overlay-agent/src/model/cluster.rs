@@ -38,6 +38,11 @@ pub struct ClusterState {
     pub health: BTreeMap<String, schema::HealthRecord>,
     /// Keys whose value was refused, with why: shown by `status`.
     pub invalid: BTreeMap<String, String>,
+    /// (network, service) -> the addresses of the endpoints naming it, kept with `endpoints`
+    /// (only this file changes either): what a service's backends are read from, so that
+    /// finding them costs what they are, not a walk over 150,000 endpoints per service on
+    /// every change.
+    backends: BTreeMap<(String, String), BTreeSet<Ipv4Addr>>,
 }
 
 /// What one event did, for the log.
@@ -87,10 +92,12 @@ impl ClusterState {
             Key::Endpoint { network, ip } => {
                 let mut ep = schema::decode::<EndpointRecord>(value)?.validate(network, ip)?;
                 ep.created = created;
-                changed(
-                    self.endpoints.insert((network.clone(), ep.ip), ep.clone()),
-                    &ep,
-                )
+                let old = self.endpoints.insert((network.clone(), ep.ip), ep.clone());
+                if let Some(old) = &old {
+                    self.index_backend(old, false);
+                }
+                self.index_backend(&ep, true);
+                changed(old, &ep)
             }
             Key::Groups(node) => {
                 let record: schema::GroupsRecord = schema::decode(value)?;
@@ -151,7 +158,13 @@ impl ClusterState {
             Key::Network(name) => self.networks.remove(name).is_some(),
             Key::Node(name) => self.nodes.remove(name).is_some(),
             Key::Endpoint { network, ip } => match ip.parse::<Ipv4Addr>() {
-                Ok(ip) => self.endpoints.remove(&(network.clone(), ip)).is_some(),
+                Ok(ip) => match self.endpoints.remove(&(network.clone(), ip)) {
+                    Some(old) => {
+                        self.index_backend(&old, false);
+                        true
+                    }
+                    None => false,
+                },
                 Err(_) => false,
             },
             Key::Groups(node) => {
@@ -176,6 +189,34 @@ impl ClusterState {
 }
 
 impl ClusterState {
+    /// The endpoints of `network` that name service `service`, by address.
+    pub fn backends_of<'a>(
+        &'a self,
+        network: &'a str,
+        service: &str,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.backends
+            .get(&(network.to_string(), service.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(move |ip| self.endpoints.get(&(network.to_string(), *ip)))
+    }
+
+    /// Adds (`present`) or removes `ep`'s address under each service it names.
+    fn index_backend(&mut self, ep: &Endpoint, present: bool) {
+        for svc in &ep.services {
+            let key = (ep.network.clone(), svc.clone());
+            if present {
+                self.backends.entry(key).or_default().insert(ep.ip);
+            } else if let Some(set) = self.backends.get_mut(&key) {
+                set.remove(&ep.ip);
+                if set.is_empty() {
+                    self.backends.remove(&key);
+                }
+            }
+        }
+    }
+
     /// The TCP ports of endpoint `ep` that fail their health check, as its own node's agent
     /// says (`health/<node>`): a claim another node makes about it is never read, so a node
     /// speaks for its own endpoints only. A backend nobody has checked yet is healthy.
@@ -246,6 +287,64 @@ mod tests {
             s.put(&keys, b"/elsewhere/x", b"junk", 0).unwrap(),
             Applied::Ignored
         );
+    }
+
+    /// The backend index follows every put, change, delete and refused value: it always says
+    /// what a walk over the endpoints would.
+    #[test]
+    fn backends_of_follows_the_endpoints() {
+        let keys = Keys::new("/overlay");
+        let mut s = ClusterState::default();
+        let walk = |s: &ClusterState, svc: &str| -> Vec<Ipv4Addr> {
+            let mut v: Vec<_> = s
+                .endpoints
+                .values()
+                .filter(|e| e.network == "blue" && e.services.iter().any(|n| n == svc))
+                .map(|e| e.ip)
+                .collect();
+            v.sort();
+            v
+        };
+        let indexed = |s: &ClusterState, svc: &str| -> Vec<Ipv4Addr> {
+            s.backends_of("blue", svc).map(|e| e.ip).collect()
+        };
+        let record = |name: &str, services: &str| {
+            let port = crate::shared::ifnames::port_name("blue", name);
+            format!(
+                r#"{{"kind":"container","name":"{name}","mac":"02:42:0a:0a:01:02","node":"h1","port":"{port}","services":[{services}]}}"#
+            )
+        };
+        let steps: &[(&str, Option<String>)] = &[
+            ("10.10.1.2", Some(record("a", r#""web""#))),
+            ("10.10.1.3", Some(record("b", r#""web","db""#))),
+            ("10.10.1.2", Some(record("a", r#""db""#))),
+            (
+                "10.10.1.3",
+                Some(r#"{"kind":"container","mac":"nope"}"#.into()),
+            ),
+            ("10.10.1.4", Some(record("c", r#""web""#))),
+            ("10.10.1.2", None),
+            ("10.10.1.3", Some(record("b", ""))),
+        ];
+        for (ip, value) in steps {
+            let key = format!("/overlay/endpoints/blue/{ip}");
+            match value {
+                Some(v) => {
+                    let _ = s.put(&keys, key.as_bytes(), v.as_bytes(), 0);
+                }
+                None => {
+                    s.delete(&keys, key.as_bytes());
+                }
+            }
+            for svc in ["web", "db"] {
+                assert_eq!(indexed(&s, svc), walk(&s, svc), "{svc} after {ip}");
+            }
+        }
+        assert_eq!(
+            indexed(&s, "web"),
+            ["10.10.1.4".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(!s.backends.contains_key(&("blue".into(), "db".into())));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Batch {
     pub before: BTreeMap<(String, Ipv4Addr), Option<Endpoint>>,
     /// A network or a node changed: only the full reconcile knows what that does.
     pub structural: bool,
+    /// A network changed: the names are built again (model/names.rs).
+    pub networks: bool,
     /// A service changed: nothing the reconcile writes, what the node syncs follow.
     pub services: bool,
 }
@@ -43,7 +45,11 @@ impl Batch {
     /// Notes `key` before a put or delete of it is applied to `cluster`.
     pub fn note(&mut self, cluster: &ClusterState, keys: &Keys, key: &[u8]) {
         match keys.parse(key) {
-            Some(Key::Network(_) | Key::Node(_)) => self.structural = true,
+            Some(Key::Network(_)) => {
+                self.structural = true;
+                self.networks = true;
+            }
+            Some(Key::Node(_)) => self.structural = true,
             Some(Key::Endpoint { network, ip }) => {
                 // An address that does not parse was never in the cluster, nor will be.
                 if let Ok(ip) = ip.parse() {

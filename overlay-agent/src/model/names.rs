@@ -17,10 +17,13 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::cluster::ClusterState;
+use super::{cluster::ClusterState, delta::Batch};
 use crate::{
     shared::ipam::{Cidr, Subnet6},
-    store::{schema::Network, services::Proto},
+    store::{
+        schema::{Endpoint, Network},
+        services::{Proto, Service},
+    },
 };
 
 /// A service as the resolver needs it (the services' own schema is elsewhere: whoever reads
@@ -46,32 +49,33 @@ impl ServiceName {
         cluster
             .services
             .values()
-            .map(|svc| {
-                let net = cluster.networks.get(&svc.network);
-                let backends = cluster
-                    .endpoints
-                    .values()
-                    .filter(|ep| ep.network == svc.network && ep.services.contains(&svc.name))
-                    .filter(|ep| {
-                        svc.ports
-                            .iter()
-                            .all(|p| cluster.answers(ep, p.port, p.proto == Proto::Tcp))
-                    })
-                    .flat_map(|ep| {
-                        let v6 = net.and_then(|n| n.ipv6_of(ep.ip)).map(IpAddr::V6);
-                        std::iter::once(IpAddr::V4(ep.ip)).chain(v6)
-                    })
-                    .collect();
-                ServiceName {
-                    network: svc.network.clone(),
-                    name: svc.name.clone(),
-                    vips: std::iter::once(IpAddr::V4(svc.vip))
-                        .chain(net.and_then(|n| n.ipv6_of(svc.vip)).map(IpAddr::V6))
-                        .collect(),
-                    backends,
-                }
-            })
+            .map(|svc| Self::one(cluster, svc))
             .collect()
+    }
+
+    /// Service `svc` of `cluster` as the zone names it.
+    fn one(cluster: &ClusterState, svc: &Service) -> ServiceName {
+        let net = cluster.networks.get(&svc.network);
+        let backends = cluster
+            .backends_of(&svc.network, &svc.name)
+            .filter(|ep| {
+                svc.ports
+                    .iter()
+                    .all(|p| cluster.answers(ep, p.port, p.proto == Proto::Tcp))
+            })
+            .flat_map(|ep| {
+                let v6 = net.and_then(|n| n.ipv6_of(ep.ip)).map(IpAddr::V6);
+                std::iter::once(IpAddr::V4(ep.ip)).chain(v6)
+            })
+            .collect();
+        ServiceName {
+            network: svc.network.clone(),
+            name: svc.name.clone(),
+            vips: std::iter::once(IpAddr::V4(svc.vip))
+                .chain(net.and_then(|n| n.ipv6_of(svc.vip)).map(IpAddr::V6))
+                .collect(),
+            backends,
+        }
     }
 }
 
@@ -99,14 +103,98 @@ pub enum Answer {
     Outside,
 }
 
-/// One network's names.
+/// One network's names. Endpoints' and services' are kept apart so that a change of either
+/// is applied alone ([`Zone::update`]); a service's are asked first, as a service's name is
+/// what its clients ask for and shadows an endpoint's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct NetworkNames {
     subnet: Option<Cidr>,
-    /// Lower-case name (no trailing dot) -> its addresses, IPv4 and IPv6, sorted.
-    names: BTreeMap<String, BTreeSet<IpAddr>>,
-    /// Address -> the name its PTR gives (`<name>.<network>`).
+    /// Lower-case name (no trailing dot) -> its endpoints' addresses, IPv4 and IPv6, sorted.
+    endpoints: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Address -> the name its PTR gives (`<name>.<network>`): an endpoint's.
     reverse: BTreeMap<IpAddr, String>,
+    /// A service's names (bare, qualified, `tasks.` both ways) -> its VIPs or backends.
+    services: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// A VIP -> its service's qualified name.
+    vips: BTreeMap<IpAddr, String>,
+}
+
+impl NetworkNames {
+    /// Adds (`present`) or takes away what endpoint `ep` of `net` answers: its name, bare and
+    /// qualified, to its addresses, and its addresses back to its name. An endpoint's
+    /// addresses are its own (its key), so taking one away leaves every other's.
+    fn endpoint(&mut self, net: &Network, ep: &Endpoint, present: bool) {
+        // A record outside its subnet, or on the resolver's own address, is not served.
+        if ep.name.is_empty() || !net.subnet.contains(ep.ip) || Some(ep.ip) == net.resolver() {
+            return;
+        }
+        let mut addrs = vec![IpAddr::V4(ep.ip)];
+        addrs.extend(net.ipv6_of(ep.ip).map(IpAddr::V6));
+        let full = qualified(&ep.name, &net.name);
+        for addr in &addrs {
+            if present {
+                self.reverse.insert(*addr, full.clone());
+            } else {
+                self.reverse.remove(addr);
+            }
+        }
+        // Two endpoints of one name (on two nodes) both answer.
+        for name in [ep.name.to_ascii_lowercase(), full] {
+            if present {
+                self.endpoints.entry(name).or_default().extend(&addrs);
+            } else if let Some(set) = self.endpoints.get_mut(&name) {
+                for addr in &addrs {
+                    set.remove(addr);
+                }
+                if set.is_empty() {
+                    self.endpoints.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Service `svc`'s names: the name to its VIPs (its backends if it has none), `tasks.` to
+    /// its backends, its VIPs back to its name.
+    fn service(&mut self, svc: &ServiceName) {
+        let backends: BTreeSet<IpAddr> = svc.backends.iter().copied().collect();
+        let answer: BTreeSet<IpAddr> = if svc.vips.is_empty() {
+            backends.clone()
+        } else {
+            svc.vips.iter().copied().collect()
+        };
+        let full = qualified(&svc.name, &svc.network);
+        self.services
+            .insert(svc.name.to_ascii_lowercase(), answer.clone());
+        self.services.insert(full.clone(), answer);
+        let tasks = format!("tasks.{}", svc.name.to_ascii_lowercase());
+        self.services.insert(
+            format!("{tasks}.{}", svc.network.to_ascii_lowercase()),
+            backends.clone(),
+        );
+        self.services.insert(tasks, backends);
+        for vip in &svc.vips {
+            self.vips.insert(*vip, full.clone());
+        }
+    }
+
+    /// Takes service `name`'s names away (those [`Self::service`] gave it).
+    fn forget_service(&mut self, name: &str, network: &str) {
+        let (bare, full) = (name.to_ascii_lowercase(), qualified(name, network));
+        let tasks = format!("tasks.{bare}");
+        let tasks_full = format!("{tasks}.{}", network.to_ascii_lowercase());
+        for n in [&bare, &full, &tasks, &tasks_full] {
+            self.services.remove(n);
+        }
+        self.vips.retain(|_, v| *v != full);
+    }
+
+    fn name(&self, name: &str) -> Option<&BTreeSet<IpAddr>> {
+        self.services.get(name).or_else(|| self.endpoints.get(name))
+    }
+
+    fn ptr(&self, addr: &IpAddr) -> Option<&String> {
+        self.vips.get(addr).or_else(|| self.reverse.get(addr))
+    }
 }
 
 /// Every network's names, as of one state of the cluster.
@@ -116,18 +204,18 @@ pub struct Zone {
     /// Every network's name in lower case: names under them are the overlay's.
     suffixes: BTreeSet<String>,
     /// Every overlay subnet, IPv4 and IPv6: their reverse names are the overlay's.
-    subnets: Vec<Cidr>,
-    subnets6: Vec<Subnet6>,
+    subnets: OverlaySubnets,
 }
 
 impl Zone {
-    /// The zone of `cluster` with `services`.
+    /// The zone of `cluster` with `services`: O(endpoints), after a listing.
     pub fn build(cluster: &ClusterState, services: &[ServiceName]) -> Self {
-        let mut zone = Zone::default();
+        let mut zone = Zone {
+            subnets: OverlaySubnets::of(cluster.networks.values()),
+            ..Zone::default()
+        };
         for net in cluster.networks.values() {
             zone.suffixes.insert(net.name.to_ascii_lowercase());
-            zone.subnets.push(net.subnet);
-            zone.subnets6.extend(net.subnet6);
             zone.networks.insert(
                 net.name.clone(),
                 NetworkNames {
@@ -137,53 +225,71 @@ impl Zone {
             );
         }
         for ep in cluster.endpoints.values() {
-            let Some(net) = cluster.networks.get(&ep.network) else {
+            if let (Some(net), Some(names)) = (
+                cluster.networks.get(&ep.network),
+                zone.networks.get_mut(&ep.network),
+            ) {
+                names.endpoint(net, ep, true);
+            }
+        }
+        zone.set_services(services);
+        zone
+    }
+
+    /// The zone brought from the cluster before `batch` to `cluster` (after it): the touched
+    /// endpoints' names alone, and the services they are backends of, so a change costs what
+    /// it touches, not a rebuild of 150,000 names (and of every service's backends) on every
+    /// node. A network changed: built again; a service or a node's health: every service's.
+    pub fn update(&mut self, cluster: &ClusterState, batch: &Batch) {
+        if batch.networks {
+            *self = Self::build(cluster, &ServiceName::of(cluster));
+            return;
+        }
+        let mut touched = BTreeSet::new();
+        for ((network, ip), before) in &batch.before {
+            let (Some(net), Some(names)) = (
+                cluster.networks.get(network),
+                self.networks.get_mut(network),
+            ) else {
                 continue;
             };
-            // A record outside its subnet, or on the resolver's own address, is not served.
-            if ep.name.is_empty() || !net.subnet.contains(ep.ip) || Some(ep.ip) == net.resolver() {
+            let after = cluster.endpoints.get(&(network.clone(), *ip));
+            for ep in before.iter().chain(after) {
+                touched.extend(ep.services.iter().map(|s| (network, s)));
+            }
+            if let Some(old) = before {
+                names.endpoint(net, old, false);
+            }
+            if let Some(new) = after {
+                names.endpoint(net, new, true);
+            }
+        }
+        if batch.services {
+            self.set_services(&ServiceName::of(cluster));
+            return;
+        }
+        for (network, name) in touched {
+            let Some(names) = self.networks.get_mut(network) else {
                 continue;
+            };
+            names.forget_service(name, network);
+            if let Some(svc) = cluster.services.get(&(network.clone(), name.clone())) {
+                names.service(&ServiceName::one(cluster, svc));
             }
-            let names = zone.networks.get_mut(&net.name).expect("inserted above");
-            let mut addrs = vec![IpAddr::V4(ep.ip)];
-            addrs.extend(net.ipv6_of(ep.ip).map(IpAddr::V6));
-            let full = qualified(&ep.name, &net.name);
-            for addr in &addrs {
-                // Two endpoints of one name (on two nodes) both answer; the reverse name is
-                // the oldest's... any one is right, the first keeps it stable.
-                names.reverse.entry(*addr).or_insert_with(|| full.clone());
-            }
-            for name in [ep.name.to_ascii_lowercase(), full] {
-                names.names.entry(name).or_default().extend(&addrs);
-            }
+        }
+    }
+
+    /// Replaces every network's service names with `services`'.
+    fn set_services(&mut self, services: &[ServiceName]) {
+        for names in self.networks.values_mut() {
+            names.services.clear();
+            names.vips.clear();
         }
         for svc in services {
-            let Some(names) = zone.networks.get_mut(&svc.network) else {
-                continue;
-            };
-            let backends: BTreeSet<IpAddr> = svc.backends.iter().copied().collect();
-            let answer: BTreeSet<IpAddr> = if svc.vips.is_empty() {
-                backends.clone()
-            } else {
-                svc.vips.iter().copied().collect()
-            };
-            let full = qualified(&svc.name, &svc.network);
-            // A service's name is what its clients ask for: it shadows an endpoint's.
-            names
-                .names
-                .insert(svc.name.to_ascii_lowercase(), answer.clone());
-            names.names.insert(full.clone(), answer);
-            let tasks = format!("tasks.{}", svc.name.to_ascii_lowercase());
-            names.names.insert(
-                format!("{tasks}.{}", svc.network.to_ascii_lowercase()),
-                backends.clone(),
-            );
-            names.names.insert(tasks, backends);
-            for vip in &svc.vips {
-                names.reverse.insert(*vip, full.clone());
+            if let Some(names) = self.networks.get_mut(&svc.network) {
+                names.service(svc);
             }
         }
-        zone
     }
 
     /// Whether `network` is in the zone (a network etcd has).
@@ -206,7 +312,7 @@ impl Zone {
         if kind == Kind::Ptr
             && let Some(addr) = reverse_address(&name)
         {
-            if let Some(target) = names.reverse.get(&addr) {
+            if let Some(target) = names.ptr(&addr) {
                 return Answer::Ptr(target.clone());
             }
             return if self.is_overlay_address(addr) {
@@ -215,7 +321,7 @@ impl Zone {
                 Answer::Outside
             };
         }
-        if let Some(addrs) = names.names.get(&name) {
+        if let Some(addrs) = names.name(&name) {
             let wanted = |a: &&IpAddr| match kind {
                 Kind::A => a.is_ipv4(),
                 Kind::Aaaa => a.is_ipv6(),
@@ -253,9 +359,38 @@ impl Zone {
 
     /// An address of an overlay subnet (IPv4, or a dual-stack prefix).
     pub fn is_overlay_address(&self, addr: IpAddr) -> bool {
-        match addr {
-            IpAddr::V4(v4) => self.subnets.iter().any(|s| s.contains(v4)),
-            IpAddr::V6(v6) => self.subnets6.iter().any(|s| s.contains(v6)),
+        self.subnets.contains(addr)
+    }
+
+    /// The overlay's subnets, to keep past the zone's lock.
+    pub fn subnets(&self) -> OverlaySubnets {
+        self.subnets.clone()
+    }
+}
+
+/// Every overlay subnet, IPv4 and IPv6: what the resolver never forwards to and the metrics
+/// server never answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlaySubnets {
+    pub v4: Vec<Cidr>,
+    pub v6: Vec<Subnet6>,
+}
+
+impl OverlaySubnets {
+    pub fn of<'a>(networks: impl IntoIterator<Item = &'a Network>) -> Self {
+        let mut s = Self::default();
+        for n in networks {
+            s.v4.push(n.subnet);
+            s.v6.extend(n.subnet6);
+        }
+        s
+    }
+
+    /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is in one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(ip) => self.v4.iter().any(|c| c.contains(ip)),
+            IpAddr::V6(ip) => self.v6.iter().any(|c| c.contains(ip)),
         }
     }
 }
@@ -558,5 +693,89 @@ mod tests {
         let red = &cluster.networks["red"];
         assert_eq!(red.resolver(), Some("10.20.0.1".parse().unwrap()));
         assert_eq!(resolver_address(&cluster, red), None);
+    }
+
+    /// The zone changed batch by batch equals the zone built from scratch after each batch,
+    /// over thousands of random batches: endpoints of one name on several addresses, renamed,
+    /// moved in and out of a service, outside their subnet or on the resolver's address,
+    /// services and their health coming and going, a network changing under them.
+    #[test]
+    fn an_updated_zone_is_the_zone_built_again() {
+        let keys = Keys::new("/overlay");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut c = ClusterState::default();
+        let put = |c: &mut ClusterState, b: &mut Batch, key: String, value: Option<String>| {
+            let key = format!("/overlay/{key}");
+            b.note(c, &keys, key.as_bytes());
+            match value {
+                Some(v) => {
+                    let _ = c.put(&keys, key.as_bytes(), v.as_bytes(), 1);
+                }
+                None => {
+                    c.delete(&keys, key.as_bytes());
+                }
+            }
+        };
+        let blue = [
+            r#"{"vni":42,"subnet":"10.10.0.0/16","subnet6":"fd00:10::/64"}"#,
+            r#"{"vni":42,"subnet":"10.10.0.0/24"}"#,
+        ];
+        let mut b = Batch::default();
+        put(&mut c, &mut b, "networks/blue".into(), Some(blue[0].into()));
+        let mut zone = Zone::build(&c, &ServiceName::of(&c));
+        for round in 0..3000 {
+            let mut b = Batch::default();
+            for _ in 0..1 + next(4) {
+                match next(20) {
+                    0..=11 => {
+                        // .1 is the resolver's; .0.x and .1.x are outside the /24 variant.
+                        let ip = format!("10.10.{}.{}", next(2), 1 + next(6));
+                        let key = format!("endpoints/blue/{ip}");
+                        if next(3) == 0 {
+                            put(&mut c, &mut b, key, None);
+                            continue;
+                        }
+                        let name = ["a", "b", "A", "c"][next(4) as usize];
+                        let port = crate::shared::ifnames::port_name("blue", name);
+                        let services = ["", r#""web""#, r#""web","db""#][next(3) as usize];
+                        let value = format!(
+                            r#"{{"kind":"container","name":"{name}","mac":"02:42:0a:0a:01:0{}","node":"h{}","port":"{port}","services":[{services}]}}"#,
+                            next(9),
+                            next(2)
+                        );
+                        put(&mut c, &mut b, key, Some(value));
+                    }
+                    12..=15 => {
+                        let name = ["web", "db"][next(2) as usize];
+                        let key = format!("services/blue/{name}");
+                        let value = (next(3) != 0).then(|| {
+                            format!(
+                                r#"{{"vip":"10.10.255.{}","ports":[{{"port":80,"proto":"tcp"}}]}}"#,
+                                250 + next(4)
+                            )
+                        });
+                        put(&mut c, &mut b, key, value);
+                    }
+                    16..=18 => {
+                        let value = (next(2) == 0).then(|| r#"{"h0":{"10.10.1.2":[80]}}"#.into());
+                        put(&mut c, &mut b, "health/h0".into(), value);
+                    }
+                    _ => {
+                        let value = blue[next(2) as usize].to_string();
+                        put(&mut c, &mut b, "networks/blue".into(), Some(value));
+                    }
+                }
+            }
+            zone.update(&c, &b);
+            let built = Zone::build(&c, &ServiceName::of(&c));
+            assert_eq!(zone, built, "after batch {round}: {b:?}");
+        }
+        assert!(c.invalid.is_empty(), "{:?}", c.invalid);
     }
 }

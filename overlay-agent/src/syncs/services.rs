@@ -88,9 +88,7 @@ pub fn wanted(view: &View<'_>) -> Want {
             continue;
         }
         let mut backends: Vec<&Endpoint> = cluster
-            .endpoints
-            .values()
-            .filter(|ep| ep.network == *network && ep.services.iter().any(|s| s == name))
+            .backends_of(network, name)
             .filter(|ep| view.applied.arp.get(&(net.vni, ep.ip.octets())) == Some(&ep.mac.0))
             .collect();
         backends.sort_by_key(|ep| ep.ip);

@@ -16,36 +16,9 @@ use std::{
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{
-    shared::ipam::{Cidr, Subnet6},
-    store::schema::Network,
-};
-
 /// The subnets of every network in the cluster (not only those this node serves: a
 /// container of any of them is one).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OverlaySubnets {
-    v4: Vec<Cidr>,
-    v6: Vec<Subnet6>,
-}
-
-impl OverlaySubnets {
-    pub fn of<'a>(networks: impl IntoIterator<Item = &'a Network>) -> Self {
-        let mut s = Self::default();
-        for n in networks {
-            s.v4.push(n.subnet);
-            s.v6.extend(n.subnet6);
-        }
-        s
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match ip.to_canonical() {
-            IpAddr::V4(ip) => self.v4.iter().any(|c| c.contains(ip)),
-            IpAddr::V6(ip) => self.v6.iter().any(|c| c.contains(ip)),
-        }
-    }
-}
+pub use crate::model::names::OverlaySubnets;
 
 /// Why a connection from `peer` that arrived on the interface `arrived_on` (or whose interface
 /// could not be read) is refused; None: it is served. Pure.

@@ -179,11 +179,16 @@ impl Server {
             };
             return encode(&response, &request, tcp);
         }
-        // The zone as of now; a change published while this query waits on a forward is the
-        // next query's.
-        let zone = self.resolver.zone.borrow().clone();
+        // The zone as of now, read under the channel's lock, which is held for no longer (the
+        // agent changes the zone in place); a change published while this query waits on a
+        // forward is the next query's.
         let kind = kind_of(question.query_type());
-        let answer = zone.answer(&self.served.network, &question.name().to_ascii(), kind);
+        let (answer, overlay) = {
+            let zone = self.resolver.zone.borrow();
+            let answer = zone.answer(&self.served.network, &question.name().to_ascii(), kind);
+            let overlay = matches!(answer, Answer::Outside).then(|| zone.subnets());
+            (answer, overlay.unwrap_or_default())
+        };
         match answer {
             Answer::Addresses(addrs) => {
                 response.metadata.authoritative = true;
@@ -219,7 +224,7 @@ impl Server {
                 counters.count(Outcome::Refused);
             }
             Answer::Outside => {
-                let exclude = |ip: IpAddr| zone.is_overlay_address(ip);
+                let exclude = |ip: IpAddr| overlay.contains(ip);
                 match self.resolver.upstream.forward(query, tcp, exclude).await {
                     Ok(reply) => {
                         counters.count(Outcome::Forwarded);
