@@ -205,10 +205,21 @@ impl DockerHost {
         self.docker(&args)
     }
 
+    /// The IPv6 address container `name` has on `network` (a dual-stack one).
+    pub fn ipv6(&self, name: &str, network: &str) -> Result<std::net::Ipv6Addr> {
+        let format =
+            format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}");
+        let ip = self.docker(&["inspect", "-f", &format, name])?;
+        ip.parse()
+            .with_context(|| format!("container {name} has no IPv6 address on {network}: {ip:?}"))
+    }
+
     /// One ping from container `name` with a short wait: true if answered.
-    pub fn ping(&self, name: &str, to: std::net::Ipv4Addr) -> bool {
+    pub fn ping(&self, name: &str, to: impl Into<std::net::IpAddr>) -> bool {
+        let to = to.into();
+        let family = if to.is_ipv6() { "-6" } else { "-4" };
         let to = to.to_string();
-        self.docker_output(&["exec", name, "ping", "-c", "1", "-W", "1", &to])
+        self.docker_output(&["exec", name, "ping", family, "-c", "1", "-W", "1", &to])
             .is_ok_and(|o| o.status.success())
     }
 
