@@ -176,6 +176,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "the runtime tests (the containers' image)",
     ),
     req(
+        Program("strip"),
+        "binutils",
+        "cargo xtask docker-plugin (debug info out of the plugin's binary)",
+    ),
+    req(
         Program("musl-gcc"),
         "musl-tools",
         "cargo xtask docker-plugin (ring's C in the static x86_64-unknown-linux-musl build)",
