@@ -814,8 +814,38 @@ async fn served(ctx: &Ctx, ep: &schema::Endpoint, present: bool) -> Result<()> {
     Ok(())
 }
 
+/// An empty setting is an unset one: `OVERLAY_VTEP=` in a systemd EnvironmentFile, or a Docker
+/// managed plugin's setting left at "" (Docker passes every declared one), means the default,
+/// not an empty value (clap would take "" as a node name or a certificate's path). `empty`
+/// says whether the variable named is set and empty.
+fn without_empty_settings(
+    mut cmd: clap::Command,
+    empty: &dyn Fn(&std::ffi::OsStr) -> bool,
+) -> clap::Command {
+    let ids: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.get_env().is_some_and(empty))
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in ids {
+        cmd = cmd.mut_arg(id, |a| a.env(None));
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for sub in subs {
+        cmd = cmd.mut_subcommand(sub, |c| without_empty_settings(c, empty));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let set_and_empty =
+        |name: &std::ffi::OsStr| std::env::var_os(name).is_some_and(|v| v.is_empty());
+    let matches = without_empty_settings(Cli::command(), &set_and_empty).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.global.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -849,6 +879,26 @@ fn init_logging(format: LogFormat) {
         });
     }
     logger.init();
+}
+
+/// An empty OVERLAY_NODE or OVERLAY_UNDERLAY is no setting at all, at the top and in a
+/// subcommand; a setting with a value is still read.
+#[cfg(test)]
+#[test]
+fn empty_settings_are_unset() {
+    use clap::CommandFactory as _;
+    let empty = |name: &std::ffi::OsStr| name == "OVERLAY_NODE" || name == "OVERLAY_UNDERLAY";
+    let cmd = without_empty_settings(Cli::command(), &empty);
+    let env = |cmd: &clap::Command, id: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env().map(|e| e.to_os_string()))
+    };
+    assert_eq!(env(&cmd, "node"), None);
+    assert_eq!(env(&cmd, "etcd"), Some("OVERLAY_ETCD".into()));
+    let run = cmd.find_subcommand("run").unwrap();
+    assert_eq!(env(run, "underlay"), None);
+    assert_eq!(env(run, "vtep"), Some("OVERLAY_VTEP".into()));
 }
 
 /// docs/json.md is what this binary renders: a changed column fails here until it is written

@@ -39,23 +39,47 @@ pub struct DockerHost {
 impl DockerHost {
     /// Our plugin, then dockerd, on host `host` of `d`, with the toybox image imported.
     pub fn start(d: &Deployment, host: usize, label: &str) -> Result<Self> {
+        let mut me = Self::new(d, host, label)?;
+        me.start_plugin(d)?;
+        me.start_dockerd()?;
+        me.import_image()?;
+        Ok(me)
+    }
+
+    /// dockerd alone on host `host` of `d`, with the toybox image imported: for a managed
+    /// plugin, which dockerd runs itself (its socket in this daemon's own
+    /// `/run/docker/plugins/<id>/`).
+    pub fn start_without_plugin(d: &Deployment, host: usize, label: &str) -> Result<Self> {
+        let mut me = Self::new(d, host, label)?;
+        me.start_dockerd()?;
+        me.import_image()?;
+        Ok(me)
+    }
+
+    fn new(d: &Deployment, host: usize, label: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(crate::unique(label));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["plugins", "data", "exec"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        let mut me = Self {
+        Ok(Self {
             host,
             netns: d.hosts[host].name().to_string(),
             dir,
             dockerd: None,
             plugin: None,
-        };
-        me.start_plugin(d)?;
-        me.start_dockerd()?;
+        })
+    }
+
+    fn import_image(&self) -> Result<()> {
         let tar = toybox_tar()?;
-        me.docker(&["import", &tar.display().to_string(), IMAGE])?;
-        Ok(me)
+        self.docker(&["import", &tar.display().to_string(), IMAGE])?;
+        Ok(())
+    }
+
+    /// This daemon's own directory (the test's files may go there too; removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn socket(&self) -> PathBuf {
@@ -68,6 +92,11 @@ impl DockerHost {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// dockerd's log so far (a managed plugin's output is in it, line by line).
+    pub fn dockerd_log(&self) -> String {
+        self.log("dockerd.log")
     }
 
     /// The plugin's log so far.
@@ -205,10 +234,21 @@ impl DockerHost {
         self.docker(&args)
     }
 
+    /// The IPv6 address container `name` has on `network` (a dual-stack one).
+    pub fn ipv6(&self, name: &str, network: &str) -> Result<std::net::Ipv6Addr> {
+        let format =
+            format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}");
+        let ip = self.docker(&["inspect", "-f", &format, name])?;
+        ip.parse()
+            .with_context(|| format!("container {name} has no IPv6 address on {network}: {ip:?}"))
+    }
+
     /// One ping from container `name` with a short wait: true if answered.
-    pub fn ping(&self, name: &str, to: std::net::Ipv4Addr) -> bool {
+    pub fn ping(&self, name: &str, to: impl Into<std::net::IpAddr>) -> bool {
+        let to = to.into();
+        let family = if to.is_ipv6() { "-6" } else { "-4" };
         let to = to.to_string();
-        self.docker_output(&["exec", name, "ping", "-c", "1", "-W", "1", &to])
+        self.docker_output(&["exec", name, "ping", family, "-c", "1", "-W", "1", &to])
             .is_ok_and(|o| o.status.success())
     }
 
@@ -240,6 +280,14 @@ impl DockerHost {
             let mut args = vec!["rm", "-f"];
             args.extend(ids.split_whitespace());
             let _ = self.docker_output(&args);
+        }
+        // Managed plugins a test left enabled: stopped by dockerd, not left to its shutdown.
+        if self.dockerd.is_some()
+            && let Ok(names) = self.docker(&["plugin", "ls", "--format", "{{.Name}}"])
+        {
+            for name in names.split_whitespace() {
+                let _ = self.docker_output(&["plugin", "disable", "-f", name]);
+            }
         }
         if let Some(mut child) = self.dockerd.take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -1,6 +1,9 @@
 //! Docker 20.10 with our network and IPAM driver: a real dockerd per host (its own network and
 //! mount namespace), our `overlay-agent docker-plugin` beside it, the user's commands.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use overlay_agent::shared::net::Mac;
@@ -48,7 +51,8 @@ fn in_any_map(d: &Deployment, vni: u32, ip: Ipv4Addr) -> bool {
 }
 
 /// Pings until answered (the first one may race the other host's agent): Err after 5 s.
-fn reaches(docker: &DockerHost, from: &str, to: Ipv4Addr) -> Result<()> {
+fn reaches(docker: &DockerHost, from: &str, to: impl Into<IpAddr>) -> Result<()> {
+    let to = to.into();
     wait_for(Duration::from_secs(5), || docker.ping(from, to))
         .map(drop)
         .with_context(|| format!("container {from} on h{} cannot reach {to}", docker.host + 1))
@@ -216,18 +220,25 @@ fn docker_internal_network_and_bad_input() -> Result<()> {
     let docker = DockerHost::start(&d, 0, "dki1")?;
 
     // Wrong input fails with our one line and leaves etcd as it was.
-    let bad: [(&[&str], &str); 4] = [
+    let bad: [(&[&str], &str); 5] = [
         (&[], "an IPv4 --subnet is needed"),
-        (&["--subnet", "fd00::/64"], "IPv6 is not supported"),
+        (
+            &["--ipv6", "--subnet", "fd00::/64"],
+            "an IPv4 --subnet is needed",
+        ),
+        (
+            &["--ipv6", "--subnet", "10.40.0.0/16"],
+            "--ipv6 needs an IPv6 --subnet",
+        ),
         (
             &[
                 "--ipv6",
                 "--subnet",
                 "10.40.0.0/16",
                 "--subnet",
-                "fd00::/64",
+                "fd00::/120",
             ],
-            "IPv6 is not supported",
+            "longer than /96",
         ),
         (
             &["--subnet", "10.40.0.0/16", "-o", "vnl=4"],
@@ -276,5 +287,114 @@ fn docker_internal_network_and_bad_input() -> Result<()> {
         "routes of romeo: {routes}"
     );
     reaches(&docker, "romeo", p)?;
+    Ok(())
+}
+
+/// `docker network create --ipv6` with an IPv4 and an IPv6 --subnet: a dual-stack overlay
+/// network; every container gets both addresses from our IPAM (its IPv6 one derived from its
+/// IPv4 one, as the overlay's endpoints have it) and reaches the other host's over both.
+#[test]
+fn docker_dual_stack_network_reaches_across_hosts_over_ipv6() -> Result<()> {
+    const SUBNET6: &str = "fd00:20::/64";
+    let d = Deployment::new("dk6", &[true, true])?;
+    let docker = [
+        DockerHost::start(&d, 0, "dk6h1")?,
+        DockerHost::start(&d, 1, "dk6h2")?,
+    ];
+    for h in &docker {
+        h.create_network("blue", &["--ipv6", "--subnet", SUBNET, "--subnet", SUBNET6])?;
+    }
+    let nets = networks(&d)?;
+    ensure!(
+        nets.len() == 1 && nets[0]["subnet6"] == SUBNET6,
+        "one dual-stack overlay network expected: {nets:?}"
+    );
+    let prefix: overlay_agent::shared::ipam::Subnet6 = SUBNET6.parse()?;
+    let a = docker[0].run("alpha", "blue")?;
+    let b = docker[1].run("bravo", "blue")?;
+    let (a6, b6) = (
+        docker[0].ipv6("alpha", "blue")?,
+        docker[1].ipv6("bravo", "blue")?,
+    );
+    ensure!(
+        a6 == prefix.address_of(a) && b6 == prefix.address_of(b),
+        "alpha {a} {a6}, bravo {b} {b6}: IPv6 addresses not derived from the IPv4 ones"
+    );
+    let addrs = docker[0].exec("alpha", &["ip", "-6", "addr", "show", "dev", "eth0"])?;
+    ensure!(addrs.contains(&format!("{a6}/64")), "alpha's eth0: {addrs}");
+    for (ip, host) in [(a, 0), (b, 1)] {
+        let ep = endpoint_at(&d, ip)?.with_context(|| format!("etcd has no endpoint {ip}"))?;
+        ensure!(ep["node"] == d.hosts[host].name(), "{ep}");
+    }
+    reaches(&docker[0], "alpha", b6)?;
+    reaches(&docker[1], "bravo", a6)?;
+    reaches(&docker[0], "alpha", b)?;
+    reaches(&docker[1], "bravo", a)?;
+
+    // Two at once on one host: each gets the IPv6 address of its own IPv4 one.
+    let (f, g) = std::thread::scope(|s| {
+        let f = s.spawn(|| docker[0].run("foxtrot", "blue"));
+        let g = s.spawn(|| docker[0].run("golf", "blue"));
+        (f.join().unwrap(), g.join().unwrap())
+    });
+    for (name, ip) in [("foxtrot", f?), ("golf", g?)] {
+        let ip6 = docker[0].ipv6(name, "blue")?;
+        ensure!(ip6 == prefix.address_of(ip), "{name}: {ip} and {ip6}");
+        reaches(&docker[1], "bravo", ip6)?;
+    }
+
+    // --ip picks both; an --ip6 that is not the derived one is refused in one line.
+    docker[1].docker(&[
+        "run",
+        "-d",
+        "--name",
+        "hotel",
+        "--network",
+        "blue",
+        "--ip",
+        "10.20.7.7",
+        "toybox",
+        "sleep",
+        "1000",
+    ])?;
+    ensure!(docker[1].ipv6("hotel", "blue")? == prefix.address_of("10.20.7.7".parse()?));
+    let err = docker[1]
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "india",
+            "--network",
+            "blue",
+            "--ip6",
+            "fd00:20::99",
+            "toybox",
+            "sleep",
+            "1000",
+        ])
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("derives an endpoint's IPv6 address"),
+        "{err:#}"
+    );
+
+    // A Docker network without --ipv6 on the same subnet finds the dual-stack overlay network
+    // (IPv4 only for its containers); one with another IPv6 prefix is refused.
+    let err = docker[0]
+        .create_network(
+            "other",
+            &["--ipv6", "--subnet", SUBNET, "--subnet", "fd00:99::/64"],
+        )
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("has IPv6 prefix fd00:20::/64, not fd00:99::/64"),
+        "{err:#}"
+    );
+
+    docker[0].docker(&["rm", "-f", "alpha", "foxtrot", "golf"])?;
+    docker[1].docker(&["rm", "-f", "bravo", "hotel"])?;
+    for ip in [a, b] {
+        ensure!(endpoint_at(&d, ip)?.is_none(), "etcd still has {ip}");
+    }
     Ok(())
 }

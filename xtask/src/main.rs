@@ -1,4 +1,5 @@
-//! `cargo xtask <setup|test|demo|bench|fuzz|docs|install|uninstall>`: everything a fresh machine needs, in the order it needs it.
+//! `cargo xtask <setup|test|demo|bench|fuzz|docs|install|uninstall|docker-plugin>`: everything a fresh machine needs, in the order it needs it.
+mod docker_plugin;
 mod install;
 mod setup;
 mod util;
@@ -99,6 +100,17 @@ enum Command {
         #[command(flatten)]
         layout: LayoutArgs,
     },
+    /// Docker's managed plugin as a directory (config.json, rootfs/ with a static
+    /// overlay-agent) for `docker plugin create overlay-ebpf DIR`.
+    DockerPlugin {
+        /// The plugin directory (default: target/docker-plugin).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Put this overlay-agent in the rootfs, with the shared libraries it needs, instead
+        /// of building a static one (the tests give the debug binary).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -150,6 +162,10 @@ fn main() -> ExitCode {
         Command::Docs => docs(),
         Command::Install { layout, debug } => install::install(&layout.layout(), debug),
         Command::Uninstall { layout } => install::uninstall(&layout.layout()),
+        Command::DockerPlugin { out, binary } => docker_plugin::build(
+            &out.unwrap_or_else(docker_plugin::default_out),
+            binary.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

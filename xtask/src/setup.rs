@@ -175,6 +175,16 @@ pub const REQUIREMENTS: &[Requirement] = &[
         "busybox-static",
         "the runtime tests (the containers' image)",
     ),
+    req(
+        Program("strip"),
+        "binutils",
+        "cargo xtask docker-plugin (debug info out of the plugin's binary)",
+    ),
+    req(
+        Program("musl-gcc"),
+        "musl-tools",
+        "cargo xtask docker-plugin (ring's C in the static x86_64-unknown-linux-musl build)",
+    ),
     req(Program("prometheus"), "prometheus", "the metrics test"),
     req(
         Program("promtool"),
@@ -198,6 +208,7 @@ pub fn run() -> Result<()> {
     let mut installed = Vec::new();
     debian_packages(&mut installed)?;
     rust_src(&mut installed)?;
+    musl_target(&mut installed)?;
     bpf_linker(&mut installed)?;
     if installed.is_empty() {
         println!("    everything was already installed");
@@ -329,6 +340,24 @@ fn rust_src(installed: &mut Vec<String>) -> Result<()> {
     installed.push("rust-src (nightly)".into());
     Ok(())
 }
+/// The standard library for the static binary of `cargo xtask docker-plugin`, for the
+/// toolchain that builds the workspace.
+fn musl_target(installed: &mut Vec<String>) -> Result<()> {
+    let target = crate::docker_plugin::STATIC_TARGET;
+    let sysroot = probe("rustc", &["--print", "sysroot"]).context("rustc is not on PATH")?;
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(target)
+        .exists()
+    {
+        return Ok(());
+    }
+    println!("    rustup target add {target}");
+    util::run("rustup", &["target", "add", target])?;
+    installed.push(format!("{target} (rustup target)"));
+    Ok(())
+}
+
 fn bpf_linker(installed: &mut Vec<String>) -> Result<()> {
     if probe("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
         return Ok(());

@@ -128,7 +128,8 @@ fn arrival_ifindex(fd: RawFd, peer: IpAddr) -> io::Result<u32> {
     }
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_control = buf.as_mut_ptr().cast();
-    msg.msg_controllen = len as usize;
+    // size_t in glibc, socklen_t in musl (the static build of the Docker plugin).
+    msg.msg_controllen = len as _;
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !cmsg.is_null() {
         let c = unsafe { &*cmsg };

@@ -16,7 +16,7 @@ pub mod state;
 pub use network_driver::endpoint_name;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
@@ -35,7 +35,7 @@ use axum::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
-use crate::cli::commands::Ctx;
+use crate::{cli::commands::Ctx, shared::ipam::Cidr};
 
 /// Where dockerd looks for plugin sockets; the file's name is the driver's name.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/overlay-ebpf.sock";
@@ -55,10 +55,29 @@ pub struct Driver {
     ctx: Ctx,
     state_file: PathBuf,
     state: std::sync::Mutex<state::State>,
-    /// Addresses handed to Docker by RequestAddress and not yet claimed in etcd by
-    /// CreateEndpoint (nor given back): no second request may get one of them. Held across a
+    /// What RequestAddress handed out and CreateEndpoint has not claimed yet. Held across a
     /// whole RequestAddress, so two requests never pick together.
-    pending: tokio::sync::Mutex<HashSet<Ipv4Addr>>,
+    pending: tokio::sync::Mutex<Pending>,
+}
+
+/// Addresses handed to Docker and not yet claimed in etcd by CreateEndpoint (nor given back).
+#[derive(Default)]
+struct Pending {
+    /// No second request may get one of these.
+    addresses: HashSet<Ipv4Addr>,
+    /// By IPv4 subnet: the address last handed out, whose endpoint's IPv6 address Docker asks
+    /// for next on a dual-stack network. The overlay derives it from the IPv4 one, and dockerd
+    /// creates one network's endpoints one at a time (libnetwork's per-network lock around
+    /// CreateEndpoint, which makes both requests), so the next IPv6 request is this one's.
+    awaiting_v6: HashMap<Cidr, Ipv4Addr>,
+}
+
+impl Pending {
+    /// `ip` is claimed in etcd, or given back: no longer pending.
+    fn remove(&mut self, ip: Ipv4Addr) {
+        self.addresses.remove(&ip);
+        self.awaiting_v6.retain(|_, a| *a != ip);
+    }
 }
 
 impl Driver {
@@ -69,7 +88,7 @@ impl Driver {
             ctx,
             state_file,
             state: std::sync::Mutex::new(state),
-            pending: tokio::sync::Mutex::new(HashSet::new()),
+            pending: tokio::sync::Mutex::new(Pending::default()),
         })
     }
 

@@ -1,5 +1,5 @@
 //! NetworkDriver: Docker networks onto overlay networks, Docker endpoints onto attachments.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
@@ -14,7 +14,10 @@ use super::{
 };
 use crate::{
     cli::commands::{self, Attach, NetworkSpec},
-    shared::{ipam::Cidr, net::Mac},
+    shared::{
+        ipam::{Cidr, Subnet6},
+        net::Mac,
+    },
     store::schema::{MAX_VNI, Network},
 };
 
@@ -75,27 +78,32 @@ fn free_vni(networks: &[Network]) -> u32 {
 
 impl Driver {
     pub(super) async fn create_network(&self, req: CreateNetwork) -> Result<()> {
-        ensure!(
-            req.ipv6_data.as_ref().is_none_or(|d| d.is_empty()),
-            "IPv6 is not supported: create the network without --ipv6"
-        );
         let pools = req.ipv4_data.unwrap_or_default();
         let [pool] = pools.as_slice() else {
             bail!("one IPv4 --subnet is needed, Docker passed {}", pools.len());
         };
         let subnet: Cidr = pool.pool.parse()?;
+        // --ipv6: a dual-stack overlay network, its IPv6 prefix the IPv6 --subnet.
+        let subnet6: Option<Subnet6> = match req.ipv6_data.unwrap_or_default().as_slice() {
+            [] => None,
+            [pool] => Some(pool.pool.parse()?),
+            more => bail!("at most one IPv6 --subnet, Docker passed {}", more.len()),
+        };
         let internal = matches!(req.options.get(INTERNAL), Some(Value::Bool(true)));
         let opts = match req.options.get(GENERIC_OPTIONS) {
             Some(Value::Object(generic)) => driver_options(generic)?,
             _ => DriverOptions::default(),
         };
-        let net = self.overlay_network(subnet, &opts, internal).await?;
+        let net = self
+            .overlay_network(subnet, subnet6, &opts, internal)
+            .await?;
         log::info!(
-            "Docker network {} is overlay network {} (VNI {}, {}){}",
+            "Docker network {} is overlay network {} (VNI {}, {}{}){}",
             short(&req.network_id),
             net.name,
             net.vni,
             net.subnet,
+            subnet6.map_or(String::new(), |s| format!(" and {s}")),
             if internal { ", internal" } else { "" }
         );
         self.update_state(|s| {
@@ -112,10 +120,13 @@ impl Driver {
 
     /// The overlay network for `subnet`: the one named by `-o network` or else the one with
     /// that subnet, made if there is none. Another host may make it at the same moment (or
-    /// take the VNI we picked): then the next round finds theirs or picks another VNI.
+    /// take the VNI we picked): then the next round finds theirs or picks another VNI. A
+    /// Docker network with IPv6 needs an overlay network with that IPv6 prefix; one without
+    /// may use a dual-stack overlay network (its containers then have IPv4 only).
     async fn overlay_network(
         &self,
         subnet: Cidr,
+        subnet6: Option<Subnet6>,
         opts: &DriverOptions,
         internal: bool,
     ) -> Result<Network> {
@@ -134,6 +145,15 @@ impl Driver {
                     net.name,
                     net.subnet
                 );
+                if let Some(prefix) = subnet6 {
+                    ensure!(
+                        net.subnet6 == Some(prefix),
+                        "overlay network {} has {}, not {prefix}",
+                        net.name,
+                        net.subnet6
+                            .map_or("no IPv6 prefix".to_string(), |s| format!("IPv6 prefix {s}"))
+                    );
+                }
                 if let Some(vni) = opts.vni {
                     ensure!(
                         net.vni == vni,
@@ -154,7 +174,7 @@ impl Driver {
                 port: overlay_common::wire::DEFAULT_VXLAN_PORT,
                 mtu: None,
                 slice_prefix: None,
-                subnet6: None,
+                subnet6,
                 bum_rate: None,
                 // Docker's --internal makes an internal overlay network: no way out in the
                 // dataplane either.
@@ -198,11 +218,6 @@ impl Driver {
         let net = self.network_of(&req.network_id)?;
         let services = req.services();
         let iface = req.interface.unwrap_or_default();
-        ensure!(
-            iface.address_ipv6.is_empty(),
-            "IPv6 is not supported (Docker gave {})",
-            iface.address_ipv6
-        );
         let ip: Ipv4Addr = iface
             .address
             .split('/')
@@ -214,6 +229,10 @@ impl Driver {
                     iface.address
                 )
             })?;
+        if !iface.address_ipv6.is_empty() {
+            self.check_ipv6(&net.network, ip, &iface.address_ipv6)
+                .await?;
+        }
         let mac = Mac::from_ip(ip);
         if !iface.mac_address.is_empty() {
             let given: Mac = iface.mac_address.parse()?;
@@ -234,7 +253,7 @@ impl Driver {
             Err(e) => Err(e),
         };
         // Claimed in etcd now, or failed (Docker then gives the address back).
-        self.pending.lock().await.remove(&ip);
+        self.pending.lock().await.remove(ip);
         if let Err(e) = &made
             && let Some(left) = e.downcast_ref::<commands::MayRemain>()
         {
@@ -267,6 +286,21 @@ impl Driver {
                 ..Default::default()
             },
         })
+    }
+
+    /// The IPv6 address Docker gives an endpoint must be the one the overlay derives from its
+    /// IPv4 address (our IPAM hands out no other): the dataplane drops anything else it sends.
+    async fn check_ipv6(&self, network: &str, ip: Ipv4Addr, given: &str) -> Result<()> {
+        let net = self.ctx.store.network(network).await?;
+        let want = net.ipv6_of(ip).with_context(|| {
+            format!("overlay network {network} has no IPv6 prefix (Docker gave {given})")
+        })?;
+        let addr: Option<Ipv6Addr> = given.split('/').next().and_then(|a| a.parse().ok());
+        ensure!(
+            addr == Some(want),
+            "IPv6 address {given} refused: the overlay derives {want} from {ip}; create the network with --ipam-driver overlay-ebpf"
+        );
+        Ok(())
     }
 
     /// Docker moves the peer into the container and names it eth<n>. No Gateway: on an
