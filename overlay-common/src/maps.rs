@@ -40,6 +40,8 @@ pub mod names {
     pub const PUBLISHED: &str = "PUBLISHED";
     pub const PUB_FLOWS: &str = "PUB_FLOWS";
     pub const PUB_REPLY: &str = "PUB_REPLY";
+    pub const PUB_FLOWS6: &str = "PUB_FLOWS6";
+    pub const PUB_REPLY6: &str = "PUB_REPLY6";
 }
 
 /// How the kernel keeps a map: its BPF map type, which userspace must know to open a pin.
@@ -83,7 +85,7 @@ impl MapSpec {
 }
 
 /// Every pinned map, in the order metrics and the inspection list them.
-pub const MAPS: [MapSpec; 27] = {
+pub const MAPS: [MapSpec; 29] = {
     use MapKind::*;
     [
         MapSpec::new(names::FDB, Hash, true, true),
@@ -113,6 +115,8 @@ pub const MAPS: [MapSpec; 27] = {
         MapSpec::new(names::PUBLISHED, Hash, false, false),
         MapSpec::new(names::PUB_FLOWS, LruHash, false, false),
         MapSpec::new(names::PUB_REPLY, LruHash, false, false),
+        MapSpec::new(names::PUB_FLOWS6, LruHash, false, false),
+        MapSpec::new(names::PUB_REPLY6, LruHash, false, false),
     ]
 };
 

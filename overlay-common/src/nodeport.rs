@@ -53,8 +53,23 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// PUB_FLOWS value (ingress node, keyed client -> node:published): the backend the flow was
-/// given at its first packet, for its whole life.
+/// PUB_FLOWS6 and PUB_REPLY6 key: one direction of an IPv6 TCP or UDP flow, a client on an
+/// IPv6 underlay and a backend's address in its dual-stack network's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order, both.
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// PUB_FLOWS and PUB_FLOWS6 value (ingress node, keyed client -> node:published): the backend
+/// the flow was given at its first packet, for its whole life (for IPv6, its IPv4 address
+/// within the network's prefix).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowBackend {
@@ -65,7 +80,7 @@ pub struct FlowBackend {
     pub _pad: u16,
 }
 
-/// PUB_REPLY value (backend's node, keyed backend:port -> client): the source the backend's
+/// PUB_REPLY and PUB_REPLY6 value (backend's node, keyed backend:port -> client): the source the backend's
 /// replies must carry, the ingress node's underlay address and published port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +97,7 @@ mod pod {
     // SAFETY: repr(C) plain data with explicit padding fields, valid for any bit pattern.
     unsafe impl aya::Pod for PublishedKey {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKey6 {}
     unsafe impl aya::Pod for FlowBackend {}
     unsafe impl aya::Pod for ReplyVia {}
 }
@@ -95,6 +111,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<PublishedKey>(), 4);
         assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<FlowKey6>(), 40);
         assert_eq!(size_of::<FlowBackend>(), 12);
         assert_eq!(size_of::<ReplyVia>(), 20);
     }

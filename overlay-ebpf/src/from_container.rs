@@ -95,7 +95,7 @@ pub fn handle(ctx: &aya_ebpf::programs::TcContext) -> Verdict {
                 // Left to the bridge: never replicated to the network's other hosts.
                 Ok(ipv6::Allowed::RouterSolicitation) => pass(Counter::ContainerPass),
                 Ok(ipv6::Allowed::Other) => {
-                    forward(ctx, sender, eth.dst_addr, true, NO_GROUP, Unicast::Any)
+                    forward(ctx, sender, eth.dst_addr, true, NO_GROUP, Unicast::Ipv6)
                 }
                 Err(reason) => drop(reason),
             }
@@ -131,6 +131,8 @@ enum Unicast {
         frags: [u8; 2],
         l4: usize,
     },
+    /// An IPv6 packet the sender may send (its source checked).
+    Ipv6,
     Any,
 }
 
@@ -175,9 +177,12 @@ fn forward(
         return flood::replicate(ctx, sender, Counter::ContainerPass, group);
     }
     // A backend's reply to a client of a published port (nodeport.rs): straight to it.
-    if let Unicast::Ipv4 { .. } = unicast
-        && let Some(verdict) = nodeport::reply(ctx)
-    {
+    let reply = match unicast {
+        Unicast::Ipv4 { .. } => nodeport::reply(ctx),
+        Unicast::Ipv6 => nodeport::reply6(ctx),
+        Unicast::Any => None,
+    };
+    if let Some(verdict) = reply {
         return verdict;
     }
     // Unicast for no endpoint: the gateway's way out, which an internal network has not; its
@@ -185,7 +190,7 @@ fn forward(
     if ip && flood::internal(sender.vni) {
         let to_resolver = match unicast {
             Unicast::Ipv4 { proto, frags, l4 } => dns_query(ctx, proto, frags, l4),
-            Unicast::Any => false,
+            Unicast::Ipv6 | Unicast::Any => false,
         };
         if !to_resolver {
             return drop(Counter::DropInternal);

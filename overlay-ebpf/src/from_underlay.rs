@@ -129,6 +129,8 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
     };
     let ip = unsafe { &*ip };
     if ip[6] != wire::IPPROTO_UDP {
+        // A published port's (nodeport.rs, its own program) or the host's.
+        nodeport::to_published(ctx);
         return pass(Counter::UnderlayPass);
     }
     let dport = u16::from_be_bytes(unsafe { (*udp).dst });
@@ -136,6 +138,7 @@ fn from_ipv6(ctx: &TcContext) -> Verdict {
     // (On an IPv4 node this also keeps out IPv6 "from" ::ffff:<a VTEP's IPv4 address>, which
     // the maps' mapped form of IPv4 VTEPs would otherwise have taken as that VTEP.)
     if !vxlan::is_tunnel_port(dport) || !to_our_vtep(dst, true) {
+        nodeport::to_published(ctx);
         return pass(Counter::UnderlayPass);
     }
     let mut source = [0u8; 16];
@@ -230,9 +233,7 @@ fn accept<const OFF_UDP_AT: usize>(
     };
     let (ifindex, how) = (to.ifindex, to.deliver);
     // A published port's flow, sent by its ingress node: where its replies leave from.
-    if !ipv6 {
-        nodeport::at_decap(ctx, off_inner, &inner, source.ip);
-    }
+    nodeport::at_decap(ctx, off_inner, &inner, source.ip, ipv6);
     // With a GRO handler on our port (the agent's ovgro device), the wire's packets arrive
     // here merged: count how many this skb carries.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1);

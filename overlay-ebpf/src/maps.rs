@@ -6,10 +6,10 @@ use aya_ebpf::{
 };
 use overlay_common::{
     ArpEntry, Backend, BackendKey, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry,
-    Flood, FlowBackend, FlowKey, GroupKey, GroupVteps, IpKey, MAX_BACKENDS, MAX_CLUSTER_PORTS,
-    MAX_GROUP_MEMBERSHIPS, MAX_PUBLISHED, MAX_PUBLISHED_FLOWS, MAX_REVERSE, MAX_SERVICES, MacKey,
-    Members, Network, NodeConfig, Published, PublishedKey, ReplyVia, ReverseEntry, ReverseKey,
-    Service, ServiceKey, VtepKey, jump,
+    Flood, FlowBackend, FlowKey, FlowKey6, GroupKey, GroupVteps, IpKey, MAX_BACKENDS,
+    MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS, MAX_PUBLISHED, MAX_PUBLISHED_FLOWS, MAX_REVERSE,
+    MAX_SERVICES, MacKey, Members, Network, NodeConfig, Published, PublishedKey, ReplyVia,
+    ReverseEntry, ReverseKey, Service, ServiceKey, VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -145,3 +145,12 @@ pub static PUB_FLOWS: LruHashMap<FlowKey, FlowBackend> = LruHashMap::pinned(MAX_
 /// its replies leave from. LRU, no timer, like PUB_FLOWS.
 #[map]
 pub static PUB_REPLY: LruHashMap<FlowKey, ReplyVia> = LruHashMap::pinned(MAX_PUBLISHED_FLOWS, 0);
+
+/// PUB_FLOWS for an IPv6 underlay's clients.
+#[map]
+pub static PUB_FLOWS6: LruHashMap<FlowKey6, FlowBackend> =
+    LruHashMap::pinned(MAX_PUBLISHED_FLOWS, 0);
+
+/// PUB_REPLY for an IPv6 underlay's clients.
+#[map]
+pub static PUB_REPLY6: LruHashMap<FlowKey6, ReplyVia> = LruHashMap::pinned(MAX_PUBLISHED_FLOWS, 0);

@@ -106,14 +106,21 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
 /// The UDP checksum (RFC 768) of datagram `udp` between `addresses` (source then destination,
 /// 4 or 16 bytes each), as a sender writes it: 0 goes on the wire as 0xffff.
 pub fn udp_checksum(addresses: &[u8], udp: &[u8]) -> u16 {
-    let mut pseudo = addresses.to_vec();
-    pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 17]);
-    pseudo.extend_from_slice(udp);
-    match checksum(&pseudo) {
+    match l4_checksum(addresses, 17, udp) {
         0 => 0xffff,
         c => c,
     }
+}
+
+/// The checksum of TCP or UDP segment `l4` (protocol `proto`) between `addresses` (source
+/// then destination, 4 or 16 bytes each) over the pseudo-header; a segment whose checksum
+/// field is right sums to 0.
+pub fn l4_checksum(addresses: &[u8], proto: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = addresses.to_vec();
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    pseudo.extend_from_slice(l4);
+    checksum(&pseudo)
 }
 
 pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {

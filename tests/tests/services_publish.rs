@@ -365,3 +365,182 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     .unwrap_or_else(|e| panic!("{to} refused after service rm: {e}"));
     drop(outside);
 }
+
+/// A backend for IPv6 clients: each TCP connection on [::]:TCP_PORT is greeted with
+/// "<backend> <peer address>", then "send N" and "recv N" as [`serve`]; each UDP datagram on
+/// [::]:UDP_PORT is answered with the same greeting.
+fn serve6(ns: &str, me: Ipv4Addr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let listener = TcpListener::bind(("::", TCP_PORT)).unwrap();
+        let udp = UdpSocket::bind(("::", UDP_PORT)).unwrap();
+        tx.send(()).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("{me} {}", from.ip()).as_bytes(), from);
+            }
+        });
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().unwrap();
+                let _ = writeln!(conn, "{me} {}", peer.ip());
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let ok = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                        ["send", n] => {
+                            let mut data = vec![0; n.parse().unwrap()];
+                            reader.read_exact(&mut data).is_ok()
+                                && writeln!(conn, "{}", digest(&data)).is_ok()
+                        }
+                        ["recv", n] => {
+                            let data: Vec<u8> = (0..n.parse().unwrap()).map(byte_at).collect();
+                            conn.write_all(&data).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// On an IPv6 underlay, a client outside the overlay reaches every node's IPv6 address on the
+/// published ports: backends on two hosts (their IPv6 addresses in the dual-stack network's
+/// prefix) see the client's own IPv6 address, and replies come from the address and port it
+/// asked.
+#[test]
+fn published_ports_over_an_ipv6_underlay() {
+    use overlay_tests::topology::{Underlay, add_vtep6, vtep6};
+    let mut d = Deployment::ipv6_underlay("pub6", &[true, true, true], Underlay::Veth).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    create_service(
+        &d,
+        0,
+        &[
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            &format!("{TCP_PORT}/tcp"),
+            "--port",
+            &format!("{UDP_PORT}/udp"),
+            "--publish",
+            &format!("{TCP_PUBLISHED}:{TCP_PORT}/tcp"),
+            "--publish",
+            &format!("{UDP_PUBLISHED}:{UDP_PORT}/udp"),
+        ],
+    );
+    let mut backends = BTreeSet::new();
+    for (host, name) in [(0, "b1"), (1, "b2")] {
+        let (i, ip) = d
+            .add_container_with(host, name, "blue", None, &["--service", "web"])
+            .unwrap();
+        serve6(&d.container(i).name, ip);
+        backends.insert(ip);
+        // TMP
+        let ll = d.hosts[host]
+            .ns
+            .run("ip -6 -o addr show dev ovbr42 scope link | awk '{print $4}' | cut -d/ -f1")
+            .unwrap();
+        eprintln!(
+            "bridge LL {ll:?}; routes {:?}",
+            d.container(i).run("ip -6 route; ip -6 addr")
+        );
+        let _ = d.container(i).run(&format!(
+            "ip -6 route add default via {} dev eth0",
+            ll.trim()
+        ));
+    }
+    d.add_container(2, "c3", "blue", None).unwrap();
+    let outside = plug_host(&d.wire, &overlay_tests::unique("pub6o"), 200).unwrap();
+    add_vtep6(&outside, 200).unwrap();
+    let client = vtep6(200);
+
+    for host in 0..3 {
+        let to = SocketAddr::from((vtep6(host + 1), TCP_PUBLISHED));
+        let open = || -> std::io::Result<(Ipv4Addr, String, TcpStream)> {
+            let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            assert_eq!(stream.peer_addr()?, to);
+            let mut line = String::new();
+            BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+            let (backend, seen) = line
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| std::io::Error::other(format!("greeting {line:?}")))?;
+            Ok((backend.parse().unwrap(), seen.to_string(), stream))
+        };
+        wait_for(Duration::from_secs(10), || outside.enter(|| open().is_ok())).unwrap_or_else(
+            |e| {
+                panic!(
+                    "{to} from outside: {e}\n{:?}",
+                    d.hosts
+                        .iter()
+                        .map(|h| h
+                            .counters()
+                            .unwrap()
+                            .into_iter()
+                            .filter(|(k, v)| *v > 0 && (k.contains("pub") || k.contains("drop")))
+                            .collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                )
+            },
+        );
+        let mut here = BTreeSet::new();
+        for _ in 0..12 {
+            let (backend, seen, _) = outside.enter(open).unwrap();
+            assert_eq!(seen, client.to_string(), "the backend sees the client");
+            here.insert(backend);
+        }
+        assert_eq!(here, backends, "{to} spreads over both backends");
+        // Megabytes each way, intact (the checksums of every rewritten segment right).
+        outside.enter(|| {
+            let (_, _, mut stream) = open().unwrap();
+            let data: Vec<u8> = (0..TRANSFER).map(|i| byte_at(i ^ 0x5a5a)).collect();
+            writeln!(stream, "send {TRANSFER}").unwrap();
+            stream.write_all(&data).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(
+                line.trim(),
+                digest(&data).to_string(),
+                "upload to {to} intact"
+            );
+            writeln!(stream, "recv {TRANSFER}").unwrap();
+            let mut back = vec![0; TRANSFER];
+            reader.read_exact(&mut back).unwrap();
+            let want: Vec<u8> = (0..TRANSFER).map(byte_at).collect();
+            assert!(back == want, "download from {to} intact");
+        });
+        // UDP: the reply from the address and port asked.
+        outside.enter(|| {
+            let to = SocketAddr::from((vtep6(host + 1), UDP_PUBLISHED));
+            let sock = UdpSocket::bind(("::", 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 128];
+            let (n, from) = sock
+                .send_to(b"hi", to)
+                .and_then(|_| sock.recv_from(&mut buf))
+                .unwrap_or_else(|e| panic!("udp {to}: {e}"));
+            assert_eq!(from, to, "the reply comes from the published address");
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.ends_with(&client.to_string()), "{text}");
+        });
+    }
+    for host in 0..3 {
+        assert!(counter(&d, host, "published_in") >= 12, "host {host}");
+    }
+    for host in 0..2 {
+        assert!(counter(&d, host, "published_reply") > 0, "host {host}");
+    }
+}

@@ -25,8 +25,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// v9: two more counters (drop_ecn, drop_bad_checksum). v10: socket load balancing (SERVICES,
 /// BACKENDS, MEMBERS, LB_TURN, LB_REVERSE), two more counters (lb_balanced, lb_no_backend).
 /// v11: published ports (PUBLISHED, PUB_FLOWS, PUB_REPLY), three more counters (published_in,
-/// published_reply, published_no_backend).
-pub const LAYOUT_VERSION: u32 = 11;
+/// published_reply, published_no_backend). v12: published ports on IPv6 underlays (PUB_FLOWS6,
+/// PUB_REPLY6).
+pub const LAYOUT_VERSION: u32 = 12;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Clone, Debug)]
