@@ -176,14 +176,11 @@ pub fn node_refused(cluster: &ClusterState, me: &str, node: &str) -> Option<Stri
             record.vtep
         ));
     }
-    let older = cluster.nodes.iter().find(|(other, r)| {
-        *other != node
-            && r.vtep == record.vtep
-            && (r.created, other.as_str()) < (record.created, node)
-    });
-    older.map(|(other, _)| {
+    // The oldest claim on the VTEP is its holder (by create revision, then name).
+    let (_, holder) = cluster.vtep_holder(record.vtep)?;
+    (holder != node).then(|| {
         format!(
-            "its VTEP {} is already node {other}'s; ignored",
+            "its VTEP {} is already node {holder}'s; ignored",
             record.vtep
         )
     })
@@ -192,7 +189,7 @@ pub fn node_refused(cluster: &ClusterState, me: &str, node: &str) -> Option<Stri
 /// Why a peer (a host that is not ours) cannot be behind `vtep`: a registered node has it, so
 /// a peer there would be one of our nodes, or this node itself.
 pub fn peer_refused(cluster: &ClusterState, vtep: IpAddr) -> Option<String> {
-    let (node, _) = cluster.nodes.iter().find(|(_, n)| n.vtep == vtep)?;
+    let (_, node) = cluster.vtep_holder(vtep)?;
     Some(format!(
         "its VTEP {vtep} is node {node}'s: a peer cannot be one of our nodes"
     ))
