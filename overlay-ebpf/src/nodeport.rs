@@ -21,6 +21,7 @@ use aya_ebpf::{
     helpers::{
         bpf_csum_diff, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_load_bytes,
     },
+    maps::LruHashMap,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -215,6 +216,23 @@ fn published6(ctx: &TcContext) -> Option<(FlowKey6, ServiceKey, VtepAddr)> {
     Some((t, service, node.vtep))
 }
 
+/// Flow `t`'s backend: the one it was given, or at its first packet (or the first since the
+/// LRU let it go) one now, kept for every later packet. None: the service has no backend,
+/// and the host stack refuses the packet.
+#[inline(always)]
+fn flow_backend<K>(
+    flows: &LruHashMap<K, FlowBackend>,
+    t: &K,
+    service: &ServiceKey,
+) -> Option<FlowBackend> {
+    if let Some(b) = flows.get_ptr(t) {
+        return Some(unsafe { *b });
+    }
+    let chosen = choose(service)?;
+    let _ = flows.insert(t, chosen, 0);
+    Some(chosen)
+}
+
 /// The backend service port `service` gives a flow's first packet (None: it has none).
 #[inline(always)]
 fn choose(service: &ServiceKey) -> Option<FlowBackend> {
@@ -293,17 +311,8 @@ fn send_to(
 
 #[inline(always)]
 fn to_backend(ctx: &TcContext, t: &FlowKey, service: &ServiceKey, own_vtep: VtepAddr) -> Next {
-    let backend = match PUB_FLOWS.get_ptr(*t) {
-        Some(b) => unsafe { *b },
-        None => {
-            // The flow's first packet (or the first since the LRU let it go): a backend now,
-            // kept for every later packet. No backend: the host stack refuses it.
-            let Some(chosen) = choose(service) else {
-                return Next::Done(pass(Counter::PublishedNoBackend));
-            };
-            let _ = PUB_FLOWS.insert(*t, chosen, 0);
-            chosen
-        }
+    let Some(backend) = flow_backend(&PUB_FLOWS, t, service) else {
+        return Next::Done(pass(Counter::PublishedNoBackend));
     };
     let Some((mac, place)) = locate(&backend) else {
         return Next::Done(pass(Counter::PublishedNoBackend));
@@ -338,15 +347,8 @@ fn to_backend(ctx: &TcContext, t: &FlowKey, service: &ServiceKey, own_vtep: Vtep
 /// [`to_backend`] for an IPv6 client: to the backend's IPv6 address.
 #[inline(always)]
 fn to_backend6(ctx: &TcContext, t: &FlowKey6, service: &ServiceKey, own_vtep: VtepAddr) -> Next {
-    let backend = match PUB_FLOWS6.get_ptr(*t) {
-        Some(b) => unsafe { *b },
-        None => {
-            let Some(chosen) = choose(service) else {
-                return Next::Done(pass(Counter::PublishedNoBackend));
-            };
-            let _ = PUB_FLOWS6.insert(*t, chosen, 0);
-            chosen
-        }
+    let Some(backend) = flow_backend(&PUB_FLOWS6, t, service) else {
+        return Next::Done(pass(Counter::PublishedNoBackend));
     };
     // The backend's IPv6 address: its IPv4 address within its network's prefix, if it has one.
     let Some(net) = (unsafe { NETWORKS.get(backend.vni) }) else {
@@ -391,12 +393,7 @@ fn to_backend6(ctx: &TcContext, t: &FlowKey6, service: &ServiceKey, own_vtep: Vt
 /// Records (once per flow; a lookup refreshes the LRU) where the replies of flow `reply` leave
 /// from: the ingress node's address and published port.
 #[inline(always)]
-fn remember<K>(
-    map: &aya_ebpf::maps::LruHashMap<K, ReplyVia>,
-    reply: &K,
-    ingress: VtepAddr,
-    port_be: u16,
-) {
+fn remember<K>(map: &LruHashMap<K, ReplyVia>, reply: &K, ingress: VtepAddr, port_be: u16) {
     if map.get_ptr(reply).is_none() {
         let via = ReplyVia {
             ingress,

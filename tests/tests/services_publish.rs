@@ -41,12 +41,12 @@ fn digest(data: &[u8]) -> u64 {
 /// A backend: each TCP connection is greeted with "<backend> <peer address>"; then "ask"
 /// is answered with the backend's address, "send N" makes it read N bytes and answer their
 /// digest, "recv N" makes it write N bytes. Each UDP datagram is answered with
-/// "<backend> <peer address>".
-fn serve(ns: &str, me: Ipv4Addr) {
+/// "<backend> <peer address>". On `any`'s family: "0.0.0.0", or "::" for IPv6 clients.
+fn serve(ns: &str, me: Ipv4Addr, any: &'static str) {
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_in(ns, move || {
-        let listener = TcpListener::bind(("0.0.0.0", TCP_PORT)).unwrap();
-        let udp = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
+        let listener = TcpListener::bind((any, TCP_PORT)).unwrap();
+        let udp = UdpSocket::bind((any, UDP_PORT)).unwrap();
         tx.send(()).unwrap();
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];
@@ -179,7 +179,7 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
         let (i, ip) = d
             .add_container_with(host, name, "blue", None, &["--service", "web"])
             .unwrap();
-        serve(&d.container(i).name, ip);
+        serve(&d.container(i).name, ip, "0.0.0.0");
         backends.insert(ip);
     }
     d.add_container(2, "c3", "blue", None).unwrap();
@@ -268,7 +268,7 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     let (i, b3) = d
         .add_container_with(2, "b3", "blue", None, &["--service", "web"])
         .unwrap();
-    serve(&d.container(i).name, b3);
+    serve(&d.container(i).name, b3, "0.0.0.0");
     wait_for(Duration::from_secs(10), || {
         outside.enter(|| (0..6).any(|_| Conn::open(to).is_ok_and(|c| c.backend == b3)))
     })
@@ -366,52 +366,6 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     drop(outside);
 }
 
-/// A backend for IPv6 clients: each TCP connection on [::]:TCP_PORT is greeted with
-/// "<backend> <peer address>", then "send N" and "recv N" as [`serve`]; each UDP datagram on
-/// [::]:UDP_PORT is answered with the same greeting.
-fn serve6(ns: &str, me: Ipv4Addr) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in(ns, move || {
-        let listener = TcpListener::bind(("::", TCP_PORT)).unwrap();
-        let udp = UdpSocket::bind(("::", UDP_PORT)).unwrap();
-        tx.send(()).unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok((_, from)) = udp.recv_from(&mut buf) {
-                let _ = udp.send_to(format!("{me} {}", from.ip()).as_bytes(), from);
-            }
-        });
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let peer = conn.peer_addr().unwrap();
-                let _ = writeln!(conn, "{me} {}", peer.ip());
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    let ok = match line.split_whitespace().collect::<Vec<_>>()[..] {
-                        ["send", n] => {
-                            let mut data = vec![0; n.parse().unwrap()];
-                            reader.read_exact(&mut data).is_ok()
-                                && writeln!(conn, "{}", digest(&data)).is_ok()
-                        }
-                        ["recv", n] => {
-                            let data: Vec<u8> = (0..n.parse().unwrap()).map(byte_at).collect();
-                            conn.write_all(&data).is_ok()
-                        }
-                        _ => false,
-                    };
-                    if !ok {
-                        break;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
-}
-
 /// On an IPv6 underlay, a client outside the overlay reaches every node's IPv6 address on the
 /// published ports: backends on two hosts (their IPv6 addresses in the dual-stack network's
 /// prefix) see the client's own IPv6 address, and replies come from the address and port it
@@ -444,7 +398,7 @@ fn published_ports_over_an_ipv6_underlay() {
         let (i, ip) = d
             .add_container_with(host, name, "blue", None, &["--service", "web"])
             .unwrap();
-        serve6(&d.container(i).name, ip);
+        serve(&d.container(i).name, ip, "::");
         backends.insert(ip);
         // TMP until the IPv6 way out lands: a default route via the bridge's link-local address.
         let ll = d.hosts[host]
