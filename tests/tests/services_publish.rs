@@ -336,21 +336,26 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
         }) && counter(&d, 0, "published_no_backend") > before
     })
     .unwrap_or_else(|e| panic!("{empty} refused and counted: {e}"));
+    // Node 2 may not have the new service's published ports yet: until it has, its host
+    // stack refuses all the same, but uncounted.
     let empty_udp = SocketAddr::from((node(1), 30091));
     let before = counter(&d, 1, "published_no_backend");
-    let refused = outside.enter(|| {
-        let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
-        sock.connect(empty_udp).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        sock.send(b"hi").unwrap();
-        sock.recv(&mut [0u8; 16])
-    });
-    assert_eq!(
-        refused.map_err(|e| e.kind()).unwrap_err(),
-        ErrorKind::ConnectionRefused,
-        "{empty_udp}: the host stack's ICMP port unreachable"
-    );
-    assert!(counter(&d, 1, "published_no_backend") > before);
+    wait_for(Duration::from_secs(5), || {
+        let refused = outside.enter(|| {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.connect(empty_udp).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            sock.send(b"hi").unwrap();
+            sock.recv(&mut [0u8; 16])
+        });
+        assert_eq!(
+            refused.map_err(|e| e.kind()).unwrap_err(),
+            ErrorKind::ConnectionRefused,
+            "{empty_udp}: the host stack's ICMP port unreachable"
+        );
+        counter(&d, 1, "published_no_backend") > before
+    })
+    .unwrap_or_else(|e| panic!("{empty_udp} refused and counted: {e}"));
 
     // `service rm` closes the port: the host stack answers again, and refuses.
     d.cli(0, &["service", "rm", "web", "--network", "blue"])
