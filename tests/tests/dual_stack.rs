@@ -248,7 +248,7 @@ fn a_container_cannot_act_as_a_router_and_its_solicitations_stay_home() {
     assert_eq!(
         routes.lines().map(str::trim).collect::<Vec<_>>(),
         [format!(
-            "default via {} dev eth0 metric 1024 pref medium",
+            "default via {} dev eth0 proto static metric 1024 pref medium",
             v6(Ipv4Addr::new(10, 10, 0, 1))
         )],
         "a2 took a default route from an advertisement: {routes}"
