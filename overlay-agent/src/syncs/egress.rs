@@ -446,6 +446,7 @@ mod tests {
             overlay: BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")]),
             internal: BTreeSet::from(["ovbr43".into()]),
             resolvers: BTreeMap::from([("ovbr43".into(), "10.20.0.1".parse().unwrap())]),
+            ..Plan::default()
         };
         let v = ruleset(&plan);
         let cmds = v["nftables"].as_array().unwrap();
@@ -506,5 +507,67 @@ mod tests {
             BTreeMap::from([("ovbr43".to_string(), "10.20.0.1".parse().unwrap())])
         );
         assert!(want.routes.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_network_gets_the_ipv6_way_out_from_the_same_plan() {
+        use crate::syncs::testing;
+        use overlay_common::Network;
+        let cluster = testing::cluster(&[
+            (
+                "networks/blue",
+                r#"{"vni":42,"subnet":"10.10.0.0/16","subnet6":"fd00:10::/64"}"#,
+            ),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","subnet6":"fd00:20::/64","internal":true}"#,
+            ),
+            ("networks/green", r#"{"vni":44,"subnet":"10.30.0.0/16"}"#),
+        ]);
+        let mut applied = MapState::default();
+        for vni in [42, 43, 44] {
+            applied.networks.insert(vni, Network::new(4789, [0; 12]));
+        }
+        let want = Egress::default().want(&testing::view(&cluster, &applied));
+        // blue's gateway is 10.10.0.1 and fd00:10::a0a:1; red, internal, has no IPv6 one.
+        assert_eq!(
+            want.gateways6,
+            BTreeMap::from([("ovbr42".to_string(), "fd00:10::a0a:1".parse().unwrap())])
+        );
+        let six: Subnet6 = "fd00:10::/64".parse().unwrap();
+        assert_eq!(want.masquerade6, BTreeSet::from([six]));
+        assert_eq!(want.overlay6.len(), 2);
+
+        let v = ruleset(&want);
+        let cmds = v["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        let ip6: Vec<&&Value> = rules.iter().filter(|r| r["family"] == "ip6").collect();
+        // Isolation of blue and green, red's nothing out and nothing in, blue's masquerade;
+        // the resolver's input rule is IPv4's alone.
+        assert_eq!(ip6.len(), 5, "{v}");
+        let masq = ip6.iter().find(|r| r["chain"] == "postrouting").unwrap();
+        let expr = masq["expr"].as_array().unwrap();
+        assert_eq!(expr[0]["match"]["left"]["payload"]["protocol"], "ip6");
+        assert_eq!(expr[0]["match"]["right"]["prefix"]["addr"], "fd00:10::");
+        assert_eq!(expr[0]["match"]["right"]["prefix"]["len"], 64);
+        assert_eq!(
+            expr[1]["match"]["right"]["set"].as_array().unwrap().len(),
+            2
+        );
+
+        // With no dual-stack network served, the ip6 table is only deleted.
+        let v4only = ruleset(&Plan::default());
+        let cmds = v4only["nftables"].as_array().unwrap();
+        let ip6: Vec<&Value> = cmds
+            .iter()
+            .filter(|c| {
+                c.as_object()
+                    .unwrap()
+                    .values()
+                    .any(|o| o["table"]["family"] == "ip6" || o["family"] == "ip6")
+            })
+            .collect();
+        assert_eq!(ip6.len(), 2, "{v4only}");
+        assert!(ip6[1].get("delete").is_some());
     }
 }
