@@ -2,7 +2,8 @@
 //! only the hosts can route to) by TCP and UDP through their own host's gateway, the world sees
 //! the host's address, overlay traffic keeps the sender's own; an internal network has no way
 //! out and its attempt is counted; networks do not route into each other; restarts adopt the
-//! NAT table and teardown removes it.
+//! NAT table and teardown removes it. The same over IPv6 for dual-stack networks (egress6: the
+//! world at fd99::100 on the underlay side).
 use std::{
     process::{Child, Stdio},
     time::Duration,
