@@ -285,6 +285,24 @@ fn dual_stack_containers_reach_the_world_over_ipv6_and_internal_networks_cannot(
         assert_eq!(seen2.as_deref(), Ok("fd99::2"), "{proto} from a2");
     }
 
+    // Each container found the gateway by neighbour discovery on its own host: the bridge
+    // there answered (a router), no other host's did.
+    for (c, host) in [(a1.0, 0), (a2.0, 1)] {
+        let mac = d.hosts[host]
+            .ns
+            .run("cat /sys/class/net/ovbr42/address")
+            .unwrap();
+        let neigh = d
+            .container(c)
+            .run("ip -6 neigh show fd00:10::a0a:1 dev eth0")
+            .unwrap();
+        assert!(
+            neigh.contains(&format!("lladdr {} router", mac.trim())),
+            "h{}'s bridge {mac}: {neigh}",
+            host + 1
+        );
+    }
+
     // Overlay IPv6 is never NATed: a2 sees a1's own address.
     let _a2_server = server(d.container(a2.0), "::");
     for proto in ["tcp", "udp"] {
