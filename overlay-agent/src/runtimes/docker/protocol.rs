@@ -228,6 +228,36 @@ mod tests {
         let none: CreateEndpoint = serde_json::from_str(r#"{"NetworkID":"a"}"#).unwrap();
         assert!(none.services().is_empty());
     }
+
+    #[test]
+    fn a_join_reply_has_the_ipv6_way_out_only_when_there_is_one() {
+        let name = || InterfaceName {
+            src_name: "ovc".into(),
+            dst_prefix: "eth".into(),
+        };
+        let v4 = JoinReply {
+            interface_name: name(),
+            gateway_ipv6: String::new(),
+            static_routes: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&v4).unwrap(),
+            r#"{"InterfaceName":{"SrcName":"ovc","DstPrefix":"eth"}}"#
+        );
+        let dual = JoinReply {
+            interface_name: name(),
+            gateway_ipv6: "fd00:20::a14:1".into(),
+            static_routes: vec![StaticRoute {
+                destination: "::/0".into(),
+                route_type: ROUTE_NEXTHOP,
+                next_hop: "fd00:20::a14:1".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&dual).unwrap(),
+            r#"{"InterfaceName":{"SrcName":"ovc","DstPrefix":"eth"},"GatewayIPv6":"fd00:20::a14:1","StaticRoutes":[{"Destination":"::/0","RouteType":0,"NextHop":"fd00:20::a14:1"}]}"#
+        );
+    }
 }
 
 #[cfg(test)]
