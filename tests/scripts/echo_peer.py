@@ -4,18 +4,24 @@ the peer address it saw, and the client that asks.
 
   echo_peer.py serve ADDR PORT          # TCP and UDP on ADDR:PORT until killed; prints "ready"
   echo_peer.py ask tcp|udp ADDR PORT    # prints the address the server saw, or fails
+
+An ADDR with a colon is IPv6.
 """
 import socket
 import sys
 import threading
 
 
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def serve(addr, port):
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp = socket.socket(family(addr), socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind((addr, port))
     tcp.listen(16)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(family(addr), socket.SOCK_DGRAM)
     udp.bind((addr, port))
 
     def udp_loop():
@@ -36,7 +42,7 @@ def ask(proto, addr, port):
         s = socket.create_connection((addr, port), timeout=3)
         print(s.recv(64).decode())
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family(addr), socket.SOCK_DGRAM)
         s.settimeout(3)
         s.sendto(b"?", (addr, port))
         print(s.recvfrom(64)[0].decode())

@@ -474,3 +474,26 @@ fn podman_id(podman: &overlay_tests::runtimes::Podman, name: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// On a dual-stack network the result gives the IPv6 address its gateway (the IPv4 gateway's
+/// address in the prefix) and a `::/0` route through it, which the container has.
+#[test]
+fn a_dual_stack_result_carries_the_ipv6_gateway_and_default_route() {
+    let d = Deployment::new("cni6", &[true]).unwrap();
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    let c = Netns::new(&overlay_tests::unique("cni6c")).unwrap();
+    let add = call(&d, 0, "ADD", "dual", &ns_path(&c));
+    added_ip(&add);
+    let r = &add.json;
+    assert_eq!(r["ips"][1]["gateway"], "fd00:10::a0a:1", "{r}");
+    assert_eq!(r["routes"][1]["dst"], "::/0", "{r}");
+    assert_eq!(r["routes"][1]["gw"], "fd00:10::a0a:1", "{r}");
+    let routes = c.run("ip -6 route show default").unwrap();
+    assert!(
+        routes.contains("default via fd00:10::a0a:1 dev eth0"),
+        "{routes}"
+    );
+    assert!(call(&d, 0, "CHECK", "dual", &ns_path(&c)).ok);
+    assert!(call(&d, 0, "DEL", "dual", &ns_path(&c)).ok);
+}

@@ -331,6 +331,28 @@ fn docker_dual_stack_network_reaches_across_hosts_over_ipv6() -> Result<()> {
     reaches(&docker[0], "alpha", b)?;
     reaches(&docker[1], "bravo", a)?;
 
+    // The IPv6 way out: the network's IPv6 gateway is alpha's default route (Join's), and a
+    // world address on the underlay side answers through it (syncs/egress.rs).
+    let routes = docker[0].exec("alpha", &["ip", "-6", "route", "show", "default"])?;
+    let gateway6 = prefix.address_of("10.20.0.1".parse()?);
+    ensure!(
+        routes.contains(&format!("default via {gateway6} dev eth0")),
+        "alpha's IPv6 default route: {routes}"
+    );
+    let world = overlay_tests::topology::plug_host_on(
+        &d.wire,
+        &overlay_tests::unique("dk6world"),
+        100,
+        overlay_tests::topology::Underlay::Veth,
+    )?;
+    world.run("ip addr add fd99::100/64 dev eth1 nodad")?;
+    for (i, h) in d.hosts.iter().enumerate() {
+        h.ns.run(&format!("ip addr add fd99::{}/64 dev eth1 nodad", i + 1))?;
+    }
+    let world6: IpAddr = "fd99::100".parse()?;
+    wait_for(Duration::from_secs(5), || docker[0].ping("alpha", world6))
+        .context("alpha reaches fd99::100 outside the overlay over IPv6")?;
+
     // Two at once on one host: each gets the IPv6 address of its own IPv4 one.
     let (f, g) = std::thread::scope(|s| {
         let f = s.spawn(|| docker[0].run("foxtrot", "blue"));

@@ -2,7 +2,8 @@
 //! only the hosts can route to) by TCP and UDP through their own host's gateway, the world sees
 //! the host's address, overlay traffic keeps the sender's own; an internal network has no way
 //! out and its attempt is counted; networks do not route into each other; restarts adopt the
-//! NAT table and teardown removes it.
+//! NAT table and teardown removes it. The same over IPv6 for dual-stack networks (egress6: the
+//! world at fd99::100 on the underlay side).
 use std::{
     process::{Child, Stdio},
     time::Duration,
@@ -191,5 +192,169 @@ fn containers_reach_the_world_through_their_own_host_and_internal_networks_canno
         "table left after teardown"
     );
     let ours = d.hosts[0].ns.run("ip route show proto 79").unwrap();
+    assert!(ours.trim().is_empty(), "routes left: {ours}");
+}
+
+/// The underlay's IPv6 prefix in egress6 (hosts fd99::<n>, the world fd99::100).
+const WORLD6: &str = "fd99::100";
+
+/// What the agents derive on blue: fd00:10::/64 followed by the IPv4 address.
+fn blue6(ip: std::net::Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!(
+        "fd00:10::{:x}:{:x}",
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]])
+    )
+}
+
+/// The IPv6 way out of dual-stack networks: containers on two hosts reach a world address on
+/// the underlay side by TCP and UDP through their own host's IPv6 gateway, masqueraded to the
+/// host's address; overlay IPv6 keeps its source; dual-stack networks do not route into each
+/// other over IPv6; an internal dual-stack network has no IPv6 gateway and no way out.
+#[test]
+fn dual_stack_containers_reach_the_world_over_ipv6_and_internal_networks_cannot() {
+    let mut d = Deployment::on("egr6", &[true, true], Underlay::Veth).unwrap();
+    let world = plug_host_on(
+        &d.wire,
+        &overlay_tests::unique("egr6world"),
+        100,
+        Underlay::Veth,
+    )
+    .unwrap();
+    world
+        .run(&format!("ip addr add {WORLD6}/64 dev eth1 nodad"))
+        .unwrap();
+    for (i, h) in d.hosts.iter().enumerate() {
+        h.ns.run(&format!("ip addr add fd99::{}/64 dev eth1 nodad", i + 1))
+            .unwrap();
+    }
+    d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
+        .unwrap();
+    d.create_network_with("green", "10.30.0.0/16", 44, &["--subnet6", "fd00:30::/64"])
+        .unwrap();
+    d.create_network_with(
+        "red",
+        "10.20.0.0/16",
+        43,
+        &["--internal", "--subnet6", "fd00:20::/64"],
+    )
+    .unwrap();
+    let a1 = d.add_container(0, "a1", "blue", None).unwrap();
+    let a2 = d.add_container(1, "a2", "blue", None).unwrap();
+    let g1 = d.add_container(0, "g1", "green", None).unwrap();
+    let r1 = d.add_container(0, "r1", "red", None).unwrap();
+
+    // The IPv6 gateway (the IPv4 gateway's address in the prefix) is the default route, and
+    // sits on the bridge as a /128; the internal network has neither.
+    let routes = d.container(a1.0).run("ip -6 route show default").unwrap();
+    assert!(
+        routes.contains("default via fd00:10::a0a:1 dev eth0"),
+        "{routes}"
+    );
+    let red_routes = d.container(r1.0).run("ip -6 route show default").unwrap();
+    assert!(red_routes.trim().is_empty(), "internal: {red_routes}");
+
+    let _world_server = server(&world, "::");
+    wait_for(Duration::from_secs(5), || {
+        ask(d.container(a1.0), "udp", WORLD6).is_ok()
+            && ask(d.container(a2.0), "udp", WORLD6).is_ok()
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "no IPv6 way out: {:?}\n{}",
+            ask(d.container(a1.0), "udp", WORLD6),
+            d.hosts[0].log()
+        )
+    });
+    let bridge = d.hosts[0].ns.run("ip -6 addr show dev ovbr42").unwrap();
+    assert!(bridge.contains("fd00:10::a0a:1/128"), "{bridge}");
+    let ours = d.hosts[0].ns.run("ip -6 route show proto 79").unwrap();
+    assert!(
+        ours.contains(&format!("{} dev ovbr42", blue6(a1.1))),
+        "{ours}"
+    );
+    for proto in ["tcp", "udp"] {
+        let (c1, c2) = (d.container(a1.0), d.container(a2.0));
+        let (seen1, seen2) = std::thread::scope(|s| {
+            let t1 = s.spawn(|| ask(c1, proto, WORLD6));
+            let t2 = s.spawn(|| ask(c2, proto, WORLD6));
+            (t1.join().unwrap(), t2.join().unwrap())
+        });
+        assert_eq!(seen1.as_deref(), Ok("fd99::1"), "{proto} from a1");
+        assert_eq!(seen2.as_deref(), Ok("fd99::2"), "{proto} from a2");
+    }
+
+    // Each container found the gateway by neighbour discovery on its own host: the bridge
+    // there answered (a router), no other host's did.
+    for (c, host) in [(a1.0, 0), (a2.0, 1)] {
+        let mac = d.hosts[host]
+            .ns
+            .run("cat /sys/class/net/ovbr42/address")
+            .unwrap();
+        let neigh = d
+            .container(c)
+            .run("ip -6 neigh show fd00:10::a0a:1 dev eth0")
+            .unwrap();
+        assert!(
+            neigh.contains(&format!("lladdr {} router", mac.trim())),
+            "h{}'s bridge {mac}: {neigh}",
+            host + 1
+        );
+    }
+
+    // Overlay IPv6 is never NATed: a2 sees a1's own address.
+    let _a2_server = server(d.container(a2.0), "::");
+    for proto in ["tcp", "udp"] {
+        assert_eq!(
+            ask(d.container(a1.0), proto, &blue6(a2.1)).as_deref(),
+            Ok(blue6(a1.1).as_str())
+        );
+    }
+
+    // Networks do not route into each other over IPv6 through their gateways.
+    let _g1_server = server(d.container(g1.0), "::");
+    let g1_6 = format!(
+        "fd00:30::a1e:{:x}",
+        u16::from_be_bytes([g1.1.octets()[2], g1.1.octets()[3]])
+    );
+    let green = d.container(g1.0).run("ip -6 addr show dev eth0").unwrap();
+    assert!(green.contains(&g1_6), "{green}");
+    assert!(ask(d.container(a1.0), "udp", &g1_6).is_err());
+    assert!(ask(d.container(a1.0), "tcp", &g1_6).is_err());
+
+    // The internal network's container, with a route and the bridge's MAC by hand, gets
+    // nowhere over IPv6 either.
+    let bridge_mac = d.hosts[0]
+        .ns
+        .run("cat /sys/class/net/ovbr43/address")
+        .unwrap();
+    d.container(r1.0)
+        .run(&format!(
+            "ip -6 neigh replace fd00:20::ffff dev eth0 lladdr {} && ip -6 route add default via fd00:20::ffff dev eth0",
+            bridge_mac.trim()
+        ))
+        .unwrap();
+    assert!(ask(d.container(r1.0), "udp", WORLD6).is_err());
+    let red = d.hosts[0].ns.run("ip -6 addr show dev ovbr43").unwrap();
+    assert!(!red.contains("fd00:20::"), "internal bridge: {red}");
+
+    // The ip6 table is adopted across a restart, and teardown removes it.
+    let tables = d.hosts[0].ns.run("nft list tables").unwrap();
+    assert_eq!(tables.matches("table ip6 overlay").count(), 1, "{tables}");
+    d.kill_agent(0);
+    d.restart_agent(0).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ask(d.container(a1.0), "tcp", WORLD6).as_deref(),
+        Ok("fd99::1")
+    );
+    let tables = d.hosts[0].ns.run("nft list tables").unwrap();
+    assert_eq!(tables.matches("table ip6 overlay").count(), 1, "{tables}");
+    d.kill_agent(0);
+    d.cli(0, &["teardown"]).unwrap();
+    let tables = d.hosts[0].ns.run("nft list tables").unwrap();
+    assert!(!tables.contains("overlay"), "left after teardown: {tables}");
+    let ours = d.hosts[0].ns.run("ip -6 route show proto 79").unwrap();
     assert!(ours.trim().is_empty(), "routes left: {ours}");
 }

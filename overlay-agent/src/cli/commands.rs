@@ -262,6 +262,9 @@ pub struct Made {
     pub prefix: u8,
     /// The network's gateway (None: internal), for the container's default route.
     pub gateway: Option<Ipv4Addr>,
+    /// A dual-stack network's IPv6 gateway (None: internal or IPv4 only), for the container's
+    /// IPv6 default route.
+    pub gateway6: Option<Ipv6Addr>,
     /// The network's resolver on this host (docs/names.md), for the container's resolv.conf.
     pub resolver: Option<Ipv4Addr>,
     /// On a dual-stack network, the endpoint's IPv6 address and the prefix's length.
@@ -537,6 +540,7 @@ async fn make(ctx: &Ctx, req: &Attach, netns: Option<&str>) -> Result<Made> {
             mtu,
             prefix: net.subnet.prefix(),
             gateway: net.gateway(),
+            gateway6: net.gateway6(),
             resolver: net.resolver(),
         }),
         Err(e) => {
@@ -574,12 +578,16 @@ pub async fn endpoint_add(ctx: &Ctx, req: &Attach, ns: &Netns) -> Result<Made> {
         if let Some((addr, prefix)) = made.ipv6 {
             inner.add_ipv6(&eth, addr, prefix).await?;
         }
-        // Everything outside the overlay through this host (see egress.rs); a container that
-        // has a default route already (another network's, a runtime's) keeps it.
-        match made.gateway {
-            Some(gw) if !inner.has_default_route().await? => inner.add_default_route(gw).await,
-            _ => Ok(()),
+        // Everything outside the overlay through this host (see egress.rs), over IPv4 and on
+        // a dual-stack network over IPv6; a container that has a default route of that family
+        // already (another network's, a runtime's) keeps it.
+        let gateways = [made.gateway.map(IpAddr::V4), made.gateway6.map(IpAddr::V6)];
+        for gw in gateways.into_iter().flatten() {
+            if !inner.has_default_route(gw.is_ipv6()).await? {
+                inner.add_default_route(gw).await?;
+            }
         }
+        anyhow::Ok(())
     }
     .await;
     if let Err(e) = configured {

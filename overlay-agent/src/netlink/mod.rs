@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
 };
 
@@ -288,8 +288,8 @@ impl Netlink {
             .with_context(|| format!("adding {addr}/{prefix} to {name}"))
     }
 
-    /// Every IPv4 address of `name`.
-    pub async fn ipv4_all(&self, name: &str) -> Result<Vec<Ipv4Addr>> {
+    /// Every address of `name`, of both families.
+    pub async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>> {
         let index = self.require(name).await?;
         let mut addrs = self
             .handle
@@ -304,7 +304,7 @@ impl Netlink {
             .with_context(|| format!("listing addresses of {name}"))?
         {
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                if let AddressAttribute::Address(ip) = attr {
                     out.push(*ip);
                 }
             }
@@ -312,43 +312,71 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `addr/prefix` on `name`, unless it is there already.
-    pub async fn ensure_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-        if self.ipv4_all(name).await?.contains(&addr) {
+    /// Every IPv4 address of `name`.
+    pub async fn ipv4_all(&self, name: &str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .addresses(name)
+            .await?
+            .into_iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// `addr/prefix` on `name`, unless it is there already; an IPv6 one usable at once, as
+    /// [`Netlink::add_ipv6`] adds it.
+    pub async fn ensure_address(&self, name: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+        if self.addresses(name).await?.contains(&addr) {
             return Ok(());
+        }
+        if let IpAddr::V6(v6) = addr {
+            return self.add_ipv6(name, v6, prefix).await;
         }
         let index = self.require(name).await?;
         self.handle
             .address()
-            .add(index, addr.into(), prefix)
+            .add(index, addr, prefix)
             .execute()
             .await
             .with_context(|| format!("adding {addr}/{prefix} to {name}"))
     }
 
-    /// Whether this socket's namespace has an IPv4 default route.
-    pub async fn has_default_route(&self) -> Result<bool> {
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(filter).execute();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.destination_prefix_length == 0
+    /// The main table's routes of one family (`ipv6`), as netlink dumps them.
+    async fn routes(&self, ipv6: bool) -> Result<Vec<RouteMessage>> {
+        let filter = if ipv6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        self.handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing routes")
+    }
+
+    /// Whether this socket's namespace has a default route (IPv6 if `ipv6`) through a gateway.
+    pub async fn has_default_route(&self, ipv6: bool) -> Result<bool> {
+        Ok(self.routes(ipv6).await?.iter().any(|msg| {
+            msg.header.destination_prefix_length == 0
                 && msg.header.table == 254
                 && msg
                     .attributes
                     .iter()
                     .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        }))
     }
 
-    /// `default via gateway`, in this socket's namespace.
-    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .build();
+    /// `default via gateway`, in this socket's namespace (of the gateway's family).
+    pub async fn add_default_route(&self, gateway: IpAddr) -> Result<()> {
+        let route = match gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).build(),
+        };
         self.handle
             .route()
             .add(route)
@@ -357,59 +385,77 @@ impl Netlink {
             .with_context(|| format!("adding the default route via {gateway}"))
     }
 
-    /// The /32 routes of protocol `protocol` in the main table: (address, output ifindex).
-    pub async fn host_routes(&self, protocol: u8) -> Result<Vec<(Ipv4Addr, u32)>> {
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = self.handle.route().get(filter).execute();
+    /// The host routes (/32 and /128) of protocol `protocol` in the main table, of both
+    /// families: (address, output ifindex).
+    pub async fn host_routes(&self, protocol: u8) -> Result<Vec<(IpAddr, u32)>> {
         let mut out = Vec::new();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if u8::from(msg.header.protocol) != protocol
-                || msg.header.destination_prefix_length != 32
-            {
-                continue;
-            }
-            let (mut dst, mut oif) = (None, None);
-            for attr in &msg.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
+        for ipv6 in [false, true] {
+            let host_len = if ipv6 { 128 } else { 32 };
+            for msg in self.routes(ipv6).await? {
+                if u8::from(msg.header.protocol) != protocol
+                    || msg.header.destination_prefix_length != host_len
+                    || msg.header.table != 254
+                {
+                    continue;
                 }
-            }
-            if let (Some(dst), Some(oif)) = (dst, oif) {
-                out.push((dst, oif));
+                let (mut dst, mut oif) = (None, None);
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                            dst = Some(IpAddr::V4(*ip))
+                        }
+                        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                            dst = Some(IpAddr::V6(*ip))
+                        }
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                if let (Some(dst), Some(oif)) = (dst, oif) {
+                    out.push((dst, oif));
+                }
             }
         }
         Ok(out)
     }
 
-    fn host_route(addr: Ipv4Addr, ifindex: u32, protocol: u8) -> RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(addr, 32)
-            .output_interface(ifindex)
-            .protocol(RouteProtocol::from(protocol))
-            .scope(RouteScope::Link)
-            .build()
+    /// IPv4's scope is link (the address is on the wire); IPv6 routes have no scope of their
+    /// own (the kernel keeps universe).
+    fn host_route(addr: IpAddr, ifindex: u32, protocol: u8) -> RouteMessage {
+        match addr {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .output_interface(ifindex)
+                .protocol(RouteProtocol::from(protocol))
+                .scope(RouteScope::Link)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .output_interface(ifindex)
+                .protocol(RouteProtocol::from(protocol))
+                .build(),
+        }
     }
 
-    /// `addr/32 dev <ifindex> proto <protocol> scope link`.
-    pub async fn add_host_route(&self, addr: Ipv4Addr, ifindex: u32, protocol: u8) -> Result<()> {
+    /// `addr/32 dev <ifindex> proto <protocol> scope link`, or `addr/128 dev <ifindex> proto
+    /// <protocol>`.
+    pub async fn add_host_route(&self, addr: IpAddr, ifindex: u32, protocol: u8) -> Result<()> {
         self.handle
             .route()
             .add(Self::host_route(addr, ifindex, protocol))
             .replace()
             .execute()
             .await
-            .with_context(|| format!("adding the route to {addr}/32"))
+            .with_context(|| format!("adding the route to {addr}"))
     }
 
-    pub async fn del_host_route(&self, addr: Ipv4Addr, ifindex: u32, protocol: u8) -> Result<()> {
+    pub async fn del_host_route(&self, addr: IpAddr, ifindex: u32, protocol: u8) -> Result<()> {
         self.handle
             .route()
             .del(Self::host_route(addr, ifindex, protocol))
             .execute()
             .await
-            .with_context(|| format!("removing the route to {addr}/32"))
+            .with_context(|| format!("removing the route to {addr}"))
     }
 
     pub async fn up(&self, name: &str) -> Result<()> {
@@ -555,26 +601,76 @@ pub fn set_igmp_querier(ifindex: u32) -> Result<()> {
 /// interface ignores router advertisements unless `accept_ra` is 2, so one that accepted them
 /// (1) is moved to 2 first: the node keeps its addresses and default route from the network.
 pub fn ipv6_forwarding(dev: &str) -> Result<()> {
-    let conf = format!("/proc/sys/net/ipv6/conf/{dev}");
-    let read = |key: &str| {
-        std::fs::read_to_string(format!("{conf}/{key}"))
-            .map(|v| v.trim().to_string())
-            .with_context(|| format!("reading {conf}/{key}"))
-    };
-    let write = |key: &str, value: &str| {
-        std::fs::write(format!("{conf}/{key}"), value)
-            .with_context(|| format!("writing {conf}/{key}"))
-    };
-    if read("forwarding")? == "1" {
+    if forwarding_keeping_ra(dev)? {
+        log::info!("{dev}: IPv6 forwarding on, for the FIB lookups of an IPv6 underlay");
+    }
+    Ok(())
+}
+
+/// Turns IPv6 routing on for the whole node (`net.ipv6.conf.all.forwarding`), for the IPv6 way
+/// out of dual-stack networks (syncs/egress.rs). Linux routes an IPv6 packet only when `all`
+/// forwards (an interface's own `forwarding` changes its host/router behaviour, not whether
+/// packets arriving on it are routed; `force_forwarding`, 6.17 and later, would need the
+/// interface the replies come in on, which is whichever the node's routes say). Setting `all`
+/// sets every interface's `forwarding` too, so each interface that accepted router
+/// advertisements (`accept_ra` 1), and `default` for those to come, is moved to 2 first, as
+/// [`ipv6_forwarding`] does for one. Docker's `--ipv6` does the same switch.
+pub fn ipv6_forwarding_all() -> Result<()> {
+    let conf = std::path::Path::new("/proc/sys/net/ipv6/conf");
+    if sysctl_read(&conf.join("all/forwarding"))? == "1" {
         return Ok(());
     }
-    if read("accept_ra")? == "1" {
-        write("accept_ra", "2")?;
-        log::info!(
-            "{dev}: accept_ra 1 -> 2, so router advertisements still count once it forwards"
-        );
+    for entry in std::fs::read_dir(conf).with_context(|| format!("listing {}", conf.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != "all" {
+            keep_ra(&name)?;
+        }
     }
-    write("forwarding", "1")?;
-    log::info!("{dev}: IPv6 forwarding on, for the FIB lookups of an IPv6 underlay");
+    forwarding_keeping_ra("all")?;
+    log::info!("IPv6 forwarding on (net.ipv6.conf.all.forwarding), for the IPv6 way out");
     Ok(())
+}
+
+fn sysctl_read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+fn sysctl_write(path: &std::path::Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `accept_ra` 1 -> 2 on `dev` (a conf directory's name), so router advertisements still count
+/// once it forwards. An interface gone meanwhile is no error.
+fn keep_ra(dev: &str) -> Result<()> {
+    let path = std::path::Path::new("/proc/sys/net/ipv6/conf")
+        .join(dev)
+        .join("accept_ra");
+    match sysctl_read(&path) {
+        Ok(v) if v == "1" => {
+            sysctl_write(&path, "2")?;
+            log::info!(
+                "{dev}: accept_ra 1 -> 2, so router advertisements still count once it forwards"
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(_) if !path.exists() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `forwarding` 1 on `dev` (a conf directory's name), `accept_ra` kept working first. True if
+/// it changed.
+fn forwarding_keeping_ra(dev: &str) -> Result<bool> {
+    let path = std::path::Path::new("/proc/sys/net/ipv6/conf")
+        .join(dev)
+        .join("forwarding");
+    if sysctl_read(&path)? == "1" {
+        return Ok(false);
+    }
+    keep_ra(dev)?;
+    sysctl_write(&path, "1")?;
+    Ok(true)
 }

@@ -156,6 +156,11 @@ impl Subnet6 {
         self.prefix
     }
 
+    /// The prefix's own address (host bits zero).
+    pub fn network(&self) -> Ipv6Addr {
+        self.addr
+    }
+
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         let mask = u128::MAX
             .checked_shl(128 - u32::from(self.prefix))

@@ -425,6 +425,13 @@ impl Network {
             .flatten()
     }
 
+    /// The IPv6 gateway of a dual-stack network: the IPv4 gateway's IPv6 address
+    /// ([`Network::ipv6_of`]), held beside it on the bridge. None for an internal or IPv4-only
+    /// network.
+    pub fn gateway6(&self) -> Option<std::net::Ipv6Addr> {
+        self.ipv6_of(self.gateway()?)
+    }
+
     /// The address the network's containers ask for names (the node's resolver, on the
     /// bridge): the subnet's first host, so the gateway's on a network with one; on an
     /// internal network it is held on the bridge for names only. Never an endpoint's.

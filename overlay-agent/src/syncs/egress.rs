@@ -16,10 +16,19 @@
 //! reach the host, the input rules here take them only to that address, and the /32 routes to
 //! the network's containers carry the answers back. Nothing is forwarded into or out of the
 //! bridge.
+//!
+//! A dual-stack network's way out over IPv6 is the same, from the same plan: the gateway's IPv6
+//! address (`Network::gateway6`, the IPv4 gateway's inside the prefix) on the bridge as a /128,
+//! /128 routes to the local containers' IPv6 addresses, the same isolation and masquerade in
+//! an `ip6 overlay` table beside the `ip` one (present while a served network is dual-stack),
+//! and IPv6 forwarding on (`netlink::ipv6_forwarding_all` says why it is the node's switch,
+//! not a bridge's). The container finds the gateway by neighbour discovery: the dataplane
+//! answers solicitations only for endpoints, and leaves this one to the bridge, where the
+//! host answers for the address it holds.
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
 };
 
@@ -31,10 +40,10 @@ use crate::{
     dataplane::state::MapState,
     model::{cluster::ClusterState, names::resolver_address},
     netlink::Netlink,
-    shared::ipam::Cidr,
+    shared::ipam::{Cidr, Subnet6},
 };
 
-/// nftables table (family ip) that holds every rule of ours, and nothing else.
+/// nftables tables (families ip and ip6) that hold every rule of ours, and nothing else.
 pub const TABLE: &str = "overlay";
 /// The routing protocol number our /32 routes carry (`ip route show proto 79`), so they can be
 /// told from anyone else's.
@@ -43,18 +52,30 @@ pub const ROUTE_PROTOCOL: u8 = 79;
 /// The gateway is a /32 on the bridge: the host answers ARP for it there all the same, and no
 /// on-link route to the subnet competes with a host-joined interface's.
 const GATEWAY_PREFIX: u8 = 32;
+/// The IPv6 gateway likewise: a /128, so the containers' prefix stays theirs alone.
+const GATEWAY6_PREFIX: u8 = 128;
+
+/// The nftables families of our two tables.
+const FAMILIES: [&str; 2] = ["ip", "ip6"];
 
 /// What the node must hold for the served networks' way out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Bridge -> the gateway address it holds (as a /32: see [`GATEWAY_PREFIX`]).
     pub gateways: BTreeMap<String, Ipv4Addr>,
-    /// Local containers of networks with a gateway: address -> their bridge.
-    pub routes: BTreeMap<Ipv4Addr, String>,
+    /// Bridge -> the IPv6 gateway it holds, on dual-stack networks (a /128).
+    pub gateways6: BTreeMap<String, Ipv6Addr>,
+    /// Local containers of networks with a gateway: address (and on a dual-stack network its
+    /// IPv6 one too) -> their bridge.
+    pub routes: BTreeMap<IpAddr, String>,
     /// Subnets whose traffic leaving the overlay is masqueraded.
     pub masquerade: BTreeSet<Cidr>,
+    /// IPv6 prefixes whose traffic leaving the overlay is masqueraded.
+    pub masquerade6: BTreeSet<Subnet6>,
     /// Every served subnet: traffic to them is never NATed.
     pub overlay: BTreeSet<Cidr>,
+    /// Every served IPv6 prefix, likewise.
+    pub overlay6: BTreeSet<Subnet6>,
     /// Bridges of internal networks: nothing is forwarded from them.
     pub internal: BTreeSet<String>,
     /// Internal networks' bridges -> the address their resolver answers on (a /32, names
@@ -73,6 +94,11 @@ pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
         .collect();
     for net in served.values() {
         p.overlay.insert(net.subnet);
+        p.overlay6.extend(net.subnet6);
+        if let (Some(gw6), Some(prefix)) = (net.gateway6(), net.subnet6) {
+            p.gateways6.insert(net.bridge(), gw6);
+            p.masquerade6.insert(prefix);
+        }
         match net.gateway() {
             Some(gw) => {
                 p.gateways.insert(net.bridge(), gw);
@@ -95,7 +121,14 @@ pub fn plan(cluster: &ClusterState, applied: &MapState) -> Plan {
             .get(&ep.vni)
             .filter(|n| n.gateway().is_some() || p.resolvers.contains_key(&n.bridge()))
         {
-            p.routes.insert(Ipv4Addr::from(ep.ip), net.bridge());
+            let ip = Ipv4Addr::from(ep.ip);
+            p.routes.insert(ip.into(), net.bridge());
+            // The IPv6 gateway's replies (the resolver answers over IPv4 only).
+            if net.gateway6().is_some()
+                && let Some(ip6) = net.ipv6_of(ip)
+            {
+                p.routes.insert(ip6.into(), net.bridge());
+            }
         }
     }
     p
@@ -105,8 +138,12 @@ fn prefix(c: &Cidr) -> Value {
     json!({"prefix": {"addr": c.network().to_string(), "len": c.prefix()}})
 }
 
-fn rule(chain: &str, expr: Vec<Value>) -> Value {
-    json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
+fn prefix6(s: &Subnet6) -> Value {
+    json!({"prefix": {"addr": s.network().to_string(), "len": s.prefix()}})
+}
+
+fn rule(family: &str, chain: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": family, "table": TABLE, "chain": chain, "expr": expr}}})
 }
 
 fn iifname(name: &str) -> Value {
@@ -126,28 +163,62 @@ fn ifname(key: &str, op: &str, name: &str) -> Value {
     json!({"match": {"op": op, "left": {"meta": {"key": key}}, "right": name}})
 }
 
-/// The whole table, as one `nft -j` transaction that replaces what was there (ours from an
-/// earlier run included: restarts adopt, never duplicate). Pure.
+/// Both tables, as one `nft -j` transaction that replaces what was there (ours from an
+/// earlier run included: restarts adopt, never duplicate). The `ip6` table exists while a
+/// served network is dual-stack. Pure.
 pub fn ruleset(plan: &Plan) -> Value {
-    let table = json!({"table": {"family": "ip", "name": TABLE}});
-    let mut cmds = vec![
+    let mut cmds = Vec::new();
+    for family in FAMILIES {
+        let table = json!({"table": {"family": family, "name": TABLE}});
         // Adding first makes the delete succeed when there is no table yet.
-        json!({"add": table}),
-        json!({"delete": table}),
-        json!({"add": table}),
-        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "postrouting",
-            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
-        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "forward",
-            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
-        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": "input",
-            "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}}}),
-    ];
+        cmds.push(json!({"add": table}));
+        cmds.push(json!({"delete": table}));
+        if family == "ip6" && plan.overlay6.is_empty() {
+            continue;
+        }
+        cmds.push(json!({"add": table}));
+        for (name, kind, hook, prio) in [
+            ("postrouting", "nat", "postrouting", 100),
+            ("forward", "filter", "forward", 0),
+            ("input", "filter", "input", 0),
+        ] {
+            cmds.push(
+                json!({"add": {"chain": {"family": family, "table": TABLE, "name": name,
+                "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}}),
+            );
+        }
+        cmds.extend(isolation(family, plan));
+        if family == "ip" {
+            cmds.extend(resolver_input(plan));
+            let overlay: Vec<Value> = plan.overlay.iter().map(prefix).collect();
+            cmds.extend(
+                plan.masquerade.iter().map(|subnet| {
+                    masquerade(family, prefix(subnet), Value::Array(overlay.clone()))
+                }),
+            );
+        } else {
+            let overlay: Vec<Value> = plan.overlay6.iter().map(prefix6).collect();
+            cmds.extend(
+                plan.masquerade6.iter().map(|subnet| {
+                    masquerade(family, prefix6(subnet), Value::Array(overlay.clone()))
+                }),
+            );
+        }
+    }
+    json!({"nftables": cmds})
+}
+
+/// The forward rules, the same for both families (they name interfaces only): networks do
+/// not route into each other, nothing leaves an internal network, nothing is routed into one.
+fn isolation(family: &str, plan: &Plan) -> Vec<Value> {
+    let mut cmds = Vec::new();
     // With br_netfilter on (Docker loads it), frames bridged between two ports of one bridge
     // pass this hook too, in and out by that bridge: every rule names the bridge it comes
     // from and spares traffic that stays on it.
     for bridge in plan.gateways.keys() {
         // Networks never route into each other through their gateways.
         cmds.push(rule(
+            family,
             "forward",
             vec![
                 iifname(bridge),
@@ -161,6 +232,7 @@ pub fn ruleset(plan: &Plan) -> Value {
     for bridge in &plan.internal {
         // Nothing leaves an internal network.
         cmds.push(rule(
+            family,
             "forward",
             vec![
                 iifname(bridge),
@@ -170,9 +242,10 @@ pub fn ruleset(plan: &Plan) -> Value {
             ],
         ));
     }
-    for (bridge, resolver) in &plan.resolvers {
+    for bridge in plan.resolvers.keys() {
         // The routes to its containers are for the resolver's answers: nothing is routed in.
         cmds.push(rule(
+            family,
             "forward",
             vec![
                 oifname("==", bridge),
@@ -181,35 +254,48 @@ pub fn ruleset(plan: &Plan) -> Value {
                 json!({"drop": null}),
             ],
         ));
-        // Of what the dataplane lets reach the host from it (DNS queries), only those to the
-        // resolver's address: not the host's other addresses, or the services on them.
-        cmds.push(rule(
-            "input",
-            vec![
-                iifname(bridge),
-                json!({"match": {"op": "==", "left": {"meta": {"key": "pkttype"}}, "right": "host"}}),
-                json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": resolver.to_string()}}),
-                json!({"counter": null}),
-                json!({"drop": null}),
-            ],
-        ));
     }
-    let overlay: Vec<Value> = plan.overlay.iter().map(prefix).collect();
-    for subnet in &plan.masquerade {
-        cmds.push(rule(
-            "postrouting",
-            vec![
-                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": prefix(subnet)}}),
-                json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": overlay}}}),
-                // Out of the overlay only: a broadcast bridged between containers (which
-                // br_netfilter shows this hook) keeps its source.
-                oifname("!=", &crate::shared::ifnames::bridge_glob()),
-                json!({"counter": null}),
-                json!({"masquerade": null}),
-            ],
-        ));
-    }
-    json!({"nftables": cmds})
+    cmds
+}
+
+/// Of what the dataplane lets reach the host from an internal network (IPv4 DNS queries),
+/// only those to the resolver's address: not the host's other addresses, or the services on
+/// them.
+fn resolver_input(plan: &Plan) -> Vec<Value> {
+    plan.resolvers
+        .iter()
+        .map(|(bridge, resolver)| {
+            rule(
+                "ip",
+                "input",
+                vec![
+                    iifname(bridge),
+                    json!({"match": {"op": "==", "left": {"meta": {"key": "pkttype"}}, "right": "host"}}),
+                    json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": resolver.to_string()}}),
+                    json!({"counter": null}),
+                    json!({"drop": null}),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// What leaves `subnet` for a destination outside every overlay network leaves with the
+/// host's own address.
+fn masquerade(family: &str, subnet: Value, overlay: Value) -> Value {
+    rule(
+        family,
+        "postrouting",
+        vec![
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": family, "field": "saddr"}}, "right": subnet}}),
+            json!({"match": {"op": "!=", "left": {"payload": {"protocol": family, "field": "daddr"}}, "right": {"set": overlay}}}),
+            // Out of the overlay only: a broadcast bridged between containers (which
+            // br_netfilter shows this hook) keeps its source.
+            oifname("!=", &crate::shared::ifnames::bridge_glob()),
+            json!({"counter": null}),
+            json!({"masquerade": null}),
+        ],
+    )
 }
 
 /// Runs one `nft -j -f -` transaction.
@@ -237,10 +323,14 @@ fn nft(commands: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Removes the table, if there is one (teardown).
+/// Removes the tables, if there are any (teardown).
 pub fn remove_table() -> Result<()> {
-    let table = json!({"table": {"family": "ip", "name": TABLE}});
-    nft(&json!({"nftables": [{"add": table}, {"delete": table}]}))
+    let mut cmds = Vec::new();
+    for family in FAMILIES {
+        let table = json!({"table": {"family": family, "name": TABLE}});
+        cmds.extend([json!({"add": table}), json!({"delete": table})]);
+    }
+    nft(&json!({"nftables": cmds}))
 }
 
 /// The egress sync. What this agent last made: a sync with the same plan touches nothing but
@@ -266,10 +356,19 @@ impl Egress {
     /// Brings addresses, routes, the table and forwarding in line with `plan`. Each part is
     /// tried on its own; failures are logged and retried on the next sync.
     async fn sync(&mut self, netlink: &Netlink, plan: &Plan) {
-        for (bridge, gw) in plan.gateways.iter().chain(&plan.resolvers) {
+        let v4 = plan
+            .gateways
+            .iter()
+            .chain(&plan.resolvers)
+            .map(|(b, gw)| (b, IpAddr::from(*gw), GATEWAY_PREFIX));
+        let v6 = plan
+            .gateways6
+            .iter()
+            .map(|(b, gw)| (b, IpAddr::from(*gw), GATEWAY6_PREFIX));
+        for (bridge, gw, len) in v4.chain(v6) {
             // A bridge exists once a container of the network is attached here.
             if let Ok(Some(_)) = netlink.index(bridge).await
-                && let Err(e) = netlink.ensure_address(bridge, *gw, GATEWAY_PREFIX).await
+                && let Err(e) = netlink.ensure_address(bridge, gw, len).await
             {
                 log::warn!("address {gw} on {bridge}: {e:#}; will retry");
             }
@@ -282,8 +381,9 @@ impl Egress {
             match nft(&table) {
                 Ok(()) => {
                     log::info!(
-                        "nftables table ip {TABLE}: masquerading {} network(s), {} internal",
+                        "nftables tables {TABLE}: masquerading {} network(s) ({} over IPv6 too), {} internal",
                         plan.masquerade.len(),
+                        plan.masquerade6.len(),
                         plan.internal.len()
                     );
                     self.table = Some(table);
@@ -296,6 +396,11 @@ impl Egress {
         {
             log::warn!("enabling IPv4 forwarding: {e}; will retry");
         }
+        if !plan.gateways6.is_empty()
+            && let Err(e) = crate::netlink::ipv6_forwarding_all()
+        {
+            log::warn!("enabling IPv6 forwarding: {e:#}; will retry");
+        }
     }
 
     async fn sync_routes(&self, netlink: &Netlink, plan: &Plan) -> Result<()> {
@@ -305,7 +410,7 @@ impl Egress {
                 wanted.insert(*ip, index);
             }
         }
-        let current: BTreeMap<Ipv4Addr, u32> = netlink
+        let current: BTreeMap<IpAddr, u32> = netlink
             .host_routes(ROUTE_PROTOCOL)
             .await?
             .into_iter()
@@ -341,6 +446,7 @@ mod tests {
             overlay: BTreeSet::from([cidr("10.10.0.0/16"), cidr("10.20.0.0/16")]),
             internal: BTreeSet::from(["ovbr43".into()]),
             resolvers: BTreeMap::from([("ovbr43".into(), "10.20.0.1".parse().unwrap())]),
+            ..Plan::default()
         };
         let v = ruleset(&plan);
         let cmds = v["nftables"].as_array().unwrap();
@@ -401,5 +507,67 @@ mod tests {
             BTreeMap::from([("ovbr43".to_string(), "10.20.0.1".parse().unwrap())])
         );
         assert!(want.routes.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_network_gets_the_ipv6_way_out_from_the_same_plan() {
+        use crate::syncs::testing;
+        use overlay_common::Network;
+        let cluster = testing::cluster(&[
+            (
+                "networks/blue",
+                r#"{"vni":42,"subnet":"10.10.0.0/16","subnet6":"fd00:10::/64"}"#,
+            ),
+            (
+                "networks/red",
+                r#"{"vni":43,"subnet":"10.20.0.0/16","subnet6":"fd00:20::/64","internal":true}"#,
+            ),
+            ("networks/green", r#"{"vni":44,"subnet":"10.30.0.0/16"}"#),
+        ]);
+        let mut applied = MapState::default();
+        for vni in [42, 43, 44] {
+            applied.networks.insert(vni, Network::new(4789, [0; 12]));
+        }
+        let want = Egress::default().want(&testing::view(&cluster, &applied));
+        // blue's gateway is 10.10.0.1 and fd00:10::a0a:1; red, internal, has no IPv6 one.
+        assert_eq!(
+            want.gateways6,
+            BTreeMap::from([("ovbr42".to_string(), "fd00:10::a0a:1".parse().unwrap())])
+        );
+        let six: Subnet6 = "fd00:10::/64".parse().unwrap();
+        assert_eq!(want.masquerade6, BTreeSet::from([six]));
+        assert_eq!(want.overlay6.len(), 2);
+
+        let v = ruleset(&want);
+        let cmds = v["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = cmds.iter().filter_map(|c| c["add"].get("rule")).collect();
+        let ip6: Vec<&&Value> = rules.iter().filter(|r| r["family"] == "ip6").collect();
+        // Isolation of blue and green, red's nothing out and nothing in, blue's masquerade;
+        // the resolver's input rule is IPv4's alone.
+        assert_eq!(ip6.len(), 5, "{v}");
+        let masq = ip6.iter().find(|r| r["chain"] == "postrouting").unwrap();
+        let expr = masq["expr"].as_array().unwrap();
+        assert_eq!(expr[0]["match"]["left"]["payload"]["protocol"], "ip6");
+        assert_eq!(expr[0]["match"]["right"]["prefix"]["addr"], "fd00:10::");
+        assert_eq!(expr[0]["match"]["right"]["prefix"]["len"], 64);
+        assert_eq!(
+            expr[1]["match"]["right"]["set"].as_array().unwrap().len(),
+            2
+        );
+
+        // With no dual-stack network served, the ip6 table is only deleted.
+        let v4only = ruleset(&Plan::default());
+        let cmds = v4only["nftables"].as_array().unwrap();
+        let ip6: Vec<&Value> = cmds
+            .iter()
+            .filter(|c| {
+                c.as_object()
+                    .unwrap()
+                    .values()
+                    .any(|o| o["table"]["family"] == "ip6" || o["family"] == "ip6")
+            })
+            .collect();
+        assert_eq!(ip6.len(), 2, "{v4only}");
+        assert!(ip6[1].get("delete").is_some());
     }
 }

@@ -327,15 +327,16 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
             gateway: made.gateway.map(|gw| gw.to_string()),
             interface: 1,
         })
-        // A dual-stack network's address: on-link, no gateway (there is no IPv6 way out).
+        // A dual-stack network's address, its gateway the IPv6 one (none when internal).
         .chain(made.ipv6.map(|(addr, prefix)| IpConfig {
             version: conf.cni_version.starts_with("0.").then_some("6"),
             address: format!("{addr}/{prefix}"),
-            gateway: None,
+            gateway: made.gateway6.map(|gw| gw.to_string()),
             interface: 1,
         }))
         .collect(),
-        // The way out through this host (egress.rs), unless the network is internal.
+        // The way out through this host (egress.rs), over IPv4 and on a dual-stack network over
+        // IPv6, unless the network is internal.
         routes: made
             .gateway
             .map(|gw| Route {
@@ -343,6 +344,10 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Option<String>, Error> 
                 gw: Some(gw.to_string()),
             })
             .into_iter()
+            .chain(made.gateway6.map(|gw| Route {
+                dst: "::/0".into(),
+                gw: Some(gw.to_string()),
+            }))
             .collect(),
         // The network's resolver on this host (docs/names.md), internal networks included.
         dns: Dns {

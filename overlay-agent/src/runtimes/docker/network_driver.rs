@@ -8,7 +8,8 @@ use super::{
     Driver,
     protocol::{
         CreateEndpoint, CreateEndpointReply, CreateNetwork, EndpointInterface, EndpointRef,
-        GENERIC_OPTIONS, INTERNAL, InterfaceName, JoinReply, NetworkRef,
+        GENERIC_OPTIONS, INTERNAL, InterfaceName, JoinReply, NetworkRef, ROUTE_NEXTHOP,
+        StaticRoute,
     },
     state::DockerNetwork,
 };
@@ -303,10 +304,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Docker moves the peer into the container and names it eth<n>. No Gateway: on an
+    /// Docker moves the peer into the container and names it eth<n>. No IPv4 Gateway: on an
     /// internal network Docker adds nothing, on another it adds its own docker_gwbridge
     /// interface with the default route and its own NAT, which Docker users know and expect
-    /// (`docker network inspect docker_gwbridge`); our gateway serves the CLI and CNI.
+    /// (`docker network inspect docker_gwbridge`); our IPv4 gateway serves the CLI and CNI.
+    /// docker_gwbridge has no IPv6, so a dual-stack network's IPv6 way out is ours
+    /// (syncs/egress.rs): its IPv6 gateway, as `GatewayIPv6` and a `::/0` route.
     pub(super) async fn join(&self, req: EndpointRef) -> Result<JoinReply> {
         let network = self.endpoint_network(&req).await?;
         // The container's namespace is known only now: into its record, so the agent can
@@ -318,6 +321,13 @@ impl Driver {
                 log::warn!("endpoint {name}: its namespace not recorded: {e:#}");
             }
         }
+        let gateway6 = self
+            .ctx
+            .store
+            .network(&network)
+            .await
+            .with_context(|| format!("reading overlay network {network}"))?
+            .gateway6();
         Ok(JoinReply {
             interface_name: InterfaceName {
                 src_name: crate::shared::ifnames::peer_name(
@@ -326,6 +336,15 @@ impl Driver {
                 ),
                 dst_prefix: "eth".to_string(),
             },
+            gateway_ipv6: gateway6.map_or(String::new(), |gw| gw.to_string()),
+            static_routes: gateway6
+                .map(|gw| StaticRoute {
+                    destination: "::/0".to_string(),
+                    route_type: ROUTE_NEXTHOP,
+                    next_hop: gw.to_string(),
+                })
+                .into_iter()
+                .collect(),
         })
     }
 

@@ -124,12 +124,35 @@ pub struct InterfaceName {
     pub dst_prefix: String,
 }
 
-/// No Gateway and no StaticRoutes: the subnet's on-link route comes with the address.
+/// No IPv4 Gateway (Docker's docker_gwbridge is the IPv4 way out: network_driver.rs's Join);
+/// the subnet's on-link route comes with the address. On a dual-stack network, the IPv6 way
+/// out: `GatewayIPv6`, and the same as a `::/0` static route, which is what Docker 20.10
+/// installs (libnetwork programs an endpoint's `GatewayIPv6` only on the endpoint that has an
+/// IPv4 Gateway, here docker_gwbridge's, which has no IPv6 one).
 #[derive(Debug, Serialize)]
 pub struct JoinReply {
     #[serde(rename = "InterfaceName")]
     pub interface_name: InterfaceName,
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "String::is_empty")]
+    pub gateway_ipv6: String,
+    #[serde(rename = "StaticRoutes", skip_serializing_if = "Vec::is_empty")]
+    pub static_routes: Vec<StaticRoute>,
 }
+
+/// A route Docker adds in the container at Join.
+#[derive(Debug, Serialize)]
+pub struct StaticRoute {
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    /// 0: through `NextHop` (libnetwork's NEXTHOP), 1: on the interface (CONNECTED).
+    #[serde(rename = "RouteType")]
+    pub route_type: u8,
+    #[serde(rename = "NextHop")]
+    pub next_hop: String,
+}
+
+/// libnetwork's `types.NEXTHOP`.
+pub const ROUTE_NEXTHOP: u8 = 0;
 
 // ---- IpamDriver ----
 
@@ -204,6 +227,36 @@ mod tests {
         assert_eq!(req.services(), ["web", "dns"]);
         let none: CreateEndpoint = serde_json::from_str(r#"{"NetworkID":"a"}"#).unwrap();
         assert!(none.services().is_empty());
+    }
+
+    #[test]
+    fn a_join_reply_has_the_ipv6_way_out_only_when_there_is_one() {
+        let name = || InterfaceName {
+            src_name: "ovc".into(),
+            dst_prefix: "eth".into(),
+        };
+        let v4 = JoinReply {
+            interface_name: name(),
+            gateway_ipv6: String::new(),
+            static_routes: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&v4).unwrap(),
+            r#"{"InterfaceName":{"SrcName":"ovc","DstPrefix":"eth"}}"#
+        );
+        let dual = JoinReply {
+            interface_name: name(),
+            gateway_ipv6: "fd00:20::a14:1".into(),
+            static_routes: vec![StaticRoute {
+                destination: "::/0".into(),
+                route_type: ROUTE_NEXTHOP,
+                next_hop: "fd00:20::a14:1".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&dual).unwrap(),
+            r#"{"InterfaceName":{"SrcName":"ovc","DstPrefix":"eth"},"GatewayIPv6":"fd00:20::a14:1","StaticRoutes":[{"Destination":"::/0","RouteType":0,"NextHop":"fd00:20::a14:1"}]}"#
+        );
     }
 }
 
