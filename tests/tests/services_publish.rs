@@ -405,17 +405,6 @@ fn published_ports_over_an_ipv6_underlay() {
             .unwrap();
         serve(&d.container(i).name, ip, "::");
         backends.insert(ip);
-        // TMP until the IPv6 way out lands: a default route via the bridge's link-local address.
-        let ll = d.hosts[host]
-            .ns
-            .run("ip -6 -o addr show dev ovbr42 scope link | awk '{print $4}' | cut -d/ -f1")
-            .unwrap();
-        d.container(i)
-            .run(&format!(
-                "ip -6 route add default via {} dev eth0",
-                ll.trim()
-            ))
-            .unwrap();
     }
     d.add_container(2, "c3", "blue", None).unwrap();
     let outside = plug_host(&d.wire, &overlay_tests::unique("pub6o"), 200).unwrap();
