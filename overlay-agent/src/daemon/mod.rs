@@ -40,7 +40,7 @@ use crate::{
 };
 
 pub mod core;
-mod lease;
+pub mod lease;
 pub mod metrics;
 mod ports;
 mod publish;
@@ -277,7 +277,12 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         agent.status.connected = false;
         agent.write_status();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // 200 to 400 ms, jittered: after an outage every agent's session ends at once.
+        tokio::time::sleep(crate::shared::backoff::jittered(
+            Duration::from_millis(400),
+            &agent.opts.node,
+        ))
+        .await;
     }
     // The lease is left to expire rather than revoked: a restart within the TTL keeps every
     // other node forwarding to us without a gap.

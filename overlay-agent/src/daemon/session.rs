@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, KeepAlive, OtherFamily};
+use super::{Agent, KeepAlive, OtherFamily, core::DARK};
 use crate::{
     model::delta::Batch,
     netlink::ifindex,
+    shared::backoff::jittered,
     store::{
         EventType, Store,
         history::History,
@@ -94,7 +95,8 @@ impl Agent {
             let mut heard = Instant::now();
             'rewatch: loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    // Jittered: every node lost the same etcd at the same instant.
+                    _ = tokio::time::sleep(jittered(pause, &self.opts.node)) => {}
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                     }
@@ -116,6 +118,7 @@ impl Agent {
                     );
                     break 'rewatch;
                 }
+                let resuming = !first;
                 first = false;
                 let mut watch = match store.watch(seen.revision + 1).await {
                     Ok(watch) => watch,
@@ -126,6 +129,15 @@ impl Agent {
                         continue 'rewatch;
                     }
                 };
+                // The request itself may have waited out an outage (it tries for seconds):
+                // dark for that long calls for the relist all the same.
+                if resuming && heard.elapsed() > DARK {
+                    log::warn!(
+                        "no etcd member answered this node for {:.0} s; relisting",
+                        heard.elapsed().as_secs_f32()
+                    );
+                    break 'rewatch;
+                }
                 let opened = Instant::now();
                 'watch: loop {
                     tokio::select! {
@@ -253,11 +265,6 @@ impl Agent {
         Ok(())
     }
 }
-
-/// How long the watch may go without hearing from etcd and still resume where it was: well
-/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
-/// under what stopping every member and restoring them takes.
-const DARK: Duration = Duration::from_secs(6);
 
 /// A watch header behind what this node has seen: a member lagging a little, or a cluster
 /// restored from an older snapshot. A read through the leader tells which; Some(why) if the
