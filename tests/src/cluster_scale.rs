@@ -226,7 +226,12 @@ impl Bed {
             bail!("full nodes must be 1 to {} (the nodes)", opts.nodes);
         }
         raise_fd_limit();
-        let ours = vec![true; opts.real_agents];
+        // At least one host, which runs the CLI (a legacy host's when no agent is asked for).
+        let ours = if opts.real_agents == 0 {
+            vec![false]
+        } else {
+            vec![true; opts.real_agents]
+        };
         let mut d = match opts.etcd {
             EtcdKind::Single => Deployment::new(label, &ours)?,
             EtcdKind::Cluster | EtcdKind::Proxy => Deployment::with_etcd_members(label, &ours, 3)?,
@@ -383,18 +388,46 @@ impl Bed {
             self.tasks.push(task);
             self.full.push(SimFull { name, full, stats });
         }
+        wait_for(
+            Duration::from_secs(60 + self.opts.endpoints as u64 / 100),
+            || {
+                self.full
+                    .iter()
+                    .all(|f| f.stats.watching.load(Ordering::Relaxed))
+            },
+        )
+        .context("full nodes watching")?;
         // Caught up with every node's registration, light and full.
-        let target = self.block(self.admin.history())?.revision + self.opts.full as i64;
-        wait_for(Duration::from_secs(1200), || {
-            self.full.iter().all(|f| {
-                f.stats.watching.load(Ordering::Relaxed)
-                    && f.stats.revision.load(Ordering::Relaxed) >= target
-            })
-        })
-        .context("full nodes listed and watching")?;
+        let target = self.mark()?;
+        wait_for(
+            Duration::from_secs(60 + self.opts.endpoints as u64 / 100),
+            || {
+                self.full.iter().all(|f| {
+                    f.stats.watching.load(Ordering::Relaxed)
+                        && f.stats.revision.load(Ordering::Relaxed) >= target
+                })
+            },
+        )
+        .with_context(|| {
+            format!(
+                "full nodes listed and watching at revision {target}: {}",
+                self.full
+                    .iter()
+                    .map(|f| f.stats.brief(&f.name))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
         let took = started.elapsed();
         let held = (self.opts.full * self.opts.endpoints.max(1)) as f64;
         Ok((took, rss_bytes("self").saturating_sub(before) as f64 / held))
+    }
+
+    /// Writes a key no node serves (nothing of ours parses it) and returns its revision: a
+    /// node whose watch reached it has applied everything written before.
+    fn mark(&self) -> Result<i64> {
+        let now = format!("{:?}", Instant::now());
+        self.block(self.admin.put_raw("/overlay/bench/mark", &now))
     }
 
     /// Writes one more endpoint (on the last simulated node); its address and t0.
@@ -529,7 +562,7 @@ impl Bed {
     /// Every full node's recorded maps equal what `desired` computes for it from etcd now
     /// (after they caught up); Err names the first that differs and how.
     pub fn check_desired(&self) -> Result<()> {
-        let revision = self.block(self.admin.history())?.revision;
+        let revision = self.mark()?;
         wait_for(Duration::from_secs(60), || {
             self.full
                 .iter()

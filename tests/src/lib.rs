@@ -19,6 +19,7 @@ pub mod prometheus;
 pub mod replication;
 pub mod runtimes;
 pub mod scale;
+pub mod scale_report;
 pub mod scenario;
 pub mod service_bench;
 pub mod service_traffic;

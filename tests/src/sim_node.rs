@@ -57,6 +57,20 @@ pub struct NodeStats {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl NodeStats {
+    /// For an error message: where the node stands.
+    pub fn brief(&self, name: &str) -> String {
+        format!(
+            "{name}: revision {}, watching {}, {} listings, {} sessions, last error {:?}",
+            self.revision.load(Ordering::Relaxed),
+            self.watching.load(Ordering::Relaxed),
+            self.listings.load(Ordering::Relaxed),
+            self.sessions.load(Ordering::Relaxed),
+            self.last_error.lock().unwrap()
+        )
+    }
+}
+
 /// A full node's recorder and core, for the harness to compare with `desired`.
 pub struct Full {
     pub recorder: Recorder,
