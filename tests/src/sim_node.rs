@@ -123,12 +123,14 @@ async fn full_session(
         let listing = store.listing(&keys.all(), 0).await?;
         stats.listings.fetch_add(1, Ordering::Relaxed);
         let mut revision = listing.revision;
-        {
+        // Off the runtime's workers: thousands of nodes share them here, where each agent
+        // has a process of its own, and a long reconcile must not silence their watches.
+        tokio::task::block_in_place(|| {
             let mut core = full.core.lock().unwrap();
             core.relisted(&keys, &listing.kvs);
             drop(listing);
             core.reconcile(&no_links, writer);
-        }
+        });
         stats.revision.store(revision, Ordering::Relaxed);
         let mut pause = Duration::ZERO;
         let mut heard = Instant::now();
@@ -187,7 +189,7 @@ async fn full_session(
                     next = watch.ready();
                 }
                 if !(batch.is_empty() && core.in_sync) && core.fast_path(&batch, writer).is_err() {
-                    core.reconcile(&no_links, writer);
+                    tokio::task::block_in_place(|| core.reconcile(&no_links, writer));
                 }
                 stats.revision.store(revision, Ordering::Relaxed);
             }
