@@ -167,7 +167,7 @@ pub fn svg(points: &[Point]) -> String {
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
             pts.join(" ")
         );
-        if let Some((p, v)) = points.iter().zip(&xs).last() {
+        if let Some((p, v)) = points.iter().zip(&xs).next_back() {
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{series}</text>"#,
