@@ -152,6 +152,27 @@ impl Etcd {
         Ok(())
     }
 
+    /// Every running member's pid (`ip netns exec` execs etcd: the child is etcd).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
+    /// Every member's database file (bbolt's `member/snap/db`), whose size is etcd's db size.
+    pub fn db_files(&self) -> Vec<PathBuf> {
+        self.members
+            .iter()
+            .map(|m| m.data.join("member/snap/db"))
+            .collect()
+    }
+
+    /// The namespace etcdctl and the clients of the tests reach the members from.
+    pub fn wire(&self) -> &str {
+        &self.wire
+    }
+
     /// Every member SIGKILLed.
     pub fn stop(&mut self) {
         for m in &mut self.members {

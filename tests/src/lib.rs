@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod capture;
 pub mod certs;
+pub mod cluster_scale;
 pub mod corpus;
 pub mod deployment;
 pub mod dns;
@@ -18,9 +19,11 @@ pub mod prometheus;
 pub mod replication;
 pub mod runtimes;
 pub mod scale;
+pub mod scale_report;
 pub mod scenario;
 pub mod service_bench;
 pub mod service_traffic;
+pub mod sim_node;
 pub mod topology;
 pub mod transfer;
 

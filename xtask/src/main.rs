@@ -67,10 +67,23 @@ enum Command {
         /// rate, latency, throughput); writes services.md, services.json.
         #[arg(long)]
         services: bool,
-        /// Instead: the control plane at scale, with this many endpoints (convergence time,
+        /// Instead: one agent's control plane with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
-        scale: Option<u32>,
+        agent_scale: Option<u32>,
+        /// Instead: the cluster's control plane at scale, a real etcd and simulated nodes
+        /// (docs/scale.md); without --nodes the points 100, 1,000 and 5,000 nodes.
+        #[arg(long)]
+        scale: bool,
+        /// With --scale: the nodes of one point.
+        #[arg(long, requires = "scale")]
+        nodes: Option<usize>,
+        /// With --scale: the endpoints (default 150,000).
+        #[arg(long, requires = "scale")]
+        endpoints: Option<usize>,
+        /// With --scale: single, cluster (three members) or proxy (etcd grpc-proxy before them).
+        #[arg(long, default_value = "single", requires = "scale")]
+        etcd: String,
     },
     /// Release build, then structure-aware frames through the loaded programs, each held
     /// against the reference model (half over an IPv4 underlay, half over IPv6); fails on any
@@ -150,13 +163,22 @@ fn main() -> ExitCode {
             ipv6_underlay,
             replication,
             services,
+            agent_scale,
             scale,
+            nodes,
+            endpoints,
+            etcd,
         } => bench(
             rounds,
             &underlay,
             seconds,
             [xdp_decap, monitor, ipv6_underlay, replication, services],
-            scale,
+            agent_scale,
+            scale.then_some(Scale {
+                nodes,
+                endpoints,
+                etcd,
+            }),
         ),
         Command::Fuzz { frames, seed } => fuzz(frames, seed.as_deref()),
         Command::Docs => docs(),
@@ -233,18 +255,27 @@ fn demo(etcd_members: usize) -> Result<()> {
     )
 }
 
+/// `bench --scale`: one point, or the default points.
+struct Scale {
+    nodes: Option<usize>,
+    endpoints: Option<usize>,
+    etcd: String,
+}
+
 fn bench(
     rounds: u32,
     underlay: &str,
     seconds: u32,
     [xdp_decap, monitor, ipv6_underlay, replication, services]: [bool; 5],
-    scale: Option<u32>,
+    agent_scale: Option<u32>,
+    scale: Option<Scale>,
 ) -> Result<()> {
     prepare_release()?;
-    util::step(match (scale, services) {
-        (Some(_), _) => "the control plane at scale: converge, memory, lag",
-        (None, true) => "services: a VIP beside direct and nftables DNAT",
-        (None, false) => "plain routing, kernel vxlan and our overlay, side by side",
+    util::step(match (&scale, agent_scale, services) {
+        (Some(_), ..) => "the cluster's control plane at scale: etcd and simulated nodes",
+        (None, Some(_), _) => "one agent's control plane at scale: converge, memory, lag",
+        (None, None, true) => "services: a VIP beside direct and nftables DNAT",
+        (None, None, false) => "plain routing, kernel vxlan and our overlay, side by side",
     })?;
     let out = util::workspace_root().join("target/bench");
     let (rounds, seconds, out) = (
@@ -277,9 +308,24 @@ fn bench(
     if services {
         args.push("--services");
     }
-    let endpoints = scale.map(|n| n.to_string());
+    let endpoints = agent_scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {
-        args.extend(["--scale", n]);
+        args.extend(["--agent-scale", n]);
+    }
+    let point = scale.as_ref().map(|s| {
+        (
+            s.nodes.map(|n| n.to_string()),
+            s.endpoints.map(|n| n.to_string()),
+        )
+    });
+    if let (Some(s), Some((nodes, endpoints))) = (&scale, &point) {
+        args.extend(["--scale", "--etcd", &s.etcd]);
+        if let Some(n) = nodes {
+            args.extend(["--nodes", n]);
+        }
+        if let Some(n) = endpoints {
+            args.extend(["--endpoints", n]);
+        }
     }
     util::run(
         util::workspace_root().join("target/release/overlay-bench"),

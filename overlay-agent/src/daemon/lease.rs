@@ -10,13 +10,13 @@ use crate::store::{self, LeaseStream, Store, brief};
 /// A keepalive stream that fails or goes unanswered moves, for the same lease, to another
 /// member: only an expired lease (etcd says so, or no member renewed it for a whole TTL)
 /// ends the session, so one member dying never withdraws this node's endpoints.
-pub(super) struct KeepAlive {
+pub struct KeepAlive {
     task: tokio::task::JoinHandle<()>,
-    pub(super) lost: tokio::sync::oneshot::Receiver<String>,
+    pub lost: tokio::sync::oneshot::Receiver<String>,
 }
 
 impl KeepAlive {
-    pub(super) fn spawn(
+    pub fn spawn(
         store: Store,
         stream: LeaseStream,
         lease: i64,

@@ -30,8 +30,8 @@ use tokio::{
 
 use self::metrics::Metrics;
 use crate::{
-    dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION, state::MapState},
-    model::{cluster::ClusterState, delta::VtepRefs, desired::Problem, names::Zone},
+    dataplane::{Dataplane, Maps, PinDir, maps, pins::LAYOUT_VERSION},
+    model::names::Zone,
     netlink::{Netlink, ipv6_forwarding},
     shared::ifnames,
     status::{StatusFile, netns_id},
@@ -39,13 +39,15 @@ use crate::{
     syncs::{Syncs, dns},
 };
 
-mod lease;
+pub mod core;
+pub mod lease;
 pub mod metrics;
 mod ports;
 mod publish;
 mod reconcile;
 mod session;
 
+use self::core::ControlPlane;
 use lease::KeepAlive;
 
 /// This node's VTEP is of the other family than the cluster's: fatal, not retried.
@@ -85,13 +87,8 @@ struct Agent {
     maps: Maps,
     vtep: IpAddr,
     underlay_mtu: Option<u32>,
-    cluster: ClusterState,
-    /// What the maps hold, as far as this process wrote or read them.
-    applied: MapState,
-    /// `applied` is exactly what the last full reconcile wanted: the fast path may build on it.
-    in_sync: bool,
-    /// Remote endpoints per (VNI, VTEP) in `applied`, kept for the fast path.
-    vtep_refs: VtepRefs,
+    /// The agent's copy of etcd, what the maps hold, and the reconciles (core.rs).
+    core: ControlPlane,
     /// Ports this process attached from_container to, by name and the ifindex it had then (a
     /// port deleted and made again under the same name needs attaching again).
     attached: BTreeSet<(String, u32)>,
@@ -116,7 +113,6 @@ struct Agent {
     published_health: Option<schema::HealthRecord>,
     /// The last reconcile could not list the node's interfaces: the next tick tries again.
     links_unread: bool,
-    problems: Vec<Problem>,
     status: StatusFile,
     /// Rebuilding maps of another layout: attachments move over after the first full fill.
     switch_over_pending: bool,
@@ -239,6 +235,7 @@ pub async fn run(opts: Options) -> Result<()> {
             opts.underlay.clone(),
         );
     }
+    let core = ControlPlane::new(&opts.node, applied);
     let mut agent = Agent {
         opts,
         netlink,
@@ -246,10 +243,7 @@ pub async fn run(opts: Options) -> Result<()> {
         maps,
         vtep,
         underlay_mtu,
-        cluster: ClusterState::default(),
-        applied,
-        in_sync: false,
-        vtep_refs: VtepRefs::default(),
+        core,
         attached: BTreeSet::new(),
         vanished: BTreeMap::new(),
         fresh,
@@ -259,7 +253,6 @@ pub async fn run(opts: Options) -> Result<()> {
         health,
         published_health: None,
         links_unread: false,
-        problems: Vec::new(),
         status,
         switch_over_pending: rebuilding,
         syncs: Syncs::new(underlay_mtu, resolver, probes),
@@ -284,7 +277,12 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         agent.status.connected = false;
         agent.write_status();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // 200 to 400 ms, jittered: after an outage every agent's session ends at once.
+        tokio::time::sleep(crate::shared::backoff::jittered(
+            Duration::from_millis(400),
+            &agent.opts.node,
+        ))
+        .await;
     }
     // The lease is left to expire rather than revoked: a restart within the TTL keeps every
     // other node forwarding to us without a gap.

@@ -24,8 +24,8 @@ impl Agent {
     pub(super) fn attach_ports(&mut self) -> Result<()> {
         let mut wanted = BTreeSet::new();
         let mut vanished = BTreeMap::new();
-        let refused: BTreeSet<&str> = self.problems.iter().map(|p| p.key.as_str()).collect();
-        for ep in self.cluster.endpoints.values() {
+        let refused: BTreeSet<&str> = self.core.problems.iter().map(|p| p.key.as_str()).collect();
+        for ep in self.core.cluster.endpoints.values() {
             let Location::Node { node, port, .. } = &ep.location else {
                 continue;
             };

@@ -44,10 +44,10 @@ impl Agent {
     /// can tell a node that is behind or diverged. Only while the maps are what the last full
     /// reconcile wanted: a digest of half-written maps would say nothing.
     pub(super) async fn publish_state(&mut self, store: &Store, lease: i64) {
-        if !self.in_sync || self.switch_over_pending {
+        if !self.core.in_sync || self.switch_over_pending {
             return;
         }
-        let (digest, entries) = self.applied.digest();
+        let (digest, entries) = self.core.applied.digest();
         if self.published.as_ref().is_some_and(|p| p.digest == digest) {
             return;
         }
@@ -103,7 +103,7 @@ impl Agent {
         }
         // Every backend answering and etcd holding no claim of ours: nothing to say, and no
         // key for each of thousands of nodes without a failing backend (absent is healthy).
-        let stored = self.cluster.health.get(&self.opts.node);
+        let stored = self.core.cluster.health.get(&self.opts.node);
         if health.is_empty() && stored.is_none_or(|r| r.is_empty()) {
             self.published_health = Some(health);
             return;
@@ -122,12 +122,12 @@ impl Agent {
     pub(super) fn publish_names(&self, batch: Option<&Batch>) {
         match batch {
             None => {
-                let services = ServiceName::of(&self.cluster);
+                let services = ServiceName::of(&self.core.cluster);
                 self.names
-                    .send_replace(Arc::new(Zone::build(&self.cluster, &services)));
+                    .send_replace(Arc::new(Zone::build(&self.core.cluster, &services)));
             }
             Some(batch) => self.names.send_modify(|zone| {
-                Arc::make_mut(zone).update(&self.cluster, batch);
+                Arc::make_mut(zone).update(&self.core.cluster, batch);
             }),
         }
     }
@@ -138,11 +138,13 @@ impl Agent {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.status.problems = self
+            .core
             .problems
             .iter()
             .map(|p| (p.key.clone(), p.why.clone()))
             .chain(
-                self.cluster
+                self.core
+                    .cluster
                     .invalid
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone())),
@@ -156,6 +158,6 @@ impl Agent {
         }
         self.metrics.publish(&self.status, self.switch_over_pending);
         self.metrics
-            .overlay_networks(OverlaySubnets::of(self.cluster.networks.values()));
+            .overlay_networks(OverlaySubnets::of(self.core.cluster.networks.values()));
     }
 }

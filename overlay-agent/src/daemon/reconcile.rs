@@ -1,5 +1,6 @@
 //! Keeping the maps equal to what the cluster wants: the fast path for a batch of remote
-//! endpoints, the full reconcile, the writes, and the switch-over to rebuilt maps; then the
+//! endpoints and the full reconcile (both in core.rs, over the kernel's maps), the failed
+//! writes' report, and the switch-over to rebuilt maps; then the
 //! node's syncs, which follow the maps.
 use std::time::Instant;
 
@@ -7,34 +8,21 @@ use anyhow::Result;
 
 use super::{Agent, metrics::ReconcileKind};
 use crate::{
-    dataplane::{pins::LAYOUT_VERSION, state::Diff},
-    model::{
-        delta::{Batch, VtepRefs, endpoint_delta},
-        desired::desired,
-    },
+    dataplane::{maps::ApplyReport, pins::LAYOUT_VERSION},
+    model::delta::Batch,
     netlink::ifindex,
     syncs::{Kernel, View, When},
 };
 
 impl Agent {
     /// After a batch of events: the fast path when only remote endpoints changed and the maps
-    /// are known to be right, else the full reconcile.
+    /// are known to be right, else the full reconcile (core.rs decides and writes).
     pub(super) async fn reconcile_batch(&mut self, batch: &Batch, revision: i64) {
         let started = Instant::now();
-        if self.in_sync && !self.switch_over_pending {
-            match endpoint_delta(
-                &self.cluster,
-                &self.opts.node,
-                batch,
-                &self.applied,
-                &self.problems,
-                &self.vtep_refs,
-            ) {
-                Ok(delta) => {
-                    if self.write_maps(&delta.diff) {
-                        self.applied.apply(&delta.diff);
-                        self.vtep_refs.commit(&delta);
-                    }
+        if !self.switch_over_pending {
+            match self.core.fast_path(batch, &mut self.maps) {
+                Ok(report) => {
+                    self.note_failures(&report);
                     self.metrics
                         .reconciled(ReconcileKind::Fast, started.elapsed());
                     self.status.revision = revision;
@@ -62,20 +50,14 @@ impl Agent {
             }
         };
         self.links_unread = false;
-        let (want, problems) = desired(&self.cluster, &self.opts.node, &|name: &str| {
-            links.get(name).cloned()
-        });
-        for p in problems.iter().filter(|p| !self.problems.contains(p)) {
+        let done = self
+            .core
+            .reconcile(&|name: &str| links.get(name).cloned(), &mut self.maps);
+        for p in &done.new_problems {
             log::warn!("not serving {}: {}", p.key, p.why);
         }
-        self.problems = problems;
-        let diff = Diff::between(&self.applied, &want);
-        let complete = diff.is_empty() || self.write_maps(&diff);
-        if complete {
-            self.applied = want;
-            self.in_sync = true;
-            self.vtep_refs = VtepRefs::count(&self.applied);
-        }
+        let complete = done.report.is_clean();
+        self.note_failures(&done.report);
         if self.switch_over_pending
             && complete
             && let Err(e) = self.switch_over()
@@ -95,15 +77,8 @@ impl Agent {
         self.write_status();
     }
 
-    /// Makes the writes of `diff`; true if all went in. A failure is logged per map and
-    /// counted in the status, `applied` is read back from the kernel, and the next reconcile
-    /// is a full one, which retries.
-    fn write_maps(&mut self, diff: &Diff) -> bool {
-        let report = self.maps.apply(diff);
-        self.in_sync = report.is_clean();
-        if self.in_sync {
-            return true;
-        }
+    /// Logs the writes that failed, per map, and counts them in the status.
+    fn note_failures(&mut self, report: &ApplyReport) {
         for (table, (n, last)) in &report.failures {
             let full = ["E2BIG", "too long", "No space"]
                 .iter()
@@ -125,10 +100,6 @@ impl Agent {
                 .entry((*table).to_string())
                 .or_default() += n;
         }
-        if let Ok(actual) = self.maps.snapshot() {
-            self.applied = actual;
-        }
-        false
     }
 
     /// The rebuilt maps are full: the underlay's attachment moves to the new programs (ports
@@ -140,8 +111,8 @@ impl Agent {
         self.opts.pins.remove_other_layouts()?;
         log::info!(
             "maps of layout v{LAYOUT_VERSION} filled ({} remote MACs, {} local endpoints); programs switched over, old maps unpinned",
-            self.applied.fdb.len(),
-            self.applied.endpoints.len()
+            self.core.applied.fdb.len(),
+            self.core.applied.endpoints.len()
         );
         Ok(())
     }
@@ -150,8 +121,8 @@ impl Agent {
     /// the GRO devices they keep and where the resolvers listen.
     pub(super) async fn sync_node(&mut self, when: When) {
         let view = View {
-            cluster: &self.cluster,
-            applied: &self.applied,
+            cluster: &self.core.cluster,
+            applied: &self.core.applied,
             node: &self.opts.node,
             underlay_mtu: self.underlay_mtu,
             ipv6: self.vtep.is_ipv6(),

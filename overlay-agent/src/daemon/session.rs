@@ -4,15 +4,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, KeepAlive, OtherFamily};
+use super::{Agent, KeepAlive, OtherFamily, core::DARK};
 use crate::{
-    model::{
-        cluster::{Applied, ClusterState},
-        delta::Batch,
-    },
+    model::delta::Batch,
     netlink::ifindex,
+    shared::backoff::jittered,
     store::{
-        EventType, KeyValue, Store, WatchResponse,
+        EventType, Store,
         history::History,
         schema::{self, Key, NodeRecord},
     },
@@ -59,7 +57,7 @@ impl Agent {
         loop {
             let listing = store.listing(&store.keys().all(), 0).await?;
             let (kvs, revision) = (listing.kvs, listing.revision);
-            // Every event up to `seen.revision` is in `self.cluster`; only events move it (a
+            // Every event up to `seen.revision` is in `self.core.cluster`; only events move it (a
             // progress header, and an events header while catching up, may run ahead of what
             // the stream delivered). With the highest raft term met: etcd's history never
             // goes back from there unless the cluster was replaced.
@@ -78,10 +76,7 @@ impl Agent {
                 self.stranded_before = Some(revision);
             }
             // From scratch: whatever the listing lacks leaves the maps at the reconcile.
-            self.cluster = ClusterState::default();
-            for kv in &kvs {
-                self.put(&store, kv);
-            }
+            self.core.relisted(store.keys(), &kvs);
             self.publish_names(None);
             log::info!(
                 "listed {} keys at revision {revision}; watching from {}",
@@ -100,7 +95,8 @@ impl Agent {
             let mut heard = Instant::now();
             'rewatch: loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    // Jittered: every node lost the same etcd at the same instant.
+                    _ = tokio::time::sleep(jittered(pause, &self.opts.node)) => {}
                     why = &mut keepalive.lost => {
                         bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                     }
@@ -122,6 +118,7 @@ impl Agent {
                     );
                     break 'rewatch;
                 }
+                let resuming = !first;
                 first = false;
                 let mut watch = match store.watch(seen.revision + 1).await {
                     Ok(watch) => watch,
@@ -132,6 +129,15 @@ impl Agent {
                         continue 'rewatch;
                     }
                 };
+                // The request itself may have waited out an outage (it tries for seconds):
+                // dark for that long calls for the relist all the same.
+                if resuming && heard.elapsed() > DARK {
+                    log::warn!(
+                        "no etcd member answered this node for {:.0} s; relisting",
+                        heard.elapsed().as_secs_f32()
+                    );
+                    break 'rewatch;
+                }
                 let opened = Instant::now();
                 'watch: loop {
                     tokio::select! {
@@ -174,7 +180,7 @@ impl Agent {
                                     }
                                     seen.raft_term = seen.raft_term.max(now.raft_term);
                                 }
-                                if self.apply_events(&store, &resp, &own_key, &mut batch) {
+                                if self.core.apply_events(store.keys(), &resp, &own_key, &mut batch) {
                                     bail!("this node's key was deleted (its lease expired?); registering again");
                                 }
                                 if let Some(last) = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
@@ -198,7 +204,7 @@ impl Agent {
                             self.publish_names(Some(&batch));
                             // Events that change nothing the maps hold (other nodes' digests, names,
                             // slices) need no reconcile, nor a status write each.
-                            if batch.is_empty() && self.in_sync && !self.switch_over_pending {
+                            if batch.is_empty() && self.core.in_sync && !self.switch_over_pending {
                                 self.status.revision = revision;
                                 continue 'watch;
                             }
@@ -212,7 +218,7 @@ impl Agent {
                             // A port that did not exist yet may have appeared, or an attached
                             // one vanished with its container.
                             let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
-                            if !self.problems.is_empty() || port_gone || self.links_unread {
+                            if !self.core.problems.is_empty() || port_gone || self.links_unread {
                                 self.reconcile(self.status.revision).await;
                             }
                             self.reap_vanished(&store).await;
@@ -232,46 +238,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    fn put(&mut self, store: &Store, kv: &KeyValue) -> Applied {
-        let created = kv.create_revision();
-        match self
-            .cluster
-            .put(store.keys(), kv.key(), kv.value(), created)
-        {
-            Ok(applied) => applied,
-            Err(e) => {
-                log::warn!("skipping {}: {e:#}", String::from_utf8_lossy(kv.key()));
-                Applied::Changed
-            }
-        }
-    }
-
-    /// Applies a watch response's events, noting in `batch` what they touch; true if this
-    /// node's own key was deleted.
-    fn apply_events(
-        &mut self,
-        store: &Store,
-        resp: &WatchResponse,
-        own_key: &str,
-        batch: &mut Batch,
-    ) -> bool {
-        let mut own_deleted = false;
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            batch.note(&self.cluster, store.keys(), kv.key());
-            match event.event_type() {
-                EventType::Put => {
-                    self.put(store, kv);
-                }
-                EventType::Delete => {
-                    self.cluster.delete(store.keys(), kv.key());
-                    own_deleted |= kv.key() == own_key.as_bytes();
-                }
-            }
-        }
-        own_deleted
     }
 
     /// A cluster's VTEPs are of one family: a node of the other is refused before it registers
@@ -299,11 +265,6 @@ impl Agent {
         Ok(())
     }
 }
-
-/// How long the watch may go without hearing from etcd and still resume where it was: well
-/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
-/// under what stopping every member and restoring them takes.
-const DARK: Duration = Duration::from_secs(6);
 
 /// A watch header behind what this node has seen: a member lagging a little, or a cluster
 /// restored from an older snapshot. A read through the leader tells which; Some(why) if the

@@ -4,6 +4,7 @@ pub mod maps;
 pub mod monitor;
 pub mod pins;
 pub mod state;
+pub mod writer;
 
 use std::path::Path;
 

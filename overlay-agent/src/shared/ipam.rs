@@ -222,6 +222,27 @@ serde_as_text!(Cidr, Subnet6);
 /// The smallest subnet a network may have: a /30 still leaves two addresses.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 
+/// Why `subnet` cut into `/slice_prefix` slices cannot serve `nodes` nodes (each node with an
+/// endpoint in a network takes a slice of its own), in one line; None if it can.
+pub fn too_few_slices(subnet: Cidr, slice_prefix: u8, nodes: usize) -> Option<String> {
+    let slices = 1u64 << slice_prefix.saturating_sub(subnet.prefix()).min(32);
+    if (nodes as u64) <= slices {
+        return None;
+    }
+    // The shortest slice prefix (the most addresses a node) that still gives every node one.
+    let need = (nodes as u64).next_power_of_two().trailing_zeros() as u8;
+    let fits = subnet.prefix() + need;
+    let hint = if fits <= MAX_SUBNET_PREFIX {
+        format!("a slice prefix of /{fits} or longer")
+    } else {
+        "a larger subnet".to_string()
+    };
+    Some(format!(
+        "subnet {subnet} cut into /{slice_prefix} slices has {slices}, fewer than the {nodes} nodes registered (each node with an endpoint here takes one): use {hint}, or a subnet of /{} or larger for /{slice_prefix} slices",
+        slice_prefix.saturating_sub(need)
+    ))
+}
+
 /// How big each node's slice of a network is when the user does not say: /24 from a /16 or
 /// larger (256 nodes of 254 addresses, flannel's default), else 16 slices.
 pub fn default_slice_prefix(subnet: Cidr) -> u8 {
@@ -329,6 +350,21 @@ mod tests {
             assert_eq!(net.overlaps(&cidr(other)), want, "{other}");
             assert_eq!(cidr(other).overlaps(&net), want, "{other}, the other way");
         }
+    }
+
+    #[test]
+    fn a_network_with_fewer_slices_than_nodes_is_refused_with_what_fits() {
+        assert_eq!(too_few_slices(cidr("10.10.0.0/16"), 24, 256), None);
+        let why = too_few_slices(cidr("10.10.0.0/16"), 24, 5000).unwrap();
+        assert!(why.contains("has 256, fewer than the 5000 nodes"), "{why}");
+        assert!(why.contains("/29 or longer"), "{why}");
+        assert!(why.contains("subnet of /11 or larger"), "{why}");
+        assert_eq!(too_few_slices(cidr("10.0.0.0/11"), 24, 5000), None);
+        assert!(
+            too_few_slices(cidr("10.10.7.0/28"), 30, 5)
+                .unwrap()
+                .contains("a larger subnet")
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Values and names every layer shares. Nothing here imports the rest of the crate.
+pub mod backoff;
 #[cfg(test)]
 pub(crate) mod fuzzing;
 pub mod hash;

@@ -209,7 +209,8 @@ impl Members {
                     each.join("; ")
                 ));
             }
-            tokio::time::sleep(jitter(backoff)).await;
+            // Clients that failed together do not retry together.
+            tokio::time::sleep(crate::shared::backoff::jittered(backoff, "")).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             at = self.pick(Some(at));
         }
@@ -372,19 +373,6 @@ pub fn secs(d: Duration) -> String {
     }
 }
 
-/// Between half and all of `d`: clients that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    d.mul_f64(0.5 + (h.finish() % 1000) as f64 / 2000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,13 +414,5 @@ mod tests {
         m.failed(1, "x", true);
         m.failed(2, "x", true);
         assert_eq!(m.pick(Some(1)), 0);
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
-            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
-        }
     }
 }

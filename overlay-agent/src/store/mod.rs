@@ -540,6 +540,12 @@ impl Store {
                 other.subnet
             );
         }
+        // Refused now rather than at the first node that finds no slice left.
+        let nodes = self.list(&self.keys.nodes()).await?.0.len();
+        if let Some(why) = crate::shared::ipam::too_few_slices(net.subnet, net.slice_prefix, nodes)
+        {
+            bail!("network {}: {why}", net.name);
+        }
         let key = self.keys.network(&net.name);
         let write = Write {
             when: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],

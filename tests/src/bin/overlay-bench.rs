@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use overlay_tests::{
     bench::{Family, Metric, Micro, Mode, Sample, Testbed, median, microbench},
+    cluster_scale::EtcdKind,
     topology::Underlay,
 };
 use serde_json::json;
@@ -33,9 +34,26 @@ struct Args {
     /// hops are fd00::<n>. Results go to bench6.md and bench6.json.
     #[arg(long, conflicts_with = "xdp_decap")]
     ipv6_underlay: bool,
-    /// Only the control-plane scale benchmark, with this many endpoints.
+    /// Only the one-agent control-plane benchmark, with this many endpoints.
     #[arg(long)]
-    scale: Option<u32>,
+    agent_scale: Option<u32>,
+    /// Only the cluster's control plane at scale (cluster_scale.rs): etcd and simulated
+    /// nodes; without --nodes, the points 100, 1,000 and 5,000 nodes. Writes scale.json,
+    /// scale-cluster.md and scale.svg.
+    #[arg(long)]
+    scale: bool,
+    /// Nodes of the one point to run (with --scale).
+    #[arg(long, requires = "scale")]
+    nodes: Option<usize>,
+    /// Endpoints of the point(s) (with --scale; default 150,000).
+    #[arg(long, requires = "scale")]
+    endpoints: Option<usize>,
+    /// Full simulated nodes per point (the rest are light; see cluster_scale.rs).
+    #[arg(long, default_value_t = 10, requires = "scale")]
+    full: usize,
+    /// etcd: one member, three, or three behind etcd's gRPC proxy.
+    #[arg(long, value_enum, default_value_t = EtcdKind::Single, requires = "scale")]
+    etcd: EtcdKind,
     /// Changes per second during the scale benchmark's churn.
     #[arg(long, default_value_t = 1000)]
     churn_rate: u32,
@@ -98,7 +116,16 @@ fn run(args: Args) -> Result<()> {
     overlay_tests::require_root();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    if let Some(endpoints) = args.scale {
+    if args.scale {
+        return overlay_tests::scale_report::bench(
+            args.nodes,
+            args.endpoints,
+            args.full,
+            args.etcd,
+            &args.out,
+        );
+    }
+    if let Some(endpoints) = args.agent_scale {
         let r = overlay_tests::scale::run(endpoints, args.churn_seconds, args.churn_rate)?;
         let table = format!(
             "| endpoints | converge | peak RSS | changes | lag p50 | lag p99 | lag max | full reconcile lag (p50 / max) |\n|---|---|---|---|---|---|---|---|\n| {} | {:.2} s (target < 10 s) | {:.1} MB (target < 100 MB) | {} in {} s ({} sampled) | {:.1} ms | {:.1} ms (target < 100 ms) | {:.1} ms | {:.0} / {:.0} ms |\n",
