@@ -67,6 +67,34 @@ pub struct FlowKey6 {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The other direction of the flow: what its replies carry.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl FlowKey6 {
+    /// The other direction of the flow: what its replies carry.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// PUB_FLOWS and PUB_FLOWS6 value (ingress node, keyed client -> node:published): the backend
 /// the flow was given at its first packet, for its whole life (for IPv6, its IPv4 address
 /// within the network's prefix).

@@ -171,13 +171,7 @@ fn in6(ctx: &TcContext) -> Option<Next> {
 /// A packet from the underlay to this node's VTEP address and a published port: its flow,
 /// the service port it reaches, and the node's VTEP.
 #[inline(always)]
-fn published(
-    ctx: &TcContext,
-) -> Option<(
-    FlowKey,
-    overlay_common::ServiceKey,
-    overlay_common::VtepAddr,
-)> {
+fn published(ctx: &TcContext) -> Option<(FlowKey, ServiceKey, VtepAddr)> {
     let node = CONFIG.get(0)?;
     if vxlan::underlay_is_ipv6(node) {
         return None;
@@ -187,13 +181,18 @@ fn published(
     if t.dst != own {
         return None;
     }
+    Some((t, service_at(t.dport_be, t.proto)?, node.vtep))
+}
+
+/// The service port published on (`port_be`, `proto`), if any.
+#[inline(always)]
+fn service_at(port_be: u16, proto: u8) -> Option<ServiceKey> {
     let key = PublishedKey {
-        port_be: t.dport_be,
-        proto: t.proto,
+        port_be,
+        proto,
         _pad: 0,
     };
-    let service = *unsafe { PUBLISHED.get(key) }?;
-    Some((t, service, node.vtep))
+    unsafe { PUBLISHED.get(key) }.copied()
 }
 
 /// [`published`] for an IPv6 underlay's packet.
@@ -207,13 +206,7 @@ fn published6(ctx: &TcContext) -> Option<(FlowKey6, ServiceKey, VtepAddr)> {
     if t.dst != node.vtep {
         return None;
     }
-    let key = PublishedKey {
-        port_be: t.dport_be,
-        proto: t.proto,
-        _pad: 0,
-    };
-    let service = *unsafe { PUBLISHED.get(key) }?;
-    Some((t, service, node.vtep))
+    Some((t, service_at(t.dport_be, t.proto)?, node.vtep))
 }
 
 /// Flow `t`'s backend: the one it was given, or at its first packet (or the first since the
@@ -331,14 +324,13 @@ fn to_backend(ctx: &TcContext, t: &FlowKey, service: &ServiceKey, own_vtep: Vtep
     {
         return Next::Done(drop(Counter::DropAdjustFailed));
     }
+    // The flow as rewritten, the other way: what the backend's replies carry.
     let reply = FlowKey {
-        src: backend.ip,
-        dst: t.src,
-        sport_be: backend.port_be,
-        dport_be: t.sport_be,
-        proto: t.proto,
-        _pad: [0; 3],
-    };
+        dst: backend.ip,
+        dport_be: backend.port_be,
+        ..*t
+    }
+    .reversed();
     send_to(ctx, backend.vni, mac, place, t.dport_be, || {
         remember(&PUB_REPLY, &reply, own_vtep, t.dport_be)
     })
@@ -378,13 +370,11 @@ fn to_backend6(ctx: &TcContext, t: &FlowKey6, service: &ServiceKey, own_vtep: Vt
         return Next::Done(drop(Counter::DropAdjustFailed));
     }
     let reply = FlowKey6 {
-        src: ip6,
-        dst: t.src,
-        sport_be: backend.port_be,
-        dport_be: t.sport_be,
-        proto: t.proto,
-        _pad: [0; 3],
-    };
+        dst: ip6,
+        dport_be: backend.port_be,
+        ..*t
+    }
+    .reversed();
     send_to(ctx, backend.vni, mac, place, t.dport_be, || {
         remember(&PUB_REPLY6, &reply, own_vtep, t.dport_be)
     })
@@ -420,29 +410,13 @@ pub fn at_decap(ctx: &TcContext, off_inner: usize, inner: &InnerEth, source: Vte
             let Some(t) = tuple(ctx, off_inner + EthHdr::LEN) else {
                 return;
             };
-            let reply = FlowKey {
-                src: t.dst,
-                dst: t.src,
-                sport_be: t.dport_be,
-                dport_be: t.sport_be,
-                proto: t.proto,
-                _pad: [0; 3],
-            };
-            remember(&PUB_REPLY, &reply, source, port_be);
+            remember(&PUB_REPLY, &t.reversed(), source, port_be);
         }
         (wire::ETH_P_IPV6, true) => {
             let Some(t) = tuple6(ctx, off_inner + EthHdr::LEN) else {
                 return;
             };
-            let reply = FlowKey6 {
-                src: t.dst,
-                dst: t.src,
-                sport_be: t.dport_be,
-                dport_be: t.sport_be,
-                proto: t.proto,
-                _pad: [0; 3],
-            };
-            remember(&PUB_REPLY6, &reply, source, port_be);
+            remember(&PUB_REPLY6, &t.reversed(), source, port_be);
         }
         _ => {}
     }
