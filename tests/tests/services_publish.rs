@@ -142,6 +142,39 @@ impl Conn {
     }
 }
 
+/// Service web on blue, its TCP and UDP ports published, with backends b1 and b2 on hosts 1
+/// and 2 serving on `any`'s family; host 3 only serves the network (a container of its own).
+/// The backends' addresses.
+fn publish_web(d: &mut Deployment, any: &'static str) -> BTreeSet<Ipv4Addr> {
+    create_service(
+        d,
+        0,
+        &[
+            "web",
+            "--network",
+            "blue",
+            "--port",
+            &format!("{TCP_PORT}/tcp"),
+            "--port",
+            &format!("{UDP_PORT}/udp"),
+            "--publish",
+            &format!("{TCP_PUBLISHED}:{TCP_PORT}/tcp"),
+            "--publish",
+            &format!("{UDP_PUBLISHED}:{UDP_PORT}/udp"),
+        ],
+    );
+    let mut backends = BTreeSet::new();
+    for (host, name) in [(0, "b1"), (1, "b2")] {
+        let (i, ip) = d
+            .add_container_with(host, name, "blue", None, &["--service", "web"])
+            .unwrap();
+        serve(&d.container(i).name, ip, any);
+        backends.insert(ip);
+    }
+    d.add_container(2, "c3", "blue", None).unwrap();
+    backends
+}
+
 fn counter(d: &Deployment, host: usize, name: &str) -> u64 {
     d.hosts[host].counters().unwrap()[name]
 }
@@ -155,34 +188,7 @@ fn published_ports_reach_backends_on_every_host_with_the_client_address() {
     let mut d = Deployment::new("pub", &[true, true, true]).unwrap();
     blue(&d);
     let tcp_publish = format!("{TCP_PUBLISHED}:{TCP_PORT}/tcp");
-    let udp_publish = format!("{UDP_PUBLISHED}:{UDP_PORT}/udp");
-    create_service(
-        &d,
-        0,
-        &[
-            "web",
-            "--network",
-            "blue",
-            "--port",
-            &format!("{TCP_PORT}/tcp"),
-            "--port",
-            &format!("{UDP_PORT}/udp"),
-            "--publish",
-            &tcp_publish,
-            "--publish",
-            &udp_publish,
-        ],
-    );
-    // Backends on hosts 1 and 2; host 3 only serves the network (a container of its own).
-    let mut backends = BTreeSet::new();
-    for (host, name) in [(0, "b1"), (1, "b2")] {
-        let (i, ip) = d
-            .add_container_with(host, name, "blue", None, &["--service", "web"])
-            .unwrap();
-        serve(&d.container(i).name, ip, "0.0.0.0");
-        backends.insert(ip);
-    }
-    d.add_container(2, "c3", "blue", None).unwrap();
+    let mut backends = publish_web(&mut d, "0.0.0.0");
     let outside = plug_host(&d.wire, &overlay_tests::unique("pubo"), 200).unwrap();
 
     // What every node serves, as `maps published` shows it.
@@ -381,32 +387,7 @@ fn published_ports_over_an_ipv6_underlay() {
     let mut d = Deployment::ipv6_underlay("pub6", &[true, true, true], Underlay::Veth).unwrap();
     d.create_network_with("blue", "10.10.0.0/16", 42, &["--subnet6", "fd00:10::/64"])
         .unwrap();
-    create_service(
-        &d,
-        0,
-        &[
-            "web",
-            "--network",
-            "blue",
-            "--port",
-            &format!("{TCP_PORT}/tcp"),
-            "--port",
-            &format!("{UDP_PORT}/udp"),
-            "--publish",
-            &format!("{TCP_PUBLISHED}:{TCP_PORT}/tcp"),
-            "--publish",
-            &format!("{UDP_PUBLISHED}:{UDP_PORT}/udp"),
-        ],
-    );
-    let mut backends = BTreeSet::new();
-    for (host, name) in [(0, "b1"), (1, "b2")] {
-        let (i, ip) = d
-            .add_container_with(host, name, "blue", None, &["--service", "web"])
-            .unwrap();
-        serve(&d.container(i).name, ip, "::");
-        backends.insert(ip);
-    }
-    d.add_container(2, "c3", "blue", None).unwrap();
+    let backends = publish_web(&mut d, "::");
     let outside = plug_host(&d.wire, &overlay_tests::unique("pub6o"), 200).unwrap();
     add_vtep6(&outside, 200).unwrap();
     let client = vtep6(200);
