@@ -58,6 +58,16 @@ pub struct NodeStats {
 }
 
 impl NodeStats {
+    /// A session's end, either kind: no longer watching, its error kept, then a jittered
+    /// pause (as the agent's) before the next begins.
+    async fn session_ended(&self, why: Result<()>, name: &str) {
+        self.watching.store(false, Ordering::Relaxed);
+        if let Err(e) = why {
+            *self.last_error.lock().unwrap() = Some(format!("{e:#}"));
+        }
+        tokio::time::sleep(jittered(Duration::from_millis(400), name)).await;
+    }
+
     /// For an error message: where the node stands.
     pub fn brief(&self, name: &str) -> String {
         format!(
@@ -99,11 +109,7 @@ pub async fn run_full(
     loop {
         stats.sessions.fetch_add(1, Ordering::Relaxed);
         let why = full_session(&store, &name, vtep, &full, &mut writer, &stats).await;
-        stats.watching.store(false, Ordering::Relaxed);
-        if let Err(e) = why {
-            *stats.last_error.lock().unwrap() = Some(format!("{e:#}"));
-        }
-        tokio::time::sleep(jittered(Duration::from_millis(400), &name)).await;
+        stats.session_ended(why, &name).await;
     }
 }
 
@@ -210,11 +216,7 @@ pub async fn run_light(
     loop {
         stats.sessions.fetch_add(1, Ordering::Relaxed);
         let why = light_session(&store, &name, vtep, &mut revision, &stats).await;
-        stats.watching.store(false, Ordering::Relaxed);
-        if let Err(e) = why {
-            *stats.last_error.lock().unwrap() = Some(format!("{e:#}"));
-        }
-        tokio::time::sleep(jittered(Duration::from_millis(400), &name)).await;
+        stats.session_ended(why, &name).await;
     }
 }
 
