@@ -35,6 +35,8 @@ pub mod names {
     pub const MEMBERS: &str = "MEMBERS";
     pub const LB_TURN: &str = "LB_TURN";
     pub const LB_REVERSE: &str = "LB_REVERSE";
+    /// A balanced TCP socket's peer, kept in the socket itself (socket storage).
+    pub const LB_PEER: &str = "LB_PEER";
     /// Published ports (see [`crate::PublishedKey`]): which service each serves, the ingress
     /// node's flows and the backend's node's replies.
     pub const PUBLISHED: &str = "PUBLISHED";
@@ -53,6 +55,9 @@ pub enum MapKind {
     PerCpuArray,
     RingBuf,
     ProgArray,
+    /// Socket storage: one value per socket, kept in the socket and freed with it. Not
+    /// iterable; the loader pins it by path (`Dataplane::load_sized`), as it is a BTF map.
+    SkStorage,
 }
 
 /// One pinned map of the eBPF object (overlay-ebpf/src/maps.rs declares it): what the loader
@@ -85,7 +90,7 @@ impl MapSpec {
 }
 
 /// Every pinned map, in the order metrics and the inspection list them.
-pub const MAPS: [MapSpec; 29] = {
+pub const MAPS: [MapSpec; 30] = {
     use MapKind::*;
     [
         MapSpec::new(names::FDB, Hash, true, true),
@@ -112,6 +117,7 @@ pub const MAPS: [MapSpec; 29] = {
         MapSpec::new(names::MEMBERS, Hash, false, false),
         MapSpec::new(names::LB_TURN, LruHash, false, false),
         MapSpec::new(names::LB_REVERSE, LruHash, false, false),
+        MapSpec::new(names::LB_PEER, SkStorage, false, false),
         MapSpec::new(names::PUBLISHED, Hash, false, false),
         MapSpec::new(names::PUB_FLOWS, LruHash, false, false),
         MapSpec::new(names::PUB_REPLY, LruHash, false, false),
@@ -567,11 +573,24 @@ pub struct ReverseKey {
 /// LB_REVERSE value: the address the socket asked for, shown to it in place of the backend's
 /// (a UDP reply's source, `getpeername`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReverseEntry {
     pub vip: [u8; 4],
     pub port_be: u16,
     pub _pad: u16,
+}
+
+/// LB_PEER value, in a balanced TCP socket: the backend it was connected to and the address
+/// it asked for. A TCP socket has one peer, so one value per socket; `getpeername` shows
+/// `shown` only while the socket's peer is still `backend` (it may have connected elsewhere
+/// since).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub backend: [u8; 4],
+    pub backend_port_be: u16,
+    pub _pad: u16,
+    pub shown: ReverseEntry,
 }
 
 #[cfg(feature = "user")]
@@ -597,6 +616,7 @@ mod pod {
     unsafe impl aya::Pod for Members {}
     unsafe impl aya::Pod for ReverseKey {}
     unsafe impl aya::Pod for ReverseEntry {}
+    unsafe impl aya::Pod for PeerEntry {}
 }
 
 #[cfg(test)]

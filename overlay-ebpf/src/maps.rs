@@ -1,15 +1,16 @@
 //! The maps, as the agent fills them. Every map but SCRATCH is pinned (by name, under the node's bpffs
 //! directory the loader names), so the dataplane outlives the agent.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use overlay_common::{
     ArpEntry, Backend, BackendKey, BumWindow, Counter, DEFAULT_MAX_ENTRIES, Endpoint, FdbEntry,
     Flood, FlowBackend, FlowKey, FlowKey6, GroupKey, GroupVteps, IpKey, MAX_BACKENDS,
     MAX_CLUSTER_PORTS, MAX_GROUP_MEMBERSHIPS, MAX_PUBLISHED, MAX_PUBLISHED_FLOWS, MAX_REVERSE,
-    MAX_SERVICES, MacKey, Members, Network, NodeConfig, Published, PublishedKey, ReplyVia,
-    ReverseEntry, ReverseKey, Service, ServiceKey, VtepKey, jump,
+    MAX_SERVICES, MacKey, Members, Network, NodeConfig, PeerEntry, Published, PublishedKey,
+    ReplyVia, ReverseEntry, ReverseKey, Service, ServiceKey, VtepKey, jump,
     monitor::{MonitorCpu, MonitorCtl, RING_BYTES},
 };
 
@@ -125,11 +126,19 @@ pub static MEMBERS: HashMap<u64, Members> = HashMap::pinned(DEFAULT_MAX_ENTRIES,
 #[map]
 pub static LB_TURN: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_SERVICES, 0);
 
-/// (socket cookie, backend) -> the virtual IP and port the socket asked for: what a UDP
-/// reply's source and `getpeername` show. LRU, and no timer: an entry goes only when the map
-/// is full and it is the least recently used (each datagram sent refreshes it).
+/// A UDP socket's (cookie, backend) -> the virtual IP and port the socket asked for: what a
+/// reply's source and `getpeername` show. Keyed by backend, as one unconnected socket's
+/// datagrams go to several. LRU, and no timer: an entry goes only when the map is full and it
+/// is the least recently used (each datagram sent refreshes it).
 #[map]
 pub static LB_REVERSE: LruHashMap<ReverseKey, ReverseEntry> = LruHashMap::pinned(MAX_REVERSE, 0);
+
+/// A balanced TCP socket's backend and the address it asked for (what `getpeername` shows),
+/// in the socket's own storage: made at connect, freed by the kernel with the socket. So a
+/// TCP connection costs no shared map entry, nothing is ever evicted, and nothing outlives the
+/// socket. A BTF map: the loader pins it by path (dataplane/mod.rs).
+#[btf_map]
+pub static LB_PEER: SkStorage<PeerEntry> = SkStorage::new();
 
 /// (protocol, port) -> the service port a published port of every node's underlay address
 /// reaches (the agent, from the services' `publish`).

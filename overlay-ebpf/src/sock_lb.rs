@@ -1,9 +1,10 @@
 //! The socket hooks at the cgroup v2 root: a container's connect() or datagram to a service's
 //! virtual IP goes to one of its backends, rewritten once in the socket's address before any
 //! packet exists (Cilium's `bpf_sock.c`). So no packet is translated and no connection is
-//! tracked: a TCP connection holds no state of ours at all and stays with its backend for its
-//! whole life, idle or not. What is kept is LB_REVERSE, per balanced socket, only to show the
-//! socket the address it asked for (a UDP reply's source, getpeername); it has no timer.
+//! tracked: a TCP connection holds no state of ours that could end it and stays with its
+//! backend for its whole life, idle or not. What is kept only shows the socket the address it
+//! asked for (getpeername, a UDP reply's source), and has no timer: for TCP, LB_PEER in the
+//! socket itself, freed with it; for UDP, LB_REVERSE per (socket, backend).
 //!
 //! - `connect4`: TCP and connected UDP: the destination becomes a backend.
 //! - `sendmsg4`: unconnected UDP: each datagram's destination becomes a backend.
@@ -15,11 +16,13 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use overlay_common::{Counter, ReverseEntry, ReverseKey, monitor::SockLbRecord};
+use overlay_common::{
+    Counter, PeerEntry, ReverseEntry, ReverseKey, monitor::SockLbRecord, proto as ipproto,
+};
 
 use crate::{
     lb::{Lookup, balance, balance6},
-    maps::LB_REVERSE,
+    maps::{LB_PEER, LB_REVERSE},
     monitor,
     stats::count,
 };
@@ -133,20 +136,12 @@ fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, pr
         Lookup::NotOurs => ALLOW,
         Lookup::Backend(b) => {
             unsafe { (*sa).user_port = u32::from(b.port_be) };
-            let key = ReverseKey {
-                cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
-                ip: b.ip,
-                port_be: b.port_be,
-                _pad: 0,
-            };
             let shown = ReverseEntry {
                 vip: ip,
                 port_be,
                 _pad: 0,
             };
-            // A full map evicts the least recently used socket's entry: that socket's replies
-            // then show the backend's address; its connection itself is unaffected.
-            let _ = LB_REVERSE.insert(key, shown, 0);
+            remember(ctx, proto, b.ip, b.port_be, shown);
             count(Counter::LbBalanced);
             monitor::socket(
                 Counter::LbBalanced,
@@ -161,6 +156,57 @@ fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, pr
             REJECT
         }
     }
+}
+
+/// What the socket is to be shown in place of its backend `ip:port_be`. A TCP socket has one
+/// peer: it goes in the socket's own storage (made zeroed, then filled: a socket connecting
+/// again is given its new peer). A UDP socket may send to several backends: an LRU entry per
+/// (socket, backend), of which a full map evicts the least recently used (that socket's
+/// replies then show the backend's address; nothing else changes).
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, proto: u8, ip: [u8; 4], port_be: u16, shown: ReverseEntry) {
+    if proto == ipproto::TCP {
+        let peer = unsafe { LB_PEER.get_or_insert_ptr_mut(ctx, None) };
+        if !peer.is_null() {
+            unsafe {
+                *peer = PeerEntry {
+                    backend: ip,
+                    backend_port_be: port_be,
+                    _pad: 0,
+                    shown,
+                }
+            };
+        }
+        return;
+    }
+    let key = ReverseKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        ip,
+        port_be,
+        _pad: 0,
+    };
+    let _ = LB_REVERSE.insert(key, shown, 0);
+}
+
+/// What a socket whose peer is `ip:port_be` is shown instead, if it was balanced there.
+#[inline(always)]
+fn shown(ctx: &SockAddrContext, ip: [u8; 4], port_be: u16) -> Option<ReverseEntry> {
+    let proto = unsafe { (*ctx.sock_addr).protocol as u8 };
+    if proto == ipproto::TCP {
+        let peer = unsafe { LB_PEER.get_ptr_mut(ctx) };
+        if peer.is_null() {
+            return None;
+        }
+        let peer = unsafe { *peer };
+        return (peer.backend == ip && peer.backend_port_be == port_be).then_some(peer.shown);
+    }
+    let key = ReverseKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+        ip,
+        port_be,
+        _pad: 0,
+    };
+    LB_REVERSE.get_ptr(key).map(|e| unsafe { *e })
 }
 
 /// What the monitor is shown of an IPv4 decision.
@@ -184,36 +230,29 @@ fn record(
     r
 }
 
+/// getpeername or recvmsg of an IPv6 socket: its backend's address shown as the VIP (only
+/// the last 32 bits differ, see `translate6`).
 #[inline(always)]
 fn reverse6(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    let key = ReverseKey {
-        cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
-        ip: unsafe { (*sa).user_ip6[3].to_ne_bytes() },
-        port_be: unsafe { (*sa).user_port as u16 },
-        _pad: 0,
-    };
-    if let Some(shown) = LB_REVERSE.get_ptr(key) {
+    let (ip, port_be) = unsafe { ((*sa).user_ip6[3].to_ne_bytes(), (*sa).user_port as u16) };
+    if let Some(shown) = shown(ctx, ip, port_be) {
         unsafe {
-            (*sa).user_ip6[3] = u32::from_ne_bytes((*shown).vip);
-            (*sa).user_port = u32::from((*shown).port_be);
+            (*sa).user_ip6[3] = u32::from_ne_bytes(shown.vip);
+            (*sa).user_port = u32::from(shown.port_be);
         }
     }
 }
 
+/// getpeername or recvmsg of an IPv4 socket: its backend's address shown as the VIP.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
-    let key = ReverseKey {
-        cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
-        ip: unsafe { (*sa).user_ip4.to_ne_bytes() },
-        port_be: unsafe { (*sa).user_port as u16 },
-        _pad: 0,
-    };
-    if let Some(shown) = LB_REVERSE.get_ptr(key) {
+    let (ip, port_be) = unsafe { ((*sa).user_ip4.to_ne_bytes(), (*sa).user_port as u16) };
+    if let Some(shown) = shown(ctx, ip, port_be) {
         unsafe {
-            (*sa).user_ip4 = u32::from_ne_bytes((*shown).vip);
-            (*sa).user_port = u32::from((*shown).port_be);
+            (*sa).user_ip4 = u32::from_ne_bytes(shown.vip);
+            (*sa).user_port = u32::from(shown.port_be);
         }
     }
 }

@@ -619,19 +619,30 @@ fn iperf(ns: &str, to: SocketAddr, seconds: u32) -> Result<f64> {
 }
 
 /// The whole benchmark: `rounds` rounds, each measuring every metric in every mode in a
-/// rotating order; medians and ratios to `out`/services.md, the raw runs to services.json.
-/// Returns the table.
-pub fn run(rounds: u32, seconds: u32, out: &std::path::Path) -> Result<String> {
+/// rotating order (only the metrics whose keys `only` names, if any); medians and ratios to
+/// `out`/services.md, the raw runs to services.json. Returns the table.
+pub fn run(rounds: u32, seconds: u32, only: &[String], out: &std::path::Path) -> Result<String> {
     use std::collections::BTreeMap;
+    let metrics: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| only.is_empty() || only.iter().any(|k| k == m.key()))
+        .collect();
+    if metrics.is_empty() {
+        bail!(
+            "no such metric among {:?}: {}",
+            only,
+            Metric::ALL.map(Metric::key).join(", ")
+        );
+    }
     let bed = Bed::new()?;
     let mut runs: BTreeMap<(Metric, Mode), Vec<f64>> = BTreeMap::new();
     let mut raw = Vec::new();
     let balanced_before = bed.balanced();
     let load_before = loadavg();
-    let total = rounds as usize * Metric::ALL.len() * Mode::ALL.len();
+    let total = rounds as usize * metrics.len() * Mode::ALL.len();
     let mut done = 0;
     for round in 0..rounds as usize {
-        for metric in Metric::ALL {
+        for &metric in &metrics {
             for i in 0..Mode::ALL.len() {
                 let mode = Mode::ALL[(i + round) % Mode::ALL.len()];
                 done += 1;
@@ -661,7 +672,7 @@ pub fn run(rounds: u32, seconds: u32, out: &std::path::Path) -> Result<String> {
         "| metric | straight to the backends | VIP (ours) | kube-proxy nftables | ours vs nftables | ours vs direct | target |\n|---|---|---|---|---|---|---|\n",
     );
     let mut verdicts = Vec::new();
-    for metric in Metric::ALL {
+    for &metric in &metrics {
         let (d, v, n) = (
             med(metric, Mode::Direct),
             med(metric, Mode::Vip),

@@ -67,6 +67,10 @@ enum Command {
         /// rate, latency, throughput); writes services.md, services.json.
         #[arg(long)]
         services: bool,
+        /// With --services: only this metric (conn_rate, conn_rate_parallel, latency, tcp;
+        /// repeatable), to measure one change quickly.
+        #[arg(long = "metric", requires = "services")]
+        metrics: Vec<String>,
         /// Instead: one agent's control plane with this many endpoints (convergence time,
         /// peak memory, then 1,000 changes/s for 30 s and their etcd-to-map lag).
         #[arg(long)]
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
             ipv6_underlay,
             replication,
             services,
+            metrics,
             agent_scale,
             scale,
             nodes,
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
             &underlay,
             seconds,
             [xdp_decap, monitor, ipv6_underlay, replication, services],
+            &metrics,
             agent_scale,
             scale.then_some(Scale {
                 nodes,
@@ -267,6 +273,7 @@ fn bench(
     underlay: &str,
     seconds: u32,
     [xdp_decap, monitor, ipv6_underlay, replication, services]: [bool; 5],
+    metrics: &[String],
     agent_scale: Option<u32>,
     scale: Option<Scale>,
 ) -> Result<()> {
@@ -307,6 +314,9 @@ fn bench(
     }
     if services {
         args.push("--services");
+    }
+    for m in metrics {
+        args.extend(["--metric", m]);
     }
     let endpoints = agent_scale.map(|n| n.to_string());
     if let Some(n) = &endpoints {

@@ -71,6 +71,7 @@ where
         MapKind::PerCpuArray => Map::PerCpuArray(data),
         MapKind::RingBuf => Map::RingBuf(data),
         MapKind::ProgArray => Map::ProgramArray(data),
+        MapKind::SkStorage => Map::SkStorage(data),
     };
     T::try_from(map).map_err(|e| anyhow!("map {name} at {}: {e}", path.display()))
 }

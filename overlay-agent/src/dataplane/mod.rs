@@ -51,7 +51,10 @@ impl Dataplane {
         for map in overlay_common::maps::per_endpoint() {
             loader.map_max_entries(map.name, max_entries);
         }
+        // BTF maps carry no pinning of their own: pinned (and reused) by path, as the others
+        // are by name.
         let mut ebpf = loader
+            .map_pin_path(names::LB_PEER, pins.map(names::LB_PEER))
             .default_map_pin_directory(pins.maps())
             .load(OBJECT)
             .with_context(|| {
@@ -351,7 +354,7 @@ mod tests {
         generated::bpf_map_type::{self, *},
         maps::PinningType,
     };
-    use overlay_common::{MAPS, MapKind};
+    use overlay_common::{MAPS, MapKind, names};
 
     #[test]
     fn the_cgroup2_root_is_read_from_the_mount_table() {
@@ -383,7 +386,7 @@ mod tests {
         let pinned: BTreeMap<&str, u32> = object
             .maps
             .iter()
-            .filter(|(_, m)| m.pinning() == PinningType::ByName)
+            .filter(|(name, m)| m.pinning() == PinningType::ByName || *name == names::LB_PEER)
             .map(|(name, m)| (name.as_str(), m.map_type()))
             .collect();
         let listed: BTreeMap<&str, u32> = MAPS
@@ -396,6 +399,7 @@ mod tests {
                     MapKind::PerCpuArray => BPF_MAP_TYPE_PERCPU_ARRAY,
                     MapKind::RingBuf => BPF_MAP_TYPE_RINGBUF,
                     MapKind::ProgArray => BPF_MAP_TYPE_PROG_ARRAY,
+                    MapKind::SkStorage => BPF_MAP_TYPE_SK_STORAGE,
                 };
                 (m.name, kind as u32)
             })

@@ -69,6 +69,10 @@ struct Args {
     /// (connection rate, latency, throughput); writes services.md and services.json.
     #[arg(long)]
     services: bool,
+    /// With --services: only these metrics (conn_rate, conn_rate_parallel, latency, tcp;
+    /// repeatable), e.g. to measure one change quickly.
+    #[arg(long = "metric", requires = "services")]
+    metrics: Vec<String>,
     /// Only the per-program microbenchmark (no namespaces, a few seconds).
     #[arg(long)]
     micro_only: bool,
@@ -158,7 +162,8 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     if args.services {
-        let table = overlay_tests::service_bench::run(args.rounds, args.seconds, &args.out)?;
+        let table =
+            overlay_tests::service_bench::run(args.rounds, args.seconds, &args.metrics, &args.out)?;
         println!("{table}");
         return Ok(());
     }
