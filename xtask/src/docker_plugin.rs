@@ -173,8 +173,10 @@ mod tests {
             serde_json::json!(["docker.networkdriver/1.0", "docker.ipamdriver/1.0"])
         );
         assert_eq!(config["network"]["type"], "host");
-        let agent =
-            fs::read_to_string(util::workspace_root().join("overlay-agent/src/main.rs")).unwrap();
+        let agent = fs::read_to_string(
+            util::workspace_root().join("overlay-agent/src/bin/overlay-agent/args.rs"),
+        )
+        .unwrap();
         for env in config["env"].as_array().unwrap() {
             let name = env["name"].as_str().unwrap();
             assert!(
