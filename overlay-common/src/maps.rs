@@ -35,7 +35,7 @@ pub mod names {
     pub const MEMBERS: &str = "MEMBERS";
     pub const LB_TURN: &str = "LB_TURN";
     pub const LB_REVERSE: &str = "LB_REVERSE";
-    /// A balanced TCP socket's peer, kept in the socket itself (socket storage).
+    /// A connected socket's balanced peer, kept in the socket itself (socket storage).
     pub const LB_PEER: &str = "LB_PEER";
     /// Published ports (see [`crate::PublishedKey`]): which service each serves, the ingress
     /// node's flows and the backend's node's replies.
@@ -580,8 +580,9 @@ pub struct ReverseEntry {
     pub _pad: u16,
 }
 
-/// LB_PEER value, in a balanced TCP socket: the backend it was connected to and the address
-/// it asked for. A TCP socket has one peer, so one value per socket; `getpeername` shows
+/// LB_PEER value, in a socket balanced at connect() (TCP, connected UDP): the backend it was
+/// connected to and the address it asked for. A connected socket has one peer, so one value
+/// per socket; `getpeername` shows
 /// `shown` only while the socket's peer is still `backend` (it may have connected elsewhere
 /// since).
 #[repr(C)]

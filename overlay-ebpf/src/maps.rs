@@ -126,16 +126,16 @@ pub static MEMBERS: HashMap<u64, Members> = HashMap::pinned(DEFAULT_MAX_ENTRIES,
 #[map]
 pub static LB_TURN: LruHashMap<u32, u32> = LruHashMap::pinned(MAX_SERVICES, 0);
 
-/// A UDP socket's (cookie, backend) -> the virtual IP and port the socket asked for: what a
-/// reply's source and `getpeername` show. Keyed by backend, as one unconnected socket's
-/// datagrams go to several. LRU, and no timer: an entry goes only when the map is full and it
+/// An unconnected UDP socket's (cookie, backend) -> the virtual IP and port the socket sent
+/// to: what a reply's source shows. Keyed by backend, as one such socket's datagrams go to
+/// several. LRU, and no timer: an entry goes only when the map is full and it
 /// is the least recently used (each datagram sent refreshes it).
 #[map]
 pub static LB_REVERSE: LruHashMap<ReverseKey, ReverseEntry> = LruHashMap::pinned(MAX_REVERSE, 0);
 
-/// A balanced TCP socket's backend and the address it asked for (what `getpeername` shows),
-/// in the socket's own storage: made at connect, freed by the kernel with the socket. So a
-/// TCP connection costs no shared map entry, nothing is ever evicted, and nothing outlives the
+/// A socket balanced at connect() (TCP, connected UDP): its backend and the address it asked
+/// for (what `getpeername` and a reply's source show), in the socket's own storage, freed by
+/// the kernel with the socket. So a connection costs no shared map entry, nothing is ever evicted, and nothing outlives the
 /// socket. A BTF map: the loader pins it by path (dataplane/mod.rs).
 #[btf_map]
 pub static LB_PEER: SkStorage<PeerEntry> = SkStorage::new();

@@ -3,8 +3,9 @@
 //! packet exists (Cilium's `bpf_sock.c`). So no packet is translated and no connection is
 //! tracked: a TCP connection holds no state of ours that could end it and stays with its
 //! backend for its whole life, idle or not. What is kept only shows the socket the address it
-//! asked for (getpeername, a UDP reply's source), and has no timer: for TCP, LB_PEER in the
-//! socket itself, freed with it; for UDP, LB_REVERSE per (socket, backend).
+//! asked for (getpeername, a UDP reply's source), and has no timer: for a socket balanced at
+//! connect() (TCP, connected UDP), LB_PEER in the socket itself, freed with it; for an
+//! unconnected UDP socket's datagrams, LB_REVERSE per (socket, backend).
 //!
 //! - `connect4`: TCP and connected UDP: the destination becomes a backend.
 //! - `sendmsg4`: unconnected UDP: each datagram's destination becomes a backend.
@@ -35,13 +36,13 @@ const ECONNREFUSED: i32 = 111;
 
 /// connect() of a TCP or UDP socket.
 pub fn connect4(ctx: &SockAddrContext) -> i32 {
-    translate(ctx)
+    translate(ctx, Call::Connect)
 }
 
 /// sendmsg() with a destination on an unconnected UDP socket: every datagram is balanced on
 /// its own (a DNS-like request and its reply are one datagram each).
 pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
-    translate(ctx)
+    translate(ctx, Call::Sendmsg)
 }
 
 /// recvmsg() on a UDP socket: the source of a backend's reply shown as the service's.
@@ -58,12 +59,12 @@ pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
 
 /// connect() of a TCP or UDP socket to an IPv6 address (a dual-stack network's VIP).
 pub fn connect6(ctx: &SockAddrContext) -> i32 {
-    translate6(ctx)
+    translate6(ctx, Call::Connect)
 }
 
 /// sendmsg() with an IPv6 destination on an unconnected UDP socket.
 pub fn sendmsg6(ctx: &SockAddrContext) -> i32 {
-    translate6(ctx)
+    translate6(ctx, Call::Sendmsg)
 }
 
 /// recvmsg() on an IPv6 UDP socket.
@@ -78,8 +79,17 @@ pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Which call a destination is balanced for: `connect()` gives the socket its one peer (TCP,
+/// or connected UDP); `sendmsg()` one datagram, of an unconnected socket that may send the
+/// next elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Connect,
+    Sendmsg,
+}
+
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) -> i32 {
+fn translate(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
     let (ip, port_be, proto) = unsafe {
         (
@@ -93,13 +103,13 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     if let Lookup::Backend(b) = &lookup {
         unsafe { (*sa).user_ip4 = u32::from_ne_bytes(b.ip) };
     }
-    conclude(ctx, lookup, ip, port_be, proto)
+    conclude(ctx, call, lookup, ip, port_be, proto)
 }
 
 /// IPv6: the VIP and the backend share their network's prefix (lb.rs, `balance6`), so only
 /// the address's last 32 bits, the IPv4 part, change; LB_REVERSE is keyed by those too.
 #[inline(always)]
-fn translate6(ctx: &SockAddrContext) -> i32 {
+fn translate6(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
     let (words, port_be, proto) = unsafe {
         (
@@ -122,7 +132,7 @@ fn translate6(ctx: &SockAddrContext) -> i32 {
     if let Lookup::Backend(b) = &lookup {
         unsafe { (*sa).user_ip6[3] = u32::from_ne_bytes(b.ip) };
     }
-    conclude(ctx, lookup, words[3].to_ne_bytes(), port_be, proto)
+    conclude(ctx, call, lookup, words[3].to_ne_bytes(), port_be, proto)
 }
 
 /// What a balanced socket call comes to, its address already rewritten to the backend's
@@ -130,7 +140,14 @@ fn translate6(ctx: &SockAddrContext) -> i32 {
 /// An IPv6 decision is shown to the monitor by its IPv4 VIP and backend, from which the IPv6
 /// addresses derive.
 #[inline(always)]
-fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, proto: u8) -> i32 {
+fn conclude(
+    ctx: &SockAddrContext,
+    call: Call,
+    lookup: Lookup,
+    ip: [u8; 4],
+    port_be: u16,
+    proto: u8,
+) -> i32 {
     let sa = ctx.sock_addr;
     match lookup {
         Lookup::NotOurs => ALLOW,
@@ -141,7 +158,7 @@ fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, pr
                 port_be,
                 _pad: 0,
             };
-            remember(ctx, proto, b.ip, b.port_be, shown);
+            remember(ctx, call, b.ip, b.port_be, shown);
             count(Counter::LbBalanced);
             monitor::socket(
                 Counter::LbBalanced,
@@ -158,14 +175,15 @@ fn conclude(ctx: &SockAddrContext, lookup: Lookup, ip: [u8; 4], port_be: u16, pr
     }
 }
 
-/// What the socket is to be shown in place of its backend `ip:port_be`. A TCP socket has one
-/// peer: it goes in the socket's own storage (made zeroed, then filled: a socket connecting
-/// again is given its new peer). A UDP socket may send to several backends: an LRU entry per
-/// (socket, backend), of which a full map evicts the least recently used (that socket's
-/// replies then show the backend's address; nothing else changes).
+/// What the socket is to be shown in place of its backend `ip:port_be`. A socket balanced at
+/// `connect()` (TCP, connected UDP) has one peer: it goes in the socket's own storage (made
+/// zeroed, then filled: a socket connecting again is given its new peer). An unconnected UDP
+/// socket may send to several backends: an LRU entry per (socket, backend), of which a full
+/// map evicts the least recently used (that socket's replies then show the backend's address;
+/// nothing else changes).
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, proto: u8, ip: [u8; 4], port_be: u16, shown: ReverseEntry) {
-    if proto == ipproto::TCP {
+fn remember(ctx: &SockAddrContext, call: Call, ip: [u8; 4], port_be: u16, shown: ReverseEntry) {
+    if call == Call::Connect {
         let peer = unsafe { LB_PEER.get_or_insert_ptr_mut(ctx, None) };
         if !peer.is_null() {
             unsafe {
@@ -188,17 +206,19 @@ fn remember(ctx: &SockAddrContext, proto: u8, ip: [u8; 4], port_be: u16, shown: 
     let _ = LB_REVERSE.insert(key, shown, 0);
 }
 
-/// What a socket whose peer is `ip:port_be` is shown instead, if it was balanced there.
+/// What a socket whose peer (or a datagram's source) is `ip:port_be` is shown instead, if it
+/// was balanced there: its connected peer, else (UDP) the datagrams it sent there.
 #[inline(always)]
 fn shown(ctx: &SockAddrContext, ip: [u8; 4], port_be: u16) -> Option<ReverseEntry> {
-    let proto = unsafe { (*ctx.sock_addr).protocol as u8 };
-    if proto == ipproto::TCP {
-        let peer = unsafe { LB_PEER.get_ptr_mut(ctx) };
-        if peer.is_null() {
-            return None;
-        }
+    let peer = unsafe { LB_PEER.get_ptr_mut(ctx) };
+    if !peer.is_null() {
         let peer = unsafe { *peer };
-        return (peer.backend == ip && peer.backend_port_be == port_be).then_some(peer.shown);
+        if peer.backend == ip && peer.backend_port_be == port_be {
+            return Some(peer.shown);
+        }
+    }
+    if unsafe { (*ctx.sock_addr).protocol as u8 } != ipproto::UDP {
+        return None;
     }
     let key = ReverseKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },

@@ -253,6 +253,44 @@ fn a_vip_spreads_sticks_keeps_the_source_and_follows_etcd() {
         answered_by.insert(backend.clone());
     }
     assert!(answered_by.len() >= 3, "datagrams spread: {replies:?}");
+
+    // Connected UDP (what a DNS client does): one backend for the socket's life, its replies
+    // from the VIP, its peer the VIP; each new socket the next backend.
+    let connected = overlay_tests::netns::enter(&clients[1].0, || {
+        (0..4)
+            .map(|_| {
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                sock.connect(udp).unwrap();
+                let peer = sock.peer_addr().unwrap();
+                let answers: Vec<(String, SocketAddr)> = (0..3)
+                    .map(|_| {
+                        sock.send(b"q").unwrap();
+                        let mut buf = [0u8; 64];
+                        let (n, from) = sock.recv_from(&mut buf).unwrap();
+                        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+                    })
+                    .collect();
+                (peer, answers)
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut sockets_answered_by = std::collections::BTreeSet::new();
+    for (peer, answers) in &connected {
+        assert_eq!(*peer, udp, "a connected socket's peer is the VIP");
+        for (backend, from) in answers {
+            assert_eq!(*from, udp, "the reply comes from the VIP: {connected:?}");
+            assert_eq!(
+                backend, &answers[0].0,
+                "one backend per socket: {connected:?}"
+            );
+        }
+        sockets_answered_by.insert(answers[0].0.clone());
+    }
+    assert!(
+        sockets_answered_by.len() >= 3,
+        "sockets spread: {connected:?}"
+    );
 }
 
 #[test]

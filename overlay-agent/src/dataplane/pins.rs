@@ -26,7 +26,7 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/overlay";
 /// BACKENDS, MEMBERS, LB_TURN, LB_REVERSE), two more counters (lb_balanced, lb_no_backend).
 /// v11: published ports (PUBLISHED, PUB_FLOWS, PUB_REPLY), three more counters (published_in,
 /// published_reply, published_no_backend). v12: published ports on IPv6 underlays (PUB_FLOWS6,
-/// PUB_REPLY6). v13: a balanced TCP socket's peer in socket storage (LB_PEER), not LB_REVERSE.
+/// PUB_REPLY6). v13: a connected socket's balanced peer in socket storage (LB_PEER), not LB_REVERSE.
 pub const LAYOUT_VERSION: u32 = 13;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
