@@ -43,6 +43,8 @@ pub const VNI: u32 = 42;
 /// 4 million addresses: room for every endpoint and probe of any point.
 pub const SUBNET: &str = "10.64.0.0/10";
 const PROXY_PORT: u16 = 23790;
+/// How long a point sits idle while its CPU is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EtcdKind {
@@ -99,6 +101,11 @@ pub struct Point {
     pub etcd_rss_bytes: u64,
     pub etcd_cpu_s: f64,
     pub etcd_db_bytes: u64,
+    /// etcd's CPU while every node sat idle (watching, keeping its lease alive, nothing
+    /// written), in percent of one core: what the nodes cost it just by being there.
+    pub idle_etcd_cpu_pct: f64,
+    /// This process's CPU over the same window (every simulated node's idle work).
+    pub idle_nodes_cpu_pct: f64,
 }
 
 impl Point {
@@ -115,6 +122,8 @@ impl Point {
             "light_bytes_per_node": self.light_bytes_per_node,
             "etcd_rss_bytes": self.etcd_rss_bytes, "etcd_cpu_s": self.etcd_cpu_s,
             "etcd_db_bytes": self.etcd_db_bytes,
+            "idle_etcd_cpu_pct": self.idle_etcd_cpu_pct,
+            "idle_nodes_cpu_pct": self.idle_nodes_cpu_pct,
         })
     }
 }
@@ -589,6 +598,19 @@ impl Bed {
         Ok(())
     }
 
+    /// etcd's and this process's CPU over `window` in which nothing is written, in percent of
+    /// one core.
+    pub fn idle_cpu(&self, window: Duration) -> (f64, f64) {
+        let own = std::process::id();
+        let (etcd0, own0, t0) = (self.etcd_cpu_s(), cpu_seconds(own), Instant::now());
+        std::thread::sleep(window);
+        let secs = t0.elapsed().as_secs_f64();
+        (
+            (self.etcd_cpu_s() - etcd0) / secs * 100.0,
+            (cpu_seconds(own) - own0) / secs * 100.0,
+        )
+    }
+
     pub fn etcd_rss_bytes(&self) -> u64 {
         self.d
             .etcd
@@ -659,6 +681,11 @@ pub fn run(opts: Options) -> Result<Point> {
         p.full_start_s
     );
     bed.check_desired()?;
+    (p.idle_etcd_cpu_pct, p.idle_nodes_cpu_pct) = bed.idle_cpu(IDLE_WINDOW);
+    eprintln!(
+        "   idle for {IDLE_WINDOW:?}: etcd {:.0}% of a core, the nodes {:.0}%",
+        p.idle_etcd_cpu_pct, p.idle_nodes_cpu_pct
+    );
     let (all, full, missing) = bed.probe(opts.probes)?;
     p.latency_p50_ms = percentile(&all, 0.5);
     p.latency_p99_ms = percentile(&all, 0.99);

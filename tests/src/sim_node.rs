@@ -164,6 +164,8 @@ async fn full_session(
                     msg = watch.message() => match msg {
                         Ok(resp) => resp,
                         Err(_) => {
+                            // As the agent's session: dark since the member was last heard.
+                            heard = heard.max(watch.heard());
                             stats.watching.store(false, Ordering::Relaxed);
                             pause = Duration::from_millis(100);
                             continue 'rewatch;

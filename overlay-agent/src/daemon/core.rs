@@ -21,9 +21,10 @@ use crate::{
     store::{EventType, KeyValue, WatchResponse, schema::Keys},
 };
 
-/// How long a watch may go without hearing from etcd and still resume where it was: well
-/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
-/// under what stopping every member and restoring them takes. Darker for longer: relist.
+/// How long a watch may go without hearing from etcd and still resume where it was: over
+/// what moving off a failed member takes (store::watch's QUIET, SILENCE and ticks: 5.5 s at
+/// most; a try's deadline), well under what stopping every member and restoring them takes.
+/// Darker for longer: relist.
 pub const DARK: std::time::Duration = std::time::Duration::from_secs(6);
 
 pub struct ControlPlane {

@@ -90,6 +90,8 @@ async fn keep_alive(
             let why = match answer {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
                     renewed = Instant::now();
+                    // Proof of life for the watch on the same member (store::watch).
+                    store.member_heard(on.member);
                     metrics.lease_renewed(r.ttl());
                     break;
                 }
