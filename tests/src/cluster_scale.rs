@@ -326,12 +326,24 @@ impl Bed {
         Ok((revision, started.elapsed()))
     }
 
-    /// A node's own client, with the agent's bound on a request (half its lease TTL).
+    /// A node's own client, with the agent's bound on a request (half its lease TTL); an
+    /// etcd too busy to answer within it is asked again, as an agent starting would.
     fn node_store(&self) -> Result<Store> {
-        self.block(Store::connect_within(
-            &Etcd::plain(&self.endpoints, "/overlay"),
-            Duration::from_millis(sim_node::TTL as u64 * 500),
-        ))
+        let mut tries = 0;
+        loop {
+            let connected = self.block(Store::connect_within(
+                &Etcd::plain(&self.endpoints, "/overlay"),
+                Duration::from_millis(sim_node::TTL as u64 * 500),
+            ));
+            tries += 1;
+            match connected {
+                Err(e) if tries < 10 => {
+                    eprintln!("   {e:#}; connecting again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts the light nodes (all but the first `full`), watching from now on; when every
@@ -339,7 +351,6 @@ impl Bed {
     pub fn start_light(&mut self) -> Result<(Duration, f64)> {
         let before = rss_bytes("self");
         let started = Instant::now();
-        let from = self.block(self.admin.history())?.revision + 1;
         for i in self.opts.full..self.opts.nodes {
             let store = self.node_store()?;
             let stats = Arc::new(NodeStats::default());
@@ -349,7 +360,6 @@ impl Bed {
                     store,
                     name.clone(),
                     sim_vtep(i),
-                    from,
                     stats.clone(),
                 ))
             });
