@@ -107,6 +107,11 @@ impl Members {
         &self.list
     }
 
+    /// How many members this client knows.
+    pub fn count(&self) -> usize {
+        self.members.len()
+    }
+
     pub fn url(&self, member: usize) -> &str {
         &self.members[member].url
     }

@@ -331,6 +331,11 @@ impl Store {
         self.members.note_heard(member);
     }
 
+    /// How many etcd members this client was given.
+    pub fn member_count(&self) -> usize {
+        self.members.count()
+    }
+
     /// The URL of member `member`.
     pub fn member_url(&self, member: usize) -> &str {
         self.members.url(member)
