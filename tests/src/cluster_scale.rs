@@ -43,6 +43,8 @@ pub const VNI: u32 = 42;
 /// 4 million addresses: room for every endpoint and probe of any point.
 pub const SUBNET: &str = "10.64.0.0/10";
 const PROXY_PORT: u16 = 23790;
+/// How long a point sits idle while its CPU is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EtcdKind {
@@ -99,6 +101,11 @@ pub struct Point {
     pub etcd_rss_bytes: u64,
     pub etcd_cpu_s: f64,
     pub etcd_db_bytes: u64,
+    /// etcd's CPU while every node sat idle (watching, keeping its lease alive, nothing
+    /// written), in percent of one core: what the nodes cost it just by being there.
+    pub idle_etcd_cpu_pct: f64,
+    /// This process's CPU over the same window (every simulated node's idle work).
+    pub idle_nodes_cpu_pct: f64,
 }
 
 impl Point {
@@ -115,6 +122,8 @@ impl Point {
             "light_bytes_per_node": self.light_bytes_per_node,
             "etcd_rss_bytes": self.etcd_rss_bytes, "etcd_cpu_s": self.etcd_cpu_s,
             "etcd_db_bytes": self.etcd_db_bytes,
+            "idle_etcd_cpu_pct": self.idle_etcd_cpu_pct,
+            "idle_nodes_cpu_pct": self.idle_nodes_cpu_pct,
         })
     }
 }
@@ -317,12 +326,24 @@ impl Bed {
         Ok((revision, started.elapsed()))
     }
 
-    /// A node's own client, with the agent's bound on a request (half its lease TTL).
+    /// A node's own client, with the agent's bound on a request (half its lease TTL); an
+    /// etcd too busy to answer within it is asked again, as an agent starting would.
     fn node_store(&self) -> Result<Store> {
-        self.block(Store::connect_within(
-            &Etcd::plain(&self.endpoints, "/overlay"),
-            Duration::from_millis(sim_node::TTL as u64 * 500),
-        ))
+        let mut tries = 0;
+        loop {
+            let connected = self.block(Store::connect_within(
+                &Etcd::plain(&self.endpoints, "/overlay"),
+                Duration::from_millis(sim_node::TTL as u64 * 500),
+            ));
+            tries += 1;
+            match connected {
+                Err(e) if tries < 10 => {
+                    eprintln!("   {e:#}; connecting again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts the light nodes (all but the first `full`), watching from now on; when every
@@ -330,7 +351,6 @@ impl Bed {
     pub fn start_light(&mut self) -> Result<(Duration, f64)> {
         let before = rss_bytes("self");
         let started = Instant::now();
-        let from = self.block(self.admin.history())?.revision + 1;
         for i in self.opts.full..self.opts.nodes {
             let store = self.node_store()?;
             let stats = Arc::new(NodeStats::default());
@@ -340,7 +360,6 @@ impl Bed {
                     store,
                     name.clone(),
                     sim_vtep(i),
-                    from,
                     stats.clone(),
                 ))
             });
@@ -589,6 +608,19 @@ impl Bed {
         Ok(())
     }
 
+    /// etcd's and this process's CPU over `window` in which nothing is written, in percent of
+    /// one core.
+    pub fn idle_cpu(&self, window: Duration) -> (f64, f64) {
+        let own = std::process::id();
+        let (etcd0, own0, t0) = (self.etcd_cpu_s(), cpu_seconds(own), Instant::now());
+        std::thread::sleep(window);
+        let secs = t0.elapsed().as_secs_f64();
+        (
+            (self.etcd_cpu_s() - etcd0) / secs * 100.0,
+            (cpu_seconds(own) - own0) / secs * 100.0,
+        )
+    }
+
     pub fn etcd_rss_bytes(&self) -> u64 {
         self.d
             .etcd
@@ -659,6 +691,11 @@ pub fn run(opts: Options) -> Result<Point> {
         p.full_start_s
     );
     bed.check_desired()?;
+    (p.idle_etcd_cpu_pct, p.idle_nodes_cpu_pct) = bed.idle_cpu(IDLE_WINDOW);
+    eprintln!(
+        "   idle for {IDLE_WINDOW:?}: etcd {:.0}% of a core, the nodes {:.0}%",
+        p.idle_etcd_cpu_pct, p.idle_nodes_cpu_pct
+    );
     let (all, full, missing) = bed.probe(opts.probes)?;
     p.latency_p50_ms = percentile(&all, 0.5);
     p.latency_p99_ms = percentile(&all, 0.99);

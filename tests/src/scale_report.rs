@@ -59,12 +59,12 @@ fn mib(b: f64) -> f64 {
 
 pub fn table(points: &[Point]) -> String {
     let mut t = String::from(
-        "| nodes (full) | endpoints | etcd | latency p50 / p99 / max | full nodes' p99 | relist after restart | per endpoint (full node) | per light node | etcd RSS | etcd CPU | etcd db |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| nodes (full) | endpoints | etcd | latency p50 / p99 / max | full nodes' p99 | relist after restart | per endpoint (full node) | per light node | etcd RSS | etcd CPU | etcd CPU idle | etcd db |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
         let _ = writeln!(
             t,
-            "| {} ({}) | {} | {} | {:.0} / {:.0} / {:.0} ms{} | {:.0} ms | {:.1} s{} | {:.0} B | {:.0} KiB | {:.0} MiB | {:.0} s | {:.0} MiB |",
+            "| {} ({}) | {} | {} | {:.0} / {:.0} / {:.0} ms{} | {:.0} ms | {:.1} s{} | {:.0} B | {:.0} KiB | {:.0} MiB | {:.0} s | {:.0}% | {:.0} MiB |",
             p.nodes,
             p.full_nodes,
             p.endpoints,
@@ -88,6 +88,7 @@ pub fn table(points: &[Point]) -> String {
             p.light_bytes_per_node / 1024.0,
             mib(p.etcd_rss_bytes as f64),
             p.etcd_cpu_s,
+            p.idle_etcd_cpu_pct,
             mib(p.etcd_db_bytes as f64),
         );
     }

@@ -31,7 +31,7 @@ use overlay_agent::{
     dataplane::{state::MapState, writer::Recorder},
     model::delta::Batch,
     netlink::Link,
-    shared::backoff::jittered,
+    shared::backoff::{Sessions, jittered},
     store::{
         EventType, Store,
         schema::{self, EndpointRecord, Key, NodeRecord},
@@ -58,14 +58,20 @@ pub struct NodeStats {
 }
 
 impl NodeStats {
-    /// A session's end, either kind: no longer watching, its error kept, then a jittered
-    /// pause (as the agent's) before the next begins.
-    async fn session_ended(&self, why: Result<()>, name: &str) {
+    /// A session's end, either kind: no longer watching, its error kept, then the agent's
+    /// pause (jittered, longer while sessions keep failing fast) before the next begins.
+    async fn session_ended(
+        &self,
+        why: Result<()>,
+        name: &str,
+        began: Instant,
+        backoff: &mut Sessions,
+    ) {
         self.watching.store(false, Ordering::Relaxed);
         if let Err(e) = why {
             *self.last_error.lock().unwrap() = Some(format!("{e:#}"));
         }
-        tokio::time::sleep(jittered(Duration::from_millis(400), name)).await;
+        tokio::time::sleep(backoff.next(began.elapsed(), name)).await;
     }
 
     /// For an error message: where the node stands.
@@ -106,10 +112,12 @@ pub async fn run_full(
     stats: Arc<NodeStats>,
 ) {
     let mut writer = full.recorder.clone();
+    let mut backoff = Sessions::default();
     loop {
         stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
         let why = full_session(&store, &name, vtep, &full, &mut writer, &stats).await;
-        stats.session_ended(why, &name).await;
+        stats.session_ended(why, &name, began, &mut backoff).await;
     }
 }
 
@@ -164,6 +172,8 @@ async fn full_session(
                     msg = watch.message() => match msg {
                         Ok(resp) => resp,
                         Err(_) => {
+                            // As the agent's session: dark since the member was last heard.
+                            heard = heard.max(watch.heard());
                             stats.watching.store(false, Ordering::Relaxed);
                             pause = Duration::from_millis(100);
                             continue 'rewatch;
@@ -203,20 +213,19 @@ async fn full_session(
     }
 }
 
-/// Runs a light node until aborted: registered under a lease, watching from `from` on,
-/// resuming from where it was when a watch is lost, a new lease when the old one is.
-pub async fn run_light(
-    store: Store,
-    name: String,
-    vtep: Ipv4Addr,
-    from: i64,
-    stats: Arc<NodeStats>,
-) {
-    let mut revision = from - 1;
+/// Runs a light node until aborted: registered under a lease, watching from the moment its
+/// first watch begins (as an agent's watch begins where its listing ended: it never replays
+/// what came before), resuming from where it was when a watch is lost, a new lease when the
+/// old one is.
+pub async fn run_light(store: Store, name: String, vtep: Ipv4Addr, stats: Arc<NodeStats>) {
+    // Watching from revision 0: from etcd's revision when the watch begins.
+    let mut revision = -1;
+    let mut backoff = Sessions::default();
     loop {
         stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
         let why = light_session(&store, &name, vtep, &mut revision, &stats).await;
-        stats.session_ended(why, &name).await;
+        stats.session_ended(why, &name, began, &mut backoff).await;
     }
 }
 

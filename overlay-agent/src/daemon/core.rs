@@ -14,16 +14,17 @@ use crate::{
     },
     model::{
         cluster::{Applied, ClusterState},
-        delta::{Batch, VtepRefs, endpoint_delta},
+        delta::{Batch, Changes, VtepRefs, endpoint_delta},
         desired::{Problem, desired},
     },
     netlink::Link,
     store::{EventType, KeyValue, WatchResponse, schema::Keys},
 };
 
-/// How long a watch may go without hearing from etcd and still resume where it was: well
-/// over what moving off a failed member takes (store::watch::SILENCE, a try's deadline), well
-/// under what stopping every member and restoring them takes. Darker for longer: relist.
+/// How long a watch may go without hearing from etcd and still resume where it was: over
+/// what moving off a failed member takes (store::watch's QUIET, SILENCE and ticks: 5.5 s at
+/// most; a try's deadline), well under what stopping every member and restoring them takes.
+/// Darker for longer: relist.
 pub const DARK: std::time::Duration = std::time::Duration::from_secs(6);
 
 pub struct ControlPlane {
@@ -37,6 +38,8 @@ pub struct ControlPlane {
     pub vtep_refs: VtepRefs,
     /// What the last full reconcile left out, and why.
     pub problems: Vec<Problem>,
+    /// What changed since the node syncs last ran (the caller clears it when they have).
+    pub changes: Changes,
 }
 
 /// What a full reconcile did.
@@ -56,6 +59,7 @@ impl ControlPlane {
             in_sync: false,
             vtep_refs: VtepRefs::default(),
             problems: Vec::new(),
+            changes: Changes::EVERYTHING,
         }
     }
 
@@ -63,6 +67,7 @@ impl ControlPlane {
     /// next full reconcile).
     pub fn relisted(&mut self, keys: &Keys, kvs: &[KeyValue]) {
         self.cluster = ClusterState::default();
+        self.changes.everything = true;
         for kv in kvs {
             self.put(keys, kv);
         }
@@ -115,6 +120,8 @@ impl ControlPlane {
         batch: &Batch,
         writer: &mut dyn MapWriter,
     ) -> Result<ApplyReport, &'static str> {
+        // Noted whatever follows: a full reconcile, if it comes to that, notes everything.
+        self.changes.note(&self.cluster, batch);
         if !self.in_sync {
             return Err("the maps are not known to hold the last full reconcile's answer");
         }
@@ -141,6 +148,7 @@ impl ControlPlane {
         links: &dyn Fn(&str) -> Option<Link>,
         writer: &mut dyn MapWriter,
     ) -> Reconciled {
+        self.changes.everything = true;
         let (want, problems) = desired(&self.cluster, &self.node, links);
         let new_problems = problems
             .iter()
@@ -170,6 +178,8 @@ impl ControlPlane {
     fn write(&mut self, diff: &Diff, writer: &mut dyn MapWriter) -> ApplyReport {
         let report = writer.apply(diff);
         self.in_sync = report.is_clean();
+        // Read back below: the syncs cannot know which entries moved.
+        self.changes.everything |= !self.in_sync;
         if !self.in_sync
             && let Ok(actual) = writer.snapshot()
         {

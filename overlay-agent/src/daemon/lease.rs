@@ -46,6 +46,14 @@ async fn keep_alive(
     // quarter TTL if shorter) is hung or cut off from the leader: the lease moves at once,
     // and the watch with it (see store::watch), long before etcd itself would cancel it.
     let patience = (ttl_span / 4).clamp(Duration::from_millis(500), Duration::from_secs(1));
+    // With one member there is nowhere to move: a stream given up on a member that is only
+    // slow is one more stream for it to open, and its watch restarted with it (at 5,000
+    // nodes on one busy etcd that loop never ended). Wait for the answer up to half the TTL.
+    let patience = if store.member_count() == 1 {
+        patience.max(ttl_span / 2)
+    } else {
+        patience
+    };
     let mut renewed = Instant::now();
     let mut current = Some(stream);
     loop {
@@ -90,6 +98,8 @@ async fn keep_alive(
             let why = match answer {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
                     renewed = Instant::now();
+                    // Proof of life for the watch on the same member (store::watch).
+                    store.member_heard(on.member);
                     metrics.lease_renewed(r.ttl());
                     break;
                 }

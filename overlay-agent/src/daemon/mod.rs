@@ -18,7 +18,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -263,7 +263,9 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut backoff = crate::shared::backoff::Sessions::default();
     loop {
+        let began = Instant::now();
         tokio::select! {
             r = agent.session() => {
                 match r {
@@ -277,12 +279,9 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         agent.status.connected = false;
         agent.write_status();
-        // 200 to 400 ms, jittered: after an outage every agent's session ends at once.
-        tokio::time::sleep(crate::shared::backoff::jittered(
-            Duration::from_millis(400),
-            &agent.opts.node,
-        ))
-        .await;
+        // Jittered (after an outage every agent's session ends at once), and longer while
+        // sessions keep failing fast (an overloaded etcd is not asked again at once).
+        tokio::time::sleep(backoff.next(began.elapsed(), &agent.opts.node)).await;
     }
     // The lease is left to expire rather than revoked: a restart within the TTL keeps every
     // other node forwarding to us without a gap.

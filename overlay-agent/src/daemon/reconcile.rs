@@ -128,6 +128,7 @@ impl Agent {
             ipv6: self.vtep.is_ipv6(),
             ifindex,
             rebuilding: self.switch_over_pending,
+            changes: &self.core.changes,
         };
         let mut kernel = Kernel {
             netlink: &self.netlink,
@@ -135,6 +136,9 @@ impl Agent {
             maps: &mut self.maps,
         };
         self.syncs.run(&view, &mut kernel, when).await;
+        // The syncs have seen what changed (while rebuilding they ran in part: the
+        // switch-over's reconcile notes everything again).
+        self.core.changes = Default::default();
         let (gro, resolvers) = (self.syncs.gro_report(), self.syncs.names_report());
         if gro != self.status.gro || resolvers != self.status.resolvers {
             self.status.gro = gro;

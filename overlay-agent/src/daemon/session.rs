@@ -91,7 +91,7 @@ impl Agent {
             // with no member to watch on at all, for as long as the lease lives.
             let mut pause = Duration::ZERO;
             let mut first = true;
-            // When the last watch last heard from etcd.
+            // When the last watch last heard from etcd (its member, by any stream).
             let mut heard = Instant::now();
             'rewatch: loop {
                 tokio::select! {
@@ -148,6 +148,10 @@ impl Agent {
                                     resp
                                 }
                                 Err(e) => {
+                                    // The member may have been heard since the watch's
+                                    // last message (its keepalive answers): dark counts
+                                    // from then.
+                                    heard = heard.max(watch.heard());
                                     log::warn!("{e:#}; watching again from revision {}", seen.revision + 1);
                                     pause = if opened.elapsed() < Duration::from_secs(2) {
                                         (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))

@@ -398,6 +398,41 @@ impl Maps {
         Ok(changes)
     }
 
+    /// Writes and removes exactly these SERVICES and BACKENDS entries (an edit from
+    /// syncs/services.rs, which knows what the maps hold): slots first, then the counts, then
+    /// the slots beyond them, as [`Maps::sync_services`] orders them, so that no count ever
+    /// names a slot not written.
+    pub fn edit_services(
+        &mut self,
+        services: &[(ServiceKey, Option<Service>)],
+        backends: &[(BackendKey, Option<Backend>)],
+    ) -> Result<()> {
+        for (key, backend) in backends {
+            if let Some(b) = backend {
+                self.tables
+                    .backends
+                    .insert(key, b, 0)
+                    .with_context(|| format!("{}: writing {key:?}", names::BACKENDS))?;
+            }
+        }
+        for (key, entry) in services {
+            match entry {
+                Some(e) => self
+                    .tables
+                    .services
+                    .insert(key, e, 0)
+                    .with_context(|| format!("{}: writing {key:?}", names::SERVICES))?,
+                None => remove(&mut self.tables.services, key, names::SERVICES)?,
+            }
+        }
+        for (key, backend) in backends {
+            if backend.is_none() {
+                remove(&mut self.tables.backends, key, names::BACKENDS)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes PUBLISHED equal to `wanted` (published port -> service port); how many entries
     /// it wrote or removed.
     pub fn sync_published(&mut self, wanted: &BTreeMap<PublishedKey, Published>) -> Result<usize> {

@@ -10,7 +10,10 @@
 //! hold exactly what the last full reconcile wanted: then every remote endpoint not left out
 //! contributes its entries and no other, and the result is the full reconcile's, problems
 //! included.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use overlay_common::VtepAddr;
 
@@ -64,6 +67,42 @@ impl Batch {
             // held in its service's record too.
             Some(Key::Slice { .. } | Key::Name { .. } | Key::Groups(_) | Key::Vip { .. })
             | None => {}
+        }
+    }
+}
+
+/// What changed in the cluster and the maps since the node syncs last ran, for a sync that
+/// redoes only that (syncs/services.rs): the services whose backends a fast-path batch
+/// touched, or everything (a listing, a full reconcile, a write that failed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Anything may have changed: the maps were reconciled whole or read back.
+    pub everything: bool,
+    /// A network, service or health record changed: every service's ports and flags.
+    pub services: bool,
+    /// (network, service) named, before or after, by an endpoint a batch touched.
+    pub touched: BTreeSet<(String, String)>,
+}
+
+impl Changes {
+    /// Everything changed (nothing is known of the last run).
+    pub const EVERYTHING: Changes = Changes {
+        everything: true,
+        services: true,
+        touched: BTreeSet::new(),
+    };
+
+    /// Notes `batch`, once applied to `cluster` (which holds what the touched endpoints are
+    /// now; the batch holds what they were).
+    pub fn note(&mut self, cluster: &ClusterState, batch: &Batch) {
+        self.everything |= batch.structural;
+        self.services |= batch.services || batch.networks;
+        for (key, before) in &batch.before {
+            for ep in before.iter().chain(cluster.endpoints.get(key)) {
+                for name in &ep.services {
+                    self.touched.insert((key.0.clone(), name.clone()));
+                }
+            }
         }
     }
 }

@@ -107,6 +107,11 @@ impl Members {
         &self.list
     }
 
+    /// How many members this client knows.
+    pub fn count(&self) -> usize {
+        self.members.len()
+    }
+
     pub fn url(&self, member: usize) -> &str {
         &self.members[member].url
     }
@@ -283,6 +288,26 @@ impl Members {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         (h.strikes, h.last_error.clone())
+    }
+
+    /// `member` said something on a stream (a lease keepalive answer): it is alive, whatever
+    /// the preferred member is.
+    pub fn note_heard(&self, member: usize) {
+        self.members[member]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_answer = Some(Instant::now());
+    }
+
+    /// When `member` last answered this client (a request, or a stream's message noted with
+    /// [`Members::note_heard`]).
+    pub fn heard(&self, member: usize) -> Option<Instant> {
+        self.members[member]
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_answer
     }
 
     fn answered(&self, member: usize) {

@@ -98,8 +98,13 @@ impl Etcd {
     fn options(&self) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            // HTTP/2 pings: a watch on a dead server fails within seconds instead of hanging.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // HTTP/2 pings after 5 s without a read: a connection to a dead server fails
+            // within seconds instead of hanging (the watch and the lease keepalive notice a
+            // hung member sooner themselves). Not more often: etcd answers pings closer than
+            // its --grpc-keepalive-min-time (5 s) with no data between by closing the
+            // connection ("too_many_pings"), and an idle watch's connection now carries only
+            // its lease's keepalives (store::watch).
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
         let read = |what: &str, path: &std::path::Path| {
             std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
@@ -318,6 +323,17 @@ impl Store {
     /// a while.
     pub fn member_failed(&self, member: usize, why: &str) {
         self.members.failed(member, why, true);
+    }
+
+    /// A member's stream answered (a lease keepalive): it is alive, and a watch on it need
+    /// not ask (see [`watch`]).
+    pub fn member_heard(&self, member: usize) {
+        self.members.note_heard(member);
+    }
+
+    /// How many etcd members this client was given.
+    pub fn member_count(&self) -> usize {
+        self.members.count()
     }
 
     /// The URL of member `member`.

@@ -1,13 +1,20 @@
 //! A watch that notices when its member stops talking.
 //!
 //! A watch on a hung member just hangs, without an error (etcd #8980), and etcd sends progress
-//! notifications only every ten minutes by default. So the watch asks for progress every
-//! half second and is declared dead two seconds after a request went unanswered: the caller watches
+//! notifications only every ten minutes by default. So the watch is declared dead when its
+//! member was asked for progress and said nothing at all for [`SILENCE`]: the caller watches
 //! again, from the revision it applied, on another member. A member that loses the quorum
-//! cancels the stream itself ("no leader": the watch asks with require-leader).
+//! cancels the stream itself ("no leader": the watch asks with require-leader), and a member
+//! other requests found failing (see [`Members::strikes`]) is left at once.
 //!
-//! Only a quiet stream is asked (events prove the member alive): on an idle cluster that is
-//! two requests per node per second, answered by the member from memory, without raft.
+//! Asking is what costs: a progress request is a message each way, and at 5,000 nodes two a
+//! second per node were most of etcd's CPU. So anything the member sends this client counts
+//! as life, not only this watch's events: the node's lease keepalive answers (every quarter
+//! TTL, usually on the same member) and any request answered. The watch asks only after
+//! [`QUIET`] without a word from its member when something else talks to it regularly (the
+//! keepalive then proves it alive, and finds it hung itself within its patience), and after
+//! [`ALONE_QUIET`] when nothing does. An idle node on the member of its keepalive sends no
+//! progress requests at all.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -19,8 +26,16 @@ use futures::FutureExt as _;
 
 use super::{brief, members::Members};
 
-const ASK_EVERY: Duration = Duration::from_millis(500);
-/// Four progress requests unanswered: the member is hung or gone (an answer takes
+/// How often the watch looks at its member's life (a local check: no request).
+const TICK: Duration = Duration::from_millis(500);
+/// Quiet this long, while something else (the lease keepalive) hears the member: ask. Longer
+/// than the keepalive's period at the agent's default TTL (2.5 s), so that an idle node whose
+/// keepalive shares the member never asks; short enough that the quiet, the [`SILENCE`] and
+/// two ticks stay under the daemon's DARK (6 s): a hung member costs a move, not a relist.
+pub const QUIET: Duration = Duration::from_secs(3);
+/// Quiet this long while nothing else hears the member (the keepalive is on another): ask.
+pub const ALONE_QUIET: Duration = Duration::from_secs(1);
+/// Asked, and not a word from the member for this long: it is hung or gone (an answer takes
 /// milliseconds; a watch moved for nothing only resumes elsewhere, without a relist).
 pub const SILENCE: Duration = Duration::from_secs(2);
 
@@ -28,6 +43,7 @@ pub struct Watch {
     stream: WatchStream,
     members: Arc<Members>,
     member: usize,
+    /// When this watch last had a message.
     heard: Instant,
     /// When the oldest progress request still unanswered was sent. Silence counts from
     /// there, not from the last message: a caller busy for seconds between two calls (a long
@@ -38,11 +54,13 @@ pub struct Watch {
     ended: Option<String>,
     /// The member's strikes when the watch began (see [`Members::strikes`]).
     strikes: u64,
+    /// Progress requests sent.
+    asks: u64,
 }
 
 impl Watch {
     pub(super) fn new(stream: WatchStream, members: Arc<Members>, member: usize) -> Self {
-        let mut ask = tokio::time::interval(ASK_EVERY);
+        let mut ask = tokio::time::interval(TICK);
         ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (strikes, _) = members.strikes(member);
         Self {
@@ -54,12 +72,28 @@ impl Watch {
             ask,
             ended: None,
             strikes,
+            asks: 0,
         }
     }
 
     /// The member this watch is on.
     pub fn member(&self) -> &str {
         self.members.url(self.member)
+    }
+
+    /// How many progress requests this watch has sent.
+    pub fn asks(&self) -> u64 {
+        self.asks
+    }
+
+    /// When its member was last heard, by this watch or by anything else of this client (a
+    /// lease keepalive, a request): how long the node has been without etcd, when the watch
+    /// is lost.
+    pub fn heard(&self) -> Instant {
+        match self.members.heard(self.member) {
+            Some(other) => other.max(self.heard),
+            None => self.heard,
+        }
     }
 
     /// The next response (events, or progress: a header and no events). Err, in one line
@@ -76,7 +110,7 @@ impl Watch {
                 msg = self.stream.message() => {
                     let why = match msg {
                         Ok(Some(resp)) => {
-                            self.heard();
+                            self.note_heard();
                             return Ok(resp);
                         }
                         Ok(None) => "etcd ended the watch".to_string(),
@@ -93,6 +127,12 @@ impl Watch {
                     {
                         return Err(anyhow!("etcd member {}: {why}", self.member()));
                     }
+                    let other = self.members.heard(self.member);
+                    let life = other.map_or(self.heard, |o| o.max(self.heard));
+                    // Whatever the member said since the request was sent answers it.
+                    if self.asked.is_some_and(|t| life >= t) {
+                        self.asked = None;
+                    }
                     if self.asked.is_some_and(|t| t.elapsed() >= SILENCE) {
                         let why = format!(
                             "the watch did not answer for {} s",
@@ -100,10 +140,15 @@ impl Watch {
                         );
                         return Err(self.lost(why));
                     }
-                    // Events arriving prove the member alive: ask only a quiet one (the
-                    // request channel holds 100: it fills only long after SILENCE).
-                    if self.heard.elapsed() >= ASK_EVERY {
-                        self.asked.get_or_insert_with(Instant::now);
+                    let quiet = if other.is_some_and(|o| o.elapsed() < QUIET) {
+                        QUIET
+                    } else {
+                        ALONE_QUIET
+                    };
+                    // (The request channel holds 100: it fills only long after SILENCE.)
+                    if self.asked.is_none() && life.elapsed() >= quiet {
+                        self.asked = Some(Instant::now());
+                        self.asks += 1;
                         let _ = self.stream.request_progress().await;
                     }
                 }
@@ -115,7 +160,7 @@ impl Watch {
     pub fn ready(&mut self) -> Option<WatchResponse> {
         match self.stream.message().now_or_never()? {
             Ok(Some(resp)) => {
-                self.heard();
+                self.note_heard();
                 return Some(resp);
             }
             Ok(None) => self.ended = Some("etcd ended the watch".into()),
@@ -124,7 +169,7 @@ impl Watch {
         None
     }
 
-    fn heard(&mut self) {
+    fn note_heard(&mut self) {
         self.heard = Instant::now();
         self.asked = None;
     }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::{
     dataplane::{Dataplane, Maps, state::MapState},
-    model::cluster::ClusterState,
+    model::{cluster::ClusterState, delta::Changes},
     netlink::Netlink,
 };
 
@@ -44,6 +44,8 @@ pub struct View<'a> {
     /// Maps of another layout are being rebuilt: until the switch-over, `applied` is half
     /// full and the programs attached still read the old maps.
     pub rebuilding: bool,
+    /// What changed since the syncs last ran (a sync may redo only that).
+    pub changes: &'a Changes,
 }
 
 /// What a sync writes through.
@@ -169,6 +171,9 @@ pub(crate) mod testing {
                 _ => None,
             },
             rebuilding: false,
+            changes: &EVERYTHING,
         }
     }
+
+    static EVERYTHING: Changes = Changes::EVERYTHING;
 }
