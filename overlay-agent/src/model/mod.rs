@@ -4,3 +4,5 @@ pub mod cluster;
 pub mod delta;
 pub mod desired;
 pub mod names;
+#[cfg(test)]
+pub mod testing;

@@ -701,33 +701,22 @@ mod tests {
     /// services and their health coming and going, a network changing under them.
     #[test]
     fn an_updated_zone_is_the_zone_built_again() {
+        use crate::model::testing::{write, xorshift};
         let keys = Keys::new("/overlay");
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut c = ClusterState::default();
-        let put = |c: &mut ClusterState, b: &mut Batch, key: String, value: Option<String>| {
-            let key = format!("/overlay/{key}");
-            b.note(c, &keys, key.as_bytes());
-            match value {
-                Some(v) => {
-                    let _ = c.put(&keys, key.as_bytes(), v.as_bytes(), 1);
-                }
-                None => {
-                    c.delete(&keys, key.as_bytes());
-                }
-            }
-        };
         let blue = [
             r#"{"vni":42,"subnet":"10.10.0.0/16","subnet6":"fd00:10::/64"}"#,
             r#"{"vni":42,"subnet":"10.10.0.0/24"}"#,
         ];
         let mut b = Batch::default();
-        put(&mut c, &mut b, "networks/blue".into(), Some(blue[0].into()));
+        write(
+            &mut c,
+            &mut b,
+            &keys,
+            "networks/blue".into(),
+            Some(blue[0].into()),
+        );
         let mut zone = Zone::build(&c, &ServiceName::of(&c));
         for round in 0..3000 {
             let mut b = Batch::default();
@@ -738,7 +727,7 @@ mod tests {
                         let ip = format!("10.10.{}.{}", next(2), 1 + next(6));
                         let key = format!("endpoints/blue/{ip}");
                         if next(3) == 0 {
-                            put(&mut c, &mut b, key, None);
+                            write(&mut c, &mut b, &keys, key, None);
                             continue;
                         }
                         let name = ["a", "b", "A", "c"][next(4) as usize];
@@ -749,7 +738,7 @@ mod tests {
                             next(9),
                             next(2)
                         );
-                        put(&mut c, &mut b, key, Some(value));
+                        write(&mut c, &mut b, &keys, key, Some(value));
                     }
                     12..=15 => {
                         let name = ["web", "db"][next(2) as usize];
@@ -760,15 +749,15 @@ mod tests {
                                 250 + next(4)
                             )
                         });
-                        put(&mut c, &mut b, key, value);
+                        write(&mut c, &mut b, &keys, key, value);
                     }
                     16..=18 => {
                         let value = (next(2) == 0).then(|| r#"{"h0":{"10.10.1.2":[80]}}"#.into());
-                        put(&mut c, &mut b, "health/h0".into(), value);
+                        write(&mut c, &mut b, &keys, "health/h0".into(), value);
                     }
                     _ => {
                         let value = blue[next(2) as usize].to_string();
-                        put(&mut c, &mut b, "networks/blue".into(), Some(value));
+                        write(&mut c, &mut b, &keys, "networks/blue".into(), Some(value));
                     }
                 }
             }

@@ -154,6 +154,30 @@ fn backends<'a>(view: &View<'a>, network: &'a str, name: &str) -> Vec<&'a Endpoi
     backends
 }
 
+/// The backends of the service whose ports are being walked: `layout` puts a service's ports
+/// side by side, so they are gathered once for all of them.
+#[derive(Default)]
+struct Current<'a> {
+    of: Option<(&'a str, &'a str, Vec<&'a Endpoint>)>,
+}
+
+impl<'a> Current<'a> {
+    fn backends(&mut self, view: &View<'a>, port: &Port<'a>) -> &[&'a Endpoint] {
+        if self
+            .of
+            .as_ref()
+            .is_none_or(|(n, s, _)| (*n, *s) != (port.network, port.name))
+        {
+            self.of = Some((
+                port.network,
+                port.name,
+                backends(view, port.network, port.name),
+            ));
+        }
+        self.of.as_ref().map_or(&[][..], |(_, _, b)| b.as_slice())
+    }
+}
+
 /// One port's BACKENDS slots, in order.
 fn slots<'e>(
     cluster: &'e ClusterState,
@@ -186,19 +210,9 @@ pub fn wanted(view: &View<'_>) -> Want {
         published,
         ..Want::default()
     };
-    let mut of: Option<(&str, &str, Vec<&Endpoint>)> = None;
+    let mut current = Current::default();
     for port in &ports {
-        if of
-            .as_ref()
-            .is_none_or(|(n, s, _)| (*n, *s) != (port.network, port.name))
-        {
-            of = Some((
-                port.network,
-                port.name,
-                backends(view, port.network, port.name),
-            ));
-        }
-        let eps = of.as_ref().map_or(&[][..], |(_, _, b)| b.as_slice());
+        let eps = current.backends(view, port);
         want.services.insert(
             port.key,
             ServiceEntry {
@@ -258,22 +272,12 @@ pub fn edited(old: &Want, view: &View<'_>, touched: &BTreeSet<(String, String)>)
     // backends of the last to write it, as in `wanted`.
     let last: BTreeMap<ServiceKey, usize> =
         ports.iter().enumerate().map(|(i, p)| (p.key, i)).collect();
-    let mut of: Option<(&str, &str, Vec<&Endpoint>)> = None;
+    let mut current = Current::default();
     for (i, port) in ports.iter().enumerate() {
         if !touched.contains(&(port.network.to_string(), port.name.to_string())) {
             continue;
         }
-        if of
-            .as_ref()
-            .is_none_or(|(n, s, _)| (*n, *s) != (port.network, port.name))
-        {
-            of = Some((
-                port.network,
-                port.name,
-                backends(view, port.network, port.name),
-            ));
-        }
-        let eps = of.as_ref().map_or(&[][..], |(_, _, b)| b.as_slice());
+        let eps = current.backends(view, port);
         if last.get(&port.key) == Some(&i) {
             let entry = ServiceEntry {
                 id: port.id,
@@ -805,29 +809,14 @@ mod tests {
     #[test]
     fn an_edited_want_is_the_want_built_again() {
         use crate::{
-            model::delta::{Batch, Changes},
+            model::{
+                delta::{Batch, Changes},
+                testing::{write, xorshift},
+            },
             store::schema::Keys,
         };
         let keys = Keys::new("/overlay");
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        let put = |c: &mut ClusterState, b: &mut Batch, key: String, value: Option<String>| {
-            let key = format!("/overlay/{key}");
-            b.note(c, &keys, key.as_bytes());
-            match value {
-                Some(v) => {
-                    let _ = c.put(&keys, key.as_bytes(), v.as_bytes(), 1);
-                }
-                None => {
-                    c.delete(&keys, key.as_bytes());
-                }
-            }
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         // Node h3's lease is gone: the maps do not serve its endpoints.
         let served = |c: &ClusterState| {
             let mut m = served(c, "h1");
@@ -844,16 +833,24 @@ mod tests {
         ];
         let mut c = ClusterState::default();
         let mut b = Batch::default();
-        put(&mut c, &mut b, "networks/blue".into(), Some(NET.into()));
-        put(
+        write(
             &mut c,
             &mut b,
+            &keys,
+            "networks/blue".into(),
+            Some(NET.into()),
+        );
+        write(
+            &mut c,
+            &mut b,
+            &keys,
             "services/blue/web".into(),
             Some(web[0].into()),
         );
-        put(
+        write(
             &mut c,
             &mut b,
+            &keys,
             "services/blue/db".into(),
             Some(r#"{"vip":"10.10.255.253","ports":[{"port":5432,"proto":"tcp"}]}"#.into()),
         );
@@ -869,18 +866,24 @@ mod tests {
                     match next(40) {
                         0 => {
                             let v = web[next(2) as usize];
-                            put(&mut c, &mut b, "services/blue/web".into(), Some(v.into()));
+                            write(
+                                &mut c,
+                                &mut b,
+                                &keys,
+                                "services/blue/web".into(),
+                                Some(v.into()),
+                            );
                         }
                         1 => {
                             let v = format!(r#"{{"blue":{{"10.10.1.{}":[80]}}}}"#, 1 + next(8));
                             let node = ["h1", "h2"][next(2) as usize];
-                            put(&mut c, &mut b, format!("health/{node}"), Some(v));
+                            write(&mut c, &mut b, &keys, format!("health/{node}"), Some(v));
                         }
                         _ => {
                             let n = 1 + next(8);
                             let key = format!("endpoints/blue/10.10.1.{n}");
                             if next(4) == 0 {
-                                put(&mut c, &mut b, key, None);
+                                write(&mut c, &mut b, &keys, key, None);
                                 continue;
                             }
                             let services = ["web", "db", "gone"]
@@ -897,7 +900,7 @@ mod tests {
                                 n + 16 * next(2),
                                 crate::shared::ifnames::port_name("blue", &format!("c{n}"))
                             );
-                            put(&mut c, &mut b, key, Some(record));
+                            write(&mut c, &mut b, &keys, key, Some(record));
                         }
                     }
                 }
