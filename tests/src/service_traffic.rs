@@ -134,6 +134,29 @@ pub fn wait_backends(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) -> Du
     .unwrap_or_else(|e| panic!("{vip}:{port} with {count} backends everywhere: {e}"))
 }
 
+/// Every host has service `vip:port` with `count` backends, each healthy: a backend added
+/// before its server listened was found not answering by its node's first check, and gets
+/// no connection until a later check passes.
+pub fn wait_healthy(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) {
+    wait_for(Duration::from_secs(5), || {
+        d.hosts.iter().all(|h| {
+            Maps::open(&h.pins()).is_ok_and(|m| {
+                let ids: Vec<u32> = m
+                    .service_entries()
+                    .filter_map(|e| e.ok())
+                    .filter(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
+                    .map(|(_, v)| v.id)
+                    .collect();
+                !ids.is_empty()
+                    && m.backend_entries().filter_map(|e| e.ok()).all(|(k, b)| {
+                        !ids.contains(&k.service) || b.flags & overlay_common::BACKEND_HEALTHY != 0
+                    })
+            })
+        })
+    })
+    .unwrap_or_else(|e| panic!("{vip}:{port} with {count} healthy backends everywhere: {e}"));
+}
+
 /// Every host's MEMBERS holds at least `n[host]` namespaces (their sockets are balanced).
 pub fn wait_members(d: &Deployment, n: &[usize]) {
     wait_for(Duration::from_secs(5), || {

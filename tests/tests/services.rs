@@ -13,7 +13,9 @@ use overlay_tests::{
     deployment::{Deployment, wait_for},
     monitor::{Monitor, events},
     scenario::blue,
-    service_traffic::{create_service, spawn_in, vip_of, wait_backends, wait_members},
+    service_traffic::{
+        create_service, spawn_in, vip_of, wait_backends, wait_healthy, wait_members,
+    },
 };
 
 const TCP_PORT: u16 = 8080;
@@ -348,13 +350,18 @@ fn no_backend_is_refused_and_other_networks_and_the_host_are_left_alone() {
         .add_container_with(1, "b1", "blue", None, &["--service", "empty"])
         .unwrap();
     let b1 = d.container(b1).name.clone();
-    spawn_in(&b1, || {
+    let (listening, ready) = std::sync::mpsc::channel();
+    spawn_in(&b1, move || {
         let l = TcpListener::bind(("0.0.0.0", 9999)).unwrap();
+        let _ = listening.send(());
         for c in l.incoming() {
             drop(c);
         }
     });
-    wait_backends(&d, vip, 9999, 1);
+    // The server listens before the first connection is sent to it (else its reset is the
+    // refusal), and its node's health check has not found it closed meanwhile.
+    ready.recv_timeout(Duration::from_secs(5)).unwrap();
+    wait_healthy(&d, vip, 9999, 1);
     let balanced = counter(&d, 0, "lb_balanced");
     overlay_tests::netns::enter(&c1, || {
         TcpStream::connect_timeout(&to, Duration::from_secs(2))

@@ -208,8 +208,10 @@ pub async fn run(pins: &PinDir, opts: Options, out: &mut impl Write) -> Result<(
                         show_lost(out, lost, session.opts.json)?;
                     }
                 }
-                _ = interrupt.recv() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
+                // What the programs sent before the signal is shown, not dropped: a script
+                // that stops the monitor right after its traffic sees all of it.
+                _ = interrupt.recv() => return session.drain(&mut ring.get_mut().0, out).map(drop),
+                _ = terminate.recv() => return session.drain(&mut ring.get_mut().0, out).map(drop),
             }
         }
     }
