@@ -40,12 +40,14 @@ impl PublishedKey {
 /// PUBLISHED value: the service port it reaches (its SERVICES key).
 pub type Published = ServiceKey;
 
-/// PUB_FLOWS and PUB_REPLY key: one direction of an IPv4 TCP or UDP flow.
+/// One direction of a TCP or UDP flow, of addresses `A`: the PUB_FLOWS and PUB_REPLY key
+/// ([`FlowKey`], IPv4) and the PUB_FLOWS6 and PUB_REPLY6 key ([`FlowKey6`], a client on an
+/// IPv6 underlay and a backend's address in its dual-stack network's prefix).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct Flow<A> {
+    pub src: A,
+    pub dst: A,
     /// Network byte order, both.
     pub sport_be: u16,
     pub dport_be: u16,
@@ -53,35 +55,10 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// PUB_FLOWS6 and PUB_REPLY6 key: one direction of an IPv6 TCP or UDP flow, a client on an
-/// IPv6 underlay and a backend's address in its dual-stack network's prefix.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey6 {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    /// Network byte order, both.
-    pub sport_be: u16,
-    pub dport_be: u16,
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
+pub type FlowKey = Flow<[u8; 4]>;
+pub type FlowKey6 = Flow<[u8; 16]>;
 
-impl FlowKey {
-    /// The other direction of the flow: what its replies carry.
-    pub const fn reversed(&self) -> Self {
-        Self {
-            src: self.dst,
-            dst: self.src,
-            sport_be: self.dport_be,
-            dport_be: self.sport_be,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
-    }
-}
-
-impl FlowKey6 {
+impl<A: Copy> Flow<A> {
     /// The other direction of the flow: what its replies carry.
     pub const fn reversed(&self) -> Self {
         Self {
