@@ -107,7 +107,7 @@ fn translate(ctx: &SockAddrContext, call: Call) -> i32 {
 }
 
 /// IPv6: the VIP and the backend share their network's prefix (lb.rs, `balance6`), so only
-/// the address's last 32 bits, the IPv4 part, change; LB_REVERSE is keyed by those too.
+/// the address's last 32 bits, the IPv4 part, change; LB_PEER and LB_REVERSE hold those too.
 #[inline(always)]
 fn translate6(ctx: &SockAddrContext, call: Call) -> i32 {
     let sa = ctx.sock_addr;
@@ -197,13 +197,7 @@ fn remember(ctx: &SockAddrContext, call: Call, ip: [u8; 4], port_be: u16, shown:
         }
         return;
     }
-    let key = ReverseKey {
-        cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
-        ip,
-        port_be,
-        _pad: 0,
-    };
-    let _ = LB_REVERSE.insert(key, shown, 0);
+    let _ = LB_REVERSE.insert(reverse_key(ctx, ip, port_be), shown, 0);
 }
 
 /// What a socket whose peer (or a datagram's source) is `ip:port_be` is shown instead, if it
@@ -220,13 +214,20 @@ fn shown(ctx: &SockAddrContext, ip: [u8; 4], port_be: u16) -> Option<ReverseEntr
     if unsafe { (*ctx.sock_addr).protocol as u8 } != ipproto::UDP {
         return None;
     }
-    let key = ReverseKey {
+    LB_REVERSE
+        .get_ptr(reverse_key(ctx, ip, port_be))
+        .map(|e| unsafe { *e })
+}
+
+/// LB_REVERSE's key for this socket's datagrams to or from backend `ip:port_be`.
+#[inline(always)]
+fn reverse_key(ctx: &SockAddrContext, ip: [u8; 4], port_be: u16) -> ReverseKey {
+    ReverseKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
         ip,
         port_be,
         _pad: 0,
-    };
-    LB_REVERSE.get_ptr(key).map(|e| unsafe { *e })
+    }
 }
 
 /// What the monitor is shown of an IPv4 decision.
