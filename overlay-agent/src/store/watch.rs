@@ -128,7 +128,7 @@ impl Watch {
                         return Err(anyhow!("etcd member {}: {why}", self.member()));
                     }
                     let other = self.members.heard(self.member);
-                    let life = other.map_or(self.heard, |o| o.max(self.heard));
+                    let life = self.heard();
                     // Whatever the member said since the request was sent answers it.
                     if self.asked.is_some_and(|t| life >= t) {
                         self.asked = None;
