@@ -399,7 +399,7 @@ impl Maps {
     }
 
     /// Writes and removes exactly these SERVICES and BACKENDS entries (an edit from
-    /// syncs/services.rs, which knows what the maps hold): slots first, then the counts, then
+    /// syncs/services/, which knows what the maps hold): slots first, then the counts, then
     /// the slots beyond them, as [`Maps::sync_services`] orders them, so that no count ever
     /// names a slot not written.
     pub fn edit_services(
@@ -409,19 +409,12 @@ impl Maps {
     ) -> Result<()> {
         for (key, backend) in backends {
             if let Some(b) = backend {
-                self.tables
-                    .backends
-                    .insert(key, b, 0)
-                    .with_context(|| format!("{}: writing {key:?}", names::BACKENDS))?;
+                write(&mut self.tables.backends, key, b, names::BACKENDS)?;
             }
         }
         for (key, entry) in services {
             match entry {
-                Some(e) => self
-                    .tables
-                    .services
-                    .insert(key, e, 0)
-                    .with_context(|| format!("{}: writing {key:?}", names::SERVICES))?,
+                Some(e) => write(&mut self.tables.services, key, e, names::SERVICES)?,
                 None => remove(&mut self.tables.services, key, names::SERVICES)?,
             }
         }
@@ -660,6 +653,17 @@ fn counts<K, V>(d: &TableDiff<K, V>) -> (usize, usize) {
     (d.set.len(), d.remove.len())
 }
 
+/// Writes one entry, the error naming the map and the key.
+fn write<K: aya::Pod + std::fmt::Debug, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    name: &str,
+) -> Result<()> {
+    map.insert(key, value, 0)
+        .with_context(|| format!("{name}: writing {key:?}"))
+}
+
 /// Removing what is already gone is not an error: every map operation is idempotent.
 fn remove<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
@@ -703,8 +707,7 @@ where
     let mut changes = 0;
     for (key, value) in wanted {
         if current.get(key) != Some(value) {
-            map.insert(key, value, 0)
-                .with_context(|| format!("{name}: writing {key:?}"))?;
+            write(map, key, value, name)?;
             changes += 1;
         }
     }
