@@ -124,14 +124,19 @@ pub fn vip_of(out: &str) -> Ipv4Addr {
 pub fn wait_backends(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) -> Duration {
     wait_for(Duration::from_secs(5), || {
         d.hosts.iter().all(|h| {
-            Maps::open(&h.pins()).is_ok_and(|m| {
-                m.service_entries()
-                    .filter_map(|e| e.ok())
-                    .any(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
-            })
+            Maps::open(&h.pins()).is_ok_and(|m| !service_ids(&m, vip, port, count).is_empty())
         })
     })
     .unwrap_or_else(|e| panic!("{vip}:{port} with {count} backends everywhere: {e}"))
+}
+
+/// The ids of the service ports `vip:port` with `count` backends in `m`'s SERVICES.
+fn service_ids(m: &Maps, vip: Ipv4Addr, port: u16, count: u32) -> Vec<u32> {
+    m.service_entries()
+        .filter_map(|e| e.ok())
+        .filter(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
+        .map(|(_, v)| v.id)
+        .collect()
 }
 
 /// Every host has service `vip:port` with `count` backends, each healthy: a backend added
@@ -141,12 +146,7 @@ pub fn wait_healthy(d: &Deployment, vip: Ipv4Addr, port: u16, count: u32) {
     wait_for(Duration::from_secs(5), || {
         d.hosts.iter().all(|h| {
             Maps::open(&h.pins()).is_ok_and(|m| {
-                let ids: Vec<u32> = m
-                    .service_entries()
-                    .filter_map(|e| e.ok())
-                    .filter(|(k, v)| k.vip == vip.octets() && k.port() == port && v.count == count)
-                    .map(|(_, v)| v.id)
-                    .collect();
+                let ids = service_ids(&m, vip, port, count);
                 !ids.is_empty()
                     && m.backend_entries().filter_map(|e| e.ok()).all(|(k, b)| {
                         !ids.contains(&k.service) || b.flags & overlay_common::BACKEND_HEALTHY != 0
