@@ -1,7 +1,7 @@
 //! `service create / ls / rm`: load-balanced services of a network. A service is a record and
 //! a VIP held in etcd (store/services.rs); its backends are the endpoints that name it
 //! (`endpoint add --service`, the CNI key `services`, Docker's `com.overlay.service`), and
-//! every node's agent balances its containers' connections to the VIP (syncs/services.rs).
+//! every node's agent balances its containers' connections to the VIP (syncs/services/).
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Result, bail};

@@ -72,7 +72,7 @@ impl Batch {
 }
 
 /// What changed in the cluster and the maps since the node syncs last ran, for a sync that
-/// redoes only that (syncs/services.rs): the services whose backends a fast-path batch
+/// redoes only that (syncs/services/): the services whose backends a fast-path batch
 /// touched, or everything (a listing, a full reconcile, a write that failed).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
