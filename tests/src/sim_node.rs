@@ -25,7 +25,7 @@ use anyhow::{Result, bail};
 use overlay_agent::{
     daemon::{
         core::{ControlPlane, DARK},
-        lease::KeepAlive,
+        lease::{self, KeepAlive},
         metrics::Metrics,
     },
     dataplane::{state::MapState, writer::Recorder},
@@ -38,7 +38,8 @@ use overlay_agent::{
     },
 };
 
-/// The lease TTL the simulated nodes register with (the agent's default).
+/// The lease TTL the simulated nodes are configured with (the agent's default), which
+/// `lease::ttl_for` lengthens in a large cluster as the agent's does.
 pub const TTL: i64 = 10;
 
 /// What the harness reads of a node while it runs.
@@ -131,10 +132,15 @@ async fn full_session(
 ) -> Result<()> {
     let keys = store.keys().clone();
     let own_key = keys.node(name);
-    let (lease, stream) = store.register_node(name, &record(vtep), TTL).await?;
-    let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, TTL, Metrics::new());
+    let ttl = lease::ttl_for(TTL, store.node_count().await? + 1);
+    let (lease, stream) = store.register_node(name, &record(vtep), ttl).await?;
+    let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, ttl, Metrics::new());
     loop {
-        let listing = store.listing(&keys.all(), 0).await?;
+        // As the agent's session: through an outage, on the same lease.
+        let all = keys.all();
+        let listing = keepalive
+            .retry(name, || store.listing(&all, 0), |_| {})
+            .await?;
         stats.listings.fetch_add(1, Ordering::Relaxed);
         let mut revision = listing.revision;
         // Off the runtime's workers: thousands of nodes share them here, where each agent
@@ -237,8 +243,9 @@ async fn light_session(
     stats: &NodeStats,
 ) -> Result<()> {
     let keys = store.keys().clone();
-    let (lease, stream) = store.register_node(name, &record(vtep), TTL).await?;
-    let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, TTL, Metrics::new());
+    let ttl = lease::ttl_for(TTL, store.node_count().await? + 1);
+    let (lease, stream) = store.register_node(name, &record(vtep), ttl).await?;
+    let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, ttl, Metrics::new());
     let mut pause = Duration::ZERO;
     loop {
         tokio::select! {

@@ -107,6 +107,46 @@ fn traffic_flows_while_etcd_is_down_and_later_changes_arrive() {
             .fdb
             .contains_key(&(42, mac_of(late.1)))
     );
+    // etcd renewed every lease when it came back: no agent registered again (with thousands
+    // of nodes, each registration is an event for all of them).
+    for h in &d.hosts {
+        let log = h.log();
+        assert_eq!(
+            log.matches("registered under lease").count(),
+            1,
+            "the lease outlived the outage: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_host_cut_off_from_etcd_for_longer_than_its_lease_registers_again_when_it_is_back() {
+    let (d, c1, c2) = blue_pair("accut");
+    let h1 = &d.hosts[0].ns;
+    // h1 alone loses etcd (its packets to it dropped: no reset, the connections hang) while
+    // etcd runs on: its lease expires there, and h2 drops its endpoint.
+    d.etcd.partition(h1, 0).unwrap();
+    wait_for(Duration::from_secs(LEASE_TTL * 3 + 5), || {
+        !d.hosts[1]
+            .maps()
+            .unwrap()
+            .fdb
+            .contains_key(&(42, mac_of(c1.1)))
+    })
+    .expect("h2 drops h1's endpoint once h1's lease expired");
+    assert_eq!(
+        d.hosts[0].maps().unwrap().fdb.len(),
+        1,
+        "h1, cut off, keeps serving what it had"
+    );
+    d.etcd.heal(h1).unwrap();
+    // Back: etcd says the lease expired, so h1 registers under a new one, and h2 has h1's
+    // endpoint again.
+    wait_for(Duration::from_secs(20), || ping(d.container(c2.0), c1.1))
+        .unwrap_or_else(|e| panic!("{e}\n{}", d.hosts[0].log()));
+    let log = d.hosts[0].log();
+    assert_eq!(log.matches("registered under lease").count(), 2, "{log}");
+    assert!(log.contains("expired"), "{log}");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, KeepAlive, OtherFamily, core::DARK};
+use super::{Agent, KeepAlive, OtherFamily, core::DARK, lease};
 use crate::{
     model::delta::Batch,
     netlink::ifindex,
@@ -33,7 +33,9 @@ impl Agent {
         let store = Store::connect_retrying_within(&self.opts.etcd, max_delay, bound).await;
         self.same_family(&store).await?;
         let record = NodeRecord::new(self.vtep, self.underlay_mtu);
-        let ttl = self.opts.lease_ttl;
+        // Counting this node, if it is not registered yet.
+        let nodes = store.node_count().await? + 1;
+        let ttl = lease::ttl_for(self.opts.lease_ttl, nodes);
         let (lease, stream) = store.register_node(&self.opts.node, &record, ttl).await?;
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
         // must never delay a keepalive into another node dropping ours.
@@ -55,7 +57,20 @@ impl Agent {
         // The health checker's verdicts, published as soon as they change.
         let mut health = self.health.clone();
         loop {
-            let listing = store.listing(&store.keys().all(), 0).await?;
+            // Through an outage the session lives on, and so its lease: nothing for the
+            // other nodes to hear (5,000 re-registrations would be 25 million events).
+            let all = store.keys().all();
+            let listing = keepalive
+                .retry(
+                    &self.opts.node.clone(),
+                    || store.listing(&all, 0),
+                    |e| {
+                        log::warn!("etcd unreachable: {e:#}; listing again");
+                        self.etcd_reached(false);
+                    },
+                )
+                .await?;
+            self.etcd_reached(true);
             let (kvs, revision) = (listing.kvs, listing.revision);
             // Every event up to `seen.revision` is in `self.core.cluster`; only events move it (a
             // progress header, and an events header while catching up, may run ahead of what
@@ -123,7 +138,8 @@ impl Agent {
                 let mut watch = match store.watch(seen.revision + 1).await {
                     Ok(watch) => watch,
                     Err(e) => {
-                        log::warn!("{e:#}; trying again");
+                        log::warn!("etcd unreachable: {e:#}; trying again");
+                        self.etcd_reached(false);
                         pause =
                             (pause * 2).clamp(Duration::from_millis(500), Duration::from_secs(2));
                         continue 'rewatch;
@@ -145,6 +161,7 @@ impl Agent {
                             let resp = match msg {
                                 Ok(resp) => {
                                     heard = Instant::now();
+                                    self.etcd_reached(true);
                                     resp
                                 }
                                 Err(e) => {
@@ -305,6 +322,17 @@ async fn history_went_back(
         Err(e) => {
             log::debug!("{e:#}");
             None
+        }
+    }
+}
+
+impl Agent {
+    /// Whether etcd answers this session (`status`, `/readyz`, `overlay_etcd_connected`),
+    /// written out when it changes.
+    fn etcd_reached(&mut self, reached: bool) {
+        if self.status.connected != reached {
+            self.status.connected = reached;
+            self.write_status();
         }
     }
 }
