@@ -104,7 +104,7 @@ fn doctor_cluster_compares_every_nodes_published_digest_with_etcd() {
     // A digest that is not what h2's maps must hold (written by hand at the current
     // revision): h2 is named as diverged, h1 stays in sync.
     d.etcd_put(
-        &format!("state/{h2}"),
+        &format!("~state/{h2}"),
         r#"{"revision":1000000,"digest":"0000000000000000","entries":1}"#,
     )
     .unwrap();

@@ -78,8 +78,8 @@ fn each_node_writes_only_what_it_needs() {
     for key in [
         format!("/overlay/nodes/{h1}"),
         format!("/overlay/nodes/{h2}"),
-        format!("/overlay/state/{h1}"),
-        format!("/overlay/state/{h2}"),
+        format!("/overlay/~state/{h1}"),
+        format!("/overlay/~state/{h2}"),
         format!("/overlay/groups/{h1}"),
     ] {
         assert!(keys.contains(&key), "{key} missing:\n{keys}");
@@ -100,7 +100,7 @@ fn each_node_writes_only_what_it_needs() {
     for key in [
         format!("/overlay/nodes/{h2}"),
         format!("/overlay/nodes/{h1}0"),
-        format!("/overlay/state/{h2}"),
+        format!("/overlay/~state/{h2}"),
         format!("/overlay/groups/{h2}"),
         // Its backends' health: h1 cannot speak for h2's (nor would anyone believe it).
         format!("/overlay/health/{h2}"),

@@ -103,7 +103,7 @@ struct Agent {
     /// by a reboot (their namespaces, ports and pins all gone): they are reaped like vanished
     /// ones. Endpoints written later are judged as usual.
     stranded_before: Option<i64>,
-    /// The map digest last published under this session's lease (`state/<node>`).
+    /// The map digest last published under this session's lease (`~state/<node>`).
     published: Option<NodeStateRecord>,
     /// The multicast groups last published under this session's lease (`groups/<node>`).
     published_groups: Option<schema::GroupsRecord>,

@@ -475,11 +475,11 @@ impl Store {
         .await
     }
 
-    /// Watches everything under the prefix from `revision` on, on the first member that
-    /// takes it (see [`Watch`]).
+    /// Watches everything under the prefix but the digests (`Keys::watched_end`) from
+    /// `revision` on, on the first member that takes it (see [`Watch`]).
     pub async fn watch(&self, revision: i64) -> Result<Watch> {
         let opts = WatchOptions::new()
-            .with_prefix()
+            .with_range(self.keys.watched_end())
             .with_start_revision(revision)
             .with_progress_notify();
         let key = self.keys.all();

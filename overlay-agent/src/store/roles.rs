@@ -8,7 +8,7 @@
 //! - `overlay-node-<node>`, for a node's agent, its CLI and the plugins on it (the CNI plugin
 //!   and the Docker driver act as the node: they read the agent's credentials): read
 //!   everything (the agent lists and watches the whole prefix); write its own `nodes/<node>`,
-//!   `state/<node>`, `groups/<node>`, `health/<node>` (exact keys, so node `h1` cannot write `h10`'s) and
+//!   `~state/<node>`, `groups/<node>`, `health/<node>` (exact keys, so node `h1` cannot write `h10`'s) and
 //!   `names/<node>/`; and `endpoints/` and `slices/` of every network, because addresses and
 //!   slices are claimed in transactions on keys that name no node. Leases need no permission
 //!   of their own in etcd 3.4 (a put under a lease needs write on the keys the lease holds).
@@ -95,7 +95,7 @@ mod tests {
             writes,
             [
                 "/overlay/nodes/h1",
-                "/overlay/state/h1",
+                "/overlay/~state/h1",
                 "/overlay/groups/h1",
                 "/overlay/health/h1",
                 "/overlay/names/h1/*",

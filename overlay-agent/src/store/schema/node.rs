@@ -43,7 +43,7 @@ pub struct SliceRecord {
     pub node: String,
 }
 
-/// `state/<node>`, under the node's lease: the digest of the forwarding entries its maps hold
+/// `~state/<node>`, under the node's lease: the digest of the forwarding entries its maps hold
 /// (NETWORKS, FDB, ARP, VTEPS: the tables any node can compute for it from etcd) and the etcd
 /// revision they reflect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
