@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Result, bail};
 use overlay_agent::{
     daemon::{
-        core::{ControlPlane, DARK},
+        core::{ControlPlane, DARK, relist_delay},
         lease::{self, KeepAlive},
         metrics::Metrics,
     },
@@ -49,6 +49,8 @@ pub struct NodeStats {
     pub revision: AtomicI64,
     /// Listings made (a full node relists after an outage longer than DARK).
     pub listings: AtomicU64,
+    /// Relists put off after an outage (a large cluster's, `core::relist_delay`).
+    pub relists_planned: AtomicU64,
     /// Sessions begun (a lease lost begins another).
     pub sessions: AtomicU64,
     /// A watch is open and answered.
@@ -154,12 +156,31 @@ async fn full_session(
         stats.revision.store(revision, Ordering::Relaxed);
         let mut pause = Duration::ZERO;
         let mut heard = Instant::now();
+        // As the agent's session: dark for long, relist now or, in a large cluster, at a
+        // moment of a window, the watch resumed meanwhile (`core::relist_delay`).
+        let mut relist_due: Option<tokio::time::Instant> = None;
+        let relist_now = |heard: Instant, due: &mut Option<tokio::time::Instant>| {
+            if heard.elapsed() <= DARK || due.is_some() {
+                return false;
+            }
+            let (nodes, records) = {
+                let cluster = &full.core.lock().unwrap().cluster;
+                (cluster.nodes.len(), cluster.records())
+            };
+            let delay = relist_delay(nodes, records, name);
+            if delay.is_zero() {
+                return true;
+            }
+            stats.relists_planned.fetch_add(1, Ordering::Relaxed);
+            *due = Some(tokio::time::Instant::now() + delay);
+            false
+        };
         'rewatch: loop {
             tokio::select! {
                 _ = tokio::time::sleep(jittered(pause, name)) => {}
                 why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
             }
-            if heard.elapsed() > DARK {
+            if relist_now(heard, &mut relist_due) {
                 break 'rewatch;
             }
             let mut watch = match store.watch(revision + 1).await {
@@ -169,7 +190,7 @@ async fn full_session(
                     continue;
                 }
             };
-            if heard.elapsed() > DARK {
+            if relist_now(heard, &mut relist_due) {
                 break 'rewatch;
             }
             stats.watching.store(true, Ordering::Relaxed);
@@ -186,6 +207,7 @@ async fn full_session(
                         }
                     },
                     why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
+                    _ = until(relist_due) => break 'rewatch,
                 };
                 heard = Instant::now();
                 let mut batch = Batch::default();
@@ -216,6 +238,14 @@ async fn full_session(
                 stats.revision.store(revision, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Ready at `due`; never, without one.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,7 +4,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, KeepAlive, OtherFamily, core::DARK, lease};
+use super::{
+    Agent, KeepAlive, OtherFamily,
+    core::{DARK, relist_delay},
+    lease,
+};
 use crate::{
     model::delta::Batch,
     netlink::ifindex,
@@ -98,6 +102,9 @@ impl Agent {
                 kvs.len(),
                 revision + 1
             );
+            // After a long outage in a large cluster: when this node relists, its watch
+            // resumed meanwhile.
+            let mut relist_due: Option<Instant> = None;
             self.reconcile(revision).await;
             self.sync_node(When::Change).await;
             // A watch that fails moves to another member from `seen.revision` on, without a
@@ -125,12 +132,9 @@ impl Agent {
                 // Dark for long (no member answered, or this process was stopped): a restore
                 // may have happened meanwhile that nothing can tell apart any more (a young
                 // cluster restored and written past our revision, same id, same term, a raft
-                // log as long). A member failing costs a few seconds, an outage a relist.
-                if !first && heard.elapsed() > DARK {
-                    log::warn!(
-                        "no etcd member answered this node for {:.0} s; relisting",
-                        heard.elapsed().as_secs_f32()
-                    );
+                // log as long). A member failing costs a few seconds, an outage a relist, now
+                // or, in a large cluster, paced (see relist_after_dark).
+                if !first && self.relist_after_dark(heard, &mut relist_due) {
                     break 'rewatch;
                 }
                 let resuming = !first;
@@ -147,11 +151,7 @@ impl Agent {
                 };
                 // The request itself may have waited out an outage (it tries for seconds):
                 // dark for that long calls for the relist all the same.
-                if resuming && heard.elapsed() > DARK {
-                    log::warn!(
-                        "no etcd member answered this node for {:.0} s; relisting",
-                        heard.elapsed().as_secs_f32()
-                    );
+                if resuming && self.relist_after_dark(heard, &mut relist_due) {
                     break 'rewatch;
                 }
                 let opened = Instant::now();
@@ -236,6 +236,10 @@ impl Agent {
                             bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
                         }
                         _ = tick.tick() => {
+                            if relist_due.is_some_and(|due| due <= Instant::now()) {
+                                log::info!("relisting, as planned after the outage");
+                                break 'rewatch;
+                            }
                             // A port that did not exist yet may have appeared, or an attached
                             // one vanished with its container.
                             let port_gone = self.attached.iter().any(|(p, i)| ifindex(p) != Some(*i));
@@ -327,6 +331,28 @@ async fn history_went_back(
 }
 
 impl Agent {
+    /// After a watch dark since `heard` for longer than DARK: true to relist now; false to
+    /// resume the watch where it was, with the relist planned in `due` once
+    /// (`core::relist_delay`: at once in a small cluster, over a window in a large one).
+    fn relist_after_dark(&self, heard: Instant, due: &mut Option<Instant>) -> bool {
+        if heard.elapsed() <= DARK || due.is_some() {
+            return false;
+        }
+        let dark = heard.elapsed().as_secs_f32();
+        let cluster = &self.core.cluster;
+        let delay = relist_delay(cluster.nodes.len(), cluster.records(), &self.opts.node);
+        if delay.is_zero() {
+            log::warn!("no etcd member answered this node for {dark:.0} s; relisting");
+            return true;
+        }
+        log::warn!(
+            "no etcd member answered this node for {dark:.0} s; watching again where it was, and relisting in {:.0} s (every node of a cluster this size relisting at once would swamp etcd)",
+            delay.as_secs_f32()
+        );
+        *due = Some(Instant::now() + delay);
+        false
+    }
+
     /// Whether etcd answers this session (`status`, `/readyz`, `overlay_etcd_connected`),
     /// written out when it changes.
     fn etcd_reached(&mut self, reached: bool) {

@@ -59,6 +59,17 @@ pub enum Applied {
 }
 
 impl ClusterState {
+    /// How many records this copy holds: about how many keys listing etcd again returns.
+    pub fn records(&self) -> usize {
+        self.networks.len()
+            + self.nodes.len()
+            + self.endpoints.len()
+            + self.groups.len()
+            + self.names.len()
+            + self.services.len()
+            + self.health.len()
+    }
+
     /// Applies a put; `created` is etcd's create revision of the key (who came first decides
     /// conflicts). An error means the value was refused (and whatever the key held before is
     /// gone); the caller logs it with the key.

@@ -7,6 +7,17 @@ use super::hash::Fnv64;
 /// `base` scaled by a factor spread over [1/2, 1), different for every caller (`who`: the
 /// node's name) and every call: a fixed wait plus full spread, the usual "equal jitter".
 pub fn jittered(base: Duration, who: &str) -> Duration {
+    base.mul_f64(0.5 + unit(who) / 2.0)
+}
+
+/// A moment of `window` taken at random, different for every caller and call: "full jitter",
+/// for work every node must do once but not all at once.
+pub fn spread(window: Duration, who: &str) -> Duration {
+    window.mul_f64(unit(who))
+}
+
+/// A number in [0, 1), different for every caller (`who`) and every call.
+fn unit(who: &str) -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -15,8 +26,7 @@ pub fn jittered(base: Duration, who: &str) -> Duration {
         .write(&nanos.to_le_bytes())
         .write(&std::process::id().to_le_bytes());
     // The high bits of FNV mix best; 2^-32 steps are fine enough.
-    let unit = (h.finish() >> 32) as f64 / (1u64 << 32) as f64;
-    base.mul_f64(0.5 + unit / 2.0)
+    (h.finish() >> 32) as f64 / (1u64 << 32) as f64
 }
 
 /// The wait before a node's next etcd session: 200-400 ms after a session that lasted, and
@@ -66,6 +76,20 @@ mod tests {
         assert!(waits.iter().all(|w| *w < Sessions::MAX));
         assert!(waits[9] >= Sessions::MAX / 2);
         assert!(s.next(Sessions::LASTED, "n1") < Sessions::FIRST);
+    }
+
+    #[test]
+    fn a_spread_covers_the_whole_window() {
+        let window = Duration::from_secs(100);
+        let at: Vec<Duration> = (0..1000)
+            .map(|i| spread(window, &format!("node-{i}")))
+            .collect();
+        assert!(at.iter().all(|d| *d < window));
+        for q in 0..4u32 {
+            let (lo, hi) = (window / 4 * q, window / 4 * (q + 1));
+            let n = at.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!((150..350).contains(&n), "quarter {q}: {n} of 1000");
+        }
     }
 
     #[test]
