@@ -724,9 +724,18 @@ pub fn run(opts: Options) -> Result<Point> {
         let (secs, up) = bed.outage(opts.outage)?;
         (p.relist_s, p.etcd_stayed_up) = (secs, up);
         p.etcd_cpu_s = cpu;
+        let planned = bed
+            .full
+            .iter()
+            .filter(|f| f.stats.relists_planned.load(Ordering::Relaxed) > 0)
+            .count();
+        // What core::relist_delay spreads every node's relist over, at this point's size.
+        let window = overlay_agent::daemon::core::relist_window(opts.nodes, opts.endpoints);
         eprintln!(
-            "   after a {:?} outage: every node in sync {secs:.1} s after the restart",
-            opts.outage
+            "   after a {:?} outage: every node in sync {secs:.1} s after the restart; {planned} of {} full nodes put their relist off (window {:.0} s)",
+            opts.outage,
+            bed.full.len(),
+            window.as_secs_f64()
         );
         bed.check_desired()?;
     } else {

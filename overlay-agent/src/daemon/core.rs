@@ -33,6 +33,13 @@ const LISTED_BYTES_PER_KEY: f64 = 200.0;
 /// what one member on this project's 2-core test VM served three full nodes listing at once.
 const RELIST_BYTES_PER_SECOND: f64 = 32e6;
 
+/// The window [`relist_delay`] spreads `nodes` relists of `keys` keys each over.
+pub fn relist_window(nodes: usize, keys: usize) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(
+        nodes as f64 * keys as f64 * LISTED_BYTES_PER_KEY / RELIST_BYTES_PER_SECOND,
+    )
+}
+
 /// After a watch dark for longer than [`DARK`]: how long this node waits before it relists,
 /// its watch resumed meanwhile. Every node went dark at once (an outage ends for all of them
 /// at once), and every node listing everything at that moment is `nodes` x `keys` at once:
@@ -43,9 +50,7 @@ const RELIST_BYTES_PER_SECOND: f64 = 32e6;
 /// snapshot). Zero, relist now, when the window is under a second: any cluster of a few
 /// nodes, or of few keys.
 pub fn relist_delay(nodes: usize, keys: usize, who: &str) -> std::time::Duration {
-    let window = std::time::Duration::from_secs_f64(
-        nodes as f64 * keys as f64 * LISTED_BYTES_PER_KEY / RELIST_BYTES_PER_SECOND,
-    );
+    let window = relist_window(nodes, keys);
     if window < std::time::Duration::from_secs(1) {
         std::time::Duration::ZERO
     } else {
