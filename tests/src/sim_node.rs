@@ -160,7 +160,7 @@ async fn full_session(
         // moment of a window, the watch resumed meanwhile (`core::relist_delay`).
         let mut relist_due: Option<tokio::time::Instant> = None;
         let relist_now = |heard: Instant, due: &mut Option<tokio::time::Instant>| {
-            if heard.elapsed() <= DARK || due.is_some() {
+            if heard.elapsed() <= DARK || due.is_some_and(|at| at > tokio::time::Instant::now()) {
                 return false;
             }
             let (nodes, records) = {

@@ -2,7 +2,8 @@
 //! the node's lease alive, it sends no progress requests (the keepalive's answers prove the
 //! member alive); alone on a member, it asks about once a second; and when its member hangs
 //! (SIGSTOP), it is lost within seconds, the member last heard well within the agent's DARK
-//! (so the node resumes elsewhere instead of relisting).
+//! (so the node resumes elsewhere instead of relisting); beside a keepalive of a longer TTL (a
+//! large cluster's), it waits for that keepalive and asks nothing.
 use std::time::{Duration, Instant};
 
 use overlay_agent::{
@@ -101,4 +102,45 @@ fn an_idle_watch_asks_only_when_nothing_else_hears_its_member_and_notices_a_hang
         "the hung member was noticed after {lost_after:?}"
     );
     assert!(dark < DARK, "dark for {dark:?} when the watch was lost");
+}
+
+/// A cluster of over 1,000 nodes gives its nodes a longer lease (`lease::ttl_for`), renewed
+/// less often (every 5 s at TTL 20): an idle watch beside the keepalive still waits for it
+/// instead of asking between two renewals (which at 5,000 nodes of TTL 50 would be 3,700
+/// requests a second).
+#[test]
+fn an_idle_watch_waits_for_a_slow_keepalive_and_asks_nothing() {
+    const LONG_TTL: i64 = 20;
+    let d = Deployment::new("ewlslow", &[false]).unwrap();
+    let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+    let wire = d.etcd.wire().to_string();
+    let rt = overlay_tests::netns::enter(&wire, || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    let asks = overlay_tests::netns::enter(&wire, || {
+        rt.block_on(async {
+            let node = Store::connect(&Etcd::plain(&members, "/overlay"))
+                .await
+                .unwrap();
+            let record = NodeRecord::new("10.0.0.9".parse().unwrap(), Some(1500));
+            let (lease, stream) = node.register_node("w1", &record, LONG_TTL).await.unwrap();
+            let _keepalive =
+                KeepAlive::spawn(node.clone(), stream, lease, LONG_TTL, Metrics::new());
+            let from = node.history().await.unwrap().revision + 1;
+            let mut watch = node.watch(from).await.unwrap();
+            // Two and a half renewals.
+            let _ = tokio::time::timeout(Duration::from_secs(12), async {
+                while watch.message().await.is_ok() {}
+            })
+            .await;
+            watch.asks()
+        })
+    });
+    assert_eq!(
+        asks, 0,
+        "an idle watch beside a keepalive every 5 s asked {asks} times in 12 s"
+    );
 }

@@ -85,13 +85,18 @@ fn simulated_nodes_end_as_desired_and_agree_with_a_real_agent() {
         listed(&bed).iter().zip(&before).all(|(now, was)| now > was)
     })
     .expect("every full node relisted within its window");
-    let log = bed.d.hosts[0].log();
     wait_for(Duration::from_secs(10), || {
         bed.d.hosts[0]
             .log()
             .contains("relisting, as planned after the outage")
     })
-    .unwrap_or_else(|_| panic!("the real agent relisted as planned: {log}"));
+    .unwrap_or_else(|_| {
+        panic!(
+            "the real agent relisted as planned: {}",
+            bed.d.hosts[0].log()
+        )
+    });
+    let log = bed.d.hosts[0].log();
     assert!(
         log.contains("watching again where it was, and relisting in"),
         "{log}"

@@ -50,6 +50,7 @@ impl KeepAlive {
         ttl: i64,
         metrics: Metrics,
     ) -> Self {
+        store.note_renew_every(renew_every(ttl));
         let (tx, lost) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let why = keep_alive(&store, stream, lease, ttl, &metrics).await;
@@ -92,6 +93,11 @@ impl KeepAlive {
     }
 }
 
+/// How often a lease of `ttl` seconds is renewed: every quarter TTL, three tries to spare.
+fn renew_every(ttl: i64) -> Duration {
+    Duration::from_millis((ttl.max(1) as u64 * 1000 / 4).max(250))
+}
+
 /// The first pause between tries when no member answers, doubling to half the TTL.
 const RETRY: Duration = Duration::from_millis(400);
 
@@ -104,7 +110,7 @@ async fn keep_alive(
     metrics: &Metrics,
 ) -> String {
     let ttl_span = Duration::from_secs(ttl.max(1) as u64);
-    let mut tick = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 4).max(250)));
+    let mut tick = tokio::time::interval(renew_every(ttl));
     // A renewal takes milliseconds; a member that has not answered one within a second (a
     // quarter TTL if shorter) is hung or cut off from the leader: the lease moves at once,
     // and the watch with it (see store::watch), long before etcd itself would cancel it.

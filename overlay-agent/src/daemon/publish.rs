@@ -40,6 +40,37 @@ impl Agent {
         }
     }
 
+    /// After a relist within a session (same lease): what etcd holds of this node's own
+    /// records counts as published. A cluster restored from a snapshot may hold older
+    /// versions of them, still under this lease (etcd renewed it): those are written again
+    /// at the next tick, and what etcd already has is not (each put of the node, its groups
+    /// or its health is an event for every other node). The digest, which no node watches,
+    /// is simply published again.
+    pub(super) async fn published_as_listed(&mut self, store: &Store, lease: i64) {
+        let me = self.opts.node.as_str();
+        let cluster = &self.core.cluster;
+        self.published = None;
+        self.published_groups = Some(
+            cluster
+                .groups
+                .get(me)
+                .map(|groups| {
+                    groups
+                        .iter()
+                        .map(|(vni, set)| (vni.to_string(), set.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        self.published_health = cluster.health.get(me).cloned();
+        let record = NodeRecord::new(self.vtep, self.underlay_mtu);
+        if cluster.nodes.get(me) != Some(&record)
+            && let Err(e) = store.put_node(me, &record, lease).await
+        {
+            log::warn!("{e:#}");
+        }
+    }
+
     /// Publishes the digest of what the maps hold when it changed, so that `doctor --cluster`
     /// can tell a node that is behind or diverged. Only while the maps are what the last full
     /// reconcile wanted: a digest of half-written maps would say nothing.

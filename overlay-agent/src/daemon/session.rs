@@ -25,9 +25,9 @@ impl Agent {
     /// One session, from connecting to its end: an error says why it ended (`run` connects
     /// again, unless it is an OtherFamily).
     pub(super) async fn session(&mut self) -> Result<()> {
-        // etcd gives every lease a fresh TTL when it comes back: retrying well within one TTL
-        // lets this node re-register before its old lease can expire, so no other node ever
-        // drops our endpoints because etcd was down.
+        // A session ends only when etcd said its lease expired (or a request of its own
+        // failed): connect again well within one TTL, so that a node that lost its lease is
+        // back before the others have long done without it.
         let max_delay =
             Duration::from_millis((self.opts.lease_ttl as u64 * 1000 / 4).clamp(200, 5000));
         // A request tries the members for half a lease TTL (3 to 10 s): long enough for an
@@ -60,6 +60,9 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // The health checker's verdicts, published as soon as they change.
         let mut health = self.health.clone();
+        // Listings made in this session: the first follows the registration, which
+        // publishes everything anew under the new lease.
+        let mut listings = 0u64;
         loop {
             // Through an outage the session lives on, and so its lease: nothing for the
             // other nodes to hear (5,000 re-registrations would be 25 million events).
@@ -96,6 +99,10 @@ impl Agent {
             }
             // From scratch: whatever the listing lacks leaves the maps at the reconcile.
             self.core.relisted(store.keys(), &kvs);
+            if listings > 0 {
+                self.published_as_listed(&store, lease).await;
+            }
+            listings += 1;
             self.publish_names(None);
             log::info!(
                 "listed {} keys at revision {revision}; watching from {}",
@@ -332,10 +339,12 @@ async fn history_went_back(
 
 impl Agent {
     /// After a watch dark since `heard` for longer than DARK: true to relist now; false to
-    /// resume the watch where it was, with the relist planned in `due` once
+    /// resume the watch where it was, with the relist planned in `due`
     /// (`core::relist_delay`: at once in a small cluster, over a window in a large one).
     fn relist_after_dark(&self, heard: Instant, due: &mut Option<Instant>) -> bool {
-        if heard.elapsed() <= DARK || due.is_some() {
+        // A moment still ahead is kept; one that passed while dark again is drawn anew, or
+        // every node whose moment fell in a second outage would relist at its end together.
+        if heard.elapsed() <= DARK || due.is_some_and(|at| at > Instant::now()) {
             return false;
         }
         let dark = heard.elapsed().as_secs_f32();

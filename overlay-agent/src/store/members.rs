@@ -13,7 +13,7 @@ use std::{
     future::Future,
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -42,6 +42,9 @@ pub struct Members {
     options: ConnectOptions,
     preferred: AtomicUsize,
     list: String,
+    /// How often this client's lease keepalive hears its member, in ms (0: no keepalive): a
+    /// quiet watch on that member waits that long for it before asking (store::watch).
+    renew_every_ms: std::sync::atomic::AtomicU64,
 }
 
 struct Member {
@@ -100,6 +103,7 @@ impl Members {
             options: options.with_require_leader(true),
             preferred: AtomicUsize::new(0),
             list: endpoints.join(","),
+            renew_every_ms: AtomicU64::new(0),
         }
     }
 
@@ -298,6 +302,18 @@ impl Members {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_answer = Some(Instant::now());
+    }
+
+    /// The lease keepalive renews every `period` (a quarter of its TTL, which grows with the
+    /// cluster: 12.5 s at 5,000 nodes).
+    pub fn set_renew_every(&self, period: Duration) {
+        self.renew_every_ms
+            .store(period.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// See [`Members::set_renew_every`]; zero without a keepalive.
+    pub fn renew_every(&self) -> Duration {
+        Duration::from_millis(self.renew_every_ms.load(Ordering::Relaxed))
     }
 
     /// When `member` last answered this client (a request, or a stream's message noted with

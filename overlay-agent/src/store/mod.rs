@@ -332,6 +332,11 @@ impl Store {
     }
 
     /// How many etcd members this client was given.
+    /// The lease keepalive's period, for the watches to wait for (see `store::watch`).
+    pub fn note_renew_every(&self, period: Duration) {
+        self.members.set_renew_every(period);
+    }
+
     pub fn member_count(&self) -> usize {
         self.members.count()
     }

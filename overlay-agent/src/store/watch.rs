@@ -32,6 +32,8 @@ const TICK: Duration = Duration::from_millis(500);
 /// than the keepalive's period at the agent's default TTL (2.5 s), so that an idle node whose
 /// keepalive shares the member never asks; short enough that the quiet, the [`SILENCE`] and
 /// two ticks stay under the daemon's DARK (6 s): a hung member costs a move, not a relist.
+/// With a longer TTL (a cluster of over 1,000 nodes) the keepalive's period plus a tick: the
+/// keepalive, which finds a hung member within its patience, is then what moves the watch.
 pub const QUIET: Duration = Duration::from_secs(3);
 /// Quiet this long while nothing else hears the member (the keepalive is on another): ask.
 pub const ALONE_QUIET: Duration = Duration::from_secs(1);
@@ -140,8 +142,12 @@ impl Watch {
                         );
                         return Err(self.lost(why));
                     }
-                    let quiet = if other.is_some_and(|o| o.elapsed() < QUIET) {
-                        QUIET
+                    // The keepalive renews every quarter TTL, which grows with the cluster
+                    // (12.5 s at 5,000 nodes): wait for it, or every idle node of a large
+                    // cluster would ask about once a second between two renewals.
+                    let with_keepalive = QUIET.max(self.members.renew_every() + TICK);
+                    let quiet = if other.is_some_and(|o| o.elapsed() < with_keepalive) {
+                        with_keepalive
                     } else {
                         ALONE_QUIET
                     };

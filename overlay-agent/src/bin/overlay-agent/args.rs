@@ -121,8 +121,9 @@ pub enum Command {
         #[arg(long, env = "OVERLAY_VTEP")]
         vtep: Option<IpAddr>,
         /// Seconds without keepalive after which other nodes drop this node's endpoints: at
-        /// least this, and nodes/100 above 1,000 nodes (etcd's leader renews at most 400
-        /// leases a second).
+        /// least this, and nodes/100 when registering among over 1,000 nodes (in a cluster
+        /// whose nodes all registered at its size, etcd's leader renews at most 400 leases a
+        /// second).
         #[arg(long, env = "OVERLAY_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..=86400))]
         lease_ttl: i64,
         /// Capacity of each per-endpoint map (FDB, ARP, ENDPOINTS, PORTS, VTEPS).
