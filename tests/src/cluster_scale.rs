@@ -274,11 +274,7 @@ impl Bed {
         };
         let wire = d.etcd.wire().to_string();
         // Every thread of the runtime is made in the namespace that reaches etcd.
-        let rt = crate::netns::enter(&wire, || {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-        })?;
+        let rt = crate::netns::runtime(&wire)?;
         let admin = crate::netns::enter(&wire, || {
             rt.block_on(Store::connect(&Etcd::plain(&members, "/overlay")))
         })?;

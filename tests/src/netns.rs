@@ -134,6 +134,16 @@ pub fn enter<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// A tokio runtime whose every thread is made in namespace `name` (threads keep the namespace
+/// they were made in): for clients that reach etcd, or anything else, from there.
+pub fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    enter(name, || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    })
+}
+
 pub fn sh(cmd: &str) -> Result<String> {
     let out = Command::new("sh")
         .args(["-c", cmd])

@@ -22,12 +22,7 @@ fn an_idle_watch_asks_only_when_nothing_else_hears_its_member_and_notices_a_hang
     let wire = d.etcd.wire().to_string();
     let etcd = &mut d.etcd;
     // Every thread of the runtime is made in the namespace that reaches etcd.
-    let rt = overlay_tests::netns::enter(&wire, || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    });
+    let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let (member, with_keepalive, alone, lost_after, dark) =
         overlay_tests::netns::enter(&wire, || {
             rt.block_on(async {
@@ -114,12 +109,7 @@ fn an_idle_watch_waits_for_a_slow_keepalive_and_asks_nothing() {
     let d = Deployment::new("ewlslow", &[false]).unwrap();
     let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
     let wire = d.etcd.wire().to_string();
-    let rt = overlay_tests::netns::enter(&wire, || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    });
+    let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let asks = overlay_tests::netns::enter(&wire, || {
         rt.block_on(async {
             let node = Store::connect(&Etcd::plain(&members, "/overlay"))

@@ -15,12 +15,7 @@ fn a_nodes_digest_is_no_event_for_the_others_and_the_keys_after_it_in_the_layout
     let d = Deployment::new("ewr", &[false]).unwrap();
     let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
     let wire = d.etcd.wire().to_string();
-    let rt = overlay_tests::netns::enter(&wire, || {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    });
+    let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let heard: Vec<String> = overlay_tests::netns::enter(&wire, || {
         rt.block_on(async {
             let store = Store::connect(&Etcd::plain(&members, "/overlay"))
