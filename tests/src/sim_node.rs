@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Result, bail};
 use overlay_agent::{
     daemon::{
-        core::{ControlPlane, DARK, relist_delay},
+        core::ControlPlane,
         lease::{self, KeepAlive},
         metrics::Metrics,
     },
@@ -134,8 +134,7 @@ async fn full_session(
 ) -> Result<()> {
     let keys = store.keys().clone();
     let own_key = keys.node(name);
-    let ttl = lease::ttl_for(TTL, store.node_count().await? + 1);
-    let (lease, stream) = store.register_node(name, &record(vtep), ttl).await?;
+    let (lease, stream, ttl) = lease::register(store, name, &record(vtep), TTL).await?;
     let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, ttl, Metrics::new());
     loop {
         // As the agent's session: through an outage, on the same lease.
@@ -157,28 +156,20 @@ async fn full_session(
         let mut pause = Duration::ZERO;
         let mut heard = Instant::now();
         // As the agent's session: dark for long, relist now or, in a large cluster, at a
-        // moment of a window, the watch resumed meanwhile (`core::relist_delay`).
-        let mut relist_due: Option<tokio::time::Instant> = None;
-        let relist_now = |heard: Instant, due: &mut Option<tokio::time::Instant>| {
-            if heard.elapsed() <= DARK || due.is_some_and(|at| at > tokio::time::Instant::now()) {
-                return false;
+        // moment of a window, the watch resumed meanwhile.
+        let mut relist_due: Option<Instant> = None;
+        let relist_now = |heard: Instant, due: &mut Option<Instant>| {
+            let was = *due;
+            let now = full.core.lock().unwrap().relist_after_dark(heard, due);
+            if *due != was {
+                stats.relists_planned.fetch_add(1, Ordering::Relaxed);
             }
-            let (nodes, records) = {
-                let cluster = &full.core.lock().unwrap().cluster;
-                (cluster.nodes.len(), cluster.records())
-            };
-            let delay = relist_delay(nodes, records, name);
-            if delay.is_zero() {
-                return true;
-            }
-            stats.relists_planned.fetch_add(1, Ordering::Relaxed);
-            *due = Some(tokio::time::Instant::now() + delay);
-            false
+            now
         };
         'rewatch: loop {
             tokio::select! {
                 _ = tokio::time::sleep(jittered(pause, name)) => {}
-                why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
+                why = &mut keepalive.lost => return Err(lease::lost(why)),
             }
             if relist_now(heard, &mut relist_due) {
                 break 'rewatch;
@@ -206,7 +197,7 @@ async fn full_session(
                             continue 'rewatch;
                         }
                     },
-                    why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
+                    why = &mut keepalive.lost => return Err(lease::lost(why)),
                     _ = until(relist_due) => break 'rewatch,
                 };
                 heard = Instant::now();
@@ -242,9 +233,9 @@ async fn full_session(
 }
 
 /// Ready at `due`; never, without one.
-async fn until(due: Option<tokio::time::Instant>) {
+async fn until(due: Option<Instant>) {
     match due {
-        Some(due) => tokio::time::sleep_until(due).await,
+        Some(due) => tokio::time::sleep_until(due.into()).await,
         None => std::future::pending().await,
     }
 }
@@ -273,14 +264,13 @@ async fn light_session(
     stats: &NodeStats,
 ) -> Result<()> {
     let keys = store.keys().clone();
-    let ttl = lease::ttl_for(TTL, store.node_count().await? + 1);
-    let (lease, stream) = store.register_node(name, &record(vtep), ttl).await?;
+    let (lease, stream, ttl) = lease::register(store, name, &record(vtep), TTL).await?;
     let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, ttl, Metrics::new());
     let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(jittered(pause, name)) => {}
-            why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
+            why = &mut keepalive.lost => return Err(lease::lost(why)),
         }
         let mut watch = match store.watch(*revision + 1).await {
             Ok(w) => w,
@@ -300,7 +290,7 @@ async fn light_session(
                         break;
                     }
                 },
-                why = &mut keepalive.lost => bail!("{}", why.unwrap_or_default()),
+                why = &mut keepalive.lost => return Err(lease::lost(why)),
             };
             if resp.canceled() || resp.compact_revision() > 0 {
                 bail!("watch canceled (compacted at {})", resp.compact_revision());

@@ -82,6 +82,34 @@ pub struct Reconciled {
 }
 
 impl ControlPlane {
+    /// After a watch dark since `heard` for longer than [`DARK`]: true to relist now; false
+    /// to resume the watch where it was, with the relist planned in `due` ([`relist_delay`]:
+    /// at once in a small cluster, over a window in a large one). A moment still ahead is
+    /// kept; one that passed while dark again is drawn anew, or every node whose moment fell
+    /// in a second outage would relist at its end together.
+    pub fn relist_after_dark(
+        &self,
+        heard: std::time::Instant,
+        due: &mut Option<std::time::Instant>,
+    ) -> bool {
+        let now = std::time::Instant::now();
+        if now.duration_since(heard) <= DARK || due.is_some_and(|at| at > now) {
+            return false;
+        }
+        let dark = now.duration_since(heard).as_secs_f32();
+        let delay = relist_delay(self.cluster.nodes.len(), self.cluster.records(), &self.node);
+        if delay.is_zero() {
+            log::warn!("no etcd member answered this node for {dark:.0} s; relisting");
+            return true;
+        }
+        log::warn!(
+            "no etcd member answered this node for {dark:.0} s; watching again where it was, and relisting in {:.0} s (every node of a cluster this size relisting at once would swamp etcd)",
+            delay.as_secs_f32()
+        );
+        *due = Some(now + delay);
+        false
+    }
+
     pub fn new(node: &str, applied: MapState) -> Self {
         Self {
             node: node.to_string(),

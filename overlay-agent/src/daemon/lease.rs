@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use super::metrics::Metrics;
 use crate::{
     shared::backoff::jittered,
-    store::{self, LeaseStream, Store, brief},
+    store::{self, LeaseStream, Store, brief, schema::NodeRecord},
 };
 
 /// How many lease renewals a second all nodes together ask of etcd's leader at most, by
@@ -25,6 +25,28 @@ pub fn ttl_for(configured: i64, nodes: usize) -> i64 {
         .saturating_mul(4)
         .div_ceil(RENEWALS_PER_SECOND as u64);
     configured.max(needed.min(i64::MAX as u64) as i64)
+}
+
+/// Registers `node` under a new lease, its TTL [`ttl_for`] the nodes registered (this one
+/// counted): the lease, its keepalive stream and the TTL.
+pub async fn register(
+    store: &Store,
+    node: &str,
+    record: &NodeRecord,
+    configured: i64,
+) -> anyhow::Result<(i64, LeaseStream, i64)> {
+    // Counting this node, if it is not registered yet.
+    let ttl = ttl_for(configured, store.node_count().await? + 1);
+    let (lease, stream) = store.register_node(node, record, ttl).await?;
+    Ok((lease, stream, ttl))
+}
+
+/// Why the session ends, from what [`KeepAlive::lost`] said (or its task ending unsaid).
+pub fn lost(why: Result<String, tokio::sync::oneshot::error::RecvError>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}",
+        why.unwrap_or_else(|_| "the lease keepalive stopped".into())
+    )
 }
 
 /// Keeps one lease alive from its own task, every quarter TTL; `lost` says why when it cannot.
@@ -81,12 +103,12 @@ impl KeepAlive {
                     Ok(v) => return Ok(v),
                     Err(e) => e,
                 },
-                why = &mut self.lost => anyhow::bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into())),
+                why = &mut self.lost => return Err(lost(why)),
             };
             failed(&why);
             tokio::select! {
                 _ = tokio::time::sleep(jittered(pause, who)) => {}
-                why = &mut self.lost => anyhow::bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into())),
+                why = &mut self.lost => return Err(lost(why)),
             }
             pause = (pause * 2).min(Duration::from_secs(5));
         }

@@ -4,11 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{
-    Agent, KeepAlive, OtherFamily,
-    core::{DARK, relist_delay},
-    lease,
-};
+use super::{Agent, KeepAlive, OtherFamily, lease};
 use crate::{
     model::delta::Batch,
     netlink::ifindex,
@@ -37,10 +33,8 @@ impl Agent {
         let store = Store::connect_retrying_within(&self.opts.etcd, max_delay, bound).await;
         self.same_family(&store).await?;
         let record = NodeRecord::new(self.vtep, self.underlay_mtu);
-        // Counting this node, if it is not registered yet.
-        let nodes = store.node_count().await? + 1;
-        let ttl = lease::ttl_for(self.opts.lease_ttl, nodes);
-        let (lease, stream) = store.register_node(&self.opts.node, &record, ttl).await?;
+        let (lease, stream, ttl) =
+            lease::register(&store, &self.opts.node, &record, self.opts.lease_ttl).await?;
         // The lease is kept alive by a task of its own: a long reconcile (or a busy machine)
         // must never delay a keepalive into another node dropping ours.
         self.metrics.lease_renewed(ttl);
@@ -127,7 +121,7 @@ impl Agent {
                     // Jittered: every node lost the same etcd at the same instant.
                     _ = tokio::time::sleep(jittered(pause, &self.opts.node)) => {}
                     why = &mut keepalive.lost => {
-                        bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                        return Err(lease::lost(why))
                     }
                 }
                 // A watch lost (every member restarting is one way to lose it) may come back
@@ -141,7 +135,7 @@ impl Agent {
                 // cluster restored and written past our revision, same id, same term, a raft
                 // log as long). A member failing costs a few seconds, an outage a relist, now
                 // or, in a large cluster, paced (see relist_after_dark).
-                if !first && self.relist_after_dark(heard, &mut relist_due) {
+                if !first && self.core.relist_after_dark(heard, &mut relist_due) {
                     break 'rewatch;
                 }
                 let resuming = !first;
@@ -158,7 +152,7 @@ impl Agent {
                 };
                 // The request itself may have waited out an outage (it tries for seconds):
                 // dark for that long calls for the relist all the same.
-                if resuming && self.relist_after_dark(heard, &mut relist_due) {
+                if resuming && self.core.relist_after_dark(heard, &mut relist_due) {
                     break 'rewatch;
                 }
                 let opened = Instant::now();
@@ -240,7 +234,7 @@ impl Agent {
                             self.sync_node(When::Change).await;
                         }
                         why = &mut keepalive.lost => {
-                            bail!("{}", why.unwrap_or_else(|_| "the lease keepalive stopped".into()))
+                            return Err(lease::lost(why))
                         }
                         _ = tick.tick() => {
                             if relist_due.is_some_and(|due| due <= Instant::now()) {
@@ -338,30 +332,6 @@ async fn history_went_back(
 }
 
 impl Agent {
-    /// After a watch dark since `heard` for longer than DARK: true to relist now; false to
-    /// resume the watch where it was, with the relist planned in `due`
-    /// (`core::relist_delay`: at once in a small cluster, over a window in a large one).
-    fn relist_after_dark(&self, heard: Instant, due: &mut Option<Instant>) -> bool {
-        // A moment still ahead is kept; one that passed while dark again is drawn anew, or
-        // every node whose moment fell in a second outage would relist at its end together.
-        if heard.elapsed() <= DARK || due.is_some_and(|at| at > Instant::now()) {
-            return false;
-        }
-        let dark = heard.elapsed().as_secs_f32();
-        let cluster = &self.core.cluster;
-        let delay = relist_delay(cluster.nodes.len(), cluster.records(), &self.opts.node);
-        if delay.is_zero() {
-            log::warn!("no etcd member answered this node for {dark:.0} s; relisting");
-            return true;
-        }
-        log::warn!(
-            "no etcd member answered this node for {dark:.0} s; watching again where it was, and relisting in {:.0} s (every node of a cluster this size relisting at once would swamp etcd)",
-            delay.as_secs_f32()
-        );
-        *due = Some(Instant::now() + delay);
-        false
-    }
-
     /// Whether etcd answers this session (`status`, `/readyz`, `overlay_etcd_connected`),
     /// written out when it changes.
     fn etcd_reached(&mut self, reached: bool) {
