@@ -19,7 +19,10 @@
 use std::{
     net::Ipv4Addr,
     process::Child,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -527,18 +530,26 @@ impl Bed {
 
     /// etcd down for `outage` (every member SIGKILLed), then started again: seconds from the
     /// restart until every node has an endpoint written right after it (full nodes having
-    /// relisted when the outage was longer than DARK), and whether etcd answered throughout.
-    pub fn outage(&mut self, outage: Duration) -> Result<(f64, bool)> {
-        let listings: Vec<(u64, u64)> = self
-            .full
-            .iter()
-            .map(|f| {
-                (
-                    f.stats.listings.load(Ordering::Relaxed),
-                    f.stats.relists_planned.load(Ordering::Relaxed),
-                )
-            })
-            .collect();
+    /// had their last changes replayed, or relisted, when the outage was longer than DARK),
+    /// and whether etcd answered throughout. `compact`: etcd compacted first, at the last
+    /// change every node has (a watch resumes after it), so no node's last changes can be
+    /// replayed (each relists, paced as in a real cluster).
+    pub fn outage(&mut self, outage: Duration, compact: bool) -> Result<(f64, bool)> {
+        let count = |f: &SimFull| {
+            [
+                f.stats.listings.load(Ordering::Relaxed),
+                f.stats.relists_planned.load(Ordering::Relaxed),
+                f.stats.replayed.load(Ordering::Relaxed),
+            ]
+        };
+        let before: Vec<[u64; 3]> = self.full.iter().map(count).collect();
+        if compact {
+            // Not at etcd's revision: writes outside the watched range (the real agent's
+            // digest) move it past the last change any node heard.
+            let last = self.mark()?;
+            self.caught_up(last)?;
+            self.d.etcd.compact_at(last)?;
+        }
         self.d.etcd.stop();
         std::thread::sleep(outage);
         let restarted = Instant::now();
@@ -556,13 +567,12 @@ impl Bed {
             );
         }
         if outage > overlay_agent::daemon::core::DARK {
-            // Each relisted, or (a large cluster) resumed its watch with the relist put off.
-            for (f, (listed, planned)) in self.full.iter().zip(listings) {
-                if f.stats.listings.load(Ordering::Relaxed) <= listed
-                    && f.stats.relists_planned.load(Ordering::Relaxed) <= planned
-                {
+            // Each resumed its watch on etcd's replay, relisted, or (a large cluster) resumed
+            // it with the relist put off.
+            for (f, was) in self.full.iter().zip(before) {
+                if count(f).iter().zip(was).all(|(now, was)| *now <= was) {
                     bail!(
-                        "full node {} neither relisted nor planned to after the outage",
+                        "full node {} neither had its changes replayed nor relisted nor planned to after the outage",
                         f.name
                     );
                 }
@@ -574,6 +584,18 @@ impl Bed {
             .fold(0.0f64, f64::max)
             / 1e3;
         Ok((secs, up))
+    }
+
+    /// Waits until every simulated node has applied `revision`.
+    fn caught_up(&self, revision: i64) -> Result<()> {
+        let stats = self.full.iter().map(|f| &f.stats);
+        let all = stats.chain(self.light.iter().map(|l| &l.stats));
+        wait_for(Duration::from_secs(60), || {
+            all.clone()
+                .all(|s| s.revision.load(Ordering::Relaxed) >= revision)
+        })
+        .context("nodes catching up")?;
+        Ok(())
     }
 
     /// The cluster as etcd holds it now, read into a copy as an agent would.
@@ -588,13 +610,7 @@ impl Bed {
     /// Every full node's recorded maps equal what `desired` computes for it from etcd now
     /// (after they caught up); Err names the first that differs and how.
     pub fn check_desired(&self) -> Result<()> {
-        let revision = self.mark()?;
-        wait_for(Duration::from_secs(60), || {
-            self.full
-                .iter()
-                .all(|f| f.stats.revision.load(Ordering::Relaxed) >= revision)
-        })
-        .context("full nodes catching up")?;
+        self.caught_up(self.mark()?)?;
         let cluster = self.cluster_now()?;
         for f in &self.full {
             let want = sim_node::desired_of(&cluster, &f.name);
@@ -717,21 +733,29 @@ pub fn run(opts: Options) -> Result<Point> {
     p.etcd_db_bytes = bed.etcd_db_bytes();
     if !opts.outage.is_zero() {
         let cpu = bed.etcd_cpu_s();
-        let (secs, up) = bed.outage(opts.outage)?;
+        let (secs, up) = bed.outage(opts.outage, false)?;
         (p.relist_s, p.etcd_stayed_up) = (secs, up);
         p.etcd_cpu_s = cpu;
-        let planned = bed
-            .full
+        let having = |stat: fn(&NodeStats) -> &AtomicU64| {
+            bed.full
+                .iter()
+                .filter(|f| stat(&f.stats).load(Ordering::Relaxed) > 0)
+                .count()
+        };
+        let (replayed, planned) = (having(|s| &s.replayed), having(|s| &s.relists_planned));
+        let light_replayed = bed
+            .light
             .iter()
-            .filter(|f| f.stats.relists_planned.load(Ordering::Relaxed) > 0)
+            .filter(|l| l.stats.replayed.load(Ordering::Relaxed) > 0)
             .count();
         // What core::relist_delay spreads every node's relist over, at this point's size.
         let window = overlay_agent::daemon::core::relist_window(opts.nodes, opts.endpoints);
         eprintln!(
-            "   after a {:?} outage: every node in sync {secs:.1} s after the restart; {planned} of {} full nodes put their relist off (window {:.0} s)",
+            "   after a {:?} outage: every node in sync {secs:.1} s after the restart; of {} full nodes, {replayed} resumed on etcd's replay of their last changes, {planned} put a relist off (window {:.0} s); of {} light nodes, {light_replayed} had theirs replayed",
             opts.outage,
             bed.full.len(),
-            window.as_secs_f64()
+            window.as_secs_f64(),
+            bed.light.len()
         );
         bed.check_desired()?;
     } else {

@@ -370,11 +370,18 @@ impl Etcd {
     /// revision is cancelled. Returns the revision.
     pub fn compact(&self) -> Result<i64> {
         let rev = self.revision()?;
+        self.compact_at(rev)?;
+        Ok(rev)
+    }
+
+    /// Compacts the keyspace at `rev` (physically): a watch from any earlier revision is
+    /// cancelled.
+    pub fn compact_at(&self, rev: i64) -> Result<()> {
         let out = self.ctl(&self.url, &["compact", "--physical", &rev.to_string()])?;
         if !out.status.success() {
             bail!("compact: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
-        Ok(rev)
+        Ok(())
     }
 
     /// Saves a snapshot of the cluster (from the leader) at `path`.

@@ -34,6 +34,7 @@ use overlay_agent::{
     shared::backoff::{Sessions, jittered},
     store::{
         EventType, Store,
+        replay::{Recent, Replayed},
         schema::{self, EndpointRecord, Key, NodeRecord},
     },
 };
@@ -47,10 +48,14 @@ pub const TTL: i64 = 10;
 pub struct NodeStats {
     /// The revision whose events (or listing) the node has applied.
     pub revision: AtomicI64,
-    /// Listings made (a full node relists after an outage longer than DARK).
+    /// Listings made (a full node relists after an outage longer than DARK that etcd could
+    /// not vouch for by a replay).
     pub listings: AtomicU64,
     /// Relists put off after an outage (a large cluster's, `core::relist_delay`).
     pub relists_planned: AtomicU64,
+    /// Outages after which etcd replayed the node's last changes as it applied them, so its
+    /// watch resumed with no relist (store::replay).
+    pub replayed: AtomicU64,
     /// Sessions begun (a lease lost begins another).
     pub sessions: AtomicU64,
     /// A watch is open and answered.
@@ -155,23 +160,15 @@ async fn full_session(
         stats.revision.store(revision, Ordering::Relaxed);
         let mut pause = Duration::ZERO;
         let mut heard = Instant::now();
-        // As the agent's session: dark for long, relist now or, in a large cluster, at a
-        // moment of a window, the watch resumed meanwhile.
+        // As the agent's session: dark for long, etcd replays the last changes or the node
+        // relists, now or, in a large cluster, at a moment of a window.
         let mut relist_due: Option<Instant> = None;
-        let relist_now = |heard: Instant, due: &mut Option<Instant>| {
-            let was = *due;
-            let now = full.core.lock().unwrap().relist_after_dark(heard, due);
-            if *due != was {
-                stats.relists_planned.fetch_add(1, Ordering::Relaxed);
-            }
-            now
-        };
         'rewatch: loop {
             tokio::select! {
                 _ = tokio::time::sleep(jittered(pause, name)) => {}
                 why = &mut keepalive.lost => return Err(lease::lost(why)),
             }
-            if relist_now(heard, &mut relist_due) {
+            if relist_after_dark(store, full, stats, heard, &mut relist_due).await {
                 break 'rewatch;
             }
             let mut watch = match store.watch(revision + 1).await {
@@ -181,7 +178,7 @@ async fn full_session(
                     continue;
                 }
             };
-            if relist_now(heard, &mut relist_due) {
+            if relist_after_dark(store, full, stats, heard, &mut relist_due).await {
                 break 'rewatch;
             }
             stats.watching.store(true, Ordering::Relaxed);
@@ -232,6 +229,38 @@ async fn full_session(
     }
 }
 
+/// As the agent's session (Agent::relist_after_dark): after a watch dark since `heard`, true
+/// to relist now; etcd is asked to replay the node's last changes when it was dark for long.
+async fn relist_after_dark(
+    store: &Store,
+    full: &Full,
+    stats: &NodeStats,
+    heard: Instant,
+    due: &mut Option<Instant>,
+) -> bool {
+    let recent = {
+        let core = full.core.lock().unwrap();
+        if !overlay_agent::daemon::core::dark(heard, due) {
+            return false;
+        }
+        core.recent.clone()
+    };
+    let replayed = store.replays(&recent).await;
+    if matches!(replayed, Replayed::Same(_)) {
+        stats.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+    let was = *due;
+    let now = full
+        .core
+        .lock()
+        .unwrap()
+        .relist_after_dark(heard, replayed, due);
+    if *due != was {
+        stats.relists_planned.fetch_add(1, Ordering::Relaxed);
+    }
+    now
+}
+
 /// Ready at `due`; never, without one.
 async fn until(due: Option<Instant>) {
     match due {
@@ -247,11 +276,13 @@ async fn until(due: Option<Instant>) {
 pub async fn run_light(store: Store, name: String, vtep: Ipv4Addr, stats: Arc<NodeStats>) {
     // Watching from revision 0: from etcd's revision when the watch begins.
     let mut revision = -1;
+    // Its last changes, for etcd to replay after an outage as it would an agent's.
+    let mut recent = Recent::default();
     let mut backoff = Sessions::default();
     loop {
         stats.sessions.fetch_add(1, Ordering::Relaxed);
         let began = Instant::now();
-        let why = light_session(&store, &name, vtep, &mut revision, &stats).await;
+        let why = light_session(&store, &name, vtep, &mut revision, &mut recent, &stats).await;
         stats.session_ended(why, &name, began, &mut backoff).await;
     }
 }
@@ -261,16 +292,25 @@ async fn light_session(
     name: &str,
     vtep: Ipv4Addr,
     revision: &mut i64,
+    recent: &mut Recent,
     stats: &NodeStats,
 ) -> Result<()> {
     let keys = store.keys().clone();
     let (lease, stream, ttl) = lease::register(store, name, &record(vtep), TTL).await?;
     let mut keepalive = KeepAlive::spawn(store.clone(), stream, lease, ttl, Metrics::new());
     let mut pause = Duration::ZERO;
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(jittered(pause, name)) => {}
             why = &mut keepalive.lost => return Err(lease::lost(why)),
+        }
+        // What an agent asks of etcd after a long outage (it holds nothing to relist: the
+        // answer is only counted).
+        if overlay_agent::daemon::core::dark(heard, &None)
+            && matches!(store.replays(recent).await, Replayed::Same(_))
+        {
+            stats.replayed.fetch_add(1, Ordering::Relaxed);
         }
         let mut watch = match store.watch(*revision + 1).await {
             Ok(w) => w,
@@ -285,6 +325,7 @@ async fn light_session(
                 msg = watch.message() => match msg {
                     Ok(resp) => resp,
                     Err(_) => {
+                        heard = heard.max(watch.heard());
                         stats.watching.store(false, Ordering::Relaxed);
                         pause = Duration::from_millis(100);
                         break;
@@ -296,6 +337,8 @@ async fn light_session(
                 bail!("watch canceled (compacted at {})", resp.compact_revision());
             }
             let now = Instant::now();
+            heard = now;
+            recent.note(&resp);
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 *revision = (*revision).max(kv.mod_revision());

@@ -18,13 +18,17 @@ use crate::{
         desired::{Problem, desired},
     },
     netlink::Link,
-    store::{EventType, KeyValue, WatchResponse, schema::Keys},
+    store::{
+        EventType, KeyValue, WatchResponse,
+        replay::{Recent, Replayed},
+        schema::Keys,
+    },
 };
 
-/// How long a watch may go without hearing from etcd and still resume where it was: over
+/// How long a watch may go without hearing from etcd and resume where it was unasked: over
 /// what moving off a failed member takes (store::watch's QUIET, SILENCE and ticks: 5.5 s at
 /// most; a try's deadline), well under what stopping every member and restoring them takes.
-/// Darker for longer: relist.
+/// Darker for longer: etcd is asked to replay the node's last events first (store::replay).
 pub const DARK: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// What a listing costs etcd per key, about: 150,000 endpoints listed were 30 MB.
@@ -40,7 +44,7 @@ pub fn relist_window(nodes: usize, keys: usize) -> std::time::Duration {
     )
 }
 
-/// After a watch dark for longer than [`DARK`]: how long this node waits before it relists,
+/// After a watch dark for longer than [`DARK`] that etcd could not vouch for: how long this node waits before it relists,
 /// its watch resumed meanwhile. Every node went dark at once (an outage ends for all of them
 /// at once), and every node listing everything at that moment is `nodes` x `keys` at once:
 /// 150 GB at 5,000 nodes and 150,000 endpoints, which would take etcd down just as it came
@@ -58,6 +62,15 @@ pub fn relist_delay(nodes: usize, keys: usize, who: &str) -> std::time::Duration
     }
 }
 
+/// Whether a watch dark since `heard` must be vouched for before it resumes: dark for longer
+/// than [`DARK`], with no relist planned still ahead. Then the caller asks etcd to replay the
+/// node's last changes (`Store::replays` of [`ControlPlane::recent`]) and hands the answer to
+/// [`ControlPlane::relist_after_dark`].
+pub fn dark(heard: std::time::Instant, due: &Option<std::time::Instant>) -> bool {
+    let now = std::time::Instant::now();
+    now.duration_since(heard) > DARK && !due.is_some_and(|at| at > now)
+}
+
 pub struct ControlPlane {
     pub node: String,
     pub cluster: ClusterState,
@@ -71,6 +84,8 @@ pub struct ControlPlane {
     pub problems: Vec<Problem>,
     /// What changed since the node syncs last ran (the caller clears it when they have).
     pub changes: Changes,
+    /// The last events applied, for etcd to replay after an outage (store::replay).
+    pub recent: Recent,
 }
 
 /// What a full reconcile did.
@@ -82,28 +97,41 @@ pub struct Reconciled {
 }
 
 impl ControlPlane {
-    /// After a watch dark since `heard` for longer than [`DARK`]: true to relist now; false
-    /// to resume the watch where it was, with the relist planned in `due` ([`relist_delay`]:
-    /// at once in a small cluster, over a window in a large one). A moment still ahead is
-    /// kept; one that passed while dark again is drawn anew, or every node whose moment fell
-    /// in a second outage would relist at its end together.
+    /// After a watch dark since `heard` and etcd's answer to the replay: true to relist now;
+    /// false to resume the watch where it was. The same events replayed: the same history,
+    /// nothing to relist (an etcd restarted). Others: another history (a restore), relist.
+    /// No answer: the relist planned in `due` ([`relist_delay`]: at once in a small cluster,
+    /// over a window in a large one). A moment still ahead is kept; one that passed while
+    /// dark again is drawn anew, or every node whose moment fell in a second outage would
+    /// relist at its end together.
     pub fn relist_after_dark(
         &self,
         heard: std::time::Instant,
+        replayed: Replayed,
         due: &mut Option<std::time::Instant>,
     ) -> bool {
         let now = std::time::Instant::now();
-        if now.duration_since(heard) <= DARK || due.is_some_and(|at| at > now) {
-            return false;
-        }
         let dark = now.duration_since(heard).as_secs_f32();
+        let why = match replayed {
+            Replayed::Same(n) => {
+                log::info!(
+                    "no etcd member answered this node for {dark:.0} s; etcd replays the {n} changes it applied last as it applied them (the same history): watching again where it was"
+                );
+                return false;
+            }
+            Replayed::Differs(why) => {
+                log::warn!("{why}; relisting");
+                return true;
+            }
+            Replayed::Unknown(why) => why,
+        };
         let delay = relist_delay(self.cluster.nodes.len(), self.cluster.records(), &self.node);
         if delay.is_zero() {
-            log::warn!("no etcd member answered this node for {dark:.0} s; relisting");
+            log::warn!("no etcd member answered this node for {dark:.0} s ({why}); relisting");
             return true;
         }
         log::warn!(
-            "no etcd member answered this node for {dark:.0} s; watching again where it was, and relisting in {:.0} s (every node of a cluster this size relisting at once would swamp etcd)",
+            "no etcd member answered this node for {dark:.0} s ({why}); watching again where it was, and relisting in {:.0} s (every node of a cluster this size relisting at once would swamp etcd)",
             delay.as_secs_f32()
         );
         *due = Some(now + delay);
@@ -119,6 +147,7 @@ impl ControlPlane {
             vtep_refs: VtepRefs::default(),
             problems: Vec::new(),
             changes: Changes::EVERYTHING,
+            recent: Recent::default(),
         }
     }
 
@@ -127,6 +156,7 @@ impl ControlPlane {
     pub fn relisted(&mut self, keys: &Keys, kvs: &[KeyValue]) {
         self.cluster = ClusterState::default();
         self.changes.everything = true;
+        self.recent.clear();
         for kv in kvs {
             self.put(keys, kv);
         }
@@ -155,6 +185,7 @@ impl ControlPlane {
         batch: &mut Batch,
     ) -> bool {
         let mut own_deleted = false;
+        self.recent.note(resp);
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             batch.note(&self.cluster, keys, kv.key());

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Agent, KeepAlive, OtherFamily, lease};
+use super::{Agent, KeepAlive, OtherFamily, core, lease};
 use crate::{
     model::delta::Batch,
     netlink::ifindex,
@@ -131,11 +131,12 @@ impl Agent {
                     break 'rewatch;
                 }
                 // Dark for long (no member answered, or this process was stopped): a restore
-                // may have happened meanwhile that nothing can tell apart any more (a young
+                // may have happened meanwhile that the checks above cannot tell apart (a young
                 // cluster restored and written past our revision, same id, same term, a raft
-                // log as long). A member failing costs a few seconds, an outage a relist, now
-                // or, in a large cluster, paced (see relist_after_dark).
-                if !first && self.core.relist_after_dark(heard, &mut relist_due) {
+                // log as long). etcd replaying this node's last changes as it applied them
+                // settles it; without that answer, a relist, now or, in a large cluster,
+                // paced (see ControlPlane::relist_after_dark).
+                if !first && self.relist_after_dark(&store, heard, &mut relist_due).await {
                     break 'rewatch;
                 }
                 let resuming = !first;
@@ -152,7 +153,7 @@ impl Agent {
                 };
                 // The request itself may have waited out an outage (it tries for seconds):
                 // dark for that long calls for the relist all the same.
-                if resuming && self.core.relist_after_dark(heard, &mut relist_due) {
+                if resuming && self.relist_after_dark(&store, heard, &mut relist_due).await {
                     break 'rewatch;
                 }
                 let opened = Instant::now();
@@ -332,6 +333,21 @@ async fn history_went_back(
 }
 
 impl Agent {
+    /// After a watch dark since `heard`: true to relist now; etcd is asked to replay this
+    /// node's last changes when it was dark for long (ControlPlane::dark, relist_after_dark).
+    async fn relist_after_dark(
+        &self,
+        store: &Store,
+        heard: Instant,
+        due: &mut Option<Instant>,
+    ) -> bool {
+        if !core::dark(heard, due) {
+            return false;
+        }
+        let replayed = store.replays(&self.core.recent).await;
+        self.core.relist_after_dark(heard, replayed, due)
+    }
+
     /// Whether etcd answers this session (`status`, `/readyz`, `overlay_etcd_connected`),
     /// written out when it changes.
     fn etcd_reached(&mut self, reached: bool) {

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod history;
 pub mod members;
+pub mod replay;
 pub mod roles;
 pub mod schema;
 pub mod services;
