@@ -10,6 +10,11 @@
 //! show an older revision, term or index, so a header only raises the suspicion; a read
 //! through the leader settles it.
 
+use anyhow::{Result, anyhow};
+use etcd_client::GetOptions;
+
+use super::{Store, members::PER_TRY};
+
 /// Both raft indexes (a member's committed index, as `status` gives it) are read just after a
 /// linearizable read on the same member, which has then applied at least all the leader had
 /// committed when that read began: within one history the later is never lower.
@@ -62,6 +67,80 @@ impl History {
         } else {
             None
         }
+    }
+}
+
+impl Store {
+    /// Where the cluster's history stands now: revision and term read through the leader (a
+    /// member that lags waits until it caught up), with the answering member's raft index.
+    pub async fn history(&self) -> Result<History> {
+        let key = self.keys.all();
+        self.call("reading the revision", PER_TRY, |mut c, _| {
+            let key = key.clone();
+            async move {
+                let count = GetOptions::new().with_count_only().with_prefix();
+                let read = c.get(key, Some(count)).await?;
+                let status = c.status().await?;
+                Ok(read.header().map(|h| History {
+                    raft_index: status.raft_index(),
+                    ..History::of(h)
+                }))
+            }
+        })
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "etcd at {}: an answer without a header",
+                self.endpoints_url()
+            )
+        })
+    }
+
+    /// Whether `key` was written at `revision`, as etcd's history says now: one revision, one
+    /// change, in any one history; a restored cluster written past that revision since holds
+    /// another change there. Err once the revision is compacted (nothing to tell then).
+    pub async fn written_at(&self, key: &[u8], revision: i64) -> Result<bool> {
+        let shown = String::from_utf8_lossy(key).into_owned();
+        let then = self
+            .call(&format!("reading {shown}"), PER_TRY, |mut c, _| {
+                let key = key.to_vec();
+                async move {
+                    let at = GetOptions::new().with_revision(revision);
+                    c.get(key, Some(at)).await
+                }
+            })
+            .await?;
+        Ok(then
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.mod_revision() == revision))
+    }
+
+    /// Why etcd no longer has this client's last leased record where it put it (a cluster
+    /// restored from an older snapshot, whatever its revision has reached since), if so.
+    pub async fn lost_writes(&self) -> Result<Option<String>> {
+        let Some((key, at)) = self
+            .last_put
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let now = self
+            .call(&format!("reading {key}"), PER_TRY, |mut c, _| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(match now.kvs().first() {
+            None => Some(format!("etcd lost {key}, written at revision {at}")),
+            Some(kv) if kv.mod_revision() < at => Some(format!(
+                "etcd has {key} as of revision {}, but it was written at {at}",
+                kv.mod_revision()
+            )),
+            Some(_) => None,
+        })
     }
 }
 

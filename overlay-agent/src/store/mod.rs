@@ -4,6 +4,7 @@
 pub mod health;
 pub mod history;
 pub mod members;
+mod nodes;
 pub mod replay;
 pub mod roles;
 pub mod schema;
@@ -16,14 +17,11 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, Txn,
+    TxnOp, WatchOptions,
 };
 use members::{Attempt, BOUND, MemberState, Members, PER_TRY};
-use schema::{
-    Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, NodeRecord,
-    NodeStateRecord, SliceRecord,
-};
+use schema::{Endpoint, EndpointRecord, Keys, NameRecord, Network, NetworkRecord, SliceRecord};
 
 use crate::shared::ipam::Cidr;
 // What a listing and a watch hand out are etcd's own records; the daemon reads them through
@@ -421,31 +419,6 @@ impl Store {
         }
     }
 
-    /// Where the cluster's history stands now: revision and term read through the leader (a
-    /// member that lags waits until it caught up), with the answering member's raft index.
-    pub async fn history(&self) -> Result<history::History> {
-        let key = self.keys.all();
-        self.call("reading the revision", PER_TRY, |mut c, _| {
-            let key = key.clone();
-            async move {
-                let count = GetOptions::new().with_count_only().with_prefix();
-                let read = c.get(key, Some(count)).await?;
-                let status = c.status().await?;
-                Ok(read.header().map(|h| history::History {
-                    raft_index: status.raft_index(),
-                    ..history::History::of(h)
-                }))
-            }
-        })
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "etcd at {}: an answer without a header",
-                self.endpoints_url()
-            )
-        })
-    }
-
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.get_created(key).await?.map(|(v, _)| v))
     }
@@ -605,227 +578,6 @@ impl Store {
             ..Write::default()
         };
         self.write("removing a network", write).await?;
-        Ok(())
-    }
-
-    // ---- nodes ----
-
-    pub async fn node(&self, node: &str) -> Result<Option<NodeRecord>> {
-        match self.get(&self.keys.node(node)).await? {
-            Some(v) => Ok(Some(schema::decode(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// How many nodes are registered: a count etcd makes without sending a record, cheap
-    /// enough for every node to ask when it registers.
-    pub async fn node_count(&self) -> Result<usize> {
-        let prefix = self.keys.nodes();
-        let resp = self
-            .call("counting the nodes", PER_TRY, |mut c, _| {
-                let prefix = prefix.clone();
-                async move {
-                    let opts = GetOptions::new().with_prefix().with_count_only();
-                    c.get(prefix, Some(opts)).await
-                }
-            })
-            .await?;
-        Ok(resp.count().max(0) as usize)
-    }
-
-    /// Every registered node (its lease alive) with a valid record; a bad one is logged with
-    /// its key and skipped.
-    pub async fn nodes(&self) -> Result<Vec<(String, NodeRecord)>> {
-        let (kvs, _) = self.list(&self.keys.nodes()).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?;
-                let name = key.strip_prefix(&self.keys.nodes())?;
-                schema::decode::<NodeRecord>(kv.value())
-                    .and_then(NodeRecord::validate)
-                    .map(|rec| (name.to_string(), rec))
-                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
-                    .ok()
-            })
-            .collect())
-    }
-
-    /// Puts `nodes/<node>` under a new lease of `ttl` seconds and starts keeping it alive.
-    /// A grant retried after a lost answer may leave a lease behind: it expires unused.
-    pub async fn register_node(
-        &self,
-        node: &str,
-        record: &NodeRecord,
-        ttl: i64,
-    ) -> Result<(i64, LeaseStream)> {
-        let lease = self
-            .call("granting a lease", PER_TRY, |mut c, _| async move {
-                c.lease_grant(ttl, None).await
-            })
-            .await?
-            .id();
-        self.put_leased("registering the node", self.keys.node(node), record, lease)
-            .await?;
-        let stream = self
-            .keep_alive(lease)
-            .await?
-            .ok_or_else(|| anyhow!("lease {lease:x} expired as soon as it was granted"))?;
-        Ok((lease, stream))
-    }
-
-    /// Puts `nodes/<node>` again under its lease, when what it says changed (the underlay MTU).
-    pub async fn put_node(&self, node: &str, record: &NodeRecord, lease: i64) -> Result<()> {
-        let key = self.keys.node(node);
-        self.put_leased("updating the node's record", key, record, lease)
-            .await
-    }
-
-    /// Publishes what the node's maps hold, under its lease (it goes with the agent).
-    pub async fn put_state(&self, node: &str, state: &NodeStateRecord, lease: i64) -> Result<()> {
-        let key = self.keys.state(node);
-        self.put_leased("publishing the node's map digest", key, state, lease)
-            .await
-    }
-
-    /// Publishes this node's multicast group memberships under its lease.
-    pub async fn put_groups(
-        &self,
-        node: &str,
-        groups: &schema::GroupsRecord,
-        lease: i64,
-    ) -> Result<()> {
-        let key = self.keys.groups(node);
-        self.put_leased("publishing the node's multicast groups", key, groups, lease)
-            .await
-    }
-
-    /// Publishes the failing TCP ports of this node's backends under its lease.
-    pub async fn put_health(
-        &self,
-        node: &str,
-        health: &schema::HealthRecord,
-        lease: i64,
-    ) -> Result<()> {
-        let key = self.keys.health(node);
-        self.put_leased("publishing the node's backends' health", key, health, lease)
-            .await
-    }
-
-    /// Every node's health record, by node (for `service ls`); invalid ones are logged and
-    /// skipped.
-    pub async fn health_records(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, schema::HealthRecord>> {
-        let (kvs, _) = self.list(&self.keys.all_health()).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?;
-                let node = key.rsplit('/').next()?.to_string();
-                schema::decode(kv.value())
-                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
-                    .ok()
-                    .map(|h| (node, h))
-            })
-            .collect())
-    }
-
-    /// A record under `lease`: it goes with the agent that keeps the lease alive.
-    async fn put_leased(
-        &self,
-        what: &str,
-        key: String,
-        record: &impl serde::Serialize,
-        lease: i64,
-    ) -> Result<()> {
-        // A put is the same however often it lands: retried as it is.
-        let value = schema::encode(record);
-        let put = self
-            .call(what, PER_TRY, |mut c, _| {
-                let (key, value) = (key.clone(), value.clone());
-                async move {
-                    let lease = PutOptions::new().with_lease(lease);
-                    c.put(key, value, Some(lease)).await
-                }
-            })
-            .await?;
-        if let Some(h) = put.header() {
-            *self.last_put.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, h.revision()));
-        }
-        Ok(())
-    }
-
-    /// Whether `key` was written at `revision`, as etcd's history says now: one revision, one
-    /// change, in any one history; a restored cluster written past that revision since holds
-    /// another change there. Err once the revision is compacted (nothing to tell then).
-    pub async fn written_at(&self, key: &[u8], revision: i64) -> Result<bool> {
-        let shown = String::from_utf8_lossy(key).into_owned();
-        let then = self
-            .call(&format!("reading {shown}"), PER_TRY, |mut c, _| {
-                let key = key.to_vec();
-                async move {
-                    let at = GetOptions::new().with_revision(revision);
-                    c.get(key, Some(at)).await
-                }
-            })
-            .await?;
-        Ok(then
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.mod_revision() == revision))
-    }
-
-    /// Why etcd no longer has this client's last leased record where it put it (a cluster
-    /// restored from an older snapshot, whatever its revision has reached since), if so.
-    pub async fn lost_writes(&self) -> Result<Option<String>> {
-        let Some((key, at)) = self
-            .last_put
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return Ok(None);
-        };
-        let now = self
-            .call(&format!("reading {key}"), PER_TRY, |mut c, _| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        Ok(match now.kvs().first() {
-            None => Some(format!("etcd lost {key}, written at revision {at}")),
-            Some(kv) if kv.mod_revision() < at => Some(format!(
-                "etcd has {key} as of revision {}, but it was written at {at}",
-                kv.mod_revision()
-            )),
-            Some(_) => None,
-        })
-    }
-
-    /// Every node's published map digest; a bad value is logged and skipped.
-    pub async fn node_states(&self) -> Result<std::collections::BTreeMap<String, NodeStateRecord>> {
-        let (kvs, _) = self.list(&self.keys.states()).await?;
-        Ok(kvs
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?;
-                let node = key.rsplit('/').next()?.to_string();
-                schema::decode(kv.value())
-                    .map_err(|e| log::warn!("skipping {key}: {e:#}"))
-                    .ok()
-                    .map(|state| (node, state))
-            })
-            .collect())
-    }
-
-    /// Removes the node's registration and its endpoint names (teardown).
-    pub async fn delete_node(&self, node: &str) -> Result<()> {
-        let write = Write {
-            deletes: vec![(self.keys.node(node), false), (self.keys.names(node), true)],
-            ..Write::default()
-        };
-        self.write("removing the node", write).await?;
         Ok(())
     }
 
