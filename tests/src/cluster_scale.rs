@@ -748,6 +748,17 @@ pub fn run(opts: Options) -> Result<Point> {
             .iter()
             .filter(|l| l.stats.replayed.load(Ordering::Relaxed) > 0)
             .count();
+        // Why the others' replays did not vouch, each reason once with how many gave it.
+        let mut unreplayed = std::collections::BTreeMap::<String, usize>::new();
+        let stats = bed.full.iter().map(|f| &f.stats);
+        for s in stats.chain(bed.light.iter().map(|l| &l.stats)) {
+            if let Some(why) = s.unreplayed.lock().unwrap().clone() {
+                *unreplayed.entry(why).or_default() += 1;
+            }
+        }
+        for (why, n) in &unreplayed {
+            eprintln!("   {n} nodes' replay did not vouch: {why}");
+        }
         // What core::relist_delay spreads every node's relist over, at this point's size.
         let window = overlay_agent::daemon::core::relist_window(opts.nodes, opts.endpoints);
         eprintln!(

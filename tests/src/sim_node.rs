@@ -62,6 +62,8 @@ pub struct NodeStats {
     pub watching: AtomicBool,
     /// Probes seen by a light node: address -> when its event arrived.
     pub probes: Mutex<HashMap<Ipv4Addr, Instant>>,
+    /// Why etcd's last replay of its changes, if any, did not vouch for its history.
+    pub unreplayed: Mutex<Option<String>>,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -168,9 +170,6 @@ async fn full_session(
                 _ = tokio::time::sleep(jittered(pause, name)) => {}
                 why = &mut keepalive.lost => return Err(lease::lost(why)),
             }
-            if relist_after_dark(store, full, stats, heard, &mut relist_due).await {
-                break 'rewatch;
-            }
             let mut watch = match store.watch(revision + 1).await {
                 Ok(w) => w,
                 Err(_) => {
@@ -246,9 +245,7 @@ async fn relist_after_dark(
         core.recent.clone()
     };
     let replayed = store.replays(&recent).await;
-    if matches!(replayed, Replayed::Same(_)) {
-        stats.replayed.fetch_add(1, Ordering::Relaxed);
-    }
+    stats.note_replay(&replayed);
     let was = *due;
     let now = full
         .core
@@ -259,6 +256,20 @@ async fn relist_after_dark(
         stats.relists_planned.fetch_add(1, Ordering::Relaxed);
     }
     now
+}
+
+impl NodeStats {
+    /// Counts a replay that vouched for the node's history, keeps why one did not.
+    fn note_replay(&self, replayed: &Replayed) {
+        match replayed {
+            Replayed::Same(_) => {
+                self.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Replayed::Differs(why) | Replayed::Unknown(why) => {
+                *self.unreplayed.lock().unwrap() = Some(why.clone());
+            }
+        }
+    }
 }
 
 /// Ready at `due`; never, without one.
@@ -305,13 +316,6 @@ async fn light_session(
             _ = tokio::time::sleep(jittered(pause, name)) => {}
             why = &mut keepalive.lost => return Err(lease::lost(why)),
         }
-        // What an agent asks of etcd after a long outage (it holds nothing to relist: the
-        // answer is only counted).
-        if overlay_agent::daemon::core::dark(heard, &None)
-            && matches!(store.replays(recent).await, Replayed::Same(_))
-        {
-            stats.replayed.fetch_add(1, Ordering::Relaxed);
-        }
         let mut watch = match store.watch(*revision + 1).await {
             Ok(w) => w,
             Err(_) => {
@@ -319,6 +323,12 @@ async fn light_session(
                 continue;
             }
         };
+        // What an agent asks of etcd after a long outage, here once the watch is open (its
+        // request may have waited the outage out): it holds nothing to relist, so the answer
+        // is only counted.
+        if overlay_agent::daemon::core::dark(heard, &None) {
+            stats.note_replay(&store.replays(recent).await);
+        }
         stats.watching.store(true, Ordering::Relaxed);
         loop {
             let resp = tokio::select! {

@@ -116,6 +116,10 @@ fn traffic_flows_while_etcd_is_down_and_later_changes_arrive() {
             1,
             "the lease outlived the outage: {log}"
         );
+        // Nor listed again: etcd, restarted, replayed the last changes each had applied as
+        // it had applied them, so each watch resumed where it was.
+        assert!(log.contains("(the same history)"), "{log}");
+        assert_eq!(log.matches(" keys at revision ").count(), 1, "{log}");
     }
 }
 

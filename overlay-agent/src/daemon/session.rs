@@ -130,15 +130,6 @@ impl Agent {
                     log::warn!("{why}; relisting");
                     break 'rewatch;
                 }
-                // Dark for long (no member answered, or this process was stopped): a restore
-                // may have happened meanwhile that the checks above cannot tell apart (a young
-                // cluster restored and written past our revision, same id, same term, a raft
-                // log as long). etcd replaying this node's last changes as it applied them
-                // settles it; without that answer, a relist, now or, in a large cluster,
-                // paced (see ControlPlane::relist_after_dark).
-                if !first && self.relist_after_dark(&store, heard, &mut relist_due).await {
-                    break 'rewatch;
-                }
                 let resuming = !first;
                 first = false;
                 let mut watch = match store.watch(seen.revision + 1).await {
@@ -151,8 +142,13 @@ impl Agent {
                         continue 'rewatch;
                     }
                 };
-                // The request itself may have waited out an outage (it tries for seconds):
-                // dark for that long calls for the relist all the same.
+                // Dark for long (no member answered, or this process was stopped; the request
+                // itself may have waited the outage out): a restore may have happened
+                // meanwhile that the checks above cannot tell apart (a young cluster restored
+                // and written past our revision, same id, same term, a raft log as long).
+                // etcd replaying this node's last changes as it applied them settles it, asked
+                // now that a member answers; without that answer, a relist, now or, in a large
+                // cluster, paced (see ControlPlane::relist_after_dark).
                 if resuming && self.relist_after_dark(&store, heard, &mut relist_due).await {
                     break 'rewatch;
                 }

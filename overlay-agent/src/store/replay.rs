@@ -165,13 +165,15 @@ impl Store {
                         resp.compact_revision()
                     )));
                 }
-                // An answer from a history that has not reached what was applied.
+                // An answer from a member behind what was applied: one that lags, or a
+                // history gone back, which only a read through the leader tells apart
+                // (store::history; the agent asks it before this).
                 let last = recent.events.back().map_or(0, |e| e.revision);
                 if let Some(h) = resp.header()
                     && h.revision() < last
                 {
-                    return Ok(Replayed::Differs(format!(
-                        "etcd's history went back: revision {}, this node had applied {last} (a cluster restored from a snapshot?)",
+                    return Ok(Replayed::Unknown(format!(
+                        "etcd's member is at revision {}, this node applied {last}",
                         h.revision()
                     )));
                 }
