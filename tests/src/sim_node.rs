@@ -228,8 +228,9 @@ async fn full_session(
     }
 }
 
-/// As the agent's session (Agent::relist_after_dark): after a watch dark since `heard`, true
-/// to relist now; etcd is asked to replay the node's last changes when it was dark for long.
+/// As the agent's session (Agent::relist_after_dark, but for the history checks through the
+/// leader): after a watch dark since `heard`, true to relist now; etcd is asked to replay the
+/// node's last changes when it was dark for long.
 async fn relist_after_dark(
     store: &Store,
     full: &Full,
@@ -251,7 +252,7 @@ async fn relist_after_dark(
         .core
         .lock()
         .unwrap()
-        .relist_after_dark(heard, replayed, due);
+        .relist_after_replay(heard, replayed, due);
     if *due != was {
         stats.relists_planned.fetch_add(1, Ordering::Relaxed);
     }

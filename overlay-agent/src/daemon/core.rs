@@ -44,15 +44,16 @@ pub fn relist_window(nodes: usize, keys: usize) -> std::time::Duration {
     )
 }
 
-/// After a watch dark for longer than [`DARK`] that etcd could not vouch for: how long this node waits before it relists,
-/// its watch resumed meanwhile. Every node went dark at once (an outage ends for all of them
-/// at once), and every node listing everything at that moment is `nodes` x `keys` at once:
-/// 150 GB at 5,000 nodes and 150,000 endpoints, which would take etcd down just as it came
-/// back. So each relists at a random moment of a window that keeps their listings together
-/// under RELIST_BYTES_PER_SECOND; the resumed watch keeps the node current meanwhile, and the
-/// relist is only the check against a history etcd 3.4 rewrote without saying so (a restored
-/// snapshot). Zero, relist now, when the window is under a second: any cluster of a few
-/// nodes, or of few keys.
+/// After a watch dark for longer than [`DARK`] that etcd could not vouch for (a compaction
+/// past the node's last changes, say): how long this node waits before it relists, its watch
+/// resumed meanwhile. Every node went dark at once (an outage ends for all of them at once),
+/// and every node listing everything at that moment is `nodes` x `keys` at once: 150 GB at
+/// 5,000 nodes and 150,000 endpoints, which would take etcd down just as it came back. So
+/// each relists at a random moment of a window that keeps their listings together under
+/// RELIST_BYTES_PER_SECOND; the resumed watch keeps the node current meanwhile, and the
+/// relist is only the check against a history etcd 3.4 may have rewritten without saying so
+/// (a restored snapshot). Zero, relist now, when the window is under a second: any cluster
+/// of a few nodes, or of few keys.
 pub fn relist_delay(nodes: usize, keys: usize, who: &str) -> std::time::Duration {
     let window = relist_window(nodes, keys);
     if window < std::time::Duration::from_secs(1) {
@@ -65,7 +66,7 @@ pub fn relist_delay(nodes: usize, keys: usize, who: &str) -> std::time::Duration
 /// Whether a watch dark since `heard` must be vouched for before it resumes: dark for longer
 /// than [`DARK`], with no relist planned still ahead. Then the caller asks etcd to replay the
 /// node's last changes (`Store::replays` of [`ControlPlane::recent`]) and hands the answer to
-/// [`ControlPlane::relist_after_dark`].
+/// [`ControlPlane::relist_after_replay`].
 pub fn dark(heard: std::time::Instant, due: &Option<std::time::Instant>) -> bool {
     let now = std::time::Instant::now();
     now.duration_since(heard) > DARK && !due.is_some_and(|at| at > now)
@@ -97,14 +98,15 @@ pub struct Reconciled {
 }
 
 impl ControlPlane {
-    /// After a watch dark since `heard` and etcd's answer to the replay: true to relist now;
-    /// false to resume the watch where it was. The same events replayed: the same history,
-    /// nothing to relist (an etcd restarted). Others: another history (a restore), relist.
-    /// No answer: the relist planned in `due` ([`relist_delay`]: at once in a small cluster,
-    /// over a window in a large one). A moment still ahead is kept; one that passed while
-    /// dark again is drawn anew, or every node whose moment fell in a second outage would
-    /// relist at its end together.
-    pub fn relist_after_dark(
+    /// After a watch dark since `heard` (see [`dark`]) and etcd's answer to the replay of
+    /// [`Self::recent`]: true to relist now; false to resume the watch where it was. The same
+    /// events replayed: the same history, nothing to relist (an etcd restarted). Others:
+    /// another history (a restore), relist. No answer: the relist planned in `due`
+    /// ([`relist_delay`]: at once in a small cluster, over a window in a large one). A planned
+    /// relist whose moment passed while dark (dark() lets only those through) is still owed,
+    /// whatever the replay says, and its moment is drawn anew: every node whose moment fell
+    /// in a second outage would otherwise relist at its end together.
+    pub fn relist_after_replay(
         &self,
         heard: std::time::Instant,
         replayed: Replayed,
@@ -113,15 +115,18 @@ impl ControlPlane {
         let now = std::time::Instant::now();
         let dark = now.duration_since(heard).as_secs_f32();
         let why = match replayed {
+            Replayed::Differs(why) => {
+                log::warn!("{why}; relisting");
+                return true;
+            }
             Replayed::Same(n) => {
                 log::info!(
                     "no etcd member answered this node for {dark:.0} s; etcd replays the {n} changes it applied last as it applied them (the same history): watching again where it was"
                 );
-                return false;
-            }
-            Replayed::Differs(why) => {
-                log::warn!("{why}; relisting");
-                return true;
+                if due.is_none() {
+                    return false;
+                }
+                "a relist planned before this outage".to_string()
             }
             Replayed::Unknown(why) => why,
         };

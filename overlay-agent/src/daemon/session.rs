@@ -149,7 +149,11 @@ impl Agent {
                 // etcd replaying this node's last changes as it applied them settles it, asked
                 // now that a member answers; without that answer, a relist, now or, in a large
                 // cluster, paced (see ControlPlane::relist_after_dark).
-                if resuming && self.relist_after_dark(&store, heard, &mut relist_due).await {
+                if resuming
+                    && self
+                        .relist_after_dark(&store, &seen, &latest, heard, &mut relist_due)
+                        .await
+                {
                     break 'rewatch;
                 }
                 let opened = Instant::now();
@@ -329,19 +333,27 @@ async fn history_went_back(
 }
 
 impl Agent {
-    /// After a watch dark since `heard`: true to relist now; etcd is asked to replay this
-    /// node's last changes when it was dark for long (ControlPlane::dark, relist_after_dark).
+    /// After a watch dark since `heard`, asked once it is open again (a member answers):
+    /// true to relist now. Dark for long ([`core::dark`]), the history checks are asked again
+    /// (during the outage they could not be), then etcd's replay of this node's last changes
+    /// ([`ControlPlane::relist_after_replay`](core::ControlPlane::relist_after_replay)).
     async fn relist_after_dark(
         &self,
         store: &Store,
+        seen: &History,
+        latest: &Option<(Vec<u8>, i64)>,
         heard: Instant,
         due: &mut Option<Instant>,
     ) -> bool {
         if !core::dark(heard, due) {
             return false;
         }
+        if let Some(why) = history_went_back(store, seen, latest).await {
+            log::warn!("{why}; relisting");
+            return true;
+        }
         let replayed = store.replays(&self.core.recent).await;
-        self.core.relist_after_dark(heard, replayed, due)
+        self.core.relist_after_replay(heard, replayed, due)
     }
 
     /// Whether etcd answers this session (`status`, `/readyz`, `overlay_etcd_connected`),

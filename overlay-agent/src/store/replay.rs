@@ -7,13 +7,16 @@
 //! the revisions after it for other changes. The checks of store::history tell most restores
 //! apart (revision, term, raft index, the latest change); a young cluster restored and written
 //! past this node's revision can pass them all. The events a node applied last, delivered
-//! again by a watch from the first of them, are the one answer that cannot be mistaken: the
-//! same changes, key, value, version and lease, at the same revisions, in the same order. A
-//! restored history differs there unless every one of those writes was made again, identically,
-//! at the same revision, and then it is the same history up to there.
+//! again by a watch from the first of them, settle it for those revisions: the same changes,
+//! key, value, version and lease, at the same revisions, in the same order. A cluster restored
+//! from a snapshot older than the first of them differs there unless every one of those writes
+//! was made again, identically, at the same revision. (A snapshot taken within them leaves the
+//! revisions before it as they were: only the ones after it are compared, and must match.)
 //!
-//! Asking costs etcd one short watch per node: 5,000 nodes after an outage ask it for 160,000
-//! small events, where their relists would be 150 GB (docs/scale.md).
+//! Asking costs etcd one watch per node from a revision a few changes back: etcd catches up
+//! such watchers 512 at a time, reading the revisions from the oldest one asked (every node's
+//! digest writes included) for each batch. At 5,000 nodes the scale bench measures it, in
+//! the time to be in sync after a restart (docs/scale.md); their relists would be 150 GB.
 use std::{
     collections::VecDeque,
     hash::{DefaultHasher, Hash, Hasher},
@@ -24,12 +27,14 @@ use etcd_client::{Event, EventType, WatchResponse};
 
 use super::Store;
 
-/// How many of its last events a node keeps to have them replayed. Whole revisions are kept
-/// (a transaction's events share one), so a few more at times.
+/// How many of its last events a node keeps to have them replayed: whole revisions (a
+/// transaction's events share one), so fewer at times, and more when its last revision alone
+/// has more (a prefix deleted, a lease revoked with its keys).
 const KEPT: usize = 32;
 
-/// How long a replay may take: one watch from a revision etcd still has, a few events.
-const REPLAY_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a replay may take: one watch from a revision etcd still has, a few events, asked
+/// of a member that may have just come back to thousands of nodes asking the same.
+const REPLAY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One event as etcd delivered it: what a replay must deliver again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +91,14 @@ impl Recent {
         self.trim();
     }
 
-    /// Down to KEPT, whole revisions only: a replay from a revision delivers all of its events.
+    /// Down to KEPT, whole revisions only (a replay from a revision delivers all of its
+    /// events), the last revision always kept.
     fn trim(&mut self) {
         while self.events.len() > KEPT {
+            let newest = self.events.back().map(|e| e.revision);
+            if self.events.front().map(|e| e.revision) == newest {
+                break;
+            }
             let Some(gone) = self.events.pop_front() else {
                 break;
             };
@@ -105,14 +115,6 @@ impl Recent {
     /// A listing: its events are not events, and cannot be replayed.
     pub fn clear(&mut self) {
         self.events.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
     }
 
     /// Compares what a replay delivered so far with what was applied: Some(verdict) once it
@@ -155,19 +157,42 @@ impl Store {
             return Replayed::Unknown("no change heard since the listing".into());
         };
         let replay = async {
-            let mut watch = self.watch(from).await?;
+            // From the revision before: etcd lets a watch start at its compaction revision
+            // but drops a delete made at exactly that one; one earlier is cancelled instead.
+            let mut watch = loop {
+                // A member just back may leave a few of thousands of requests unanswered:
+                // asked again, jittered, within the deadline.
+                match self.watch(from - 1).await {
+                    Ok(watch) => break watch,
+                    Err(e) => {
+                        log::debug!("{e:#}; asking again");
+                        let pause = Duration::from_millis(200);
+                        tokio::time::sleep(crate::shared::backoff::spread(
+                            pause,
+                            &from.to_string(),
+                        ))
+                        .await;
+                    }
+                }
+            };
             let mut replayed = Vec::new();
             loop {
                 let resp = watch.message().await?;
-                if resp.canceled() || resp.compact_revision() > 0 {
+                if resp.compact_revision() > 0 {
                     return Ok(Replayed::Unknown(format!(
                         "etcd compacted the revisions to replay (at {})",
                         resp.compact_revision()
                     )));
                 }
+                if resp.canceled() {
+                    return Ok(Replayed::Unknown(format!(
+                        "etcd cancelled the replay: {}",
+                        resp.cancel_reason()
+                    )));
+                }
                 // An answer from a member behind what was applied: one that lags, or a
                 // history gone back, which only a read through the leader tells apart
-                // (store::history; the agent asks it before this).
+                // (store::history; the agent asks it just before this).
                 let last = recent.events.back().map_or(0, |e| e.revision);
                 if let Some(h) = resp.header()
                     && h.revision() < last
@@ -177,7 +202,12 @@ impl Store {
                         h.revision()
                     )));
                 }
-                replayed.extend(resp.events().iter().filter_map(Seen::of));
+                replayed.extend(
+                    resp.events()
+                        .iter()
+                        .filter_map(Seen::of)
+                        .filter(|e| e.revision >= from),
+                );
                 if let Some(verdict) = recent.judge(&replayed) {
                     return anyhow::Ok(verdict);
                 }
@@ -262,10 +292,17 @@ mod tests {
         let mut r = recent(&events);
         r.trim();
         assert_eq!(r.events.front().unwrap().revision, 2);
-        assert_eq!(r.len(), KEPT - 1);
+        assert_eq!(r.events.len(), KEPT - 1);
         // Within KEPT: nothing goes.
         let mut r = recent(&events[2..]);
         r.trim();
-        assert_eq!(r.len(), KEPT);
+        assert_eq!(r.events.len(), KEPT);
+        // One revision of more than KEPT events (a prefix deleted): kept whole, not emptied.
+        let mut r = recent(&[seen(1, "a")]);
+        r.events
+            .extend((0..KEPT + 5).map(|i| seen(2, &format!("k{i}"))));
+        r.trim();
+        assert_eq!(r.events.len(), KEPT + 5);
+        assert!(r.events.iter().all(|e| e.revision == 2));
     }
 }
