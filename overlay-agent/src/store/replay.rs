@@ -83,11 +83,29 @@ pub enum Replayed {
     Unknown(String),
 }
 
+/// Of `len` events whose revisions `revision` gives, the first that can be kept: the start of
+/// the revision of the KEPT-th from the end (0 when there are no more than KEPT).
+fn first_kept(len: usize, revision: impl Fn(usize) -> Option<i64>) -> usize {
+    let mut from = len.saturating_sub(KEPT);
+    while from > 0 && revision(from - 1) == revision(from) {
+        from -= 1;
+    }
+    from
+}
+
 impl Recent {
-    /// Notes the events of a watch response just applied.
+    /// Notes the events of a watch response just applied. Only its last KEPT (from the start
+    /// of their first revision) can be kept: the events before them are neither copied nor
+    /// hashed (a response of thousands, catching up, on every node's hot path), and what was
+    /// kept before them goes, or the ring would have a gap a replay could never match.
     pub fn note(&mut self, resp: &WatchResponse) {
+        let events = resp.events();
+        let from = first_kept(events.len(), |i| events[i].kv().map(|kv| kv.mod_revision()));
+        if from > 0 {
+            self.events.clear();
+        }
         self.events
-            .extend(resp.events().iter().filter_map(Seen::of));
+            .extend(events[from..].iter().filter_map(Seen::of));
         self.trim();
     }
 
@@ -274,6 +292,25 @@ mod tests {
         // One missing, the history going on past it.
         let missing = [seen(10, "a"), seen(13, "b")];
         assert!(matches!(r.judge(&missing), Some(Replayed::Differs(_))));
+    }
+
+    #[test]
+    fn of_a_long_response_only_the_tail_is_noted_from_the_start_of_its_revision() {
+        // Revisions 1, 2, ... one event each, then the last three in one revision.
+        let mut revisions: Vec<i64> = (1..=40).collect();
+        revisions.extend([41, 41, 41]);
+        let at = |i: usize| Some(revisions[i]);
+        // KEPT from the end falls on an event of its own.
+        assert_eq!(first_kept(revisions.len(), at), revisions.len() - KEPT);
+        // Falling inside a revision of three: from its first event.
+        let mut long = vec![1i64; 5];
+        long.extend([2, 2, 2]);
+        long.extend(3..(3 + KEPT as i64 - 2));
+        let start = first_kept(long.len(), |i| Some(long[i]));
+        assert_eq!(long[start], 2);
+        assert_eq!(long[start - 1], 1);
+        // A short response: all of it.
+        assert_eq!(first_kept(5, |i| Some(i as i64)), 0);
     }
 
     #[test]
