@@ -148,7 +148,7 @@ impl Agent {
                 // and written past our revision, same id, same term, a raft log as long).
                 // etcd replaying this node's last changes as it applied them settles it, asked
                 // now that a member answers; without that answer, a relist, now or, in a large
-                // cluster, paced (see ControlPlane::relist_after_dark).
+                // cluster, paced (see ControlPlane::relist_after_replay).
                 if resuming
                     && self
                         .relist_after_dark(&store, &seen, &latest, heard, &mut relist_due)

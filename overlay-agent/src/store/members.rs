@@ -44,7 +44,7 @@ pub struct Members {
     list: String,
     /// How often this client's lease keepalive hears its member, in ms (0: no keepalive): a
     /// quiet watch on that member waits that long for it before asking (store::watch).
-    renew_every_ms: std::sync::atomic::AtomicU64,
+    renew_every_ms: AtomicU64,
 }
 
 struct Member {
