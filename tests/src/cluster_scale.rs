@@ -249,7 +249,7 @@ impl Bed {
             EtcdKind::Cluster | EtcdKind::Proxy => Deployment::with_etcd_members(label, &ours, 3)?,
         };
         d.create_network(NETWORK, SUBNET, VNI)?;
-        let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+        let members = d.etcd.members();
         let mut proxy = None;
         let endpoints = if opts.etcd == EtcdKind::Proxy {
             let listen = format!("{ETCD_IP}:{PROXY_PORT}");
@@ -278,9 +278,8 @@ impl Bed {
         let wire = d.etcd.wire().to_string();
         // Every thread of the runtime is made in the namespace that reaches etcd.
         let rt = crate::netns::runtime(&wire)?;
-        let admin = crate::netns::enter(&wire, || {
-            rt.block_on(Store::connect(&Etcd::plain(&members, "/overlay")))
-        })?;
+        let client = d.etcd.client();
+        let admin = crate::netns::enter(&wire, || rt.block_on(Store::connect(&client)))?;
         // Room in the real agents' maps for every endpoint.
         let capacity = ((opts.endpoints + opts.probes + 64) * 5 / 4)
             .next_power_of_two()
@@ -586,10 +585,15 @@ impl Bed {
         Ok((secs, up))
     }
 
+    /// Every simulated node's stats, the full nodes' first.
+    fn stats(&self) -> impl Iterator<Item = &NodeStats> + Clone {
+        let full = self.full.iter().map(|f| &*f.stats);
+        full.chain(self.light.iter().map(|l| &*l.stats))
+    }
+
     /// Waits until every simulated node has applied `revision`.
     fn caught_up(&self, revision: i64) -> Result<()> {
-        let stats = self.full.iter().map(|f| &f.stats);
-        let all = stats.chain(self.light.iter().map(|l| &l.stats));
+        let all = self.stats();
         wait_for(Duration::from_secs(60), || {
             all.clone()
                 .all(|s| s.revision.load(Ordering::Relaxed) >= revision)
@@ -681,6 +685,16 @@ impl Drop for Bed {
     }
 }
 
+/// How many of these nodes counted `stat` at least once.
+fn having<'a>(
+    stats: impl Iterator<Item = &'a NodeStats>,
+    stat: fn(&NodeStats) -> &AtomicU64,
+) -> usize {
+    stats
+        .filter(|s| stat(s).load(Ordering::Relaxed) > 0)
+        .count()
+}
+
 /// One point, from start to figures.
 pub fn run(opts: Options) -> Result<Point> {
     let mut bed = Bed::new("scl", opts.clone())?;
@@ -736,22 +750,15 @@ pub fn run(opts: Options) -> Result<Point> {
         let (secs, up) = bed.outage(opts.outage, false)?;
         (p.relist_s, p.etcd_stayed_up) = (secs, up);
         p.etcd_cpu_s = cpu;
-        let having = |stat: fn(&NodeStats) -> &AtomicU64| {
-            bed.full
-                .iter()
-                .filter(|f| stat(&f.stats).load(Ordering::Relaxed) > 0)
-                .count()
-        };
-        let (replayed, planned) = (having(|s| &s.replayed), having(|s| &s.relists_planned));
-        let light_replayed = bed
-            .light
-            .iter()
-            .filter(|l| l.stats.replayed.load(Ordering::Relaxed) > 0)
-            .count();
+        let full = || bed.full.iter().map(|f| &*f.stats);
+        let (replayed, planned) = (
+            having(full(), |s| &s.replayed),
+            having(full(), |s| &s.relists_planned),
+        );
+        let light_replayed = having(bed.light.iter().map(|l| &*l.stats), |s| &s.replayed);
         // Why the others' replays did not vouch, each reason once with how many gave it.
         let mut unreplayed = std::collections::BTreeMap::<String, usize>::new();
-        let stats = bed.full.iter().map(|f| &f.stats);
-        for s in stats.chain(bed.light.iter().map(|l| &l.stats)) {
+        for s in bed.stats() {
             if let Some(why) = s.unreplayed.lock().unwrap().clone() {
                 *unreplayed.entry(why).or_default() += 1;
             }

@@ -173,6 +173,17 @@ impl Etcd {
         &self.wire
     }
 
+    /// Every member's client URL.
+    pub fn members(&self) -> Vec<String> {
+        self.url.split(',').map(str::to_string).collect()
+    }
+
+    /// What a test's own client connects with (`Store::connect`, from [`Etcd::wire`]): every
+    /// member, the agents' prefix.
+    pub fn client(&self) -> overlay_agent::store::Etcd {
+        overlay_agent::store::Etcd::plain(&self.members(), "/overlay")
+    }
+
     /// Every member SIGKILLed.
     pub fn stop(&mut self) {
         for m in &mut self.members {

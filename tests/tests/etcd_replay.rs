@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use overlay_agent::store::{
-    Etcd, Store,
+    Store,
     replay::{Recent, Replayed},
 };
 use overlay_tests::deployment::Deployment;
@@ -19,12 +19,12 @@ fn key(tag: &str, i: usize) -> String {
 #[test]
 fn etcd_replays_a_nodes_last_changes_after_a_restart_and_not_after_a_restore() {
     let mut d = Deployment::new("erp", &[false]).unwrap();
-    let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+    let client = d.etcd.client();
     let wire = d.etcd.wire().to_string();
     let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let snapshot = d.dir().join("before.db");
     overlay_tests::netns::enter(&wire, || {
-        let store = rt.block_on(Store::connect(&Etcd::plain(&members, "/overlay")));
+        let store = rt.block_on(Store::connect(&client));
         let store = store.unwrap();
         d.etcd.snapshot(&snapshot).unwrap();
         // What a node applied after the snapshot: five changes, one a delete, noted as its

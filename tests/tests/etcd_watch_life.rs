@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use overlay_agent::{
     daemon::{core::DARK, lease::KeepAlive, metrics::Metrics},
-    store::{Etcd, Store, schema::NodeRecord},
+    store::{Store, schema::NodeRecord},
 };
 use overlay_tests::deployment::Deployment;
 
@@ -18,7 +18,7 @@ const TTL: i64 = 3;
 #[test]
 fn an_idle_watch_asks_only_when_nothing_else_hears_its_member_and_notices_a_hang() {
     let mut d = Deployment::with_etcd_members("ewl", &[false], 3).unwrap();
-    let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+    let (members, client) = (d.etcd.members(), d.etcd.client());
     let wire = d.etcd.wire().to_string();
     let etcd = &mut d.etcd;
     // Every thread of the runtime is made in the namespace that reaches etcd.
@@ -26,18 +26,14 @@ fn an_idle_watch_asks_only_when_nothing_else_hears_its_member_and_notices_a_hang
     let (member, with_keepalive, alone, lost_after, dark) =
         overlay_tests::netns::enter(&wire, || {
             rt.block_on(async {
-                let node = Store::connect(&Etcd::plain(&members, "/overlay"))
-                    .await
-                    .unwrap();
+                let node = Store::connect(&client).await.unwrap();
                 let record = NodeRecord::new("10.0.0.9".parse().unwrap(), Some(1500));
                 let (lease, stream) = node.register_node("w1", &record, TTL).await.unwrap();
                 let _keepalive = KeepAlive::spawn(node.clone(), stream, lease, TTL, Metrics::new());
                 let from = node.history().await.unwrap().revision + 1;
                 let mut watch = node.watch(from).await.unwrap();
                 // A client of its own, with no lease: nothing else talks to its member.
-                let other = Store::connect(&Etcd::plain(&members, "/overlay"))
-                    .await
-                    .unwrap();
+                let other = Store::connect(&client).await.unwrap();
                 let mut lonely = other.watch(from).await.unwrap();
                 let _ = tokio::time::timeout(Duration::from_secs(6), async {
                     tokio::join!(async { while watch.message().await.is_ok() {} }, async {
@@ -107,14 +103,12 @@ fn an_idle_watch_asks_only_when_nothing_else_hears_its_member_and_notices_a_hang
 fn an_idle_watch_waits_for_a_slow_keepalive_and_asks_nothing() {
     const LONG_TTL: i64 = 20;
     let d = Deployment::new("ewlslow", &[false]).unwrap();
-    let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+    let client = d.etcd.client();
     let wire = d.etcd.wire().to_string();
     let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let asks = overlay_tests::netns::enter(&wire, || {
         rt.block_on(async {
-            let node = Store::connect(&Etcd::plain(&members, "/overlay"))
-                .await
-                .unwrap();
+            let node = Store::connect(&client).await.unwrap();
             let record = NodeRecord::new("10.0.0.9".parse().unwrap(), Some(1500));
             let (lease, stream) = node.register_node("w1", &record, LONG_TTL).await.unwrap();
             let _keepalive =

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use overlay_agent::store::{
-    Etcd, Store,
+    Store,
     schema::{NodeRecord, NodeStateRecord},
 };
 use overlay_tests::deployment::Deployment;
@@ -13,14 +13,12 @@ use overlay_tests::deployment::Deployment;
 #[test]
 fn a_nodes_digest_is_no_event_for_the_others_and_the_keys_after_it_in_the_layout_are() {
     let d = Deployment::new("ewr", &[false]).unwrap();
-    let members: Vec<String> = d.etcd.url.split(',').map(str::to_string).collect();
+    let client = d.etcd.client();
     let wire = d.etcd.wire().to_string();
     let rt = overlay_tests::netns::runtime(&wire).unwrap();
     let heard: Vec<String> = overlay_tests::netns::enter(&wire, || {
         rt.block_on(async {
-            let store = Store::connect(&Etcd::plain(&members, "/overlay"))
-                .await
-                .unwrap();
+            let store = Store::connect(&client).await.unwrap();
             let record = NodeRecord::new("10.0.0.9".parse().unwrap(), Some(1500));
             let (lease, _stream) = store.register_node("w1", &record, 10).await.unwrap();
             let from = store.history().await.unwrap().revision + 1;
